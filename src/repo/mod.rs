@@ -1,0 +1,2 @@
+//! The repository format: layout of keys, backup manifests, repository
+//! metadata and locks. See `docs/FORMAT.md`, which this module implements.
