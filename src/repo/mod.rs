@@ -1,2 +1,8 @@
-//! The repository format: layout of keys, backup manifests, repository
-//! metadata and locks. See `docs/FORMAT.md`, which this module implements.
+//! The repository format: layout of keys ([`layout`]), backup manifests
+//! ([`manifest`]), repository metadata and the catalog of backups
+//! ([`catalog`]). `docs/FORMAT.md` specifies what this module implements.
+
+pub mod catalog;
+pub mod layout;
+pub mod manifest;
+pub mod meta;

@@ -1,0 +1,270 @@
+//! Object keys of the repository format (docs/FORMAT.md, "Layout") and
+//! backup ids (`full_backup_YYYYMMDD_HHMMSS`).
+//!
+//! Every key the rest of pgkeep writes or reads is built here, so the layout
+//! lives in one place.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Repository metadata object.
+pub const REPO_META_KEY: &str = "pgkeep.repo.json";
+/// Prefix of all backups.
+pub const BACKUPS_PREFIX: &str = "backups/";
+/// Prefix of change segments.
+pub const CHANGES_PREFIX: &str = "changes/";
+/// Prefix of locks.
+pub const LOCKS_PREFIX: &str = "locks/";
+/// Prefix of audit records.
+pub const AUDIT_PREFIX: &str = "audit/";
+/// Name of the manifest inside a backup's folder.
+pub const MANIFEST_NAME: &str = "manifest.json";
+/// Suffix of the second copy of a metadata object.
+pub const COPY_SUFFIX: &str = ".copy";
+
+/// What a backup is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupKind {
+    /// A complete logical copy of one database.
+    Full,
+    /// Changes since a parent backup.
+    Incremental,
+    /// A full backup taken automatically before a restore replaced the database.
+    PreRestore,
+}
+
+impl BackupKind {
+    /// The id prefix of this kind.
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full_backup_",
+            BackupKind::Incremental => "incr_backup_",
+            BackupKind::PreRestore => "pre_restore_backup_",
+        }
+    }
+
+    /// Whether a backup of this kind can be restored without a parent.
+    pub fn is_self_contained(self) -> bool {
+        !matches!(self, BackupKind::Incremental)
+    }
+}
+
+impl fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+            BackupKind::PreRestore => "pre-restore",
+        })
+    }
+}
+
+/// A backup id: `<kind prefix>YYYYMMDD_HHMMSS` in UTC, with an optional
+/// `_N` suffix when two backups start within the same second.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+const TS_FORMAT: &str = "%Y%m%d_%H%M%S";
+
+impl BackupId {
+    /// A new id for a backup of `kind` started at `at`, with collision suffix `seq` (0 = none).
+    pub fn new(kind: BackupKind, at: DateTime<Utc>, seq: u32) -> BackupId {
+        let base = format!("{}{}", kind.id_prefix(), at.format(TS_FORMAT));
+        if seq == 0 { BackupId(base) } else { BackupId(format!("{base}_{seq}")) }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The kind encoded in the id.
+    pub fn kind(&self) -> BackupKind {
+        parse_id(&self.0).expect("validated at construction").0
+    }
+
+    /// The start time encoded in the id (second precision).
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        parse_id(&self.0).expect("validated at construction").1
+    }
+
+    /// Folder of this backup: `backups/<id>/`.
+    pub fn prefix(&self) -> String {
+        format!("{BACKUPS_PREFIX}{}/", self.0)
+    }
+
+    /// Key of an object inside this backup's folder.
+    pub fn key(&self, rel: &str) -> String {
+        format!("{BACKUPS_PREFIX}{}/{rel}", self.0)
+    }
+
+    /// Key of the manifest.
+    pub fn manifest_key(&self) -> String {
+        self.key(MANIFEST_NAME)
+    }
+}
+
+fn parse_id(s: &str) -> Option<(BackupKind, DateTime<Utc>)> {
+    for kind in [BackupKind::Full, BackupKind::Incremental, BackupKind::PreRestore] {
+        if let Some(rest) = s.strip_prefix(kind.id_prefix()) {
+            let (ts, seq) = match rest.len() {
+                15 => (rest, None),
+                n if n > 16 && rest.as_bytes()[15] == b'_' => (&rest[..15], Some(&rest[16..])),
+                _ => return None,
+            };
+            if let Some(seq) = seq
+                && (seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) || seq.starts_with('0'))
+            {
+                return None;
+            }
+            let naive = NaiveDateTime::parse_from_str(ts, TS_FORMAT).ok()?;
+            return Some((kind, Utc.from_utc_datetime(&naive)));
+        }
+    }
+    None
+}
+
+impl FromStr for BackupId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if parse_id(s).is_some() {
+            Ok(BackupId(s.to_string()))
+        } else {
+            Err(Error::new(
+                ErrorKind::Config,
+                format!("`{s}` is not a backup id (expected e.g. full_backup_20260101_020000)"),
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// If `key` is a backup manifest key (`backups/<id>/manifest.json`), its id.
+pub fn manifest_key_id(key: &str) -> Option<BackupId> {
+    let rest = key.strip_prefix(BACKUPS_PREFIX)?;
+    let (id, name) = rest.split_once('/')?;
+    if name != MANIFEST_NAME {
+        return None;
+    }
+    id.parse().ok()
+}
+
+/// A log sequence number, printed the PostgreSQL way (`16/B374D848`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::new(ErrorKind::Config, format!("`{s}` is not an LSN (expected e.g. 16/B374D848)"));
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        let hi = u64::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u64::from_str_radix(lo, 16).map_err(|_| bad())?;
+        if hi > u32::MAX as u64 || lo > u32::MAX as u64 {
+            return Err(bad());
+        }
+        Ok(Lsn((hi << 32) | lo))
+    }
+}
+
+impl TryFrom<String> for Lsn {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Lsn> for String {
+    fn from(l: Lsn) -> String {
+        l.to_string()
+    }
+}
+
+/// Key of a change segment covering `[start, end)` of stream `stream_id`:
+/// `changes/<stream_id>/<start as 16 hex>-<end as 16 hex>.seg`. Fixed-width
+/// hex makes lexical order equal LSN order.
+pub fn segment_key(stream_id: &str, start: Lsn, end: Lsn) -> String {
+    format!("{CHANGES_PREFIX}{stream_id}/{:016X}-{:016X}.seg", start.0, end.0)
+}
+
+/// Parse a segment key back into (stream id, start, end).
+pub fn parse_segment_key(key: &str) -> Option<(String, Lsn, Lsn)> {
+    let rest = key.strip_prefix(CHANGES_PREFIX)?;
+    let (stream, file) = rest.rsplit_once('/')?;
+    let file = file.strip_suffix(".seg")?;
+    let (a, b) = file.split_once('-')?;
+    if a.len() != 16 || b.len() != 16 {
+        return None;
+    }
+    Some((
+        stream.to_string(),
+        Lsn(u64::from_str_radix(a, 16).ok()?),
+        Lsn(u64::from_str_radix(b, 16).ok()?),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 24, 2, 0, 5).unwrap();
+        let id = BackupId::new(BackupKind::Full, at, 0);
+        assert_eq!(id.as_str(), "full_backup_20261124_020005");
+        assert_eq!(id.kind(), BackupKind::Full);
+        assert_eq!(id.timestamp(), at);
+        assert_eq!(id.manifest_key(), "backups/full_backup_20261124_020005/manifest.json");
+        assert_eq!(manifest_key_id(&id.manifest_key()), Some(id.clone()));
+        let id2 = BackupId::new(BackupKind::Incremental, at, 2);
+        assert_eq!(id2.as_str(), "incr_backup_20261124_020005_2");
+        assert_eq!(id2.as_str().parse::<BackupId>().unwrap(), id2);
+        for bad in ["full_backup_2026", "full_backup_20261324_020005", "x_backup_20261124_020005", "full_backup_20261124_020005_", "full_backup_20261124_020005_01", "../etc"] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
+        assert!(manifest_key_id("backups/full_backup_20261124_020005/data/1.pack").is_none());
+    }
+
+    #[test]
+    fn lsn_and_segments() {
+        let l: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(l.0, 0x16_B374_D848);
+        assert_eq!(l.to_string(), "16/B374D848");
+        assert!("zz".parse::<Lsn>().is_err());
+        let k = segment_key("s1", Lsn(0x10), Lsn(0x1_0000_0020));
+        assert_eq!(k, "changes/s1/0000000000000010-0000000100000020.seg");
+        assert_eq!(parse_segment_key(&k), Some(("s1".into(), Lsn(0x10), Lsn(0x1_0000_0020))));
+    }
+}

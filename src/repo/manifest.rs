@@ -1,0 +1,333 @@
+//! The backup manifest (docs/FORMAT.md, "Manifest"): what a backup contains,
+//! with sizes and checksums of every object and chunk, and its own checksum.
+//!
+//! On disk a manifest is an envelope
+//! `{"format":"pgkeep-manifest","version":1,"sha256":"<hex>","body":{…}}`
+//! where `sha256` is the SHA-256 of the exact bytes of `body` as written.
+//! [`decode`] is pure: bytes in, a checked manifest or a `Corrupt` error out.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use super::layout::{BackupId, BackupKind, Lsn};
+use crate::error::{Error, Result};
+
+/// The manifest format version this build writes.
+pub const MANIFEST_VERSION: u32 = 1;
+/// The envelope's `format` marker.
+pub const MANIFEST_FORMAT: &str = "pgkeep-manifest";
+
+/// A complete backup description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupManifest {
+    /// The backup id.
+    pub backup_id: BackupId,
+    /// Full, incremental or pre-restore.
+    pub kind: BackupKind,
+    /// The backup this one builds on (incrementals).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<BackupId>,
+    /// Name of the database backed up.
+    pub database: String,
+    /// The server it came from.
+    pub server: ServerInfo,
+    /// When the backup started.
+    pub started_at: DateTime<Utc>,
+    /// When the last object became durable.
+    pub finished_at: DateTime<Utc>,
+    /// How the consistent snapshot was taken.
+    pub snapshot: SnapshotInfo,
+    /// Who ran it.
+    pub started_by: RunInfo,
+    /// Compression of data objects.
+    pub compression: CompressionInfo,
+    /// Encryption of data objects; `None` when not encrypted.
+    #[serde(default)]
+    pub encryption: Option<EncryptionInfo>,
+    /// Schema objects (pre-data, post-data, globals).
+    pub schema: SchemaObjects,
+    /// Every table's data.
+    pub tables: Vec<TableEntry>,
+    /// Sequence values at the snapshot.
+    pub sequences: Vec<SequenceEntry>,
+    /// Whether large objects are covered.
+    pub large_objects: LargeObjects,
+    /// Every stored object of the backup with its size and checksum.
+    pub objects: Vec<ObjectEntry>,
+    /// Totals.
+    pub stats: BackupStats,
+    /// Tables whose changes cannot be archived (no usable replica identity).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Server identity and version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInfo {
+    /// `server_version`, e.g. `15.18`.
+    pub version: String,
+    /// `server_version_num`, e.g. `150018`.
+    pub version_num: u32,
+    /// `system_identifier` of the cluster, as decimal text.
+    pub system_identifier: String,
+    /// Timeline at the snapshot.
+    pub timeline: u32,
+}
+
+/// How the backup's consistent snapshot was obtained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotInfo {
+    /// `replication_slot` (exported by CREATE_REPLICATION_SLOT) or `exported_snapshot` (pg_export_snapshot).
+    pub method: SnapshotMethod,
+    /// The LSN the snapshot is consistent at: replaying changes committed after it
+    /// yields later states. For `exported_snapshot`, the insert LSN at export (informational).
+    pub consistent_lsn: Lsn,
+    /// The logical replication slot, when one was created.
+    #[serde(default)]
+    pub slot_name: Option<String>,
+    /// Whether the slot was kept for change archiving.
+    #[serde(default)]
+    pub slot_kept: bool,
+}
+
+/// Snapshot methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMethod {
+    /// Exported by `CREATE_REPLICATION_SLOT … LOGICAL pgoutput (SNAPSHOT 'export')`.
+    ReplicationSlot,
+    /// `pg_export_snapshot()` in a REPEATABLE READ transaction (no PITR continuation).
+    ExportedSnapshot,
+}
+
+/// Who and what ran an operation (audit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInfo {
+    /// OS user.
+    pub os_user: String,
+    /// Host name.
+    pub host: String,
+    /// pgkeep version.
+    pub pgkeep_version: String,
+}
+
+impl RunInfo {
+    /// Information about the current process.
+    pub fn current() -> RunInfo {
+        RunInfo {
+            os_user: whoami::username().unwrap_or_else(|_| "unknown".into()),
+            host: hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            pgkeep_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// Compression of data objects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionInfo {
+    /// `zstd`, `gzip` or `none`.
+    pub algorithm: String,
+    /// Level used.
+    pub level: i32,
+}
+
+/// Encryption description (no keys, ever).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionInfo {
+    /// Scheme, e.g. `age`.
+    pub scheme: String,
+    /// Public recipients (never identities or passphrases).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+/// Schema objects of a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaObjects {
+    /// Types, tables, functions… (before data).
+    pub pre_data: ChunkRef,
+    /// Indexes, constraints, triggers, policies (after data).
+    pub post_data: ChunkRef,
+    /// Roles and other globals the database needs.
+    #[serde(default)]
+    pub globals: Option<ChunkRef>,
+}
+
+/// One compressed chunk stored at a byte range of an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkRef {
+    /// Object key relative to the backup folder, e.g. `data/000001.pack`.
+    pub object: String,
+    /// Offset of the chunk in the object.
+    pub offset: u64,
+    /// Stored (compressed, encrypted) length.
+    pub stored_size: u64,
+    /// Raw (uncompressed) length.
+    pub raw_size: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub stored_sha256: String,
+    /// SHA-256 of the raw bytes, hex.
+    pub raw_sha256: String,
+    /// Rows in this chunk (COPY text lines); 0 for non-row data.
+    #[serde(default)]
+    pub rows: u64,
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnEntry {
+    /// Column name.
+    pub name: String,
+    /// `format_type()` of the column.
+    pub type_name: String,
+    /// NOT NULL.
+    pub not_null: bool,
+}
+
+/// One table's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableEntry {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// OID at backup time.
+    pub oid: u32,
+    /// Columns in COPY order (generated columns excluded).
+    pub columns: Vec<ColumnEntry>,
+    /// Rows copied.
+    pub rows: u64,
+    /// Raw COPY bytes.
+    pub raw_bytes: u64,
+    /// Order-independent content fingerprint of the COPY text rows (see FORMAT.md).
+    pub fingerprint: String,
+    /// Chunks in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A sequence's state at the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceEntry {
+    /// Schema name.
+    pub schema: String,
+    /// Sequence name.
+    pub name: String,
+    /// `last_value`.
+    pub last_value: i64,
+    /// `is_called`.
+    pub is_called: bool,
+}
+
+/// Large-object coverage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LargeObjects {
+    /// Number of large objects in the database at the snapshot.
+    pub count: u64,
+    /// Whether their contents are in this backup.
+    pub covered: bool,
+}
+
+/// A stored object of the backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectEntry {
+    /// Key relative to the backup folder.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole object, hex.
+    pub sha256: String,
+}
+
+/// Totals of a backup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupStats {
+    /// `pg_database_size()` at the start.
+    pub database_size: u64,
+    /// Raw bytes of all chunks.
+    pub raw_bytes: u64,
+    /// Stored bytes of all objects.
+    pub stored_bytes: u64,
+    /// Rows of all tables.
+    pub rows: u64,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    format: &'static str,
+    version: u32,
+    sha256: String,
+    body: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn<'a> {
+    format: String,
+    version: u32,
+    sha256: String,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+/// Serialize a manifest into its checksummed envelope.
+pub fn encode(manifest: &BackupManifest) -> Result<Vec<u8>> {
+    let body = serde_json::to_string(manifest).map_err(|e| Error::internal(format!("cannot serialize manifest: {e}")))?;
+    let sha256 = hex::encode(Sha256::digest(body.as_bytes()));
+    let raw = RawValue::from_string(body).map_err(|e| Error::internal(format!("manifest body: {e}")))?;
+    let mut out = serde_json::to_vec(&EnvelopeOut {
+        format: MANIFEST_FORMAT,
+        version: MANIFEST_VERSION,
+        sha256,
+        body: &raw,
+    })
+    .map_err(|e| Error::internal(format!("cannot serialize manifest: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Parse and check a manifest. `what` names it in errors (the object key).
+pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
+    let env: EnvelopeIn<'_> = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(format!("manifest {what} is not a pgkeep manifest: {e}")))?;
+    if env.format != MANIFEST_FORMAT {
+        return Err(Error::corrupt(format!("manifest {what} has unknown format `{}`", env.format)));
+    }
+    if env.version != MANIFEST_VERSION {
+        return Err(Error::corrupt(format!(
+            "manifest {what} has format version {}, this pgkeep reads version {MANIFEST_VERSION}",
+            env.version
+        ))
+        .with_hint("use a pgkeep release that supports this repository format"));
+    }
+    let actual = hex::encode(Sha256::digest(env.body.get().as_bytes()));
+    if actual != env.sha256 {
+        return Err(Error::corrupt(format!(
+            "manifest {what} fails its checksum (stored {}, computed {actual})",
+            env.sha256
+        )));
+    }
+    serde_json::from_str(env.body.get())
+        .map_err(|e| Error::corrupt(format!("manifest {what} has an invalid body: {e}")))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
