@@ -1,17 +1,22 @@
 //! pgkeep: a PostgreSQL backup and point-in-time-recovery engine.
 //!
-//! The library is headless: every command is a function here, and the
-//! `pgkeep` binary only parses flags, loads [`config`], starts tracing and
+//! The library is headless: every command is a function in [`commands`], and
+//! the `pgkeep` binary only parses flags, loads [`config`], starts tracing and
 //! maps [`error::Error`] kinds to exit codes.
 //!
 //! Data path (see `ARCHITECTURE.md`): [`pg`] streams tables with
-//! `COPY ... TO STDOUT` under one exported snapshot, the pipeline cuts,
-//! compresses and checksums chunks off the async runtime, and [`storage`]
-//! writes them to every repository at once; [`repo`] owns the on-disk format.
+//! `COPY ... TO STDOUT` under one exported snapshot ([`backup`]), the
+//! [`pipeline`] cuts, compresses and checksums chunks off the async runtime,
+//! and [`storage`] writes them to every repository at once; [`repo`] owns the
+//! on-disk format.
 
+pub mod backup;
+pub mod commands;
 pub mod config;
 pub mod error;
+pub mod logging;
 pub mod pg;
+pub mod pipeline;
 pub mod repo;
 pub mod storage;
 

@@ -1,7 +1,10 @@
 //! PostgreSQL access: connections with TLS ([`connect`]), and later catalog
 //! queries, snapshot export and COPY streams.
 
+pub mod catalog;
 pub mod connect;
 pub mod tls;
+pub mod tools;
 
-pub use connect::{connect, Connection};
+pub use connect::{classify_pg_error, connect, Connection};
+pub use tls::RustlsConnector;

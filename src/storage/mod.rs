@@ -179,10 +179,7 @@ pub async fn open(spec: &crate::config::RepoSpec) -> Result<std::sync::Arc<dyn S
     use std::sync::Arc;
     let inner: Arc<dyn Storage> = match spec {
         crate::config::RepoSpec::Local(path) => Arc::new(local::LocalStorage::new(path.clone())),
-        crate::config::RepoSpec::S3(settings) => {
-            let _ = s3::S3Storage::connect(settings.clone()).await?;
-            todo!("S3 backend")
-        }
+        crate::config::RepoSpec::S3(settings) => Arc::new(s3::S3Storage::connect(settings.clone()).await?),
     };
     Ok(Arc::new(retry::RetryStorage::new(inner, retry::RetryPolicy::default())))
 }

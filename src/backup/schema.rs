@@ -1,0 +1,53 @@
+//! Schema capture under the backup's snapshot: `pg_dump --section=pre-data`
+//! and `--section=post-data` with `--snapshot` (DDL only — data never goes
+//! through pg_dump), and the roles the database needs from
+//! `pg_dumpall --roles-only --no-role-passwords`.
+
+use crate::config::DbSettings;
+use crate::error::Result;
+use crate::pg::tools;
+
+/// The captured schema, as SQL text.
+#[derive(Debug, Clone)]
+pub struct SchemaDump {
+    /// Types, tables, functions, … (run before loading data).
+    pub pre_data: Vec<u8>,
+    /// Indexes, constraints, triggers, policies, … (run after loading data).
+    pub post_data: Vec<u8>,
+    /// `CREATE ROLE`/`ALTER ROLE` statements, when they could be read.
+    pub globals: Option<Vec<u8>>,
+}
+
+/// Dump the schema of `db` as of `snapshot`. `server_major` picks a compatible pg_dump.
+pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32) -> Result<SchemaDump> {
+    let pg_dump = tools::find_tool("pg_dump", server_major)?;
+    let section = |name: &str| {
+        let mut cmd = tools::command(&pg_dump, db);
+        cmd.arg(format!("--section={name}"))
+            .arg(format!("--snapshot={snapshot}"))
+            .arg("--no-password")
+            .arg("--format=plain")
+            .arg("--dbname")
+            .arg(&db.dbname);
+        cmd
+    };
+    let (pre, post) = tokio::try_join!(
+        tools::run_capture(section("pre-data"), "pg_dump --section=pre-data"),
+        tools::run_capture(section("post-data"), "pg_dump --section=post-data"),
+    )?;
+    let globals = match tools::find_tool("pg_dumpall", server_major) {
+        Ok(p) => {
+            let mut cmd = tools::command(&p, db);
+            cmd.arg("--roles-only").arg("--no-role-passwords").arg("--no-password").arg("-l").arg(&db.dbname);
+            match tools::run_capture(cmd, "pg_dumpall --roles-only").await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(error = %e.user_line(), "roles not captured; a restore to a new server must create them first");
+                    None
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    Ok(SchemaDump { pre_data: pre, post_data: post, globals })
+}

@@ -1,0 +1,141 @@
+//! Flag definitions (clap derive) and dispatch to library commands.
+//!
+//! Each subcommand maps to one library function; this file only translates
+//! flags into the library's option structs and results into exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pgkeep::commands;
+use pgkeep::config::{self, FlagValues, ProcessEnv};
+use pgkeep::error::Result;
+
+/// pgkeep: PostgreSQL backups, verification and point-in-time recovery.
+#[derive(Debug, Parser)]
+#[command(name = "pgkeep", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Database to connect to: postgres:// URL or key=value string (default: DB_*, DATABASE_URL, PG* env).
+    #[arg(long, global = true, value_name = "URL")]
+    db: Option<String>,
+    /// Repository: a directory, file:///path or s3://bucket/prefix. Repeatable; replaces BACKUP_DIR/S3_BUCKET.
+    #[arg(long = "repo", global = true, value_name = "PATH_OR_URL")]
+    repos: Vec<String>,
+    /// Parallel connections and workers (default: number of cores).
+    #[arg(long, global = true, value_name = "N")]
+    jobs: Option<usize>,
+    /// Config file (default: PGKEEP_CONFIG, else ./pgkeep.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// Less output (errors and warnings only).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take a full backup of the database into every repository.
+    Backup(BackupArgs),
+    /// Print the effective configuration and where each value came from (secrets redacted).
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// Compression of data chunks.
+    #[arg(long, value_enum, default_value = "zstd")]
+    compress: CompressArg,
+    /// Compression level (zstd 1-19, gzip 1-9; default 3 for zstd, 6 for gzip).
+    #[arg(long)]
+    compress_level: Option<i32>,
+    /// Raw bytes per chunk (e.g. 8MiB).
+    #[arg(long, default_value = "8MiB")]
+    chunk_size: String,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CompressArg {
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run the parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> Result<u8> {
+    let g = &cli.global;
+    let flags = FlagValues {
+        db: g.db.clone(),
+        repos: g.repos.clone(),
+        jobs: g.jobs,
+        config: g.config.clone(),
+        log_format: g.log_format.map(|f| match f {
+            LogFormatArg::Text => "text".to_string(),
+            LogFormatArg::Json => "json".to_string(),
+        }),
+    };
+    let settings = config::load(&flags, &ProcessEnv)?;
+    let verbosity = if g.quiet { -1 } else { g.verbose as i8 };
+    let _log_guard = pgkeep::logging::init(settings.log_format, verbosity);
+
+    match cli.command {
+        Command::Config(a) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&settings.render_json()).unwrap_or_default());
+            } else {
+                print!("{}", settings.render_text());
+            }
+            Ok(0)
+        }
+        Command::Backup(a) => {
+            let chunk_size = config::layers::parse_size(&a.chunk_size)
+                .filter(|n| *n >= 64 << 10 && *n <= 1 << 30)
+                .ok_or_else(|| pgkeep::Error::config(format!("invalid --chunk-size `{}`: expected a size between 64KiB and 1GiB", a.chunk_size)))?;
+            let compression = match a.compress {
+                CompressArg::Zstd => pgkeep::pipeline::Compression::zstd(a.compress_level.unwrap_or(3))?,
+                CompressArg::Gzip => pgkeep::pipeline::Compression::gzip(a.compress_level.unwrap_or(6))?,
+                CompressArg::None => pgkeep::pipeline::Compression::None,
+            };
+            let opts = commands::backup::BackupOptions {
+                compression,
+                chunk_size: chunk_size as usize,
+                ..commands::backup::BackupOptions::default()
+            };
+            let report = commands::backup::run(&settings, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
+            } else {
+                println!("{}", report.summary_line());
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! `pgkeep backup`: a full, transactionally consistent logical backup of one
+//! database into every configured repository. [`run`] reads as the steps the
+//! README lists; the details live in `crate::backup` and `crate::pipeline`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::future::try_join_all;
+use tracing::Instrument;
+
+use crate::backup::schema::{self, SchemaDump};
+use crate::backup::snapshot::SnapshotHolder;
+use crate::backup::worker::{self, TaskResult, WorkerShared};
+use crate::backup::plan;
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::catalog::{self, ServerFacts, TableInfo};
+use crate::pg::connect;
+use crate::pipeline::pack::PackSink;
+use crate::pipeline::process;
+use crate::pipeline::{Compression, TableFingerprint};
+use crate::repo::catalog as repo_catalog;
+use crate::repo::layout::{BackupId, BackupKind};
+use crate::repo::manifest::{
+    BackupManifest, BackupStats, ChunkRef, CompressionInfo, LargeObjects, ObjectEntry, RunInfo, SchemaObjects,
+    ServerInfo, SnapshotInfo, TableEntry,
+};
+use crate::repo::meta;
+use crate::storage::{self, Storage};
+
+/// Options of a backup run.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Chunk compression.
+    pub compression: Compression,
+    /// Raw bytes per chunk.
+    pub chunk_size: usize,
+    /// Tables larger than this are split into block ranges of about this size.
+    pub range_bytes: u64,
+    /// Pack objects are closed at this size.
+    pub pack_size: u64,
+    /// How long to wait for table locks.
+    pub lock_timeout: Duration,
+    /// Full or pre-restore.
+    pub kind: BackupKind,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            compression: Compression::Zstd(3),
+            chunk_size: 8 << 20,
+            range_bytes: 256 << 20,
+            pack_size: 256 << 20,
+            lock_timeout: Duration::from_secs(30),
+            kind: BackupKind::Full,
+        }
+    }
+}
+
+/// What a finished backup reports.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    /// The manifest written.
+    pub manifest: BackupManifest,
+    /// Repositories written.
+    pub repositories: Vec<String>,
+}
+
+impl BackupReport {
+    /// One human line: id, duration, sizes, ratio, throughput.
+    pub fn summary_line(&self) -> String {
+        let s = &self.manifest.stats;
+        let secs = (s.duration_ms as f64 / 1000.0).max(0.001);
+        let ratio = if s.stored_bytes > 0 { s.raw_bytes as f64 / s.stored_bytes as f64 } else { 0.0 };
+        format!(
+            "backup {} done in {:.1}s: {} tables, {} rows, {} raw, {} stored (ratio {:.2}), {}/s, to {}",
+            self.manifest.backup_id,
+            secs,
+            self.manifest.tables.len(),
+            s.rows,
+            human_bytes(s.raw_bytes),
+            human_bytes(s.stored_bytes),
+            ratio,
+            human_bytes((s.raw_bytes as f64 / secs) as u64),
+            self.repositories.join(", ")
+        )
+    }
+
+    /// Machine-readable report.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backup_id": self.manifest.backup_id.as_str(),
+            "kind": self.manifest.kind.to_string(),
+            "database": self.manifest.database,
+            "tables": self.manifest.tables.len(),
+            "stats": self.manifest.stats,
+            "repositories": self.repositories,
+            "snapshot_lsn": self.manifest.snapshot.consistent_lsn.to_string(),
+        })
+    }
+}
+
+/// Bytes as KiB/MiB/GiB text.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Take a full backup.
+pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+
+    // 1. Preflight: connect, check version, privileges, wal_level.
+    let facts = preflight(settings).await?;
+
+    // 2. Repositories: reachable, writable, initialized; pick a free backup id.
+    let repos = open_repositories(settings).await?;
+    let backup_id = allocate_id(&repos, opts.kind, started_at).await?;
+    let span = tracing::info_span!("backup", backup_id = %backup_id, database = %settings.db.dbname);
+
+    let result = async {
+        // 3. Consistent snapshot, held until every COPY and the schema dump finish.
+        let snapshot = SnapshotHolder::export(&settings.db).await?;
+        if facts.wal_level != "logical" {
+            tracing::warn!(wal_level = %facts.wal_level, "incremental backups and point-in-time recovery need wal_level=logical; this full backup is consistent");
+        }
+
+        // 4. Under the snapshot: tables, locks, sequences, large objects.
+        let tables = catalog::list_tables(snapshot.client()).await?;
+        check_privileges(&tables, &facts)?;
+        snapshot.lock_tables(&tables, opts.lock_timeout).await?;
+        let sequences = catalog::sequence_values(snapshot.client()).await?;
+        let lo_count = catalog::large_object_count(snapshot.client()).await?;
+        if lo_count > 0 {
+            tracing::warn!(count = lo_count, "large objects are not covered by this backup");
+        }
+
+        // 5. Schema (pg_dump, DDL only) and data (parallel COPY workers) at once.
+        let tables = Arc::new(tables);
+        let server_major = facts.version_num / 10000;
+        let (schema_dump, (results, mut objects)) = tokio::try_join!(
+            schema::capture(&settings.db, &snapshot.name, server_major),
+            copy_all_tables(settings, opts, &repos, &backup_id, &snapshot.name, tables.clone(), &facts),
+        )?;
+        let (schema_objects, schema_packs) = store_schema(&repos, &backup_id, opts, schema_dump).await?;
+        objects.extend(schema_packs);
+        let consistent_lsn = snapshot.lsn;
+        let method = snapshot.method;
+        snapshot.release().await?;
+
+        // 6. Manifest last, in every repository, once every object is durable everywhere.
+        let table_entries = assemble_tables(&tables, results);
+        let stats = BackupStats {
+            database_size: facts.database_size,
+            raw_bytes: table_entries.iter().map(|t| t.raw_bytes).sum(),
+            stored_bytes: objects.iter().map(|o| o.size).sum(),
+            rows: table_entries.iter().map(|t| t.rows).sum(),
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        let manifest = BackupManifest {
+            backup_id: backup_id.clone(),
+            kind: opts.kind,
+            parent: None,
+            database: settings.db.dbname.clone(),
+            server: ServerInfo {
+                version: facts.version.clone(),
+                version_num: facts.version_num,
+                system_identifier: facts.system_identifier.clone().unwrap_or_default(),
+                timeline: facts.timeline.unwrap_or(0),
+            },
+            started_at,
+            finished_at: Utc::now(),
+            snapshot: SnapshotInfo { method, consistent_lsn, slot_name: None, slot_kept: false },
+            started_by: RunInfo::current(),
+            compression: CompressionInfo { algorithm: opts.compression.name().into(), level: opts.compression.level() },
+            encryption: None,
+            schema: schema_objects,
+            tables: table_entries,
+            sequences,
+            large_objects: LargeObjects { count: lo_count, covered: lo_count == 0 },
+            objects,
+            stats,
+            warnings: Vec::new(),
+        };
+        try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await?;
+        Ok::<_, Error>(manifest)
+    }
+    .instrument(span)
+    .await;
+
+    // 7. Report, or clean up: an unfinished backup is never visible.
+    match result {
+        Ok(manifest) => {
+            let report = BackupReport { manifest, repositories: repos.iter().map(|r| r.location()).collect() };
+            tracing::info!("{}", report.summary_line());
+            Ok(report)
+        }
+        Err(e) => {
+            for r in &repos {
+                remove_prefix(r.as_ref(), &backup_id.prefix()).await;
+            }
+            Err(e.context(format!("backup {backup_id} failed")))
+        }
+    }
+}
+
+async fn preflight(settings: &Settings) -> Result<ServerFacts> {
+    let conn = connect(&settings.db).await?;
+    let facts = catalog::server_facts(&conn.client).await?;
+    if facts.version_num < 130000 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("PostgreSQL {} at {} is not supported: pgkeep needs 13 or later", facts.version, settings.db.display_target()),
+        ));
+    }
+    tracing::info!(server = %facts.version, user = %facts.current_user, wal_level = %facts.wal_level, replication = facts.can_replicate, "connected");
+    Ok(facts)
+}
+
+fn check_privileges(tables: &[TableInfo], facts: &ServerFacts) -> Result<()> {
+    let missing: Vec<String> = tables.iter().filter(|t| !t.can_select).map(TableInfo::display).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
+    let more = if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() };
+    Err(Error::new(
+        ErrorKind::Config,
+        format!("role {} may not SELECT from {} table(s): {}{more}", facts.current_user, missing.len(), shown.join(", ")),
+    )
+    .with_hint(format!("GRANT pg_read_all_data TO {} (PostgreSQL 14+), or GRANT SELECT on those tables", facts.current_user)))
+}
+
+async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storage>>> {
+    if settings.repos.is_empty() {
+        return Err(Error::config("no repository configured").with_hint("set BACKUP_DIR, S3_BUCKET or --repo"));
+    }
+    let mut repos = Vec::new();
+    for spec in &settings.repos {
+        let s = storage::open(spec).await?;
+        s.check_writable().await?;
+        meta::ensure(s.as_ref()).await?;
+        repos.push(s);
+    }
+    Ok(repos)
+}
+
+/// The seed's id for `at`, with a `_N` suffix if that id is taken in any repository.
+async fn allocate_id(repos: &[Arc<dyn Storage>], kind: BackupKind, at: chrono::DateTime<Utc>) -> Result<BackupId> {
+    for seq in 0..1000 {
+        let id = BackupId::new(kind, at, seq);
+        let mut taken = false;
+        for r in repos {
+            if !r.list(&id.prefix()).await?.is_empty() {
+                taken = true;
+                break;
+            }
+        }
+        if !taken {
+            return Ok(id);
+        }
+    }
+    Err(Error::internal("cannot allocate a backup id"))
+}
+
+async fn copy_all_tables(
+    settings: &Settings,
+    opts: &BackupOptions,
+    repos: &[Arc<dyn Storage>],
+    backup_id: &BackupId,
+    snapshot: &str,
+    tables: Arc<Vec<TableInfo>>,
+    facts: &ServerFacts,
+) -> Result<(Vec<TaskResult>, Vec<ObjectEntry>)> {
+    let tasks = plan::plan(&tables, facts.version_num, opts.range_bytes);
+    let jobs = settings.jobs.max(1).min(tasks.len().max(1));
+    tracing::info!(tables = tables.len(), tasks = tasks.len(), jobs, "copying tables");
+    let shared = Arc::new(WorkerShared {
+        db: settings.db.clone(),
+        snapshot: snapshot.to_string(),
+        tables,
+        queue: tokio::sync::Mutex::new(VecDeque::from(tasks)),
+        compression: opts.compression,
+        chunk_size: opts.chunk_size,
+        raw_bytes: AtomicU64::new(0),
+        rows: AtomicU64::new(0),
+    });
+    let workers = (0..jobs).map(|i| {
+        let sink = PackSink::new(repos.to_vec(), backup_id.clone(), format!("data/w{:02}", i + 1), opts.pack_size);
+        tokio::spawn(worker::run(i + 1, shared.clone(), sink))
+    });
+    let outcomes = try_join_all(workers.map(|h| async {
+        h.await.map_err(|e| Error::internal(format!("copy worker crashed: {e}")))?
+    }))
+    .await?;
+    let mut results = Vec::new();
+    let mut objects = Vec::new();
+    for (r, o) in outcomes {
+        results.extend(r);
+        objects.extend(o);
+    }
+    Ok((results, objects))
+}
+
+/// Merge task results into one entry per table, ranges in block order.
+fn assemble_tables(tables: &[TableInfo], mut results: Vec<TaskResult>) -> Vec<TableEntry> {
+    results.sort_by_key(|r| (r.task.table, r.task.part));
+    let mut entries: Vec<(TableFingerprint, u64, Vec<ChunkRef>)> = vec![(TableFingerprint::default(), 0, Vec::new()); tables.len()];
+    for r in results {
+        let e = &mut entries[r.task.table];
+        e.0.merge(r.fingerprint);
+        e.1 += r.raw_bytes;
+        e.2.extend(r.chunks);
+    }
+    tables
+        .iter()
+        .zip(entries)
+        .map(|(t, (fp, raw, chunks))| TableEntry {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            oid: t.oid,
+            columns: t.columns.clone(),
+            rows: fp.rows,
+            raw_bytes: raw,
+            fingerprint: fp.to_hex(),
+            chunks,
+        })
+        .collect()
+}
+
+/// Store the schema SQL as chunks of one `schema` pack.
+async fn store_schema(
+    repos: &[Arc<dyn Storage>],
+    backup_id: &BackupId,
+    opts: &BackupOptions,
+    dump: SchemaDump,
+) -> Result<(SchemaObjects, Vec<ObjectEntry>)> {
+    let mut sink = PackSink::new(repos.to_vec(), backup_id.clone(), "schema/schema", u64::MAX);
+    let mut put = async |bytes: Vec<u8>| -> Result<ChunkRef> {
+        let chunk = process::join(process::spawn_process(bytes.into(), opts.compression, false)).await?;
+        sink.append(&chunk).await
+    };
+    let pre_data = put(dump.pre_data).await?;
+    let post_data = put(dump.post_data).await?;
+    let globals = match dump.globals {
+        Some(g) => Some(put(g).await?),
+        None => None,
+    };
+    let objects = sink.finish().await?;
+    Ok((SchemaObjects { pre_data, post_data, globals }, objects))
+}
+
+/// Best-effort removal of an interrupted backup's objects.
+async fn remove_prefix(storage: &dyn Storage, prefix: &str) {
+    if let Ok(objects) = storage.list(prefix).await {
+        for o in objects {
+            let _ = storage.delete(&o.key).await;
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! One function per CLI verb. The CLI and the `stream` daemon both call these.
+
+pub mod backup;

@@ -1,0 +1,230 @@
+//! Catalog queries used by backup and restore: server facts, tables with
+//! their columns and sizes, sequences, large objects. Also identifier quoting.
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::manifest::{ColumnEntry, SequenceEntry};
+
+/// Session settings that make COPY text output deterministic, so a
+/// fingerprint computed at backup time can be recomputed after a restore.
+/// Also disables timeouts that would kill a long backup transaction.
+pub const SESSION_SETUP: &str = "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, YMD'; \
+    SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET TimeZone = 'UTC'; \
+    SET bytea_output = 'hex'; SET row_security = off; SET statement_timeout = 0; \
+    SET idle_in_transaction_session_timeout = 0";
+
+/// Quote an identifier the way PostgreSQL's `quote_ident` does (always quoted).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `"schema"."name"`.
+pub fn qualified(schema: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(name))
+}
+
+/// Quote a string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| {
+        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+        Error::new(ErrorKind::Database, format!("{what}: {msg}"))
+    }
+}
+
+/// What pgkeep needs to know about the server and the role.
+#[derive(Debug, Clone)]
+pub struct ServerFacts {
+    /// `server_version`.
+    pub version: String,
+    /// `server_version_num`.
+    pub version_num: u32,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// The role is a superuser.
+    pub is_superuser: bool,
+    /// The role has the REPLICATION attribute (or is superuser).
+    pub can_replicate: bool,
+    /// Cluster system identifier, when readable.
+    pub system_identifier: Option<String>,
+    /// Current timeline, when readable.
+    pub timeline: Option<u32>,
+    /// `pg_database_size(current_database())`.
+    pub database_size: u64,
+    /// The role name.
+    pub current_user: String,
+}
+
+/// Read [`ServerFacts`].
+pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int4, \
+             current_setting('wal_level'), r.rolsuper, (r.rolreplication OR r.rolsuper), \
+             pg_database_size(current_database())::int8, current_user::text \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(db_err("cannot read server settings"))?;
+    // pg_control_* may be restricted; these are informational.
+    let control = client
+        .query_opt(
+            "SELECT s.system_identifier::text, c.timeline_id::int4 FROM pg_control_system() s, pg_control_checkpoint() c",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten();
+    Ok(ServerFacts {
+        version: row.get(0),
+        version_num: row.get::<_, i32>(1) as u32,
+        wal_level: row.get(2),
+        is_superuser: row.get(3),
+        can_replicate: row.get(4),
+        system_identifier: control.as_ref().map(|r| r.get(0)),
+        timeline: control.as_ref().map(|r| r.get::<_, i32>(1) as u32),
+        database_size: row.get::<_, i64>(5) as u64,
+        current_user: row.get(6),
+    })
+}
+
+/// A table whose rows a backup copies.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// OID.
+    pub oid: u32,
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// Columns in attnum order, generated columns excluded.
+    pub columns: Vec<ColumnEntry>,
+    /// Size of the main fork in bytes.
+    pub bytes: u64,
+    /// The role may SELECT from it.
+    pub can_select: bool,
+}
+
+impl TableInfo {
+    /// `"schema"."name"`.
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+
+    /// `schema.name` for messages.
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// The quoted column list, `("a", "b")`, or empty when there are no columns.
+    pub fn column_list(&self) -> String {
+        if self.columns.is_empty() {
+            return String::new();
+        }
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        format!("({})", cols.join(", "))
+    }
+}
+
+const USER_RELATION_FILTER: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+    AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+    AND c.relpersistence <> 't' \
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                    AND d.objid = c.oid AND d.deptype = 'e')";
+
+/// Every table with data to copy: ordinary tables and leaf partitions (not
+/// partitioned parents, views, foreign tables or extension members), largest first.
+pub async fn list_tables(client: &Client) -> Result<Vec<TableInfo>> {
+    let sql = format!(
+        "SELECT c.oid, n.nspname::text, c.relname::text, pg_relation_size(c.oid)::int8, \
+         has_table_privilege(c.oid, 'SELECT') \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND {USER_RELATION_FILTER} ORDER BY 4 DESC, 2, 3"
+    );
+    let rows = client.query(&sql, &[]).await.map_err(db_err("cannot list tables"))?;
+    let mut tables: Vec<TableInfo> = rows
+        .iter()
+        .map(|r| TableInfo {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            columns: Vec::new(),
+            bytes: r.get::<_, i64>(3) as u64,
+            can_select: r.get(4),
+        })
+        .collect();
+    let generated_filter = "AND a.attgenerated = ''";
+    let sql = format!(
+        "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND {USER_RELATION_FILTER} AND a.attnum > 0 AND NOT a.attisdropped {generated_filter} \
+         ORDER BY a.attrelid, a.attnum"
+    );
+    let rows = client.query(&sql, &[]).await.map_err(db_err("cannot list columns"))?;
+    let index: std::collections::HashMap<u32, usize> = tables.iter().enumerate().map(|(i, t)| (t.oid, i)).collect();
+    for r in rows {
+        let oid: u32 = r.get(0);
+        if let Some(&i) = index.get(&oid) {
+            tables[i].columns.push(ColumnEntry {
+                name: r.get(1),
+                type_name: r.get(2),
+                not_null: r.get(3),
+            });
+        }
+    }
+    Ok(tables)
+}
+
+/// Every sequence's value, read in the current transaction.
+pub async fn sequence_values(client: &Client) -> Result<Vec<SequenceEntry>> {
+    let sql = format!(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'S' AND {USER_RELATION_FILTER} ORDER BY 1, 2"
+    );
+    let rows = client.query(&sql, &[]).await.map_err(db_err("cannot list sequences"))?;
+    let names: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut out = Vec::with_capacity(names.len());
+    for batch in names.chunks(200) {
+        let parts: Vec<String> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (s, n))| format!("SELECT {i} AS i, last_value::int8, is_called FROM {}", qualified(s, n)))
+            .collect();
+        let rows = client
+            .query(&parts.join(" UNION ALL "), &[])
+            .await
+            .map_err(db_err("cannot read sequence values"))?;
+        for r in rows {
+            let i: i32 = r.get(0);
+            let (schema, name) = batch[i as usize].clone();
+            out.push(SequenceEntry { schema, name, last_value: r.get(1), is_called: r.get(2) });
+        }
+    }
+    Ok(out)
+}
+
+/// Number of large objects.
+pub async fn large_object_count(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one("SELECT count(*)::int8 FROM pg_largeobject_metadata", &[])
+        .await
+        .map_err(db_err("cannot count large objects"))?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("My \"T\""), "\"My \"\"T\"\"\"");
+        assert_eq!(qualified("s", "t"), "\"s\".\"t\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,13 @@
+//! The chunk pipeline: cut COPY output into chunks at row boundaries
+//! ([`chunker`]), then — on the rayon pool, off the async runtime — count
+//! rows, fingerprint them, checksum the raw bytes, compress, and checksum the
+//! stored bytes ([`process`]); finally append to pack objects in every
+//! repository at once ([`pack`]).
+
+pub mod chunker;
+pub mod compress;
+pub mod pack;
+pub mod process;
+
+pub use compress::Compression;
+pub use process::{ProcessedChunk, TableFingerprint};

@@ -1,0 +1,128 @@
+//! Per-chunk work done on the rayon pool, off the async runtime: count rows,
+//! fingerprint them, SHA-256 the raw bytes, compress, SHA-256 the stored bytes.
+//!
+//! The table fingerprint is order-independent: the wrapping sum (mod 2^128)
+//! of XXH3-128 over each row's COPY text without its trailing newline. Equal
+//! multisets of rows give equal fingerprints whatever order a restore loads
+//! them in; duplicates count (a sum, not a xor).
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use super::compress::Compression;
+use crate::error::{Error, Result};
+
+/// Order-independent fingerprint of a set of rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableFingerprint {
+    /// Rows seen.
+    pub rows: u64,
+    /// Wrapping sum of per-row XXH3-128 hashes.
+    pub sum: u128,
+}
+
+impl TableFingerprint {
+    /// Fingerprint every row of a buffer of complete COPY text rows.
+    pub fn of_rows(buf: &[u8]) -> TableFingerprint {
+        let mut fp = TableFingerprint::default();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', buf) {
+            fp.add_row(&buf[start..end]);
+            start = end + 1;
+        }
+        fp
+    }
+
+    /// Add one row (without its newline).
+    pub fn add_row(&mut self, row: &[u8]) {
+        self.rows += 1;
+        self.sum = self.sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(row));
+    }
+
+    /// Combine two fingerprints of disjoint row sets.
+    pub fn merge(&mut self, other: TableFingerprint) {
+        self.rows += other.rows;
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+
+    /// The manifest form: `xxh3sum128:<32 hex digits>`.
+    pub fn to_hex(self) -> String {
+        format!("xxh3sum128:{:032x}", self.sum)
+    }
+}
+
+/// A chunk ready to store.
+#[derive(Debug, Clone)]
+pub struct ProcessedChunk {
+    /// The bytes to store (compressed).
+    pub stored: Bytes,
+    /// Raw length.
+    pub raw_size: u64,
+    /// SHA-256 of raw bytes, hex.
+    pub raw_sha256: String,
+    /// SHA-256 of stored bytes, hex.
+    pub stored_sha256: String,
+    /// Rows and fingerprint (zero for non-row data).
+    pub fingerprint: TableFingerprint,
+}
+
+/// Do the per-chunk work synchronously. `rows`: whether `raw` is COPY text.
+pub fn process_chunk(raw: &[u8], compression: Compression, rows: bool) -> Result<ProcessedChunk> {
+    let fingerprint = if rows { TableFingerprint::of_rows(raw) } else { TableFingerprint::default() };
+    let raw_sha256 = hex::encode(Sha256::digest(raw));
+    let stored = compression.compress(raw)?;
+    let stored_sha256 = hex::encode(Sha256::digest(&stored));
+    Ok(ProcessedChunk {
+        stored: Bytes::from(stored),
+        raw_size: raw.len() as u64,
+        raw_sha256,
+        stored_sha256,
+        fingerprint,
+    })
+}
+
+/// Run [`process_chunk`] on the rayon pool; await the receiver for the result.
+pub fn spawn_process(raw: Bytes, compression: Compression, rows: bool) -> oneshot::Receiver<Result<ProcessedChunk>> {
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(process_chunk(&raw, compression, rows));
+    });
+    rx
+}
+
+/// Await a chunk spawned with [`spawn_process`].
+pub async fn join(rx: oneshot::Receiver<Result<ProcessedChunk>>) -> Result<ProcessedChunk> {
+    rx.await.map_err(|_| Error::internal("chunk worker vanished"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_order_independent_but_content_sensitive() {
+        let a = TableFingerprint::of_rows(b"1\ta\n2\tb\n3\tc\n");
+        let b = TableFingerprint::of_rows(b"3\tc\n1\ta\n2\tb\n");
+        assert_eq!(a, b);
+        assert_eq!(a.rows, 3);
+        let c = TableFingerprint::of_rows(b"1\ta\n2\tb\n3\td\n");
+        assert_ne!(a, c);
+        let dup = TableFingerprint::of_rows(b"1\ta\n1\ta\n");
+        assert_ne!(dup, TableFingerprint::default());
+        let mut m = TableFingerprint::of_rows(b"1\ta\n");
+        m.merge(TableFingerprint::of_rows(b"2\tb\n3\tc\n"));
+        assert_eq!(m, a);
+    }
+
+    #[tokio::test]
+    async fn processes_off_runtime() {
+        let raw = Bytes::from_static(b"1\tx\n2\ty\n");
+        let c = join(spawn_process(raw.clone(), Compression::Zstd(3), true)).await.unwrap();
+        assert_eq!(c.raw_size, raw.len() as u64);
+        assert_eq!(c.fingerprint.rows, 2);
+        assert_eq!(c.raw_sha256, hex::encode(Sha256::digest(&raw)));
+        assert_eq!(c.stored_sha256, hex::encode(Sha256::digest(&c.stored)));
+        assert_eq!(Compression::Zstd(3).decompress(&c.stored, raw.len(), "c").unwrap(), raw.to_vec());
+    }
+}

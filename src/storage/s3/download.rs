@@ -1,0 +1,213 @@
+//! Resuming downloads from S3.
+//!
+//! [`open`] issues one GetObject (ranged when asked) and returns an
+//! `AsyncRead` over its body. When the body errors, stalls for longer than
+//! the attempt timeout, or ends before the expected length, the reader issues
+//! a new ranged GET from the current offset, pinned to the first answer's
+//! ETag with `If-Match`, so bytes from two versions of an object are never
+//! mixed. Resumes without progress are bounded, with backoff. Errors come out
+//! as `io::Error::other(pgkeep Error)` so [`crate::storage::read_error`]
+//! recovers them.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use futures::Stream;
+
+use super::S3Inner;
+use super::errors::{self, Class, Target};
+use crate::error::{Error, ErrorKind, Result};
+use crate::storage::ObjectReader;
+
+/// Open `key` (relative) for reading, optionally only `range`.
+pub(super) async fn open(store: Arc<S3Inner>, key: &str, range: Option<Range<u64>>) -> Result<ObjectReader> {
+    if let Some(r) = &range
+        && r.start >= r.end
+    {
+        return Ok(Box::pin(tokio::io::empty()));
+    }
+    let start = range.as_ref().map(|r| r.start).unwrap_or(0);
+    let mut download = Download {
+        object_key: store.object_key(key),
+        store,
+        key: key.to_string(),
+        etag: None,
+        offset: start,
+        end: range.as_ref().map(|r| r.end).unwrap_or(u64::MAX),
+        body: None,
+        failures: 0,
+        finished: false,
+    };
+    let first = match download.get(range.is_some()).await {
+        Ok(out) => out,
+        // A range starting at or past the end reads as empty, as a file would.
+        Err((_, Class::BadRange)) => return Ok(Box::pin(tokio::io::empty())),
+        Err((e, _)) => return Err(e),
+    };
+    download.accept(first);
+    let stream = futures::stream::unfold(download, |mut d| async move {
+        let item = d.next_chunk().await?;
+        Some((item, d))
+    });
+    let stream: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = Box::pin(stream);
+    Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+}
+
+/// The state of one download.
+struct Download {
+    store: Arc<S3Inner>,
+    key: String,
+    object_key: String,
+    /// ETag of the first answer; later requests must match it.
+    etag: Option<String>,
+    /// Absolute offset of the next byte to hand out.
+    offset: u64,
+    /// Absolute end (exclusive) of what is to be read.
+    end: u64,
+    body: Option<ByteStream>,
+    /// Consecutive interruptions without progress.
+    failures: u32,
+    /// Set after the end or a final error.
+    finished: bool,
+}
+
+/// A failed GET: the error, and its class when the store answered.
+type GetError = (Error, Class);
+
+impl Download {
+    /// GET from the current offset. `ranged` asks for a `Range` header even
+    /// at offset 0 (the caller asked for a range).
+    async fn get(&self, ranged: bool) -> std::result::Result<GetObjectOutput, GetError> {
+        let mut req = self
+            .store
+            .client
+            .get_object()
+            .bucket(&self.store.bucket)
+            .key(&self.object_key);
+        if ranged || self.offset > 0 {
+            let range = if self.end == u64::MAX {
+                format!("bytes={}-", self.offset)
+            } else {
+                format!("bytes={}-{}", self.offset, self.end - 1)
+            };
+            req = req.range(range);
+        }
+        if let Some(etag) = &self.etag {
+            req = req.if_match(etag);
+        }
+        req.send().await.map_err(|e| {
+            let target = Target::Object(&self.key);
+            let class = errors::class_of(&e, target);
+            (self.store.error(e, "read", target), class)
+        })
+    }
+
+    /// Take the body of an answer, learning the length and ETag from the first.
+    fn accept(&mut self, out: GetObjectOutput) {
+        if self.etag.is_none() {
+            self.etag = out.e_tag.clone();
+        }
+        let len = out.content_length.unwrap_or(0).max(0) as u64;
+        // The store may return less than asked when the range runs past the end.
+        self.end = self.end.min(self.offset + len);
+        self.body = Some(out.body);
+    }
+
+    /// The next chunk of the object, resuming as needed; `None` at the end.
+    async fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.finished {
+            return None;
+        }
+        let idle = self.store.settings.attempt_timeout;
+        loop {
+            if self.offset >= self.end {
+                self.finished = true;
+                return None;
+            }
+            let Some(body) = self.body.as_mut() else {
+                match self.get(false).await {
+                    Ok(out) => {
+                        self.accept(out);
+                        continue;
+                    }
+                    Err((e, _)) if e.is_retryable() => {
+                        if let Err(e) = self.interrupted(e.user_line()).await {
+                            return Some(Err(self.fail(e)));
+                        }
+                        continue;
+                    }
+                    Err((e, _)) => return Some(Err(self.fail(e))),
+                }
+            };
+            let why = match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    let take = (chunk.len() as u64).min(self.end - self.offset) as usize;
+                    self.offset += take as u64;
+                    self.failures = 0;
+                    return Some(Ok(chunk.slice(..take)));
+                }
+                Ok(Some(Err(e))) => format!("body error: {e}"),
+                Ok(None) => format!("body ended early at byte {}", self.offset),
+                Err(_) => format!("no data for {idle:?}"),
+            };
+            self.body = None;
+            if let Err(e) = self.interrupted(why).await {
+                return Some(Err(self.fail(e)));
+            }
+        }
+    }
+
+    /// Count an interruption and wait before resuming; an error once the
+    /// attempts are used up.
+    async fn interrupted(&mut self, why: String) -> Result<()> {
+        self.failures += 1;
+        let limit = self.store.settings.max_attempts.max(1);
+        if self.failures >= limit {
+            return Err(Error::new(
+                ErrorKind::StorageTransient,
+                format!(
+                    "reading object {} from {} failed {} times at byte {}: {why}",
+                    self.key,
+                    self.store.location(),
+                    self.failures,
+                    self.offset
+                ),
+            ));
+        }
+        let delay = resume_delay(self.failures);
+        tracing::debug!(key = %self.object_key, offset = self.offset, attempt = self.failures, reason = %why, "resuming S3 read");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    fn fail(&mut self, e: Error) -> std::io::Error {
+        self.finished = true;
+        self.body = None;
+        std::io::Error::other(e)
+    }
+}
+
+/// Backoff before resume attempt `n` (1-based): 100 ms doubling, at most 5 s.
+pub(super) fn resume_delay(n: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << n.saturating_sub(1).min(6))).min(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_backoff_grows_and_is_capped() {
+        assert_eq!(resume_delay(1), Duration::from_millis(100));
+        assert_eq!(resume_delay(2), Duration::from_millis(200));
+        assert_eq!(resume_delay(4), Duration::from_millis(800));
+        assert_eq!(resume_delay(30), Duration::from_secs(5));
+    }
+}

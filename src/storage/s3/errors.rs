@@ -1,0 +1,293 @@
+//! Mapping of S3 SDK failures to pgkeep [`Error`]s.
+//!
+//! Every error is one line naming the bucket (and key when there is one) and
+//! the endpoint host, never credentials or an endpoint URL with userinfo. The
+//! [`ErrorKind`] says whether a retry can help: unreachable endpoints, 5xx,
+//! throttling and timeouts are [`ErrorKind::StorageTransient`].
+//!
+//! Classification is split in two: [`classify`] is pure (error code, HTTP
+//! status, what was addressed) and unit-tested; [`sdk_error`] pulls those
+//! facts out of an SDK error and builds the message.
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use crate::error::{Error, ErrorKind};
+
+/// Where a request went, for messages.
+#[derive(Debug, Clone)]
+pub(super) struct Place {
+    /// Bucket name.
+    pub bucket: String,
+    /// `s3://bucket/prefix`.
+    pub location: String,
+    /// `host[:port]` of the endpoint, without scheme or userinfo.
+    pub endpoint_host: String,
+}
+
+/// What a failed request addressed.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Target<'a> {
+    /// The bucket itself (HeadBucket, listings).
+    Bucket,
+    /// One object, by key relative to the repository root.
+    Object(&'a str),
+}
+
+/// The class of an S3 failure, which decides kind and wording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Class {
+    /// The bucket does not exist.
+    NoBucket,
+    /// The object does not exist.
+    NoKey,
+    /// Credentials refused or missing permissions.
+    Denied,
+    /// No credentials could be found or loaded.
+    NoCredentials { transient: bool },
+    /// The endpoint could not be reached (DNS, refused, reset).
+    Unreachable,
+    /// A request or connection attempt timed out.
+    TimedOut,
+    /// 5xx, throttling, or a garbled response: a retry may help.
+    Transient,
+    /// A conditional request failed: the object changed.
+    Changed,
+    /// The requested range starts at or beyond the end of the object.
+    BadRange,
+    /// Anything else.
+    Other,
+}
+
+/// Classify a service answer from its error code and HTTP status.
+pub(super) fn classify(code: Option<&str>, status: Option<u16>, target_is_bucket: bool) -> Class {
+    match code {
+        Some("NoSuchBucket") => return Class::NoBucket,
+        Some("NoSuchKey") => return Class::NoKey,
+        Some(
+            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccountProblem"
+            | "AllAccessDisabled" | "InvalidToken" | "ExpiredToken" | "Forbidden",
+        ) => return Class::Denied,
+        Some(
+            "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
+            | "TooManyRequests" | "RequestTimeout" | "InternalError" | "ServiceUnavailable",
+        ) => return Class::Transient,
+        Some("PreconditionFailed") => return Class::Changed,
+        Some("InvalidRange") => return Class::BadRange,
+        _ => {}
+    }
+    match status {
+        Some(404) if target_is_bucket => Class::NoBucket,
+        Some(404) => Class::NoKey,
+        Some(401 | 403) => Class::Denied,
+        Some(412) => Class::Changed,
+        Some(416) => Class::BadRange,
+        Some(408 | 429) => Class::Transient,
+        Some(s) if s >= 500 => Class::Transient,
+        _ => Class::Other,
+    }
+}
+
+/// The class of an SDK error from a request that addressed `target`.
+pub(super) fn class_of<E>(err: &SdkError<E, HttpResponse>, target: Target<'_>) -> Class
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::TimeoutError(_) => Class::TimedOut,
+        SdkError::ResponseError(_) => Class::Transient,
+        SdkError::DispatchFailure(d) => match credentials_error(err) {
+            Some(transient) => Class::NoCredentials { transient },
+            None if d.is_timeout() => Class::TimedOut,
+            None if d.is_user() => Class::Other,
+            None => Class::Unreachable,
+        },
+        SdkError::ConstructionFailure(_) => match credentials_error(err) {
+            Some(transient) => Class::NoCredentials { transient },
+            None => Class::Other,
+        },
+        _ => classify(
+            err.code(),
+            err.raw_response().map(|r| r.status().as_u16()),
+            matches!(target, Target::Bucket),
+        ),
+    }
+}
+
+/// Turn an SDK error from operation `op` (a verb such as "read" or "upload
+/// part 3 of") into a pgkeep error.
+pub(super) fn sdk_error<E>(err: SdkError<E, HttpResponse>, place: &Place, op: &str, target: Target<'_>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let class = class_of(&err, target);
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let detail = match (err.code(), status) {
+        (Some(code), Some(s)) => format!(" (HTTP {s} {code})"),
+        (None, Some(s)) => format!(" (HTTP {s})"),
+        (Some(code), None) => format!(" ({code})"),
+        (None, None) => String::new(),
+    };
+    build(class, place, op, target, &detail).with_source(err)
+}
+
+/// Whether the error chain holds a credentials failure, and if so whether it
+/// may be transient (provider timeout or error rather than no credentials).
+fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(matches!(
+                c,
+                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_)
+            ));
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The pgkeep error for a classified failure.
+pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>, detail: &str) -> Error {
+    let Place { bucket, location, endpoint_host } = place;
+    let what = match target {
+        Target::Bucket => format!("bucket `{bucket}`"),
+        Target::Object(key) => format!("object {key} in {location}"),
+    };
+    let credentials_hint = format!(
+        "check the S3 credentials (s3.access_key_id and s3.secret_access_key, or the AWS \
+         credential chain) and that they may read and write bucket `{bucket}`"
+    );
+    match class {
+        Class::NoBucket => Error::new(
+            ErrorKind::NotFound,
+            format!("S3 bucket `{bucket}` does not exist (endpoint {endpoint_host})"),
+        )
+        .with_hint("create the bucket, or fix S3_BUCKET / --repo"),
+        Class::NoKey => match target {
+            Target::Object(key) => Error::new(ErrorKind::NotFound, format!("object {key} not found in {location}")),
+            Target::Bucket => Error::new(ErrorKind::NotFound, format!("{location} not found (endpoint {endpoint_host})")),
+        },
+        Class::Denied => Error::new(
+            ErrorKind::AccessDenied,
+            format!("S3 denied access to {what}{detail} while trying to {op} it (endpoint {endpoint_host})"),
+        )
+        .with_hint(credentials_hint),
+        Class::NoCredentials { transient } => Error::new(
+            if transient { ErrorKind::StorageTransient } else { ErrorKind::Config },
+            format!("cannot load S3 credentials to {op} {what}"),
+        )
+        .with_hint(
+            "set s3.access_key_id and s3.secret_access_key, or AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, or an AWS profile or instance role",
+        ),
+        Class::Unreachable => Error::new(
+            ErrorKind::StorageTransient,
+            format!("cannot reach S3 endpoint {endpoint_host} to {op} {what}"),
+        )
+        .with_hint("check S3_ENDPOINT / s3.endpoint and the network"),
+        Class::TimedOut => Error::new(
+            ErrorKind::StorageTransient,
+            format!("S3 request to {op} {what} timed out (endpoint {endpoint_host})"),
+        ),
+        Class::Transient => Error::new(
+            ErrorKind::StorageTransient,
+            format!("S3 failed to {op} {what} with a temporary error{detail}"),
+        ),
+        Class::Changed => Error::new(
+            ErrorKind::Storage,
+            format!("{what} changed while it was being read"),
+        ),
+        Class::BadRange => Error::new(
+            ErrorKind::Storage,
+            format!("S3 rejected the byte range asked to {op} {what}{detail}"),
+        ),
+        Class::Other => Error::new(ErrorKind::Storage, format!("S3 failed to {op} {what}{detail}")),
+    }
+}
+
+/// `host[:port]` of an endpoint URL, for messages; `None` if it is not a URL.
+pub(super) fn endpoint_host(endpoint: &str) -> Option<String> {
+    let url = url::Url::parse(endpoint).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place() -> Place {
+        Place {
+            bucket: "bk".into(),
+            location: "s3://bk/pre".into(),
+            endpoint_host: "s3.example.net:3900".into(),
+        }
+    }
+
+    #[test]
+    fn codes_win_over_status() {
+        assert_eq!(classify(Some("NoSuchBucket"), Some(404), false), Class::NoBucket);
+        assert_eq!(classify(Some("NoSuchKey"), Some(404), false), Class::NoKey);
+        assert_eq!(classify(Some("SignatureDoesNotMatch"), Some(403), false), Class::Denied);
+        assert_eq!(classify(Some("InvalidAccessKeyId"), Some(403), true), Class::Denied);
+        assert_eq!(classify(Some("SlowDown"), Some(503), false), Class::Transient);
+        assert_eq!(classify(Some("PreconditionFailed"), Some(412), false), Class::Changed);
+        assert_eq!(classify(Some("InvalidRange"), Some(416), false), Class::BadRange);
+        assert_eq!(classify(Some("InvalidArgument"), Some(400), false), Class::Other);
+    }
+
+    #[test]
+    fn bare_statuses_depend_on_target() {
+        // HEAD answers carry no body, so no code: the status decides.
+        assert_eq!(classify(None, Some(404), true), Class::NoBucket);
+        assert_eq!(classify(None, Some(404), false), Class::NoKey);
+        assert_eq!(classify(None, Some(403), false), Class::Denied);
+        assert_eq!(classify(None, Some(500), false), Class::Transient);
+        assert_eq!(classify(None, Some(503), true), Class::Transient);
+        assert_eq!(classify(None, Some(429), false), Class::Transient);
+        assert_eq!(classify(None, Some(400), false), Class::Other);
+        assert_eq!(classify(None, None, false), Class::Other);
+    }
+
+    #[test]
+    fn messages_name_bucket_key_and_host() {
+        let e = build(Class::NoBucket, &place(), "read", Target::Object("a/b"), "");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.message().contains("`bk`") && e.message().contains("s3.example.net:3900"));
+
+        let e = build(Class::NoKey, &place(), "read", Target::Object("a/b"), "");
+        assert_eq!(e.message(), "object a/b not found in s3://bk/pre");
+
+        let e = build(Class::Denied, &place(), "write", Target::Object("a/b"), " (HTTP 403 AccessDenied)");
+        assert_eq!(e.kind(), ErrorKind::AccessDenied);
+        assert!(e.message().contains("a/b") && e.hint().unwrap().contains("credentials"));
+
+        let e = build(Class::Unreachable, &place(), "check", Target::Bucket, "");
+        assert_eq!(e.kind(), ErrorKind::StorageTransient);
+        assert!(e.message().starts_with("cannot reach S3 endpoint s3.example.net:3900"));
+
+        for class in [Class::TimedOut, Class::Transient] {
+            assert!(build(class, &place(), "read", Target::Bucket, "").is_retryable());
+        }
+        assert!(!build(Class::Other, &place(), "read", Target::Bucket, "").is_retryable());
+        assert_eq!(
+            build(Class::NoCredentials { transient: false }, &place(), "read", Target::Bucket, "").kind(),
+            ErrorKind::Config
+        );
+    }
+
+    #[test]
+    fn endpoint_host_drops_scheme_and_userinfo() {
+        assert_eq!(endpoint_host("http://127.0.0.1:3900").as_deref(), Some("127.0.0.1:3900"));
+        assert_eq!(
+            endpoint_host("https://user:pw@minio.example.com/").as_deref(),
+            Some("minio.example.com")
+        );
+        assert_eq!(endpoint_host("not a url"), None);
+    }
+}
