@@ -11,9 +11,9 @@
 use std::io;
 use std::time::Duration;
 
+use tokio_postgres::Socket;
 use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::tls::{MakeTlsConnect, NoTls};
-use tokio_postgres::Socket;
 
 use super::tls::RustlsConnector;
 use crate::config::{DbSettings, SslMode};
@@ -193,31 +193,47 @@ fn classify(err: tokio_postgres::Error, db: &DbSettings, phase: Phase<'_>) -> Er
                 }
                 _ => cause,
             };
-            Error::new(ErrorKind::Connect, format!("{}: {reason}", phase.prefix(db))).with_hint(HINT_ADDRESS)
+            Error::new(
+                ErrorKind::Connect,
+                format!("{}: {reason}", phase.prefix(db)),
+            )
+            .with_hint(HINT_ADDRESS)
         }
         "error performing TLS handshake" if cause.contains("does not support TLS") => Error::new(
             ErrorKind::Tls,
-            format!("server {server} does not support TLS but sslmode={}", db.sslmode.as_str()),
+            format!(
+                "server {server} does not support TLS but sslmode={}",
+                db.sslmode.as_str()
+            ),
         )
         .with_hint("enable ssl on the server, or set sslmode=prefer or disable"),
-        "error performing TLS handshake" => {
-            Error::new(ErrorKind::Tls, format!("TLS handshake with {server} failed: {cause}"))
-        }
+        "error performing TLS handshake" => Error::new(
+            ErrorKind::Tls,
+            format!("TLS handshake with {server} failed: {cause}"),
+        ),
         "invalid configuration" if cause.contains("password missing") => Error::new(
             ErrorKind::Auth,
-            format!("server {server} asks for a password for user {} but none is set", db.user),
+            format!(
+                "server {server} asks for a password for user {} but none is set",
+                db.user
+            ),
         )
         .with_hint(HINT_PASSWORD),
         "authentication error" => Error::new(
             ErrorKind::Auth,
-            format!("authentication failed for user {} at {server}: {cause}", db.user),
+            format!(
+                "authentication failed for user {} at {server}: {cause}",
+                db.user
+            ),
         ),
         _ if matches!(phase, Phase::Connect) || err.is_closed() || io_kind.is_some() => {
-            let what = match phase {
-                Phase::Connect => format!("connection to PostgreSQL at {server} failed during startup"),
-                Phase::Query(what) => format!("cannot {what}: lost connection to PostgreSQL at {server}"),
+            let message = match phase {
+                Phase::Connect => {
+                    format!("connection to PostgreSQL at {server} failed during startup")
+                }
+                Phase::Query(_) => format!("{}: lost connection to the server", phase.prefix(db)),
             };
-            Error::new(ErrorKind::Connect, what).with_source(err)
+            Error::new(ErrorKind::Connect, message).with_source(err)
         }
         _ => Error::new(ErrorKind::Database, phase.prefix(db)).with_source(err),
     }
@@ -261,19 +277,31 @@ fn classify_db_error(e: &DbError, db: &DbSettings, phase: Phase<'_>) -> Error {
             .with_hint("ask the database administrator to add a pg_hba.conf entry");
         }
         if msg.starts_with("role") && msg.ends_with("does not exist") {
-            return Error::new(ErrorKind::Auth, format!("role {user} does not exist on {server}"))
-                .with_hint("check DB_USER, PGUSER or the user in --db");
+            return Error::new(
+                ErrorKind::Auth,
+                format!("role {user} does not exist on {server}"),
+            )
+            .with_hint("check DB_USER, PGUSER or the user in --db");
         }
-        return Error::new(ErrorKind::Auth, format!("server {server} refused user {user}: {msg}"));
+        return Error::new(
+            ErrorKind::Auth,
+            format!("server {server} refused user {user}: {msg}"),
+        );
     }
     if *code == SqlState::INVALID_CATALOG_NAME {
-        return Error::new(ErrorKind::Database, format!("database {dbname} does not exist on {server}"))
-            .with_hint("check DB_NAME, PGDATABASE or the database in --db");
+        return Error::new(
+            ErrorKind::Database,
+            format!("database {dbname} does not exist on {server}"),
+        )
+        .with_hint("check DB_NAME, PGDATABASE or the database in --db");
     }
     if connecting && *code == SqlState::INSUFFICIENT_PRIVILEGE {
         return Error::new(
             ErrorKind::Auth,
-            format!("user {user} may not connect to database {dbname} on {server}: {}", e.message()),
+            format!(
+                "user {user} may not connect to database {dbname} on {server}: {}",
+                e.message()
+            ),
         );
     }
     let unavailable = [
@@ -296,7 +324,12 @@ fn classify_db_error(e: &DbError, db: &DbSettings, phase: Phase<'_>) -> Error {
 
 /// "ERROR: message (SQLSTATE 42P01): detail", on one line.
 fn db_error_text(e: &DbError) -> String {
-    let mut text = format!("{}: {} (SQLSTATE {})", e.severity(), e.message(), e.code().code());
+    let mut text = format!(
+        "{}: {} (SQLSTATE {})",
+        e.severity(),
+        e.message(),
+        e.code().code()
+    );
     if let Some(detail) = e.detail() {
         text.push_str(": ");
         text.push_str(detail);
@@ -312,28 +345,52 @@ fn certificate_error(e: &rustls::Error, db: &DbSettings) -> Error {
         Some(path) if path.as_os_str() != "system" => format!("sslrootcert {}", path.display()),
         _ => "the system roots".to_string(),
     };
-    let reason = match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
-            format!("certificate is not signed by a CA in {roots}")
-        }
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-            format!("certificate is not valid for host name {} ({e})", db.host)
-        }
+    let (reason, hint) = match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => (
+            format!("certificate is not signed by a CA in {roots}"),
+            Some("point sslrootcert at the CA that signed the server certificate".to_string()),
+        ),
+        rustls::Error::InvalidCertificate(C::NotValidForNameContext { presented, .. }) => (
+            format!(
+                "certificate is not valid for host name {} (it names {})",
+                db.host,
+                presented
+                    .iter()
+                    .map(|n| presented_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(NAME_HINT.to_string()),
+        ),
+        rustls::Error::InvalidCertificate(C::NotValidForName) => (
+            format!("certificate is not valid for host name {}", db.host),
+            Some(NAME_HINT.to_string()),
+        ),
         rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-            "certificate has expired".to_string()
+            ("certificate has expired".to_string(), None)
         }
         rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-            "certificate is not valid yet".to_string()
+            ("certificate is not valid yet".to_string(), None)
         }
-        other => other.to_string(),
+        other => (other.to_string(), None),
     };
-    let error = Error::new(ErrorKind::Tls, format!("TLS verification of server {server} failed: {reason}"));
-    match db.sslmode {
-        SslMode::VerifyCa | SslMode::VerifyFull => error.with_hint(format!(
-            "sslmode={} checks the server certificate against {roots}; point sslrootcert at the CA that signed it",
-            db.sslmode.as_str()
-        )),
-        _ => error,
+    let error = Error::new(
+        ErrorKind::Tls,
+        format!("TLS verification of server {server} failed: {reason}"),
+    );
+    match hint {
+        Some(hint) => error.with_hint(hint),
+        None => error,
+    }
+}
+
+const NAME_HINT: &str = "connect using a name the certificate lists, or use sslmode=verify-ca to skip the host-name check";
+
+/// `localhost` out of rustls's `DnsName("localhost")`; other text unchanged.
+fn presented_name(name: &str) -> &str {
+    match (name.find('('), name.strip_suffix(')')) {
+        (Some(open), Some(inner)) => inner[open + 1..].trim_matches('"'),
+        _ => name,
     }
 }
 
@@ -353,11 +410,15 @@ fn chain(err: &tokio_postgres::Error) -> Vec<&(dyn std::error::Error + 'static)>
 }
 
 fn find_io_error(err: &tokio_postgres::Error) -> Option<&io::Error> {
-    chain(err).into_iter().find_map(|e| e.downcast_ref::<io::Error>())
+    chain(err)
+        .into_iter()
+        .find_map(|e| e.downcast_ref::<io::Error>())
 }
 
 fn find_rustls_error(err: &tokio_postgres::Error) -> Option<&rustls::Error> {
-    chain(err).into_iter().find_map(|e| e.downcast_ref::<rustls::Error>())
+    chain(err)
+        .into_iter()
+        .find_map(|e| e.downcast_ref::<rustls::Error>())
 }
 
 /// The text of the deepest cause, for messages.
@@ -404,7 +465,9 @@ mod tests {
         assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(7)));
         assert!(c.get_keepalives());
         assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        assert!(matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db.example.com"));
+        assert!(
+            matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db.example.com")
+        );
 
         let c = pg_config(&settings("db", SslMode::Prefer));
         assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer);
@@ -416,7 +479,9 @@ mod tests {
     fn unix_socket_hosts_never_use_tls() {
         let db = settings("/var/run/postgresql", SslMode::VerifyFull);
         let c = pg_config(&db);
-        assert!(matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Unix(p) if p.as_os_str() == "/var/run/postgresql"));
+        assert!(
+            matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Unix(p) if p.as_os_str() == "/var/run/postgresql")
+        );
         assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
         assert!(!uses_tls(&db));
         assert_eq!(server_label(&db), "/var/run/postgresql/.s.PGSQL.6543");
@@ -425,11 +490,23 @@ mod tests {
     #[test]
     fn labels_name_the_server() {
         assert_eq!(server_label(&settings("db", SslMode::Prefer)), "db:6543");
-        assert_eq!(server_label(&settings("::1", SslMode::Prefer)), "[::1]:6543");
-        assert_eq!(target_label(&settings("db", SslMode::Prefer)), "db:6543/app");
+        assert_eq!(
+            server_label(&settings("::1", SslMode::Prefer)),
+            "[::1]:6543"
+        );
+        assert_eq!(
+            target_label(&settings("db", SslMode::Prefer)),
+            "db:6543/app"
+        );
         let db = settings("db", SslMode::Prefer);
-        assert_eq!(Phase::Query("list tables").prefix(&db), "cannot list tables on db:6543/app");
-        assert_eq!(Phase::Connect.prefix(&db), "cannot connect to PostgreSQL at db:6543");
+        assert_eq!(
+            Phase::Query("list tables").prefix(&db),
+            "cannot list tables on db:6543/app"
+        );
+        assert_eq!(
+            Phase::Connect.prefix(&db),
+            "cannot connect to PostgreSQL at db:6543"
+        );
     }
 
     #[test]
@@ -441,13 +518,29 @@ mod tests {
             &db,
         );
         assert_eq!(e.kind(), ErrorKind::Tls);
-        assert!(e.message().contains("db.example.com:6543"), "{}", e.message());
-        assert!(e.message().contains("/etc/pgkeep/ca.pem"), "{}", e.message());
+        assert!(
+            e.message().contains("db.example.com:6543"),
+            "{}",
+            e.message()
+        );
+        assert!(
+            e.message().contains("/etc/pgkeep/ca.pem"),
+            "{}",
+            e.message()
+        );
         let e = certificate_error(
             &rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
             &db,
         );
-        assert!(e.message().contains("not valid for host name db.example.com"), "{}", e.message());
+        assert!(
+            e.message()
+                .contains("not valid for host name db.example.com"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(presented_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(presented_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(presented_name("plain"), "plain");
         assert!(!e.user_line().contains("s3cret-pw"));
     }
 }

@@ -124,9 +124,11 @@ fn load_pem_roots(path: &Path) -> Result<RootCertStore> {
     let mut certs = Vec::new();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| {
-            Error::config(format!("TLS root certificate file {shown} is not valid PEM"))
-                .with_source(e)
-                .with_hint(hint)
+            Error::config(format!(
+                "TLS root certificate file {shown} is not valid PEM"
+            ))
+            .with_source(e)
+            .with_hint(hint)
         })?;
         certs.push(cert);
     }
@@ -185,7 +187,13 @@ impl ServerCertVerifier for PgCertVerifier {
             return Ok(ServerCertVerified::assertion());
         };
         let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algorithms.all)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
         if self.check_name {
             verify_server_name(&cert, server_name)?;
         }
@@ -247,7 +255,10 @@ where
         let name = match server_name(domain) {
             Ok(name) => name,
             Err(e) if self.check_name => {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, e.message().to_string()));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    e.message().to_string(),
+                ));
             }
             // Without a host-name check the name only feeds SNI, and an IP
             // address name sends none.
@@ -303,13 +314,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
@@ -372,10 +391,18 @@ fn signature_hash(oid: &[u8]) -> Option<BindingHash> {
 fn signature_algorithm_oid(cert_der: &[u8]) -> Option<&[u8]> {
     const SEQUENCE: u8 = 0x30;
     const OID: u8 = 0x06;
-    let (SEQUENCE, cert, _) = der_element(cert_der)? else { return None };
-    let (SEQUENCE, _tbs, rest) = der_element(cert)? else { return None };
-    let (SEQUENCE, algorithm, _) = der_element(rest)? else { return None };
-    let (OID, oid, _) = der_element(algorithm)? else { return None };
+    let (SEQUENCE, cert, _) = der_element(cert_der)? else {
+        return None;
+    };
+    let (SEQUENCE, _tbs, rest) = der_element(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, algorithm, _) = der_element(rest)? else {
+        return None;
+    };
+    let (OID, oid, _) = der_element(algorithm)? else {
+        return None;
+    };
     Some(oid)
 }
 
@@ -393,7 +420,9 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         }
         let (digits, tail) = rest.split_at(count);
         rest = tail;
-        digits.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+        digits
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
     };
     if rest.len() < len {
         return None;
@@ -422,9 +451,18 @@ mod tests {
 
     #[test]
     fn server_names_accept_dns_and_ip() {
-        assert!(matches!(server_name("127.0.0.1").unwrap(), ServerName::IpAddress(_)));
-        assert!(matches!(server_name("[::1]").unwrap(), ServerName::IpAddress(_)));
-        assert!(matches!(server_name("db.example.com").unwrap(), ServerName::DnsName(_)));
+        assert!(matches!(
+            server_name("127.0.0.1").unwrap(),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("[::1]").unwrap(),
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            server_name("db.example.com").unwrap(),
+            ServerName::DnsName(_)
+        ));
         let e = server_name("bad host!").unwrap_err();
         assert!(e.message().contains("bad host!"), "{}", e.message());
     }
@@ -441,7 +479,11 @@ mod tests {
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let e = client_config(&settings(SslMode::VerifyCa, Some(&empty))).unwrap_err();
         assert!(e.message().contains("empty.crt"), "{}", e.message());
-        assert!(e.message().contains("no usable certificates"), "{}", e.message());
+        assert!(
+            e.message().contains("no usable certificates"),
+            "{}",
+            e.message()
+        );
 
         // Modes without verification never read the file.
         client_config(&settings(SslMode::Require, Some(&missing))).unwrap();
@@ -468,16 +510,28 @@ mod tests {
             .unwrap();
         let der = cert.der().as_ref();
         // rcgen signs with ECDSA P-256 / SHA-256 by default.
-        assert_eq!(tls_server_end_point(der), Some(sha2::Sha256::digest(der).to_vec()));
+        assert_eq!(
+            tls_server_end_point(der),
+            Some(sha2::Sha256::digest(der).to_vec())
+        );
     }
 
     #[test]
     fn der_reader_rejects_malformed_input() {
         assert_eq!(tls_server_end_point(&[]), None);
         assert_eq!(tls_server_end_point(&[0x30]), None);
-        assert_eq!(tls_server_end_point(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x00]), None);
+        assert_eq!(
+            tls_server_end_point(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x00]),
+            None
+        );
         assert_eq!(tls_server_end_point(&[0x30, 0x80]), None);
-        assert_eq!(der_element(&[0x04, 0x02, 0xaa, 0xbb, 0xcc]), Some((0x04, &[0xaa, 0xbb][..], &[0xcc][..])));
-        assert_eq!(der_element(&[0x04, 0x81, 0x01, 0xaa]), Some((0x04, &[0xaa][..], &[][..])));
+        assert_eq!(
+            der_element(&[0x04, 0x02, 0xaa, 0xbb, 0xcc]),
+            Some((0x04, &[0xaa, 0xbb][..], &[0xcc][..]))
+        );
+        assert_eq!(
+            der_element(&[0x04, 0x81, 0x01, 0xaa]),
+            Some((0x04, &[0xaa][..], &[][..]))
+        );
     }
 }

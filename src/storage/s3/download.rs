@@ -48,7 +48,7 @@ pub(super) async fn open(store: Arc<S3Inner>, key: &str, range: Option<Range<u64
         Err((_, Class::BadRange)) => return Ok(Box::pin(tokio::io::empty())),
         Err((e, _)) => return Err(e),
     };
-    download.accept(first);
+    download.accept(first)?;
     let stream = futures::stream::unfold(download, |mut d| async move {
         let item = d.next_chunk().await?;
         Some((item, d))
@@ -106,15 +106,22 @@ impl Download {
         })
     }
 
-    /// Take the body of an answer, learning the length and ETag from the first.
-    fn accept(&mut self, out: GetObjectOutput) {
-        if self.etag.is_none() {
-            self.etag = out.e_tag.clone();
+    /// Take the body of an answer, learning the length and ETag from the
+    /// first; a later answer with another ETag means the object changed
+    /// (for stores that ignore `If-Match`).
+    fn accept(&mut self, out: GetObjectOutput) -> Result<()> {
+        match (&self.etag, &out.e_tag) {
+            (None, _) => self.etag = out.e_tag.clone(),
+            (Some(first), Some(now)) if first != now => {
+                return Err(errors::build(Class::Changed, &self.store.place, "read", Target::Object(&self.key), ""));
+            }
+            _ => {}
         }
         let len = out.content_length.unwrap_or(0).max(0) as u64;
         // The store may return less than asked when the range runs past the end.
         self.end = self.end.min(self.offset + len);
         self.body = Some(out.body);
+        Ok(())
     }
 
     /// The next chunk of the object, resuming as needed; `None` at the end.
@@ -131,7 +138,9 @@ impl Download {
             let Some(body) = self.body.as_mut() else {
                 match self.get(false).await {
                     Ok(out) => {
-                        self.accept(out);
+                        if let Err(e) = self.accept(out) {
+                            return Some(Err(self.fail(e)));
+                        }
                         continue;
                     }
                     Err((e, _)) if e.is_retryable() => {

@@ -1,0 +1,9 @@
+//! Shared integration-test harness: throwaway PostgreSQL clusters, a Garage
+//! S3 server, and a fault-injecting proxy. Each test binary includes it with
+//! `mod harness;` and uses the parts it needs.
+#![allow(dead_code)]
+
+pub mod garage;
+pub mod fault_proxy;
+pub mod postgres;
+pub mod storage_conformance;
