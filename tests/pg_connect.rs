@@ -294,7 +294,7 @@ async fn silent_server_times_out() {
         &err,
         ErrorKind::Connect,
         &db,
-        &[&server, "no answer within 1s"],
+        &[&server, "timed out (no answer within 1s)"],
     );
     silent.abort();
 }

@@ -54,7 +54,7 @@ pub async fn connect(db: &DbSettings) -> Result<Connection> {
         Err(_) => Err(Error::new(
             ErrorKind::Connect,
             format!(
-                "cannot connect to PostgreSQL at {}: no answer within {}",
+                "cannot connect to PostgreSQL at {}: timed out (no answer within {})",
                 server_label(db),
                 humantime::format_duration(db.connect_timeout)
             ),
@@ -184,7 +184,7 @@ fn classify(err: tokio_postgres::Error, db: &DbSettings, phase: Phase<'_>) -> Er
             let reason = match io_kind {
                 Some(io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
                 Some(io::ErrorKind::TimedOut) => format!(
-                    "no answer within {}",
+                    "timed out (no answer within {})",
                     humantime::format_duration(db.connect_timeout)
                 ),
                 Some(io::ErrorKind::NotFound) if is_unix_socket(db) => "no such socket".to_string(),

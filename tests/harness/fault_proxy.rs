@@ -4,13 +4,15 @@
 //! request unchanged to an upstream S3 endpoint (Garage). The `Host` header
 //! is kept, so SigV4 signatures made for the proxy's address stay valid.
 //! Tests script faults per request with [`FaultProxy::inject`]: answer with
-//! an HTTP error status, stall (accept and never answer), or cut the
-//! response body after some bytes, for the next N requests that match a
+//! an HTTP error status, stall (accept and never answer), cut the response
+//! body after some bytes, or stall the body after some bytes, for the next
+//! N requests that match a
 //! method and/or a query substring (`partNumber`, `uploads`, `list-type`).
 //! The proxy counts requests, fired faults and the most requests it had in
 //! flight at once, and keeps a log of `METHOD path?query` lines.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +44,9 @@ pub enum Fault {
     /// Forward, but cut the response body after this many bytes and drop
     /// the connection.
     Truncate(usize),
+    /// Forward, but stop sending the response body after this many bytes
+    /// and keep the connection open (the client must time out).
+    StallBody(usize),
 }
 
 /// Which requests a fault applies to.
@@ -230,7 +235,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     shared.seen.fetch_add(1, Ordering::SeqCst);
     let method = req.method().as_str().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    shared.log.lock().unwrap().push(format!("{method} {}", req.uri()));
+    let range = req
+        .headers()
+        .get("range")
+        .map(|r| format!(" range={}", r.to_str().unwrap_or("?")))
+        .unwrap_or_default();
+    shared.log.lock().unwrap().push(format!("{method} {}{range}", req.uri()));
 
     let fault = {
         let mut rules = shared.rules.lock().unwrap();
@@ -256,8 +266,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(error_response(503))
         }
-        Some(Fault::Truncate(after)) => Ok(match forward(&shared, req).await {
-            Ok(resp) => resp.map(|body| Truncated { inner: body, remaining: after, cut: false }.boxed()),
+        Some(fault @ (Fault::Truncate(after) | Fault::StallBody(after))) => Ok(match forward(&shared, req).await {
+            Ok(resp) => resp.map(|body| {
+                let stall = matches!(fault, Fault::StallBody(_));
+                Truncated { inner: body, remaining: after, stall, pause: None, cut: false }.boxed()
+            }),
             Err(resp) => resp,
         }),
         None => Ok(match forward(&shared, req).await {
@@ -303,10 +316,14 @@ fn error_response(code: u16) -> Response<ProxyBody> {
 }
 
 /// A response body that ends with an error after `remaining` bytes, which
-/// makes the server drop the connection mid-body.
+/// makes the server drop the connection mid-body; or, with `stall`, that
+/// stops there for an hour. It pauses briefly before the error so the bytes
+/// before the cut reach the client first.
 struct Truncated {
     inner: Incoming,
     remaining: usize,
+    stall: bool,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
     cut: bool,
 }
 
@@ -319,6 +336,11 @@ impl Body for Truncated {
             return Poll::Ready(None);
         }
         if self.remaining == 0 {
+            let wait = if self.stall { Duration::from_secs(3600) } else { Duration::from_millis(200) };
+            let pause = self.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             self.cut = true;
             return Poll::Ready(Some(Err("body truncated by the fault proxy".into())));
         }

@@ -40,6 +40,7 @@ pub(super) async fn open(store: Arc<S3Inner>, key: &str, range: Option<Range<u64
         end: range.as_ref().map(|r| r.end).unwrap_or(u64::MAX),
         body: None,
         failures: 0,
+        length_known: true,
         finished: false,
     };
     let first = match download.get(range.is_some()).await {
@@ -71,6 +72,8 @@ struct Download {
     body: Option<ByteStream>,
     /// Consecutive interruptions without progress.
     failures: u32,
+    /// Whether the store told the length; if not, the first body's end is the end.
+    length_known: bool,
     /// Set after the end or a final error.
     finished: bool,
 }
@@ -107,19 +110,37 @@ impl Download {
     }
 
     /// Take the body of an answer, learning the length and ETag from the
-    /// first; a later answer with another ETag means the object changed
-    /// (for stores that ignore `If-Match`).
+    /// first. A later answer with another ETag means the object changed (for
+    /// stores that ignore `If-Match`); an answer that does not start at the
+    /// offset asked for (a store ignoring `Range`) is refused.
     fn accept(&mut self, out: GetObjectOutput) -> Result<()> {
         match (&self.etag, &out.e_tag) {
             (None, _) => self.etag = out.e_tag.clone(),
             (Some(first), Some(now)) if first != now => {
-                return Err(errors::build(Class::Changed, &self.store.place, "read", Target::Object(&self.key), ""));
+                return Err(errors::build(Class::Changed, &self.store.place, "read", Target::Object(&self.key)));
             }
             _ => {}
         }
-        let len = out.content_length.unwrap_or(0).max(0) as u64;
+        let range = out.content_range.as_deref().and_then(parse_content_range);
+        if self.offset > 0 && range.as_ref().map(|r| r.start) != Some(self.offset) {
+            return Err(Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "S3 answered a read of object {} in {} from byte {} with other bytes (Content-Range {:?})",
+                    self.key,
+                    self.store.location(),
+                    self.offset,
+                    out.content_range.as_deref().unwrap_or("missing")
+                ),
+            ));
+        }
         // The store may return less than asked when the range runs past the end.
-        self.end = self.end.min(self.offset + len);
+        match (out.content_length, range) {
+            (Some(len), _) => self.end = self.end.min(self.offset + len.max(0) as u64),
+            (None, Some(r)) => self.end = self.end.min(r.end),
+            // Length unknown: the object ends where the body does.
+            (None, None) => self.length_known = false,
+        }
         self.body = Some(out.body);
         Ok(())
     }
@@ -163,6 +184,10 @@ impl Download {
                     return Some(Ok(chunk.slice(..take)));
                 }
                 Ok(Some(Err(e))) => format!("body error: {e}"),
+                Ok(None) if !self.length_known => {
+                    self.finished = true;
+                    return None;
+                }
                 Ok(None) => format!("body ended early at byte {}", self.offset),
                 Err(_) => format!("no data for {idle:?}"),
             };
@@ -203,6 +228,15 @@ impl Download {
     }
 }
 
+/// The byte range of a `Content-Range: bytes a-b/total` header, as `a..b+1`.
+pub(super) fn parse_content_range(header: &str) -> Option<Range<u64>> {
+    let spec = header.trim().strip_prefix("bytes")?.trim_start();
+    let (range, _total) = spec.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    (first <= last).then(|| first..last + 1)
+}
+
 /// Backoff before resume attempt `n` (1-based): 100 ms doubling, at most 5 s.
 pub(super) fn resume_delay(n: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << n.saturating_sub(1).min(6))).min(Duration::from_secs(5))
@@ -211,6 +245,16 @@ pub(super) fn resume_delay(n: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_range_is_parsed_strictly() {
+        assert_eq!(parse_content_range("bytes 1000-3999/4000"), Some(1000..4000));
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some(0..1));
+        assert_eq!(parse_content_range("bytes */4000"), None);
+        assert_eq!(parse_content_range("bytes 9-3/10"), None);
+        assert_eq!(parse_content_range("items 0-3/10"), None);
+        assert_eq!(parse_content_range(""), None);
+    }
 
     #[test]
     fn resume_backoff_grows_and_is_capped() {

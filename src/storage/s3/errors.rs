@@ -122,15 +122,52 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let class = class_of(&err, target);
-    let status = err.raw_response().map(|r| r.status().as_u16());
-    let detail = match (err.code(), status) {
-        (Some(code), Some(s)) => format!(" (HTTP {s} {code})"),
-        (None, Some(s)) => format!(" (HTTP {s})"),
-        (Some(code), None) => format!(" ({code})"),
-        (None, None) => String::new(),
-    };
-    build(class, place, op, target, &detail).with_source(err)
+    build(class, place, op, target).with_source(S3Cause(cause_text(&err)))
 }
+
+/// The cause of an SDK error in a few words: `HTTP 403 AccessDenied:
+/// Forbidden` for an answer from the store, the innermost error otherwise
+/// (`Connection refused (os error 111)`).
+fn cause_text<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if let Some(status) = err.raw_response().map(|r| r.status().as_u16()) {
+        let mut text = format!("HTTP {status}");
+        if let Some(code) = err.code() {
+            text.push(' ');
+            text.push_str(code);
+        }
+        if let Some(message) = err.message().filter(|m| !m.trim().is_empty()) {
+            text.push_str(": ");
+            text.push_str(message.trim());
+        }
+        return text;
+    }
+    let mut cur: &(dyn std::error::Error + 'static) = err;
+    let mut best = cur.to_string();
+    while let Some(next) = cur.source() {
+        let text = next.to_string();
+        if !text.trim().is_empty() {
+            best = text;
+        }
+        cur = next;
+    }
+    best.trim().to_string()
+}
+
+/// The readable cause attached to S3 errors. It ends the source chain, so
+/// the one-line message shows it instead of the SDK's internal wrappers.
+#[derive(Debug)]
+struct S3Cause(String);
+
+impl std::fmt::Display for S3Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for S3Cause {}
 
 /// Whether the error chain holds a credentials failure, and if so whether it
 /// may be transient (provider timeout or error rather than no credentials).
@@ -149,16 +186,12 @@ fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<bool> {
 }
 
 /// The pgkeep error for a classified failure.
-pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>, detail: &str) -> Error {
+pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -> Error {
     let Place { bucket, location, endpoint_host } = place;
     let what = match target {
         Target::Bucket => format!("bucket `{bucket}`"),
         Target::Object(key) => format!("object {key} in {location}"),
     };
-    let credentials_hint = format!(
-        "check the S3 credentials (s3.access_key_id and s3.secret_access_key, or the AWS \
-         credential chain) and that they may read and write bucket `{bucket}`"
-    );
     match class {
         Class::NoBucket => Error::new(
             ErrorKind::NotFound,
@@ -171,9 +204,12 @@ pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>, d
         },
         Class::Denied => Error::new(
             ErrorKind::AccessDenied,
-            format!("S3 denied access to {what}{detail} while trying to {op} it (endpoint {endpoint_host})"),
+            format!("access denied to {op} {what} (endpoint {endpoint_host})"),
         )
-        .with_hint(credentials_hint),
+        .with_hint(format!(
+            "check the S3 credentials (s3.access_key_id and s3.secret_access_key, or the AWS \
+             credential chain) and that they may read and write bucket `{bucket}`"
+        )),
         Class::NoCredentials { transient } => Error::new(
             if transient { ErrorKind::StorageTransient } else { ErrorKind::Config },
             format!("cannot load S3 credentials to {op} {what}"),
@@ -193,17 +229,11 @@ pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>, d
         ),
         Class::Transient => Error::new(
             ErrorKind::StorageTransient,
-            format!("S3 failed to {op} {what} with a temporary error{detail}"),
+            format!("S3 failed to {op} {what} with a temporary error"),
         ),
-        Class::Changed => Error::new(
-            ErrorKind::Storage,
-            format!("{what} changed while it was being read"),
-        ),
-        Class::BadRange => Error::new(
-            ErrorKind::Storage,
-            format!("S3 rejected the byte range asked to {op} {what}{detail}"),
-        ),
-        Class::Other => Error::new(ErrorKind::Storage, format!("S3 failed to {op} {what}{detail}")),
+        Class::Changed => Error::new(ErrorKind::Storage, format!("{what} changed while it was being read")),
+        Class::BadRange => Error::new(ErrorKind::Storage, format!("S3 rejected the byte range asked to {op} {what}")),
+        Class::Other => Error::new(ErrorKind::Storage, format!("S3 failed to {op} {what}")),
     }
 }
 
@@ -256,27 +286,28 @@ mod tests {
 
     #[test]
     fn messages_name_bucket_key_and_host() {
-        let e = build(Class::NoBucket, &place(), "read", Target::Object("a/b"), "");
+        let e = build(Class::NoBucket, &place(), "read", Target::Object("a/b"));
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.message().contains("`bk`") && e.message().contains("s3.example.net:3900"));
 
-        let e = build(Class::NoKey, &place(), "read", Target::Object("a/b"), "");
+        let e = build(Class::NoKey, &place(), "read", Target::Object("a/b"));
         assert_eq!(e.message(), "object a/b not found in s3://bk/pre");
 
-        let e = build(Class::Denied, &place(), "write", Target::Object("a/b"), " (HTTP 403 AccessDenied)");
+        let e = build(Class::Denied, &place(), "write", Target::Object("a/b"));
         assert_eq!(e.kind(), ErrorKind::AccessDenied);
-        assert!(e.message().contains("a/b") && e.hint().unwrap().contains("credentials"));
+        assert_eq!(e.message(), "access denied to write object a/b in s3://bk/pre (endpoint s3.example.net:3900)");
+        assert!(e.hint().unwrap().contains("credentials"));
 
-        let e = build(Class::Unreachable, &place(), "check", Target::Bucket, "");
+        let e = build(Class::Unreachable, &place(), "use", Target::Bucket);
         assert_eq!(e.kind(), ErrorKind::StorageTransient);
         assert!(e.message().starts_with("cannot reach S3 endpoint s3.example.net:3900"));
 
         for class in [Class::TimedOut, Class::Transient] {
-            assert!(build(class, &place(), "read", Target::Bucket, "").is_retryable());
+            assert!(build(class, &place(), "read", Target::Bucket).is_retryable());
         }
-        assert!(!build(Class::Other, &place(), "read", Target::Bucket, "").is_retryable());
+        assert!(!build(Class::Other, &place(), "read", Target::Bucket).is_retryable());
         assert_eq!(
-            build(Class::NoCredentials { transient: false }, &place(), "read", Target::Bucket, "").kind(),
+            build(Class::NoCredentials { transient: false }, &place(), "read", Target::Bucket).kind(),
             ErrorKind::Config
         );
     }

@@ -207,8 +207,7 @@ impl S3Inner {
         errors::sdk_error(e, &self.place, op, target)
     }
 
-    /// Where the store reports the bucket missing or access denied, give
-    /// the clear bucket-level error instead of one about a listing.
+    /// Check that the bucket exists and the credentials may use it.
     async fn head_bucket(&self) -> Result<()> {
         self.client
             .head_bucket()
@@ -216,8 +215,13 @@ impl S3Inner {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| self.error(e, "access", Target::Bucket))
+            .map_err(|e| self.error(e, "use", Target::Bucket))
     }
+}
+
+/// "list `p` in" for a prefix, plain "list" for the whole repository.
+fn list_op(verb: &str, prefix: &str) -> String {
+    if prefix.is_empty() { verb.to_string() } else { format!("{verb} under `{prefix}` in") }
 }
 
 fn to_utc(t: &AwsDateTime) -> Option<DateTime<Utc>> {
@@ -276,7 +280,7 @@ impl Storage for S3Storage {
                 .set_continuation_token(token.take())
                 .send()
                 .await
-                .map_err(|e| s.error(e, &format!("list `{prefix}` in"), Target::Bucket))?;
+                .map_err(|e| s.error(e, &list_op("list", prefix), Target::Bucket))?;
             for obj in page.contents.unwrap_or_default() {
                 let Some(key) = obj.key.as_deref().and_then(|k| s.relative(k)) else {
                     continue;
@@ -332,7 +336,7 @@ impl Storage for S3Storage {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(|e| s.error(e, &format!("list incomplete uploads under `{prefix}` in"), Target::Bucket))?;
+                .map_err(|e| s.error(e, &list_op("list incomplete uploads", prefix), Target::Bucket))?;
             for up in page.uploads.unwrap_or_default() {
                 let old = up.initiated.as_ref().and_then(to_utc).map(|t| t < cutoff).unwrap_or(true);
                 if let (true, Some(key), Some(id)) = (old, up.key, up.upload_id) {
