@@ -20,7 +20,6 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            tracing::error!(error = %e.user_line(), "failed");
             eprintln!("pgkeep: error: {}", e.user_line());
             ExitCode::from(e.kind().exit_code() as u8)
         }

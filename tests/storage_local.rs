@@ -17,7 +17,9 @@ use tokio::io::AsyncReadExt;
 #[tokio::test]
 async fn local_backend_meets_the_storage_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = pgkeep::storage::open(&RepoSpec::Local(dir.path().join("repo"))).await.unwrap();
+    let storage = pgkeep::storage::open(&RepoSpec::Local(dir.path().join("repo")))
+        .await
+        .unwrap();
     conformance(storage.as_ref()).await;
     // Nothing but the objects themselves is left on disk.
     let leftovers = LocalStorage::new(dir.path().join("repo"))
@@ -32,7 +34,10 @@ async fn large_object_streams_in_uneven_writes() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let data = Bytes::from(pseudo_random(20 << 20, 3));
-    let mut w = storage.writer("big/object", PutOptions::default()).await.unwrap();
+    let mut w = storage
+        .writer("big/object", PutOptions::default())
+        .await
+        .unwrap();
     let mut at = 0;
     for size in [1usize, 65_537, 3 << 20, 7].iter().cycle() {
         if at == data.len() {

@@ -161,6 +161,16 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Open the storage for a repository location, wrapped with retries.
+pub async fn open(spec: &crate::config::RepoSpec) -> Result<std::sync::Arc<dyn Storage>> {
+    use std::sync::Arc;
+    let inner: Arc<dyn Storage> = match spec {
+        crate::config::RepoSpec::Local(path) => Arc::new(local::LocalStorage::new(path.clone())),
+        crate::config::RepoSpec::S3(settings) => Arc::new(s3::S3Storage::connect(settings.clone()).await?),
+    };
+    Ok(Arc::new(retry::RetryStorage::new(inner, retry::RetryPolicy::default())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,14 +182,4 @@ mod tests {
             assert!(validate_key(bad).is_err(), "{bad:?} should be rejected");
         }
     }
-}
-
-/// Open the storage for a repository location, wrapped with retries.
-pub async fn open(spec: &crate::config::RepoSpec) -> Result<std::sync::Arc<dyn Storage>> {
-    use std::sync::Arc;
-    let inner: Arc<dyn Storage> = match spec {
-        crate::config::RepoSpec::Local(path) => Arc::new(local::LocalStorage::new(path.clone())),
-        crate::config::RepoSpec::S3(settings) => Arc::new(s3::S3Storage::connect(settings.clone()).await?),
-    };
-    Ok(Arc::new(retry::RetryStorage::new(inner, retry::RetryPolicy::default())))
 }

@@ -127,7 +127,9 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Start a proxy in front of `upstream` on the current runtime.
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             upstream,
@@ -142,11 +144,15 @@ impl FaultProxy {
         let accept_shared = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let shared = accept_shared.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(shared.clone(), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -203,7 +209,13 @@ impl FaultProxy {
 
     /// Requests seen so far whose `METHOD path?query` line contains `needle`.
     pub fn count(&self, needle: &str) -> usize {
-        self.shared.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.shared
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 }
 
@@ -230,7 +242,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let _in_flight = InFlight::new(&shared);
     shared.seen.fetch_add(1, Ordering::SeqCst);
     let method = req.method().as_str().to_string();
@@ -240,7 +255,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .get("range")
         .map(|r| format!(" range={}", r.to_str().unwrap_or("?")))
         .unwrap_or_default();
-    shared.log.lock().unwrap().push(format!("{method} {}{range}", req.uri()));
+    shared
+        .log
+        .lock()
+        .unwrap()
+        .push(format!("{method} {}{range}", req.uri()));
 
     let fault = {
         let mut rules = shared.rules.lock().unwrap();
@@ -266,13 +285,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(error_response(503))
         }
-        Some(fault @ (Fault::Truncate(after) | Fault::StallBody(after))) => Ok(match forward(&shared, req).await {
-            Ok(resp) => resp.map(|body| {
-                let stall = matches!(fault, Fault::StallBody(_));
-                Truncated { inner: body, remaining: after, stall, pause: None, cut: false }.boxed()
-            }),
-            Err(resp) => resp,
-        }),
+        Some(fault @ (Fault::Truncate(after) | Fault::StallBody(after))) => {
+            Ok(match forward(&shared, req).await {
+                Ok(resp) => resp.map(|body| {
+                    let stall = matches!(fault, Fault::StallBody(_));
+                    Truncated {
+                        inner: body,
+                        remaining: after,
+                        stall,
+                        pause: None,
+                        cut: false,
+                    }
+                    .boxed()
+                }),
+                Err(resp) => resp,
+            })
+        }
         None => Ok(match forward(&shared, req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
             Err(resp) => resp,
@@ -282,11 +310,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 
 /// Send `req` to the upstream with the same path, query, headers and body;
 /// a 502 answer when the upstream cannot be reached.
-async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<Response<Incoming>, Response<ProxyBody>> {
+async fn forward(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    parts.uri = format!("http://{}{path}", shared.upstream).parse().expect("upstream uri");
-    match shared.client.request(Request::from_parts(parts, body)).await {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = format!("http://{}{path}", shared.upstream)
+        .parse()
+        .expect("upstream uri");
+    match shared
+        .client
+        .request(Request::from_parts(parts, body))
+        .await
+    {
         Ok(resp) => Ok(resp),
         Err(e) => {
             eprintln!("fault proxy cannot reach upstream {}: {e}", shared.upstream);
@@ -311,7 +352,11 @@ fn error_response(code: u16) -> Response<ProxyBody> {
     Response::builder()
         .status(status)
         .header("content-type", "application/xml")
-        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
+        .body(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
         .unwrap()
 }
 
@@ -331,13 +376,22 @@ impl Body for Truncated {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.cut {
             return Poll::Ready(None);
         }
         if self.remaining == 0 {
-            let wait = if self.stall { Duration::from_secs(3600) } else { Duration::from_millis(200) };
-            let pause = self.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+            let wait = if self.stall {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(200)
+            };
+            let pause = self
+                .pause
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
             if pause.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }

@@ -142,7 +142,8 @@ api_bind_addr = "127.0.0.1:{admin_port}"
                 Ok(())
             });
         }
-        let child = spawn_from_parent_thread(cmd).unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = spawn_from_parent_thread(cmd)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut garage = Garage {
             bin,
             pid: child.id(),
@@ -164,10 +165,23 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             if self.try_cli(&["status"]).is_ok() {
                 break;
             }
-            if let Some(status) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("Garage exited during startup ({status}); log:\n{}", self.log_tail());
+            if let Some(status) = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "Garage exited during startup ({status}); log:\n{}",
+                    self.log_tail()
+                );
             }
-            assert!(Instant::now() < deadline, "Garage did not answer `status` within 30 s; log:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "Garage did not answer `status` within 30 s; log:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let node = self.cli(&["node", "id", "-q"]);
@@ -219,7 +233,16 @@ api_bind_addr = "127.0.0.1:{admin_port}"
                 Err(e) => panic!("{e}\nGarage log:\n{}", self.log_tail()),
             }
         }
-        self.cli(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.access_key]);
+        self.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            name,
+            "--key",
+            &self.access_key,
+        ]);
     }
 
     /// Create a bucket with a unique name starting with `label`; its name.
@@ -279,7 +302,13 @@ api_bind_addr = "127.0.0.1:{admin_port}"
     /// A raw SDK client for this server, to look behind the backend's back
     /// (user metadata, multipart uploads).
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        let creds = aws_sdk_s3::config::Credentials::new(&self.access_key, &self.secret_key, None, None, "garage-harness");
+        let creds = aws_sdk_s3::config::Credentials::new(
+            &self.access_key,
+            &self.secret_key,
+            None,
+            None,
+            "garage-harness",
+        );
         let conf = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(REGION))
@@ -337,13 +366,20 @@ fn garage_bin() -> PathBuf {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Three distinct free loopback ports.
 fn free_ports() -> [u16; 3] {
-    let listeners: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
     [ports[0], ports[1], ports[2]]
 }
 
@@ -367,13 +403,19 @@ fn spawn_from_parent_thread(cmd: Command) -> std::io::Result<Child> {
         Mutex::new(tx)
     });
     let (reply_tx, reply_rx) = mpsc::channel();
-    spawner.lock().unwrap().send((cmd, reply_tx)).expect("garage parent thread is gone");
+    spawner
+        .lock()
+        .unwrap()
+        .send((cmd, reply_tx))
+        .expect("garage parent thread is gone");
     reply_rx.recv().expect("garage parent thread is gone")
 }
 
 /// Remove server directories whose owning test process no longer exists.
 fn remove_stale_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
             continue;

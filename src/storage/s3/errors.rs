@@ -66,12 +66,24 @@ pub(super) fn classify(code: Option<&str>, status: Option<u16>, target_is_bucket
         Some("NoSuchBucket") => return Class::NoBucket,
         Some("NoSuchKey") => return Class::NoKey,
         Some(
-            "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccountProblem"
-            | "AllAccessDisabled" | "InvalidToken" | "ExpiredToken" | "Forbidden",
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AccountProblem"
+            | "AllAccessDisabled"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "Forbidden",
         ) => return Class::Denied,
         Some(
-            "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-            | "TooManyRequests" | "RequestTimeout" | "InternalError" | "ServiceUnavailable",
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TooManyRequests"
+            | "RequestTimeout"
+            | "InternalError"
+            | "ServiceUnavailable",
         ) => return Class::Transient,
         Some("PreconditionFailed") => return Class::Changed,
         Some("InvalidRange") => return Class::BadRange,
@@ -117,7 +129,12 @@ where
 
 /// Turn an SDK error from operation `op` (a verb such as "read" or "upload
 /// part 3 of") into a pgkeep error.
-pub(super) fn sdk_error<E>(err: SdkError<E, HttpResponse>, place: &Place, op: &str, target: Target<'_>) -> Error
+pub(super) fn sdk_error<E>(
+    err: SdkError<E, HttpResponse>,
+    place: &Place,
+    op: &str,
+    target: Target<'_>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -187,7 +204,11 @@ fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<bool> {
 
 /// The pgkeep error for a classified failure.
 pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -> Error {
-    let Place { bucket, location, endpoint_host } = place;
+    let Place {
+        bucket,
+        location,
+        endpoint_host,
+    } = place;
     let what = match target {
         Target::Bucket => format!("bucket `{bucket}`"),
         Target::Object(key) => format!("object {key} in {location}"),
@@ -199,8 +220,14 @@ pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -
         )
         .with_hint("create the bucket, or fix S3_BUCKET / --repo"),
         Class::NoKey => match target {
-            Target::Object(key) => Error::new(ErrorKind::NotFound, format!("object {key} not found in {location}")),
-            Target::Bucket => Error::new(ErrorKind::NotFound, format!("{location} not found (endpoint {endpoint_host})")),
+            Target::Object(key) => Error::new(
+                ErrorKind::NotFound,
+                format!("object {key} not found in {location}"),
+            ),
+            Target::Bucket => Error::new(
+                ErrorKind::NotFound,
+                format!("{location} not found (endpoint {endpoint_host})"),
+            ),
         },
         Class::Denied => Error::new(
             ErrorKind::AccessDenied,
@@ -211,7 +238,11 @@ pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -
              credential chain) and that they may read and write bucket `{bucket}`"
         )),
         Class::NoCredentials { transient } => Error::new(
-            if transient { ErrorKind::StorageTransient } else { ErrorKind::Config },
+            if transient {
+                ErrorKind::StorageTransient
+            } else {
+                ErrorKind::Config
+            },
             format!("cannot load S3 credentials to {op} {what}"),
         )
         .with_hint(
@@ -231,8 +262,14 @@ pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -
             ErrorKind::StorageTransient,
             format!("S3 failed to {op} {what} with a temporary error"),
         ),
-        Class::Changed => Error::new(ErrorKind::Storage, format!("{what} changed while it was being read")),
-        Class::BadRange => Error::new(ErrorKind::Storage, format!("S3 rejected the byte range asked to {op} {what}")),
+        Class::Changed => Error::new(
+            ErrorKind::Storage,
+            format!("{what} changed while it was being read"),
+        ),
+        Class::BadRange => Error::new(
+            ErrorKind::Storage,
+            format!("S3 rejected the byte range asked to {op} {what}"),
+        ),
         Class::Other => Error::new(ErrorKind::Storage, format!("S3 failed to {op} {what}")),
     }
 }
@@ -261,14 +298,35 @@ mod tests {
 
     #[test]
     fn codes_win_over_status() {
-        assert_eq!(classify(Some("NoSuchBucket"), Some(404), false), Class::NoBucket);
+        assert_eq!(
+            classify(Some("NoSuchBucket"), Some(404), false),
+            Class::NoBucket
+        );
         assert_eq!(classify(Some("NoSuchKey"), Some(404), false), Class::NoKey);
-        assert_eq!(classify(Some("SignatureDoesNotMatch"), Some(403), false), Class::Denied);
-        assert_eq!(classify(Some("InvalidAccessKeyId"), Some(403), true), Class::Denied);
-        assert_eq!(classify(Some("SlowDown"), Some(503), false), Class::Transient);
-        assert_eq!(classify(Some("PreconditionFailed"), Some(412), false), Class::Changed);
-        assert_eq!(classify(Some("InvalidRange"), Some(416), false), Class::BadRange);
-        assert_eq!(classify(Some("InvalidArgument"), Some(400), false), Class::Other);
+        assert_eq!(
+            classify(Some("SignatureDoesNotMatch"), Some(403), false),
+            Class::Denied
+        );
+        assert_eq!(
+            classify(Some("InvalidAccessKeyId"), Some(403), true),
+            Class::Denied
+        );
+        assert_eq!(
+            classify(Some("SlowDown"), Some(503), false),
+            Class::Transient
+        );
+        assert_eq!(
+            classify(Some("PreconditionFailed"), Some(412), false),
+            Class::Changed
+        );
+        assert_eq!(
+            classify(Some("InvalidRange"), Some(416), false),
+            Class::BadRange
+        );
+        assert_eq!(
+            classify(Some("InvalidArgument"), Some(400), false),
+            Class::Other
+        );
     }
 
     #[test]
@@ -295,26 +353,41 @@ mod tests {
 
         let e = build(Class::Denied, &place(), "write", Target::Object("a/b"));
         assert_eq!(e.kind(), ErrorKind::AccessDenied);
-        assert_eq!(e.message(), "access denied to write object a/b in s3://bk/pre (endpoint s3.example.net:3900)");
+        assert_eq!(
+            e.message(),
+            "access denied to write object a/b in s3://bk/pre (endpoint s3.example.net:3900)"
+        );
         assert!(e.hint().unwrap().contains("credentials"));
 
         let e = build(Class::Unreachable, &place(), "use", Target::Bucket);
         assert_eq!(e.kind(), ErrorKind::StorageTransient);
-        assert!(e.message().starts_with("cannot reach S3 endpoint s3.example.net:3900"));
+        assert!(
+            e.message()
+                .starts_with("cannot reach S3 endpoint s3.example.net:3900")
+        );
 
         for class in [Class::TimedOut, Class::Transient] {
             assert!(build(class, &place(), "read", Target::Bucket).is_retryable());
         }
         assert!(!build(Class::Other, &place(), "read", Target::Bucket).is_retryable());
         assert_eq!(
-            build(Class::NoCredentials { transient: false }, &place(), "read", Target::Bucket).kind(),
+            build(
+                Class::NoCredentials { transient: false },
+                &place(),
+                "read",
+                Target::Bucket
+            )
+            .kind(),
             ErrorKind::Config
         );
     }
 
     #[test]
     fn endpoint_host_drops_scheme_and_userinfo() {
-        assert_eq!(endpoint_host("http://127.0.0.1:3900").as_deref(), Some("127.0.0.1:3900"));
+        assert_eq!(
+            endpoint_host("http://127.0.0.1:3900").as_deref(),
+            Some("127.0.0.1:3900")
+        );
         assert_eq!(
             endpoint_host("https://user:pw@minio.example.com/").as_deref(),
             Some("minio.example.com")

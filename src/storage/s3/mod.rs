@@ -24,14 +24,18 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use self::errors::{Place, Target};
-use super::{ObjectMeta, ObjectReader, ObjectWriter, PutOptions, Storage, StorageKind, validate_key};
+use super::{
+    ObjectMeta, ObjectReader, ObjectWriter, PutOptions, Storage, StorageKind, validate_key,
+};
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -101,15 +105,21 @@ impl S3Storage {
         check_settings(&settings)?;
         let endpoint_host = match &settings.endpoint {
             Some(ep) => errors::endpoint_host(ep).ok_or_else(|| {
-                Error::config("the S3 endpoint is not a valid URL")
-                    .with_hint("set S3_ENDPOINT / s3.endpoint to a URL such as https://s3.example.com")
+                Error::config("the S3 endpoint is not a valid URL").with_hint(
+                    "set S3_ENDPOINT / s3.endpoint to a URL such as https://s3.example.com",
+                )
             })?,
             None => format!(
                 "s3.{}.amazonaws.com",
                 settings.region.as_deref().unwrap_or(DEFAULT_REGION)
             ),
         };
-        let region = Region::new(settings.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_string()));
+        let region = Region::new(
+            settings
+                .region
+                .clone()
+                .unwrap_or_else(|| DEFAULT_REGION.to_string()),
+        );
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .operation_attempt_timeout(settings.attempt_timeout)
@@ -120,7 +130,13 @@ impl S3Storage {
             .timeout_config(timeouts)
             .retry_config(retries);
         if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(id, secret.expose(), None, None, "pgkeep-config"));
+            loader = loader.credentials_provider(Credentials::new(
+                id,
+                secret.expose(),
+                None,
+                None,
+                "pgkeep-config",
+            ));
         }
         let sdk_config = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk_config)
@@ -141,7 +157,11 @@ impl S3Storage {
             inner: Arc::new(S3Inner {
                 client: Client::from_conf(conf.build()),
                 bucket: settings.bucket.clone(),
-                place: Place { bucket: settings.bucket.clone(), location, endpoint_host },
+                place: Place {
+                    bucket: settings.bucket.clone(),
+                    location,
+                    endpoint_host,
+                },
                 prefix,
                 settings,
             }),
@@ -157,13 +177,16 @@ impl S3Storage {
 /// Reject settings the store would refuse later, with a config error now.
 fn check_settings(s: &S3Settings) -> Result<()> {
     if s.bucket.is_empty() || s.bucket.contains('/') {
-        return Err(Error::config(format!("invalid S3 bucket name `{}`", s.bucket)));
+        return Err(Error::config(format!(
+            "invalid S3 bucket name `{}`",
+            s.bucket
+        )));
     }
     if s.access_key_id.is_some() != s.secret_access_key.is_some() {
-        return Err(Error::config(
-            "only one of s3.access_key_id and s3.secret_access_key is set",
-        )
-        .with_hint("set both, or neither to use the AWS credential chain"));
+        return Err(
+            Error::config("only one of s3.access_key_id and s3.secret_access_key is set")
+                .with_hint("set both, or neither to use the AWS credential chain"),
+        );
     }
     if s.part_size < MIN_PART_SIZE {
         return Err(Error::config(format!(
@@ -221,7 +244,11 @@ impl S3Inner {
 
 /// "list `p` in" for a prefix, plain "list" for the whole repository.
 fn list_op(verb: &str, prefix: &str) -> String {
-    if prefix.is_empty() { verb.to_string() } else { format!("{verb} under `{prefix}` in") }
+    if prefix.is_empty() {
+        verb.to_string()
+    } else {
+        format!("{verb} under `{prefix}` in")
+    }
 }
 
 fn to_utc(t: &AwsDateTime) -> Option<DateTime<Utc>> {
@@ -240,7 +267,11 @@ impl Storage for S3Storage {
 
     async fn writer(&self, key: &str, opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
         validate_key(key)?;
-        Ok(Box::new(upload::S3Writer::new(self.inner.clone(), key, opts.metadata)))
+        Ok(Box::new(upload::S3Writer::new(
+            self.inner.clone(),
+            key,
+            opts.metadata,
+        )))
     }
 
     async fn reader(&self, key: &str, range: Option<Range<u64>>) -> Result<ObjectReader> {
@@ -251,7 +282,14 @@ impl Storage for S3Storage {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         validate_key(key)?;
         let s = &self.inner;
-        match s.client.head_object().bucket(&s.bucket).key(s.object_key(key)).send().await {
+        match s
+            .client
+            .head_object()
+            .bucket(&s.bucket)
+            .key(s.object_key(key))
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(ObjectMeta {
                 key: key.to_string(),
                 size: out.content_length.unwrap_or(0).max(0) as u64,
@@ -291,12 +329,18 @@ impl Storage for S3Storage {
                     modified: obj.last_modified.as_ref().and_then(to_utc),
                 });
             }
-            match (page.is_truncated.unwrap_or(false), page.next_continuation_token) {
+            match (
+                page.is_truncated.unwrap_or(false),
+                page.next_continuation_token,
+            ) {
                 (true, Some(next)) => token = Some(next),
                 (true, None) => {
                     return Err(Error::new(
                         ErrorKind::Storage,
-                        format!("S3 listing of `{prefix}` in {} is truncated without a continuation token", s.location()),
+                        format!(
+                            "S3 listing of `{prefix}` in {} is truncated without a continuation token",
+                            s.location()
+                        ),
                     ));
                 }
                 (false, _) => break,
@@ -309,7 +353,14 @@ impl Storage for S3Storage {
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
         let s = &self.inner;
-        match s.client.delete_object().bucket(&s.bucket).key(s.object_key(key)).send().await {
+        match s
+            .client
+            .delete_object()
+            .bucket(&s.bucket)
+            .key(s.object_key(key))
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if errors::class_of(&e, Target::Object(key)) == errors::Class::NoKey => Ok(()),
             Err(e) => Err(s.error(e, "delete", Target::Object(key))),
@@ -323,7 +374,8 @@ impl Storage for S3Storage {
         } else {
             format!("{}/{prefix}", s.prefix)
         };
-        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let mut stale = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
@@ -336,9 +388,20 @@ impl Storage for S3Storage {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(|e| s.error(e, &list_op("list incomplete uploads", prefix), Target::Bucket))?;
+                .map_err(|e| {
+                    s.error(
+                        e,
+                        &list_op("list incomplete uploads", prefix),
+                        Target::Bucket,
+                    )
+                })?;
             for up in page.uploads.unwrap_or_default() {
-                let old = up.initiated.as_ref().and_then(to_utc).map(|t| t < cutoff).unwrap_or(true);
+                let old = up
+                    .initiated
+                    .as_ref()
+                    .and_then(to_utc)
+                    .map(|t| t < cutoff)
+                    .unwrap_or(true);
                 if let (true, Some(key), Some(id)) = (old, up.key, up.upload_id) {
                     stale.push((key, id));
                 }
@@ -380,7 +443,11 @@ impl Storage for S3Storage {
     async fn check_writable(&self) -> Result<()> {
         let s = &self.inner;
         s.head_bucket().await?;
-        let probe = format!(".pgkeep-probe.{}.{:016x}", std::process::id(), rand::random::<u64>());
+        let probe = format!(
+            ".pgkeep-probe.{}.{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
         let put = s
             .client
             .put_object()
@@ -429,9 +496,17 @@ mod tests {
         assert_eq!(s.inner.relative("pre/fix/a/b"), Some("a/b"));
         assert_eq!(s.inner.relative("pre/fixture/a"), None);
         let debug = format!("{s:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains("pw@"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("pw@"),
+            "{debug}"
+        );
 
-        let s = S3Storage::connect(S3Settings { prefix: String::new(), ..settings() }).await.unwrap();
+        let s = S3Storage::connect(S3Settings {
+            prefix: String::new(),
+            ..settings()
+        })
+        .await
+        .unwrap();
         assert_eq!(s.location(), "s3://bk");
         assert_eq!(s.inner.object_key("a/b"), "a/b");
         assert_eq!(s.inner.relative("a/b"), Some("a/b"));
@@ -440,11 +515,26 @@ mod tests {
     #[tokio::test]
     async fn bad_settings_are_config_errors() {
         let cases = [
-            S3Settings { part_size: 1 << 20, ..settings() },
-            S3Settings { upload_concurrency: 0, ..settings() },
-            S3Settings { secret_access_key: None, ..settings() },
-            S3Settings { endpoint: Some("no url".into()), ..settings() },
-            S3Settings { bucket: "a/b".into(), ..settings() },
+            S3Settings {
+                part_size: 1 << 20,
+                ..settings()
+            },
+            S3Settings {
+                upload_concurrency: 0,
+                ..settings()
+            },
+            S3Settings {
+                secret_access_key: None,
+                ..settings()
+            },
+            S3Settings {
+                endpoint: Some("no url".into()),
+                ..settings()
+            },
+            S3Settings {
+                bucket: "a/b".into(),
+                ..settings()
+            },
         ];
         for case in cases {
             let e = S3Storage::connect(case).await.unwrap_err();

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
@@ -48,7 +48,10 @@ pub(super) struct PartSplitter {
 impl PartSplitter {
     pub(super) fn new(part_size: usize) -> Self {
         assert!(part_size > 0, "part size must be positive");
-        PartSplitter { part_size, buf: BytesMut::new() }
+        PartSplitter {
+            part_size,
+            buf: BytesMut::new(),
+        }
     }
 
     /// The next complete part made of buffered bytes and the front of `data`,
@@ -155,7 +158,11 @@ impl S3Writer {
         let upload_id = out.upload_id.ok_or_else(|| {
             Error::new(
                 ErrorKind::Storage,
-                format!("S3 returned no upload id for object {} in {}", self.key, self.store.location()),
+                format!(
+                    "S3 returned no upload id for object {} in {}",
+                    self.key,
+                    self.store.location()
+                ),
             )
         })?;
         tracing::debug!(parent: &self.span, "multipart upload started");
@@ -163,7 +170,9 @@ impl S3Writer {
             upload_id,
             next_part: 1,
             in_flight: JoinSet::new(),
-            slots: Arc::new(Semaphore::new(self.store.settings.upload_concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(
+                self.store.settings.upload_concurrency.max(1),
+            )),
             done: Vec::new(),
         });
         Ok(())
@@ -217,7 +226,9 @@ impl S3Writer {
                     .body(ByteStream::from(part))
                     .send()
                     .await
-                    .map_err(|e| store.error(e, &format!("upload part {number} of"), Target::Object(&key)))?;
+                    .map_err(|e| {
+                        store.error(e, &format!("upload part {number} of"), Target::Object(&key))
+                    })?;
                 tracing::trace!(part = number, bytes = len, "part uploaded");
                 Ok(CompletedPart::builder()
                     .part_number(number)
@@ -274,7 +285,11 @@ impl S3Writer {
             .bucket(&self.store.bucket)
             .key(&self.object_key)
             .upload_id(&upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .instrument(self.span.clone())
             .await
@@ -310,12 +325,19 @@ impl S3Writer {
 }
 
 /// The completed part of a joined upload task.
-fn joined_part(joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>) -> Result<CompletedPart> {
+fn joined_part(
+    joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>,
+) -> Result<CompletedPart> {
     joined.map_err(|e| Error::internal(format!("part upload task failed: {e}")))?
 }
 
 /// Stop the part uploads of `mp` and abort it on the store.
-async fn abort_multipart(store: &S3Inner, key: &str, object_key: &str, mut mp: Multipart) -> Result<()> {
+async fn abort_multipart(
+    store: &S3Inner,
+    key: &str,
+    object_key: &str,
+    mut mp: Multipart,
+) -> Result<()> {
     mp.in_flight.shutdown().await;
     let res = store
         .client
@@ -344,7 +366,10 @@ async fn abort_multipart(store: &S3Inner, key: &str, object_key: &str, mut mp: M
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, data: Bytes) -> Result<()> {
         if self.closed {
-            return Err(Error::internal(format!("write to object {} after it was closed", self.key)));
+            return Err(Error::internal(format!(
+                "write to object {} after it was closed",
+                self.key
+            )));
         }
         self.written += data.len() as u64;
         match self.push(data).await {
@@ -355,7 +380,10 @@ impl ObjectWriter for S3Writer {
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
         if self.closed {
-            return Err(Error::internal(format!("finish of object {} after it was closed", self.key)));
+            return Err(Error::internal(format!(
+                "finish of object {} after it was closed",
+                self.key
+            )));
         }
         let res = self.complete().await;
         match res {
@@ -446,7 +474,11 @@ mod tests {
         let data = Bytes::from_static(b"abcdefghij");
         let mut rest = data.clone();
         let p = s.next_part(&mut rest).unwrap();
-        assert_eq!(p.as_ptr(), data.as_ptr(), "first part shares the caller's buffer");
+        assert_eq!(
+            p.as_ptr(),
+            data.as_ptr(),
+            "first part shares the caller's buffer"
+        );
         assert_eq!(s.buffered(), 0);
     }
 
