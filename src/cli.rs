@@ -104,7 +104,17 @@ pub async fn run(cli: Cli) -> Result<u8> {
     };
     let settings = config::load(&flags, &ProcessEnv)?;
     let verbosity = if g.quiet { -1 } else { g.verbose as i8 };
-    let _log_guard = pgkeep::logging::init(settings.log_format, verbosity);
+    // Per-run log file in the first local repository: logs/<verb>_YYYYMMDD_HHMMSS.log.
+    let log_file = match &cli.command {
+        Command::Backup(_) => settings.repos.iter().find_map(|r| match r {
+            config::RepoSpec::Local(dir) if dir.is_dir() || !dir.exists() => {
+                Some(dir.join("logs").join(format!("backup_{}.log", chrono::Utc::now().format("%Y%m%d_%H%M%S"))))
+            }
+            _ => None,
+        }),
+        Command::Config(_) => None,
+    };
+    let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref());
 
     match cli.command {
         Command::Config(a) => {
@@ -129,7 +139,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 chunk_size: chunk_size as usize,
                 ..commands::backup::BackupOptions::default()
             };
-            let report = commands::backup::run(&settings, &opts).await?;
+            let bar = (!g.quiet).then(|| progress_bar(opts.progress.clone())).flatten();
+            let result = commands::backup::run(&settings, &opts).await;
+            if let Some((bar, ticker)) = bar {
+                ticker.abort();
+                bar.finish_and_clear();
+            }
+            let report = result?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
             } else {
@@ -138,4 +154,34 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// A progress bar on stderr when it is a terminal: tables done of total, bytes and rows.
+fn progress_bar(counters: std::sync::Arc<pgkeep::progress::ProgressCounters>) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tables  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let b = bar.clone();
+    let ticker = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        loop {
+            let v = counters.view();
+            b.set_length(v.tables_total);
+            b.set_position(v.tables_done);
+            let secs = started.elapsed().as_secs_f64().max(0.1);
+            b.set_message(format!(
+                "{} raw, {} rows, {}/s",
+                commands::backup::human_bytes(v.bytes),
+                v.rows,
+                commands::backup::human_bytes((v.bytes as f64 / secs) as u64)
+            ));
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    Some((bar, ticker))
 }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::StreamExt;
 use tokio::sync::Mutex;
@@ -19,6 +19,7 @@ use crate::pipeline::chunker::Chunker;
 use crate::pipeline::pack::PackSink;
 use crate::pipeline::process::{self, ProcessedChunk};
 use crate::pipeline::{Compression, TableFingerprint};
+use crate::progress::ProgressCounters;
 use crate::repo::manifest::{ChunkRef, ObjectEntry};
 
 /// Chunks being compressed per worker while the next one is read.
@@ -38,10 +39,10 @@ pub struct WorkerShared {
     pub compression: Compression,
     /// Raw chunk size.
     pub chunk_size: usize,
-    /// Progress: raw bytes copied so far.
-    pub raw_bytes: AtomicU64,
-    /// Progress: rows copied so far.
-    pub rows: AtomicU64,
+    /// Progress counters.
+    pub progress: Arc<ProgressCounters>,
+    /// Per table, the tasks not finished yet (a table is done at zero).
+    pub remaining_parts: Vec<AtomicU32>,
 }
 
 /// What one task produced.
@@ -110,7 +111,6 @@ async fn copy_task(
 
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| copy_error(table, &e))?;
-        shared.raw_bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
         if let Some(chunk) = chunker.push(&piece) {
             in_flight.push_back(process::spawn_process(chunk, shared.compression, true));
             while in_flight.len() >= IN_FLIGHT {
@@ -132,6 +132,9 @@ async fn copy_task(
     while let Some(rx) = in_flight.pop_front() {
         store(sink, &mut out, process::join(rx).await?, shared).await?;
     }
+    if shared.remaining_parts[out.task.table].fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.progress.tables_done.fetch_add(1, Ordering::Relaxed);
+    }
     tracing::debug!(rows = out.fingerprint.rows, bytes = out.raw_bytes, part = out.task.part, ms = started.elapsed().as_millis() as u64, "copied");
     Ok(out)
 }
@@ -140,7 +143,8 @@ async fn store(sink: &mut PackSink, out: &mut TaskResult, chunk: ProcessedChunk,
     let at = sink.append(&chunk).await?;
     out.fingerprint.merge(chunk.fingerprint);
     out.raw_bytes += chunk.raw_size;
-    shared.rows.fetch_add(chunk.fingerprint.rows, Ordering::Relaxed);
+    shared.progress.rows.fetch_add(chunk.fingerprint.rows, Ordering::Relaxed);
+    shared.progress.bytes.fetch_add(chunk.raw_size, Ordering::Relaxed);
     out.chunks.push(at);
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -22,6 +22,7 @@ use crate::pg::connect;
 use crate::pipeline::pack::PackSink;
 use crate::pipeline::process;
 use crate::pipeline::{Compression, TableFingerprint};
+use crate::progress::ProgressCounters;
 use crate::repo::catalog as repo_catalog;
 use crate::repo::layout::{BackupId, BackupKind};
 use crate::repo::manifest::{
@@ -46,6 +47,8 @@ pub struct BackupOptions {
     pub lock_timeout: Duration,
     /// Full or pre-restore.
     pub kind: BackupKind,
+    /// Live counters for a progress display.
+    pub progress: Arc<ProgressCounters>,
 }
 
 impl Default for BackupOptions {
@@ -57,6 +60,7 @@ impl Default for BackupOptions {
             pack_size: 256 << 20,
             lock_timeout: Duration::from_secs(30),
             kind: BackupKind::Full,
+            progress: Arc::new(ProgressCounters::default()),
         }
     }
 }
@@ -285,6 +289,13 @@ async fn copy_all_tables(
 ) -> Result<(Vec<TaskResult>, Vec<ObjectEntry>)> {
     let tasks = plan::plan(&tables, facts.version_num, opts.range_bytes);
     let jobs = settings.jobs.max(1).min(tasks.len().max(1));
+    let mut remaining_parts: Vec<AtomicU32> = tables.iter().map(|_| AtomicU32::new(0)).collect();
+    for t in &tasks {
+        *remaining_parts[t.table].get_mut() += 1;
+    }
+    let progress = opts.progress.clone();
+    progress.tables_total.store(tables.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(tables.iter().map(|t| t.bytes).sum(), Ordering::Relaxed);
     tracing::info!(tables = tables.len(), tasks = tasks.len(), jobs, "copying tables");
     let shared = Arc::new(WorkerShared {
         db: settings.db.clone(),
@@ -293,8 +304,8 @@ async fn copy_all_tables(
         queue: tokio::sync::Mutex::new(VecDeque::from(tasks)),
         compression: opts.compression,
         chunk_size: opts.chunk_size,
-        raw_bytes: AtomicU64::new(0),
-        rows: AtomicU64::new(0),
+        progress,
+        remaining_parts,
     });
     let workers = (0..jobs).map(|i| {
         let sink = PackSink::new(repos.to_vec(), backup_id.clone(), format!("data/w{:02}", i + 1), opts.pack_size);
