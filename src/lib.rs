@@ -14,6 +14,7 @@ pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod logging;
 pub mod pg;
 pub mod pipeline;

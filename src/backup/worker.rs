@@ -141,6 +141,7 @@ async fn copy_task(
 
 async fn store(sink: &mut PackSink, out: &mut TaskResult, chunk: ProcessedChunk, shared: &WorkerShared) -> Result<()> {
     let at = sink.append(&chunk).await?;
+    crate::failpoint::hit("backup.after_chunk");
     out.fingerprint.merge(chunk.fingerprint);
     out.raw_bytes += chunk.raw_size;
     shared.progress.rows.fetch_add(chunk.fingerprint.rows, Ordering::Relaxed);

@@ -197,6 +197,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             stats,
             warnings: Vec::new(),
         };
+        crate::failpoint::hit("backup.before_manifest");
         try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await?;
         Ok::<_, Error>(manifest)
     }

@@ -56,6 +56,8 @@ pub(super) enum Class {
     Changed,
     /// The requested range starts at or beyond the end of the object.
     BadRange,
+    /// The bucket lives in another region than the one configured.
+    WrongRegion,
     /// Anything else.
     Other,
 }
@@ -87,6 +89,13 @@ pub(super) fn classify(code: Option<&str>, status: Option<u16>, target_is_bucket
         ) => return Class::Transient,
         Some("PreconditionFailed") => return Class::Changed,
         Some("InvalidRange") => return Class::BadRange,
+        Some(
+            "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "IllegalLocationConstraintException",
+        ) => {
+            return Class::WrongRegion;
+        }
         _ => {}
     }
     match status {
@@ -94,6 +103,7 @@ pub(super) fn classify(code: Option<&str>, status: Option<u16>, target_is_bucket
         Some(404) => Class::NoKey,
         Some(401 | 403) => Class::Denied,
         Some(412) => Class::Changed,
+        Some(301) => Class::WrongRegion,
         Some(416) => Class::BadRange,
         Some(408 | 429) => Class::Transient,
         Some(s) if s >= 500 => Class::Transient,
@@ -270,6 +280,13 @@ pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -
             ErrorKind::Storage,
             format!("S3 rejected the byte range asked to {op} {what}"),
         ),
+        Class::WrongRegion => Error::new(
+            ErrorKind::Config,
+            format!(
+                "S3 bucket `{bucket}` is not in the configured region (endpoint {endpoint_host})"
+            ),
+        )
+        .with_hint("set S3_REGION / s3.region to the bucket's region"),
         Class::Other => Error::new(ErrorKind::Storage, format!("S3 failed to {op} {what}")),
     }
 }
@@ -338,6 +355,11 @@ mod tests {
         assert_eq!(classify(None, Some(500), false), Class::Transient);
         assert_eq!(classify(None, Some(503), true), Class::Transient);
         assert_eq!(classify(None, Some(429), false), Class::Transient);
+        assert_eq!(classify(None, Some(301), true), Class::WrongRegion);
+        assert_eq!(
+            classify(Some("PermanentRedirect"), Some(301), false),
+            Class::WrongRegion
+        );
         assert_eq!(classify(None, Some(400), false), Class::Other);
         assert_eq!(classify(None, None, false), Class::Other);
     }

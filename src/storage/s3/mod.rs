@@ -54,7 +54,7 @@ pub struct S3Settings {
     pub prefix: String,
     /// Custom endpoint URL (`S3_ENDPOINT`), for S3-compatible stores.
     pub endpoint: Option<String>,
-    /// Region (`S3_REGION` / `AWS_REGION`); `us-east-1` when unset and an endpoint is given.
+    /// Region (`S3_REGION` / `AWS_REGION`); `us-east-1` when unset.
     pub region: Option<String>,
     /// Path-style addressing (`S3_FORCE_PATH_STYLE`), needed by most S3-compatible stores.
     pub force_path_style: bool,
