@@ -161,14 +161,24 @@ pub fn validate_key(key: &str) -> Result<()> {
     Ok(())
 }
 
-/// Open the storage for a repository location, wrapped with retries.
+/// Open the storage for a repository location.
+///
+/// S3 requests are already retried by the SDK (`s3.max_attempts`, with
+/// backoff and per-attempt timeouts) and reads resume by themselves, so the
+/// S3 backend gets one more whole-operation retry only (for failures the SDK
+/// does not classify, such as a listing page cut mid-way), not another full
+/// backoff schedule on top of the SDK's. Local operations are not retried:
+/// local errors are not transient.
 pub async fn open(spec: &crate::config::RepoSpec) -> Result<std::sync::Arc<dyn Storage>> {
     use std::sync::Arc;
-    let inner: Arc<dyn Storage> = match spec {
-        crate::config::RepoSpec::Local(path) => Arc::new(local::LocalStorage::new(path.clone())),
-        crate::config::RepoSpec::S3(settings) => Arc::new(s3::S3Storage::connect(settings.clone()).await?),
-    };
-    Ok(Arc::new(retry::RetryStorage::new(inner, retry::RetryPolicy::default())))
+    match spec {
+        crate::config::RepoSpec::Local(path) => Ok(Arc::new(local::LocalStorage::new(path.clone()))),
+        crate::config::RepoSpec::S3(settings) => {
+            let inner: Arc<dyn Storage> = Arc::new(s3::S3Storage::connect(settings.clone()).await?);
+            let policy = retry::RetryPolicy { attempts: 2, ..retry::RetryPolicy::default() };
+            Ok(Arc::new(retry::RetryStorage::new(inner, policy)))
+        }
+    }
 }
 
 #[cfg(test)]
