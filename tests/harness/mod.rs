@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod backup_check;
 pub mod fault_proxy;
 pub mod postgres;
 pub mod storage_conformance;

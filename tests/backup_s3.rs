@@ -1,0 +1,103 @@
+//! Backups into a local repository and real Garage at once, and a store that
+//! fails in the middle of a backup (through the fault proxy).
+
+mod harness;
+
+use std::sync::Arc;
+
+use harness::backup_check::read_back;
+use harness::fault_proxy::{Fault, FaultProxy, Matcher};
+use harness::garage::Garage;
+use harness::postgres::PgCluster;
+use pgkeep::commands::backup::{self, BackupOptions};
+use pgkeep::config::{LogFormat, RepoSpec, Settings};
+use pgkeep::repo::catalog::{self, CatalogEntry};
+use pgkeep::storage::Storage;
+use pgkeep::storage::local::LocalStorage;
+use pgkeep::storage::s3::{S3Settings, S3Storage};
+
+fn settings(cluster: &PgCluster, db: &str, local: &std::path::Path, s3: S3Settings) -> Settings {
+    Settings {
+        db: cluster.superuser_settings(db),
+        repos: vec![RepoSpec::Local(local.to_path_buf()), RepoSpec::S3(s3)],
+        jobs: 2,
+        retention_days: 30,
+        local_retention_days: 7,
+        slack_webhook_url: None,
+        notification_email: None,
+        log_format: LogFormat::Text,
+        config_file: None,
+        provenance: Vec::new(),
+    }
+}
+
+async fn sample_db(cluster: &PgCluster, label: &str) -> String {
+    let db = cluster.fresh_db(label).await;
+    // ~40 MB of poorly compressible text, so packs need multipart uploads.
+    cluster
+        .execute(
+            &db,
+            "CREATE TABLE docs (id int PRIMARY KEY, body text);
+             INSERT INTO docs SELECT i, md5(i::text) || md5((i * 3)::text) || md5((i * 7)::text) FROM generate_series(1, 400000) i;
+             CREATE TABLE small (id int); INSERT INTO small VALUES (1), (2);",
+        )
+        .await;
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_goes_to_local_and_garage_at_once() {
+    let cluster = PgCluster::shared();
+    let garage = Garage::shared();
+    let db = sample_db(cluster, "bk_s3").await;
+    let bucket = garage.unique_bucket("bks3");
+    let local = tempfile::tempdir().unwrap();
+    let s = settings(cluster, &db, local.path(), garage.settings(&bucket, "prod/db"));
+    let report = backup::run(&s, &BackupOptions::default()).await.unwrap();
+    assert_eq!(report.repositories.len(), 2);
+
+    let s3: Arc<dyn Storage> = Arc::new(S3Storage::connect(garage.settings(&bucket, "prod/db")).await.unwrap());
+    let local_storage = LocalStorage::new(local.path());
+    for storage in [s3.as_ref(), &local_storage as &dyn Storage] {
+        let listed = catalog::list_backups(storage).await.unwrap();
+        match &listed[..] {
+            [CatalogEntry::Valid(m)] => assert_eq!(**m, report.manifest),
+            other => panic!("expected one valid backup in {}, got {other:?}", storage.location()),
+        }
+        let rows = read_back(storage, &report.manifest).await;
+        assert_eq!(rows.len(), report.manifest.tables.len());
+    }
+    assert!(report.manifest.objects.iter().any(|o| o.size > 5 << 20), "at least one multipart pack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_store_mid_backup_leaves_nothing_and_rerun_succeeds() {
+    let cluster = PgCluster::shared();
+    let garage = Garage::shared();
+    let db = sample_db(cluster, "bk_s3_fail").await;
+    let bucket = garage.unique_bucket("bks3fail");
+    let proxy = FaultProxy::start(garage.s3_addr()).await;
+    let mut s3 = garage.settings(&bucket, "");
+    s3.endpoint = Some(proxy.endpoint());
+    s3.max_attempts = 2;
+    let local = tempfile::tempdir().unwrap();
+    let s = settings(cluster, &db, local.path(), s3.clone());
+
+    // Every part upload fails: the store breaks once data is flowing.
+    let fired = proxy.inject(Fault::Status(500), 10_000, Matcher::any().method("PUT").query("partNumber"));
+    let err = backup::run(&s, &BackupOptions::default()).await.unwrap_err();
+    assert!(fired.fired() > 0, "the fault must have been hit");
+    let line = err.user_line();
+    assert!(line.contains("backup full_backup_") && line.contains(&bucket), "{line}");
+
+    proxy.clear();
+    let direct: Arc<dyn Storage> = Arc::new(S3Storage::connect(garage.settings(&bucket, "")).await.unwrap());
+    assert!(catalog::list_backups(direct.as_ref()).await.unwrap().is_empty());
+    assert!(catalog::list_backups(&LocalStorage::new(local.path())).await.unwrap().is_empty());
+    let uploads = garage.client().await.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "multipart uploads must be aborted: {:?}", uploads.uploads());
+
+    let report = backup::run(&s, &BackupOptions::default()).await.unwrap();
+    let listed = catalog::list_backups(direct.as_ref()).await.unwrap();
+    assert!(matches!(&listed[..], [CatalogEntry::Valid(m)] if m.backup_id == report.manifest.backup_id));
+}
