@@ -19,6 +19,7 @@ pub mod logging;
 pub mod pg;
 pub mod pipeline;
 pub mod progress;
+pub mod replication;
 pub mod repo;
 pub mod storage;
 

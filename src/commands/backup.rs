@@ -308,14 +308,27 @@ async fn copy_all_tables(
         progress,
         remaining_parts,
     });
-    let workers = (0..jobs).map(|i| {
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..jobs {
         let sink = PackSink::new(repos.to_vec(), backup_id.clone(), format!("data/w{:02}", i + 1), opts.pack_size);
-        tokio::spawn(worker::run(i + 1, shared.clone(), sink))
-    });
-    let outcomes = try_join_all(workers.map(|h| async {
-        h.await.map_err(|e| Error::internal(format!("copy worker crashed: {e}")))?
-    }))
-    .await?;
+        workers.spawn(worker::run(i + 1, shared.clone(), sink));
+    }
+    // The first failure stops every other worker before the caller cleans up,
+    // so no worker writes into a backup that is being removed.
+    let mut outcomes = Vec::with_capacity(jobs);
+    while let Some(joined) = workers.join_next().await {
+        let outcome = joined
+            .map_err(|e| Error::internal(format!("copy worker crashed: {e}")))
+            .and_then(|r| r);
+        match outcome {
+            Ok(o) => outcomes.push(o),
+            Err(e) => {
+                workers.abort_all();
+                while workers.join_next().await.is_some() {}
+                return Err(e);
+            }
+        }
+    }
     let mut results = Vec::new();
     let mut objects = Vec::new();
     for (r, o) in outcomes {

@@ -187,7 +187,12 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         }
         record("repos", flags.repos.join(", "), Source::Flag("--repo".into()));
         out
-    } else if let Some((list, src)) = layers.file_list("repos") {
+    } else if env.var("BACKUP_DIR").is_none()
+        && env.var("S3_BUCKET").is_none()
+        && let Some((list, src)) = layers.file_list("repos")
+    {
+        // The file's list applies only when the environment names no repository:
+        // environment beats file, for repositories as for everything else.
         let mut out = Vec::new();
         for r in &list {
             out.push(parse_repo(r, "repos in the config file", &s3_base)?);
@@ -321,7 +326,8 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
         // S3-compatible stores behind a custom endpoint nearly always need path style.
         None => endpoint.is_some(),
     };
-    let part_size = match &part_size {
+    let part_size_raw = part_size;
+    let part_size = match &part_size_raw {
         Some(r) => parse_as(r, "s3.part_size", "a size of at least 5MiB (e.g. 16MiB)", |s| {
             parse_size(s).filter(|n| *n >= 5 << 20 && *n <= 5 << 30).map(|n| n as usize)
         })?,
@@ -348,6 +354,12 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     let Some(bucket) = bucket else {
         return Ok(None);
     };
+    let src = |r: &Option<Raw>, default: &str| r.as_ref().map(|r| r.source.clone()).unwrap_or_else(|| Source::Derived(default.into()));
+    record("s3.force_path_style", force_path_style.to_string(), src(&path_style, "default: true with a custom endpoint"));
+    record("s3.part_size", part_size.to_string(), src(&part_size_raw, "default"));
+    record("s3.upload_concurrency", upload_concurrency.to_string(), src(&concurrency, "default"));
+    record("s3.max_attempts", max_attempts.to_string(), src(&attempts, "default"));
+    record("s3.timeout", humantime::format_duration(attempt_timeout).to_string(), src(&timeout, "default"));
     if bucket.value.contains('/') || bucket.value.trim().is_empty() {
         return Err(Error::config(format!(
             "invalid bucket name in {}: use S3_PREFIX for the path inside the bucket",

@@ -152,3 +152,15 @@ fn repo_urls() {
     assert_eq!(redact_url("postgres://u:pw@h:1/d?password=x"), "postgres://u:********@h:1/d?password=********");
     assert_eq!(redact_url("host=h password=pw"), "host=h password=********");
 }
+
+#[test]
+fn env_repositories_beat_the_files_list() {
+    let (_d, path) = write_file("repos = ['/from/file']\n");
+    let flags = FlagValues { config: Some(path), ..Default::default() };
+    let s = load(&flags, &env(&[])).unwrap();
+    assert_eq!(s.repos[0].display(), "/from/file");
+    let s = load(&flags, &env(&[("BACKUP_DIR", "/from/env")])).unwrap();
+    assert_eq!(s.repos.len(), 1);
+    assert_eq!(s.repos[0].display(), "/from/env");
+    assert_eq!(source_of(&s, "backup_dir"), "env BACKUP_DIR");
+}

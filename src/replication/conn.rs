@@ -16,7 +16,7 @@ use postgres_protocol::message::frontend;
 use super::auth::{self, AuthMethod};
 use super::commands::{
     CreatedSlot, SystemIdentity, create_logical_slot_command, drop_slot_command,
-    parse_server_version, validate_slot_name,
+    parse_server_version,
 };
 use super::errors::{
     Phase, ServerError, io_error, protocol_error, server_error, server_label, timeout_error,

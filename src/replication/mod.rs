@@ -1,0 +1,33 @@
+//! pgkeep's own replication-protocol client, on `postgres-protocol` and tokio
+//! (tokio-postgres has no replication protocol).
+//!
+//! A [`ReplicationConnection`] is one walsender connection in logical mode
+//! (`replication=database`). `pgkeep backup` uses it to create a logical slot
+//! with an exported snapshot ([`ReplicationConnection::create_logical_slot`]);
+//! streaming (`START_REPLICATION … LOGICAL`, CopyBoth) will build on the same
+//! framed stream.
+//!
+//! The layers, bottom up:
+//! - [`transport`]: TCP, Unix socket, or rustls TLS negotiated per `sslmode`
+//!   (rustls setup shared with `crate::pg::tls`), and the CancelRequest.
+//! - [`wire`]: whole backend messages read from the stream (pure parser plus a
+//!   cancel-safe buffered reader), frontend messages written from a buffer.
+//! - `auth`: cleartext, MD5, SCRAM-SHA-256 and SCRAM-SHA-256-PLUS.
+//! - [`simple_query`]: rows and command tags from a simple query's messages.
+//! - [`commands`]: command text per server version and result rows as types.
+//! - `conn`: the connection, tying these together.
+//! - `errors`: the same one-line, classified errors as `crate::pg::connect`.
+
+mod auth;
+pub mod commands;
+mod conn;
+mod errors;
+pub mod simple_query;
+pub mod transport;
+pub mod wire;
+
+pub use auth::AuthMethod;
+pub use commands::{CreatedSlot, SystemIdentity, validate_slot_name};
+pub use conn::{CancelInfo, ReplicationConnection};
+pub use errors::ServerError;
+pub use simple_query::QueryResponse;
