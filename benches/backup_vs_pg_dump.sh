@@ -6,7 +6,7 @@
 #
 # Usage: benches/backup_vs_pg_dump.sh [--scale N] [--docs-rows N] [--jobs N] [--keep]
 #   --scale      pgbench scale (default 120, about 1.8 GB with indexes)
-#   --docs-rows  rows of the text/jsonb/bytea table (default 1000000, about 1 GB)
+#   --docs-rows  rows of the text/jsonb/bytea table (default 2500000, about 1.3 GB; hex text, 2-3x compressible)
 #   --jobs       parallel jobs for pgkeep, pg_dump -Fd and raw COPY (default: nproc)
 #   --keep       keep the cluster and dataset in $BENCH_DIR for another run
 #   --prepare    only build the dataset (and keep the cluster running)
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCALE=120
-DOCS_ROWS=1000000
+DOCS_ROWS=2500000
 JOBS=$(nproc)
 KEEP=0
 PREPARE=0
@@ -84,8 +84,8 @@ CREATE TABLE docs (
 INSERT INTO docs
 SELECT i,
        'document ' || i || ' ' || md5(i::text),
-       repeat(md5((i * 7)::text) || ' lorem ipsum dolor sit amet ', 6),
-       jsonb_build_object('i', i, 'tags', jsonb_build_array('a' || (i % 17), 'b' || (i % 101)), 'score', (i % 1000) / 7.0, 'active', i % 3 = 0),
+       md5((i * 7)::text) || ' ' || md5((i * 11)::text) || ' ' || md5((i * 13)::text) || ' lorem ipsum ' || md5((i * 17)::text) || ' ' || md5((i * 19)::text) || ' ' || md5((i * 23)::text),
+       jsonb_build_object('i', i, 'tags', jsonb_build_array('a' || (i % 17), 'b' || (i % 101)), 'score', (i % 1000) / 7.0, 'active', i % 3 = 0, 'ref', md5((i * 29)::text)),
        decode(md5(i::text) || md5((i + 1)::text), 'hex'),
        timestamptz '2020-01-01' + (i || ' seconds')::interval
 FROM generate_series(1, $DOCS_ROWS) i;

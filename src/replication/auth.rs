@@ -16,7 +16,9 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
-use super::errors::{HINT_PASSWORD, Phase, ServerError, io_error, protocol_error, server_error, server_label};
+use super::errors::{
+    HINT_PASSWORD, Phase, ServerError, io_error, protocol_error, server_error, server_label,
+};
 use super::wire::{BackendMessage, MessageStream};
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
@@ -157,15 +159,22 @@ where
                     .collect()
                     .map_err(|e| io_error(e, db, Phase::Connect))?;
                 let choice = choose_scram(&offered, binding.take()).ok_or_else(|| {
-                    Error::new(
+                    let error = Error::new(
                         ErrorKind::Auth,
                         format!(
                             "server {server} offers no SASL mechanism pgkeep supports for user {} (offered: {})",
                             db.user,
                             offered.join(", ")
                         ),
-                    )
-                    .with_hint("SCRAM-SHA-256-PLUS needs TLS: set sslmode=require or verify-full")
+                    );
+                    if offered.iter().any(|m| m == SCRAM_SHA_256_PLUS) {
+                        error.with_hint(
+                            "SCRAM-SHA-256-PLUS needs TLS with a certificate that supports channel binding: \
+                             set sslmode=require or verify-full",
+                        )
+                    } else {
+                        error.with_hint("use scram-sha-256 or md5 authentication in pg_hba.conf")
+                    }
                 })?;
                 method = choice.method();
                 let mechanism = choice.mechanism();
@@ -178,16 +187,14 @@ where
                 let state = scram.as_mut().ok_or_else(|| {
                     protocol_error(db, "SASL continue message before SASL started")
                 })?;
-                state
-                    .update(body.data())
-                    .map_err(|e| scram_error(db, e))?;
+                state.update(body.data()).map_err(|e| scram_error(db, e))?;
                 frontend::sasl_response(state.message(), stream.write_buf())
                     .map_err(|e| io_error(e, db, Phase::Connect))?;
             }
             Message::AuthenticationSaslFinal(body) => {
-                let state = scram.as_mut().ok_or_else(|| {
-                    protocol_error(db, "SASL final message before SASL started")
-                })?;
+                let state = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol_error(db, "SASL final message before SASL started"))?;
                 state.finish(body.data()).map_err(|e| scram_error(db, e))?;
                 scram_finished = true;
                 continue;
@@ -291,14 +298,23 @@ mod tests {
         );
         assert_eq!(choose_scram(&plain, None), Some(ScramChoice::NoBinding));
         assert_eq!(choose_scram(&offered(&[SCRAM_SHA_256_PLUS]), None), None);
-        assert_eq!(choose_scram(&offered(&["OAUTHBEARER"]), Some(vec![1])), None);
+        assert_eq!(
+            choose_scram(&offered(&["OAUTHBEARER"]), Some(vec![1])),
+            None
+        );
     }
 
     #[test]
     fn choice_names_mechanism_and_method() {
         assert_eq!(ScramChoice::Plus(vec![]).mechanism(), "SCRAM-SHA-256-PLUS");
-        assert_eq!(ScramChoice::Plus(vec![]).method(), AuthMethod::ScramSha256Plus);
+        assert_eq!(
+            ScramChoice::Plus(vec![]).method(),
+            AuthMethod::ScramSha256Plus
+        );
         assert_eq!(ScramChoice::NoBinding.mechanism(), "SCRAM-SHA-256");
-        assert_eq!(ScramChoice::ClientCouldBind.method().as_str(), "SCRAM-SHA-256");
+        assert_eq!(
+            ScramChoice::ClientCouldBind.method().as_str(),
+            "SCRAM-SHA-256"
+        );
     }
 }

@@ -65,10 +65,10 @@ pub fn validate_slot_name(name: &str) -> Result<()> {
     };
     match problem {
         None => Ok(()),
-        Some(problem) => Err(Error::config(format!(
-            "replication slot name {name:?} {problem}"
-        ))
-        .with_hint("choose a slot name like pgkeep_backup_1")),
+        Some(problem) => Err(
+            Error::config(format!("replication slot name {name:?} {problem}"))
+                .with_hint("choose a slot name like pgkeep_backup_1"),
+        ),
     }
 }
 
@@ -113,7 +113,10 @@ pub fn create_logical_slot_command(
 pub fn drop_slot_command(name: &str, wait: bool) -> Result<String> {
     validate_slot_name(name)?;
     let wait = if wait { " WAIT" } else { "" };
-    Ok(format!("DROP_REPLICATION_SLOT {}{wait}", quote_identifier(name)))
+    Ok(format!(
+        "DROP_REPLICATION_SLOT {}{wait}",
+        quote_identifier(name)
+    ))
 }
 
 /// `server_version_num` from the `server_version` parameter: `15.4 (Debian …)`
@@ -152,7 +155,10 @@ struct OneRow<'a> {
 }
 
 impl<'a> OneRow<'a> {
-    fn new(response: &'a QueryResponse, command: &'static str) -> std::result::Result<Self, String> {
+    fn new(
+        response: &'a QueryResponse,
+        command: &'static str,
+    ) -> std::result::Result<Self, String> {
         match response.rows.len() {
             1 => Ok(OneRow { response, command }),
             n => Err(format!("{command} returned {n} rows instead of 1")),
@@ -216,7 +222,15 @@ mod tests {
     fn slot_names_are_validated() {
         validate_slot_name("pgkeep_backup_1").unwrap();
         validate_slot_name(&"a".repeat(63)).unwrap();
-        for bad in ["Bad-Name", "", "with space", "dash-ed", "UPPER", "quote\"", "é"] {
+        for bad in [
+            "Bad-Name",
+            "",
+            "with space",
+            "dash-ed",
+            "UPPER",
+            "quote\"",
+            "é",
+        ] {
             let e = validate_slot_name(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
             assert!(e.message().contains(&format!("{bad:?}")), "{}", e.message());
@@ -258,14 +272,23 @@ mod tests {
 
     #[test]
     fn drop_command() {
-        assert_eq!(drop_slot_command("s", true).unwrap(), "DROP_REPLICATION_SLOT \"s\" WAIT");
-        assert_eq!(drop_slot_command("s", false).unwrap(), "DROP_REPLICATION_SLOT \"s\"");
+        assert_eq!(
+            drop_slot_command("s", true).unwrap(),
+            "DROP_REPLICATION_SLOT \"s\" WAIT"
+        );
+        assert_eq!(
+            drop_slot_command("s", false).unwrap(),
+            "DROP_REPLICATION_SLOT \"s\""
+        );
         assert!(drop_slot_command("S", false).is_err());
     }
 
     #[test]
     fn server_versions_parse() {
-        assert_eq!(parse_server_version("15.4 (Debian 15.4-2.pgdg120+1)"), Some(150_004));
+        assert_eq!(
+            parse_server_version("15.4 (Debian 15.4-2.pgdg120+1)"),
+            Some(150_004)
+        );
         assert_eq!(parse_server_version("16beta1"), Some(160_000));
         assert_eq!(parse_server_version("17devel"), Some(170_000));
         assert_eq!(parse_server_version("13.12"), Some(130_012));
@@ -287,7 +310,12 @@ mod tests {
     fn identify_system_row_is_read_by_column_name() {
         let r = response(
             &["systemid", "timeline", "xlogpos", "dbname"],
-            &[Some("7301234567890123456"), Some("1"), Some("0/1A2B3C8"), Some("app")],
+            &[
+                Some("7301234567890123456"),
+                Some("1"),
+                Some("0/1A2B3C8"),
+                Some("app"),
+            ],
         );
         let id = SystemIdentity::from_response(&r).unwrap();
         assert_eq!(id.systemid, "7301234567890123456");
@@ -302,20 +330,39 @@ mod tests {
         let e = SystemIdentity::from_response(&bad).unwrap_err();
         assert!(e.contains("xlogpos"), "{e}");
         let empty = QueryResponse::default();
-        assert!(SystemIdentity::from_response(&empty).unwrap_err().contains("0 rows"));
+        assert!(
+            SystemIdentity::from_response(&empty)
+                .unwrap_err()
+                .contains("0 rows")
+        );
     }
 
     #[test]
     fn created_slot_row_is_read() {
         let r = response(
-            &["slot_name", "consistent_point", "snapshot_name", "output_plugin"],
-            &[Some("s"), Some("16/B374D848"), Some("00000003-00000002-1"), Some("pgoutput")],
+            &[
+                "slot_name",
+                "consistent_point",
+                "snapshot_name",
+                "output_plugin",
+            ],
+            &[
+                Some("s"),
+                Some("16/B374D848"),
+                Some("00000003-00000002-1"),
+                Some("pgoutput"),
+            ],
         );
         let slot = CreatedSlot::from_response(&r).unwrap();
         assert_eq!(slot.consistent_point, Lsn(0x16_B374_D848));
         assert_eq!(slot.snapshot_name.as_deref(), Some("00000003-00000002-1"));
         let r = response(
-            &["slot_name", "consistent_point", "snapshot_name", "output_plugin"],
+            &[
+                "slot_name",
+                "consistent_point",
+                "snapshot_name",
+                "output_plugin",
+            ],
             &[Some("s"), Some("0/1"), None, Some("pgoutput")],
         );
         assert_eq!(CreatedSlot::from_response(&r).unwrap().snapshot_name, None);

@@ -159,7 +159,10 @@ impl ReplicationConnection {
                     unrecognized_options,
                     ..
                 } => {
-                    tracing::debug!(?unrecognized_options, "server negotiated the protocol version down");
+                    tracing::debug!(
+                        ?unrecognized_options,
+                        "server negotiated the protocol version down"
+                    );
                 }
                 other => {
                     return Err(protocol_error(
@@ -173,7 +176,9 @@ impl ReplicationConnection {
             .parameters
             .get("server_version")
             .and_then(|v| parse_server_version(v))
-            .ok_or_else(|| protocol_error(&self.db, "the server did not report a valid server_version"))?;
+            .ok_or_else(|| {
+                protocol_error(&self.db, "the server did not report a valid server_version")
+            })?;
         self.busy = false;
         Ok(())
     }
@@ -228,8 +233,9 @@ impl ReplicationConnection {
     /// put into errors (it may hold secrets).
     async fn run(&mut self, sql: &str, what: &str) -> Result<QueryResponse> {
         self.ensure_usable()?;
-        frontend::query(sql, self.stream.write_buf())
-            .map_err(|_| Error::config(format!("cannot {what}: the command contains a NUL byte")))?;
+        frontend::query(sql, self.stream.write_buf()).map_err(|_| {
+            Error::config(format!("cannot {what}: the command contains a NUL byte"))
+        })?;
         self.busy = true;
         self.stream
             .flush()
@@ -298,10 +304,12 @@ impl ReplicationConnection {
         temporary: bool,
         export_snapshot: bool,
     ) -> Result<CreatedSlot> {
-        let command = create_logical_slot_command(name, temporary, export_snapshot, self.server_version_num)?;
+        let command =
+            create_logical_slot_command(name, temporary, export_snapshot, self.server_version_num)?;
         let what = format!("create logical replication slot {name}");
         let response = self.run(&command, &what).await?;
-        let slot = CreatedSlot::from_response(&response).map_err(|text| protocol_error(&self.db, &text))?;
+        let slot = CreatedSlot::from_response(&response)
+            .map_err(|text| protocol_error(&self.db, &text))?;
         tracing::info!(
             slot = %slot.slot_name,
             temporary,
@@ -384,10 +392,13 @@ impl ReplicationConnection {
     pub async fn close(mut self) -> Result<()> {
         if !self.busy {
             frontend::terminate(self.stream.write_buf());
-            self.stream
-                .flush()
-                .await
-                .map_err(|e| io_error(e, &self.db, Phase::Command("close the replication connection")))?;
+            self.stream.flush().await.map_err(|e| {
+                io_error(
+                    e,
+                    &self.db,
+                    Phase::Command("close the replication connection"),
+                )
+            })?;
         }
         // The server may already have closed its end; nothing is lost then.
         let _ = self.stream.shutdown().await;

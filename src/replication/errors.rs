@@ -24,9 +24,8 @@ pub(crate) const HINT_ADDRESS: &str =
 const HINT_SSLMODE: &str =
     "set sslmode=require or verify-full (DB_SSLMODE, PGSSLMODE or ?sslmode= in --db)";
 const HINT_WAL_LEVEL: &str =
-    "set wal_level = logical in postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL";
-const HINT_SLOTS: &str =
-    "drop unused slots (see pg_replication_slots) or raise max_replication_slots and restart PostgreSQL";
+    "set wal_level = logical in postgresql.conf or with ALTER SYSTEM, then restart PostgreSQL";
+const HINT_SLOTS: &str = "drop unused slots (see pg_replication_slots) or raise max_replication_slots and restart PostgreSQL";
 const NAME_HINT: &str = "connect using a name the certificate lists, or use sslmode=verify-ca to skip the host-name check";
 
 /// An ErrorResponse from the server.
@@ -61,7 +60,9 @@ impl ServerError {
             }
         }
         Ok(ServerError {
-            severity: severity.or(localized_severity).unwrap_or_else(|| "ERROR".into()),
+            severity: severity
+                .or(localized_severity)
+                .unwrap_or_else(|| "ERROR".into()),
             code: code.unwrap_or_else(|| "XX000".into()),
             message: message.unwrap_or_default(),
             detail,
@@ -98,7 +99,10 @@ impl ServerError {
 /// "ERROR: message (SQLSTATE 42P01): detail", on one line.
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = format!("{}: {} (SQLSTATE {})", self.severity, self.message, self.code);
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        );
         if let Some(detail) = &self.detail {
             text.push_str(": ");
             text.push_str(detail);
@@ -199,8 +203,11 @@ pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) ->
                 .with_hint("ask the database administrator to add a pg_hba.conf entry");
             }
             if msg.starts_with("role") && msg.ends_with("does not exist") {
-                return Error::new(ErrorKind::Auth, format!("role {user} does not exist on {server}"))
-                    .with_hint("check DB_USER, PGUSER or the user in --db");
+                return Error::new(
+                    ErrorKind::Auth,
+                    format!("role {user} does not exist on {server}"),
+                )
+                .with_hint("check DB_USER, PGUSER or the user in --db");
             }
             return Error::new(
                 ErrorKind::Auth,
@@ -242,11 +249,8 @@ pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) ->
             .with_hint(HINT_WAL_LEVEL);
         }
         "53400" if e.message().contains("replication slots") => {
-            return Error::new(
-                ErrorKind::Database,
-                format!("{}: {}", phase.prefix(db), e),
-            )
-            .with_hint(HINT_SLOTS);
+            return Error::new(ErrorKind::Database, format!("{}: {}", phase.prefix(db), e))
+                .with_hint(HINT_SLOTS);
         }
         _ => {}
     }
@@ -258,7 +262,11 @@ pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) ->
         ErrorKind::Database
     };
     let hint = e.hint().map(one_line);
-    let mut error = Error::new(kind, format!("{}: {e}", phase.prefix(db))).with_source(e);
+    let prefix = match phase {
+        Phase::Connect => format!("{} as user {user} to database {dbname}", phase.prefix(db)),
+        Phase::Command(_) => phase.prefix(db),
+    };
+    let mut error = Error::new(kind, format!("{prefix}: {e}")).with_source(e);
     if let Some(hint) = hint {
         error = error.with_hint(hint);
     }
@@ -271,7 +279,10 @@ fn one_line(text: &str) -> String {
 
 /// An I/O failure on the socket: refused, timed out, unknown host, lost connection.
 pub(crate) fn io_error(e: io::Error, db: &DbSettings, phase: Phase<'_>) -> Error {
-    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         return tls_error(tls, db);
     }
     let text = e.to_string();
@@ -297,7 +308,10 @@ pub(crate) fn io_error(e: io::Error, db: &DbSettings, phase: Phase<'_>) -> Error
         }
         _ => one_line(&text),
     };
-    let error = Error::new(ErrorKind::Connect, format!("{}: {reason}", phase.prefix(db)));
+    let error = Error::new(
+        ErrorKind::Connect,
+        format!("{}: {reason}", phase.prefix(db)),
+    );
     if matches!(phase, Phase::Connect) {
         error.with_hint(HINT_ADDRESS)
     } else {
@@ -342,7 +356,9 @@ pub(crate) fn tls_error(e: &rustls::Error, db: &DbSettings) -> Error {
             format!("certificate is not signed by a CA in {roots}"),
             Some("point sslrootcert at the CA that signed the server certificate"),
         ),
-        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => (
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => (
             format!("certificate is not valid for host name {}", db.host),
             Some(NAME_HINT),
         ),
@@ -412,7 +428,11 @@ mod tests {
 
     #[test]
     fn missing_replication_attribute_is_auth_with_alter_role_hint() {
-        let e = parsed("42501", "must be superuser or replication role to start walsender", None);
+        let e = parsed(
+            "42501",
+            "must be superuser or replication role to start walsender",
+            None,
+        );
         let err = server_error(e, &settings(), Phase::Connect);
         assert_eq!(err.kind(), ErrorKind::Auth);
         let line = err.user_line();
@@ -424,8 +444,16 @@ mod tests {
 
     #[test]
     fn low_wal_level_names_the_setting() {
-        let e = parsed("55000", "logical decoding requires wal_level >= logical", None);
-        let err = server_error(e, &settings(), Phase::Command("create logical replication slot s"));
+        let e = parsed(
+            "55000",
+            "logical decoding requires wal_level >= logical",
+            None,
+        );
+        let err = server_error(
+            e,
+            &settings(),
+            Phase::Command("create logical replication slot s"),
+        );
         assert_eq!(err.kind(), ErrorKind::Database);
         assert!(err.message().contains("wal_level"), "{}", err.message());
         assert!(err.hint().unwrap().contains("wal_level = logical"));
@@ -440,7 +468,11 @@ mod tests {
     #[test]
     fn password_and_unknown_database_follow_regular_connections() {
         let err = server_error(
-            parsed("28P01", "password authentication failed for user \"alice\"", None),
+            parsed(
+                "28P01",
+                "password authentication failed for user \"alice\"",
+                None,
+            ),
             &settings(),
             Phase::Connect,
         );
@@ -461,21 +493,47 @@ mod tests {
     #[test]
     fn generic_errors_keep_sqlstate_and_server_hint() {
         let err = server_error(
-            parsed("57014", "canceling statement due to user request", Some("try again")),
+            parsed(
+                "57014",
+                "canceling statement due to user request",
+                Some("try again"),
+            ),
             &settings(),
             Phase::Command("create logical replication slot s"),
         );
         assert_eq!(err.kind(), ErrorKind::Database);
-        assert!(err.message().contains("SQLSTATE 57014"), "{}", err.message());
+        assert!(
+            err.message().contains("SQLSTATE 57014"),
+            "{}",
+            err.message()
+        );
         assert_eq!(err.hint(), Some("try again"));
         let source = std::error::Error::source(&err).unwrap();
-        assert_eq!(source.downcast_ref::<ServerError>().unwrap().code(), "57014");
+        assert_eq!(
+            source.downcast_ref::<ServerError>().unwrap().code(),
+            "57014"
+        );
         let err = server_error(
-            parsed("57P01", "terminating connection due to administrator command", None),
+            parsed(
+                "57P01",
+                "terminating connection due to administrator command",
+                None,
+            ),
             &settings(),
             Phase::Command("x"),
         );
         assert_eq!(err.kind(), ErrorKind::Connect);
+        let err = server_error(
+            parsed("53300", "sorry, too many clients already", None),
+            &settings(),
+            Phase::Connect,
+        );
+        assert_eq!(err.kind(), ErrorKind::Connect);
+        assert_eq!(
+            err.message(),
+            "cannot connect to PostgreSQL at db.example.com:6543 as user alice to database app: \
+             FATAL: sorry, too many clients already (SQLSTATE 53300)"
+        );
     }
 
     #[test]
@@ -487,15 +545,31 @@ mod tests {
             refused.message(),
             "cannot connect to PostgreSQL at db.example.com:6543: connection refused"
         );
-        let lost = io_error(io::ErrorKind::UnexpectedEof.into(), &db, Phase::Command("run a query"));
-        assert!(lost.message().contains("lost connection"), "{}", lost.message());
-        let bad = io_error(io::Error::new(io::ErrorKind::InvalidData, "bad tag"), &db, Phase::Connect);
+        let lost = io_error(
+            io::ErrorKind::UnexpectedEof.into(),
+            &db,
+            Phase::Command("run a query"),
+        );
+        assert!(
+            lost.message().contains("lost connection"),
+            "{}",
+            lost.message()
+        );
+        let bad = io_error(
+            io::Error::new(io::ErrorKind::InvalidData, "bad tag"),
+            &db,
+            Phase::Connect,
+        );
         assert_eq!(bad.kind(), ErrorKind::Internal);
         let mut unix = settings();
         unix.host = "/run/postgresql/".into();
         assert_eq!(server_label(&unix), "/run/postgresql/.s.PGSQL.6543");
         let missing = io_error(io::ErrorKind::NotFound.into(), &unix, Phase::Connect);
-        assert!(missing.message().ends_with("no such socket"), "{}", missing.message());
+        assert!(
+            missing.message().ends_with("no such socket"),
+            "{}",
+            missing.message()
+        );
     }
 
     #[test]

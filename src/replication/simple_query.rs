@@ -65,11 +65,11 @@ impl QueryCollector {
         };
         match msg {
             Message::RowDescription(body) => {
-                self.response.columns = body
-                    .fields()
-                    .map(|f| Ok(f.name().to_string()))
-                    .collect()
-                    .map_err(|e| Violation::Malformed(format!("RowDescription: {e}")))?;
+                self.response.columns =
+                    body.fields()
+                        .map(|f| Ok(f.name().to_string()))
+                        .collect()
+                        .map_err(|e| Violation::Malformed(format!("RowDescription: {e}")))?;
             }
             Message::DataRow(body) => {
                 let row = text_row(&body).map_err(Violation::Malformed)?;
@@ -89,7 +89,11 @@ impl QueryCollector {
                 self.error.get_or_insert(e);
             }
             Message::ReadyForQuery(_) => return Ok(Step::Done),
-            other => return Err(Violation::Unexpected(BackendMessage::Protocol(other).name())),
+            other => {
+                return Err(Violation::Unexpected(
+                    BackendMessage::Protocol(other).name(),
+                ));
+            }
         }
         Ok(Step::More)
     }
@@ -113,7 +117,8 @@ fn text_row(body: &DataRowBody) -> Result<Vec<Option<String>>, String> {
             None => None,
             Some(r) => {
                 let bytes = buf.get(r).ok_or("DataRow: a value is out of bounds")?;
-                let text = std::str::from_utf8(bytes).map_err(|_| "DataRow: a value is not UTF-8")?;
+                let text =
+                    std::str::from_utf8(bytes).map_err(|_| "DataRow: a value is not UTF-8")?;
                 Some(text.to_string())
             }
         };
@@ -146,7 +151,12 @@ mod tests {
     #[test]
     fn rows_columns_and_tags_are_collected() {
         let (steps, collector) = run(&[
-            row_description(&["slot_name", "consistent_point", "snapshot_name", "output_plugin"]),
+            row_description(&[
+                "slot_name",
+                "consistent_point",
+                "snapshot_name",
+                "output_plugin",
+            ]),
             data_row(&[Some("s1"), Some("0/15D6A28"), None, Some("pgoutput")]),
             command_complete("CREATE_REPLICATION_SLOT"),
             ready_for_query(),
@@ -165,7 +175,10 @@ mod tests {
                 Some("pgoutput".to_string())
             ]]
         );
-        assert_eq!(response.command_tags, vec!["CREATE_REPLICATION_SLOT".to_string()]);
+        assert_eq!(
+            response.command_tags,
+            vec!["CREATE_REPLICATION_SLOT".to_string()]
+        );
     }
 
     #[test]
@@ -186,7 +199,11 @@ mod tests {
         assert_eq!(response.columns, vec!["b".to_string()]);
         assert_eq!(
             response.rows,
-            vec![vec![Some("1".into())], vec![Some(String::new())], vec![None]]
+            vec![
+                vec![Some("1".into())],
+                vec![Some(String::new())],
+                vec![None]
+            ]
         );
         assert_eq!(response.command_tags, vec!["SELECT 1", "SET", "SELECT 2"]);
     }
@@ -194,7 +211,13 @@ mod tests {
     #[test]
     fn an_error_is_kept_until_ready_for_query() {
         let (steps, collector) = run(&[
-            error_response(b'E', "ERROR", "57014", "canceling statement due to user request", None),
+            error_response(
+                b'E',
+                "ERROR",
+                "57014",
+                "canceling statement due to user request",
+                None,
+            ),
             ready_for_query(),
         ]);
         assert_eq!(steps, vec![Step::More, Step::Done]);
@@ -226,9 +249,15 @@ mod tests {
         // Two columns announced, one present.
         let mut buf = BytesMut::from(&frame(b'D', &[0, 2, 0, 0, 0, 1, b'x'])[..]);
         let msg = parse_backend_message(&mut buf).unwrap().unwrap();
-        assert!(matches!(collector.accept(msg), Err(Violation::Malformed(_))));
+        assert!(matches!(
+            collector.accept(msg),
+            Err(Violation::Malformed(_))
+        ));
         let mut buf = BytesMut::from(&frame(b'D', &[0, 1, 0, 0, 0, 1, 0xff])[..]);
         let msg = parse_backend_message(&mut buf).unwrap().unwrap();
-        assert!(matches!(collector.accept(msg), Err(Violation::Malformed(_))));
+        assert!(matches!(
+            collector.accept(msg),
+            Err(Violation::Malformed(_))
+        ));
     }
 }

@@ -146,7 +146,8 @@ pub async fn send_cancel_request(db: &DbSettings, process_id: i32, secret_key: i
         transport.write_all(&request).await?;
         transport.flush().await
     };
-    sent.await.map_err(|e| io_error(e, db, Phase::Command(&what)))?;
+    sent.await
+        .map_err(|e| io_error(e, db, Phase::Command(&what)))?;
     // The server answers nothing and closes the connection once it has
     // signalled the backend; waiting for that makes the cancel synchronous.
     let mut sink = [0u8; 64];

@@ -151,7 +151,8 @@ fn parse_copy_both_response(body: &mut BytesMut) -> io::Result<BackendMessage> {
     }
     let format = body.get_u8();
     let columns = body.get_i16();
-    let columns = usize::try_from(columns).map_err(|_| invalid("CopyBothResponse has a negative column count"))?;
+    let columns = usize::try_from(columns)
+        .map_err(|_| invalid("CopyBothResponse has a negative column count"))?;
     if body.remaining() != columns * 2 {
         return Err(short());
     }
@@ -171,7 +172,8 @@ fn parse_negotiate_protocol_version(body: &mut BytesMut) -> io::Result<BackendMe
     }
     let newest_minor = body.get_i32();
     let count = body.get_i32();
-    let count = usize::try_from(count).map_err(|_| invalid("NegotiateProtocolVersion has a negative option count"))?;
+    let count = usize::try_from(count)
+        .map_err(|_| invalid("NegotiateProtocolVersion has a negative option count"))?;
     let mut unrecognized_options = Vec::new();
     for _ in 0..count {
         let end = body.iter().position(|&b| b == 0).ok_or_else(short)?;
@@ -328,9 +330,20 @@ pub(crate) mod test_messages {
     }
 
     /// ErrorResponse (or NoticeResponse with tag `N`) with the usual fields.
-    pub fn error_response(tag: u8, severity: &str, code: &str, message: &str, hint: Option<&str>) -> Vec<u8> {
+    pub fn error_response(
+        tag: u8,
+        severity: &str,
+        code: &str,
+        message: &str,
+        hint: Option<&str>,
+    ) -> Vec<u8> {
         let mut body = BytesMut::new();
-        for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
+        for (field, value) in [
+            (b'S', severity),
+            (b'V', severity),
+            (b'C', code),
+            (b'M', message),
+        ] {
             body.put_u8(field);
             cstr(&mut body, value);
         }
@@ -370,7 +383,10 @@ mod tests {
         let whole = command_complete("SELECT 1");
         for cut in 0..whole.len() {
             let mut b = BytesMut::from(&whole[..cut]);
-            assert!(parse_backend_message(&mut b).unwrap().is_none(), "cut at {cut}");
+            assert!(
+                parse_backend_message(&mut b).unwrap().is_none(),
+                "cut at {cut}"
+            );
             assert_eq!(&b[..], &whole[..cut]);
         }
         let mut b = BytesMut::from(&whole[..]);
@@ -447,7 +463,9 @@ mod tests {
         assert!(parse_backend_message(&mut b).is_err());
         // DataRow claiming more columns than it holds.
         let mut b = BytesMut::from(&frame(b'D', &[0, 2, 0, 0, 0, 1, b'x'])[..]);
-        if let Ok(Some(BackendMessage::Protocol(Message::DataRow(row)))) = parse_backend_message(&mut b) {
+        if let Ok(Some(BackendMessage::Protocol(Message::DataRow(row)))) =
+            parse_backend_message(&mut b)
+        {
             use tokio_postgres::fallible_iterator::FallibleIterator;
             assert!(row.ranges().collect::<Vec<_>>().is_err());
         }
@@ -476,7 +494,12 @@ mod tests {
         }
         assert_eq!(
             names,
-            ["RowDescription", "DataRow", "CommandComplete", "ReadyForQuery"]
+            [
+                "RowDescription",
+                "DataRow",
+                "CommandComplete",
+                "ReadyForQuery"
+            ]
         );
         drop(writer.await.unwrap());
         let eof = stream.read_message().await.err().unwrap();
