@@ -75,6 +75,17 @@ async fn backup_covers_awkward_schemas_and_checks_out() {
     let report = backup::run(&s, &opts).await.unwrap();
     let m = &report.manifest;
     assert!(m.backup_id.as_str().starts_with("full_backup_"));
+    // wal_level=logical and a replication-capable role: the slot's exported snapshot.
+    assert_eq!(m.snapshot.method, pgkeep::repo::manifest::SnapshotMethod::ReplicationSlot);
+    let slot = m.snapshot.slot_name.clone().expect("slot name recorded");
+    assert!(m.snapshot.consistent_lsn.0 > 0);
+    let left = cluster
+        .client("postgres")
+        .await
+        .query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "the temporary slot {slot} must not outlive the backup");
 
     let names: Vec<String> = m.tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
     for want in ["Sales Data.Order \"Lines\"", "public.empty_table", "public.no_pk", "public.gen", "public.parted_1", "public.parted_2"] {

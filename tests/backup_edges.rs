@@ -83,6 +83,7 @@ async fn non_superuser_role_with_read_all_data() {
     let report = backup::run(&settings(db_settings, repo.path()), &BackupOptions::default()).await.unwrap();
     assert_eq!(report.manifest.tables[0].rows, 100);
     assert_eq!(report.manifest.sequences[0].last_value, 1);
+    assert_eq!(report.manifest.snapshot.method, SnapshotMethod::ReplicationSlot, "REPLICATION role uses the slot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,4 +180,24 @@ async fn lost_database_connection_fails_cleanly() {
     let storage = LocalStorage::new(repo.path());
     assert!(catalog::list_backups(&storage).await.unwrap().is_empty());
     assert!(catalog::incomplete_backups(&storage).await.unwrap().is_empty(), "a failed run cleans up after itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_transaction_blocking_slot_creation_falls_back_with_a_consistent_backup() {
+    // Own cluster: the open transaction would block slot creation for every test sharing one.
+    let cluster = PgCluster::start_with(PgOptions::default());
+    let db = cluster.fresh_db("bk_blocked").await;
+    cluster.execute(&db, "CREATE TABLE a (id int); INSERT INTO a SELECT generate_series(1, 10);").await;
+    let blocker = cluster.client(&db).await;
+    blocker.batch_execute("BEGIN; SELECT txid_current();").await.unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let opts = BackupOptions { lock_timeout: Duration::from_secs(2), ..BackupOptions::default() };
+    let started = std::time::Instant::now();
+    let report = backup::run(&settings(cluster.superuser_settings(&db), repo.path()), &opts).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(report.manifest.snapshot.method, SnapshotMethod::ExportedSnapshot);
+    assert_eq!(report.manifest.tables[0].rows, 10);
+    let slots: i64 = cluster.client("postgres").await.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0);
+    assert_eq!(slots, 0, "a cancelled slot creation leaves no slot behind");
+    blocker.batch_execute("COMMIT").await.unwrap();
 }

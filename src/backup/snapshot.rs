@@ -1,26 +1,40 @@
 //! The backup's consistent snapshot, held open on one connection until every
 //! COPY and the schema capture have finished.
 //!
-//! Method `exported_snapshot`: a `REPEATABLE READ READ ONLY` transaction that
-//! calls `pg_export_snapshot()`. (The replication-slot method, which lets
-//! change archiving continue exactly from the snapshot, arrives with the
-//! replication client.) While open, the holder takes `ACCESS SHARE` locks on
-//! every table, with a `lock_timeout`, so concurrent DDL cannot drop or
-//! rewrite a table under the backup; a timeout names the blocking sessions.
+//! Two methods:
+//! - `replication_slot` ([`SnapshotHolder::from_slot`]): a replication
+//!   connection runs `CREATE_REPLICATION_SLOT … TEMPORARY LOGICAL pgoutput`
+//!   with an exported snapshot and then stays idle (the snapshot lives until
+//!   its next command); the slot's consistent point is where change archiving
+//!   continues. A regular connection imports the snapshot for catalog reads
+//!   and locks.
+//! - `exported_snapshot` ([`SnapshotHolder::export`]): a `REPEATABLE READ READ
+//!   ONLY` transaction calls `pg_export_snapshot()`; consistent, but with no
+//!   slot to continue from.
+//!
+//! While open, the holder takes `ACCESS SHARE` locks on every table, with a
+//! `lock_timeout`, so concurrent DDL cannot drop or rewrite a table under the
+//! backup; a timeout names the blocking sessions.
 
 use std::time::Duration;
 
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{SESSION_SETUP, TableInfo};
+use crate::pg::catalog::quote_literal;
 use crate::pg::{Connection, connect};
+use crate::replication::ReplicationConnection;
 use crate::repo::layout::Lsn;
 use crate::repo::manifest::SnapshotMethod;
 
-/// An exported snapshot and the connection that keeps it alive.
+/// An exported snapshot and the connections that keep it alive.
 pub struct SnapshotHolder {
     conn: Connection,
     db: DbSettings,
+    /// The idle replication connection that exported the snapshot (slot method).
+    replication: Option<ReplicationConnection>,
+    /// The temporary slot, when one was created.
+    pub slot_name: Option<String>,
     /// Name to pass to `SET TRANSACTION SNAPSHOT` and `pg_dump --snapshot`.
     pub name: String,
     /// WAL position at export.
@@ -53,7 +67,62 @@ impl SnapshotHolder {
         let lsn: Option<String> = row.get(1);
         let lsn = lsn.and_then(|l| l.parse().ok()).unwrap_or_default();
         tracing::info!(snapshot = %name, lsn = %lsn, "exported snapshot");
-        Ok(SnapshotHolder { conn, db: db.clone(), name, lsn, method: SnapshotMethod::ExportedSnapshot })
+        Ok(SnapshotHolder {
+            conn,
+            db: db.clone(),
+            replication: None,
+            slot_name: None,
+            name,
+            lsn,
+            method: SnapshotMethod::ExportedSnapshot,
+        })
+    }
+
+    /// Create a temporary logical slot with an exported snapshot, waiting at
+    /// most `timeout` for running transactions (slot creation waits for them);
+    /// then import the snapshot on a regular connection.
+    pub async fn from_slot(db: &DbSettings, timeout: Duration) -> Result<SnapshotHolder> {
+        let mut repl = ReplicationConnection::connect(db).await?;
+        let slot = format!("pgkeep_tmp_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let cancel = repl.cancel_token();
+        let created = match tokio::time::timeout(timeout, repl.create_logical_slot(&slot, true, true)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let _ = ReplicationConnection::cancel(&cancel, db).await;
+                let waiting_on = slot_blockers(db).await.unwrap_or_default();
+                return Err(Error::new(
+                    ErrorKind::Database,
+                    format!(
+                        "creating the replication slot waited {}s for running transactions{}",
+                        timeout.as_secs(),
+                        if waiting_on.is_empty() { String::new() } else { format!(": {waiting_on}") }
+                    ),
+                )
+                .with_hint("slot creation needs every transaction that was running to finish; end or wait for them"));
+            }
+        };
+        let name = created
+            .snapshot_name
+            .ok_or_else(|| Error::internal("CREATE_REPLICATION_SLOT returned no snapshot"))?;
+        let conn = connect(db).await?;
+        let import = format!(
+            "{SESSION_SETUP}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&name)
+        );
+        conn.client
+            .batch_execute(&import)
+            .await
+            .map_err(|e| pg_err(e, "cannot import the slot's snapshot"))?;
+        tracing::info!(slot = %created.slot_name, snapshot = %name, lsn = %created.consistent_point, "created temporary replication slot with exported snapshot");
+        Ok(SnapshotHolder {
+            conn,
+            db: db.clone(),
+            replication: Some(repl),
+            slot_name: Some(created.slot_name),
+            name,
+            lsn: created.consistent_point,
+            method: SnapshotMethod::ReplicationSlot,
+        })
     }
 
     /// The client inside the snapshot transaction (for catalog reads under the snapshot).
@@ -125,9 +194,13 @@ impl SnapshotHolder {
         Ok(parts.join("; "))
     }
 
-    /// End the snapshot transaction.
+    /// End the snapshot transaction and close the replication connection
+    /// (which drops the temporary slot).
     pub async fn release(self) -> Result<()> {
         let _ = self.conn.client.batch_execute("COMMIT").await;
+        if let Some(repl) = self.replication {
+            repl.close().await?;
+        }
         Ok(())
     }
 }
@@ -135,4 +208,33 @@ impl SnapshotHolder {
 fn pg_err(e: tokio_postgres::Error, what: &str) -> Error {
     let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
     Error::new(ErrorKind::Database, format!("{what}: {msg}"))
+}
+
+/// Transactions holding an xid, oldest first: what slot creation waits for.
+async fn slot_blockers(db: &DbSettings) -> Result<String> {
+    let conn = connect(db).await?;
+    let rows = conn
+        .client
+        .query(
+            "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(state, ''), \
+             coalesce(extract(epoch FROM now() - xact_start)::int8, 0) FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 10",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err(e, "cannot read pg_stat_activity"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            format!(
+                "pid {} (user {}, application '{}', {}, transaction open {}s)",
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                r.get::<_, i64>(4)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
 }

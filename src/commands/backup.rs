@@ -135,10 +135,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
 
     let result = async {
         // 3. Consistent snapshot, held until every COPY and the schema dump finish.
-        let snapshot = SnapshotHolder::export(&settings.db).await?;
-        if facts.wal_level != "logical" {
-            tracing::warn!(wal_level = %facts.wal_level, "incremental backups and point-in-time recovery need wal_level=logical; this full backup is consistent");
-        }
+        let snapshot = take_snapshot(settings, opts, &facts).await?;
 
         // 4. Under the snapshot: tables, locks, sequences, large objects.
         let tables = catalog::list_tables(snapshot.client()).await?;
@@ -161,6 +158,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         objects.extend(schema_packs);
         let consistent_lsn = snapshot.lsn;
         let method = snapshot.method;
+        let slot_name = snapshot.slot_name.clone();
         snapshot.release().await?;
 
         // 6. Manifest last, in every repository, once every object is durable everywhere.
@@ -185,7 +183,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             },
             started_at,
             finished_at: Utc::now(),
-            snapshot: SnapshotInfo { method, consistent_lsn, slot_name: None, slot_kept: false },
+            snapshot: SnapshotInfo { method, consistent_lsn, slot_name, slot_kept: false },
             started_by: RunInfo::current(),
             compression: CompressionInfo { algorithm: opts.compression.name().into(), level: opts.compression.level() },
             encryption: None,
@@ -231,6 +229,24 @@ async fn preflight(settings: &Settings) -> Result<ServerFacts> {
     }
     tracing::info!(server = %facts.version, user = %facts.current_user, wal_level = %facts.wal_level, replication = facts.can_replicate, "connected");
     Ok(facts)
+}
+
+/// The replication-slot snapshot when the server and role allow it, else an
+/// exported snapshot. Until change archiving is configured nothing consumes
+/// the slot, so it is temporary, and any failure to create it falls back
+/// (loudly) rather than failing the full backup.
+async fn take_snapshot(settings: &Settings, opts: &BackupOptions, facts: &ServerFacts) -> Result<SnapshotHolder> {
+    if facts.wal_level != "logical" {
+        tracing::warn!(wal_level = %facts.wal_level, "incremental backups and point-in-time recovery need wal_level=logical; this full backup is consistent");
+    } else if !facts.can_replicate {
+        tracing::warn!(user = %facts.current_user, "role lacks the REPLICATION attribute: incremental backups and point-in-time recovery need it (ALTER ROLE … REPLICATION); this full backup is consistent");
+    } else {
+        match SnapshotHolder::from_slot(&settings.db, opts.lock_timeout).await {
+            Ok(s) => return Ok(s),
+            Err(e) => tracing::warn!(error = %e.user_line(), "no replication-slot snapshot; falling back to an exported snapshot (consistent, but no point to continue change archiving from)"),
+        }
+    }
+    SnapshotHolder::export(&settings.db).await
 }
 
 fn check_privileges(tables: &[TableInfo], facts: &ServerFacts) -> Result<()> {
