@@ -163,10 +163,10 @@ run pg_dump_Fd "$BINDIR/pg_dump" -Fd -j "$JOBS" -f "$OUT/dump.Fd" "$DB"
 run pgkeep env DB_HOST=$PGHOST DB_PORT=$PORT DB_USER=postgres DB_NAME=$DB BACKUP_DIR="$OUT/pgkeep" "$PGKEEP" -q backup --jobs "$JOBS" >"$OUT/pgkeep.summary"
 
 size_of() { du -sb "$1" | cut -f1; }
-T_RAW=$(secs "$(cat "$OUT/raw_copy.time")"); T_FC=$(secs "$(cat "$OUT/pg_dump_Fc.time")"); T_FD=$(secs "$(cat "$OUT/pg_dump_Fd.time")"); T_PK=$(secs "$(cat "$OUT/pgkeep.time")")
-S_FC=$(size_of "$OUT/dump.Fc"); S_FD=$(size_of "$OUT/dump.Fd"); S_PK=$(size_of "$OUT/pgkeep/backups")
 ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; }
 secs() { printf '%.1f' "$1"; }
+T_RAW=$(secs "$(cat "$OUT/raw_copy.time")"); T_FC=$(secs "$(cat "$OUT/pg_dump_Fc.time")"); T_FD=$(secs "$(cat "$OUT/pg_dump_Fd.time")"); T_PK=$(secs "$(cat "$OUT/pgkeep.time")")
+S_FC=$(size_of "$OUT/dump.Fc"); S_FD=$(size_of "$OUT/dump.Fd"); S_PK=$(size_of "$OUT/pgkeep/backups")
 mib() { echo $(( $1 / 1024 / 1024 )); }
 
 cat <<EOF
