@@ -71,7 +71,7 @@ impl PackSink {
             stored_size: data.len() as u64,
             raw_size: chunk.raw_size,
             stored_sha256: chunk.stored_sha256.clone(),
-            raw_sha256: chunk.raw_sha256.clone(),
+            raw_xxh3: chunk.raw_xxh3.clone(),
             rows: chunk.fingerprint.rows,
         };
         if pack.size >= self.max_pack_size {

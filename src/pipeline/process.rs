@@ -59,24 +59,31 @@ pub struct ProcessedChunk {
     pub stored: Bytes,
     /// Raw length.
     pub raw_size: u64,
-    /// SHA-256 of raw bytes, hex.
-    pub raw_sha256: String,
+    /// XXH3-128 of raw bytes, 32 hex digits.
+    pub raw_xxh3: String,
     /// SHA-256 of stored bytes, hex.
     pub stored_sha256: String,
     /// Rows and fingerprint (zero for non-row data).
     pub fingerprint: TableFingerprint,
 }
 
+/// The raw-bytes checksum: XXH3-128 as 32 hex digits. A fast
+/// non-cryptographic hash is enough here: it detects a wrong decompression or
+/// decryption, while the stored bytes carry SHA-256 (and, encrypted, an AEAD tag).
+pub fn raw_checksum(raw: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(raw))
+}
+
 /// Do the per-chunk work synchronously. `rows`: whether `raw` is COPY text.
 pub fn process_chunk(raw: &[u8], compression: Compression, rows: bool) -> Result<ProcessedChunk> {
     let fingerprint = if rows { TableFingerprint::of_rows(raw) } else { TableFingerprint::default() };
-    let raw_sha256 = hex::encode(Sha256::digest(raw));
+    let raw_xxh3 = raw_checksum(raw);
     let stored = compression.compress(raw)?;
     let stored_sha256 = hex::encode(Sha256::digest(&stored));
     Ok(ProcessedChunk {
         stored: Bytes::from(stored),
         raw_size: raw.len() as u64,
-        raw_sha256,
+        raw_xxh3,
         stored_sha256,
         fingerprint,
     })
@@ -121,7 +128,7 @@ mod tests {
         let c = join(spawn_process(raw.clone(), Compression::Zstd(3), true)).await.unwrap();
         assert_eq!(c.raw_size, raw.len() as u64);
         assert_eq!(c.fingerprint.rows, 2);
-        assert_eq!(c.raw_sha256, hex::encode(Sha256::digest(&raw)));
+        assert_eq!(c.raw_xxh3, raw_checksum(&raw));
         assert_eq!(c.stored_sha256, hex::encode(Sha256::digest(&c.stored)));
         assert_eq!(Compression::Zstd(3).decompress(&c.stored, raw.len(), "c").unwrap(), raw.to_vec());
     }

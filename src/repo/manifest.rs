@@ -179,7 +179,7 @@ pub struct ChunkRef {
     /// SHA-256 of the stored bytes, hex.
     pub stored_sha256: String,
     /// SHA-256 of the raw bytes, hex.
-    pub raw_sha256: String,
+    pub raw_xxh3: String,
     /// Rows in this chunk (COPY text lines); 0 for non-row data.
     #[serde(default)]
     pub rows: u64,

@@ -11,7 +11,7 @@ pub(crate) fn sample() -> BackupManifest {
         stored_size: 10,
         raw_size: 20,
         stored_sha256: "aa".into(),
-        raw_sha256: "bb".into(),
+        raw_xxh3: "bb".into(),
         rows: 2,
     };
     BackupManifest {
