@@ -178,7 +178,7 @@ cat <<EOF
 | raw parallel COPY > /dev/null | $T_RAW | $(ratio "$T_RAW" "$T_PK") | - | $(( $(cat "$OUT/raw_copy.rss") / 1024 )) |
 | pg_dump -Fc | $T_FC | $(ratio "$T_FC" "$T_PK") | $(mib "$S_FC") | $(( $(cat "$OUT/pg_dump_Fc.rss") / 1024 )) |
 | pg_dump -Fd -j $JOBS | $T_FD | $(ratio "$T_FD" "$T_PK") | $(mib "$S_FD") | $(( $(cat "$OUT/pg_dump_Fd.rss") / 1024 )) |
-| pgkeep backup (zstd 3) | $T_PK | 1.00 | $(mib "$S_PK") | $(( $(cat "$OUT/pgkeep.rss") / 1024 )) |
+| pgkeep backup (zstd 1) | $T_PK | 1.00 | $(mib "$S_PK") | $(( $(cat "$OUT/pgkeep.rss") / 1024 )) |
 
 Targets: pgkeep / pg_dump -Fd -j$JOBS = $(ratio "$T_PK" "$T_FD") (≤ 0.5); pgkeep / raw COPY = $(ratio "$T_PK" "$T_RAW") (≤ 1.3); pgkeep output / pg_dump -Fc = $(ratio "$S_PK" "$S_FC") (≤ 1.0); pgkeep peak RSS $(( $(cat "$OUT/pgkeep.rss") / 1024 )) MiB (≤ 200).
 EOF

@@ -64,8 +64,8 @@ struct BackupArgs {
     /// Compression of data chunks.
     #[arg(long, value_enum, default_value = "zstd")]
     compress: CompressArg,
-    /// Compression level (zstd 1-19, gzip 1-9; default 3 for zstd, 6 for gzip).
-    #[arg(long)]
+    /// Compression level (zstd 1-19 or fast levels -1..-7, gzip 1-9; default 1 for zstd, 6 for gzip).
+    #[arg(long, allow_hyphen_values = true)]
     compress_level: Option<i32>,
     /// Raw bytes per chunk (e.g. 8MiB).
     #[arg(long, default_value = "8MiB")]
@@ -130,7 +130,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 .filter(|n| *n >= 64 << 10 && *n <= 1 << 30)
                 .ok_or_else(|| pgkeep::Error::config(format!("invalid --chunk-size `{}`: expected a size between 64KiB and 1GiB", a.chunk_size)))?;
             let compression = match a.compress {
-                CompressArg::Zstd => pgkeep::pipeline::Compression::zstd(a.compress_level.unwrap_or(3))?,
+                CompressArg::Zstd => pgkeep::pipeline::Compression::zstd(a.compress_level.unwrap_or(1))?,
                 CompressArg::Gzip => pgkeep::pipeline::Compression::gzip(a.compress_level.unwrap_or(6))?,
                 CompressArg::None => pgkeep::pipeline::Compression::None,
             };

@@ -1,7 +1,8 @@
 //! Schema capture under the backup's snapshot: `pg_dump --section=pre-data`
 //! and `--section=post-data` with `--snapshot` (DDL only — data never goes
 //! through pg_dump), and the roles the database needs from
-//! `pg_dumpall --roles-only --no-role-passwords`.
+//! `pg_dumpall --roles-only` (password hashes only when the role is a
+//! superuser and may read them; `--no-role-passwords` otherwise).
 
 use crate::config::DbSettings;
 use crate::error::Result;
@@ -18,8 +19,10 @@ pub struct SchemaDump {
     pub globals: Option<Vec<u8>>,
 }
 
-/// Dump the schema of `db` as of `snapshot`. `server_major` picks a compatible pg_dump.
-pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32) -> Result<SchemaDump> {
+/// Dump the schema of `db` as of `snapshot`. `server_major` picks a compatible
+/// pg_dump. Role password hashes are included only when `role_passwords`
+/// (the role may read `pg_authid`, i.e. is a superuser).
+pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_passwords: bool) -> Result<SchemaDump> {
     let pg_dump = tools::find_tool("pg_dump", server_major)?;
     let section = |name: &str| {
         let mut cmd = tools::command(&pg_dump, db);
@@ -38,7 +41,10 @@ pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32) -> Resu
     let globals = match tools::find_tool("pg_dumpall", server_major) {
         Ok(p) => {
             let mut cmd = tools::command(&p, db);
-            cmd.arg("--roles-only").arg("--no-role-passwords").arg("--no-password").arg("-l").arg(&db.dbname);
+            cmd.arg("--roles-only").arg("--no-password").arg("-l").arg(&db.dbname);
+            if !role_passwords {
+                cmd.arg("--no-role-passwords");
+            }
             match tools::run_capture(cmd, "pg_dumpall --roles-only").await {
                 Ok(g) => Some(g),
                 Err(e) => {

@@ -54,7 +54,7 @@ pub struct BackupOptions {
 impl Default for BackupOptions {
     fn default() -> Self {
         BackupOptions {
-            compression: Compression::Zstd(3),
+            compression: Compression::Zstd(1),
             chunk_size: 8 << 20,
             range_bytes: 256 << 20,
             pack_size: 256 << 20,
@@ -151,7 +151,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         let tables = Arc::new(tables);
         let server_major = facts.version_num / 10000;
         let (schema_dump, (results, mut objects)) = tokio::try_join!(
-            schema::capture(&settings.db, &snapshot.name, server_major),
+            schema::capture(&settings.db, &snapshot.name, server_major, facts.is_superuser),
             copy_all_tables(settings, opts, &repos, &backup_id, &snapshot.name, tables.clone(), &facts),
         )?;
         let (schema_objects, schema_packs) = store_schema(&repos, &backup_id, opts, schema_dump).await?;

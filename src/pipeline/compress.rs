@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub enum Compression {
     /// No compression.
     None,
-    /// zstd at a level 1..=19.
+    /// zstd at a level 1..=19, or a fast level -1..=-7.
     Zstd(i32),
     /// gzip at a level 1..=9.
     Gzip(u32),
@@ -19,8 +19,10 @@ pub enum Compression {
 impl Compression {
     /// zstd at `level`, checked.
     pub fn zstd(level: i32) -> Result<Self> {
-        if !(1..=19).contains(&level) {
-            return Err(Error::config(format!("invalid --compress-level {level} for zstd: expected 1-19")));
+        if !(-7..=19).contains(&level) || level == 0 {
+            return Err(Error::config(format!(
+                "invalid --compress-level {level} for zstd: expected 1-19, or -1 to -7 for zstd's fast levels"
+            )));
         }
         Ok(Compression::Zstd(level))
     }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
-use sha2::{Digest, Sha256};
 
 use super::process::ProcessedChunk;
 use crate::error::Result;
@@ -22,7 +21,6 @@ struct OpenPack {
     rel_key: String,
     writers: Vec<Box<dyn ObjectWriter>>,
     size: u64,
-    hasher: Sha256,
 }
 
 /// Appends chunks to pack objects `backups/<id>/<name>-<seq>.pack` in every repository.
@@ -57,13 +55,12 @@ impl PackSink {
             let rel_key = format!("{}-{:06}.pack", self.name, self.seq);
             let key = self.backup_id.key(&rel_key);
             let writers = try_join_all(self.repos.iter().map(|r| r.writer(&key, PutOptions::default()))).await?;
-            self.open = Some(OpenPack { rel_key, writers, size: 0, hasher: Sha256::new() });
+            self.open = Some(OpenPack { rel_key, writers, size: 0 });
         }
         let pack = self.open.as_mut().expect("opened above");
         let offset = pack.size;
         let data: Bytes = chunk.stored.clone();
         try_join_all(pack.writers.iter_mut().map(|w| w.write(data.clone()))).await?;
-        pack.hasher.update(&data);
         pack.size += data.len() as u64;
         let at = ChunkRef {
             object: pack.rel_key.clone(),
@@ -86,7 +83,6 @@ impl PackSink {
             self.finished.push(ObjectEntry {
                 key: pack.rel_key,
                 size: pack.size,
-                sha256: hex::encode(pack.hasher.finalize()),
             });
         }
         Ok(())

@@ -55,7 +55,7 @@ pub struct BackupManifest {
     pub sequences: Vec<SequenceEntry>,
     /// Whether large objects are covered.
     pub large_objects: LargeObjects,
-    /// Every stored object of the backup with its size and checksum.
+    /// Every stored object of the backup with its size.
     pub objects: Vec<ObjectEntry>,
     /// Totals.
     pub stats: BackupStats,
@@ -249,10 +249,9 @@ pub struct LargeObjects {
 pub struct ObjectEntry {
     /// Key relative to the backup folder.
     pub key: String,
-    /// Size in bytes.
+    /// Size in bytes. The chunks that reference the object tile it exactly,
+    /// so their stored checksums cover every byte of it.
     pub size: u64,
-    /// SHA-256 of the whole object, hex.
-    pub sha256: String,
 }
 
 /// Totals of a backup.

@@ -14,7 +14,23 @@ pub async fn read_back(storage: &dyn Storage, m: &BackupManifest) -> Vec<Vec<u8>
     for o in &m.objects {
         let bytes = storage.get(&m.backup_id.key(&o.key), None).await.unwrap();
         assert_eq!(bytes.len() as u64, o.size, "size of {}", o.key);
-        assert_eq!(hex::encode(Sha256::digest(&bytes)), o.sha256, "checksum of {}", o.key);
+        // Chunks must tile each object exactly: their checksums then cover every byte.
+        let mut chunks: Vec<(u64, u64)> = m
+            .tables
+            .iter()
+            .flat_map(|t| t.chunks.iter())
+            .chain([&m.schema.pre_data, &m.schema.post_data])
+            .chain(m.schema.globals.iter())
+            .filter(|c| c.object == o.key)
+            .map(|c| (c.offset, c.stored_size))
+            .collect();
+        chunks.sort();
+        let mut at = 0;
+        for (off, len) in chunks {
+            assert_eq!(off, at, "gap or overlap in {}", o.key);
+            at += len;
+        }
+        assert_eq!(at, o.size, "chunks do not cover {}", o.key);
     }
     let mut out = Vec::new();
     for t in &m.tables {

@@ -39,7 +39,7 @@ pub(crate) fn sample() -> BackupManifest {
         }],
         sequences: vec![SequenceEntry { schema: "public".into(), name: "s".into(), last_value: 5, is_called: true }],
         large_objects: LargeObjects { count: 0, covered: true },
-        objects: vec![ObjectEntry { key: "data/000001.pack".into(), size: 10, sha256: "aa".into() }],
+        objects: vec![ObjectEntry { key: "data/000001.pack".into(), size: 10 }],
         stats: BackupStats::default(),
         warnings: vec![],
     }
