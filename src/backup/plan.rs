@@ -27,7 +27,7 @@ pub struct CopyTask {
 pub fn plan(tables: &[TableInfo], server_version_num: u32, range_bytes: u64) -> Vec<CopyTask> {
     let mut tasks = Vec::new();
     for (i, t) in tables.iter().enumerate() {
-        let ranges = if server_version_num >= 140000 && range_bytes > 0 && t.bytes > range_bytes * 3 / 2 {
+        let ranges = if t.extension.is_none() && server_version_num >= 140000 && range_bytes > 0 && t.bytes > range_bytes * 3 / 2 {
             t.bytes.div_ceil(range_bytes)
         } else {
             1
@@ -50,6 +50,12 @@ pub fn plan(tables: &[TableInfo], server_version_num: u32, range_bytes: u64) -> 
 
 /// The COPY statement of a task.
 pub fn copy_sql(t: &TableInfo, task: &CopyTask) -> String {
+    if let Some((_, filter)) = &t.extension {
+        // An extension configuration table: only the rows its filter selects
+        // (the extension recreates the others itself).
+        let cols = t.columns.iter().map(|c| crate::pg::catalog::quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+        return format!("COPY (SELECT {cols} FROM ONLY {} {filter}) TO STDOUT", t.qualified());
+    }
     match task.blocks {
         None => format!("COPY {} {} TO STDOUT", t.qualified(), t.column_list()),
         Some((from, to)) => {
@@ -83,6 +89,7 @@ mod tests {
             columns: vec![ColumnEntry { name: "id".into(), type_name: "int".into(), not_null: true }],
             bytes,
             can_select: true,
+            extension: None,
         }
     }
 

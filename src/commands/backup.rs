@@ -376,6 +376,7 @@ fn assemble_tables(tables: &[TableInfo], mut results: Vec<TaskResult>) -> Vec<Ta
             raw_bytes: raw,
             fingerprint: fp.to_hex(),
             chunks,
+            extension: t.extension.as_ref().map(|(name, _)| name.clone()),
         })
         .collect()
 }

@@ -108,6 +108,9 @@ pub struct TableInfo {
     pub bytes: u64,
     /// The role may SELECT from it.
     pub can_select: bool,
+    /// For an extension's configuration table (`pg_extension_config_dump`):
+    /// the extension and the row filter it registered (a `WHERE …` clause or empty).
+    pub extension: Option<(String, String)>,
 }
 
 impl TableInfo {
@@ -131,19 +134,27 @@ impl TableInfo {
     }
 }
 
+/// User relations: not system or temporary schemas, not temporary, and not
+/// owned by an extension — except an extension's configuration tables,
+/// whose user rows pg_dump also dumps.
 const USER_RELATION_FILTER: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
     AND c.relpersistence <> 't' \
-    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                    AND d.objid = c.oid AND d.deptype = 'e')";
+    AND (NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                     AND d.objid = c.oid AND d.deptype = 'e') \
+         OR c.oid IN (SELECT unnest(extconfig) FROM pg_extension))";
 
 /// Every table with data to copy: ordinary tables and leaf partitions (not
-/// partitioned parents, views, foreign tables or extension members), largest first.
+/// partitioned parents, views, foreign tables or extension members other
+/// than extension configuration tables), largest first.
 pub async fn list_tables(client: &Client) -> Result<Vec<TableInfo>> {
     let sql = format!(
-        "SELECT c.oid, n.nspname::text, c.relname::text, pg_relation_size(c.oid)::int8, \
-         has_table_privilege(c.oid, 'SELECT') \
+        "WITH extcfg AS (SELECT e.extname::text AS extname, u.cfg, coalesce(u.cond, '') AS cond \
+                         FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS u(cfg, cond)) \
+         SELECT c.oid, n.nspname::text, c.relname::text, pg_relation_size(c.oid)::int8, \
+         has_table_privilege(c.oid, 'SELECT'), x.extname, x.cond \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN extcfg x ON x.cfg = c.oid \
          WHERE c.relkind = 'r' AND {USER_RELATION_FILTER} ORDER BY 4 DESC, 2, 3"
     );
     let rows = client.query(&sql, &[]).await.map_err(db_err("cannot list tables"))?;
@@ -156,6 +167,7 @@ pub async fn list_tables(client: &Client) -> Result<Vec<TableInfo>> {
             columns: Vec::new(),
             bytes: r.get::<_, i64>(3) as u64,
             can_select: r.get(4),
+            extension: r.get::<_, Option<String>>(5).map(|e| (e, r.get::<_, Option<String>>(6).unwrap_or_default())),
         })
         .collect();
     let generated_filter = "AND a.attgenerated = ''";

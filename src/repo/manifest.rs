@@ -217,6 +217,10 @@ pub struct TableEntry {
     pub fingerprint: String,
     /// Chunks in order.
     pub chunks: Vec<ChunkRef>,
+    /// For an extension's configuration table: the extension's name. Only the
+    /// rows matching the extension's registered filter are in the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<String>,
 }
 
 /// A sequence's state at the snapshot.

@@ -36,6 +36,7 @@ pub(crate) fn sample() -> BackupManifest {
             raw_bytes: 20,
             fingerprint: "00ff".into(),
             chunks: vec![chunk],
+            extension: None,
         }],
         sequences: vec![SequenceEntry { schema: "public".into(), name: "s".into(), last_value: 5, is_called: true }],
         large_objects: LargeObjects { count: 0, covered: true },
