@@ -57,6 +57,44 @@ enum Command {
     Backup(BackupArgs),
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config(ConfigArgs),
+    /// Restore a backup into a temporary database, verify it, then swap it in (two approvals).
+    Restore(RestoreArgs),
+    /// Swap `<db>_old` back in place of the database a restore replaced.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// Backup id (e.g. full_backup_20261124_020000) or `latest`.
+    backup: String,
+    /// Restore into this new database; no swap, production untouched.
+    #[arg(long, value_name = "NAME")]
+    target_db: Option<String>,
+    /// Stop after verification and print the temporary database's name.
+    #[arg(long, conflicts_with = "target_db")]
+    temp_only: bool,
+    /// Keep the temporary database if the restore fails.
+    #[arg(long)]
+    keep_temp: bool,
+    /// Skip the backup of the database about to be replaced.
+    #[arg(long)]
+    no_pre_backup: bool,
+    /// Approve both gates (RESTORE and SWAP) without asking.
+    #[arg(long)]
+    yes: bool,
+    /// Tables that must be present and not empty, comma separated (schema.table).
+    #[arg(long, value_delimiter = ',', env = "PGKEEP_CRITICAL_TABLES")]
+    critical_tables: Vec<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RollbackArgs {
+    /// Approve without asking.
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -112,11 +150,40 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
             _ => None,
         }),
+        Command::Restore(_) | Command::Rollback(_) => settings.repos.iter().find_map(|r| match r {
+            config::RepoSpec::Local(dir) if dir.is_dir() => {
+                Some(dir.join("logs").join(format!("restore_{}.log", chrono::Utc::now().format("%Y%m%d_%H%M%S"))))
+            }
+            _ => None,
+        }),
         Command::Config(_) => None,
     };
     let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref());
 
     match cli.command {
+        Command::Restore(a) => {
+            let opts = commands::restore::RestoreOptions {
+                selector: pgkeep::restore::source::BackupSelector::parse(&a.backup)?,
+                target_db: a.target_db,
+                temp_only: a.temp_only,
+                keep_temp: a.keep_temp,
+                no_pre_backup: a.no_pre_backup,
+                yes: a.yes,
+                critical_tables: a.critical_tables,
+                progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
+            };
+            let report = commands::restore::run(&settings, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                println!("{}", report.summary());
+            }
+            Ok(0)
+        }
+        Command::Rollback(a) => {
+            println!("{}", commands::restore::rollback(&settings, a.yes).await?);
+            Ok(0)
+        }
         Command::Config(a) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&settings.render_json()).unwrap_or_default());

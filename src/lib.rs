@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod replication;
 pub mod repo;
+pub mod restore;
 pub mod storage;
 
 pub use error::{Error, ErrorKind, Result};

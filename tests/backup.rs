@@ -3,32 +3,16 @@
 
 mod harness;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use harness::backup_check::read_back;
+use harness::backup_check::{read_back, settings};
 use harness::postgres::PgCluster;
 use pgkeep::commands::backup::{self, BackupOptions};
-use pgkeep::config::{LogFormat, RepoSpec, Settings};
+use pgkeep::config::RepoSpec;
 use pgkeep::pipeline::{Compression, TableFingerprint};
 use pgkeep::repo::catalog::{self, CatalogEntry};
 use pgkeep::storage::Storage;
 use pgkeep::storage::local::LocalStorage;
-
-fn settings(cluster: &PgCluster, db: &str, repo: &Path) -> Settings {
-    Settings {
-        db: cluster.superuser_settings(db),
-        repos: vec![RepoSpec::Local(repo.to_path_buf())],
-        jobs: 2,
-        retention_days: 30,
-        local_retention_days: 7,
-        slack_webhook_url: None,
-        notification_email: None,
-        log_format: LogFormat::Text,
-        config_file: None,
-        provenance: Vec::new(),
-    }
-}
 
 /// The fingerprint of a live table computed the same way a restore will.
 async fn live_fingerprint(cluster: &PgCluster, db: &str, qualified: &str) -> TableFingerprint {
@@ -70,7 +54,7 @@ async fn backup_covers_awkward_schemas_and_checks_out() {
         )
         .await;
     let repo = tempfile::tempdir().unwrap();
-    let s = settings(cluster, &db, repo.path());
+    let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]);
     let opts = BackupOptions { chunk_size: 64 << 10, ..BackupOptions::default() };
     let report = backup::run(&s, &opts).await.unwrap();
     let m = &report.manifest;
@@ -163,7 +147,7 @@ async fn backup_is_one_snapshot_under_concurrent_transfers() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let repo = tempfile::tempdir().unwrap();
     let opts = BackupOptions { chunk_size: 64 << 10, ..BackupOptions::default() };
-    let report = backup::run(&settings(cluster, &db, repo.path()), &opts).await.unwrap();
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &opts).await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut moved = 0;
     for m in movers {
@@ -195,7 +179,7 @@ async fn failed_backup_leaves_nothing_visible_and_rerun_succeeds() {
     cluster.create_role("bk_limited", "limited-pw", "").await;
     cluster.execute(&db, "GRANT SELECT ON ok TO bk_limited;").await;
     let repo = tempfile::tempdir().unwrap();
-    let mut s = settings(cluster, &db, repo.path());
+    let mut s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]);
     s.db.user = "bk_limited".into();
     s.db.password = Some(pgkeep::config::Secret::new("limited-pw"));
     let err = backup::run(&s, &BackupOptions::default()).await.unwrap_err();

@@ -8,27 +8,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use harness::backup_check::settings;
 use harness::postgres::{PgCluster, PgOptions, WalLevel};
 use pgkeep::commands::backup::{self, BackupOptions};
-use pgkeep::config::{DbSettings, LogFormat, RepoSpec, Secret, Settings};
+use pgkeep::config::{RepoSpec, Secret};
 use pgkeep::repo::catalog;
 use pgkeep::repo::manifest::SnapshotMethod;
 use pgkeep::storage::local::LocalStorage;
-
-fn settings(db: DbSettings, repo: &Path) -> Settings {
-    Settings {
-        db,
-        repos: vec![RepoSpec::Local(repo.to_path_buf())],
-        jobs: 2,
-        retention_days: 30,
-        local_retention_days: 7,
-        slack_webhook_url: None,
-        notification_email: None,
-        log_format: LogFormat::Text,
-        config_file: None,
-        provenance: Vec::new(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_tables() {
@@ -40,7 +26,7 @@ async fn thousands_of_tables() {
     }
     cluster.execute(&db, &sql).await;
     let repo = tempfile::tempdir().unwrap();
-    let report = backup::run(&settings(cluster.superuser_settings(&db), repo.path()), &BackupOptions::default())
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default())
         .await
         .unwrap();
     let m = &report.manifest;
@@ -58,7 +44,7 @@ async fn single_value_over_100_mb() {
         .execute(&db, "CREATE TABLE big (id int PRIMARY KEY, payload text); INSERT INTO big SELECT 1, repeat(md5('x'), 3300000); INSERT INTO big VALUES (2, 'small');")
         .await;
     let repo = tempfile::tempdir().unwrap();
-    let report = backup::run(&settings(cluster.superuser_settings(&db), repo.path()), &BackupOptions::default())
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default())
         .await
         .unwrap();
     let t = report.manifest.tables.iter().find(|t| t.name == "big").unwrap();
@@ -80,7 +66,7 @@ async fn non_superuser_role_with_read_all_data() {
     db_settings.user = "bk_reader".into();
     db_settings.password = Some(Secret::new("reader-pw"));
     let repo = tempfile::tempdir().unwrap();
-    let report = backup::run(&settings(db_settings, repo.path()), &BackupOptions::default()).await.unwrap();
+    let report = backup::run(&settings(db_settings, vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default()).await.unwrap();
     assert_eq!(report.manifest.tables[0].rows, 100);
     assert_eq!(report.manifest.sequences[0].last_value, 1);
     assert_eq!(report.manifest.snapshot.method, SnapshotMethod::ReplicationSlot, "REPLICATION role uses the slot");
@@ -92,7 +78,7 @@ async fn wal_level_replica_falls_back_to_exported_snapshot() {
     let db = cluster.fresh_db("bk_replica").await;
     cluster.execute(&db, "CREATE TABLE a (id int); INSERT INTO a SELECT generate_series(1, 10);").await;
     let repo = tempfile::tempdir().unwrap();
-    let report = backup::run(&settings(cluster.superuser_settings(&db), repo.path()), &BackupOptions::default())
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default())
         .await
         .unwrap();
     assert_eq!(report.manifest.snapshot.method, SnapshotMethod::ExportedSnapshot);
@@ -154,7 +140,7 @@ async fn lost_database_connection_fails_cleanly() {
         .execute(&db, "CREATE TABLE a (id int, v text); INSERT INTO a SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 1500000) i;")
         .await;
     let repo = tempfile::tempdir().unwrap();
-    let s = settings(cluster.superuser_settings(&db), repo.path());
+    let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]);
     let opts = BackupOptions { chunk_size: 64 << 10, ..BackupOptions::default() };
     let backup = tokio::spawn(async move { backup::run(&s, &opts).await });
     let killer = cluster.client("postgres").await;
@@ -193,7 +179,7 @@ async fn long_transaction_blocking_slot_creation_falls_back_with_a_consistent_ba
     let repo = tempfile::tempdir().unwrap();
     let opts = BackupOptions { lock_timeout: Duration::from_secs(2), ..BackupOptions::default() };
     let started = std::time::Instant::now();
-    let report = backup::run(&settings(cluster.superuser_settings(&db), repo.path()), &opts).await.unwrap();
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &opts).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(report.manifest.snapshot.method, SnapshotMethod::ExportedSnapshot);
     assert_eq!(report.manifest.tables[0].rows, 10);

@@ -5,31 +5,16 @@ mod harness;
 
 use std::sync::Arc;
 
-use harness::backup_check::read_back;
+use harness::backup_check::{read_back, settings};
 use harness::fault_proxy::{Fault, FaultProxy, Matcher};
 use harness::garage::Garage;
 use harness::postgres::PgCluster;
 use pgkeep::commands::backup::{self, BackupOptions};
-use pgkeep::config::{LogFormat, RepoSpec, Settings};
+use pgkeep::config::RepoSpec;
 use pgkeep::repo::catalog::{self, CatalogEntry};
 use pgkeep::storage::Storage;
 use pgkeep::storage::local::LocalStorage;
-use pgkeep::storage::s3::{S3Settings, S3Storage};
-
-fn settings(cluster: &PgCluster, db: &str, local: &std::path::Path, s3: S3Settings) -> Settings {
-    Settings {
-        db: cluster.superuser_settings(db),
-        repos: vec![RepoSpec::Local(local.to_path_buf()), RepoSpec::S3(s3)],
-        jobs: 2,
-        retention_days: 30,
-        local_retention_days: 7,
-        slack_webhook_url: None,
-        notification_email: None,
-        log_format: LogFormat::Text,
-        config_file: None,
-        provenance: Vec::new(),
-    }
-}
+use pgkeep::storage::s3::S3Storage;
 
 async fn sample_db(cluster: &PgCluster, label: &str) -> String {
     let db = cluster.fresh_db(label).await;
@@ -52,7 +37,10 @@ async fn backup_goes_to_local_and_garage_at_once() {
     let db = sample_db(cluster, "bk_s3").await;
     let bucket = garage.unique_bucket("bks3");
     let local = tempfile::tempdir().unwrap();
-    let s = settings(cluster, &db, local.path(), garage.settings(&bucket, "prod/db"));
+    let s = settings(
+        cluster.superuser_settings(&db),
+        vec![RepoSpec::Local(local.path().into()), RepoSpec::S3(garage.settings(&bucket, "prod/db"))],
+    );
     let report = backup::run(&s, &BackupOptions::default()).await.unwrap();
     assert_eq!(report.repositories.len(), 2);
 
@@ -81,7 +69,10 @@ async fn failing_store_mid_backup_leaves_nothing_and_rerun_succeeds() {
     s3.endpoint = Some(proxy.endpoint());
     s3.max_attempts = 2;
     let local = tempfile::tempdir().unwrap();
-    let s = settings(cluster, &db, local.path(), s3.clone());
+    let s = settings(
+        cluster.superuser_settings(&db),
+        vec![RepoSpec::Local(local.path().into()), RepoSpec::S3(s3.clone())],
+    );
 
     // Every part upload fails: the store breaks once data is flowing.
     let fired = proxy.inject(Fault::Status(500), 10_000, Matcher::any().method("PUT").query("partNumber"));

@@ -8,8 +8,9 @@ mod harness;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use harness::assert_error::{assert_error, assert_hint, fails_within};
 use harness::postgres::{PgCluster, PgOptions, TestCa, TlsMode};
 use pgkeep::config::{DbSettings, Secret, SslMode};
 use pgkeep::{Error, ErrorKind};
@@ -78,37 +79,8 @@ async fn connect_and_check_ssl(db: &DbSettings) -> Result<bool, Error> {
 
 /// Connect, expecting failure within [`FAIL_FAST`].
 async fn connect_err(db: &DbSettings) -> Error {
-    let started = Instant::now();
-    let result = pgkeep::pg::connect(db).await;
-    let elapsed = started.elapsed();
-    let err = match result {
-        Ok(_) => panic!("connect to {} unexpectedly succeeded", db.display_target()),
-        Err(e) => e,
-    };
-    assert!(
-        elapsed < FAIL_FAST,
-        "connect took {elapsed:?}: {}",
-        err.user_line()
-    );
-    err
-}
-
-/// The error is one line of `kind`, mentions every `needle`, and never the password.
-fn assert_error(err: &Error, kind: ErrorKind, db: &DbSettings, needles: &[&str]) {
-    let line = err.user_line();
-    eprintln!("{kind:?}: {line}");
-    assert_eq!(err.kind(), kind, "wrong kind for: {line}");
-    assert!(!line.contains('\n'), "not one line: {line:?}");
-    for needle in needles {
-        assert!(line.contains(needle), "{needle:?} missing from: {line}");
-    }
-    if let Some(pw) = &db.password {
-        assert!(!line.contains(pw.expose()), "password leaked: {line}");
-        assert!(
-            !format!("{err:?}").contains(pw.expose()),
-            "password leaked in Debug: {err:?}"
-        );
-    }
+    let what = format!("connect to {}", db.display_target());
+    fails_within(FAIL_FAST, what, pgkeep::pg::connect(db)).await
 }
 
 #[tokio::test]
@@ -191,11 +163,7 @@ async fn wrong_password_is_an_auth_error() {
         &db,
         &["password authentication failed", "postgres", &server],
     );
-    assert!(
-        err.hint().unwrap_or_default().contains("PGPASSWORD"),
-        "{:?}",
-        err.hint()
-    );
+    assert_hint(&err, "PGPASSWORD");
 }
 
 #[tokio::test]
@@ -264,11 +232,7 @@ async fn closed_port_is_connection_refused() {
             "connection refused",
         ],
     );
-    assert!(
-        err.hint().unwrap_or_default().contains("DB_HOST"),
-        "{:?}",
-        err.hint()
-    );
+    assert_hint(&err, "DB_HOST");
     assert!(err.is_retryable());
 }
 
@@ -347,11 +311,7 @@ async fn disable_against_a_hostssl_only_server() {
         &db,
         &[&server, "unencrypted", "sslmode=disable"],
     );
-    assert!(
-        err.hint().unwrap_or_default().contains("sslmode=require"),
-        "{:?}",
-        err.hint()
-    );
+    assert_hint(&err, "sslmode=require");
 }
 
 #[tokio::test]
@@ -413,11 +373,7 @@ async fn verify_ca_ignores_the_host_name_but_verify_full_does_not() {
             "(it names localhost)",
         ],
     );
-    assert!(
-        err.hint().unwrap_or_default().contains("verify-ca"),
-        "{:?}",
-        err.hint()
-    );
+    assert_hint(&err, "verify-ca");
     let by_name = tls_settings(cluster, "localhost", SslMode::VerifyFull, Some(ca));
     assert!(
         connect_and_check_ssl(&by_name)

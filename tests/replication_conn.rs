@@ -10,6 +10,7 @@ mod harness;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use harness::assert_error::{assert_error, assert_hint, fails_within};
 use harness::postgres::{PgCluster, PgOptions, TlsMode, WalLevel};
 use pgkeep::config::{DbSettings, Secret, SslMode};
 use pgkeep::replication::{AuthMethod, ReplicationConnection};
@@ -43,40 +44,8 @@ async fn connect(db: &DbSettings) -> ReplicationConnection {
 
 /// Connect, expecting failure within [`FAIL_FAST`].
 async fn connect_err(db: &DbSettings) -> Error {
-    let started = Instant::now();
-    let result = ReplicationConnection::connect(db).await;
-    let elapsed = started.elapsed();
-    let err = match result {
-        Ok(_) => panic!(
-            "replication connect to {} unexpectedly succeeded",
-            db.display_target()
-        ),
-        Err(e) => e,
-    };
-    assert!(
-        elapsed < FAIL_FAST,
-        "connect took {elapsed:?}: {}",
-        err.user_line()
-    );
-    err
-}
-
-/// The error is one line of `kind`, mentions every `needle`, and never the password.
-fn assert_error(err: &Error, kind: ErrorKind, db: &DbSettings, needles: &[&str]) {
-    let line = err.user_line();
-    eprintln!("{kind:?}: {line}");
-    assert_eq!(err.kind(), kind, "wrong kind for: {line}");
-    assert!(!line.contains('\n'), "not one line: {line:?}");
-    for needle in needles {
-        assert!(line.contains(needle), "{needle:?} missing from: {line}");
-    }
-    if let Some(pw) = &db.password {
-        assert!(!line.contains(pw.expose()), "password leaked: {line}");
-        assert!(
-            !format!("{err:?}").contains(pw.expose()),
-            "password leaked in Debug: {err:?}"
-        );
-    }
+    let what = format!("replication connect to {}", db.display_target());
+    fails_within(FAIL_FAST, what, ReplicationConnection::connect(db)).await
 }
 
 /// Names of the replication slots that exist on `cluster`.
@@ -351,13 +320,7 @@ async fn scram_role_needs_the_replication_attribute() {
         &db,
         &["no_repl", &dbname, "replication"],
     );
-    assert!(
-        err.hint()
-            .unwrap_or_default()
-            .contains("ALTER ROLE no_repl REPLICATION"),
-        "{:?}",
-        err.hint()
-    );
+    assert_hint(&err, "ALTER ROLE no_repl REPLICATION");
 }
 
 #[tokio::test]
@@ -375,11 +338,7 @@ async fn wrong_password_and_closed_port() {
         &db,
         &["password authentication failed", "postgres", &server],
     );
-    assert!(
-        err.hint().unwrap_or_default().contains("PGPASSWORD"),
-        "{:?}",
-        err.hint()
-    );
+    assert_hint(&err, "PGPASSWORD");
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -571,13 +530,7 @@ async fn replica_wal_level_refuses_logical_slots() {
         &db,
         &["wal_level", "pgkeep_replica_test"],
     );
-    assert!(
-        err.hint()
-            .unwrap_or_default()
-            .contains("wal_level = logical"),
-        "{:?}",
-        err.hint()
-    );
+    assert_hint(&err, "wal_level = logical");
     conn.identify_system()
         .await
         .expect("connection still usable");

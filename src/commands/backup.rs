@@ -26,7 +26,7 @@ use crate::progress::ProgressCounters;
 use crate::repo::catalog as repo_catalog;
 use crate::repo::layout::{BackupId, BackupKind};
 use crate::repo::manifest::{
-    BackupManifest, BackupStats, ChunkRef, CompressionInfo, LargeObjects, ObjectEntry, RunInfo, SchemaObjects,
+    BackupManifest, BackupStats, ChunkRef, CompressionInfo, ExtensionConfig, LargeObjects, ObjectEntry, RunInfo, SchemaObjects,
     ServerInfo, SnapshotInfo, TableEntry,
 };
 use crate::repo::meta;
@@ -175,6 +175,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             kind: opts.kind,
             parent: None,
             database: settings.db.dbname.clone(),
+            database_info: facts.database_info.clone(),
             server: ServerInfo {
                 version: facts.version.clone(),
                 version_num: facts.version_num,
@@ -376,7 +377,7 @@ fn assemble_tables(tables: &[TableInfo], mut results: Vec<TaskResult>) -> Vec<Ta
             raw_bytes: raw,
             fingerprint: fp.to_hex(),
             chunks,
-            extension: t.extension.as_ref().map(|(name, _)| name.clone()),
+            extension: t.extension.as_ref().map(|(name, filter)| ExtensionConfig { name: name.clone(), filter: filter.clone() }),
         })
         .collect()
 }

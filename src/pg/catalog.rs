@@ -4,7 +4,7 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::manifest::{ColumnEntry, SequenceEntry};
+use crate::repo::manifest::{ColumnEntry, DatabaseInfo, SequenceEntry};
 
 /// Session settings that make COPY text output deterministic, so a
 /// fingerprint computed at backup time can be recomputed after a restore.
@@ -57,6 +57,8 @@ pub struct ServerFacts {
     pub database_size: u64,
     /// The role name.
     pub current_user: String,
+    /// Encoding and locale of the current database.
+    pub database_info: Option<DatabaseInfo>,
 }
 
 /// Read [`ServerFacts`].
@@ -65,8 +67,9 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
         .query_one(
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int4, \
              current_setting('wal_level'), r.rolsuper, (r.rolreplication OR r.rolsuper), \
-             pg_database_size(current_database())::int8, current_user::text \
-             FROM pg_roles r WHERE r.rolname = current_user",
+             pg_database_size(current_database())::int8, current_user::text, \
+             pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text \
+             FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()",
             &[],
         )
         .await
@@ -90,6 +93,7 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
         timeline: control.as_ref().map(|r| r.get::<_, i32>(1) as u32),
         database_size: row.get::<_, i64>(5) as u64,
         current_user: row.get(6),
+        database_info: Some(DatabaseInfo { encoding: row.get(7), lc_collate: row.get(8), lc_ctype: row.get(9) }),
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod connect;
+pub(crate) mod errors;
 pub mod tls;
 pub mod tools;
 

@@ -16,12 +16,11 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
-use super::errors::{
-    HINT_PASSWORD, Phase, ServerError, io_error, protocol_error, server_error, server_label,
-};
+use super::errors::{ServerError, io_error, protocol_error, server_error};
 use super::wire::{BackendMessage, MessageStream};
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
+use crate::pg::errors::{HINT_PASSWORD, Phase, server_label};
 
 /// How the server authenticated us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,15 +18,14 @@ use super::commands::{
     CreatedSlot, SystemIdentity, create_logical_slot_command, drop_slot_command,
     parse_server_version,
 };
-use super::errors::{
-    Phase, ServerError, io_error, protocol_error, server_error, server_label, timeout_error,
-};
+use super::errors::{ServerError, io_error, protocol_error, server_error};
 use super::simple_query::{QueryCollector, QueryResponse, Step, Violation};
 use super::transport::{self, Transport};
 use super::wire::{BackendMessage, MessageStream};
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::connect::APPLICATION_NAME;
+use crate::pg::errors::{Phase, server_label, timeout_error};
 
 /// What is needed to cancel a command running on a connection from elsewhere.
 #[derive(Clone)]

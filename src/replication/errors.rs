@@ -1,13 +1,14 @@
 //! Failures on a replication connection as pgkeep [`Error`]s.
 //!
 //! [`ServerError`] is the server's ErrorResponse (severity, SQLSTATE, message,
-//! detail, hint). [`server_error`], [`io_error`] and [`tls_error`] give the
-//! same one-line messages, kinds and hints as `crate::pg::connect` does for
-//! regular connections (Auth for a bad password or unknown role, Connect for
-//! refused or timed-out connections, Tls, Database for SQLSTATE errors), plus
-//! the replication-specific cases: a role without REPLICATION and a server
-//! whose `wal_level` is too low for logical slots. Messages name `host:port`,
-//! user and database, never the password.
+//! detail, hint). [`server_error`] and [`io_error`] give the same one-line
+//! messages, kinds and hints as `crate::pg::connect` does for regular
+//! connections (Auth for a bad password or unknown role, Connect for refused
+//! or timed-out connections, Tls, Database for SQLSTATE errors), through the
+//! shared `crate::pg::errors`, plus the replication-specific cases checked
+//! first: a role without REPLICATION, a server whose `wal_level` is too low
+//! for logical slots, and no free replication slot. Messages name
+//! `host:port`, user and database, never the password.
 
 use std::fmt;
 use std::io;
@@ -15,18 +16,16 @@ use std::io;
 use postgres_protocol::message::backend::ErrorFields;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 
-use crate::config::{DbSettings, SslMode};
+use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind};
+use crate::pg::errors::{
+    Client, HINT_ADDRESS, Phase, certificate_error, classify_server_error, one_line,
+    server_error_text, server_label, sqlstate_kind, unreachable_reason,
+};
 
-pub(crate) const HINT_PASSWORD: &str = "check DB_PASSWORD, PGPASSWORD or ~/.pgpass";
-pub(crate) const HINT_ADDRESS: &str =
-    "check DB_HOST and DB_PORT (or PGHOST/PGPORT, --db) and that PostgreSQL is running";
-const HINT_SSLMODE: &str =
-    "set sslmode=require or verify-full (DB_SSLMODE, PGSSLMODE or ?sslmode= in --db)";
 const HINT_WAL_LEVEL: &str =
     "set wal_level = logical in postgresql.conf or with ALTER SYSTEM, then restart PostgreSQL";
 const HINT_SLOTS: &str = "drop unused slots (see pg_replication_slots) or raise max_replication_slots and restart PostgreSQL";
-const NAME_HINT: &str = "connect using a name the certificate lists, or use sslmode=verify-ca to skip the host-name check";
 
 /// An ErrorResponse from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,57 +98,16 @@ impl ServerError {
 /// "ERROR: message (SQLSTATE 42P01): detail", on one line.
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = format!(
-            "{}: {} (SQLSTATE {})",
-            self.severity, self.message, self.code
-        );
-        if let Some(detail) = &self.detail {
-            text.push_str(": ");
-            text.push_str(detail);
-        }
-        f.write_str(&text.replace(['\n', '\r'], " "))
+        f.write_str(&server_error_text(
+            &self.severity,
+            &self.message,
+            &self.code,
+            self.detail(),
+        ))
     }
 }
 
 impl std::error::Error for ServerError {}
-
-/// Where a failure happened, for the message prefix.
-#[derive(Clone, Copy)]
-pub(crate) enum Phase<'a> {
-    /// Opening the connection (TCP, TLS, startup, authentication).
-    Connect,
-    /// A command; reads after "cannot", e.g. "create logical replication slot x".
-    Command(&'a str),
-}
-
-impl Phase<'_> {
-    fn prefix(self, db: &DbSettings) -> String {
-        match self {
-            Phase::Connect => format!("cannot connect to PostgreSQL at {}", server_label(db)),
-            Phase::Command(what) => format!("cannot {what} on {}", target_label(db)),
-        }
-    }
-}
-
-pub(crate) fn is_unix_socket(db: &DbSettings) -> bool {
-    db.host.starts_with('/')
-}
-
-/// `host:port`, or the socket path for a Unix socket directory.
-pub(crate) fn server_label(db: &DbSettings) -> String {
-    if is_unix_socket(db) {
-        format!("{}/.s.PGSQL.{}", db.host.trim_end_matches('/'), db.port)
-    } else if db.host.contains(':') && !db.host.starts_with('[') {
-        format!("[{}]:{}", db.host, db.port)
-    } else {
-        format!("{}:{}", db.host, db.port)
-    }
-}
-
-/// `host:port/dbname`.
-pub(crate) fn target_label(db: &DbSettings) -> String {
-    format!("{}/{}", server_label(db), db.dbname)
-}
 
 /// `name` as it would be typed in SQL: bare when it is a plain lower-case
 /// identifier, double-quoted otherwise.
@@ -165,71 +123,22 @@ pub(crate) fn sql_identifier(name: &str) -> String {
     }
 }
 
-/// An ErrorResponse, by SQLSTATE.
+/// An ErrorResponse: the replication-only cases first, then by SQLSTATE as
+/// on regular connections.
 pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) -> Error {
-    let server = server_label(db);
     let user = &db.user;
     let dbname = &db.dbname;
-    let connecting = matches!(phase, Phase::Connect);
     match e.code() {
-        // The server also answers this for unknown roles, so as not to reveal them.
-        "28P01" => {
-            return Error::new(
-                ErrorKind::Auth,
-                format!("password authentication failed for user {user} at {server}"),
-            )
-            .with_hint(HINT_PASSWORD);
-        }
-        "28000" => {
-            let msg = e.message();
-            if msg.contains("no pg_hba.conf entry") {
-                if msg.contains("no encryption") && db.sslmode == SslMode::Disable {
-                    return Error::new(
-                        ErrorKind::Tls,
-                        format!(
-                            "server {server} does not accept unencrypted connections for user {user} \
-                             to database {dbname}, and sslmode=disable"
-                        ),
-                    )
-                    .with_hint(HINT_SSLMODE);
-                }
-                return Error::new(
-                    ErrorKind::Auth,
-                    format!(
-                        "server {server} does not allow user {user} to open a replication connection \
-                         to database {dbname} from this host (no pg_hba.conf entry)"
-                    ),
-                )
-                .with_hint("ask the database administrator to add a pg_hba.conf entry");
-            }
-            if msg.starts_with("role") && msg.ends_with("does not exist") {
-                return Error::new(
-                    ErrorKind::Auth,
-                    format!("role {user} does not exist on {server}"),
-                )
-                .with_hint("check DB_USER, PGUSER or the user in --db");
-            }
-            return Error::new(
-                ErrorKind::Auth,
-                format!("server {server} refused user {user}: {msg}"),
-            );
-        }
-        "3D000" => {
-            return Error::new(
-                ErrorKind::Database,
-                format!("database {dbname} does not exist on {server}"),
-            )
-            .with_hint("check DB_NAME, PGDATABASE or the database in --db");
-        }
         // "must be superuser or replication role to start walsender" (up to
         // 15), "permission denied to start WAL sender" (16 and later).
-        "42501" if connecting => {
+        "42501" if matches!(phase, Phase::Connect) => {
             let text = one_line(e.message());
             return Error::new(
                 ErrorKind::Auth,
                 format!(
                     "user {user} may not open a replication connection to database {dbname} \
-                     on {server}: {text}"
+                     on {}: {text}",
+                    server_label(db)
                 ),
             )
             .with_hint(format!(
@@ -254,13 +163,12 @@ pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) ->
         }
         _ => {}
     }
-    let code = e.code();
-    let unavailable = ["57P03", "53300", "57P01", "57P02"];
-    let kind = if unavailable.contains(&code) || code.starts_with("08") {
-        ErrorKind::Connect
-    } else {
-        ErrorKind::Database
-    };
+    if let Some(error) =
+        classify_server_error(e.code(), e.message(), db, phase, Client::Replication)
+    {
+        return error;
+    }
+    let kind = sqlstate_kind(e.code());
     let hint = e.hint().map(one_line);
     let prefix = match phase {
         Phase::Connect => format!("{} as user {user} to database {dbname}", phase.prefix(db)),
@@ -273,23 +181,17 @@ pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) ->
     error
 }
 
-fn one_line(text: &str) -> String {
-    text.replace(['\n', '\r'], " ")
-}
-
 /// An I/O failure on the socket: refused, timed out, unknown host, lost connection.
 pub(crate) fn io_error(e: io::Error, db: &DbSettings, phase: Phase<'_>) -> Error {
     if let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        return tls_error(tls, db);
+        return certificate_error(tls, db, Client::Replication);
     }
     let text = e.to_string();
     let reason = match e.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
         io::ErrorKind::TimedOut => "timed out".to_string(),
-        io::ErrorKind::NotFound if is_unix_socket(db) => "no such socket".to_string(),
         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
             return protocol_error(db, &text);
         }
@@ -303,10 +205,7 @@ pub(crate) fn io_error(e: io::Error, db: &DbSettings, phase: Phase<'_>) -> Error
             )
             .with_source(e);
         }
-        _ if text.contains("lookup address") || text.contains("resolve") => {
-            format!("cannot resolve host name {}", db.host)
-        }
-        _ => one_line(&text),
+        kind => unreachable_reason(Some(kind), &text, db).unwrap_or_else(|| one_line(&text)),
     };
     let error = Error::new(
         ErrorKind::Connect,
@@ -330,77 +229,16 @@ pub(crate) fn protocol_error(db: &DbSettings, what: &str) -> Error {
     )
 }
 
-/// The whole connect attempt took longer than `connect_timeout`.
-pub(crate) fn timeout_error(db: &DbSettings) -> Error {
-    Error::new(
-        ErrorKind::Connect,
-        format!(
-            "cannot connect to PostgreSQL at {}: timed out (no answer within {})",
-            server_label(db),
-            humantime::format_duration(db.connect_timeout)
-        ),
-    )
-    .with_hint(HINT_ADDRESS)
-}
-
-/// A certificate or handshake failure reported by rustls.
-pub(crate) fn tls_error(e: &rustls::Error, db: &DbSettings) -> Error {
-    use rustls::CertificateError as C;
-    let server = server_label(db);
-    let roots = match &db.sslrootcert {
-        Some(path) if path.as_os_str() != "system" => format!("sslrootcert {}", path.display()),
-        _ => "the system roots".to_string(),
-    };
-    let (reason, hint) = match e {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => (
-            format!("certificate is not signed by a CA in {roots}"),
-            Some("point sslrootcert at the CA that signed the server certificate"),
-        ),
-        rustls::Error::InvalidCertificate(
-            C::NotValidForName | C::NotValidForNameContext { .. },
-        ) => (
-            format!("certificate is not valid for host name {}", db.host),
-            Some(NAME_HINT),
-        ),
-        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-            ("certificate has expired".to_string(), None)
-        }
-        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-            ("certificate is not valid yet".to_string(), None)
-        }
-        other => (other.to_string(), None),
-    };
-    let error = Error::new(
-        ErrorKind::Tls,
-        format!("TLS verification of server {server} failed: {reason}"),
-    );
-    match hint {
-        Some(hint) => error.with_hint(hint),
-        None => error,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::config::Secret;
+    use crate::config::SslMode;
     use crate::replication::wire::{BackendMessage, parse_backend_message, test_messages};
     use bytes::BytesMut;
     use postgres_protocol::message::backend::Message;
 
     fn settings() -> DbSettings {
-        DbSettings {
-            host: "db.example.com".into(),
-            port: 6543,
-            user: "alice".into(),
-            password: Some(Secret::new("s3cret-pw")),
-            dbname: "app".into(),
-            sslmode: SslMode::Prefer,
-            sslrootcert: None,
-            connect_timeout: Duration::from_secs(7),
-        }
+        crate::pg::errors::tests::settings("db.example.com", SslMode::Prefer)
     }
 
     fn parsed(code: &str, message: &str, hint: Option<&str>) -> ServerError {

@@ -20,9 +20,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
-use super::errors::{Phase, io_error, is_unix_socket, server_label};
+use super::errors::io_error;
 use crate::config::{DbSettings, SslMode};
 use crate::error::{Error, ErrorKind, Result};
+use crate::pg::errors::{Phase, is_unix_socket, server_label};
 use crate::pg::tls::{client_config, server_name, tls_server_end_point};
 
 /// A connected socket, encrypted or not.

@@ -32,6 +32,9 @@ pub struct BackupManifest {
     pub parent: Option<BackupId>,
     /// Name of the database backed up.
     pub database: String,
+    /// Encoding and locale of that database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_info: Option<DatabaseInfo>,
     /// The server it came from.
     pub server: ServerInfo,
     /// When the backup started.
@@ -217,10 +220,32 @@ pub struct TableEntry {
     pub fingerprint: String,
     /// Chunks in order.
     pub chunks: Vec<ChunkRef>,
-    /// For an extension's configuration table: the extension's name. Only the
-    /// rows matching the extension's registered filter are in the backup.
+    /// For an extension's configuration table: the extension and its
+    /// registered row filter. Only the rows the filter selects are in the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extension: Option<String>,
+    pub extension: Option<ExtensionConfig>,
+}
+
+/// An extension configuration table's origin (`pg_extension_config_dump`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionConfig {
+    /// Extension name.
+    pub name: String,
+    /// The filter it registered: a `WHERE …` clause, or empty for all rows.
+    pub filter: String,
+}
+
+/// Facts about the database itself, needed to recreate it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseInfo {
+    /// Server encoding, e.g. `UTF8`.
+    pub encoding: String,
+    /// `datcollate`.
+    pub lc_collate: String,
+    /// `datctype`.
+    pub lc_ctype: String,
 }
 
 /// A sequence's state at the snapshot.

@@ -1,11 +1,30 @@
 //! Reading a backup back from a repository the slow, independent way:
 //! every object's size and checksum, every chunk's checksums, row boundaries,
-//! row counts and table fingerprints against the manifest.
+//! row counts and table fingerprints against the manifest; and the
+//! [`Settings`] the backup tests run with.
 
+use pgkeep::config::{DbSettings, LogFormat, RepoSpec, Settings};
 use pgkeep::pipeline::{Compression, TableFingerprint};
 use pgkeep::repo::manifest::BackupManifest;
 use pgkeep::storage::Storage;
 use sha2::{Digest, Sha256};
+
+/// Settings for a backup of `db` into `repos`: 2 jobs, default retention,
+/// no notifications, text logs.
+pub fn settings(db: DbSettings, repos: Vec<RepoSpec>) -> Settings {
+    Settings {
+        db,
+        repos,
+        jobs: 2,
+        retention_days: 30,
+        local_retention_days: 7,
+        slack_webhook_url: None,
+        notification_email: None,
+        log_format: LogFormat::Text,
+        config_file: None,
+        provenance: Vec::new(),
+    }
+}
 
 /// Read every chunk of every table back, checking sizes, checksums, row
 /// boundaries and row counts; returns the decoded rows per table.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod assert_error;
 pub mod backup_check;
 pub mod fault_proxy;
 pub mod postgres;

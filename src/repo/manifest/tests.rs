@@ -19,6 +19,7 @@ pub(crate) fn sample() -> BackupManifest {
         kind: BackupKind::Full,
         parent: None,
         database: "app".into(),
+        database_info: Some(DatabaseInfo { encoding: "UTF8".into(), lc_collate: "C.UTF-8".into(), lc_ctype: "C.UTF-8".into() }),
         server: ServerInfo { version: "15.18".into(), version_num: 150018, system_identifier: "7312".into(), timeline: 1 },
         started_at: at,
         finished_at: at,

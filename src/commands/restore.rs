@@ -1,0 +1,299 @@
+//! `pgkeep restore`: bring a backup back safely. [`run`] reads as the steps
+//! in the README: approval, pre-restore backup, fetch and check, temporary
+//! database, load, verify, swap approval, swap, report. Production is not
+//! touched before both approvals and a verified temporary database; any
+//! failure before the swap drops the temporary database (unless
+//! `--keep-temp`) and leaves production as it was.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::commands::backup::{self, BackupOptions};
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::connect;
+use crate::progress::ProgressCounters;
+use crate::repo::layout::BackupKind;
+use crate::restore::source::{self as src, BackupSelector, BackupSource};
+use crate::restore::target::{self, SwapOutcome};
+use crate::restore::verify::{self, VerifyReport};
+use crate::restore::{approve, load, schema};
+
+/// Options of a restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Which backup.
+    pub selector: BackupSelector,
+    /// Restore into this new database instead of replacing the configured one.
+    pub target_db: Option<String>,
+    /// Stop after verification and keep the temporary database.
+    pub temp_only: bool,
+    /// Keep the temporary database when something fails.
+    pub keep_temp: bool,
+    /// Skip the pre-restore backup of the database being replaced.
+    pub no_pre_backup: bool,
+    /// Approve both gates.
+    pub yes: bool,
+    /// Tables that must be present and not empty (`schema.table` or `table`).
+    pub critical_tables: Vec<String>,
+    /// Progress counters.
+    pub progress: Arc<ProgressCounters>,
+}
+
+/// Seconds spent in each phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseTimes {
+    /// Pre-restore backup.
+    pub pre_backup: f64,
+    /// Roles and pre-data schema.
+    pub schema: f64,
+    /// Parallel COPY of the data.
+    pub data: f64,
+    /// Post-data (indexes, constraints, triggers…) and sequences.
+    pub indexes: f64,
+    /// Verification.
+    pub verify: f64,
+    /// Swap.
+    pub swap: f64,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The backup restored.
+    pub backup_id: String,
+    /// Repository read from.
+    pub repository: String,
+    /// The database that now holds the restored data.
+    pub restored_into: String,
+    /// The pre-restore backup taken, if any.
+    pub pre_restore_backup: Option<String>,
+    /// The swap, if one happened.
+    pub swap: Option<SwapOutcome>,
+    /// Rows and raw bytes loaded.
+    pub rows: u64,
+    /// Raw bytes loaded.
+    pub bytes: u64,
+    /// Roles created on the server.
+    pub roles_created: usize,
+    /// Verification.
+    pub verification: VerifyReport,
+    /// Timings.
+    pub seconds: PhaseTimes,
+}
+
+impl RestoreReport {
+    /// Human summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "restored {} from {} into database {}: {} rows, {} tables verified (rows and fingerprints equal)",
+            self.backup_id,
+            self.repository,
+            self.restored_into,
+            self.rows,
+            self.verification.tables_checked
+        );
+        if let Some(b) = &self.pre_restore_backup {
+            s.push_str(&format!("; pre-restore backup {b}"));
+        }
+        if let Some(sw) = &self.swap {
+            s.push_str(&format!("; {} session(s) terminated", sw.sessions_terminated));
+            if let Some(old) = &sw.previous_renamed_to {
+                s.push_str(&format!("; previous database kept as {old}"));
+            }
+            if let Some(older) = &sw.older_kept_as {
+                s.push_str(&format!("; earlier {older} kept"));
+            }
+        }
+        let t = &self.seconds;
+        s.push_str(&format!(
+            "; times: pre-backup {:.1}s, schema {:.1}s, data {:.1}s, indexes {:.1}s, verify {:.1}s, swap {:.1}s",
+            t.pre_backup, t.schema, t.data, t.indexes, t.verify, t.swap
+        ));
+        s
+    }
+}
+
+/// Restore a backup.
+pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let server = &settings.db;
+    let target_name = opts.target_db.clone().unwrap_or_else(|| server.dbname.clone());
+    let swapping = opts.target_db.is_none() && !opts.temp_only;
+
+    // 1. Find the backup (read-only), then ask for approval.
+    let repos = src::open_repositories(settings).await?;
+    let source = Arc::new(BackupSource::find(&repos, &opts.selector, &server.dbname).await?);
+    let id = source.manifest.backup_id.clone();
+    if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
+        return Err(Error::config(format!("database {target_name} already exists on {}:{}", server.host, server.port))
+            .with_hint("--target-db creates a new database; choose another name"));
+    }
+    let plan = if swapping {
+        format!("restore backup {id} and then replace database {target_name} on {}:{}", server.host, server.port)
+    } else {
+        format!("restore backup {id} into a new database on {}:{}", server.host, server.port)
+    };
+    approve::gate("RESTORE", plan, opts.yes).await?;
+    let mut times = PhaseTimes::default();
+
+    // 2. Pre-restore backup of the database about to be replaced.
+    let mut pre_backup = None;
+    if swapping && !opts.no_pre_backup && target::database_exists(server, &target_name).await? {
+        let t = Instant::now();
+        let bopts = BackupOptions { kind: BackupKind::PreRestore, ..BackupOptions::default() };
+        let report = backup::run(settings, &bopts).await.map_err(|e| e.context("pre-restore backup failed; nothing was restored"))?;
+        pre_backup = Some(report.manifest.backup_id.to_string());
+        times.pre_backup = t.elapsed().as_secs_f64();
+    }
+
+    // 3. Fetch and check: every object the manifest lists exists with its size.
+    check_objects(&source).await?;
+
+    // 4. The temporary (or new target) database.
+    let work_db = match (&opts.target_db, opts.temp_only) {
+        (Some(name), _) => name.clone(),
+        _ => target::temp_db_name(),
+    };
+    target::create_database(server, &work_db, source.manifest.database_info.as_ref()).await?;
+    let work = server.with_dbname(&work_db);
+
+    // 5-6. Load and verify; on failure drop the work database, production untouched.
+    let loaded = load_and_verify(settings, opts, &source, &work, &mut times).await;
+    let (roles_created, verification) = match loaded {
+        Ok(v) if v.1.passed() => v,
+        other => {
+            let err = match other {
+                Err(e) => e,
+                Ok((_, report)) => Error::new(
+                    ErrorKind::CheckFailed,
+                    format!("restored data does not match backup {id}: {}", report.problems.join("; ")),
+                ),
+            };
+            if opts.keep_temp {
+                return Err(err.context(format!("restore failed; production untouched; database {work_db} kept for inspection")));
+            }
+            let _ = target::drop_database(server, &work_db).await;
+            return Err(err.context(format!("restore failed; production untouched; {work_db} dropped")));
+        }
+    };
+    let progress = opts.progress.view();
+    let mut report = RestoreReport {
+        backup_id: id.to_string(),
+        repository: source.storage.location(),
+        restored_into: work_db.clone(),
+        pre_restore_backup: pre_backup,
+        swap: None,
+        rows: verification.rows,
+        bytes: progress.bytes,
+        roles_created,
+        verification,
+        seconds: times,
+    };
+    if !swapping {
+        return Ok(report);
+    }
+
+    // 7. Swap approval.
+    if let Err(e) = approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes).await {
+        return Err(e.context(format!("the verified restore is kept as database {work_db}")));
+    }
+
+    // 8. Swap: target -> target_old, temp -> target.
+    let t = Instant::now();
+    let outcome = target::swap(server, &target_name, &work_db).await?;
+    report.seconds.swap = t.elapsed().as_secs_f64();
+    report.restored_into = target_name.clone();
+    report.swap = Some(outcome);
+
+    // 9. Post-restore check: the target answers and holds the tables.
+    let conn = connect(&server.with_dbname(&target_name)).await?;
+    let n: i64 = conn
+        .client
+        .query_one("SELECT count(*)::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')", &[])
+        .await
+        .map_err(|e| Error::new(ErrorKind::Database, format!("post-restore check on {target_name} failed: {e}")))?
+        .get(0);
+    if (n as usize) < source.manifest.tables.len() {
+        return Err(Error::new(
+            ErrorKind::CheckFailed,
+            format!("after the swap, database {target_name} has {n} tables, backup {id} has {}", source.manifest.tables.len()),
+        )
+        .with_hint("`pgkeep rollback` swaps the previous database back"));
+    }
+    Ok(report)
+}
+
+/// Every object of the backup exists in the repository with the right size.
+async fn check_objects(source: &BackupSource) -> Result<()> {
+    for o in &source.manifest.objects {
+        let key = source.manifest.backup_id.key(&o.key);
+        match source.storage.head(&key).await? {
+            Some(m) if m.size == o.size => {}
+            Some(m) => {
+                return Err(Error::corrupt(format!(
+                    "object {key} in {} has {} bytes, the manifest says {}",
+                    source.storage.location(),
+                    m.size,
+                    o.size
+                )));
+            }
+            None => {
+                return Err(Error::corrupt(format!("object {key} is missing from {}", source.storage.location())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Schema, data, post-data, sequences, then verification, into `work`.
+async fn load_and_verify(
+    settings: &Settings,
+    opts: &RestoreOptions,
+    source: &Arc<BackupSource>,
+    work: &crate::config::DbSettings,
+    times: &mut PhaseTimes,
+) -> Result<(usize, VerifyReport)> {
+    let m = &source.manifest;
+    let text = async |c: &crate::repo::manifest::ChunkRef| -> Result<String> {
+        let bytes = source.read_chunk(c).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::corrupt(format!("schema chunk {} is not UTF-8", c.object)))
+    };
+    let t = Instant::now();
+    let roles_created = match &m.schema.globals {
+        Some(g) => schema::apply_globals(work, &text(g).await?).await?,
+        None => 0,
+    };
+    schema::run_pre_data(work, &text(&m.schema.pre_data).await?).await?;
+    times.schema = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let all: Vec<usize> = (0..m.tables.len()).collect();
+    opts.progress.tables_total.store(all.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    load::load_tables(source.clone(), work, &all, settings.jobs, opts.progress.clone()).await?;
+    times.data = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    schema::run_post_data(work, &text(&m.schema.post_data).await?, settings.jobs).await?;
+    schema::set_sequences(work, &m.sequences).await?;
+    times.indexes = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let report = verify::verify_tables(m, work, &all, &opts.critical_tables, settings.jobs).await?;
+    times.verify = t.elapsed().as_secs_f64();
+    Ok((roles_created, report))
+}
+
+/// `pgkeep rollback`: swap `<name>_old` back in place of `<name>`.
+pub async fn rollback(settings: &Settings, yes: bool) -> Result<String> {
+    let name = &settings.db.dbname;
+    approve::gate(
+        "SWAP",
+        format!("put database {name}_old back as {name} on {}:{}", settings.db.host, settings.db.port),
+        yes,
+    )
+    .await?;
+    let (aside, terminated) = target::rollback(&settings.db, name).await?;
+    Ok(format!("rolled back: {name}_old is {name} again; the replaced database is kept as {aside}; {terminated} session(s) terminated"))
+}

@@ -1,0 +1,12 @@
+//! The pieces of a restore, called in order by `commands::restore::run`:
+//! finding and reading the backup ([`source`]), approval gates
+//! ([`approve`]), the temporary database, swap and rollback ([`target`]),
+//! schema scripts ([`schema`]), the parallel data load ([`load`]) and the
+//! proof that the restored data equals the backup ([`verify`]).
+
+pub mod approve;
+pub mod load;
+pub mod schema;
+pub mod source;
+pub mod target;
+pub mod verify;

@@ -1,0 +1,287 @@
+//! Running the schema SQL that `pg_dump` captured at backup time, without
+//! psql: pre-data as one script, post-data split into pg_dump's own object
+//! blocks so indexes and (non-foreign-key) constraints build in parallel,
+//! and roles created only where they are missing.
+//!
+//! pg_dump's plain output is SQL plus, since the 2025 security releases,
+//! `\restrict KEY` / `\unrestrict KEY` psql meta-commands around it; those
+//! two lines are the only ones removed. Each object block starts with a
+//! comment header `-- Name: …; Type: …; Schema: …; Owner: …`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::config::DbSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::catalog::{qualified, quote_literal};
+use crate::pg::connect;
+use crate::repo::manifest::SequenceEntry;
+
+fn sql_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| {
+        let msg = match e.as_db_error() {
+            Some(d) => format!("{} (SQLSTATE {})", d.message(), d.code().code()),
+            None => e.to_string(),
+        };
+        Error::new(ErrorKind::Database, format!("{what} failed: {msg}"))
+    }
+}
+
+/// Run the pre-data script (types, tables, functions…) in one transaction.
+pub async fn run_pre_data(db: &DbSettings, sql: &str) -> Result<()> {
+    let conn = connect(db).await?;
+    let script = format!("BEGIN;\n{}\nCOMMIT;", strip_psql_guards(sql));
+    conn.client.batch_execute(&script).await.map_err(sql_error("the schema (pre-data) script"))
+}
+
+/// Run the post-data script: index and constraint blocks on `jobs`
+/// connections at once, then every other block in order on one.
+pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize) -> Result<()> {
+    let (preamble, blocks) = split_blocks(&strip_psql_guards(sql));
+    let (parallel, serial): (Vec<Block>, Vec<Block>) = blocks.into_iter().partition(Block::parallel_safe);
+    let queue = Arc::new(Mutex::new(parallel.into_iter().collect::<VecDeque<_>>()));
+    let preamble = Arc::new(preamble);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..jobs.max(1) {
+        let (queue, preamble, db) = (queue.clone(), preamble.clone(), db.clone());
+        set.spawn(async move {
+            let conn = connect(&db).await?;
+            conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
+            loop {
+                let Some(block) = queue.lock().await.pop_front() else { break };
+                let what = format!("building {}", block_name(&block));
+                conn.client.batch_execute(&block.sql).await.map_err(sql_error(&what))?;
+            }
+            Ok::<_, Error>(())
+        });
+    }
+    while let Some(j) = set.join_next().await {
+        if let Err(e) = j.map_err(|e| Error::internal(format!("index worker crashed: {e}"))).and_then(|r| r) {
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+            return Err(e);
+        }
+    }
+    let conn = connect(db).await?;
+    conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
+    for block in serial {
+        let what = format!("creating {}", block_name(&block));
+        conn.client.batch_execute(&block.sql).await.map_err(sql_error(&what))?;
+    }
+    Ok(())
+}
+
+/// "INDEX t_v_idx" from a block's header, for messages.
+fn block_name(b: &Block) -> String {
+    let name = b
+        .sql
+        .lines()
+        .find_map(|l| l.strip_prefix("-- Name: ").and_then(|r| r.split(';').next()))
+        .unwrap_or("?");
+    format!("{} {name}", b.kind)
+}
+
+/// Create the roles of the backup's globals that the server lacks. Returns how many.
+pub async fn apply_globals(db: &DbSettings, globals: &str) -> Result<usize> {
+    let conn = connect(db).await?;
+    let rows = conn.client.query("SELECT rolname::text FROM pg_roles", &[]).await.map_err(sql_error("listing roles"))?;
+    let existing: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    let stmts = missing_role_statements(globals, &existing);
+    let created = stmts.iter().filter(|s| s.starts_with("CREATE ROLE")).count();
+    for stmt in &stmts {
+        // Never log the statement: ALTER ROLE may carry a password hash.
+        conn.client.batch_execute(stmt).await.map_err(sql_error("creating a role of the backup"))?;
+    }
+    Ok(created)
+}
+
+/// Set every sequence to its value in the backup.
+pub async fn set_sequences(db: &DbSettings, seqs: &[SequenceEntry]) -> Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let conn = connect(db).await?;
+    for batch in seqs.chunks(200) {
+        let sql: Vec<String> = batch
+            .iter()
+            .map(|s| {
+                format!(
+                    "SELECT pg_catalog.setval({}, {}, {});",
+                    quote_literal(&qualified(&s.schema, &s.name)),
+                    s.last_value,
+                    s.is_called
+                )
+            })
+            .collect();
+        conn.client.batch_execute(&sql.join("\n")).await.map_err(sql_error("setting sequence values"))?;
+    }
+    Ok(())
+}
+
+/// Remove pg_dump's `\restrict KEY` / `\unrestrict KEY` lines (psql-only
+/// guards). The key is taken from the first `\restrict` line and only lines
+/// with exactly that key are removed, so text inside function bodies stays.
+pub fn strip_psql_guards(sql: &str) -> String {
+    let key = sql.lines().find_map(|l| {
+        let mut parts = l.trim_end().split(' ');
+        (parts.next() == Some("\\restrict"))
+            .then(|| parts.next())
+            .flatten()
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric()) && parts.next().is_none())
+            .map(str::to_string)
+    });
+    let Some(key) = key else { return sql.to_string() };
+    let (open, close) = (format!("\\restrict {key}"), format!("\\unrestrict {key}"));
+    sql.lines()
+        .filter(|l| {
+            let t = l.trim_end();
+            t != open && t != close
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One object block of a pg_dump script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// The `Type:` of the header, e.g. `INDEX`, `FK CONSTRAINT`, `TRIGGER`.
+    pub kind: String,
+    /// The SQL of the block, header included.
+    pub sql: String,
+}
+
+impl Block {
+    /// Blocks that may run concurrently with each other: index builds and
+    /// primary-key / unique / check / exclusion constraints. They lock one
+    /// table each; conflicting locks only wait. Foreign keys (two tables),
+    /// index attachments (need both indexes) and the rest run serially after.
+    pub fn parallel_safe(&self) -> bool {
+        self.kind == "INDEX" || self.kind == "CONSTRAINT"
+    }
+}
+
+/// Split a pg_dump plain script into its preamble (settings before the first
+/// object) and object blocks, in order.
+pub fn split_blocks(sql: &str) -> (String, Vec<Block>) {
+    let mut preamble = String::new();
+    let mut blocks: Vec<Block> = Vec::new();
+    let lines: Vec<&str> = sql.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        // A header is "--" / "-- Name: …; Type: X; …" / "--".
+        if line == "--"
+            && let Some(next) = lines.get(i + 1)
+            && let Some(kind) = header_kind(next)
+        {
+            blocks.push(Block { kind, sql: String::new() });
+        }
+        match blocks.last_mut() {
+            Some(b) => {
+                b.sql.push_str(line);
+                b.sql.push('\n');
+            }
+            None => {
+                preamble.push_str(line);
+                preamble.push('\n');
+            }
+        }
+        i += 1;
+    }
+    (preamble, blocks)
+}
+
+fn header_kind(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("-- ")?;
+    if !(rest.starts_with("Name: ") || rest.starts_with("Data for Name: ")) {
+        return None;
+    }
+    rest.split("; ").find_map(|part| part.strip_prefix("Type: ").map(str::to_string))
+}
+
+/// `CREATE ROLE`/`ALTER ROLE` statements of a `pg_dumpall --roles-only`
+/// script for roles not in `existing`. Existing roles are never altered:
+/// a restore must not change passwords or attributes on the target server.
+pub fn missing_role_statements(globals: &str, existing: &BTreeSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in globals.lines() {
+        let stmt = line.trim();
+        let name = stmt
+            .strip_prefix("CREATE ROLE ")
+            .or_else(|| stmt.strip_prefix("ALTER ROLE "))
+            .map(|rest| role_name(rest));
+        if let Some(Some(name)) = name
+            && !existing.contains(&name)
+        {
+            out.push(stmt.to_string());
+        }
+    }
+    out
+}
+
+/// The role name at the start of `rest`: a plain identifier or a quoted one.
+fn role_name(rest: &str) -> Option<String> {
+    if let Some(q) = rest.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = q.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    name.push('"');
+                    chars.next();
+                } else {
+                    return Some(name);
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        None
+    } else {
+        let end = rest.find([' ', ';']).unwrap_or(rest.len());
+        (end > 0).then(|| rest[..end].to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POST: &str = "--\n-- PostgreSQL database dump\n--\n\\restrict abc123\nSET statement_timeout = 0;\n\n--\n-- Name: t_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres\n--\n\nALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n\n\n--\n-- Name: t_v_idx; Type: INDEX; Schema: public; Owner: postgres\n--\n\nCREATE INDEX t_v_idx ON public.t USING btree (v);\n\n\n--\n-- Name: c c_t_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres\n--\n\nALTER TABLE ONLY public.c\n    ADD CONSTRAINT c_t_fkey FOREIGN KEY (t) REFERENCES public.t(id);\n\n\\unrestrict abc123\n";
+
+    #[test]
+    fn splits_pg_dump_blocks_and_strips_guards() {
+        let sql = strip_psql_guards(POST);
+        assert!(!sql.contains("\\restrict") && !sql.contains("\\unrestrict"));
+        let (pre, blocks) = split_blocks(&sql);
+        assert!(pre.contains("SET statement_timeout"));
+        let kinds: Vec<&str> = blocks.iter().map(|b| b.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["CONSTRAINT", "INDEX", "FK CONSTRAINT"]);
+        assert!(blocks[0].sql.contains("PRIMARY KEY") && blocks[0].parallel_safe());
+        assert!(blocks[1].sql.contains("CREATE INDEX") && blocks[1].parallel_safe());
+        assert!(!blocks[2].parallel_safe());
+        // Nothing is lost.
+        let joined: String = pre.clone() + &blocks.iter().map(|b| b.sql.clone()).collect::<String>();
+        assert_eq!(joined.trim_end(), sql.trim_end());
+    }
+
+    #[test]
+    fn guards_inside_function_bodies_are_kept() {
+        let sql = "\\restrict k1\nCREATE FUNCTION f() RETURNS text AS $$\n\\restrict other\n$$ LANGUAGE sql;\n\\unrestrict k1\n";
+        assert_eq!(strip_psql_guards(sql), "CREATE FUNCTION f() RETURNS text AS $$\n\\restrict other\n$$ LANGUAGE sql;");
+        let plain = "SELECT 1;\n";
+        assert_eq!(strip_psql_guards(plain), plain);
+    }
+
+    #[test]
+    fn only_missing_roles_are_created() {
+        let globals = "SET default_transaction_read_only = off;\nCREATE ROLE app;\nALTER ROLE app WITH NOSUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$x';\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\nCREATE ROLE \"Odd \"\"Name\";\nALTER ROLE \"Odd \"\"Name\" WITH NOLOGIN;\nGRANT app TO \"Odd \"\"Name\" GRANTED BY postgres;\n";
+        let existing: BTreeSet<String> = ["postgres".to_string()].into_iter().collect();
+        let stmts = missing_role_statements(globals, &existing);
+        assert_eq!(stmts.len(), 4);
+        assert!(stmts.iter().all(|s| !s.contains("ROLE postgres")));
+        assert!(stmts[2].starts_with("CREATE ROLE \"Odd \"\"Name\""));
+    }
+}

@@ -1,0 +1,176 @@
+//! The databases a restore works with: creating the temporary database,
+//! dropping it on failure, and the swap (`<name>` → `<name>_old`, temp →
+//! `<name>`) and rollback, done from the server's maintenance database with
+//! connections to the target closed and refused while renaming.
+
+use chrono::Utc;
+
+use crate::config::DbSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::catalog::{quote_ident, quote_literal};
+use crate::pg::connect;
+use crate::repo::manifest::DatabaseInfo;
+
+/// Name of a new temporary database: `restore_temp_YYYYMMDD_HHMMSS`.
+pub fn temp_db_name() -> String {
+    format!("restore_temp_{}", Utc::now().format("%Y%m%d_%H%M%S"))
+}
+
+fn db_error(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |e| {
+        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+        Error::new(ErrorKind::Database, format!("{what}: {msg}"))
+    }
+}
+
+/// A connection to the server's maintenance database (`postgres`, else `template1`).
+async fn maintenance(server: &DbSettings) -> Result<tokio_postgres::Client> {
+    match connect(&server.with_dbname("postgres")).await {
+        Ok(c) => Ok(c.client),
+        Err(_) => Ok(connect(&server.with_dbname("template1")).await?.client),
+    }
+}
+
+/// Whether database `name` exists on the server.
+pub async fn database_exists(server: &DbSettings, name: &str) -> Result<bool> {
+    let client = maintenance(server).await?;
+    let row = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(db_error(format!("cannot look up database {name}")))?;
+    Ok(row.is_some())
+}
+
+/// Create database `name` like the backed-up one (encoding and locale), from template0.
+pub async fn create_database(server: &DbSettings, name: &str, info: Option<&DatabaseInfo>) -> Result<()> {
+    let client = maintenance(server).await?;
+    let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
+    if let Some(i) = info {
+        sql.push_str(&format!(
+            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_literal(&i.encoding),
+            quote_literal(&i.lc_collate),
+            quote_literal(&i.lc_ctype)
+        ));
+    }
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(db_error(format!("cannot create database {name} on {}:{}", server.host, server.port)))
+}
+
+/// Drop database `name`, closing its sessions first.
+pub async fn drop_database(server: &DbSettings, name: &str) -> Result<()> {
+    let client = maintenance(server).await?;
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+        .await
+        .map_err(db_error(format!("cannot drop database {name}")))
+}
+
+/// What a swap did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwapOutcome {
+    /// Sessions terminated on the target.
+    pub sessions_terminated: u64,
+    /// Where the previous database went (`<name>_old`).
+    pub previous_renamed_to: Option<String>,
+    /// Where an earlier `<name>_old` went, kept rather than dropped.
+    pub older_kept_as: Option<String>,
+}
+
+/// Close `name` to new connections and terminate its sessions; returns how many.
+async fn close_database(client: &tokio_postgres::Client, name: &str) -> Result<u64> {
+    client
+        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(name)))
+        .await
+        .map_err(db_error(format!("cannot close database {name} to new connections")))?;
+    let row = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid))::int8 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .map_err(db_error(format!("cannot terminate sessions on {name}")))?;
+    // Give terminated backends a moment to exit before renaming.
+    for _ in 0..50 {
+        let left: i64 = client
+            .query_one("SELECT count(*)::int8 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", &[&name])
+            .await
+            .map_err(db_error(format!("cannot list sessions on {name}")))?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+async fn rename(client: &tokio_postgres::Client, from: &str, to: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to)))
+        .await
+        .map_err(db_error(format!("cannot rename database {from} to {to}")))
+}
+
+async fn allow(client: &tokio_postgres::Client, name: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(name)))
+        .await
+        .map_err(db_error(format!("cannot reopen database {name}")))
+}
+
+/// Replace `target` by `temp`: `target` becomes `<target>_old` (an existing
+/// `<target>_old` is renamed `<target>_old_<timestamp>`, never dropped), and
+/// `temp` becomes `target`. If the second rename fails, the first is undone.
+pub async fn swap(server: &DbSettings, target: &str, temp: &str) -> Result<SwapOutcome> {
+    let client = maintenance(server).await?;
+    let old = format!("{target}_old");
+    let mut outcome = SwapOutcome { sessions_terminated: 0, previous_renamed_to: None, older_kept_as: None };
+    if database_exists(server, &old).await? {
+        let kept = format!("{old}_{}", Utc::now().format("%Y%m%d_%H%M%S"));
+        rename(&client, &old, &kept).await?;
+        outcome.older_kept_as = Some(kept);
+    }
+    if database_exists(server, target).await? {
+        outcome.sessions_terminated = close_database(&client, target).await?;
+        if let Err(e) = rename(&client, target, &old).await {
+            let _ = allow(&client, target).await;
+            return Err(e);
+        }
+        allow(&client, &old).await?;
+        outcome.previous_renamed_to = Some(old.clone());
+    }
+    if let Err(e) = rename(&client, temp, target).await {
+        if outcome.previous_renamed_to.is_some() {
+            let _ = rename(&client, &old, target).await;
+        }
+        return Err(e.context("swap undone"));
+    }
+    Ok(outcome)
+}
+
+/// Swap back: `target` becomes `<target>_rolled_back_<timestamp>` and
+/// `<target>_old` becomes `target` again.
+pub async fn rollback(server: &DbSettings, target: &str) -> Result<(String, u64)> {
+    let client = maintenance(server).await?;
+    let old = format!("{target}_old");
+    if !database_exists(server, &old).await? {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("there is no database {old} on {}:{} to roll back to", server.host, server.port),
+        ));
+    }
+    let aside = format!("{target}_rolled_back_{}", Utc::now().format("%Y%m%d_%H%M%S"));
+    let mut terminated = 0;
+    if database_exists(server, target).await? {
+        terminated = close_database(&client, target).await?;
+        rename(&client, target, &aside).await?;
+        allow(&client, &aside).await?;
+    }
+    close_database(&client, &old).await?;
+    rename(&client, &old, target).await?;
+    allow(&client, target).await?;
+    Ok((aside, terminated))
+}
