@@ -152,11 +152,14 @@ pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreRe
     check_objects(&source).await?;
 
     // 4. The temporary (or new target) database.
-    let work_db = match (&opts.target_db, opts.temp_only) {
-        (Some(name), _) => name.clone(),
-        _ => target::temp_db_name(),
+    let info = source.manifest.database_info.as_ref();
+    let work_db = match &opts.target_db {
+        Some(name) => {
+            target::create_database(server, name, info).await?;
+            name.clone()
+        }
+        None => target::create_temp_database(server, info).await?,
     };
-    target::create_database(server, &work_db, source.manifest.database_info.as_ref()).await?;
     let work = server.with_dbname(&work_db);
 
     // 5-6. Load and verify; on failure drop the work database, production untouched.

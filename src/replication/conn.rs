@@ -184,7 +184,7 @@ impl ReplicationConnection {
 
     /// The next message that is not a notice or a parameter change; those
     /// are logged or stored here.
-    async fn next_message(&mut self, phase: Phase<'_>) -> Result<BackendMessage> {
+    pub(super) async fn next_message(&mut self, phase: Phase<'_>) -> Result<BackendMessage> {
         loop {
             let msg = self
                 .stream
@@ -261,7 +261,7 @@ impl ReplicationConnection {
             .map_err(|e| server_error(e, &self.db, Phase::Command(what)))
     }
 
-    fn ensure_usable(&self) -> Result<()> {
+    pub(super) fn ensure_usable(&self) -> Result<()> {
         if self.busy {
             return Err(Error::new(
                 ErrorKind::Internal,
@@ -402,6 +402,23 @@ impl ReplicationConnection {
         // The server may already have closed its end; nothing is lost then.
         let _ = self.stream.shutdown().await;
         Ok(())
+    }
+}
+
+/// For CopyBoth streaming (`super::stream`), which drives the message stream
+/// itself between a command and its ReadyForQuery.
+impl ReplicationConnection {
+    pub(super) fn message_stream(&mut self) -> &mut MessageStream<Transport> {
+        &mut self.stream
+    }
+
+    pub(super) fn settings(&self) -> &DbSettings {
+        &self.db
+    }
+
+    /// Mark a command as sent (`true`) or answered up to ReadyForQuery (`false`).
+    pub(super) fn set_busy(&mut self, busy: bool) {
+        self.busy = busy;
     }
 }
 

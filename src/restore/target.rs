@@ -16,6 +16,25 @@ pub fn temp_db_name() -> String {
     format!("restore_temp_{}", Utc::now().format("%Y%m%d_%H%M%S"))
 }
 
+/// Create a temporary database named [`temp_db_name`], with a `_N` suffix
+/// when another restore took that name in the same second. Returns the name.
+pub async fn create_temp_database(server: &DbSettings, info: Option<&DatabaseInfo>) -> Result<String> {
+    let base = temp_db_name();
+    for n in 1..100 {
+        let name = if n == 1 { base.clone() } else { format!("{base}_{n}") };
+        if database_exists(server, &name).await? {
+            continue;
+        }
+        match create_database(server, &name, info).await {
+            Ok(()) => return Ok(name),
+            // Lost a race for the name: try the next suffix.
+            Err(e) if e.message().contains("already exists") => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::internal("cannot find a free temporary database name"))
+}
+
 fn db_error(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |e| {
         let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
