@@ -57,6 +57,8 @@ enum Command {
     Backup(BackupArgs),
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config(ConfigArgs),
+    /// List the backups in every repository.
+    List(ListArgs),
     /// Restore a backup into a temporary database, verify it, then swap it in (two approvals).
     Restore(RestoreArgs),
     /// Swap `<db>_old` back in place of the database a restore replaced.
@@ -85,7 +87,17 @@ struct RestoreArgs {
     /// Tables that must be present and not empty, comma separated (schema.table).
     #[arg(long, value_delimiter = ',', env = "PGKEEP_CRITICAL_TABLES")]
     critical_tables: Vec<String>,
+    /// Restore only this table's data (repeatable, schema.table); implies no swap.
+    #[arg(long = "table", value_name = "SCHEMA.NAME")]
+    tables: Vec<String>,
     /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Print as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -156,7 +168,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
             _ => None,
         }),
-        Command::Config(_) => None,
+        Command::Config(_) | Command::List(_) => None,
     };
     let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref());
 
@@ -170,6 +182,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 no_pre_backup: a.no_pre_backup,
                 yes: a.yes,
                 critical_tables: a.critical_tables,
+                tables: a.tables,
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };
             let report = commands::restore::run(&settings, &opts).await?;
@@ -177,6 +190,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
                 println!("{}", report.summary());
+            }
+            Ok(0)
+        }
+        Command::List(a) => {
+            let items = commands::list::run(&settings).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
+            } else {
+                print!("{}", commands::list::render(&items));
             }
             Ok(0)
         }

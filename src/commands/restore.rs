@@ -38,6 +38,9 @@ pub struct RestoreOptions {
     pub yes: bool,
     /// Tables that must be present and not empty (`schema.table` or `table`).
     pub critical_tables: Vec<String>,
+    /// Restore only these tables' data (`schema.table` or `table`); the
+    /// schema is complete, other tables stay empty. Never swapped in.
+    pub tables: Vec<String>,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -78,6 +81,10 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// Roles created on the server.
     pub roles_created: usize,
+    /// Tables whose data was restored (all, or those asked for with --table).
+    pub tables_restored: usize,
+    /// Foreign keys skipped by a table-level restore.
+    pub foreign_keys_skipped: Vec<String>,
     /// Verification.
     pub verification: VerifyReport,
     /// Timings.
@@ -120,12 +127,14 @@ impl RestoreReport {
 pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreReport> {
     let server = &settings.db;
     let target_name = opts.target_db.clone().unwrap_or_else(|| server.dbname.clone());
-    let swapping = opts.target_db.is_none() && !opts.temp_only;
+    // A table-level restore is never swapped in: it would replace every other table with an empty one.
+    let swapping = opts.target_db.is_none() && !opts.temp_only && opts.tables.is_empty();
 
     // 1. Find the backup (read-only), then ask for approval.
     let repos = src::open_repositories(settings).await?;
     let source = Arc::new(BackupSource::find(&repos, &opts.selector, &server.dbname).await?);
     let id = source.manifest.backup_id.clone();
+    let selected = select_tables(&source.manifest, &opts.tables)?;
     if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
         return Err(Error::config(format!("database {target_name} already exists on {}:{}", server.host, server.port))
             .with_hint("--target-db creates a new database; choose another name"));
@@ -163,13 +172,13 @@ pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreRe
     let work = server.with_dbname(&work_db);
 
     // 5-6. Load and verify; on failure drop the work database, production untouched.
-    let loaded = load_and_verify(settings, opts, &source, &work, &mut times).await;
-    let (roles_created, verification) = match loaded {
-        Ok(v) if v.1.passed() => v,
+    let loaded = load_and_verify(settings, opts, &source, &work, &selected, &mut times).await;
+    let (roles_created, fk_skipped, verification) = match loaded {
+        Ok(v) if v.2.passed() => v,
         other => {
             let err = match other {
                 Err(e) => e,
-                Ok((_, report)) => Error::new(
+                Ok((_, _, report)) => Error::new(
                     ErrorKind::CheckFailed,
                     format!("restored data does not match backup {id}: {}", report.problems.join("; ")),
                 ),
@@ -191,6 +200,8 @@ pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreRe
         rows: verification.rows,
         bytes: progress.bytes,
         roles_created,
+        tables_restored: selected.len(),
+        foreign_keys_skipped: fk_skipped,
         verification,
         seconds: times,
     };
@@ -256,8 +267,9 @@ async fn load_and_verify(
     opts: &RestoreOptions,
     source: &Arc<BackupSource>,
     work: &crate::config::DbSettings,
+    selected: &[usize],
     times: &mut PhaseTimes,
-) -> Result<(usize, VerifyReport)> {
+) -> Result<(usize, Vec<String>, VerifyReport)> {
     let m = &source.manifest;
     let text = async |c: &crate::repo::manifest::ChunkRef| -> Result<String> {
         let bytes = source.read_chunk(c).await?;
@@ -272,20 +284,42 @@ async fn load_and_verify(
     times.schema = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let all: Vec<usize> = (0..m.tables.len()).collect();
-    opts.progress.tables_total.store(all.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    load::load_tables(source.clone(), work, &all, settings.jobs, opts.progress.clone()).await?;
+    opts.progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    load::load_tables(source.clone(), work, selected, settings.jobs, opts.progress.clone()).await?;
     times.data = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    schema::run_post_data(work, &text(&m.schema.post_data).await?, settings.jobs).await?;
+    let partial = selected.len() < m.tables.len();
+    let fk_skipped = schema::run_post_data(work, &text(&m.schema.post_data).await?, settings.jobs, partial).await?;
     schema::set_sequences(work, &m.sequences).await?;
     times.indexes = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let report = verify::verify_tables(m, work, &all, &opts.critical_tables, settings.jobs).await?;
+    let report = verify::verify_tables(m, work, selected, &opts.critical_tables, settings.jobs).await?;
     times.verify = t.elapsed().as_secs_f64();
-    Ok((roles_created, report))
+    Ok((roles_created, fk_skipped, report))
+}
+
+/// Indexes of the manifest tables to restore: all, or those named
+/// (`schema.table`, or `table` in `public`). Unknown names are an error.
+fn select_tables(m: &crate::repo::manifest::BackupManifest, names: &[String]) -> Result<Vec<usize>> {
+    if names.is_empty() {
+        return Ok((0..m.tables.len()).collect());
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let (schema, table) = name.split_once('.').unwrap_or(("public", name.as_str()));
+        match m.tables.iter().position(|t| t.schema == schema && t.name == table) {
+            Some(i) => out.push(i),
+            None => {
+                return Err(Error::config(format!("table {schema}.{table} is not in backup {}", m.backup_id))
+                    .with_hint("name tables as schema.table, as `pgkeep list` and the manifest show them"));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// `pgkeep rollback`: swap `<name>_old` back in place of `<name>`.

@@ -22,7 +22,9 @@ mod auth;
 pub mod commands;
 mod conn;
 mod errors;
+pub mod pgoutput;
 pub mod simple_query;
+pub mod stream;
 pub mod transport;
 pub mod wire;
 
@@ -30,4 +32,6 @@ pub use auth::AuthMethod;
 pub use commands::{CreatedSlot, SystemIdentity, validate_slot_name};
 pub use conn::{CancelInfo, ReplicationConnection};
 pub use errors::ServerError;
+pub use pgoutput::{PgOutputMessage, PgTimestamp};
 pub use simple_query::QueryResponse;
+pub use stream::{LogicalStream, StreamEvent};

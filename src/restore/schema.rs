@@ -37,8 +37,11 @@ pub async fn run_pre_data(db: &DbSettings, sql: &str) -> Result<()> {
 }
 
 /// Run the post-data script: index and constraint blocks on `jobs`
-/// connections at once, then every other block in order on one.
-pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize) -> Result<()> {
+/// connections at once, then every other block in order on one. With
+/// `partial` (a table-level restore, where tables not asked for stay empty),
+/// a foreign key whose check fails against an empty table is skipped with a
+/// warning instead of failing the restore; returns the skipped blocks.
+pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: bool) -> Result<Vec<String>> {
     let (preamble, blocks) = split_blocks(&strip_psql_guards(sql));
     let (parallel, serial): (Vec<Block>, Vec<Block>) = blocks.into_iter().partition(Block::parallel_safe);
     let queue = Arc::new(Mutex::new(parallel.into_iter().collect::<VecDeque<_>>()));
@@ -66,11 +69,23 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize) -> Result<()
     }
     let conn = connect(db).await?;
     conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
+    let mut skipped = Vec::new();
     for block in serial {
         let what = format!("creating {}", block_name(&block));
-        conn.client.batch_execute(&block.sql).await.map_err(sql_error(&what))?;
+        match conn.client.batch_execute(&block.sql).await {
+            Ok(()) => {}
+            Err(e)
+                if partial
+                    && block.kind == "FK CONSTRAINT"
+                    && e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
+            {
+                tracing::warn!(constraint = %block_name(&block), "foreign key skipped: it refers to a table this table-level restore leaves empty");
+                skipped.push(block_name(&block));
+            }
+            Err(e) => return Err(sql_error(&what)(e)),
+        }
     }
-    Ok(())
+    Ok(skipped)
 }
 
 /// "INDEX t_v_idx" from a block's header, for messages.
