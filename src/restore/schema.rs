@@ -36,6 +36,13 @@ pub async fn run_pre_data(db: &DbSettings, sql: &str) -> Result<()> {
     conn.client.batch_execute(&script).await.map_err(sql_error("the schema (pre-data) script"))
 }
 
+/// Session settings for building indexes and constraints: more sort memory
+/// per build than the usual default (64 MB), never more than 1 GB in total.
+fn build_settings(jobs: usize) -> String {
+    let per_job_mb = (1024 / jobs.max(1)).clamp(64, 512);
+    format!("SET maintenance_work_mem = '{per_job_mb}MB'; SET synchronous_commit = off;")
+}
+
 /// Run the post-data script: index and constraint blocks on `jobs`
 /// connections at once, then every other block in order on one. With
 /// `partial` (a table-level restore, where tables not asked for stay empty),
@@ -51,6 +58,7 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: boo
         let (queue, preamble, db) = (queue.clone(), preamble.clone(), db.clone());
         set.spawn(async move {
             let conn = connect(&db).await?;
+            conn.client.batch_execute(&build_settings(jobs)).await.map_err(sql_error("index build settings"))?;
             conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
             loop {
                 let Some(block) = queue.lock().await.pop_front() else { break };
