@@ -3,9 +3,10 @@
 //!
 //! A [`ReplicationConnection`] is one walsender connection in logical mode
 //! (`replication=database`). `pgkeep backup` uses it to create a logical slot
-//! with an exported snapshot ([`ReplicationConnection::create_logical_slot`]);
-//! streaming (`START_REPLICATION … LOGICAL`, CopyBoth) will build on the same
-//! framed stream.
+//! with an exported snapshot ([`ReplicationConnection::create_logical_slot`]).
+//! [`stream`] runs `START_REPLICATION … LOGICAL` over the same framed stream
+//! (CopyBoth: XLogData, keepalives, standby status updates), and
+//! [`pgoutput`] decodes the payloads — the groundwork of `pgkeep stream`.
 //!
 //! The layers, bottom up:
 //! - [`transport`]: TCP, Unix socket, or rustls TLS negotiated per `sslmode`
@@ -17,6 +18,8 @@
 //! - [`commands`]: command text per server version and result rows as types.
 //! - `conn`: the connection, tying these together.
 //! - `errors`: the same one-line, classified errors as `crate::pg::connect`.
+//! - [`stream`]: logical streaming (CopyBoth) on a connection.
+//! - [`pgoutput`]: the pure, fuzzed decoder of pgoutput protocol-1 messages.
 
 mod auth;
 pub mod commands;
