@@ -84,8 +84,9 @@ struct RestoreArgs {
     /// Approve both gates (RESTORE and SWAP) without asking.
     #[arg(long)]
     yes: bool,
-    /// Tables that must be present and not empty, comma separated (schema.table).
-    #[arg(long, value_delimiter = ',', env = "PGKEEP_CRITICAL_TABLES")]
+    /// Tables that must be present and not empty, comma separated (schema.table);
+    /// adds to `critical_tables` from the config file or PGKEEP_CRITICAL_TABLES.
+    #[arg(long, value_delimiter = ',')]
     critical_tables: Vec<String>,
     /// Restore only this table's data (repeatable, schema.table); implies no swap.
     #[arg(long = "table", value_name = "SCHEMA.NAME")]
@@ -181,7 +182,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 keep_temp: a.keep_temp,
                 no_pre_backup: a.no_pre_backup,
                 yes: a.yes,
-                critical_tables: a.critical_tables,
+                critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
                 tables: a.tables,
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };

@@ -55,6 +55,7 @@ pub const FILE_KEYS: &[&str] = &[
     "notify.slack_webhook_url",
     "notify.email",
     "log_format",
+    "critical_tables",
 ];
 
 /// A repository location.
@@ -105,6 +106,8 @@ pub struct Settings {
     pub notification_email: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Tables that must be present and not empty in every backup and restore (`schema.table`).
+    pub critical_tables: Vec<String>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// (key, shown value, source) of every setting, secrets redacted.
@@ -257,6 +260,20 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             LogFormat::Text
         }
     };
+    let critical_tables = match layers.get("critical_tables", &["PGKEEP_CRITICAL_TABLES"]) {
+        Some(r) => {
+            let list: Vec<String> = r.value.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+            record("critical_tables", list.join(", "), r.source);
+            list
+        }
+        None => match layers.file_list("critical_tables") {
+            Some((list, src)) => {
+                record("critical_tables", list.join(", "), src);
+                list
+            }
+            None => Vec::new(),
+        },
+    };
     let config_file = layers.file.path().map(Path::to_path_buf);
 
     Ok(Settings {
@@ -268,6 +285,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         slack_webhook_url,
         notification_email,
         log_format,
+        critical_tables,
         config_file,
         provenance,
     })

@@ -22,6 +22,7 @@ pub fn settings(db: DbSettings, repos: Vec<RepoSpec>) -> Settings {
         notification_email: None,
         log_format: LogFormat::Text,
         config_file: None,
+        critical_tables: Vec::new(),
         provenance: Vec::new(),
     }
 }
