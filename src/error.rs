@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn user_line_is_one_line_with_cause_and_hint() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk\nfull");
+        let io = std::io::Error::other("disk\nfull");
         let e = Error::new(ErrorKind::Storage, "cannot write object backups/x")
             .with_source(io)
             .with_hint("free some space");

@@ -19,8 +19,7 @@ fn pgkeep(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run pgkeep");
-    out
+    cmd.output().expect("run pgkeep")
 }
 
 fn stderr(o: &Output) -> String {

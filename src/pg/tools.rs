@@ -21,7 +21,7 @@ fn candidate_dirs() -> Vec<PathBuf> {
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok().map(|v| (v, e.path().join("bin"))))
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, p)| p));
     }
     if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output()

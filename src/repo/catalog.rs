@@ -30,13 +30,11 @@ pub async fn load_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Backu
     let copy = format!("{key}{COPY_SUFFIX}");
     let main = read_manifest(storage, &key).await;
     match main {
-        Ok(m) if &m.backup_id == id => return Ok(m),
-        Ok(_) => {
-            return Err(Error::corrupt(format!(
-                "manifest {key} in {} describes another backup",
-                storage.location()
-            )));
-        }
+        Ok(m) if &m.backup_id == id => Ok(m),
+        Ok(_) => Err(Error::corrupt(format!(
+            "manifest {key} in {} describes another backup",
+            storage.location()
+        ))),
         Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::NotFound => {
             match read_manifest(storage, &copy).await {
                 Ok(m) if &m.backup_id == id => {

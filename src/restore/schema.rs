@@ -234,7 +234,7 @@ pub fn missing_role_statements(globals: &str, existing: &BTreeSet<String>) -> Ve
         let name = stmt
             .strip_prefix("CREATE ROLE ")
             .or_else(|| stmt.strip_prefix("ALTER ROLE "))
-            .map(|rest| role_name(rest));
+            .map(role_name);
         if let Some(Some(name)) = name
             && !existing.contains(&name)
         {
