@@ -285,3 +285,26 @@ async fn table_level_restore_into_temp_database() {
     let prod: i64 = cluster.client(&db).await.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
     assert_eq!(prod, 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_from_garage_when_no_local_copy_exists() {
+    let cluster = PgCluster::shared();
+    let garage = harness::garage::Garage::shared();
+    let db = cluster.fresh_db("rs_s3").await;
+    cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 30000) i;").await;
+    let bucket = garage.unique_bucket("rss3");
+    let local = tempfile::tempdir().unwrap();
+    let both = settings(
+        cluster.superuser_settings(&db),
+        vec![RepoSpec::Local(local.path().to_path_buf()), RepoSpec::S3(garage.settings(&bucket, "db"))],
+    );
+    backup::run(&both, &BackupOptions::default()).await.unwrap();
+    // The local copy is lost: the restore reads from S3.
+    std::fs::remove_dir_all(local.path().join("backups")).unwrap();
+    let target = format!("{db}_from_s3");
+    let report = restore::run(&both, &RestoreOptions { target_db: Some(target.clone()), ..opts(BackupSelector::Latest) }).await.unwrap();
+    assert!(report.repository.starts_with("s3://"), "{}", report.repository);
+    assert!(report.verification.passed());
+    let n: i64 = cluster.client(&target).await.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 30000);
+}
