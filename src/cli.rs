@@ -57,17 +57,23 @@ enum Command {
     Backup(BackupArgs),
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config(ConfigArgs),
+    /// Monitoring: repositories, newest full backup age, replication slots (exit 3 on alert).
+    Check(CheckArgs),
     /// List the backups in every repository.
     List(ListArgs),
     /// Restore a backup into a temporary database, verify it, then swap it in (two approvals).
     Restore(RestoreArgs),
     /// Swap `<db>_old` back in place of the database a restore replaced.
     Rollback(RollbackArgs),
+    /// Check a backup without touching production: files, format, critical tables, age (exit 3 on a failed check).
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
 struct RestoreArgs {
-    /// Backup id (e.g. full_backup_20261124_020000) or `latest`.
+    /// Backup id (e.g. full_backup_20261124_020000), `latest` (the newest pgkeep backup, never a legacy
+    /// archive), or a legacy archive of the old scripts: its file name or key (`full_backup_YYYYMMDD_HHMMSS.dump.gz`).
+    /// An id with no pgkeep backup restores the legacy archive of that id.
     backup: String,
     /// Restore into this new database; no swap, production untouched.
     #[arg(long, value_name = "NAME")]
@@ -97,8 +103,56 @@ struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+struct CheckArgs {
+    /// Alert when the newest full backup is older than this.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    max_full_age: std::time::Duration,
+    /// Alert when a replication slot retains more WAL than this (e.g. 1GiB).
+    #[arg(long, default_value = "1GiB")]
+    max_slot_lag: String,
+    /// Also write Prometheus textfile-collector metrics to this file.
+    #[arg(long, value_name = "PATH")]
+    prometheus_file: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct ListArgs {
     /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also list the old scripts' archives (`full_backup_*.dump.gz`), as kind `legacy`.
+    #[arg(long)]
+    legacy: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Backup id (e.g. full_backup_20261124_020000) or `latest`.
+    #[arg(default_value = "latest")]
+    backup: String,
+    /// Also restore into a scratch database and compare row counts and fingerprints (dropped afterwards).
+    #[arg(long)]
+    deep: bool,
+    /// Server for the --deep scratch database: postgres:// URL, its database part ignored (default: the configured server).
+    #[arg(long, value_name = "URL", requires = "deep")]
+    scratch_db: Option<String>,
+    /// Compare each table's live row count with the backup's.
+    #[arg(long)]
+    compare_production: bool,
+    /// Allowed live/backup row-count difference for --compare-production, in percent.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0)]
+    tolerance: f64,
+    /// Fail when the backup is older than this (e.g. 48h, 2days).
+    #[arg(long, value_name = "DURATION", default_value = "48h", value_parser = humantime::parse_duration)]
+    max_age: std::time::Duration,
+    /// Tables that must be present and not empty, comma separated (schema.table);
+    /// adds to `critical_tables` from the config file or PGKEEP_CRITICAL_TABLES.
+    #[arg(long, value_delimiter = ',')]
+    critical_tables: Vec<String>,
+    /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -169,14 +223,19 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
             _ => None,
         }),
-        Command::Config(_) | Command::List(_) => None,
+        Command::Config(_) | Command::List(_) | Command::Check(_) | Command::Verify(_) => None,
     };
     let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref());
 
     match cli.command {
         Command::Restore(a) => {
+            // `….dump.gz` names a legacy archive; the selector is then unused.
+            let legacy = commands::restore_legacy::is_archive_name(&a.backup);
             let opts = commands::restore::RestoreOptions {
-                selector: pgkeep::restore::source::BackupSelector::parse(&a.backup)?,
+                selector: match legacy {
+                    true => pgkeep::restore::source::BackupSelector::Latest,
+                    false => pgkeep::restore::source::BackupSelector::parse(&a.backup)?,
+                },
                 target_db: a.target_db,
                 temp_only: a.temp_only,
                 keep_temp: a.keep_temp,
@@ -186,7 +245,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 tables: a.tables,
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };
-            let report = commands::restore::run(&settings, &opts).await?;
+            let report = match legacy {
+                true => commands::restore_legacy::run_legacy(&settings, &opts, &a.backup).await?,
+                false => commands::restore::run(&settings, &opts).await?,
+            };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
@@ -194,13 +256,51 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Check(a) => {
+            let max_slot_lag = config::layers::parse_size(&a.max_slot_lag)
+                .ok_or_else(|| pgkeep::Error::config(format!("invalid --max-slot-lag `{}`: expected a size such as 1GiB", a.max_slot_lag)))?;
+            let opts = commands::check::CheckOptions { max_full_age: a.max_full_age, max_slot_lag, prometheus_file: a.prometheus_file };
+            let report = commands::check::run(&settings, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.ok() { 0 } else { 3 })
+        }
         Command::List(a) => {
-            let items = commands::list::run(&settings).await?;
+            let items = match a.legacy {
+                true => commands::list::run_with_legacy(&settings).await?,
+                false => commands::list::run(&settings).await?,
+            };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
             } else {
                 print!("{}", commands::list::render(&items));
             }
+            Ok(0)
+        }
+        Command::Verify(a) => {
+            if !(a.tolerance.is_finite() && a.tolerance >= 0.0) {
+                return Err(pgkeep::Error::config(format!("invalid --tolerance `{}`: expected a percentage >= 0", a.tolerance)));
+            }
+            let opts = commands::verify::VerifyOptions {
+                selector: pgkeep::restore::source::BackupSelector::parse(&a.backup)?,
+                deep: a.deep,
+                scratch_server: a.scratch_db.as_deref().map(|u| pgkeep::verify::scratch::scratch_server(u, &settings.db)).transpose()?,
+                compare_production: a.compare_production,
+                tolerance_pct: a.tolerance,
+                max_age: a.max_age,
+                critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
+            };
+            let report = commands::verify::run(&settings, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.render());
+            }
+            // A failed check: the report above, then one error line and exit 3.
+            report.into_result()?;
             Ok(0)
         }
         Command::Rollback(a) => {

@@ -1,5 +1,8 @@
 //! One function per CLI verb. The CLI and the `stream` daemon both call these.
 
 pub mod backup;
+pub mod check;
 pub mod list;
 pub mod restore;
+pub mod restore_legacy; // restore of legacy `full_backup_*.dump.gz` archives
+pub mod verify;

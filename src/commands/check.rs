@@ -1,0 +1,217 @@
+//! `pgkeep check`: monitoring in the Nagios style. One finding per line
+//! (`OK` / `ALERT`), exit 0 when all are OK and 3 when any alerts. Checks:
+//! every repository reachable and writable; the newest full backup of the
+//! database younger than `--max-full-age`; and replication slots — any slot
+//! (pgkeep's or not) retaining more WAL than `--max-slot-lag`, any inactive
+//! pgkeep slot, and any slot whose WAL was already removed, because a
+//! forgotten slot fills the server's disk. Optionally writes Prometheus
+//! textfile-collector metrics.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::commands::backup::human_bytes;
+use crate::config::Settings;
+use crate::error::Result;
+use crate::pg::connect;
+use crate::repo::catalog::{self, CatalogEntry};
+use crate::repo::layout::BackupKind;
+use crate::restore::source::open_repositories;
+
+/// Thresholds of a check run.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Alert when the newest full backup is older than this.
+    pub max_full_age: Duration,
+    /// Alert when a slot retains more WAL than this many bytes.
+    pub max_slot_lag: u64,
+    /// Also write Prometheus textfile metrics here.
+    pub prometheus_file: Option<std::path::PathBuf>,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions { max_full_age: Duration::from_secs(24 * 3600), max_slot_lag: 1 << 30, prometheus_file: None }
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// What was checked, e.g. `repository`, `full-backup-age`, `slot`.
+    pub check: String,
+    /// OK or not.
+    pub ok: bool,
+    /// One line for humans.
+    pub message: String,
+}
+
+/// The result of `pgkeep check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// Every finding.
+    pub findings: Vec<Finding>,
+    /// Metrics (name, labels, value) for Prometheus.
+    #[serde(skip)]
+    pub metrics: Vec<(String, String, f64)>,
+}
+
+impl CheckReport {
+    /// Whether every finding is OK.
+    pub fn ok(&self) -> bool {
+        self.findings.iter().all(|f| f.ok)
+    }
+
+    /// `OK …` / `ALERT …` lines.
+    pub fn render(&self) -> String {
+        self.findings
+            .iter()
+            .map(|f| format!("{} {}: {}\n", if f.ok { "OK   " } else { "ALERT" }, f.check, f.message))
+            .collect()
+    }
+
+    /// Prometheus textfile-collector format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        for (name, labels, value) in &self.metrics {
+            if labels.is_empty() {
+                out.push_str(&format!("{name} {value}\n"));
+            } else {
+                out.push_str(&format!("{name}{{{labels}}} {value}\n"));
+            }
+        }
+        out
+    }
+
+    fn push(&mut self, check: &str, ok: bool, message: String) {
+        self.findings.push(Finding { check: check.to_string(), ok, message });
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Run every check. Errors only when the check itself cannot run at all.
+pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport> {
+    let mut report = CheckReport { findings: Vec::new(), metrics: Vec::new() };
+    let database = &settings.db.dbname;
+
+    // 1. Repositories: reachable and writable; the newest full backup's age.
+    let repos = open_repositories(settings).await?;
+    let mut newest_full: Option<chrono::DateTime<Utc>> = None;
+    for repo in &repos {
+        let loc = repo.location();
+        match repo.check_writable().await {
+            Ok(()) => report.push("repository", true, format!("{loc} is reachable and writable")),
+            Err(e) => {
+                report.push("repository", false, e.user_line());
+                report.metrics.push(("pgkeep_repository_up".into(), format!("repository=\"{}\"", label(&loc)), 0.0));
+                continue;
+            }
+        }
+        report.metrics.push(("pgkeep_repository_up".into(), format!("repository=\"{}\"", label(&loc)), 1.0));
+        match catalog::list_backups(repo.as_ref()).await {
+            Ok(entries) => {
+                let newest = entries
+                    .iter()
+                    .filter_map(|e| match e {
+                        CatalogEntry::Valid(m) if m.database == *database && m.kind == BackupKind::Full => Some(m.finished_at),
+                        _ => None,
+                    })
+                    .max();
+                let damaged = entries.iter().filter(|e| matches!(e, CatalogEntry::Invalid(..))).count();
+                if damaged > 0 {
+                    report.push("manifests", false, format!("{loc} holds {damaged} backup(s) with damaged manifests (run pgkeep list)"));
+                }
+                if let Some(t) = newest {
+                    newest_full = Some(newest_full.map_or(t, |n| n.max(t)));
+                    report.metrics.push((
+                        "pgkeep_last_full_backup_timestamp_seconds".into(),
+                        format!("repository=\"{}\",database=\"{}\"", label(&loc), label(database)),
+                        t.timestamp() as f64,
+                    ));
+                }
+            }
+            Err(e) => report.push("repository", false, e.user_line()),
+        }
+    }
+    match newest_full {
+        Some(t) => {
+            let age = (Utc::now() - t).to_std().unwrap_or_default();
+            let ok = age <= opts.max_full_age;
+            report.push(
+                "full-backup-age",
+                ok,
+                format!(
+                    "newest full backup of {database} finished {} ago (limit {})",
+                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    humantime::format_duration(opts.max_full_age)
+                ),
+            );
+        }
+        None => report.push("full-backup-age", false, format!("no full backup of {database} in any repository")),
+    }
+
+    // 2. Replication slots on the server: retained WAL and inactive pgkeep slots.
+    match connect(&settings.db).await {
+        Err(e) => report.push("database", false, e.user_line()),
+        Ok(conn) => {
+            let rows = conn
+                .client
+                .query(
+                    "SELECT slot_name::text, slot_type, active, coalesce(wal_status, ''), \
+                     CASE WHEN restart_lsn IS NULL OR pg_is_in_recovery() THEN NULL \
+                          ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END, temporary \
+                     FROM pg_replication_slots ORDER BY 1",
+                    &[],
+                )
+                .await;
+            match rows {
+                Err(e) => report.push("slots", false, format!("cannot read pg_replication_slots: {e}")),
+                Ok(rows) => {
+                    let mut any = false;
+                    for r in rows {
+                        let (name, kind, active, status): (String, String, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+                        let retained: Option<i64> = r.get(4);
+                        let temporary: bool = r.get(5);
+                        if temporary {
+                            continue;
+                        }
+                        any = true;
+                        let retained = retained.unwrap_or(0).max(0) as u64;
+                        report.metrics.push(("pgkeep_slot_retained_wal_bytes".into(), format!("slot=\"{}\"", label(&name)), retained as f64));
+                        let ours = name.starts_with("pgkeep");
+                        let lost = status == "lost";
+                        let too_big = retained > opts.max_slot_lag;
+                        let idle_ours = ours && !active;
+                        let ok = !lost && !too_big && !idle_ours;
+                        let mut msg = format!("{kind} slot {name} retains {} of WAL ({}, wal_status {status})", human_bytes(retained), if active { "active" } else { "inactive" });
+                        if lost {
+                            msg.push_str("; its WAL was removed: a new full backup is needed and the slot should be dropped");
+                        } else if too_big {
+                            msg.push_str(&format!("; above the {} limit: consume or drop it before the disk fills (see max_slot_wal_keep_size)", human_bytes(opts.max_slot_lag)));
+                        } else if idle_ours {
+                            msg.push_str("; nothing is consuming this pgkeep slot: start `pgkeep stream` or drop the slot");
+                        }
+                        report.push("slot", ok, msg);
+                    }
+                    if !any {
+                        report.push("slot", true, "no permanent replication slots".into());
+                    }
+                }
+            }
+        }
+    }
+
+    if let Some(path) = &opts.prometheus_file {
+        let tmp = path.with_extension("prom.tmp");
+        let text = report.prometheus();
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+            report.push("metrics", false, format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    Ok(report)
+}
