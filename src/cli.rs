@@ -59,6 +59,8 @@ enum Command {
     Config(ConfigArgs),
     /// Monitoring: repositories, newest full backup age, replication slots (exit 3 on alert).
     Check(CheckArgs),
+    /// Test restore of a random recent backup into a temporary database, with SQL assertions; records the RTO.
+    Drill(DrillArgs),
     /// List the backups in every repository.
     List(ListArgs),
     /// Restore a backup into a temporary database, verify it, then swap it in (two approvals).
@@ -113,6 +115,24 @@ struct CheckArgs {
     /// Also write Prometheus textfile-collector metrics to this file.
     #[arg(long, value_name = "PATH")]
     prometheus_file: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DrillArgs {
+    /// A backup id (default: a random one of the recent full backups).
+    backup: Option<String>,
+    /// Pick among this many of the newest full backups.
+    #[arg(long, default_value_t = 7)]
+    recent: usize,
+    /// SQL assertions run against the restored database: each statement must return true.
+    #[arg(long, value_name = "FILE")]
+    assert_sql: Option<PathBuf>,
+    /// Tables that must be present and not empty, comma separated (schema.table).
+    #[arg(long, value_delimiter = ',')]
+    critical_tables: Vec<String>,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
@@ -210,21 +230,20 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let settings = config::load(&flags, &ProcessEnv)?;
     let verbosity = if g.quiet { -1 } else { g.verbose as i8 };
     // Per-run log file in the first local repository: logs/<verb>_YYYYMMDD_HHMMSS.log.
-    let log_file = match &cli.command {
-        Command::Backup(_) => settings.repos.iter().find_map(|r| match r {
-            config::RepoSpec::Local(dir) if dir.is_dir() || !dir.exists() => {
-                Some(dir.join("logs").join(format!("backup_{}.log", chrono::Utc::now().format("%Y%m%d_%H%M%S"))))
-            }
-            _ => None,
-        }),
-        Command::Restore(_) | Command::Rollback(_) => settings.repos.iter().find_map(|r| match r {
-            config::RepoSpec::Local(dir) if dir.is_dir() => {
-                Some(dir.join("logs").join(format!("restore_{}.log", chrono::Utc::now().format("%Y%m%d_%H%M%S"))))
-            }
-            _ => None,
-        }),
-        Command::Config(_) | Command::List(_) | Command::Check(_) | Command::Verify(_) => None,
+    let verb = match &cli.command {
+        Command::Backup(_) => Some("backup"),
+        Command::Restore(_) | Command::Rollback(_) => Some("restore"),
+        Command::Drill(_) => Some("drill"),
+        _ => None,
     };
+    let log_file = verb.and_then(|verb| {
+        settings.repos.iter().find_map(|r| match r {
+            config::RepoSpec::Local(dir) if dir.is_dir() || (verb == "backup" && !dir.exists()) => {
+                Some(dir.join("logs").join(format!("{verb}_{}.log", chrono::Utc::now().format("%Y%m%d_%H%M%S"))))
+            }
+            _ => None,
+        })
+    });
     let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref());
 
     match cli.command {
@@ -267,6 +286,35 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 print!("{}", report.render());
             }
             Ok(if report.ok() { 0 } else { 3 })
+        }
+        Command::Drill(a) => {
+            let assert_sql = match &a.assert_sql {
+                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                    pgkeep::Error::config(format!("cannot read --assert-sql file {}", p.display())).with_source(e)
+                })?),
+                None => None,
+            };
+            let opts = commands::drill::DrillOptions {
+                backup: a.backup,
+                recent: a.recent,
+                assert_sql,
+                critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
+            };
+            let record = commands::drill::run(&settings, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&record).unwrap_or_default());
+            } else {
+                println!(
+                    "drill of {}: {} — RTO {:.1}s, {} rows verified, {} assertion(s){}",
+                    record.backup_id,
+                    if record.passed { "PASSED" } else { "FAILED" },
+                    record.rto_seconds,
+                    record.rows,
+                    record.assertions,
+                    record.problems.iter().map(|p| format!("\n  problem: {p}")).collect::<String>()
+                );
+            }
+            Ok(if record.passed { 0 } else { 3 })
         }
         Command::List(a) => {
             let items = match a.legacy {

@@ -138,6 +138,25 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
             Err(e) => report.push("repository", false, e.user_line()),
         }
     }
+    // The last drill (test restore), if one was recorded.
+    if let Some(repo) = repos.first() {
+        match crate::commands::drill::last_record(repo.as_ref()).await {
+            Ok(Some(d)) => report.push(
+                "drill",
+                d.passed,
+                format!(
+                    "last drill {} of {}: {} (RTO {:.1}s){}",
+                    d.at.format("%Y-%m-%d %H:%M UTC"),
+                    d.backup_id,
+                    if d.passed { "passed" } else { "FAILED" },
+                    d.rto_seconds,
+                    d.problems.first().map(|p| format!("; {p}")).unwrap_or_default()
+                ),
+            ),
+            Ok(None) => report.push("drill", true, "no drill recorded yet (pgkeep drill)".into()),
+            Err(e) => report.push("drill", false, e.user_line()),
+        }
+    }
     match newest_full {
         Some(t) => {
             let age = (Utc::now() - t).to_std().unwrap_or_default();
