@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod logging;
+pub mod notify;
 pub mod pg;
 pub mod pipeline;
 pub mod progress;
@@ -23,5 +24,6 @@ pub mod replication;
 pub mod repo;
 pub mod restore;
 pub mod storage;
+pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};

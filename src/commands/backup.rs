@@ -25,6 +25,7 @@ use crate::pipeline::{Compression, TableFingerprint};
 use crate::progress::ProgressCounters;
 use crate::repo::catalog as repo_catalog;
 use crate::repo::layout::{BackupId, BackupKind};
+use crate::repo::lock::{self, LockMode, LockOptions};
 use crate::repo::manifest::{
     BackupManifest, BackupStats, ChunkRef, CompressionInfo, ExtensionConfig, LargeObjects, ObjectEntry, RunInfo, SchemaObjects,
     ServerInfo, SnapshotInfo, TableEntry,
@@ -130,7 +131,16 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
 
     // 2. Repositories: reachable, writable, initialized; pick a free backup id.
     let repos = open_repositories(settings).await?;
-    let backup_id = allocate_id(&repos, opts.kind, started_at).await?;
+    // Shared `backup` lock in every repository (docs/FORMAT.md §6): `expire`
+    // never runs while this backup writes. Released below, success or failure.
+    let locks = lock::acquire_all(&repos, "backup", LockMode::Shared, &LockOptions::default()).await?;
+    let backup_id = match allocate_id(&repos, opts.kind, started_at).await {
+        Ok(id) => id,
+        Err(e) => {
+            lock::release_all(locks).await;
+            return Err(e);
+        }
+    };
     let span = tracing::info_span!("backup", backup_id = %backup_id, database = %settings.db.dbname);
 
     let result = async {
@@ -204,7 +214,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     .await;
 
     // 7. Report, or clean up: an unfinished backup is never visible.
-    match result {
+    let outcome = match result {
         Ok(manifest) => {
             let report = BackupReport { manifest, repositories: repos.iter().map(|r| r.location()).collect() };
             tracing::info!("{}", report.summary_line());
@@ -216,7 +226,9 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             }
             Err(e.context(format!("backup {backup_id} failed")))
         }
-    }
+    };
+    lock::release_all(locks).await;
+    outcome
 }
 
 async fn preflight(settings: &Settings) -> Result<ServerFacts> {

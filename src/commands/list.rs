@@ -1,7 +1,8 @@
 //! `pgkeep list`: every backup in every configured repository, merged by id:
 //! kind, start and duration, database and stored size, compression ratio,
 //! and which repositories hold a valid copy. Damaged manifests are listed
-//! as such instead of being hidden.
+//! as such instead of being hidden. With `--legacy`, the archives of the
+//! old scripts (`full_backup_*.dump.gz`) are listed too, as kind `legacy`.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use crate::config::Settings;
 use crate::error::Result;
 use crate::repo::catalog::{self, CatalogEntry};
 use crate::repo::manifest::BackupManifest;
+use crate::restore::legacy;
 use crate::restore::source::open_repositories;
 
 /// One backup as listed.
@@ -43,6 +45,9 @@ pub struct ListedBackup {
     pub repositories: Vec<String>,
     /// Problems found while reading it (damaged copies).
     pub problems: Vec<String>,
+    /// Legacy archives only: last modification time of the first copy (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified: Option<String>,
 }
 
 fn listed(m: &BackupManifest) -> ListedBackup {
@@ -60,6 +65,7 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         compression_ratio: if m.stats.stored_bytes > 0 { m.stats.raw_bytes as f64 / m.stats.stored_bytes as f64 } else { 0.0 },
         repositories: Vec::new(),
         problems: Vec::new(),
+        modified: None,
     }
 }
 
@@ -90,6 +96,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
                         compression_ratio: 0.0,
                         repositories: Vec::new(),
                         problems: Vec::new(),
+                        modified: None,
                     });
                     item.problems.push(e.user_line());
                 }
@@ -97,6 +104,50 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
         }
     }
     Ok(by_id.into_values().collect())
+}
+
+/// Every backup, and every legacy archive as kind `legacy` (copies with the
+/// same id merged, each copy listed as `<location>/<key>`), oldest first.
+pub async fn run_with_legacy(settings: &Settings) -> Result<Vec<ListedBackup>> {
+    let mut items = run(settings).await?;
+    let repos = open_repositories(settings).await?;
+    let mut by_id: BTreeMap<String, (ListedBackup, Vec<(String, u64)>)> = BTreeMap::new();
+    for repo in &repos {
+        for a in legacy::list_archives(repo).await? {
+            let (item, sizes) = by_id.entry(a.id.clone()).or_insert_with(|| {
+                let started = a.named_time().or(a.modified).map(|t| t.to_rfc3339()).unwrap_or_default();
+                let item = ListedBackup {
+                    backup_id: a.id.clone(),
+                    kind: "legacy".to_string(),
+                    parent: None,
+                    database: String::new(),
+                    started_at: started,
+                    finished_at: String::new(),
+                    duration_secs: 0.0,
+                    database_size: 0,
+                    raw_bytes: 0,
+                    stored_bytes: a.size,
+                    compression_ratio: 0.0,
+                    repositories: Vec::new(),
+                    problems: Vec::new(),
+                    modified: a.modified.map(|t| t.to_rfc3339()),
+                };
+                (item, Vec::new())
+            });
+            item.repositories.push(a.location());
+            sizes.push((a.location(), a.size));
+        }
+    }
+    for (mut item, sizes) in by_id.into_values() {
+        if sizes.iter().any(|(_, n)| *n != item.stored_bytes) {
+            let all = sizes.iter().map(|(at, n)| format!("{n} bytes at {at}")).collect::<Vec<_>>().join(", ");
+            item.problems.push(format!("copies differ in size: {all}"));
+        }
+        items.push(item);
+    }
+    // Stable: pgkeep backups keep their order among themselves.
+    items.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    Ok(items)
 }
 
 /// A human table of the listing.
@@ -110,6 +161,26 @@ pub fn render(items: &[ListedBackup]) -> String {
     );
     for b in items {
         let started = b.started_at.get(..19).unwrap_or(&b.started_at).replace('T', " ");
+        if b.kind == "legacy" {
+            out.push_str(&format!(
+                "{:<36} {:<11} {:<20} {:>8} {:>10} {:>10} {:>6}  {}\n",
+                b.backup_id,
+                b.kind,
+                started,
+                "-",
+                "-",
+                human_bytes(b.stored_bytes),
+                "-",
+                b.repositories.join(", ")
+            ));
+            if let Some(m) = &b.modified {
+                out.push_str(&format!("    modified {} UTC\n", m.get(..19).unwrap_or(m).replace('T', " ")));
+            }
+            for p in &b.problems {
+                out.push_str(&format!("    problem: {p}\n"));
+            }
+            continue;
+        }
         out.push_str(&format!(
             "{:<36} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:>6.2}  {}\n",
             b.backup_id,

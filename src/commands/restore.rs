@@ -4,6 +4,11 @@
 //! touched before both approvals and a verified temporary database; any
 //! failure before the swap drops the temporary database (unless
 //! `--keep-temp`) and leaves production as it was.
+//!
+//! `latest` means the newest pgkeep backup, never a legacy archive. An id
+//! that no repository has a pgkeep backup of is looked up among the legacy
+//! archives of the old scripts (`full_backup_*.dump.gz`) and restored by
+//! [`restore_legacy`](crate::commands::restore_legacy) with the same steps.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +16,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::commands::backup::{self, BackupOptions};
+use crate::commands::restore_legacy;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::connect;
@@ -92,15 +98,21 @@ pub struct RestoreReport {
 }
 
 impl RestoreReport {
+    /// Whether this restored a legacy archive (its repository names the `.dump.gz` object).
+    pub fn is_legacy(&self) -> bool {
+        crate::restore::legacy::archive_id(&self.repository).is_some()
+    }
+
     /// Human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "restored {} from {} into database {}: {} rows, {} tables verified (rows and fingerprints equal)",
+            "restored {} from {} into database {}: {} rows, {} tables verified ({})",
             self.backup_id,
             self.repository,
             self.restored_into,
             self.rows,
-            self.verification.tables_checked
+            self.verification.tables_checked,
+            if self.is_legacy() { "row counts equal the archive's" } else { "rows and fingerprints equal" }
         );
         if let Some(b) = &self.pre_restore_backup {
             s.push_str(&format!("; pre-restore backup {b}"));
@@ -132,7 +144,14 @@ pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreRe
 
     // 1. Find the backup (read-only), then ask for approval.
     let repos = src::open_repositories(settings).await?;
-    let source = Arc::new(BackupSource::find(&repos, &opts.selector, &server.dbname).await?);
+    let source = match BackupSource::find(&repos, &opts.selector, &server.dbname).await {
+        Ok(s) => Arc::new(s),
+        // Legacy archives: an id no repository has a pgkeep backup of.
+        Err(e) if e.kind() == ErrorKind::NotFound && let BackupSelector::Id(id) = &opts.selector => {
+            return restore_legacy::run_if_archive(settings, opts, &repos, id, e).await;
+        }
+        Err(e) => return Err(e),
+    };
     let id = source.manifest.backup_id.clone();
     let selected = select_tables(&source.manifest, &opts.tables)?;
     if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
@@ -151,9 +170,7 @@ pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreRe
     let mut pre_backup = None;
     if swapping && !opts.no_pre_backup && target::database_exists(server, &target_name).await? {
         let t = Instant::now();
-        let bopts = BackupOptions { kind: BackupKind::PreRestore, ..BackupOptions::default() };
-        let report = backup::run(settings, &bopts).await.map_err(|e| e.context("pre-restore backup failed; nothing was restored"))?;
-        pre_backup = Some(report.manifest.backup_id.to_string());
+        pre_backup = Some(pre_restore_backup(settings).await?);
         times.pre_backup = t.elapsed().as_secs_f64();
     }
 
@@ -183,11 +200,7 @@ pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreRe
                     format!("restored data does not match backup {id}: {}", report.problems.join("; ")),
                 ),
             };
-            if opts.keep_temp {
-                return Err(err.context(format!("restore failed; production untouched; database {work_db} kept for inspection")));
-            }
-            let _ = target::drop_database(server, &work_db).await;
-            return Err(err.context(format!("restore failed; production untouched; {work_db} dropped")));
+            return Err(abandon(server, opts, &work_db, err).await);
         }
     };
     let progress = opts.progress.view();
@@ -209,34 +222,58 @@ pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreRe
         return Ok(report);
     }
 
-    // 7. Swap approval.
+    // 7-8. Swap approval, then swap: target -> target_old, temp -> target.
+    swap_in(server, opts, &target_name, &work_db, &mut report).await?;
+
+    // 9. Post-restore check: the target answers and holds the tables.
+    post_restore_check(server, &target_name, &id.to_string(), source.manifest.tables.len()).await?;
+    Ok(report)
+}
+
+/// Take the pre-restore backup of the configured database; returns its id.
+pub(crate) async fn pre_restore_backup(settings: &Settings) -> Result<String> {
+    let bopts = BackupOptions { kind: BackupKind::PreRestore, ..BackupOptions::default() };
+    let report = backup::run(settings, &bopts).await.map_err(|e| e.context("pre-restore backup failed; nothing was restored"))?;
+    Ok(report.manifest.backup_id.to_string())
+}
+
+/// A failed restore before the swap: drop the work database (unless
+/// `--keep-temp`) and say that production was not touched.
+pub(crate) async fn abandon(server: &crate::config::DbSettings, opts: &RestoreOptions, work_db: &str, err: Error) -> Error {
+    if opts.keep_temp {
+        return err.context(format!("restore failed; production untouched; database {work_db} kept for inspection"));
+    }
+    let _ = target::drop_database(server, work_db).await;
+    err.context(format!("restore failed; production untouched; {work_db} dropped"))
+}
+
+/// The SWAP gate, then the swap; records it in `report`.
+pub(crate) async fn swap_in(server: &crate::config::DbSettings, opts: &RestoreOptions, target_name: &str, work_db: &str, report: &mut RestoreReport) -> Result<()> {
     if let Err(e) = approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes).await {
         return Err(e.context(format!("the verified restore is kept as database {work_db}")));
     }
-
-    // 8. Swap: target -> target_old, temp -> target.
     let t = Instant::now();
-    let outcome = target::swap(server, &target_name, &work_db).await?;
+    let outcome = target::swap(server, target_name, work_db).await?;
     report.seconds.swap = t.elapsed().as_secs_f64();
-    report.restored_into = target_name.clone();
+    report.restored_into = target_name.to_string();
     report.swap = Some(outcome);
+    Ok(())
+}
 
-    // 9. Post-restore check: the target answers and holds the tables.
-    let conn = connect(&server.with_dbname(&target_name)).await?;
+/// After the swap, `target_name` answers and holds at least `tables` tables.
+pub(crate) async fn post_restore_check(server: &crate::config::DbSettings, target_name: &str, id: &str, tables: usize) -> Result<()> {
+    let conn = connect(&server.with_dbname(target_name)).await?;
     let n: i64 = conn
         .client
         .query_one("SELECT count(*)::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')", &[])
         .await
         .map_err(|e| Error::new(ErrorKind::Database, format!("post-restore check on {target_name} failed: {e}")))?
         .get(0);
-    if (n as usize) < source.manifest.tables.len() {
-        return Err(Error::new(
-            ErrorKind::CheckFailed,
-            format!("after the swap, database {target_name} has {n} tables, backup {id} has {}", source.manifest.tables.len()),
-        )
-        .with_hint("`pgkeep rollback` swaps the previous database back"));
+    if (n as usize) < tables {
+        return Err(Error::new(ErrorKind::CheckFailed, format!("after the swap, database {target_name} has {n} tables, backup {id} has {tables}"))
+            .with_hint("`pgkeep rollback` swaps the previous database back"));
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Every object of the backup exists in the repository with the right size.

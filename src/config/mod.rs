@@ -7,6 +7,7 @@
 
 pub mod db;
 pub mod layers;
+pub mod notify;
 pub mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use db::{DbSettings, SslMode};
 pub use layers::{Env, ProcessEnv, Source};
+pub use notify::{NotifySettings, SmtpSettings, SmtpTls};
 pub use secret::Secret;
 
 use layers::{FileLayer, Layers, Raw, parse_as, parse_bool, parse_size};
@@ -54,6 +56,16 @@ pub const FILE_KEYS: &[&str] = &[
     "local_retention_days",
     "notify.slack_webhook_url",
     "notify.email",
+    "notify.webhook_url",
+    "notify.on_success",
+    "notify.timeout",
+    "smtp.host",
+    "smtp.port",
+    "smtp.user",
+    "smtp.password",
+    "smtp.from",
+    "smtp.tls",
+    "smtp.allow_insecure",
     "log_format",
     "critical_tables",
 ];
@@ -104,6 +116,8 @@ pub struct Settings {
     pub slack_webhook_url: Option<Secret>,
     /// Address for email notifications.
     pub notification_email: Option<String>,
+    /// Webhook, SMTP server, success policy and timeout of notifications.
+    pub notify: NotifySettings,
     /// Log format.
     pub log_format: LogFormat,
     /// Tables that must be present and not empty in every backup and restore (`schema.table`).
@@ -245,6 +259,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         }
         None => None,
     };
+    let notify = notify::resolve(&layers, &mut record)?;
     let log_format = match layers.get("log_format", &["PGKEEP_LOG_FORMAT"]) {
         Some(r) => {
             let f = parse_as(&r, "log_format", "text or json", |s| match s {
@@ -284,6 +299,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         local_retention_days,
         slack_webhook_url,
         notification_email,
+        notify,
         log_format,
         critical_tables,
         config_file,

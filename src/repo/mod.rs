@@ -1,8 +1,10 @@
 //! The repository format: layout of keys ([`layout`]), backup manifests
 //! ([`manifest`]), repository metadata and the catalog of backups
-//! ([`catalog`]). `docs/FORMAT.md` specifies what this module implements.
+//! ([`catalog`]), and repository locks ([`lock`]). `docs/FORMAT.md` specifies
+//! what this module implements.
 
 pub mod catalog;
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod meta;

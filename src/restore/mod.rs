@@ -5,6 +5,7 @@
 //! proof that the restored data equals the backup ([`verify`]).
 
 pub mod approve;
+pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod load;
 pub mod schema;
 pub mod source;

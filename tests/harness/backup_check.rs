@@ -20,6 +20,7 @@ pub fn settings(db: DbSettings, repos: Vec<RepoSpec>) -> Settings {
         local_retention_days: 7,
         slack_webhook_url: None,
         notification_email: None,
+        notify: Default::default(),
         log_format: LogFormat::Text,
         config_file: None,
         critical_tables: Vec::new(),
