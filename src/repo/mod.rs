@@ -3,6 +3,7 @@
 //! ([`catalog`]), and repository locks ([`lock`]). `docs/FORMAT.md` specifies
 //! what this module implements.
 
+pub mod audit;
 pub mod catalog;
 pub mod layout;
 pub mod lock;

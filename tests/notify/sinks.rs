@@ -29,6 +29,9 @@ pub enum Reply {
     Status(u16),
     /// Read the request, then never answer.
     Hang,
+    /// Answer in plain HTTP at once, before reading: what a TLS client sees
+    /// when it dials a plain-text server.
+    PlainAtOnce,
 }
 
 /// An HTTP server on 127.0.0.1 that records every request.
@@ -47,6 +50,11 @@ impl HttpSink {
             while let Ok((mut sock, _)) = listener.accept().await {
                 let rec = Arc::clone(&rec);
                 tokio::spawn(async move {
+                    if let Reply::PlainAtOnce = reply {
+                        let _ = sock.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+                        let _ = sock.shutdown().await;
+                        return;
+                    }
                     let Some(req) = read_request(&mut sock).await else { return };
                     rec.lock().unwrap().push(req);
                     match reply {
@@ -59,6 +67,7 @@ impl HttpSink {
                             let _ = sock.write_all(resp.as_bytes()).await;
                             let _ = sock.shutdown().await;
                         }
+                        Reply::PlainAtOnce => {}
                         Reply::Hang => {
                             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                             drop(sock);
