@@ -111,7 +111,7 @@ async fn garage_repo(label: &str, prefix: &str) -> (RepoSpec, S3Storage) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_legacy_finds_archives_locally_and_in_garage() {
-    // let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.lock().await;
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("lg_list").await;
     cluster.execute(&db, SAMPLE_SQL).await;
@@ -153,7 +153,7 @@ async fn list_legacy_finds_archives_locally_and_in_garage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_by_id_swaps_in_and_target_db_works() {
-    // let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.lock().await;
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("lg_restore").await;
     cluster.execute(&db, SAMPLE_SQL).await;
@@ -229,7 +229,7 @@ async fn restore_by_id_swaps_in_and_target_db_works() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_archives_are_refused_and_production_untouched() {
-    // let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.lock().await;
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("lg_corrupt").await;
     cluster.execute(&db, SAMPLE_SQL).await;
@@ -281,7 +281,7 @@ async fn damaged_archives_are_refused_and_production_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_terminal_and_no_yes_refuses() {
-    // let _serial = SERIAL.lock().await;
+    let _serial = SERIAL.lock().await;
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("lg_refuse").await;
     cluster.execute(&db, SAMPLE_SQL).await;

@@ -186,7 +186,6 @@ async fn rejected_smtp_auth_is_a_failure_without_the_password() {
     assert!(failures[0].message.contains("535"), "{}", failures[0]);
     assert!(sink.received().is_empty());
     assert!(logs.text().contains("notification failed") && logs.text().contains("channel=email"), "{}", logs.text());
-    eprintln!("FAILURES {failures:#?}");
     assert_clean_failures(&failures, &logs);
 }
 
@@ -205,7 +204,6 @@ async fn starttls_is_the_default_and_is_required() {
     assert_eq!(failures.len(), 1, "the sink offers no STARTTLS: {failures:?}");
     let cmds = sink.commands();
     assert!(!cmds.iter().any(|c| c.starts_with("AUTH") || c.starts_with("MAIL")), "sent in clear text: {cmds:?}");
-    eprintln!("FAILURES {failures:#?}");
     assert_clean_failures(&failures, &logs);
 }
 
@@ -234,7 +232,6 @@ async fn failing_and_hanging_endpoints_fail_within_the_timeout() {
     let text = logs.text();
     assert!(text.contains("channel=slack") && text.contains("channel=webhook"), "{text}");
     assert!(text.contains(&format!("target=127.0.0.1:{}", hanging.port)), "{text}");
-    eprintln!("FAILURES {failures:#?}");
     assert_clean_failures(&failures, &logs);
 }
 
@@ -259,7 +256,6 @@ async fn unreachable_and_tls_failures_are_values_not_panics() {
     assert!(!failures[0].message.contains("timed out"), "the TLS handshake fails at once: {}", failures[0]);
     assert_eq!(failures[1].channel, ChannelKind::Webhook);
     assert!(failures[1].message.contains("cannot connect"), "{}", failures[1]);
-    eprintln!("FAILURES {failures:#?}");
     assert_clean_failures(&failures, &logs);
 }
 

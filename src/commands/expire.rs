@@ -196,8 +196,7 @@ pub fn plan_expire(backups: &[ExpireInput], now: DateTime<Utc>, retention: chron
     for root in roots {
         let mut seen = BTreeSet::from([root.clone()]);
         let mut child = root;
-        loop {
-            let Some(ExpireInput::Valid { parent: Some(parent), .. }) = by_id.get(&child) else { break };
+        while let Some(ExpireInput::Valid { parent: Some(parent), .. }) = by_id.get(&child) {
             if !seen.insert(parent.clone()) {
                 plan.problems.push(format!("backup {child} has a parent cycle through {parent}"));
                 break;

@@ -15,12 +15,12 @@ use crate::config::Secret;
 /// The HTTP client shared by Slack and the webhook, or why it could not be built.
 pub(super) type HttpClient = Result<reqwest::Client, String>;
 
-/// A client with the notification timeout, no redirects (a redirect could
-/// carry the token elsewhere) and pgkeep's user agent.
-pub(super) fn http_client(timeout: Duration) -> HttpClient {
+/// A client with no redirects (a redirect could carry the token elsewhere)
+/// and pgkeep's user agent. The whole request is bounded by the timeout in
+/// `Notifier::send`; `connect_timeout` only keeps a dead host from pinning a socket.
+pub(super) fn http_client(connect_timeout: Duration) -> HttpClient {
     reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
+        .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("pgkeep/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -32,6 +32,7 @@ use crate::repo::layout::{BACKUPS_PREFIX, BackupId};
 use crate::repo::manifest::DatabaseInfo;
 use crate::restore::verify::VerifyReport;
 use crate::storage::Storage;
+use script::failure_line;
 pub use script::{ArchiveToc, TableRows};
 
 /// File-name suffix of a legacy archive.
@@ -364,15 +365,6 @@ fn offline(program: &Path) -> Command {
     cmd
 }
 
-/// The line of `pg_restore`'s stderr that says why it failed: the first
-/// `error:` line (later ones are "a worker process died" or "Command was:").
-fn failure_line(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first_error = text.lines().map(str::trim).find(|l| l.contains("error:"));
-    first_error.or_else(|| lines.next_back()).unwrap_or("no error output").to_string()
-}
-
 /// Run `cmd`, returning its stdout; on failure the first error line.
 async fn output(mut cmd: Command) -> std::result::Result<Vec<u8>, String> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -592,12 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn stderr_failure_line_is_the_cause() {
-        let parallel = b"pg_restore: error: could not read from input file: end of file\npg_restore: error: a worker process died unexpectedly\n";
-        assert_eq!(failure_line(parallel), "pg_restore: error: could not read from input file: end of file");
-        let query = b"pg_restore: error: could not execute query: ERROR:  role \"ghost\" does not exist\nCommand was: ALTER TABLE public.e OWNER TO ghost;\n\n";
-        assert!(failure_line(query).contains("role \"ghost\" does not exist"));
-        assert_eq!(failure_line(b"something odd\nlast words\n"), "last words");
+    fn database_names_are_quoted_for_conninfo() {
         assert_eq!(conninfo_dbname("a'b\\c"), "dbname='a\\'b\\\\c'");
     }
 }

@@ -1,8 +1,8 @@
 //! Pure readers of what `pg_restore` says about a legacy archive: its table
 //! of contents (`pg_restore --list`) and its data-only script
 //! (`pg_restore --data-only -f -`), from which the rows of every table are
-//! counted. Input is text handed over line by line; nothing here does I/O,
-//! and bad input is reported, never a panic.
+//! counted, and the line of its stderr that says why it failed. Nothing
+//! here does I/O, and bad input is reported, never a panic.
 
 use std::collections::HashMap;
 
@@ -164,6 +164,16 @@ pub fn unmatched(toc: &ArchiveToc, tables: &[TableRows]) -> Vec<String> {
     problems
 }
 
+/// The line of `pg_restore`'s stderr that says why it failed: the first
+/// `error:` line (later ones are "a worker process died" or "Command was:"),
+/// else the last line.
+pub fn failure_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first_error = text.lines().map(str::trim).find(|l| l.contains("error:"));
+    first_error.or_else(|| lines.next_back()).unwrap_or("no error output").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +254,15 @@ mod tests {
         let problems = unmatched(&toc, &extra);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("public.z"), "{problems:?}");
+    }
+
+    #[test]
+    fn stderr_failure_line_is_the_cause() {
+        let parallel = b"pg_restore: error: could not read from input file: end of file\npg_restore: error: a worker process died unexpectedly\n";
+        assert_eq!(failure_line(parallel), "pg_restore: error: could not read from input file: end of file");
+        let query = b"pg_restore: error: could not execute query: ERROR:  role \"ghost\" does not exist\nCommand was: ALTER TABLE public.e OWNER TO ghost;\n\n";
+        assert!(failure_line(query).contains("role \"ghost\" does not exist"));
+        assert_eq!(failure_line(b"something odd\nlast words\n"), "last words");
+        assert_eq!(failure_line(b""), "no error output");
     }
 }
