@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgkeep::commands;
 use pgkeep::config::{self, FlagValues, ProcessEnv};
 use pgkeep::error::Result;
+use pgkeep::notify::{Event, Notifier, Operation};
+use std::time::Instant;
 
 /// pgkeep: PostgreSQL backups, verification and point-in-time recovery.
 #[derive(Debug, Parser)]
@@ -61,6 +63,8 @@ enum Command {
     Check(CheckArgs),
     /// Test restore of a random recent backup into a temporary database, with SQL assertions; records the RTO.
     Drill(DrillArgs),
+    /// Remove backups past their repository's retention (chain-aware; never the newest full backup).
+    Expire(ExpireArgs),
     /// List the backups in every repository.
     List(ListArgs),
     /// Restore a backup into a temporary database, verify it, then swap it in (two approvals).
@@ -133,6 +137,19 @@ struct DrillArgs {
     /// Tables that must be present and not empty, comma separated (schema.table).
     #[arg(long, value_delimiter = ',')]
     critical_tables: Vec<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExpireArgs {
+    /// Print the plan; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Always keep at least this many full backups per database.
+    #[arg(long, default_value_t = 1)]
+    keep_full: usize,
     /// Print as JSON.
     #[arg(long)]
     json: bool,
@@ -234,6 +251,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Backup(_) => Some("backup"),
         Command::Restore(_) | Command::Rollback(_) => Some("restore"),
         Command::Drill(_) => Some("drill"),
+        Command::Expire(_) => Some("expire"),
         _ => None,
     };
     let log_file = verb.and_then(|verb| {
@@ -264,10 +282,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 tables: a.tables,
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };
-            let report = match legacy {
-                true => commands::restore_legacy::run_legacy(&settings, &opts, &a.backup).await?,
-                false => commands::restore::run(&settings, &opts).await?,
+            let started = Instant::now();
+            let result = match legacy {
+                true => commands::restore_legacy::run_legacy(&settings, &opts, &a.backup).await,
+                false => commands::restore::run(&settings, &opts).await,
             };
+            let report = notified(&settings, Operation::Restore, started, result, |r| Event::restore_succeeded(r, started.elapsed())).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
@@ -341,14 +361,39 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 max_age: a.max_age,
                 critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
             };
-            let report = commands::verify::run(&settings, &opts).await?;
+            let started = Instant::now();
+            let report = notified(&settings, Operation::Verify, started, commands::verify::run(&settings, &opts).await, |_| {
+                Event::new(Operation::Verify, pgkeep::notify::Outcome::Success)
+            })
+            .await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
                 print!("{}", report.render());
             }
             // A failed check: the report above, then one error line and exit 3.
-            report.into_result()?;
+            notified(&settings, Operation::Verify, started, report.into_result(), |_| {
+                Event::new(Operation::Verify, pgkeep::notify::Outcome::Success)
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Expire(a) => {
+            let opts = commands::expire::ExpireOptions { dry_run: a.dry_run, keep_full: a.keep_full };
+            let started = Instant::now();
+            let report = notified(&settings, Operation::Expire, started, commands::expire::run(&settings, &opts).await, |_| {
+                Event::new(Operation::Expire, pgkeep::notify::Outcome::Success)
+            })
+            .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.is_complete() {
+                let err = pgkeep::Error::new(pgkeep::ErrorKind::Storage, "expire did not complete in every repository (see above)");
+                return notified::<()>(&settings, Operation::Expire, started, Err(err), |_| unreachable!()).await.map(|_| 1);
+            }
             Ok(0)
         }
         Command::Rollback(a) => {
@@ -378,12 +423,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 ..commands::backup::BackupOptions::default()
             };
             let bar = (!g.quiet).then(|| progress_bar(opts.progress.clone())).flatten();
+            let started = Instant::now();
             let result = commands::backup::run(&settings, &opts).await;
             if let Some((bar, ticker)) = bar {
                 ticker.abort();
                 bar.finish_and_clear();
             }
-            let report = result?;
+            let report = notified(&settings, Operation::Backup, started, result, Event::backup_succeeded).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
             } else {
@@ -392,6 +438,28 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Tell the configured channels (Slack, email, webhook) how a command ended:
+/// failures always, successes when `notify.on_success`. A notification that
+/// fails is logged by the notifier and never changes the command's outcome.
+async fn notified<T>(
+    settings: &config::Settings,
+    op: Operation,
+    started: Instant,
+    result: Result<T>,
+    success: impl FnOnce(&T) -> Event,
+) -> Result<T> {
+    let notifier = Notifier::from_settings(settings);
+    if notifier.is_empty() {
+        return result;
+    }
+    let event = match &result {
+        Ok(v) => success(v).with_database(&settings.db.dbname).with_duration(started.elapsed()),
+        Err(e) => Event::failure(op, e).with_database(&settings.db.dbname).with_duration(started.elapsed()),
+    };
+    let _ = notifier.send(&event).await;
+    result
 }
 
 /// A progress bar on stderr when it is a terminal: tables done of total, bytes and rows.
