@@ -176,6 +176,13 @@ async fn swap_with_live_sessions_then_rollback() {
     let c = cluster.client(&db).await;
     let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!(n, 1000, "rollback brings back the database the second restore replaced (itself a restore)");
+
+    // Every restore and the rollback are in the repository's audit trail, with who ran them.
+    let audit = pgkeep::repo::audit::list(&pgkeep::storage::local::LocalStorage::new(repo.path())).await.unwrap();
+    let ops: Vec<(&str, bool)> = audit.iter().map(|a| (a.operation.as_str(), a.ok)).collect();
+    assert_eq!(ops.iter().filter(|o| **o == ("restore", true)).count(), 2, "{ops:?}");
+    assert!(ops.contains(&("rollback", true)), "{ops:?}");
+    assert!(audit.iter().all(|a| !a.run_by.os_user.is_empty() && !a.run_by.host.is_empty()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -300,7 +300,11 @@ impl ExpireReport {
 /// by a running backup, an unreachable store) are recorded in that
 /// repository's report and do not stop the others; see [`ExpireReport::is_complete`].
 pub async fn run(settings: &Settings, opts: &ExpireOptions) -> Result<ExpireReport> {
-    run_with(settings, opts, Utc::now(), &LockOptions::default()).await
+    let result = run_with(settings, opts, Utc::now(), &LockOptions::default()).await;
+    if !opts.dry_run {
+        crate::commands::restore::audit(settings, "expire", &result).await;
+    }
+    result
 }
 
 /// [`run`] with an explicit clock and lock timing (tests).

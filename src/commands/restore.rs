@@ -137,6 +137,24 @@ impl RestoreReport {
 
 /// Restore a backup.
 pub async fn run(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let result = run_steps(settings, opts).await;
+    audit(settings, "restore", &result).await;
+    result
+}
+
+/// Record a restore (or rollback) in every repository's audit trail, success or failure.
+pub(crate) async fn audit<T: Serialize>(settings: &Settings, operation: &str, result: &Result<T>) {
+    let details = match result {
+        Ok(v) => serde_json::to_value(v).unwrap_or_default(),
+        Err(e) => serde_json::json!({ "error": e.user_line() }),
+    };
+    let details = serde_json::json!({ "database": settings.db.dbname, "server": format!("{}:{}", settings.db.host, settings.db.port), "result": details });
+    if let Ok(repos) = src::open_repositories(settings).await {
+        crate::repo::audit::record(&repos, operation, result.is_ok(), details).await;
+    }
+}
+
+async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreReport> {
     let server = &settings.db;
     let target_name = opts.target_db.clone().unwrap_or_else(|| server.dbname.clone());
     // A table-level restore is never swapped in: it would replace every other table with an empty one.
@@ -361,6 +379,12 @@ fn select_tables(m: &crate::repo::manifest::BackupManifest, names: &[String]) ->
 
 /// `pgkeep rollback`: swap `<name>_old` back in place of `<name>`.
 pub async fn rollback(settings: &Settings, yes: bool) -> Result<String> {
+    let result = rollback_steps(settings, yes).await;
+    audit(settings, "rollback", &result).await;
+    result
+}
+
+async fn rollback_steps(settings: &Settings, yes: bool) -> Result<String> {
     let name = &settings.db.dbname;
     approve::gate(
         "SWAP",

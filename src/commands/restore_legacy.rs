@@ -42,6 +42,12 @@ pub fn is_archive_name(arg: &str) -> bool {
 /// Restore the legacy archive `name` (its file name, key, or
 /// `<location>/<key>`). `opts.selector` is not used.
 pub async fn run_legacy(settings: &Settings, opts: &RestoreOptions, name: &str) -> Result<RestoreReport> {
+    let result = run_legacy_steps(settings, opts, name).await;
+    crate::commands::restore::audit(settings, "restore", &result).await;
+    result
+}
+
+async fn run_legacy_steps(settings: &Settings, opts: &RestoreOptions, name: &str) -> Result<RestoreReport> {
     let repos = open_repositories(settings).await?;
     let which = ArchiveSelector::Name(name.to_string());
     match legacy::find_archive(&repos, &which).await? {
