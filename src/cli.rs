@@ -430,6 +430,20 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 bar.finish_and_clear();
             }
             let report = notified(&settings, Operation::Backup, started, result, Event::backup_succeeded).await?;
+            // Retention after each successful backup (EXPIRE_AFTER_BACKUP, default on); its
+            // failure is reported and notified, never turned into a failed backup.
+            if settings.expire_after_backup {
+                let eopts = commands::expire::ExpireOptions { dry_run: false, keep_full: 1 };
+                let expired = notified(&settings, Operation::Expire, Instant::now(), commands::expire::run(&settings, &eopts).await, |_| {
+                    Event::new(Operation::Expire, pgkeep::notify::Outcome::Success)
+                })
+                .await;
+                match expired {
+                    Ok(r) if r.is_complete() => tracing::info!("expire after backup: {}", r.render().lines().next().unwrap_or_default()),
+                    Ok(r) => tracing::warn!("expire after backup did not complete: {}", r.render().replace('\n', "; ")),
+                    Err(e) => tracing::warn!(error = %e.user_line(), "expire after backup failed"),
+                }
+            }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
             } else {

@@ -143,5 +143,12 @@ fn backup_through_seed_env_vars_into_an_unwritable_dir_and_then_a_good_one() {
     assert!(id.starts_with("full_backup_"));
     assert_eq!(report["stats"]["rows"].as_u64(), Some(5000));
     assert!(good.path().join("backups").join(id).join("manifest.json").is_file());
+    // Retention ran after the successful backup (EXPIRE_AFTER_BACKUP defaults to on) and was audited.
+    let audited: Vec<String> = std::fs::read_dir(good.path().join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(audited.iter().any(|n| n.contains("_expire_")), "{audited:?}");
+    assert!(good.path().join("logs").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("backup_")));
     assert!(!stderr(&o).contains(&pw));
 }

@@ -48,6 +48,12 @@ pub struct ListedBackup {
     /// Legacy archives only: last modification time of the first copy (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modified: Option<String>,
+    /// Database size change since the previous backup of the same database (bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_bytes: Option<i64>,
+    /// The newest `pgkeep verify` of this backup: `passed` / `FAILED` and when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_verification: Option<String>,
 }
 
 fn listed(m: &BackupManifest) -> ListedBackup {
@@ -66,6 +72,8 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         repositories: Vec::new(),
         problems: Vec::new(),
         modified: None,
+        growth_bytes: None,
+        last_verification: None,
     }
 }
 
@@ -97,13 +105,35 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
                         repositories: Vec::new(),
                         problems: Vec::new(),
                         modified: None,
+                        growth_bytes: None,
+                        last_verification: None,
                     });
                     item.problems.push(e.user_line());
                 }
             }
         }
     }
-    Ok(by_id.into_values().collect())
+    let mut items: Vec<ListedBackup> = by_id.into_values().collect();
+    // Size growth: against the previous valid backup of the same database.
+    let mut previous: BTreeMap<String, u64> = BTreeMap::new();
+    for b in items.iter_mut().filter(|b| b.database_size > 0) {
+        if let Some(prev) = previous.insert(b.database.clone(), b.database_size) {
+            b.growth_bytes = Some(b.database_size as i64 - prev as i64);
+        }
+    }
+    // Last verification result, from the audit trail of the first repository.
+    if let Some(repo) = repos.first()
+        && let Ok(records) = crate::repo::audit::list(repo.as_ref()).await
+    {
+        for rec in records.iter().filter(|r| r.operation == "verify") {
+            let id = rec.details.get("backup_id").and_then(|v| v.as_str()).unwrap_or_default();
+            if let Some(b) = items.iter_mut().find(|b| b.backup_id == id) {
+                let when = rec.at.format("%Y-%m-%d %H:%M UTC");
+                b.last_verification = Some(format!("{} {when}", if rec.ok { "passed" } else { "FAILED" }));
+            }
+        }
+    }
+    Ok(items)
 }
 
 /// Every backup, and every legacy archive as kind `legacy` (copies with the
@@ -131,6 +161,8 @@ pub async fn run_with_legacy(settings: &Settings) -> Result<Vec<ListedBackup>> {
                     repositories: Vec::new(),
                     problems: Vec::new(),
                     modified: a.modified.map(|t| t.to_rfc3339()),
+                    growth_bytes: None,
+                    last_verification: None,
                 };
                 (item, Vec::new())
             });
@@ -192,6 +224,17 @@ pub fn render(items: &[ListedBackup]) -> String {
             b.compression_ratio,
             if b.repositories.is_empty() { "-".to_string() } else { b.repositories.join(", ") }
         ));
+        let mut extra = Vec::new();
+        if let Some(g) = b.growth_bytes {
+            let sign = if g < 0 { "-" } else { "+" };
+            extra.push(format!("database {sign}{} since the previous backup", human_bytes(g.unsigned_abs())));
+        }
+        if let Some(v) = &b.last_verification {
+            extra.push(format!("verify {v}"));
+        }
+        if !extra.is_empty() {
+            out.push_str(&format!("    {}\n", extra.join("; ")));
+        }
         for p in &b.problems {
             out.push_str(&format!("    problem: {p}\n"));
         }

@@ -54,15 +54,28 @@ impl Default for VerifyOptions {
     }
 }
 
-/// Verify a backup in every repository that holds it.
+/// Verify a backup in every repository that holds it, and record the
+/// outcome in the repositories' audit trail (`list` and `check` show it).
 pub async fn run(settings: &Settings, opts: &VerifyOptions) -> Result<BackupVerification> {
+    let result = run_checks(settings, opts).await;
+    if let Ok(v) = &result
+        && let Ok(repos) = open_repositories(settings).await
+    {
+        let failed: Vec<&str> = v.failures().map(|c| c.check.name()).collect();
+        let details = serde_json::json!({ "backup_id": v.backup_id, "passed": v.passed, "failed_checks": failed, "deep": opts.deep });
+        crate::repo::audit::record(&repos, "verify", v.passed, details).await;
+    }
+    result
+}
+
+async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupVerification> {
     // 1. Find the backup: an id, or the newest backup of the configured database.
     let repos = open_repositories(settings).await?;
     let id = match &opts.selector {
         BackupSelector::Id(id) => id.clone(),
         BackupSelector::Latest => latest(&repos, &settings.db.dbname).await?,
     };
-    let _span = tracing::info_span!("verify", backup_id = %id).entered();
+    tracing::info!(backup_id = %id, "verifying");
     let mut checks = Vec::new();
     let mut holders = Vec::new();
     let mut manifest: Option<BackupManifest> = None;

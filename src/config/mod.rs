@@ -68,6 +68,7 @@ pub const FILE_KEYS: &[&str] = &[
     "smtp.allow_insecure",
     "log_format",
     "critical_tables",
+    "expire_after_backup",
 ];
 
 /// A repository location.
@@ -122,6 +123,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Tables that must be present and not empty in every backup and restore (`schema.table`).
     pub critical_tables: Vec<String>,
+    /// Run `expire` after every successful backup (the seed's scripts cleaned up after each run).
+    pub expire_after_backup: bool,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// (key, shown value, source) of every setting, secrets redacted.
@@ -289,6 +292,17 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             None => Vec::new(),
         },
     };
+    let expire_after_backup = match layers.get("expire_after_backup", &["EXPIRE_AFTER_BACKUP"]) {
+        Some(r) => {
+            let v = parse_as(&r, "expire_after_backup", "true or false", parse_bool)?;
+            record("expire_after_backup", v.to_string(), r.source);
+            v
+        }
+        None => {
+            record("expire_after_backup", "true".into(), Source::Default);
+            true
+        }
+    };
     let config_file = layers.file.path().map(Path::to_path_buf);
 
     Ok(Settings {
@@ -302,6 +316,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         notify,
         log_format,
         critical_tables,
+        expire_after_backup,
         config_file,
         provenance,
     })

@@ -24,6 +24,7 @@ pub fn settings(db: DbSettings, repos: Vec<RepoSpec>) -> Settings {
         log_format: LogFormat::Text,
         config_file: None,
         critical_tables: Vec::new(),
+        expire_after_backup: false,
         provenance: Vec::new(),
     }
 }
