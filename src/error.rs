@@ -162,7 +162,7 @@ impl Error {
 }
 
 /// The text of the deepest error in a chain that says something.
-fn root_cause_text(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause_text(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: &(dyn std::error::Error + 'static) = err;
     let mut best = cur.to_string();
     while let Some(next) = cur.source() {

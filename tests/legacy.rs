@@ -10,7 +10,6 @@ mod harness;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use harness::backup_check::settings;
@@ -80,17 +79,7 @@ fn legacy_dump(cluster: &PgCluster, db: &str, dir: &Path) -> Vec<u8> {
 }
 
 fn opts(selector: BackupSelector) -> RestoreOptions {
-    RestoreOptions {
-        selector,
-        target_db: None,
-        temp_only: false,
-        keep_temp: false,
-        no_pre_backup: false,
-        yes: true,
-        critical_tables: vec![],
-        tables: vec![],
-        progress: Arc::new(Default::default()),
-    }
+    RestoreOptions { yes: true, ..RestoreOptions::new(selector) }
 }
 
 fn by_id() -> BackupSelector {

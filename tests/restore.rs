@@ -6,7 +6,6 @@
 mod harness;
 
 use std::process::Command;
-use std::sync::Arc;
 
 use harness::backup_check::settings;
 use harness::postgres::PgCluster;
@@ -67,17 +66,7 @@ CREATE SEQUENCE counter START 100; SELECT nextval('counter');
 "#;
 
 fn opts(selector: BackupSelector) -> RestoreOptions {
-    RestoreOptions {
-        selector,
-        target_db: None,
-        temp_only: false,
-        keep_temp: false,
-        no_pre_backup: false,
-        yes: true,
-        critical_tables: vec![],
-        tables: vec![],
-        progress: Arc::new(Default::default()),
-    }
+    RestoreOptions { yes: true, ..RestoreOptions::new(selector) }
 }
 
 fn pg_dump_schema(cluster: &PgCluster, db: &str) -> String {

@@ -5,7 +5,6 @@
 //! record the outcome with the measured recovery time (RTO) in the
 //! repository (`audit/<timestamp>_drill.json`), where `check` reports it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -110,15 +109,11 @@ pub async fn run(settings: &Settings, opts: &DrillOptions) -> Result<DrillRecord
     // 2. Restore into a temporary database with verification (the RTO clock runs here).
     let started = Instant::now();
     let ropts = RestoreOptions {
-        selector: BackupSelector::parse(&backup)?,
-        target_db: None,
         temp_only: true,
-        keep_temp: false,
         no_pre_backup: true,
         yes: true,
         critical_tables: opts.critical_tables.clone(),
-        tables: Vec::new(),
-        progress: Arc::new(Default::default()),
+        ..RestoreOptions::new(BackupSelector::parse(&backup)?)
     };
     let mut record = DrillRecord {
         at: Utc::now(),

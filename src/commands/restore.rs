@@ -51,6 +51,24 @@ pub struct RestoreOptions {
     pub progress: Arc<ProgressCounters>,
 }
 
+impl RestoreOptions {
+    /// Options for restoring `selector` with every default: swap into the
+    /// configured database, pre-restore backup, both gates asked.
+    pub fn new(selector: BackupSelector) -> Self {
+        RestoreOptions {
+            selector,
+            target_db: None,
+            temp_only: false,
+            keep_temp: false,
+            no_pre_backup: false,
+            yes: false,
+            critical_tables: Vec::new(),
+            tables: Vec::new(),
+            progress: Arc::new(ProgressCounters::default()),
+        }
+    }
+}
+
 /// Seconds spent in each phase.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PhaseTimes {

@@ -171,16 +171,7 @@ where
         }
         return text;
     }
-    let mut cur: &(dyn std::error::Error + 'static) = err;
-    let mut best = cur.to_string();
-    while let Some(next) = cur.source() {
-        let text = next.to_string();
-        if !text.trim().is_empty() {
-            best = text;
-        }
-        cur = next;
-    }
-    best.trim().to_string()
+    crate::error::root_cause_text(err)
 }
 
 /// The readable cause attached to S3 errors. It ends the source chain, so
