@@ -276,11 +276,14 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-# 7. List the backups, then restore the newest into a new database: pgkeep
-#    loads it into quickstart_restored and proves every table's row count and
-#    content fingerprint equal to the backup's. (`verify` joins here when it lands.)
+# 7. List the backups, verify the newest, then restore it into a new
+#    database: pgkeep loads it into quickstart_restored and proves every
+#    table's row count and content fingerprint equal to the backup's.
 log "pgkeep list"
 pgkeep list
+
+log "pgkeep verify latest --deep (every chunk re-read, then a scratch restore compared table by table)"
+pgkeep verify latest --deep
 
 log "pgkeep restore latest --target-db quickstart_restored --yes"
 pgkeep restore latest --target-db quickstart_restored --yes
