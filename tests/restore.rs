@@ -130,6 +130,17 @@ async fn swap_with_live_sessions_then_rollback() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("rs_swap").await;
     cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, 'before' FROM generate_series(1, 1000) i;").await;
+    // Database-level properties that pg_dump (without --create) does not carry.
+    cluster
+        .execute(
+            "postgres",
+            &format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'swap_owner') THEN CREATE ROLE swap_owner; END IF; END $$; \
+                 ALTER DATABASE {db} OWNER TO swap_owner; ALTER DATABASE {db} SET statement_timeout = '7min'; \
+                 ALTER DATABASE {db} SET search_path = \"$user\", public;"
+            ),
+        )
+        .await;
     let repo = tempfile::tempdir().unwrap();
     let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().to_path_buf())]);
     let b = backup::run(&s, &BackupOptions::default()).await.unwrap();
@@ -150,6 +161,20 @@ async fn swap_with_live_sessions_then_rollback() {
         (r.get(0), r.get(1))
     };
     assert_eq!((n, v.as_str()), (1000, "before"));
+    // The swapped-in database has the original owner and settings.
+    let props = cluster
+        .client("postgres")
+        .await
+        .query_one(
+            "SELECT pg_get_userbyid(d.datdba)::text, (SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0)::text[] FROM pg_database d WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    assert_eq!(props.get::<_, String>(0), "swap_owner");
+    let mut settings_now: Vec<String> = props.get(1);
+    settings_now.sort();
+    assert_eq!(settings_now, vec!["search_path=\"$user\", public".to_string(), "statement_timeout=7min".to_string()]);
     let old = cluster.client(&format!("{db}_old")).await;
     let n_old: i64 = old.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!(n_old, 10, "the replaced database is kept as _old");

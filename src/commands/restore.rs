@@ -239,6 +239,10 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             return Err(abandon(server, opts, &work_db, err).await);
         }
     };
+    // The database's own owner and settings, now that pgkeep's sessions are done with it.
+    if let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await {
+        return Err(abandon(server, opts, &work_db, e).await);
+    }
     let progress = opts.progress.view();
     let mut report = RestoreReport {
         backup_id: id.to_string(),

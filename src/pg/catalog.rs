@@ -68,7 +68,9 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int4, \
              current_setting('wal_level'), r.rolsuper, (r.rolreplication OR r.rolsuper), \
              pg_database_size(current_database())::int8, current_user::text, \
-             pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text \
+             pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, \
+             pg_get_userbyid(d.datdba)::text, \
+             coalesce((SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')::text[] \
              FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()",
             &[],
         )
@@ -93,7 +95,13 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
         timeline: control.as_ref().map(|r| r.get::<_, i32>(1) as u32),
         database_size: row.get::<_, i64>(5) as u64,
         current_user: row.get(6),
-        database_info: Some(DatabaseInfo { encoding: row.get(7), lc_collate: row.get(8), lc_ctype: row.get(9) }),
+        database_info: Some(DatabaseInfo {
+            encoding: row.get(7),
+            lc_collate: row.get(8),
+            lc_ctype: row.get(9),
+            owner: Some(row.get(10)),
+            settings: row.get(11),
+        }),
     })
 }
 

@@ -246,6 +246,12 @@ pub struct DatabaseInfo {
     pub lc_collate: String,
     /// `datctype`.
     pub lc_ctype: String,
+    /// The database's owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Database-level settings (`ALTER DATABASE … SET`), as `name=value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<String>,
 }
 
 /// A sequence's state at the snapshot.

@@ -83,7 +83,9 @@ impl BackupSource {
                             CatalogEntry::Valid(m) => Some(*m),
                             CatalogEntry::Invalid(..) => None,
                         })
-                        .filter(|m| m.database == database && m.kind != BackupKind::Incremental)
+                        // `latest` is the newest regular full backup: never a pre-restore
+                        // backup, which holds the state a restore replaced.
+                        .filter(|m| m.database == database && m.kind == BackupKind::Full)
                         .max_by_key(|m| (m.started_at, m.backup_id.clone())),
                     Err(e) => {
                         problems.push(e.user_line());

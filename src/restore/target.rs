@@ -78,6 +78,74 @@ pub async fn create_database(server: &DbSettings, name: &str, info: Option<&Data
         .map_err(db_error(format!("cannot create database {name} on {}:{}", server.host, server.port)))
 }
 
+/// Give database `name` the backed-up database's owner and database-level
+/// settings (`ALTER DATABASE … SET`). Done after the load, so settings such
+/// as a database-wide `statement_timeout` never apply to pgkeep's own
+/// sessions. An owner role missing on this server is a warning, not a failure.
+pub async fn apply_database_properties(server: &DbSettings, name: &str, info: Option<&DatabaseInfo>) -> Result<()> {
+    let Some(info) = info else { return Ok(()) };
+    let client = maintenance(server).await?;
+    if let Some(owner) = &info.owner {
+        let sql = format!("ALTER DATABASE {} OWNER TO {}", quote_ident(name), quote_ident(owner));
+        if let Err(e) = client.batch_execute(&sql).await {
+            tracing::warn!(database = name, owner = %owner, error = %e, "cannot give the restored database its original owner");
+        }
+    }
+    for setting in &info.settings {
+        let Some(sql) = alter_database_set(name, setting) else { continue };
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(db_error(format!("cannot apply database setting {} to {name}", setting.split('=').next().unwrap_or(""))))?;
+    }
+    Ok(())
+}
+
+/// `ALTER DATABASE name SET …` for one `name=value` of `pg_db_role_setting`.
+/// List-valued settings (search_path and the like) are split into quoted
+/// elements, as pg_dump does; one quoted literal would become one element.
+pub fn alter_database_set(db: &str, setting: &str) -> Option<String> {
+    const LIST_SETTINGS: &[&str] =
+        &["search_path", "temp_tablespaces", "session_preload_libraries", "shared_preload_libraries", "local_preload_libraries"];
+    let (key, value) = setting.split_once('=')?;
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        return None;
+    }
+    let rhs = if LIST_SETTINGS.contains(&key.to_ascii_lowercase().as_str()) {
+        // Elements are identifiers, double-quoted when needed; each becomes one
+        // literal holding the bare name (the server re-quotes it when storing).
+        let element = |raw: &str| {
+            let t = raw.trim();
+            let bare = match t.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+                Some(inner) => inner.replace("\"\"", "\""),
+                None => t.to_string(),
+            };
+            quote_literal(&bare)
+        };
+        let mut items = Vec::new();
+        let mut cur = String::new();
+        let mut quoted = false;
+        for c in value.chars() {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    cur.push(c);
+                }
+                ',' if !quoted => {
+                    items.push(element(&cur));
+                    cur.clear();
+                }
+                _ => cur.push(c),
+            }
+        }
+        items.push(element(&cur));
+        items.join(", ")
+    } else {
+        quote_literal(value)
+    };
+    Some(format!("ALTER DATABASE {} SET {key} = {rhs}", quote_ident(db)))
+}
+
 /// Drop database `name`, closing its sessions first.
 pub async fn drop_database(server: &DbSettings, name: &str) -> Result<()> {
     let client = maintenance(server).await?;
@@ -192,4 +260,23 @@ pub async fn rollback(server: &DbSettings, target: &str) -> Result<(String, u64)
     rename(&client, &old, target).await?;
     allow(&client, target).await?;
     Ok((aside, terminated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_settings_keep_list_elements() {
+        assert_eq!(
+            alter_database_set("app", "search_path=\"$user\", public, \"My Schema\"").unwrap(),
+            "ALTER DATABASE \"app\" SET search_path = '$user', 'public', 'My Schema'"
+        );
+        assert_eq!(
+            alter_database_set("app", "statement_timeout=5min").unwrap(),
+            "ALTER DATABASE \"app\" SET statement_timeout = '5min'"
+        );
+        assert_eq!(alter_database_set("app", "work_mem=it's").unwrap(), "ALTER DATABASE \"app\" SET work_mem = 'it''s'");
+        assert!(alter_database_set("app", "bad key;=x").is_none());
+    }
 }
