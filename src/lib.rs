@@ -24,6 +24,7 @@ pub mod replication;
 pub mod repo;
 pub mod restore;
 pub mod storage;
+pub mod stream;
 pub mod verify;
 
 pub use error::{Error, ErrorKind, Result};
