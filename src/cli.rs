@@ -67,6 +67,8 @@ enum Command {
     Expire(ExpireArgs),
     /// List the backups in every repository.
     List(ListArgs),
+    /// Archive logical changes continuously from a replication slot into change segments (SIGTERM/SIGINT: flush and exit).
+    Stream(StreamArgs),
     /// Restore a backup into a temporary database, verify it, then swap it in (two approvals).
     Restore(RestoreArgs),
     /// Swap `<db>_old` back in place of the database a restore replaced.
@@ -151,6 +153,28 @@ struct ExpireArgs {
     #[arg(long, default_value_t = 1)]
     keep_full: usize,
     /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StreamArgs {
+    /// Logical replication slot (default pgkeep_<database>).
+    #[arg(long)]
+    slot: Option<String>,
+    /// Publication (default pgkeep_<database>); created FOR TABLE with identity-safe tables only.
+    #[arg(long)]
+    publication: Option<String>,
+    /// Close a segment after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    segment_seconds: u64,
+    /// Close a segment after this many bytes of changes (e.g. 16MiB).
+    #[arg(long, default_value = "16MiB")]
+    segment_bytes: String,
+    /// Stop using change archiving: drop the slot and the publication, then exit.
+    #[arg(long)]
+    remove: bool,
+    /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -252,6 +276,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Restore(_) | Command::Rollback(_) => Some("restore"),
         Command::Drill(_) => Some("drill"),
         Command::Expire(_) => Some("expire"),
+        Command::Stream(_) => Some("stream"),
         _ => None,
     };
     let log_file = verb.and_then(|verb| {
@@ -396,6 +421,32 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Stream(a) => {
+            let slot = a.slot.unwrap_or_else(|| pgkeep::stream::default_name(&settings.db.dbname));
+            let publication = a.publication.unwrap_or_else(|| pgkeep::stream::default_name(&settings.db.dbname));
+            if a.remove {
+                let removed = pgkeep::stream::remove(&settings, &slot, &publication).await?;
+                println!("{}", if removed.is_empty() { "nothing to remove".to_string() } else { format!("removed {}", removed.join(" and ")) });
+                return Ok(0);
+            }
+            let mut opts = pgkeep::stream::StreamOptions::new(slot, publication);
+            opts.segment_seconds = a.segment_seconds;
+            opts.segment_bytes = config::layers::parse_size(&a.segment_bytes)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| pgkeep::Error::config(format!("invalid --segment-bytes `{}`: expected a size such as 16MiB", a.segment_bytes)))?;
+            let started = Instant::now();
+            let result = pgkeep::stream::run(&settings, &opts, shutdown_signal()).await;
+            let report = notified(&settings, Operation::Stream, started, result, |_| Event::new(Operation::Stream, pgkeep::notify::Outcome::Success)).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                println!(
+                    "stream {} stopped at {}: {} segment(s), {} transaction(s), {} change(s)",
+                    report.stream_id, report.durable_end, report.totals.segments, report.totals.transactions, report.totals.changes
+                );
+            }
+            Ok(0)
+        }
         Command::Rollback(a) => {
             println!("{}", commands::restore::rollback(&settings, a.yes).await?);
             Ok(0)
@@ -474,6 +525,23 @@ async fn notified<T>(
     };
     let _ = notifier.send(&event).await;
     result
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): `stream` then flushes its open segment and exits.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested: closing the open segment");
 }
 
 /// A progress bar on stderr when it is a terminal: tables done of total, bytes and rows.

@@ -449,6 +449,67 @@ fn plan_resume(
     Ok(ResumePlan { resume, orphans })
 }
 
+/// The default slot and publication name for a database: `pgkeep_<db>`,
+/// lower-cased, anything but `[a-z0-9_]` replaced by `_`, at most 63 bytes.
+pub fn default_name(dbname: &str) -> String {
+    let mut n: String = format!("pgkeep_{dbname}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    n.truncate(63);
+    n
+}
+
+/// Stop using change archiving: drop pgkeep's slot (so the server stops
+/// retaining WAL for it) and its publication. Returns what was removed.
+pub async fn remove(settings: &Settings, slot: &str, publication: &str) -> Result<Vec<String>> {
+    validate_slot_name(slot)?;
+    let conn = crate::pg::connect(&settings.db).await?;
+    let mut removed = Vec::new();
+    let fail = |what: String| {
+        move |e: tokio_postgres::Error| {
+            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+            Error::new(ErrorKind::Database, format!("{what}: {msg}"))
+        }
+    };
+    let dropped = conn
+        .client
+        .query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+            &[&slot],
+        )
+        .await
+        .map_err(fail(format!("cannot drop replication slot {slot}")))?;
+    if !dropped.is_empty() {
+        removed.push(format!("replication slot {slot}"));
+    } else {
+        let active: Option<i32> = conn
+            .client
+            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .map_err(fail(format!("cannot look up replication slot {slot}")))?
+            .and_then(|r| r.get(0));
+        if let Some(pid) = active {
+            return Err(Error::new(ErrorKind::Database, format!("replication slot {slot} is in use by pid {pid}"))
+                .with_hint("stop `pgkeep stream` first, then run this again"));
+        }
+    }
+    let exists = conn
+        .client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(fail(format!("cannot look up publication {publication}")))?
+        .is_some();
+    if exists {
+        conn.client
+            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
+            .await
+            .map_err(fail(format!("cannot drop publication {publication}")))?;
+        removed.push(format!("publication {publication}"));
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
