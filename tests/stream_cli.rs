@@ -32,7 +32,7 @@ async fn stream_daemon_flushes_on_sigterm_and_remove_cleans_up() {
     let db = cluster.fresh_db("streamcli").await;
     cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text);").await;
     let repo = tempfile::tempdir().unwrap();
-    let mut child = pgkeep(&cluster, &db, repo.path())
+    let child = pgkeep(&cluster, &db, repo.path())
         .args(["stream", "--segment-seconds", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
