@@ -155,8 +155,13 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
     // 5. Metadata: the backup is younger than --max-age.
     checks.push(age(&m, opts.max_age));
 
-    // 6. Chains: incrementals and change segments.
+    // 6. Chains: incrementals, and change segments contiguous in every repository.
     checks.push(chains(&m));
+    let segment_checks = crate::verify::chains::check_chains(&repos, &m).await;
+    if !segment_checks.is_empty() {
+        checks.retain(|c| !(c.check == Check::Chains && c.status == Status::Skip));
+        checks.extend(segment_checks);
+    }
     Ok(finish(id, holders, scratch_database, checks))
 }
 
@@ -227,5 +232,5 @@ fn chains(m: &BackupManifest) -> CheckResult {
         let problem = format!("backup {} is incremental; verifying incremental chains is not supported yet", m.backup_id);
         return CheckResult::from_problems(Check::Chains, None, "", vec![problem]);
     }
-    CheckResult::new(Check::Chains, None, Status::Skip, "no incremental backups or change segments yet")
+    CheckResult::new(Check::Chains, None, Status::Skip, "no incremental backups or change segments")
 }

@@ -19,20 +19,26 @@ pub fn temp_db_name() -> String {
 /// Create a temporary database named [`temp_db_name`], with a `_N` suffix
 /// when another restore took that name in the same second. Returns the name.
 pub async fn create_temp_database(server: &DbSettings, info: Option<&DatabaseInfo>) -> Result<String> {
-    let base = temp_db_name();
+    create_unique_database(server, &temp_db_name(), info).await
+}
+
+/// Create database `base`, or `base_2`, `base_3`… when taken (also when two
+/// processes race for the same name). Returns the name created.
+pub async fn create_unique_database(server: &DbSettings, base: &str, info: Option<&DatabaseInfo>) -> Result<String> {
     for n in 1..100 {
-        let name = if n == 1 { base.clone() } else { format!("{base}_{n}") };
+        let name = if n == 1 { base.to_string() } else { format!("{base}_{n}") };
         if database_exists(server, &name).await? {
             continue;
         }
         match create_database(server, &name, info).await {
             Ok(()) => return Ok(name),
-            // Lost a race for the name: try the next suffix.
-            Err(e) if e.message().contains("already exists") => continue,
+            // Two concurrent CREATE DATABASE of one name: "already exists", or a
+            // unique violation on pg_database when both passed the existence check.
+            Err(e) if e.message().contains("already exists") || e.message().contains("duplicate key") => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(Error::internal("cannot find a free temporary database name"))
+    Err(Error::internal(format!("cannot find a free database name like {base}")))
 }
 
 fn db_error(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {

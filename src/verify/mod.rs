@@ -6,6 +6,7 @@
 //! repository), [`scratch`] (`--deep`: a restore into a scratch database that
 //! is always dropped) and [`production`] (`--compare-production` row counts).
 
+pub mod chains;
 pub mod integrity;
 pub mod production;
 pub mod scratch;

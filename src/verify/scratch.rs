@@ -44,19 +44,7 @@ pub fn scratch_server(url: &str, base: &DbSettings) -> Result<DbSettings> {
 
 /// Create `pgkeep_verify_YYYYMMDD_HHMMSS` (with `_N` when taken). Returns its name.
 async fn create_scratch_database(server: &DbSettings, info: Option<&DatabaseInfo>) -> Result<String> {
-    let base = format!("pgkeep_verify_{}", Utc::now().format("%Y%m%d_%H%M%S"));
-    for n in 1..100 {
-        let name = if n == 1 { base.clone() } else { format!("{base}_{n}") };
-        if target::database_exists(server, &name).await? {
-            continue;
-        }
-        match target::create_database(server, &name, info).await {
-            Ok(()) => return Ok(name),
-            Err(e) if e.message().contains("already exists") => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(Error::internal("cannot find a free scratch database name"))
+    target::create_unique_database(server, &format!("pgkeep_verify_{}", Utc::now().format("%Y%m%d_%H%M%S")), info).await
 }
 
 /// Create → globals and pre-data → load → post-data → sequences →
