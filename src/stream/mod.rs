@@ -371,11 +371,33 @@ async fn resume_point(
     }
     let confirmed = confirmed_flush(db, slot).await?;
     let plan = plan_resume(stream_id, &listings, confirmed)?;
+    if !plan.orphans.is_empty() {
+        // Segments past the common end may belong to another live streamer
+        // between its puts: only remove them when nobody consumes the slot.
+        if let Some(pid) = slot_active_pid(db, slot).await? {
+            return Err(Error::new(
+                ErrorKind::Database,
+                format!("replication slot {slot} is active for PID {pid}; not touching segments past the common end"),
+            )
+            .with_hint("run one `pgkeep stream` per slot"));
+        }
+    }
     for (index, key) in &plan.orphans {
         tracing::warn!(key = %key, repository = %repos[*index].location(), "removing a segment stored past the common end (interrupted run)");
         repos[*index].delete(key).await?;
     }
     Ok(plan.resume)
+}
+
+/// The pid of the walsender consuming `slot`, if any.
+async fn slot_active_pid(db: &crate::config::DbSettings, slot: &str) -> Result<Option<i32>> {
+    let conn = crate::pg::connect::connect(db).await?;
+    let row = conn
+        .client
+        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
+        .await
+        .map_err(|e| Error::new(ErrorKind::Database, format!("cannot read replication slot {slot}: {e}")))?;
+    Ok(row.and_then(|r| r.get(0)))
 }
 
 /// Where to resume, and segments to remove `(repository index, key)`.

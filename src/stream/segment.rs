@@ -115,6 +115,21 @@ pub fn encode(segment: &ChangeSegment) -> Result<Vec<u8>> {
     for txn in &segment.transactions {
         put_record(&mut raw, &txn.messages)?;
     }
+    // Never write a segment that decode would refuse: a single transaction
+    // that large stops the stream with this error (the slot keeps the WAL, and
+    // `pgkeep check` reports the growing lag) instead of archiving it unreadably.
+    if raw.len() as u64 > MAX_RAW_PAYLOAD {
+        return Err(Error::new(
+            crate::error::ErrorKind::Internal,
+            format!(
+                "a change segment of stream {} would hold {} bytes, above the {} byte limit (one very large transaction?)",
+                segment.meta.stream_id,
+                raw.len(),
+                MAX_RAW_PAYLOAD
+            ),
+        )
+        .with_hint("large single transactions are not archived yet; take a full backup after it"));
+    }
     let stored = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| {
         Error::internal(format!("zstd compression of a change segment failed: {e}"))
     })?;
