@@ -225,7 +225,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let work = server.with_dbname(&work_db);
 
     // 5-6. Load and verify; on failure drop the work database, production untouched.
-    let loaded = load_and_verify(settings, opts, &source, &work, &selected, &mut times).await;
+    let loaded = load_and_verify(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times).await;
     let (roles_created, fk_skipped, verification) = match loaded {
         Ok(v) if v.2.passed() => v,
         other => {
@@ -339,12 +339,17 @@ async fn check_objects(source: &BackupSource) -> Result<()> {
 }
 
 /// Schema, data, post-data, sequences, then verification, into `work`.
-async fn load_and_verify(
-    settings: &Settings,
-    opts: &RestoreOptions,
+/// Roles, pre-data, parallel load of `selected` tables, post-data,
+/// sequences, then verification, into the empty database `work`. Returns
+/// (roles created, foreign keys skipped, verification). Shared by restore,
+/// `verify --deep` and drills.
+pub(crate) async fn load_and_verify(
     source: &Arc<BackupSource>,
     work: &crate::config::DbSettings,
     selected: &[usize],
+    jobs: usize,
+    critical_tables: &[String],
+    progress: &Arc<ProgressCounters>,
     times: &mut PhaseTimes,
 ) -> Result<(usize, Vec<String>, VerifyReport)> {
     let m = &source.manifest;
@@ -361,18 +366,18 @@ async fn load_and_verify(
     times.schema = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    opts.progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    load::load_tables(source.clone(), work, selected, settings.jobs, opts.progress.clone()).await?;
+    progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    load::load_tables(source.clone(), work, selected, jobs, progress.clone()).await?;
     times.data = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let partial = selected.len() < m.tables.len();
-    let fk_skipped = schema::run_post_data(work, &text(&m.schema.post_data).await?, settings.jobs, partial).await?;
+    let fk_skipped = schema::run_post_data(work, &text(&m.schema.post_data).await?, jobs, partial).await?;
     schema::set_sequences(work, &m.sequences).await?;
     times.indexes = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let report = verify::verify_tables(m, work, selected, &opts.critical_tables, settings.jobs).await?;
+    let report = verify::verify_tables(m, work, selected, critical_tables, jobs).await?;
     times.verify = t.elapsed().as_secs_f64();
     Ok((roles_created, fk_skipped, report))
 }

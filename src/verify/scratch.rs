@@ -1,7 +1,7 @@
 //! `verify --deep`: restore a backup into a scratch database named
 //! `pgkeep_verify_YYYYMMDD_HHMMSS` on a scratch server, prove row counts,
 //! fingerprints and NOT NULL columns equal to the manifest with
-//! [`verify_tables`], and drop the scratch database afterwards whatever
+//! `restore::verify::verify_tables`, and drop the scratch database afterwards whatever
 //! happened. Production is never touched.
 
 use std::sync::Arc;
@@ -13,10 +13,10 @@ use crate::config::db::{ConnFields, SslMode};
 use crate::config::{DbSettings, Secret};
 use crate::error::{Error, Result};
 use crate::progress::ProgressCounters;
-use crate::repo::manifest::{ChunkRef, DatabaseInfo};
+use crate::repo::manifest::DatabaseInfo;
 use crate::restore::source::BackupSource;
-use crate::restore::verify::{VerifyReport, verify_tables};
-use crate::restore::{load, schema, target};
+use crate::restore::verify::VerifyReport;
+use crate::restore::target;
 
 /// The scratch server of `--scratch-db URL`: host, port, user, password and
 /// TLS from the URL (unset ones from `base`); the URL's database is ignored.
@@ -50,20 +50,11 @@ async fn create_scratch_database(server: &DbSettings, info: Option<&DatabaseInfo
 /// Create → globals and pre-data → load → post-data → sequences →
 /// [`verify_tables`], into `work`. The caller drops `work`.
 pub(crate) async fn restore_and_verify(source: &Arc<BackupSource>, work: &DbSettings, jobs: usize) -> Result<VerifyReport> {
-    let m = &source.manifest;
-    let text = async |c: &ChunkRef| -> Result<String> {
-        let bytes = source.read_chunk(c).await?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| Error::corrupt(format!("schema chunk {} is not UTF-8", c.object)))
-    };
-    if let Some(g) = &m.schema.globals {
-        schema::apply_globals(work, &text(g).await?).await?;
-    }
-    schema::run_pre_data(work, &text(&m.schema.pre_data).await?).await?;
-    let all: Vec<usize> = (0..m.tables.len()).collect();
-    load::load_tables(source.clone(), work, &all, jobs, Arc::new(ProgressCounters::default())).await?;
-    schema::run_post_data(work, &text(&m.schema.post_data).await?, jobs, false).await?;
-    schema::set_sequences(work, &m.sequences).await?;
-    verify_tables(m, work, &all, &[], jobs).await
+    let all: Vec<usize> = (0..source.manifest.tables.len()).collect();
+    let progress = Arc::new(ProgressCounters::default());
+    let mut times = crate::commands::restore::PhaseTimes::default();
+    let (_, _, report) = crate::commands::restore::load_and_verify(source, work, &all, jobs, &[], &progress, &mut times).await?;
+    Ok(report)
 }
 
 /// The completeness check: restore into a scratch database on `server`,
