@@ -35,6 +35,14 @@ use crate::storage::{PutOptions, Storage};
 /// A status update goes out at least this often.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// When idle (nothing received waiting to be stored), a heartbeat segment
+/// moves the archive and the slot to the server's sent position once this
+/// much WAL has passed…
+pub const HEARTBEAT_BYTES: u64 = 16 << 20;
+/// …or this much time, so a slot never retains WAL just because only
+/// unpublished tables change.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// When to close a segment.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentLimits {
@@ -86,6 +94,7 @@ pub struct Archiver {
     types: HashMap<Oid, Bytes>,
     current: Option<OpenTransaction>,
     open: OpenSegment,
+    last_confirm: Instant,
 }
 
 impl Archiver {
@@ -98,6 +107,7 @@ impl Archiver {
             types: HashMap::new(),
             current: None,
             open: OpenSegment::default(),
+            last_confirm: Instant::now(),
         }
     }
 
@@ -279,6 +289,42 @@ impl Archiver {
     pub fn confirm(&mut self, end: Lsn) {
         self.durable_end = end;
         self.open = OpenSegment::default();
+        self.last_confirm = Instant::now();
+    }
+
+    /// A heartbeat segment `[durable_end, sent)` when the archiver is idle —
+    /// no transaction being received, no open segment — and the server's
+    /// sent position (a keepalive's WAL end: decoding has passed it, so every
+    /// transaction committed before it was already sent to us) is far enough
+    /// ahead, by [`HEARTBEAT_BYTES`] or [`HEARTBEAT_INTERVAL`].
+    pub fn heartbeat(&self, sent: Lsn, now: Instant) -> Result<Option<SealedSegment>> {
+        let idle = self.current.is_none() && !self.has_open_segment();
+        if !idle || sent <= self.durable_end {
+            return Ok(None);
+        }
+        let due = sent.0 - self.durable_end.0 >= HEARTBEAT_BYTES || now.duration_since(self.last_confirm) >= HEARTBEAT_INTERVAL;
+        if !due {
+            return Ok(None);
+        }
+        let meta = SegmentMeta {
+            version: segment::FORMAT_VERSION,
+            stream_id: self.stream_id.clone(),
+            start_lsn: self.durable_end,
+            end_lsn: sent,
+            first_commit_lsn: self.durable_end,
+            last_commit_lsn: self.durable_end,
+            first_commit_time: None,
+            last_commit_time: None,
+            transactions: 0,
+            changes: 0,
+            compression: "zstd".into(),
+            raw_size: 0,
+        };
+        let segment = ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() };
+        let bytes = segment::encode(&segment)?;
+        let mut meta = segment.meta;
+        meta.raw_size = 4;
+        Ok(Some(SealedSegment { key: segment_key(&self.stream_id, self.durable_end, sent), bytes: Bytes::from(bytes), meta }))
     }
 }
 
@@ -348,10 +394,13 @@ pub async fn run_session<F: Future<Output = ()>>(
                         store_segment(&mut stream, archiver, cx, totals).await?;
                     }
                 }
-                StreamEvent::Keepalive { reply_requested: true, .. } => {
-                    send_durable(&mut stream, archiver, false).await?;
+                StreamEvent::Keepalive { wal_end, reply_requested, .. } => {
+                    if let Some(sealed) = archiver.heartbeat(wal_end, Instant::now())? {
+                        store_sealed(&mut stream, archiver, cx, totals, sealed).await?;
+                    } else if reply_requested {
+                        send_durable(&mut stream, archiver, false).await?;
+                    }
                 }
-                StreamEvent::Keepalive { .. } => {}
                 StreamEvent::End => break SessionEnd::ServerEnded,
             },
         }
@@ -380,9 +429,18 @@ async fn store_segment(
     let Some(sealed) = archiver.seal()? else {
         return Ok(());
     };
+    store_sealed(stream, archiver, cx, totals, sealed).await
+}
+
+/// Put a sealed segment to every repository, then confirm its end to the server.
+async fn store_sealed(
+    stream: &mut LogicalStream<'_>,
+    archiver: &mut Archiver,
+    cx: &SessionContext<'_>,
+    totals: &mut SessionTotals,
+    sealed: SealedSegment,
+) -> Result<()> {
     let meta = &sealed.meta;
-    let span = tracing::info_span!("segment", start_lsn = %meta.start_lsn, end_lsn = %meta.end_lsn);
-    let _guard = span.enter();
     let puts = cx.repos.iter().map(|repo| {
         let bytes = sealed.bytes.clone();
         let key = sealed.key.as_str();
@@ -563,5 +621,22 @@ mod tests {
             new_tuple: vec![],
         }));
         assert!(a.accept(insert).is_err());
+    }
+
+    #[test]
+    fn heartbeat_only_when_idle_and_far_enough() {
+        let a = Archiver::new("1-s".into(), Lsn(1000));
+        let now = Instant::now();
+        assert!(a.heartbeat(Lsn(1000), now).unwrap().is_none(), "nothing new");
+        assert!(a.heartbeat(Lsn(2000), now).unwrap().is_none(), "too little WAL, too soon");
+        let far = Lsn(1000 + HEARTBEAT_BYTES);
+        let hb = a.heartbeat(far, now).unwrap().expect("due by size");
+        assert_eq!((hb.meta.start_lsn, hb.meta.end_lsn, hb.meta.transactions), (Lsn(1000), far, 0));
+        let back = super::segment::decode(&hb.bytes, &hb.key).unwrap();
+        assert!(back.transactions.is_empty());
+        assert!(a.heartbeat(Lsn(2000), now + HEARTBEAT_INTERVAL).unwrap().is_some(), "due by time");
+        let mut busy = Archiver::new("1-s".into(), Lsn(1000));
+        busy.current = Some(OpenTransaction::default());
+        assert!(busy.heartbeat(far, now).unwrap().is_none(), "never in the middle of a transaction");
     }
 }

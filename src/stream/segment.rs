@@ -262,6 +262,15 @@ fn check_transactions(
     meta: &SegmentMeta,
     txns: &[SegmentTransaction],
 ) -> std::result::Result<(), String> {
+    if txns.is_empty() {
+        // A heartbeat segment: no transaction committed in its range that the
+        // publication covers; it only moves the archive (and the slot) forward.
+        return if meta.end_lsn > meta.start_lsn && meta.changes == 0 {
+            Ok(())
+        } else {
+            Err("an empty segment must cover a non-empty range and hold no changes".to_string())
+        };
+    }
     let mut previous = meta.start_lsn;
     for (i, txn) in txns.iter().enumerate() {
         let first = txn.messages.first().map(|m| pgoutput::decode(m));
