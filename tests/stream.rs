@@ -135,7 +135,8 @@ async fn read_archive(repos: &[PathBuf]) -> (Vec<Archived>, Option<(Lsn, Lsn)>) 
                 assert_eq!(prev_end, start, "gap before {key}");
             }
             chain = Some((chain.map_or(start, |c| c.0), end));
-            assert!(!seg.schema.is_empty(), "{key} carries its relations");
+            // Heartbeat segments (no transactions) carry no relations.
+            assert!(seg.transactions.is_empty() || !seg.schema.is_empty(), "{key} carries its relations");
             for t in &seg.transactions {
                 let Ok(PgOutputMessage::Begin(begin)) = pgoutput::decode(&t.messages[0]) else {
                     panic!("no Begin")
@@ -150,10 +151,12 @@ async fn read_archive(repos: &[PathBuf]) -> (Vec<Archived>, Option<(Lsn, Lsn)>) 
         }
         per_repo.push((keys, txns, chain));
     }
-    assert_eq!(
-        per_repo[0].0, per_repo[1].0,
-        "both repositories hold the same segments"
-    );
+    if per_repo.len() > 1 {
+        assert_eq!(
+            per_repo[0].0, per_repo[1].0,
+            "both repositories hold the same segments"
+        );
+    }
     let (_, txns, chain) = per_repo.swap_remove(0);
     (txns, chain)
 }
@@ -162,7 +165,9 @@ async fn read_archive(repos: &[PathBuf]) -> (Vec<Archived>, Option<(Lsn, Lsn)>) 
 async fn wait_archived(repos: &[PathBuf], n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if read_archive(repos).await.0.len() >= n {
+        // Only the first repository while the stream runs: a segment may be
+        // in one repository and not yet the other between its puts.
+        if read_archive(&repos[..1]).await.0.len() >= n {
             return;
         }
         assert!(
