@@ -206,8 +206,7 @@ impl SnapshotHolder {
 }
 
 fn pg_err(e: tokio_postgres::Error, what: &str) -> Error {
-    let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-    Error::new(ErrorKind::Database, format!("{what}: {msg}"))
+    crate::pg::query_error(what)(e)
 }
 
 /// Transactions holding an xid, oldest first: what slot creation waits for.

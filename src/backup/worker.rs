@@ -69,7 +69,7 @@ pub async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Re
             quote_literal(&shared.snapshot)
         );
         client.batch_execute(&setup).await.map_err(|e| {
-            Error::new(ErrorKind::Database, format!("worker {id} cannot import snapshot {}: {}", shared.snapshot, db_message(&e)))
+            Error::new(ErrorKind::Database, format!("worker {id} cannot import snapshot {}: {}", shared.snapshot, crate::pg::error_message(&e)))
         })?;
         let mut results = Vec::new();
         loop {
@@ -150,10 +150,6 @@ async fn store(sink: &mut PackSink, out: &mut TaskResult, chunk: ProcessedChunk,
     Ok(())
 }
 
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
-}
-
 fn copy_error(table: &TableInfo, e: &tokio_postgres::Error) -> Error {
-    Error::new(ErrorKind::Database, format!("COPY of table {} failed: {}", table.display(), db_message(e)))
+    Error::new(ErrorKind::Database, format!("COPY of table {} failed: {}", table.display(), crate::pg::error_message(e)))
 }

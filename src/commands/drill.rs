@@ -167,7 +167,7 @@ async fn run_assertions(db: &crate::config::DbSettings, sql: &str) -> Result<(us
     for (i, stmt) in stmts.iter().enumerate() {
         let short: String = stmt.chars().take(80).collect();
         match conn.client.simple_query(stmt).await {
-            Err(e) => failed.push(format!("assertion {} ({short}) failed to run: {}", i + 1, e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))),
+            Err(e) => failed.push(format!("assertion {} ({short}) failed to run: {}", i + 1, crate::pg::error_message(&e))),
             Ok(msgs) => {
                 let first = msgs.iter().find_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),

@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::repo::manifest::{ColumnEntry, DatabaseInfo, SequenceEntry};
 
 /// Session settings that make COPY text output deterministic, so a
@@ -29,12 +29,7 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |e| {
-        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-        Error::new(ErrorKind::Database, format!("{what}: {msg}"))
-    }
-}
+use super::query_error as db_err;
 
 /// What pgkeep needs to know about the server and the role.
 #[derive(Debug, Clone)]

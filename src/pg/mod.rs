@@ -1,5 +1,6 @@
-//! PostgreSQL access: connections with TLS ([`connect`]), and later catalog
-//! queries, snapshot export and COPY streams.
+//! PostgreSQL access: connections with TLS ([`connect`]), catalog queries
+//! ([`catalog`]), client programs ([`tools`]), and the one mapping of a
+//! failed query to pgkeep's error ([`query_error`]).
 
 pub mod catalog;
 pub mod connect;
@@ -9,3 +10,17 @@ pub mod tools;
 
 pub use connect::{classify_pg_error, connect, Connection};
 pub use tls::RustlsConnector;
+
+use crate::error::{Error, ErrorKind};
+
+/// The server's message for a failed query, or the client error's text.
+pub fn error_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+}
+
+/// Map a failed query to a one-line `Database` error `<what>: <message>`.
+/// Use as `.map_err(query_error("cannot list tables"))`, or `.map_err(&f)`
+/// to reuse one mapper.
+pub fn query_error(what: impl std::fmt::Display) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |e| Error::new(ErrorKind::Database, format!("{what}: {}", error_message(&e)))
+}

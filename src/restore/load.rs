@@ -112,13 +112,10 @@ async fn worker(
 
 async fn copy_chunk(client: &tokio_postgres::Client, table: &TableEntry, rows: Bytes) -> Result<()> {
     let what = format!("loading table {}.{}", table.schema, table.name);
-    let fail = |e: tokio_postgres::Error| {
-        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-        Error::new(ErrorKind::Database, format!("{what} failed: {msg}"))
-    };
-    let sink = client.copy_in::<_, Bytes>(copy_in_sql(table).as_str()).await.map_err(fail)?;
+    let fail = crate::pg::query_error(format!("{what} failed"));
+    let sink = client.copy_in::<_, Bytes>(copy_in_sql(table).as_str()).await.map_err(&fail)?;
     futures::pin_mut!(sink);
-    sink.send(rows).await.map_err(fail)?;
-    sink.finish().await.map_err(fail)?;
+    sink.send(rows).await.map_err(&fail)?;
+    sink.finish().await.map_err(&fail)?;
     Ok(())
 }

@@ -41,12 +41,7 @@ pub async fn create_unique_database(server: &DbSettings, base: &str, info: Optio
     Err(Error::internal(format!("cannot find a free database name like {base}")))
 }
 
-fn db_error(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
-    move |e| {
-        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-        Error::new(ErrorKind::Database, format!("{what}: {msg}"))
-    }
-}
+use crate::pg::query_error as db_error;
 
 /// A connection to the server's maintenance database (`postgres`, else `template1`).
 async fn maintenance(server: &DbSettings) -> Result<tokio_postgres::Client> {

@@ -42,16 +42,13 @@ async fn fingerprint(client: &tokio_postgres::Client, t: &TableEntry) -> Result<
     let filter = t.extension.as_ref().map(|e| e.filter.as_str()).unwrap_or("");
     let sql = format!("COPY (SELECT {} FROM ONLY {} {filter}) TO STDOUT", cols.join(", "), qualified(&t.schema, &t.name));
     let what = format!("reading back table {}.{}", t.schema, t.name);
-    let fail = |e: tokio_postgres::Error| {
-        let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-        Error::new(ErrorKind::Database, format!("{what} failed: {msg}"))
-    };
-    let stream = client.copy_out(sql.as_str()).await.map_err(fail)?;
+    let fail = crate::pg::query_error(format!("{what} failed"));
+    let stream = client.copy_out(sql.as_str()).await.map_err(&fail)?;
     futures::pin_mut!(stream);
     let mut fp = TableFingerprint::default();
     let mut carry: Vec<u8> = Vec::new();
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(fail)?;
+        let piece = piece.map_err(&fail)?;
         carry.extend_from_slice(&piece);
         let cut = crate::pipeline::chunker::complete_rows_len(&carry);
         if cut > 0 {

@@ -488,12 +488,7 @@ pub async fn remove(settings: &Settings, slot: &str, publication: &str) -> Resul
     validate_slot_name(slot)?;
     let conn = crate::pg::connect(&settings.db).await?;
     let mut removed = Vec::new();
-    let fail = |what: String| {
-        move |e: tokio_postgres::Error| {
-            let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
-            Error::new(ErrorKind::Database, format!("{what}: {msg}"))
-        }
-    };
+    let fail = crate::pg::query_error;
     let dropped = conn
         .client
         .query(

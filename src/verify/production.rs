@@ -36,7 +36,7 @@ pub async fn check_production(db: &DbSettings, m: &BackupManifest, tolerance_pct
         let live: i64 = match conn.client.query_one(sql.as_str(), &[]).await {
             Ok(row) => row.get(0),
             Err(e) => {
-                let msg = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+                let msg = crate::pg::error_message(&e);
                 problems.push(format!("table {name} cannot be counted in {}: {msg}", db.display_target()));
                 continue;
             }
