@@ -268,6 +268,7 @@ impl Archiver {
             changes: open.changes,
             compression: "zstd".into(),
             raw_size: 0,
+            sequences: Vec::new(),
         };
         let segment = ChangeSegment {
             meta,
@@ -319,6 +320,7 @@ impl Archiver {
             changes: 0,
             compression: "zstd".into(),
             raw_size: 0,
+            sequences: Vec::new(),
         };
         let segment = ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() };
         let bytes = segment::encode(&segment)?;

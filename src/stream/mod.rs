@@ -20,6 +20,7 @@
 //!    and transient storage errors.
 
 pub mod archiver;
+pub mod ddl;
 pub mod segment;
 
 use std::future::Future;

@@ -70,6 +70,23 @@ pub struct SegmentMeta {
     pub compression: String,
     /// Size of the raw (uncompressed) payload.
     pub raw_size: u64,
+    /// Sequence values sampled when the segment was sealed (after its last
+    /// commit was received): at least every value its transactions used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sequences: Vec<SequenceSample>,
+}
+
+/// One sequence's state, sampled when a segment is sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceSample {
+    /// Schema of the sequence.
+    pub schema: String,
+    /// Name of the sequence.
+    pub name: String,
+    /// `last_value`.
+    pub last_value: i64,
+    /// `is_called`.
+    pub is_called: bool,
 }
 
 /// One committed transaction: its raw pgoutput messages, Begin … Commit.
@@ -343,6 +360,7 @@ mod tests {
                 changes: 2,
                 compression: "zstd".into(),
                 raw_size: 0,
+                sequences: Vec::new(),
             },
             schema: vec![Bytes::from_static(b"R-not-decoded")],
             transactions: vec![txn(1, 0x1f0, 0x200), txn(2, 0x2f0, 0x300)],
