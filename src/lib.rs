@@ -13,6 +13,7 @@
 pub mod backup;
 pub mod commands;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod failpoint;
 pub mod logging;
@@ -21,6 +22,7 @@ pub mod pg;
 pub mod pipeline;
 pub mod progress;
 pub mod replication;
+pub mod replay;
 pub mod repo;
 pub mod restore;
 pub mod storage;

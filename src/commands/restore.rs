@@ -26,6 +26,7 @@ use crate::restore::source::{self as src, BackupSelector, BackupSource};
 use crate::restore::target::{self, SwapOutcome};
 use crate::restore::verify::{self, VerifyReport};
 use crate::restore::{approve, load, schema};
+use crate::replay::{self, RecoveryTarget, ReplayPlan, ReplayReport};
 
 /// Options of a restore.
 #[derive(Debug, Clone)]
@@ -47,6 +48,8 @@ pub struct RestoreOptions {
     /// Restore only these tables' data (`schema.table` or `table`); the
     /// schema is complete, other tables stay empty. Never swapped in.
     pub tables: Vec<String>,
+    /// Point in time: replay archived changes after the base backup up to this target.
+    pub point_in_time: Option<RecoveryTarget>,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -64,6 +67,7 @@ impl RestoreOptions {
             yes: false,
             critical_tables: Vec::new(),
             tables: Vec::new(),
+            point_in_time: None,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -82,6 +86,8 @@ pub struct PhaseTimes {
     pub indexes: f64,
     /// Verification.
     pub verify: f64,
+    /// Replay of archived changes (point in time).
+    pub replay: f64,
     /// Swap.
     pub swap: f64,
 }
@@ -111,6 +117,9 @@ pub struct RestoreReport {
     pub foreign_keys_skipped: Vec<String>,
     /// Verification.
     pub verification: VerifyReport,
+    /// The point-in-time replay, when a target was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point_in_time: Option<ReplayReport>,
     /// Timings.
     pub seconds: PhaseTimes,
 }
@@ -132,6 +141,9 @@ impl RestoreReport {
             self.verification.tables_checked,
             if self.is_legacy() { "row counts equal the archive's" } else { "rows and fingerprints equal" }
         );
+        if let Some(p) = &self.point_in_time {
+            s.push_str(&format!("; {}", p.summary()));
+        }
         if let Some(b) = &self.pre_restore_backup {
             s.push_str(&format!("; pre-restore backup {b}"));
         }
@@ -146,8 +158,8 @@ impl RestoreReport {
         }
         let t = &self.seconds;
         s.push_str(&format!(
-            "; times: pre-backup {:.1}s, schema {:.1}s, data {:.1}s, indexes {:.1}s, verify {:.1}s, swap {:.1}s",
-            t.pre_backup, t.schema, t.data, t.indexes, t.verify, t.swap
+            "; times: pre-backup {:.1}s, schema {:.1}s, data {:.1}s, indexes {:.1}s, verify {:.1}s, replay {:.1}s, swap {:.1}s",
+            t.pre_backup, t.schema, t.data, t.indexes, t.verify, t.replay, t.swap
         ));
         s
     }
@@ -180,7 +192,20 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
 
     // 1. Find the backup (read-only), then ask for approval.
     let repos = src::open_repositories(settings).await?;
-    let source = match BackupSource::find(&repos, &opts.selector, &server.dbname).await {
+    let mut replay_plan: Option<ReplayPlan> = None;
+    let found = match opts.point_in_time {
+        // Point in time: the base is the newest full backup the archive continues up to the target.
+        Some(target) => match plan_point_in_time(&repos, &opts.selector, &server.dbname, target).await {
+            Ok(plan) => {
+                let by_id = BackupSelector::Id(plan.base.backup_id.clone());
+                replay_plan = Some(plan);
+                BackupSource::find(&repos, &by_id, &server.dbname).await
+            }
+            Err(e) => return Err(e),
+        },
+        None => BackupSource::find(&repos, &opts.selector, &server.dbname).await,
+    };
+    let source = match found {
         Ok(s) => Arc::new(s),
         // Legacy archives: an id no repository has a pgkeep backup of.
         Err(e) if e.kind() == ErrorKind::NotFound && let BackupSelector::Id(id) = &opts.selector => {
@@ -194,10 +219,14 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         return Err(Error::config(format!("database {target_name} already exists on {}:{}", server.host, server.port))
             .with_hint("--target-db creates a new database; choose another name"));
     }
+    let what = match &replay_plan {
+        Some(p) => format!("backup {id} with changes replayed to {}", p.target),
+        None => format!("backup {id}"),
+    };
     let plan = if swapping {
-        format!("restore backup {id} and then replace database {target_name} on {}:{}", server.host, server.port)
+        format!("restore {what} and then replace database {target_name} on {}:{}", server.host, server.port)
     } else {
-        format!("restore backup {id} into a new database on {}:{}", server.host, server.port)
+        format!("restore {what} into a new database on {}:{}", server.host, server.port)
     };
     approve::gate("RESTORE", plan, opts.yes).await?;
     let mut times = PhaseTimes::default();
@@ -239,6 +268,18 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             return Err(abandon(server, opts, &work_db, err).await);
         }
     };
+    // 6b. Point in time: replay the archived changes up to the target.
+    let mut point_in_time = None;
+    if let Some(plan) = &replay_plan {
+        let t = Instant::now();
+        let only = (!opts.tables.is_empty())
+            .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
+        match replay::run(&repos, plan, &work, only).await {
+            Ok(r) => point_in_time = Some(r),
+            Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
+        }
+        times.replay = t.elapsed().as_secs_f64();
+    }
     // The database's own owner and settings, now that pgkeep's sessions are done with it.
     if let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await {
         return Err(abandon(server, opts, &work_db, e).await);
@@ -256,6 +297,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         tables_restored: selected.len(),
         foreign_keys_skipped: fk_skipped,
         verification,
+        point_in_time,
         seconds: times,
     };
     if !swapping {
@@ -268,6 +310,31 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // 9. Post-restore check: the target answers and holds the tables.
     post_restore_check(server, &target_name, &id.to_string(), source.manifest.tables.len()).await?;
     Ok(report)
+}
+
+/// Choose the base backup and change chain for a point-in-time restore:
+/// the backup named, or among every valid backup of `database` the newest
+/// that the archive continues to `target`.
+async fn plan_point_in_time(repos: &[Arc<dyn crate::storage::Storage>], selector: &BackupSelector, database: &str, target: RecoveryTarget) -> Result<ReplayPlan> {
+    let (candidates, explicit) = match selector {
+        BackupSelector::Id(_) => (vec![BackupSource::find(repos, selector, database).await?.manifest], true),
+        BackupSelector::Latest => {
+            let mut all: Vec<crate::repo::manifest::BackupManifest> = Vec::new();
+            for repo in repos {
+                let Ok(entries) = crate::repo::catalog::list_backups(repo.as_ref()).await else { continue };
+                for e in entries {
+                    if let crate::repo::catalog::CatalogEntry::Valid(m) = e
+                        && m.database == database
+                        && !all.iter().any(|a| a.backup_id == m.backup_id)
+                    {
+                        all.push(*m);
+                    }
+                }
+            }
+            (all, false)
+        }
+    };
+    replay::plan(repos, candidates, target, explicit).await
 }
 
 /// Take the pre-restore backup of the configured database; returns its id.

@@ -48,6 +48,10 @@ pub async fn run_legacy(settings: &Settings, opts: &RestoreOptions, name: &str) 
 }
 
 async fn run_legacy_steps(settings: &Settings, opts: &RestoreOptions, name: &str) -> Result<RestoreReport> {
+    if opts.point_in_time.is_some() {
+        return Err(crate::error::Error::config(format!("legacy archive {name} cannot be restored to a point in time"))
+            .with_hint("point-in-time restores start from a pgkeep full backup taken while `pgkeep stream` runs"));
+    }
     let repos = open_repositories(settings).await?;
     let which = ArchiveSelector::Name(name.to_string());
     match legacy::find_archive(&repos, &which).await? {
@@ -168,6 +172,7 @@ async fn run_archive(settings: &Settings, opts: &RestoreOptions, archive: Legacy
         tables_restored: tables,
         foreign_keys_skipped: Vec::new(),
         verification,
+        point_in_time: None,
         seconds: times,
     };
     if !swapping {

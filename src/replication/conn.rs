@@ -64,14 +64,21 @@ pub struct ReplicationConnection {
     busy: bool,
 }
 
+/// Settings for the walsender's output functions, as PostgreSQL's own
+/// logical replication worker sends them: values arrive in unambiguous
+/// formats (ISO dates, exact floats) whatever the server's defaults, so
+/// replay parses them back exactly.
+pub(crate) const OUTPUT_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
+
 /// The startup parameters of a logical replication connection.
-pub(crate) fn startup_parameters(db: &DbSettings) -> [(&str, &str); 5] {
+pub(crate) fn startup_parameters(db: &DbSettings) -> [(&str, &str); 6] {
     [
         ("user", db.user.as_str()),
         ("database", db.dbname.as_str()),
         ("replication", "database"),
         ("application_name", APPLICATION_NAME),
         ("client_encoding", "UTF8"),
+        ("options", OUTPUT_OPTIONS),
     ]
 }
 
@@ -458,6 +465,7 @@ mod tests {
         assert!(params.contains(&("replication", "database")));
         assert!(params.contains(&("database", "app")));
         assert!(params.contains(&("user", "alice")));
+        assert!(params.contains(&("options", OUTPUT_OPTIONS)));
         assert!(params.contains(&("application_name", "pgkeep")));
         assert!(params.iter().all(|(_, v)| *v != "pw"));
     }

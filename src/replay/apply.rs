@@ -1,0 +1,581 @@
+//! The replay writer: pgoutput messages in, set-based statements on the
+//! restored database out.
+//!
+//! One connection with `session_replication_role = replica` (as PostgreSQL's
+//! own apply worker: user triggers, rules and foreign-key triggers do not
+//! fire — their effects are in the archive already). Row changes collect in
+//! per-table [`batch`](super::batch)es; at a transaction boundary, when the
+//! batch is big enough, or before a TRUNCATE, a captured DDL statement or a
+//! changed relation, everything is written in one transaction: per table a
+//! DELETE of the keys that are replaced or gone, UPDATEs of the patched
+//! columns, and one COPY of the new rows. Every DELETE and UPDATE must
+//! touch exactly the rows the archive says existed; anything else means
+//! the replay diverged from its base, and it stops with an error.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use futures::SinkExt;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::batch::{BatchError, Key, KeyedBatch, Outcome, PatchValue, RowState, UnkeyedBatch, UnkeyedChange, Value};
+use super::sql::{self, TargetColumn};
+use crate::config::DbSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::catalog::{SESSION_SETUP, qualified};
+use crate::pg::connect;
+use crate::replication::pgoutput::{Oid, PgOutputMessage, Relation, ReplicaIdentity, Truncate};
+use crate::repo::layout::Lsn;
+use crate::stream::ddl::{DDL_PREFIX, DdlMessage};
+
+/// Write the batches once they hold this many row changes (at a commit).
+const BATCH_CHANGES: u64 = 200_000;
+/// Oids below this are built-in types, equal on every server.
+const FIRST_NORMAL_OID: u32 = 16384;
+
+/// A relation as the target database has it.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Quoted `schema.name`.
+    table: String,
+    /// `schema.name` for messages.
+    display: String,
+    /// The relation's columns, in the archive's order, as the target types them.
+    cols: Vec<TargetColumn>,
+    /// Key columns (indexes into `cols`), when the table has one.
+    key: Option<Vec<usize>>,
+}
+
+/// The pending changes of one relation.
+#[derive(Debug)]
+enum Pending {
+    Keyed(KeyedBatch),
+    Unkeyed(UnkeyedBatch),
+}
+
+/// A relation the archive described.
+#[derive(Debug)]
+struct RelationState {
+    relation: Relation,
+    /// Resolved on first use; cleared by DDL.
+    target: Option<Target>,
+}
+
+/// Counters of a replay.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ApplyStats {
+    /// Row changes applied.
+    pub changes: u64,
+    /// Captured DDL statements run.
+    pub ddl_statements: u64,
+    /// TRUNCATEs run.
+    pub truncates: u64,
+    /// Batches written.
+    pub batches: u64,
+}
+
+/// The writer.
+pub struct Applier {
+    client: Client,
+    db: String,
+    relations: HashMap<Oid, RelationState>,
+    pending: HashMap<Oid, Pending>,
+    pending_changes: u64,
+    /// Only these tables (`schema.name`) are replayed, when set.
+    only: Option<Vec<(String, String)>>,
+    /// Where the current transaction committed (for messages).
+    at: Lsn,
+    stats: ApplyStats,
+}
+
+impl Applier {
+    /// Connect to the restored database `db` and prepare the session.
+    pub async fn connect(db: &DbSettings, only: Option<Vec<(String, String)>>) -> Result<Applier> {
+        let conn = connect::connect(db).await?;
+        let client = conn.client;
+        client.batch_execute(SESSION_SETUP).await.map_err(crate::pg::query_error(format!("preparing replay into {}", db.dbname)))?;
+        client
+            .batch_execute("SET session_replication_role = replica; SET synchronous_commit = off; SET lock_timeout = 0")
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::AccessDenied,
+                    format!("replaying changes into database {} needs session_replication_role = replica: {}", db.dbname, crate::pg::error_message(&e)),
+                )
+                .with_hint("restore as a superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role TO the restoring role")
+            })?;
+        Ok(Applier {
+            client,
+            db: db.dbname.clone(),
+            relations: HashMap::new(),
+            pending: HashMap::new(),
+            pending_changes: 0,
+            only,
+            at: Lsn(0),
+            stats: ApplyStats::default(),
+        })
+    }
+
+    /// The session (for the steps after the replay).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &ApplyStats {
+        &self.stats
+    }
+
+    /// A transaction that committed at `commit_lsn` begins.
+    pub fn begin(&mut self, commit_lsn: Lsn) {
+        self.at = commit_lsn;
+    }
+
+    /// A transaction ended: write the batches when they are big enough.
+    pub async fn commit(&mut self) -> Result<()> {
+        if self.pending_changes >= BATCH_CHANGES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Apply one message of the archive.
+    pub async fn message(&mut self, msg: PgOutputMessage) -> Result<()> {
+        match msg {
+            PgOutputMessage::Relation(r) => self.relation(r).await,
+            PgOutputMessage::Insert(m) => {
+                let Some(p) = self.pending_for(m.relation_id).await? else { return Ok(()) };
+                let r = match p {
+                    Pending::Keyed(b) => b.insert(&m.new_tuple),
+                    Pending::Unkeyed(b) => b.insert(&m.new_tuple),
+                };
+                self.counted(m.relation_id, r)
+            }
+            PgOutputMessage::Delete(m) => {
+                let Some(p) = self.pending_for(m.relation_id).await? else { return Ok(()) };
+                let r = match p {
+                    Pending::Keyed(b) => b.delete(&m.old),
+                    Pending::Unkeyed(b) => b.delete(&m.old),
+                };
+                self.counted(m.relation_id, r)
+            }
+            PgOutputMessage::Update(m) => {
+                let Some(p) = self.pending_for(m.relation_id).await? else { return Ok(()) };
+                let r = match p {
+                    Pending::Keyed(b) => b.update(m.old.as_ref(), &m.new_tuple),
+                    Pending::Unkeyed(b) => b.update(m.old.as_ref(), &m.new_tuple).map(|_| Outcome::Done),
+                };
+                let rel = m.relation_id;
+                match r {
+                    Ok(Outcome::Done) => self.counted(rel, Ok(())),
+                    Ok(Outcome::Direct { old_key, values }) => {
+                        self.flush().await?;
+                        self.direct_update(rel, old_key, values).await
+                    }
+                    Err(e) => self.counted(rel, Err(e)),
+                }
+            }
+            PgOutputMessage::Truncate(t) => self.truncate(t).await,
+            PgOutputMessage::Message(m) if m.transactional && m.prefix == DDL_PREFIX => {
+                let ddl = DdlMessage::parse(&m.content).ok_or_else(|| {
+                    Error::corrupt(format!("a captured DDL message at LSN {} is not readable", m.lsn))
+                })?;
+                self.ddl(ddl, m.lsn).await
+            }
+            // Begin, Commit, Origin, Type and other messages change no data.
+            _ => Ok(()),
+        }
+    }
+
+    fn counted(&mut self, rel: Oid, r: std::result::Result<(), BatchError>) -> Result<()> {
+        match r {
+            Ok(()) => {
+                self.pending_changes += 1;
+                self.stats.changes += 1;
+                Ok(())
+            }
+            Err(e) => {
+                let name = self.display(rel);
+                Err(Error::corrupt(format!("cannot replay a change of table {name} committed at LSN {}: {e}", self.at)))
+            }
+        }
+    }
+
+    fn display(&self, rel: Oid) -> String {
+        self.relations
+            .get(&rel)
+            .map(|r| format!("{}.{}", r.relation.namespace, r.relation.name))
+            .unwrap_or_else(|| format!("oid {rel}"))
+    }
+
+    /// A Relation message: new, the same as before, or changed.
+    async fn relation(&mut self, r: Relation) -> Result<()> {
+        if let Some(old) = self.relations.get(&r.id) {
+            if old.relation == r {
+                return Ok(());
+            }
+            // Pending changes were decoded with the old layout: write them first.
+            if self.pending.contains_key(&r.id) {
+                self.flush().await?;
+            }
+        }
+        self.pending.remove(&r.id);
+        self.relations.insert(r.id, RelationState { relation: r, target: None });
+        Ok(())
+    }
+
+    /// The pending batch of `rel`, resolving it on first use; `None` when
+    /// the table is not being restored.
+    async fn pending_for(&mut self, rel: Oid) -> Result<Option<&mut Pending>> {
+        let state = self
+            .relations
+            .get(&rel)
+            .ok_or_else(|| Error::corrupt(format!("the archive has a change of relation {rel} before its Relation message (LSN {})", self.at)))?;
+        if let Some(only) = &self.only
+            && !only.iter().any(|(s, n)| *s == state.relation.namespace && *n == state.relation.name)
+        {
+            return Ok(None);
+        }
+        if state.target.is_none() {
+            let target = self.resolve(&state.relation).await?;
+            self.relations.get_mut(&rel).expect("present").target = Some(target);
+        }
+        if !self.pending.contains_key(&rel) {
+            let state = &self.relations[&rel];
+            let target = state.target.as_ref().expect("resolved");
+            let width = state.relation.columns.len();
+            let p = match &target.key {
+                Some(k) => Pending::Keyed(KeyedBatch::new(k.clone(), width)),
+                None => Pending::Unkeyed(UnkeyedBatch::new(width)),
+            };
+            self.pending.insert(rel, p);
+        }
+        Ok(self.pending.get_mut(&rel))
+    }
+
+    /// Look the relation up in the target and check it has the archive's columns.
+    async fn resolve(&self, r: &Relation) -> Result<Target> {
+        let display = format!("{}.{}", r.namespace, r.name);
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::oid::int8, a.attgenerated::text, \
+                        COALESCE((SELECT bool_or(i.indisprimary) FROM pg_index i WHERE i.indrelid = c.oid AND a.attnum = ANY(i.indkey) AND i.indisprimary), false) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') ORDER BY a.attnum",
+                &[&r.namespace, &r.name],
+            )
+            .await
+            .map_err(crate::pg::query_error(format!("looking up table {display} in {}", self.db)))?;
+        let schema_change = |why: String| {
+            Error::new(
+                ErrorKind::CheckFailed,
+                format!(
+                    "table {display} changed at LSN {} without a captured DDL statement: {why}; the archive cannot be replayed past this point",
+                    self.at
+                ),
+            )
+            .with_hint("restore to a point before this change, or from a full backup taken after it; `pgkeep setup` captures DDL so that it replays")
+        };
+        if rows.is_empty() {
+            return Err(schema_change(format!("the table does not exist in the restored database {}", self.db)));
+        }
+        struct Col {
+            name: String,
+            type_sql: String,
+            type_oid: u32,
+            generated: bool,
+            primary: bool,
+        }
+        let have: Vec<Col> = rows
+            .iter()
+            .map(|row| Col {
+                name: row.get(0),
+                type_sql: row.get(1),
+                type_oid: row.get::<_, i64>(2) as u32,
+                generated: !row.get::<_, String>(3).is_empty(),
+                primary: row.get(4),
+            })
+            .collect();
+        let mut cols = Vec::with_capacity(r.columns.len());
+        for c in &r.columns {
+            let Some(h) = have.iter().find(|h| h.name == c.name && !h.generated) else {
+                return Err(schema_change(format!("the archive has column {} that the restored table lacks", c.name)));
+            };
+            if c.type_oid < FIRST_NORMAL_OID && c.type_oid != h.type_oid {
+                return Err(schema_change(format!("column {} has type oid {} in the archive and {} ({}) in the restored table", c.name, c.type_oid, h.type_oid, h.type_sql)));
+            }
+            cols.push(TargetColumn { name: c.name.clone(), type_sql: h.type_sql.clone() });
+        }
+        if let Some(extra) = have.iter().find(|h| !h.generated && !r.columns.iter().any(|c| c.name == h.name)) {
+            return Err(schema_change(format!("the restored table has column {} that the archive lacks", extra.name)));
+        }
+        // The key: the replica identity the archive flags (primary key or chosen
+        // index); with REPLICA IDENTITY FULL, the target's primary key if it has one.
+        let flagged: Vec<usize> = r.columns.iter().enumerate().filter(|(_, c)| c.is_key()).map(|(i, _)| i).collect();
+        let key = match r.replica_identity {
+            ReplicaIdentity::Default | ReplicaIdentity::Index if !flagged.is_empty() => Some(flagged),
+            ReplicaIdentity::Full => {
+                let pk: Vec<usize> = r
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| have.iter().any(|h| h.name == c.name && h.primary))
+                    .map(|(i, _)| i)
+                    .collect();
+                let pk_cols = have.iter().filter(|h| h.primary).count();
+                (!pk.is_empty() && pk.len() == pk_cols).then_some(pk)
+            }
+            _ => None,
+        };
+        Ok(Target { table: qualified(&r.namespace, &r.name), display, cols, key })
+    }
+
+    /// Write every pending batch in one transaction.
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.pending_changes == 0 {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_changes = 0;
+        self.exec("BEGIN").await?;
+        for (rel, p) in pending {
+            let target = self.relations[&rel].target.clone().expect("resolved before changes");
+            match p {
+                Pending::Keyed(b) => self.write_keyed(&target, &b).await?,
+                Pending::Unkeyed(b) => self.write_unkeyed(&target, &b).await?,
+            }
+        }
+        self.exec("COMMIT").await?;
+        self.stats.batches += 1;
+        Ok(())
+    }
+
+    async fn exec(&self, sql: &str) -> Result<()> {
+        self.client.batch_execute(sql).await.map_err(crate::pg::query_error(format!("replay into {}", self.db)))
+    }
+
+    /// One table's keyed batch: DELETE, UPDATE, COPY, each checked.
+    async fn write_keyed(&self, t: &Target, b: &KeyedBatch) -> Result<()> {
+        let key_cols: Vec<&TargetColumn> = b.key_cols().iter().map(|&i| &t.cols[i]).collect();
+        let mut gone: Vec<&Key> = Vec::new();
+        let mut patches: HashMap<Vec<bool>, Vec<(&Key, &Vec<PatchValue>)>> = HashMap::new();
+        let mut rows = BytesMut::new();
+        let mut new_rows = 0u64;
+        for (key, e) in b.entries() {
+            match &e.state {
+                RowState::Delete | RowState::Upsert(_) if e.existed => gone.push(key),
+                _ => {}
+            }
+            match &e.state {
+                RowState::Upsert(row) => {
+                    sql::copy_row(&mut rows, row);
+                    new_rows += 1;
+                }
+                RowState::Patch(p) => {
+                    let mask: Vec<bool> = p.iter().map(Option::is_some).collect();
+                    patches.entry(mask).or_default().push((key, p));
+                }
+                RowState::Delete => {}
+            }
+        }
+        // 1. Rows replaced or gone.
+        if !gone.is_empty() {
+            let mut params: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(gone.len()); key_cols.len()];
+            for k in &gone {
+                for (i, v) in k.iter().enumerate() {
+                    params[i].push(Some(text(v)?));
+                }
+            }
+            let n = self.run(&sql::delete_by_keys(&t.table, &key_cols), &params, t).await?;
+            self.expect(t, "DELETE", n, gone.len() as u64)?;
+        }
+        // 2. Patches, one statement per set of changed columns.
+        for (mask, list) in &patches {
+            let set: Vec<usize> = mask.iter().enumerate().filter(|(i, m)| **m && !b.key_cols().contains(i)).map(|(i, _)| i).collect();
+            if set.is_empty() {
+                continue;
+            }
+            let set_cols: Vec<&TargetColumn> = set.iter().map(|&i| &t.cols[i]).collect();
+            let mut params: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(list.len()); key_cols.len() + set.len()];
+            for (k, p) in list {
+                for (i, v) in k.iter().enumerate() {
+                    params[i].push(Some(text(v)?));
+                }
+                for (j, &c) in set.iter().enumerate() {
+                    let v: &Value = p[c].as_ref().expect("masked in");
+                    params[key_cols.len() + j].push(v.as_deref().map(text).transpose()?);
+                }
+            }
+            let n = self.run(&sql::update_by_keys(&t.table, &key_cols, &set_cols), &params, t).await?;
+            self.expect(t, "UPDATE", n, list.len() as u64)?;
+        }
+        // 3. New rows.
+        if new_rows > 0 {
+            self.copy(t, rows.freeze(), new_rows).await?;
+        }
+        Ok(())
+    }
+
+    /// One table's unkeyed changes, in order: runs of inserts as one COPY.
+    async fn write_unkeyed(&self, t: &Target, b: &UnkeyedBatch) -> Result<()> {
+        let mut rows = BytesMut::new();
+        let mut n_rows = 0u64;
+        for c in &b.changes {
+            if let UnkeyedChange::Insert(row) = c {
+                sql::copy_row(&mut rows, row);
+                n_rows += 1;
+                continue;
+            }
+            if n_rows > 0 {
+                self.copy(t, std::mem::take(&mut rows).freeze(), n_rows).await?;
+                n_rows = 0;
+            }
+            let (stmt, values): (String, Vec<Option<&str>>) = match c {
+                UnkeyedChange::Delete(old) => (sql::delete_one_equal(&t.table, &t.cols), texts(old)?),
+                UnkeyedChange::Update { old, new } => {
+                    let mut v = texts(old)?;
+                    for n in new {
+                        v.push(n.as_ref().expect("filled from the old row").as_deref().map(text).transpose()?);
+                    }
+                    (sql::update_one_equal(&t.table, &t.cols), v)
+                }
+                UnkeyedChange::Insert(_) => unreachable!("handled above"),
+            };
+            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            let n = self
+                .client
+                .execute(stmt.as_str(), &params)
+                .await
+                .map_err(crate::pg::query_error(format!("replaying a change of table {} (LSN {})", t.display, self.at)))?;
+            self.expect(t, if matches!(c, UnkeyedChange::Delete(_)) { "DELETE" } else { "UPDATE" }, n, 1)?;
+        }
+        if n_rows > 0 {
+            self.copy(t, rows.freeze(), n_rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Run a statement whose parameters are `text[]`s.
+    async fn run(&self, stmt: &str, params: &[Vec<Option<&str>>], t: &Target) -> Result<u64> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        self.client
+            .execute(stmt, &refs)
+            .await
+            .map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))
+    }
+
+    async fn copy(&self, t: &Target, rows: Bytes, n: u64) -> Result<()> {
+        let fail = crate::pg::query_error(format!("replaying inserts into table {} (up to LSN {})", t.display, self.at));
+        let sink = self.client.copy_in(sql::copy_in(&t.table, &t.cols).as_str()).await.map_err(&fail)?;
+        futures::pin_mut!(sink);
+        sink.send(rows).await.map_err(&fail)?;
+        let done = sink.finish().await.map_err(&fail)?;
+        self.expect(t, "COPY", done, n)
+    }
+
+    fn expect(&self, t: &Target, what: &str, got: u64, want: u64) -> Result<()> {
+        if got == want {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::CheckFailed,
+            format!(
+                "replay diverged on table {} at LSN {}: a {what} touched {got} row(s) where the archive says {want}",
+                t.display, self.at
+            ),
+        )
+        .with_hint("the base backup and the archive do not fit together (a gap, or a table whose changes were not archived); restore without a target, or from another backup"))
+    }
+
+    /// A key-changing UPDATE whose unchanged values only the database has.
+    async fn direct_update(&mut self, rel: Oid, old_key: Key, values: Vec<PatchValue>) -> Result<()> {
+        let t = self.relations[&rel].target.clone().expect("resolved");
+        let key_idx = match self.pending.get(&rel) {
+            Some(Pending::Keyed(b)) => b.key_cols().to_vec(),
+            _ => t.key.clone().unwrap_or_default(),
+        };
+        let set: Vec<usize> = (0..values.len()).filter(|&i| values[i].is_some()).collect();
+        let key_cols: Vec<&TargetColumn> = key_idx.iter().map(|&i| &t.cols[i]).collect();
+        let set_cols: Vec<&TargetColumn> = set.iter().map(|&i| &t.cols[i]).collect();
+        let mut params: Vec<Vec<Option<&str>>> = Vec::new();
+        for k in &old_key {
+            params.push(vec![Some(text(k)?)]);
+        }
+        for &i in &set {
+            params.push(vec![values[i].as_ref().expect("set").as_deref().map(text).transpose()?]);
+        }
+        let n = self.run(&sql::update_by_keys(&t.table, &key_cols, &set_cols), &params, &t).await?;
+        self.expect(&t, "UPDATE", n, 1)?;
+        self.stats.changes += 1;
+        Ok(())
+    }
+
+    /// TRUNCATE the restored tables among the message's relations.
+    async fn truncate(&mut self, t: Truncate) -> Result<()> {
+        self.flush().await?;
+        let mut tables = Vec::new();
+        for rel in &t.relation_ids {
+            if self.pending_for(*rel).await?.is_some() {
+                tables.push(self.relations[rel].target.as_ref().expect("resolved").table.clone());
+            }
+            self.pending.remove(rel);
+        }
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = format!("TRUNCATE ONLY {}", tables.join(", "));
+        if t.restart_identity() {
+            stmt.push_str(" RESTART IDENTITY");
+        }
+        if t.cascade() {
+            stmt.push_str(" CASCADE");
+        }
+        self.exec(&stmt).await.map_err(|e| e.context(format!("replaying a TRUNCATE at LSN {}", self.at)))?;
+        self.stats.truncates += 1;
+        Ok(())
+    }
+
+    /// Run a captured DDL statement where it happened.
+    async fn ddl(&mut self, ddl: DdlMessage, lsn: Lsn) -> Result<()> {
+        self.flush().await?;
+        let preview: String = ddl.sql.chars().take(120).collect();
+        let fail = |e: Error| {
+            e.context(format!("the DDL statement captured at LSN {lsn} ({}) failed on the restore: {preview}", ddl.tag))
+        };
+        if !ddl.search_path.is_empty() {
+            self.client
+                .execute("SELECT set_config('search_path', $1, false)", &[&ddl.search_path])
+                .await
+                .map_err(crate::pg::query_error("setting search_path for a captured DDL statement"))
+                .map_err(fail)?;
+        }
+        // Objects belong to the role that created them, when it exists here.
+        let as_role = !ddl.role.is_empty() && self.client.batch_execute(&format!("SET ROLE {}", crate::pg::catalog::quote_ident(&ddl.role))).await.is_ok();
+        let result = self.exec(&ddl.sql).await;
+        if as_role {
+            self.exec("RESET ROLE").await?;
+        }
+        self.exec(&format!("RESET search_path; {SET_AGAIN}")).await?;
+        result.map_err(fail)?;
+        // Names and columns may have changed: look every table up again.
+        for r in self.relations.values_mut() {
+            r.target = None;
+        }
+        self.stats.ddl_statements += 1;
+        Ok(())
+    }
+}
+
+/// Session settings a DDL statement may have changed.
+const SET_AGAIN: &str = "SET session_replication_role = replica";
+
+fn text(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|_| Error::corrupt("the archive holds a value that is not UTF-8 text"))
+}
+
+fn texts(row: &[Value]) -> Result<Vec<Option<&str>>> {
+    row.iter().map(|v| v.as_deref().map(text).transpose()).collect()
+}

@@ -1,0 +1,354 @@
+//! Point-in-time recovery: replaying archived change segments on top of a
+//! restored full backup, up to a [`RecoveryTarget`].
+//!
+//! [`plan`] chooses what to replay (read-only, before anything is touched):
+//!
+//! 1. list this cluster's change streams in every repository;
+//! 2. take the newest full backup that is not after the target and whose
+//!    consistent point an unbroken chain of segments reaches back to;
+//! 3. check that the chain reaches the target, and that the backup holds no
+//!    transaction committed after a target time.
+//!
+//! [`run`] replays the plan into a restored database:
+//!
+//! 1. read segments ahead of the writer (any repository with a good copy);
+//! 2. skip transactions the backup already holds (commit before its
+//!    consistent point), stop before the first one past the target;
+//! 3. apply the rest in commit order through the set-based [`apply`]
+//!    writer, running captured DDL where it happened;
+//! 4. advance sequences ([`sequences`]).
+
+pub mod apply;
+pub mod batch;
+pub mod chain;
+pub mod sequences;
+pub mod sql;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::DbSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::replication::pgoutput::{self, PgOutputMessage};
+use crate::repo::layout::{BackupKind, Lsn};
+use crate::repo::manifest::{BackupManifest, SnapshotMethod};
+use crate::storage::Storage;
+use crate::stream::segment::{ChangeSegment, SequenceSample};
+use chain::{SegmentRef, StreamArchive};
+pub use target::RecoveryTarget;
+
+/// What to replay on top of which backup.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    /// The base backup.
+    pub base: BackupManifest,
+    /// The stream replayed.
+    pub stream_id: String,
+    /// Segments from the one holding the base's consistent point to the end of the chain.
+    pub segments: Vec<SegmentRef>,
+    /// Where replay stops.
+    pub target: RecoveryTarget,
+}
+
+impl ReplayPlan {
+    /// The base backup's consistent point: transactions committed before it are in the base.
+    pub fn from(&self) -> Lsn {
+        self.base.snapshot.consistent_lsn
+    }
+
+    /// End of the archived chain.
+    pub fn archive_end(&self) -> Lsn {
+        self.segments.last().map(|s| s.end).unwrap_or(self.from())
+    }
+}
+
+/// The last transaction replayed.
+#[derive(Debug, Clone, Serialize)]
+pub struct StopPoint {
+    /// Its transaction id on the source.
+    pub xid: u32,
+    /// Where its commit record starts.
+    pub commit_lsn: Lsn,
+    /// Where it ends.
+    pub end_lsn: Lsn,
+    /// When it committed.
+    pub commit_time: Option<DateTime<Utc>>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    /// The target asked for.
+    pub target: RecoveryTarget,
+    /// The base backup.
+    pub base_backup: String,
+    /// The stream replayed.
+    pub stream_id: String,
+    /// Replay started after this LSN (the base's consistent point).
+    pub from_lsn: Lsn,
+    /// Segments read.
+    pub segments: usize,
+    /// Transactions applied.
+    pub transactions: u64,
+    /// The last transaction applied (`None`: none after the base).
+    pub stopped_at: Option<StopPoint>,
+    /// The first transaction not applied because it is past the target.
+    pub next_after_target: Option<StopPoint>,
+    /// Row changes, DDL statements, truncates and batches.
+    pub applied: apply::ApplyStats,
+    /// Sequences advanced.
+    pub sequences_advanced: usize,
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Row changes per second.
+    pub changes_per_second: f64,
+}
+
+impl ReplayReport {
+    /// One line for the restore summary.
+    pub fn summary(&self) -> String {
+        let stop = match &self.stopped_at {
+            Some(s) => format!(
+                "stopped after transaction {} committed at {} (LSN {})",
+                s.xid,
+                s.commit_time.map(|t| t.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()).unwrap_or_else(|| "?".into()),
+                s.commit_lsn
+            ),
+            None => "no transaction after the base backup".to_string(),
+        };
+        format!(
+            "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop} ({:.0} changes/s)",
+            self.target,
+            self.transactions,
+            self.applied.changes,
+            self.applied.ddl_statements,
+            self.segments,
+            self.base_backup,
+            self.changes_per_second
+        )
+    }
+}
+
+/// Choose the base backup and segments for `target` (steps 1–3).
+/// `candidates` are the backups to consider, any order; `explicit` when the
+/// user named the backup (then it is the only candidate and errors say why).
+pub async fn plan(repos: &[Arc<dyn Storage>], candidates: Vec<BackupManifest>, target: RecoveryTarget, explicit: bool) -> Result<ReplayPlan> {
+    let mut candidates: Vec<BackupManifest> = candidates
+        .into_iter()
+        .filter(|m| m.kind == BackupKind::Full || explicit)
+        .collect();
+    candidates.sort_by(|a, b| b.snapshot.consistent_lsn.cmp(&a.snapshot.consistent_lsn).then(b.started_at.cmp(&a.started_at)));
+    let mut why_not = Vec::new();
+    let mut streams_by_system: Vec<(String, Vec<StreamArchive>)> = Vec::new();
+    for m in candidates {
+        let id = m.backup_id.to_string();
+        if m.snapshot.method != SnapshotMethod::ReplicationSlot {
+            why_not.push(format!("{id} was taken without a replication slot snapshot, so no change archive continues it"));
+            continue;
+        }
+        let c = m.snapshot.consistent_lsn;
+        match target {
+            RecoveryTarget::Time(t) if m.started_at > t => {
+                why_not.push(format!("{id} started after the target"));
+                continue;
+            }
+            RecoveryTarget::Lsn(l) if c > l => {
+                why_not.push(format!("{id} is consistent at {c}, after the target"));
+                continue;
+            }
+            _ => {}
+        }
+        // 1. The streams of this backup's cluster.
+        let sys = m.server.system_identifier.clone();
+        if !streams_by_system.iter().any(|(s, _)| *s == sys) {
+            streams_by_system.push((sys.clone(), chain::list_streams(repos, &sys).await?));
+        }
+        let streams = &streams_by_system.iter().find(|(s, _)| *s == sys).expect("listed").1;
+        // 2. The stream whose unbroken chain from the consistent point reaches furthest.
+        let best = streams
+            .iter()
+            .map(|s| (s, s.chain_from(c)))
+            .filter(|(_, chain)| !chain.is_empty())
+            .max_by_key(|(_, chain)| chain.last().map(|s| s.end));
+        let Some((stream, segs)) = best else {
+            let span = streams
+                .iter()
+                .filter_map(|s| Some(format!("{} covers {}..{}", s.stream_id, s.segments.first()?.start, s.segments.last()?.end)))
+                .collect::<Vec<_>>();
+            why_not.push(if span.is_empty() {
+                format!("{id}: no change segments of its cluster in any repository (is `pgkeep stream` running?)")
+            } else {
+                format!("{id}: no archive reaches back to its consistent point {c} ({})", span.join("; "))
+            });
+            continue;
+        };
+        let plan = ReplayPlan { base: m.clone(), stream_id: stream.stream_id.clone(), segments: segs.to_vec(), target };
+        // 3. The chain reaches the target.
+        let end = plan.archive_end();
+        let gap = stream.gap_after(c).map(|(a, b)| format!("; the archive has a gap from {a} to {b}")).unwrap_or_default();
+        match target {
+            RecoveryTarget::Lsn(l) if end <= l => {
+                return Err(Error::new(ErrorKind::NotFound, format!("target LSN {l} is beyond the end of the change archive at {end}{gap}"))
+                    .with_hint("choose an earlier target, or `latest`"));
+            }
+            RecoveryTarget::Time(t) => {
+                let stored = segs.last().and_then(|s| s.stored_at);
+                if stored.is_some_and(|s| s < t) {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "target time {} is after the end of the change archive (its last segment, ending at {end}, was stored at {}){gap}",
+                            target,
+                            stored.map(|s| s.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default()
+                        ),
+                    )
+                    .with_hint("wait for `pgkeep stream` to store the next segment, or restore `latest`"));
+                }
+                // The base must not hold a transaction committed after the target.
+                let first = chain::fetch_segment(repos, &plan.segments[0]).await?;
+                if let Some(late) = last_commit_before(&first, c).filter(|s| s.commit_time.is_none_or(|ct| ct > t)) {
+                    why_not.push(format!(
+                        "{id} already holds a transaction committed at {} (after the target)",
+                        late.commit_time.map(|x| x.to_rfc3339()).unwrap_or_else(|| "?".into())
+                    ));
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        return Ok(plan);
+    }
+    let mut err = Error::new(
+        ErrorKind::NotFound,
+        format!("no full backup can be brought to {target}: {}", if why_not.is_empty() { "there are no full backups of this database".into() } else { why_not.join("; ") }),
+    );
+    err = err.with_hint("a point-in-time restore needs a full backup taken while `pgkeep stream` archives the database, and an unbroken archive after it");
+    Err(err)
+}
+
+/// The last transaction of `seg` committed before `c` (it is in the base).
+fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
+    seg.transactions
+        .iter()
+        .filter_map(|t| match pgoutput::decode(t.messages.first()?) {
+            Ok(PgOutputMessage::Begin(b)) if b.final_lsn < c => Some(StopPoint {
+                xid: b.xid,
+                commit_lsn: b.final_lsn,
+                end_lsn: b.final_lsn,
+                commit_time: b.commit_time.to_utc(),
+            }),
+            _ => None,
+        })
+        .last()
+}
+
+/// Replay `plan` into the restored database `work` (steps 1–4). `only`
+/// restricts the replay to these tables (`(schema, name)`).
+pub async fn run(repos: &[Arc<dyn Storage>], plan: &ReplayPlan, work: &DbSettings, only: Option<Vec<(String, String)>>) -> Result<ReplayReport> {
+    let started = Instant::now();
+    let from = plan.from();
+    let mut applier = apply::Applier::connect(work, only).await?;
+    // 1. Segments read ahead of the writer.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ChangeSegment>>(2);
+    let reader = {
+        let repos = repos.to_vec();
+        let segs = plan.segments.clone();
+        tokio::spawn(async move {
+            for s in &segs {
+                let r = chain::fetch_segment(&repos, s).await;
+                let failed = r.is_err();
+                if tx.send(r).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+    };
+    let mut report = ReplayReport {
+        target: plan.target,
+        base_backup: plan.base.backup_id.to_string(),
+        stream_id: plan.stream_id.clone(),
+        from_lsn: from,
+        segments: 0,
+        transactions: 0,
+        stopped_at: None,
+        next_after_target: None,
+        applied: apply::ApplyStats::default(),
+        sequences_advanced: 0,
+        seconds: 0.0,
+        changes_per_second: 0.0,
+    };
+    let mut samples: Vec<SequenceSample> = Vec::new();
+    let result = async {
+        'segments: while let Some(seg) = rx.recv().await {
+            let seg = seg?;
+            report.segments += 1;
+            // Sampled after the segment's last commit: ahead of every value its transactions used.
+            if !seg.meta.sequences.is_empty() {
+                samples = seg.meta.sequences.clone();
+            }
+            let span = tracing::debug_span!("replay_segment", start = %seg.meta.start_lsn, end = %seg.meta.end_lsn, transactions = seg.meta.transactions);
+            let _g = span.enter();
+            for m in &seg.schema {
+                applier.message(decode(m)?).await?;
+            }
+            for txn in &seg.transactions {
+                let Some(PgOutputMessage::Begin(b)) = txn.messages.first().map(|m| decode(m)).transpose()? else {
+                    return Err(Error::corrupt(format!("a transaction of stream {} does not start with Begin", plan.stream_id)));
+                };
+                let point = StopPoint { xid: b.xid, commit_lsn: b.final_lsn, end_lsn: b.final_lsn, commit_time: b.commit_time.to_utc() };
+                // 2. In the base already: only layouts matter.
+                if b.final_lsn < from {
+                    for m in &txn.messages {
+                        if let msg @ PgOutputMessage::Relation(_) = decode(m)? {
+                            applier.message(msg).await?;
+                        }
+                    }
+                    continue;
+                }
+                if plan.target.is_past(b.final_lsn, point.commit_time) {
+                    report.next_after_target = Some(point);
+                    break 'segments;
+                }
+                // 3. Apply.
+                applier.begin(b.final_lsn);
+                let mut end = b.final_lsn;
+                for m in &txn.messages[1..] {
+                    let msg = decode(m)?;
+                    if let PgOutputMessage::Commit(c) = &msg {
+                        end = c.end_lsn;
+                    }
+                    applier.message(msg).await?;
+                }
+                applier.commit().await?;
+                report.transactions += 1;
+                report.stopped_at = Some(StopPoint { end_lsn: end, ..point });
+            }
+        }
+        applier.flush().await?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    reader.abort();
+    result?;
+    // 4. Sequences.
+    report.sequences_advanced = sequences::advance(applier.client(), &samples).await?;
+    report.applied = applier.stats().clone();
+    report.seconds = started.elapsed().as_secs_f64();
+    report.changes_per_second = report.applied.changes as f64 / report.seconds.max(1e-6);
+    tracing::info!(
+        transactions = report.transactions,
+        changes = report.applied.changes,
+        segments = report.segments,
+        seconds = report.seconds,
+        "replay finished"
+    );
+    Ok(report)
+}
+
+fn decode(m: &bytes::Bytes) -> Result<PgOutputMessage> {
+    pgoutput::decode_shared(m).map_err(|e| Error::corrupt(format!("an archived pgoutput message does not decode: {e}")))
+}
