@@ -247,3 +247,42 @@ async fn mark_one(client: &tokio_postgres::Client) -> chrono::DateTime<chrono::U
     tokio::time::sleep(Duration::from_millis(30)).await;
     t
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_backups_pin_the_archive_and_restore_to_their_point() {
+    use pgkeep::commands::incremental;
+    use pgkeep::repo::layout::BackupKind;
+    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;").await;
+    let client = s.cluster.client(&s.db).await;
+    let slot = pgkeep::stream::default_name(&s.db);
+
+    // No slot yet: a full backup instead, and the slot exists afterwards.
+    let first = incremental::run(&s.settings, &BackupOptions::default()).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert_eq!(first.manifest.kind, BackupKind::Full);
+    let n: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
+    assert_eq!(n, 1, "the change-archiving slot was created");
+
+    client.batch_execute("UPDATE t SET v = 100 WHERE id = 1; INSERT INTO t VALUES (11, 11)").await.unwrap();
+    let incr = incremental::run(&s.settings, &BackupOptions::default()).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert_eq!(incr.manifest.kind, BackupKind::Incremental);
+    assert_eq!(incr.manifest.parent.as_ref(), Some(&first.manifest.backup_id));
+    let range = incr.manifest.changes.clone().expect("a change range");
+    assert!(range.transactions >= 2, "{range:?}");
+    assert!(!range.segments.is_empty() && range.segments.iter().all(|s| s.size > 0), "{range:?}");
+    let at_incr = hashes(&client, &["t"]).await;
+
+    client.batch_execute("UPDATE t SET v = 200 WHERE id = 2; DELETE FROM t WHERE id = 3").await.unwrap();
+    let incr2 = incremental::run(&s.settings, &BackupOptions::default()).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert_eq!(incr2.manifest.parent.as_ref(), Some(&incr.manifest.backup_id));
+    assert_eq!(incr2.manifest.changes.as_ref().unwrap().start_lsn, range.end_lsn);
+    let at_incr2 = hashes(&client, &["t"]).await;
+    client.batch_execute("UPDATE t SET v = 300 WHERE id = 4").await.unwrap();
+
+    // Restoring an incremental: its full ancestor brought to exactly its point.
+    for (m, want, name) in [(&incr.manifest, &at_incr, "incr_one"), (&incr2.manifest, &at_incr2, "incr_two")] {
+        let opts = RestoreOptions { target_db: Some(name.into()), yes: true, ..RestoreOptions::new(BackupSelector::Id(m.backup_id.clone())) };
+        let report = restore::run(&s.settings, &opts).await.unwrap_or_else(|e| panic!("restore {}: {}", m.backup_id, e.user_line()));
+        assert_eq!(report.point_in_time.unwrap().base_backup, first.manifest.backup_id.to_string());
+        assert_eq!(&hashes(&s.cluster.client(name).await, &["t"]).await, want, "state of {}", m.backup_id);
+    }
+}

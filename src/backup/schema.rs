@@ -26,9 +26,12 @@ pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_pa
     let pg_dump = tools::find_tool("pg_dump", server_major)?;
     let section = |name: &str| {
         let mut cmd = tools::command(&pg_dump, db);
-        cmd.arg(format!("--section={name}"))
-            .arg(format!("--snapshot={snapshot}"))
-            .arg("--no-password")
+        cmd.arg(format!("--section={name}"));
+        // No snapshot: the schema as it is now (incremental backups).
+        if !snapshot.is_empty() {
+            cmd.arg(format!("--snapshot={snapshot}"));
+        }
+        cmd.arg("--no-password")
             .arg("--format=plain")
             .arg("--dbname")
             .arg(&db.dbname);

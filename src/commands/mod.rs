@@ -4,6 +4,7 @@ pub mod backup;
 pub mod check;
 pub mod drill;
 pub mod expire;
+pub mod incremental;
 pub mod list;
 pub mod restore;
 pub mod restore_legacy; // restore of legacy `full_backup_*.dump.gz` archives

@@ -1,0 +1,269 @@
+//! `pgkeep backup --incremental`: record an incremental backup — the change
+//! archive since the previous backup, pinned up to now — instead of copying
+//! the tables again. Restoring it is a point-in-time restore of its full
+//! ancestor to the incremental's end.
+//!
+//! [`run`], step by step:
+//!
+//! 1. preflight and repositories (shared lock, as a full backup);
+//! 2. the parent: the newest full or incremental backup of this database and
+//!    cluster; none → a full backup instead;
+//! 3. the change-archiving slot: missing → created (with its publication),
+//!    then a full backup instead, so the next incremental has an archive;
+//! 4. a restore point: a `pgkeep.restore_point` logical message marks "now"
+//!    in the WAL; when `pgkeep stream` is running it archives up to there
+//!    by itself and we wait for it, otherwise we drain the slot ourselves
+//!    (never two consumers of one slot);
+//! 5. the range: the unbroken chain of segments from the parent's end to
+//!    the restore point, every segment read and checked;
+//! 6. the schema now; if it differs from the parent's and no DDL was
+//!    captured in the range, a full backup instead (a replay across an
+//!    uncaptured schema change could not be trusted);
+//! 7. the manifest, last, in every repository.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::future::try_join_all;
+
+use super::backup::{self, BackupOptions, BackupReport};
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::catalog;
+use crate::pg::connect;
+use crate::replay::chain;
+use crate::replication::pgoutput::{self, PgOutputMessage};
+use crate::repo::catalog::{self as repo_catalog, CatalogEntry};
+use crate::repo::layout::{BackupKind, Lsn};
+use crate::repo::lock::{self, LockMode, LockOptions};
+use crate::repo::manifest::{BackupManifest, BackupStats, ChangeRange, LargeObjects, ObjectEntry, RunInfo, SnapshotInfo, SnapshotMethod};
+use crate::storage::Storage;
+use crate::stream::ddl::DDL_PREFIX;
+use crate::stream::{self, StreamOptions};
+
+/// The prefix of the restore-point message.
+pub const RESTORE_POINT_PREFIX: &str = "pgkeep.restore_point";
+/// How long to wait for the archive to reach the restore point.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(600);
+
+/// Take an incremental backup (or a full one when an incremental cannot stand; the report says which).
+pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let db = &settings.db.dbname;
+    let full_instead = async |why: String| -> Result<BackupReport> {
+        tracing::warn!(reason = %why, "taking a full backup instead of an incremental");
+        backup::run(settings, &BackupOptions { kind: BackupKind::Full, ..opts.clone() }).await
+    };
+
+    // 1. Preflight and repositories.
+    let facts = backup::preflight(settings).await?;
+    let system_identifier = facts.system_identifier.clone().unwrap_or_default();
+    let repos = backup::open_repositories(settings).await?;
+
+    // 2. The parent.
+    let Some(parent) = newest_backup(&repos, db, &system_identifier).await? else {
+        return full_instead(format!("database {db} has no backup to build on")).await;
+    };
+    let parent_end = parent.changes.as_ref().map(|c| c.end_lsn).unwrap_or(parent.snapshot.consistent_lsn);
+    if parent.snapshot.method != SnapshotMethod::ReplicationSlot {
+        return full_instead(format!("backup {} has no replication-slot snapshot for changes to continue from", parent.backup_id)).await;
+    }
+
+    // 3. The slot.
+    let slot = stream::default_name(db);
+    let conn = connect::connect(&settings.db).await?;
+    let slot_row = conn
+        .client
+        .query_opt("SELECT active, wal_status::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", &[&slot])
+        .await
+        .map_err(crate::pg::query_error(format!("looking up replication slot {slot}")))?;
+    let Some(slot_row) = slot_row else {
+        // Create the slot and publication (a stream run that stops at once), then a full backup they continue.
+        let opts_stream = StreamOptions::new(slot.clone(), slot.clone());
+        stream::run(settings, &opts_stream, std::future::ready(())).await?;
+        return full_instead(format!("there was no change-archiving slot {slot}; it now exists and the next incremental builds on this backup")).await;
+    };
+    let (active, wal_status): (bool, Option<String>) = (slot_row.get(0), slot_row.get(1));
+    if wal_status.as_deref() == Some("lost") {
+        return full_instead(format!("slot {slot} lost WAL it needed; the archive has a gap")).await;
+    }
+    let stream_id = format!("{system_identifier}-{slot}");
+
+    let locks = lock::acquire_all(&repos, "backup", LockMode::Shared, &LockOptions::default()).await?;
+    let outcome = async {
+        // 4. The restore point, archived by the running stream or by us.
+        let mark: String = conn
+            .client
+            .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&RESTORE_POINT_PREFIX, &format!("incremental of {db}")])
+            .await
+            .map_err(crate::pg::query_error("writing the restore point"))?
+            .get(0);
+        let mark: Lsn = mark.parse()?;
+        if active {
+            wait_for_archive(&conn.client, &slot, mark).await?;
+        } else {
+            let stream_opts = StreamOptions { segment_seconds: 1, ..StreamOptions::new(slot.clone(), slot.clone()) };
+            let client = &conn.client;
+            let slot_name = slot.clone();
+            stream::run(settings, &stream_opts, async move {
+                let _ = wait_for_archive(client, &slot_name, mark).await;
+            })
+            .await?;
+            wait_for_archive(&conn.client, &slot, mark).await?;
+        }
+
+        // 5. The range.
+        let streams = chain::list_streams(&repos, &system_identifier).await?;
+        let archive = streams.iter().find(|s| s.stream_id == stream_id).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("no change segments of stream {stream_id} in any repository"))
+        })?;
+        let segs = archive.chain_from(parent_end);
+        let Some(last) = segs.iter().position(|s| s.end >= mark) else {
+            return Ok(None);
+        };
+        let segs = &segs[..=last];
+        let mut range = ChangeRange {
+            stream_id: stream_id.clone(),
+            start_lsn: parent_end,
+            end_lsn: mark,
+            last_commit_lsn: parent_end,
+            last_commit_time: None,
+            transactions: 0,
+            segments: segs.iter().map(|s| ObjectEntry { key: s.key.clone(), size: 0 }).collect(),
+            ddl: false,
+        };
+        for (i, s) in segs.iter().enumerate() {
+            let seg = chain::fetch_segment(&repos, s).await?;
+            range.segments[i].size = repos[s.repos[0]].head(&s.key).await?.map(|m| m.size).unwrap_or(0);
+            for t in &seg.transactions {
+                let Some(Ok(PgOutputMessage::Begin(b))) = t.messages.first().map(|m| pgoutput::decode(m)) else { continue };
+                if b.final_lsn < parent_end || b.final_lsn > mark {
+                    continue;
+                }
+                range.transactions += 1;
+                range.last_commit_lsn = b.final_lsn;
+                range.last_commit_time = b.commit_time.to_utc();
+                range.ddl |= t.messages.iter().any(|m| matches!(pgoutput::decode(m), Ok(PgOutputMessage::Message(x)) if x.prefix == DDL_PREFIX));
+            }
+        }
+
+        // 6. The schema now, against the parent's.
+        let server_major = facts.version_num / 10000;
+        let dump = crate::backup::schema::capture(&settings.db, "", server_major, facts.is_superuser).await?;
+        let parent_source = crate::restore::source::BackupSource::find(
+            &repos,
+            &crate::restore::source::BackupSelector::Id(parent.backup_id.clone()),
+            db,
+        )
+        .await;
+        let parent_pre = match parent_source {
+            Ok(src) => src.read_chunk(&parent.schema.pre_data).await.ok(),
+            Err(_) => None,
+        };
+        let same_schema = parent_pre.is_some_and(|p| {
+            crate::restore::schema::strip_psql_guards(&String::from_utf8_lossy(&p))
+                == crate::restore::schema::strip_psql_guards(&String::from_utf8_lossy(&dump.pre_data))
+        });
+        if !same_schema && !range.ddl {
+            return Err(Error::new(ErrorKind::CheckFailed, "uncaptured schema change".to_string()));
+        }
+
+        // 7. Manifest last.
+        let backup_id = backup::allocate_id(&repos, BackupKind::Incremental, started_at).await?;
+        let (schema, objects) = backup::store_schema(&repos, &backup_id, opts, dump).await?;
+        let sequences = catalog::sequence_values(&conn.client).await?;
+        let manifest = BackupManifest {
+            backup_id: backup_id.clone(),
+            kind: BackupKind::Incremental,
+            parent: Some(parent.backup_id.clone()),
+            database: db.clone(),
+            database_info: parent.database_info.clone(),
+            server: parent.server.clone(),
+            started_at,
+            finished_at: Utc::now(),
+            snapshot: SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: mark, slot_name: Some(slot.clone()), slot_kept: true },
+            started_by: RunInfo::current(),
+            compression: parent.compression.clone(),
+            encryption: None,
+            schema,
+            tables: Vec::new(),
+            sequences,
+            large_objects: LargeObjects { count: 0, covered: true },
+            stats: BackupStats {
+                database_size: facts.database_size,
+                raw_bytes: 0,
+                stored_bytes: objects.iter().map(|o| o.size).sum::<u64>() + range.segments.iter().map(|s| s.size).sum::<u64>(),
+                rows: 0,
+                duration_ms: started.elapsed().as_millis() as u64,
+            },
+            objects,
+            warnings: Vec::new(),
+            changes: Some(range),
+        };
+        if let Err(e) = try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await {
+            for r in &repos {
+                backup::remove_prefix(r.as_ref(), &backup_id.prefix()).await;
+            }
+            return Err(e.context(format!("incremental backup {backup_id} failed")));
+        }
+        Ok(Some(manifest))
+    }
+    .await;
+    lock::release_all(locks).await;
+    match outcome {
+        Ok(Some(manifest)) => {
+            let report = BackupReport { manifest, repositories: repos.iter().map(|r| r.location()).collect() };
+            tracing::info!("{}", report.summary_line());
+            Ok(report)
+        }
+        Ok(None) => full_instead(format!("the change archive of stream {stream_id} has a gap after backup {}", parent.backup_id)).await,
+        Err(e) if e.kind() == ErrorKind::CheckFailed && e.user_line().contains("uncaptured schema change") => {
+            full_instead(format!("the schema changed since backup {} and no DDL was captured (`pgkeep setup`)", parent.backup_id)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The newest valid full or incremental backup of `db` from cluster `system_identifier`.
+async fn newest_backup(repos: &[Arc<dyn Storage>], db: &str, system_identifier: &str) -> Result<Option<BackupManifest>> {
+    let mut best: Option<BackupManifest> = None;
+    for repo in repos {
+        for e in repo_catalog::list_backups(repo.as_ref()).await? {
+            let CatalogEntry::Valid(m) = e else { continue };
+            let eligible = m.database == db
+                && matches!(m.kind, BackupKind::Full | BackupKind::Incremental)
+                && (system_identifier.is_empty() || m.server.system_identifier == system_identifier);
+            if eligible && best.as_ref().is_none_or(|b| (m.started_at, &m.backup_id) > (b.started_at, &b.backup_id)) {
+                best = Some(*m);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Wait until slot `slot` is confirmed at or past `lsn` (everything before it is archived).
+async fn wait_for_archive(client: &tokio_postgres::Client, slot: &str, lsn: Lsn) -> Result<()> {
+    let deadline = Instant::now() + ARCHIVE_WAIT;
+    loop {
+        let confirmed: Option<String> = client
+            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .await
+            .map_err(crate::pg::query_error(format!("reading slot {slot}")))?
+            .get(0);
+        if let Some(c) = confirmed
+            && c.parse::<Lsn>()? >= lsn
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Aborted,
+                format!("the change archive did not reach the restore point {lsn} within {} s (slot {slot})", ARCHIVE_WAIT.as_secs()),
+            )
+            .with_hint("check that `pgkeep stream` is healthy (`pgkeep check`)"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
