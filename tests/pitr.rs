@@ -175,6 +175,13 @@ async fn restores_exactly_the_transactions_committed_up_to_the_target() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop_stream(running).await;
 
+    // `list` shows how far a point-in-time restore of the base can go.
+    let listed = pgkeep::commands::list::run(&s.settings).await.unwrap();
+    let base_item = listed.iter().find(|b| b.backup_id == base.manifest.backup_id.to_string()).unwrap();
+    let until: chrono::DateTime<chrono::Utc> = base_item.recoverable_until.as_deref().expect("a recoverable window").parse().unwrap();
+    assert!(until >= marks.last().unwrap().time - chrono::Duration::seconds(1), "{until} vs {:?}", marks.last().unwrap().time);
+    assert!(pgkeep::commands::list::render(&listed).contains("point-in-time restore possible up to"));
+
     // By time, after several transactions, including the one that moved the TOASTed row.
     for i in [1usize, 4, 8, 10] {
         let name = format!("pitr_t{i}");

@@ -6,10 +6,10 @@
 //! [`run`], step by step:
 //!
 //! 1. preflight and repositories (shared lock, as a full backup);
-//! 2. the parent: the newest full or incremental backup of this database and
-//!    cluster; none → a full backup instead;
-//! 3. the change-archiving slot: missing → created (with its publication),
+//! 2. the change-archiving slot: missing → created (with its publication),
 //!    then a full backup instead, so the next incremental has an archive;
+//! 3. the parent: the newest full or incremental backup of this database and
+//!    cluster; none → a full backup instead;
 //! 4. a restore point: a `pgkeep.restore_point` logical message marks "now"
 //!    in the WAL; when `pgkeep stream` is running it archives up to there
 //!    by itself and we wait for it, otherwise we drain the slot ourselves
@@ -62,16 +62,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     let system_identifier = facts.system_identifier.clone().unwrap_or_default();
     let repos = backup::open_repositories(settings).await?;
 
-    // 2. The parent.
-    let Some(parent) = newest_backup(&repos, db, &system_identifier).await? else {
-        return full_instead(format!("database {db} has no backup to build on")).await;
-    };
-    let parent_end = parent.changes.as_ref().map(|c| c.end_lsn).unwrap_or(parent.snapshot.consistent_lsn);
-    if parent.snapshot.method != SnapshotMethod::ReplicationSlot {
-        return full_instead(format!("backup {} has no replication-slot snapshot for changes to continue from", parent.backup_id)).await;
-    }
-
-    // 3. The slot.
+    // 2. The slot (first: a missing one is created even when there is no parent yet).
     let slot = stream::default_name(db);
     let conn = connect::connect(&settings.db).await?;
     let slot_row = conn
@@ -85,6 +76,15 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         stream::run(settings, &opts_stream, std::future::ready(())).await?;
         return full_instead(format!("there was no change-archiving slot {slot}; it now exists and the next incremental builds on this backup")).await;
     };
+    // 3. The parent.
+    let Some(parent) = newest_backup(&repos, db, &system_identifier).await? else {
+        return full_instead(format!("database {db} has no backup to build on")).await;
+    };
+    let parent_end = parent.changes.as_ref().map(|c| c.end_lsn).unwrap_or(parent.snapshot.consistent_lsn);
+    if parent.snapshot.method != SnapshotMethod::ReplicationSlot {
+        return full_instead(format!("backup {} has no replication-slot snapshot for changes to continue from", parent.backup_id)).await;
+    }
+
     let (active, wal_status): (bool, Option<String>) = (slot_row.get(0), slot_row.get(1));
     if wal_status.as_deref() == Some("lost") {
         return full_instead(format!("slot {slot} lost WAL it needed; the archive has a gap")).await;

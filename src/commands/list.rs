@@ -54,6 +54,10 @@ pub struct ListedBackup {
     /// The newest `pgkeep verify` of this backup: `passed` / `FAILED` and when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_verification: Option<String>,
+    /// Full backups: how far the change archive continues it without a gap —
+    /// a point-in-time restore can reach any transaction up to this commit time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recoverable_until: Option<String>,
 }
 
 fn listed(m: &BackupManifest) -> ListedBackup {
@@ -74,6 +78,7 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         modified: None,
         growth_bytes: None,
         last_verification: None,
+        recoverable_until: None,
     }
 }
 
@@ -81,10 +86,17 @@ fn listed(m: &BackupManifest) -> ListedBackup {
 pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
     let repos = open_repositories(settings).await?;
     let mut by_id: BTreeMap<(String, String), ListedBackup> = BTreeMap::new();
+    // Full backups a change archive may continue: id -> (cluster, consistent point).
+    let mut continuable: BTreeMap<String, (String, crate::repo::layout::Lsn)> = BTreeMap::new();
     for repo in &repos {
         for entry in catalog::list_backups(repo.as_ref()).await? {
             match entry {
                 CatalogEntry::Valid(m) => {
+                    if m.kind == crate::repo::layout::BackupKind::Full
+                        && m.snapshot.method == crate::repo::manifest::SnapshotMethod::ReplicationSlot
+                    {
+                        continuable.insert(m.backup_id.to_string(), (m.server.system_identifier.clone(), m.snapshot.consistent_lsn));
+                    }
                     let key = (m.started_at.to_rfc3339(), m.backup_id.to_string());
                     by_id.entry(key).or_insert_with(|| listed(&m)).repositories.push(repo.location());
                 }
@@ -107,6 +119,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
                         modified: None,
                         growth_bytes: None,
                         last_verification: None,
+                        recoverable_until: None,
                     });
                     item.problems.push(e.user_line());
                 }
@@ -121,6 +134,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
             b.growth_bytes = Some(b.database_size as i64 - prev as i64);
         }
     }
+    recoverable_until(&repos, &continuable, &mut items).await;
     // Last verification result, from the audit trail of the first repository.
     if let Some(repo) = repos.first()
         && let Ok(records) = crate::repo::audit::list(repo.as_ref()).await
@@ -134,6 +148,33 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
         }
     }
     Ok(items)
+}
+
+/// For each continuable full backup, the last commit time the change archive reaches from it.
+async fn recoverable_until(
+    repos: &[std::sync::Arc<dyn crate::storage::Storage>],
+    continuable: &BTreeMap<String, (String, crate::repo::layout::Lsn)>,
+    items: &mut [ListedBackup],
+) {
+    use crate::replay::chain;
+    let mut streams: BTreeMap<String, Vec<chain::StreamArchive>> = BTreeMap::new();
+    let mut end_time: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for item in items.iter_mut() {
+        let Some((system, lsn)) = continuable.get(&item.backup_id) else { continue };
+        if !streams.contains_key(system) {
+            streams.insert(system.clone(), chain::list_streams(repos, system).await.unwrap_or_default());
+        }
+        let Some(last) = streams[system].iter().filter_map(|s| s.chain_from(*lsn).last()).max_by_key(|s| s.end) else { continue };
+        if !end_time.contains_key(&last.key) {
+            // The last commit in the chain, or when its last (heartbeat) segment was stored.
+            let t = match chain::fetch_segment(repos, last).await {
+                Ok(seg) => seg.meta.last_commit_time.or(last.stored_at),
+                Err(_) => last.stored_at,
+            };
+            end_time.insert(last.key.clone(), t.map(|t| t.to_rfc3339()));
+        }
+        item.recoverable_until = end_time[&last.key].clone();
+    }
 }
 
 /// Every backup, and every legacy archive as kind `legacy` (copies with the
@@ -163,6 +204,7 @@ pub async fn run_with_legacy(settings: &Settings) -> Result<Vec<ListedBackup>> {
                     modified: a.modified.map(|t| t.to_rfc3339()),
                     growth_bytes: None,
                     last_verification: None,
+                    recoverable_until: None,
                 };
                 (item, Vec::new())
             });
@@ -231,6 +273,9 @@ pub fn render(items: &[ListedBackup]) -> String {
         }
         if let Some(v) = &b.last_verification {
             extra.push(format!("verify {v}"));
+        }
+        if let Some(t) = &b.recoverable_until {
+            extra.push(format!("point-in-time restore possible up to {} UTC", t.get(..19).unwrap_or(t).replace('T', " ")));
         }
         if !extra.is_empty() {
             out.push_str(&format!("    {}\n", extra.join("; ")));

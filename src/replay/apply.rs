@@ -73,6 +73,8 @@ pub struct ApplyStats {
     pub truncates: u64,
     /// Batches written.
     pub batches: u64,
+    /// Tables without a replica identity: only their inserts and truncates are archived.
+    pub insert_only_tables: Vec<String>,
 }
 
 /// The writer.
@@ -239,6 +241,10 @@ impl Applier {
         }
         if state.target.is_none() {
             let target = self.resolve(&state.relation).await?;
+            if target.key.is_none() && state.relation.replica_identity != ReplicaIdentity::Full && !self.stats.insert_only_tables.contains(&target.display) {
+                tracing::warn!(table = %target.display, "no replica identity: only inserts and truncates of this table are archived and replayed");
+                self.stats.insert_only_tables.push(target.display.clone());
+            }
             self.relations.get_mut(&rel).expect("present").target = Some(target);
         }
         if !self.pending.contains_key(&rel) {

@@ -120,8 +120,12 @@ impl ReplayReport {
             ),
             None => "no transaction after the base backup".to_string(),
         };
+        let warn = match self.applied.insert_only_tables.as_slice() {
+            [] => String::new(),
+            t => format!("; WARNING: {} has no replica identity, so its UPDATEs and DELETEs are not in the archive", t.join(", ")),
+        };
         format!(
-            "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop} ({:.0} changes/s)",
+            "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop} ({:.0} changes/s){warn}",
             self.target,
             self.transactions,
             self.applied.changes,

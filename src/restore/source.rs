@@ -3,12 +3,20 @@
 //! check on the way — stored SHA-256, decompression off the async runtime,
 //! raw XXH3-128 and size — so a damaged object stops a restore, named, before
 //! anything touches the target.
+//!
+//! An encrypted backup is opened right after its manifest is read, before
+//! any approval gate or database step: the data key is unwrapped with the
+//! configured identity file or passphrase, the manifest's MAC is checked,
+//! and the first schema chunk is read and decrypted. A missing or wrong key
+//! is one line naming the backup and the key source.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::config::{RepoSpec, Settings};
+use crate::crypto::chunk::AAD_BACKUP_CHUNK;
+use crate::crypto::{DataCipher, Keyring, manifest_mac};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Compression;
 use crate::pipeline::process::raw_checksum;
@@ -25,6 +33,7 @@ pub struct BackupSource {
     /// Its manifest (checked).
     pub manifest: BackupManifest,
     compression: Compression,
+    cipher: Option<Arc<DataCipher>>,
 }
 
 /// Open the configured repositories, local ones first.
@@ -62,10 +71,24 @@ impl BackupSelector {
 }
 
 impl BackupSource {
-    /// Find the backup in the first repository that has a valid copy of it.
-    /// `database` restricts `latest` to backups of that database.
+    /// Find a backup and check its manifest, without opening an encrypted
+    /// one: its manifest is usable, its chunks are not (reads fail). To read
+    /// chunks, use [`BackupSource::find_with_keys`].
     pub async fn find(repos: &[Arc<dyn Storage>], selector: &BackupSelector, database: &str) -> Result<BackupSource> {
+        BackupSource::find_in(repos, selector, database, None).await
+    }
+
+    /// Find the backup in the first repository that has a valid copy of it.
+    /// `database` restricts `latest` to backups of that database. An
+    /// encrypted backup is opened with `keys` at once (see the module docs);
+    /// a copy whose manifest fails its MAC is skipped for the next repository.
+    pub async fn find_with_keys(repos: &[Arc<dyn Storage>], selector: &BackupSelector, database: &str, keys: &Keyring) -> Result<BackupSource> {
+        BackupSource::find_in(repos, selector, database, Some(keys)).await
+    }
+
+    async fn find_in(repos: &[Arc<dyn Storage>], selector: &BackupSelector, database: &str, keys: Option<&Keyring>) -> Result<BackupSource> {
         let mut problems = Vec::new();
+        let mut tampered = None;
         for repo in repos {
             let found = match selector {
                 BackupSelector::Id(id) => match catalog::load_manifest(repo.as_ref(), id).await {
@@ -95,14 +118,22 @@ impl BackupSource {
             };
             if let Some(manifest) = found {
                 let compression = Compression::from_manifest(&manifest.compression.algorithm, manifest.compression.level)?;
-                if !manifest.kind.is_self_contained() {
-                    return Err(Error::new(
-                        ErrorKind::Config,
-                        format!("backup {} is incremental; restoring incrementals arrives with point-in-time recovery", manifest.backup_id),
-                    ));
+                // An incremental's own objects are its schema; `restore` replays it from its
+                // full ancestor (commands::restore), so reading it here is only for its schema.
+                let mut source = BackupSource { storage: repo.clone(), manifest, compression, cipher: None };
+                let Some(keys) = keys else { return Ok(source) };
+                match source.open_encryption(keys).await {
+                    Ok(()) => return Ok(source),
+                    Err(e) if e.kind() == ErrorKind::Corrupt => {
+                        problems.push(e.user_line());
+                        tampered.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
                 }
-                return Ok(BackupSource { storage: repo.clone(), manifest, compression });
             }
+        }
+        if let Some(e) = tampered {
+            return Err(e);
         }
         let what = match selector {
             BackupSelector::Latest => format!("no backup of database {database} found"),
@@ -114,6 +145,24 @@ impl BackupSource {
             err = err.context(problems.join("; "));
         }
         Err(err.with_hint("run `pgkeep list` to see the backups"))
+    }
+
+    /// For an encrypted backup: unwrap its data key with `keys`, check the
+    /// manifest's MAC, and decrypt the first schema chunk. Errors name the
+    /// backup and the key source.
+    async fn open_encryption(&mut self, keys: &Keyring) -> Result<()> {
+        let Some(info) = &self.manifest.encryption else { return Ok(()) };
+        let subject = format!("backup {}", self.manifest.backup_id);
+        let cipher = keys.cipher(&manifest_mac::envelope(info), &subject)?;
+        manifest_mac::check(&cipher, &self.manifest).map_err(|e| e.context(format!("in {}", self.storage.location())))?;
+        self.cipher = Some(cipher);
+        let first = self.manifest.schema.pre_data.clone();
+        self.read_chunk(&first).await.map(|_| ())
+    }
+
+    /// Whether the backup is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.manifest.encryption.is_some()
     }
 
     /// Whether the source is a local repository.
@@ -134,6 +183,11 @@ impl BackupSource {
             return Err(Error::corrupt(format!("{what} is truncated: {} of {} bytes", stored.len(), chunk.stored_size)));
         }
         let compression = self.compression;
+        let cipher = self.cipher.clone();
+        if self.manifest.encryption.is_some() && cipher.is_none() {
+            return Err(Error::config(format!("{what} is encrypted and was not opened with a key"))
+                .with_hint("set PGKEEP_IDENTITY_FILE or PGKEEP_PASSPHRASE"));
+        }
         let expected_stored = chunk.stored_sha256.clone();
         let expected_raw = chunk.raw_xxh3.clone();
         let raw_size = chunk.raw_size as usize;
@@ -143,7 +197,11 @@ impl BackupSource {
                 if hex::encode(Sha256::digest(&stored)) != expected_stored {
                     return Err(Error::corrupt(format!("{what} fails its checksum")));
                 }
-                let raw = compression.decompress(&stored, raw_size, &what)?;
+                let compressed = match &cipher {
+                    Some(c) => std::borrow::Cow::Owned(c.open(&stored, AAD_BACKUP_CHUNK, &what)?),
+                    None => std::borrow::Cow::Borrowed(&stored[..]),
+                };
+                let raw = compression.decompress(&compressed, raw_size, &what)?;
                 if raw_checksum(&raw) != expected_raw {
                     return Err(Error::corrupt(format!("{what} decompresses to bytes that fail their checksum")));
                 }
