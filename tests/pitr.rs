@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);
-const TABLES: &[&str] = &["accounts", "pairs", "full_ident", "gen", "wipe"];
+const TABLES: &[&str] = &["accounts", "pairs", "full_ident", "gen", "wipe", "parts", "typed", "typed_full"];
 
 const SCHEMA: &str = "
 CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL, doc text);
@@ -39,6 +39,16 @@ INSERT INTO accounts SELECT g, 100, NULL FROM generate_series(1, 50) g;
 UPDATE accounts SET doc = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 1250)) WHERE id = 1;
 INSERT INTO full_ident VALUES (1, 'a'), (1, 'a'), (2, 'b');
 INSERT INTO wipe (v) SELECT 'w' || g FROM generate_series(1, 10) g;
+CREATE TABLE parts (id int, region text, v int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE parts_eu PARTITION OF parts FOR VALUES IN ('eu');
+CREATE TABLE parts_us PARTITION OF parts FOR VALUES IN ('us');
+INSERT INTO parts VALUES (1, 'eu', 1), (2, 'us', 2);
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE typed (id bigint PRIMARY KEY, j jsonb, b bytea, n numeric(20,6), ts timestamptz, m mood, arr text[], f float8);
+INSERT INTO typed VALUES (1, '{\"a\": [1, 2]}', '\\x00ff', 1.5, '2026-01-01 00:00:00+00', 'ok', '{x,\"y z\"}', 0.1);
+CREATE TABLE typed_full (j json, t text, ts timestamptz);
+ALTER TABLE typed_full REPLICA IDENTITY FULL;
+INSERT INTO typed_full VALUES ('{\"k\": 1}', E'tab\\there', '2026-01-01 12:00:00+05');
 ";
 
 /// The workload: one transaction per entry.
@@ -59,6 +69,13 @@ const WORKLOAD: &[&str] = &[
      DELETE FROM accounts WHERE id BETWEEN 4000 AND 4500",
     "UPDATE accounts SET doc = 'small now' WHERE id = 53; DELETE FROM pairs WHERE a = 2",
     "INSERT INTO wipe (v) VALUES ('last')",
+    // A row moving between partitions, types with their own text forms, and
+    // whole-row matching of json (no equality operator) and timestamptz.
+    "UPDATE parts SET region = 'us' WHERE id = 1; UPDATE parts SET v = 20 WHERE id = 2",
+    "INSERT INTO typed VALUES (2, '[]', '\\xdead', -0.000001, now(), 'happy', '{}', 'NaN'); \
+     UPDATE typed SET j = j || '{\"b\": null}', arr = arr || '{\"w\\tq\"}', f = 1e-300 WHERE id = 1",
+    "UPDATE typed_full SET t = E'new\\nline' WHERE t = E'tab\\there'; INSERT INTO typed_full VALUES ('[1, 2]', NULL, NULL); \
+     DELETE FROM typed_full WHERE t IS NULL",
 ];
 
 /// The state right after a transaction: when, where, and every table's content hash.
