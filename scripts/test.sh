@@ -3,6 +3,7 @@
 # On a fresh Debian machine it first installs what is missing:
 #   - PostgreSQL server packages (apt), when no initdb is found;
 #   - Garage (cargo install garage --locked), when no garage binary is found.
+# Then a fuzz smoke run of the seed corpora, then the whole suite.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,13 @@ if [ -z "${GARAGE_BIN:-}" ]; then
 fi
 export GARAGE_BIN
 log "PostgreSQL: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1) ; Garage: $GARAGE_BIN"
+
+# Fuzz smoke: every seed of fuzz/corpus/<target>/ and deterministic mutations
+# of it through the same bodies cargo-fuzz runs (fuzz/bodies/), on stable
+# Rust. Runs first so a decoder finding shows at once; `cargo test` below
+# runs it again with everything else.
+log "fuzz smoke (tests/fuzz_smoke.rs)"
+cargo test --locked --test fuzz_smoke
 
 log "cargo test"
 cargo test --locked "$@"

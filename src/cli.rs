@@ -45,6 +45,31 @@ struct GlobalArgs {
     /// More output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Encrypt new backups and change segments to this age recipient (age1…; repeatable;
+    /// replaces PGKEEP_ENCRYPT_RECIPIENTS). Restore needs the matching identity file.
+    #[arg(long = "encrypt-recipient", global = true, value_name = "AGE1…")]
+    encrypt_recipients: Vec<String>,
+    /// age identity file (AGE-SECRET-KEY-1… lines) to decrypt encrypted backups (PGKEEP_IDENTITY_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    identity_file: Option<PathBuf>,
+    /// File holding the encryption passphrase (PGKEEP_PASSPHRASE_FILE; or PGKEEP_PASSPHRASE). Never pass it on the command line.
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// S3 server-side encryption of every object written: AES256 or aws:kms (S3_SSE).
+    #[arg(long, global = true, value_name = "MODE")]
+    s3_sse: Option<String>,
+    /// KMS key id for --s3-sse aws:kms (S3_SSE_KMS_KEY_ID).
+    #[arg(long, global = true, value_name = "KEY_ID")]
+    s3_sse_kms_key_id: Option<String>,
+    /// S3 object lock mode for backup objects written: GOVERNANCE or COMPLIANCE (S3_OBJECT_LOCK_MODE).
+    #[arg(long, global = true, value_name = "MODE", requires = "s3_object_lock_days")]
+    s3_object_lock_mode: Option<String>,
+    /// Retain locked backup objects for this many days after writing (S3_OBJECT_LOCK_DAYS).
+    #[arg(long, global = true, value_name = "DAYS", requires = "s3_object_lock_mode")]
+    s3_object_lock_days: Option<u32>,
+    /// Allow a plain-HTTP S3 endpoint that is not on this machine (S3_ALLOW_HTTP).
+    #[arg(long, global = true)]
+    allow_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,6 +94,8 @@ enum Command {
     List(ListArgs),
     /// Archive logical changes continuously from a replication slot into change segments (SIGTERM/SIGINT: flush and exit).
     Stream(StreamArgs),
+    /// Install DDL capture (an event trigger) in the database for `stream`; --remove takes it out. Needs a superuser.
+    Setup(SetupArgs),
     /// Restore a backup into a temporary database, verify it, then swap it in (two approvals).
     Restore(RestoreArgs),
     /// Swap `<db>_old` back in place of the database a restore replaced.
@@ -105,6 +132,15 @@ struct RestoreArgs {
     /// Restore only this table's data (repeatable, schema.table); implies no swap.
     #[arg(long = "table", value_name = "SCHEMA.NAME")]
     tables: Vec<String>,
+    /// Point in time: replay archived changes up to and including the last transaction committed
+    /// at or before this time (RFC 3339, or `YYYY-MM-DD HH:MM:SS` with an optional zone; UTC if none),
+    /// or `latest` for the end of the archive. BACKUP `latest` picks the newest full backup before it.
+    #[arg(long, value_name = "TIME", conflicts_with = "target_lsn")]
+    target_time: Option<String>,
+    /// Point in time: replay transactions whose commit record starts at or before this LSN (e.g. 16/B374D848),
+    /// or `latest`.
+    #[arg(long, value_name = "LSN")]
+    target_lsn: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -162,7 +198,7 @@ struct StreamArgs {
     /// Logical replication slot (default pgkeep_<database>).
     #[arg(long)]
     slot: Option<String>,
-    /// Publication (default pgkeep_<database>); created FOR TABLE with identity-safe tables only.
+    /// Publication (default pgkeep_<database>): tables with a replica identity; the others go to <publication>_insert_only.
     #[arg(long)]
     publication: Option<String>,
     /// Close a segment after this many seconds.
@@ -171,12 +207,29 @@ struct StreamArgs {
     /// Close a segment after this many bytes of changes (e.g. 16MiB).
     #[arg(long, default_value = "16MiB")]
     segment_bytes: String,
-    /// Stop using change archiving: drop the slot and the publication, then exit.
+    /// Stop using change archiving: drop the slot and both publications, then exit.
     #[arg(long)]
     remove: bool,
+    /// Also take a full backup this long after the newest one (e.g. 24h; default: off).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    full_backup_every: Option<std::time::Duration>,
+    /// Never take a full backup by itself (by default one is taken when no backup covers the
+    /// archive at start, and after a schema change without captured DDL).
+    #[arg(long)]
+    no_auto_full_backup: bool,
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SetupArgs {
+    /// Publication of `pgkeep stream` (default pgkeep_<database>) new tables are put into.
+    #[arg(long)]
+    publication: Option<String>,
+    /// Remove the event trigger and its functions instead.
+    #[arg(long)]
+    remove: bool,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +289,11 @@ struct BackupArgs {
     /// Raw bytes per chunk (e.g. 8MiB).
     #[arg(long, default_value = "8MiB")]
     chunk_size: String,
+    /// Record an incremental backup: the change archive since the previous backup, pinned up to now
+    /// (drains the slot, or waits for a running `pgkeep stream`). Falls back to a full backup, saying why,
+    /// when there is no parent, no archive, a gap, or an uncaptured schema change.
+    #[arg(long)]
+    incremental: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -267,6 +325,14 @@ pub async fn run(cli: Cli) -> Result<u8> {
             LogFormatArg::Text => "text".to_string(),
             LogFormatArg::Json => "json".to_string(),
         }),
+        encrypt_recipients: g.encrypt_recipients.clone(),
+        identity_file: g.identity_file.clone(),
+        passphrase_file: g.passphrase_file.clone(),
+        s3_sse: g.s3_sse.clone(),
+        s3_sse_kms_key_id: g.s3_sse_kms_key_id.clone(),
+        s3_object_lock_mode: g.s3_object_lock_mode.clone(),
+        s3_object_lock_days: g.s3_object_lock_days,
+        allow_http: g.allow_http,
     };
     let settings = config::load(&flags, &ProcessEnv)?;
     let verbosity = if g.quiet { -1 } else { g.verbose as i8 };
@@ -305,6 +371,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 yes: a.yes,
                 critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
                 tables: a.tables,
+                point_in_time: match (&a.target_time, &a.target_lsn) {
+                    (Some(t), _) => Some(pgkeep::replay::RecoveryTarget::parse_time(t)?),
+                    (None, Some(l)) => Some(pgkeep::replay::RecoveryTarget::parse_lsn(l)?),
+                    (None, None) => None,
+                },
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };
             let started = Instant::now();
@@ -431,6 +502,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
             }
             let mut opts = pgkeep::stream::StreamOptions::new(slot, publication);
             opts.segment_seconds = a.segment_seconds;
+            opts.auto_backup = match a.no_auto_full_backup {
+                true => pgkeep::stream::autobackup::AutoBackupOptions::default(),
+                false => pgkeep::stream::autobackup::AutoBackupOptions::enabled(),
+            };
+            opts.auto_backup.every = a.full_backup_every;
             opts.segment_bytes = config::layers::parse_size(&a.segment_bytes)
                 .filter(|n| *n > 0)
                 .ok_or_else(|| pgkeep::Error::config(format!("invalid --segment-bytes `{}`: expected a size such as 16MiB", a.segment_bytes)))?;
@@ -444,6 +520,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     "stream {} stopped at {}: {} segment(s), {} transaction(s), {} change(s)",
                     report.stream_id, report.durable_end, report.totals.segments, report.totals.transactions, report.totals.changes
                 );
+            }
+            Ok(0)
+        }
+        Command::Setup(a) => {
+            if a.remove {
+                let removed = pgkeep::stream::setup::remove(&settings).await?;
+                println!("{}", if removed.is_empty() { "nothing to remove".to_string() } else { format!("removed {}", removed.join(" and ")) });
+            } else {
+                let publication = a.publication.unwrap_or_else(|| pgkeep::stream::default_name(&settings.db.dbname));
+                println!("{}", pgkeep::stream::setup::install(&settings, &publication).await?.summary());
             }
             Ok(0)
         }
@@ -475,7 +561,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
             };
             let bar = (!g.quiet).then(|| progress_bar(opts.progress.clone())).flatten();
             let started = Instant::now();
-            let result = commands::backup::run(&settings, &opts).await;
+            let result = match a.incremental {
+                true => commands::incremental::run(&settings, &opts).await,
+                false => commands::backup::run(&settings, &opts).await,
+            };
             if let Some((bar, ticker)) = bar {
                 ticker.abort();
                 bar.finish_and_clear();

@@ -57,6 +57,7 @@ fn manifest(kind: BackupKind, at: DateTime<Utc>, parent: Option<&BackupId>) -> B
         objects: vec![ObjectEntry { key: chunk.object.clone(), size: 4 }],
         stats: BackupStats::default(),
         warnings: vec![],
+        changes: None,
     }
 }
 

@@ -310,3 +310,42 @@ async fn incremental_backups_pin_the_archive_and_restore_to_their_point() {
         assert_eq!(&hashes(&s.cluster.client(name).await, &["t"]).await, want, "state of {}", m.backup_id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_ddl_replays_in_place() {
+    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;").await;
+    let client = s.cluster.client(&s.db).await;
+    pgkeep::stream::setup::install(&s.settings, "pitr_setup").await.unwrap_or_else(|e| panic!("setup: {}", e.user_line()));
+    let running = start_stream(&s.settings, "pitr_setup");
+    wait_for_slot(&client, "pitr_setup").await;
+    backup::run(&s.settings, &BackupOptions::default()).await.unwrap();
+    // DDL and DML in one query string: the DML must not run twice.
+    client
+        .batch_execute("BEGIN; UPDATE t SET v = v + 1000 WHERE id = 1; ALTER TABLE t ADD COLUMN w int DEFAULT 7; UPDATE t SET w = 1 WHERE id = 2; COMMIT")
+        .await
+        .unwrap();
+    client.batch_execute("CREATE TABLE fresh (id int PRIMARY KEY, note text); INSERT INTO fresh VALUES (1, 'a'), (2, 'b')").await.unwrap();
+    let after_create = mark_one(&client).await;
+    let fresh_then = hashes(&client, &["t", "fresh"]).await;
+    client.batch_execute("ALTER TABLE t RENAME TO t2; UPDATE t2 SET v = -1 WHERE id = 3; DROP TABLE fresh").await.unwrap();
+    client.batch_execute("ALTER TABLE t2 DROP COLUMN w; UPDATE t2 SET v = -2 WHERE id = 4").await.unwrap();
+    // Any role may emit a message with pgkeep's prefix: an unsigned one is never run.
+    client
+        .batch_execute(r#"SELECT pg_logical_emit_message(true, 'pgkeep.ddl', '{"sql": "DROP TABLE t2", "search_path": "", "tag": "DROP TABLE", "role": "postgres"}')"#)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_stream(running).await;
+
+    restore_to(&s, "ddl_mid", RecoveryTarget::Time(after_create)).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert_eq!(hashes(&s.cluster.client("ddl_mid").await, &["t", "fresh"]).await, fresh_then);
+
+    let report = restore_to(&s, "ddl_latest", RecoveryTarget::Latest).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    let pit = report.point_in_time.unwrap();
+    assert!(pit.applied.ddl_statements >= 4, "{pit:?}");
+    assert_eq!(pit.applied.ddl_rejected.len(), 1, "{pit:?}");
+    let restored = s.cluster.client("ddl_latest").await;
+    assert_eq!(hashes(&restored, &["t2"]).await, hashes(&client, &["t2"]).await);
+    let fresh: i64 = restored.query_one("SELECT count(*) FROM pg_class WHERE relname = 'fresh'", &[]).await.unwrap().get(0);
+    assert_eq!(fresh, 0, "the dropped table is gone");
+}

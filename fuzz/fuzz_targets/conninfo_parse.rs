@@ -3,8 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = pgkeep::config::db::ConnFields::parse(s, "fuzz input");
-    }
-});
+#[path = "../bodies/conninfo_parse.rs"]
+mod body;
+
+fuzz_target!(|data: &[u8]| body::run(data));

@@ -2,31 +2,8 @@
 //! at row boundaries and their concatenation is the input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use pgkeep::pipeline::chunker::Chunker;
 
-fuzz_target!(|data: &[u8]| {
-    if data.len() < 2 {
-        return;
-    }
-    let chunk_size = 1 + data[0] as usize * 4;
-    let piece = 1 + data[1] as usize;
-    let input = &data[2..];
-    let mut c = Chunker::new(chunk_size);
-    let mut out = Vec::new();
-    for p in input.chunks(piece) {
-        if let Some(ch) = c.push(p) {
-            assert!(ch.ends_with(b"\n"));
-            out.extend_from_slice(&ch);
-        }
-    }
-    match c.finish() {
-        Ok(Some(last)) => out.extend_from_slice(&last),
-        Ok(None) => {}
-        Err(rest) => {
-            assert!(!input.ends_with(b"\n"));
-            assert_eq!(out.len() + rest, input.len());
-            return;
-        }
-    }
-    assert_eq!(out, input);
-});
+#[path = "../bodies/copy_chunker.rs"]
+mod body;
+
+fuzz_target!(|data: &[u8]| body::run(data));

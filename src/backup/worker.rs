@@ -37,6 +37,8 @@ pub struct WorkerShared {
     pub queue: Mutex<VecDeque<CopyTask>>,
     /// Compression.
     pub compression: Compression,
+    /// Encryption after compression, when the backup is encrypted.
+    pub sealer: Option<Arc<crate::crypto::Sealer>>,
     /// Raw chunk size.
     pub chunk_size: usize,
     /// Progress counters.
@@ -112,7 +114,7 @@ async fn copy_task(
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| copy_error(table, &e))?;
         if let Some(chunk) = chunker.push(&piece) {
-            in_flight.push_back(process::spawn_process(chunk, shared.compression, true));
+            in_flight.push_back(process::spawn_process_sealed(chunk, shared.compression, true, shared.sealer.clone()));
             while in_flight.len() >= IN_FLIGHT {
                 let rx = in_flight.pop_front().expect("non-empty");
                 store(sink, &mut out, process::join(rx).await?, shared).await?;
@@ -120,7 +122,7 @@ async fn copy_task(
         }
     }
     match chunker.finish() {
-        Ok(Some(last)) => in_flight.push_back(process::spawn_process(last, shared.compression, true)),
+        Ok(Some(last)) => in_flight.push_back(process::spawn_process_sealed(last, shared.compression, true, shared.sealer.clone())),
         Ok(None) => {}
         Err(len) => {
             return Err(Error::new(

@@ -50,6 +50,8 @@ pub struct BackupOptions {
     pub kind: BackupKind,
     /// Live counters for a progress display.
     pub progress: Arc<ProgressCounters>,
+    /// Encryption of this backup; `run` sets it from the settings' recipients or passphrase.
+    pub sealer: Option<Arc<crate::crypto::Sealer>>,
 }
 
 impl Default for BackupOptions {
@@ -62,6 +64,7 @@ impl Default for BackupOptions {
             lock_timeout: Duration::from_secs(30),
             kind: BackupKind::Full,
             progress: Arc::new(ProgressCounters::default()),
+            sealer: None,
         }
     }
 }
@@ -130,6 +133,8 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
 
     // 1. Preflight: connect, check version, privileges, wal_level.
     let facts = preflight(settings).await?;
+    // 1a. Encryption (when configured): a fresh data key, wrapped for the recipients or passphrase.
+    let opts = &BackupOptions { sealer: crate::crypto::Sealer::from_settings(&settings.encryption)?.map(Arc::new), ..opts.clone() };
 
     // 2. Repositories: reachable, writable, initialized; pick a free backup id.
     let repos = open_repositories(settings).await?;
@@ -182,7 +187,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             rows: table_entries.iter().map(|t| t.rows).sum(),
             duration_ms: started.elapsed().as_millis() as u64,
         };
-        let manifest = BackupManifest {
+        let mut manifest = BackupManifest {
             backup_id: backup_id.clone(),
             kind: opts.kind,
             parent: None,
@@ -207,7 +212,11 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             objects,
             stats,
             warnings: Vec::new(),
+            changes: None,
         };
+        if let Some(sealer) = &opts.sealer {
+            crate::crypto::manifest_mac::seal(sealer, &mut manifest)?;
+        }
         crate::failpoint::hit("backup.before_manifest");
         try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await?;
         Ok::<_, Error>(manifest)
@@ -233,7 +242,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     outcome
 }
 
-async fn preflight(settings: &Settings) -> Result<ServerFacts> {
+pub(crate) async fn preflight(settings: &Settings) -> Result<ServerFacts> {
     let conn = connect(&settings.db).await?;
     let facts = catalog::server_facts(&conn.client).await?;
     if facts.version_num < 130000 {
@@ -278,7 +287,7 @@ fn check_privileges(tables: &[TableInfo], facts: &ServerFacts) -> Result<()> {
     .with_hint(format!("GRANT pg_read_all_data TO {} (PostgreSQL 14+), or GRANT SELECT on those tables", facts.current_user)))
 }
 
-async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storage>>> {
+pub(crate) async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storage>>> {
     if settings.repos.is_empty() {
         return Err(Error::config("no repository configured").with_hint("set BACKUP_DIR, S3_BUCKET or --repo"));
     }
@@ -293,7 +302,7 @@ async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storage>>>
 }
 
 /// The seed's id for `at`, with a `_N` suffix if that id is taken in any repository.
-async fn allocate_id(repos: &[Arc<dyn Storage>], kind: BackupKind, at: chrono::DateTime<Utc>) -> Result<BackupId> {
+pub(crate) async fn allocate_id(repos: &[Arc<dyn Storage>], kind: BackupKind, at: chrono::DateTime<Utc>) -> Result<BackupId> {
     for seq in 0..1000 {
         let id = BackupId::new(kind, at, seq);
         let mut taken = false;
@@ -335,6 +344,7 @@ async fn copy_all_tables(
         tables,
         queue: tokio::sync::Mutex::new(VecDeque::from(tasks)),
         compression: opts.compression,
+        sealer: opts.sealer.clone(),
         chunk_size: opts.chunk_size,
         progress,
         remaining_parts,
@@ -397,7 +407,7 @@ fn assemble_tables(tables: &[TableInfo], mut results: Vec<TaskResult>) -> Vec<Ta
 }
 
 /// Store the schema SQL as chunks of one `schema` pack.
-async fn store_schema(
+pub(crate) async fn store_schema(
     repos: &[Arc<dyn Storage>],
     backup_id: &BackupId,
     opts: &BackupOptions,
@@ -405,7 +415,7 @@ async fn store_schema(
 ) -> Result<(SchemaObjects, Vec<ObjectEntry>)> {
     let mut sink = PackSink::new(repos.to_vec(), backup_id.clone(), "schema/schema", u64::MAX);
     let mut put = async |bytes: Vec<u8>| -> Result<ChunkRef> {
-        let chunk = process::join(process::spawn_process(bytes.into(), opts.compression, false)).await?;
+        let chunk = process::join(process::spawn_process_sealed(bytes.into(), opts.compression, false, opts.sealer.clone())).await?;
         sink.append(&chunk).await
     };
     let pre_data = put(dump.pre_data).await?;
@@ -419,7 +429,7 @@ async fn store_schema(
 }
 
 /// Best-effort removal of an interrupted backup's objects.
-async fn remove_prefix(storage: &dyn Storage, prefix: &str) {
+pub(crate) async fn remove_prefix(storage: &dyn Storage, prefix: &str) {
     if let Ok(objects) = storage.list(prefix).await {
         for o in objects {
             let _ = storage.delete(&o.key).await;

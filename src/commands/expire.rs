@@ -19,6 +19,13 @@
 //!    `list` and `restore` at once), then its data and schema objects. An
 //!    interrupted expire leaves an incomplete folder, removed by a later run.
 //!
+//! 6. On S3 with object lock (`S3_OBJECT_LOCK_MODE`/`_DAYS`), a backup whose
+//!    objects are still under retention (last write + the lock days) is not
+//!    touched: it is kept, reported as locked until that date. A deletion
+//!    the store refuses with AccessDenied (a bucket default retention, a
+//!    longer lock from an earlier configuration) keeps the backup the same
+//!    way instead of failing the run.
+//!
 //! Change segments (`changes/`) are reserved and left alone; their rule
 //! ("segments ending before the oldest kept base of their stream") will be a
 //! further step after the backup plan, fed by [`ExpirePlan::keep`].
@@ -31,12 +38,13 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::repo::catalog::{self, CatalogEntry};
 use crate::repo::layout::{BackupId, BackupKind, COPY_SUFFIX};
 use crate::repo::lock::{self, LockMode, LockOptions};
 use crate::repo::manifest::BackupManifest;
 use crate::repo::meta;
+use crate::storage::s3::ObjectLock;
 use crate::storage::{self, Storage, StorageKind};
 
 /// Incomplete backup folders and temp files younger than this are left alone:
@@ -114,6 +122,10 @@ pub enum KeepReason {
     NeededBy(BackupId),
     /// Its manifest is damaged: never deleted automatically.
     InvalidManifest(String),
+    /// Expired, but its objects are under S3 object lock until this time.
+    ObjectLock(DateTime<Utc>),
+    /// Expired, but the store refused to delete it (AccessDenied).
+    DeletionRefused(String),
 }
 
 impl std::fmt::Display for KeepReason {
@@ -124,6 +136,8 @@ impl std::fmt::Display for KeepReason {
             KeepReason::WithinRetention => write!(f, "within retention"),
             KeepReason::NeededBy(id) => write!(f, "needed by {id}"),
             KeepReason::InvalidManifest(p) => write!(f, "damaged manifest, not deleted automatically: {p}"),
+            KeepReason::ObjectLock(until) => write!(f, "expired, but locked by S3 object lock until {}", until.format("%Y-%m-%d %H:%M:%S UTC")),
+            KeepReason::DeletionRefused(why) => write!(f, "expired, but the store refused the deletion (object lock?): {why}"),
         }
     }
 }
@@ -323,7 +337,11 @@ pub async fn run_with(settings: &Settings, opts: &ExpireOptions, now: DateTime<U
                     StorageKind::Local => settings.local_retention_days,
                     StorageKind::S3 => settings.retention_days,
                 };
-                expire_repository(storage, opts, now, lock_opts, &mut r).await
+                let object_lock = match spec {
+                    crate::config::RepoSpec::S3(s3) => s3.security.object_lock,
+                    crate::config::RepoSpec::Local(_) => None,
+                };
+                expire_repository(storage, opts, now, lock_opts, object_lock, &mut r).await
             },
             span,
         )
@@ -342,6 +360,7 @@ async fn expire_repository(
     opts: &ExpireOptions,
     now: DateTime<Utc>,
     lock_opts: &LockOptions,
+    object_lock: Option<ObjectLock>,
     r: &mut RepoExpireReport,
 ) -> Result<()> {
     // 1. Only a pgkeep repository of a format we know is touched.
@@ -356,14 +375,26 @@ async fn expire_repository(
     } else {
         Some(lock::RepoLock::acquire(storage.clone(), "expire", LockMode::Exclusive, lock_opts).await?)
     };
-    let result = apply(storage.as_ref(), opts, now, r).await;
+    let result = apply(storage.as_ref(), opts, now, object_lock, r).await;
     if let Some(l) = held {
         l.release().await?;
     }
     result
 }
 
-async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, r: &mut RepoExpireReport) -> Result<()> {
+/// When the newest object under `prefix` leaves its object-lock retention,
+/// if that is after `now`. Objects are locked for `days` from their write,
+/// which the store reports as their modification time; an hour of margin
+/// covers clock differences.
+async fn locked_until(storage: &dyn Storage, prefix: &str, lock: Option<ObjectLock>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+    let Some(lock) = lock else { return Ok(None) };
+    let newest = storage.list(prefix).await?.iter().filter_map(|o| o.modified).max();
+    Ok(newest
+        .map(|t| lock.retain_until(t) + chrono::Duration::hours(1))
+        .filter(|until| *until > now))
+}
+
+async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, object_lock: Option<ObjectLock>, r: &mut RepoExpireReport) -> Result<()> {
     // 3. Plan from the catalog.
     let inputs: Vec<ExpireInput> = catalog::list_backups(storage)
         .await?
@@ -382,13 +413,27 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
     }
     r.problems.extend(plan.problems.iter().cloned());
 
-    // 4. Delete expired backups, newest first (children before parents), manifest first.
+    // 4. Delete expired backups, newest first (children before parents), manifest first;
+    //    never one still under object lock.
     for (id, reason) in plan.delete.iter().rev() {
+        if let Some(until) = locked_until(storage, &id.prefix(), object_lock, now).await? {
+            tracing::info!(backup_id = %id, until = %until, "expired backup kept: under object lock");
+            r.kept.push(PlannedBackup { backup_id: id.to_string(), reason: KeepReason::ObjectLock(until).to_string() });
+            continue;
+        }
         if !opts.dry_run {
             tracing::info!(backup_id = %id, %reason, "deleting backup");
-            if let Err(e) = delete_backup(storage, id).await {
-                r.problems.push(format!("backup {id} not fully deleted: {}", e.user_line()));
-                continue;
+            match delete_backup(storage, id).await {
+                Ok(()) => {}
+                Err(DeleteFailure::Refused(e)) => {
+                    tracing::warn!(backup_id = %id, error = %e.user_line(), "expired backup kept: deletion refused");
+                    r.kept.push(PlannedBackup { backup_id: id.to_string(), reason: KeepReason::DeletionRefused(e.user_line()).to_string() });
+                    continue;
+                }
+                Err(DeleteFailure::Partial(e)) => {
+                    r.problems.push(format!("backup {id} not fully deleted: {}", e.user_line()));
+                    continue;
+                }
             }
         }
         r.deleted.push(PlannedBackup { backup_id: id.to_string(), reason: reason.to_string() });
@@ -399,7 +444,7 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
     for id in catalog::incomplete_backups(storage).await? {
         let objects = storage.list(&id.prefix()).await?;
         let last_write = objects.iter().filter_map(|o| o.modified).max().unwrap_or(id.timestamp()).max(id.timestamp());
-        if last_write >= cutoff {
+        if last_write >= cutoff || locked_until(storage, &id.prefix(), object_lock, now).await?.is_some() {
             continue;
         }
         if !opts.dry_run {
@@ -418,17 +463,32 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
     Ok(())
 }
 
+/// Why a backup could not be deleted.
+#[derive(Debug)]
+pub enum DeleteFailure {
+    /// The store refused to delete its manifest (AccessDenied): nothing was deleted.
+    Refused(Error),
+    /// Something failed after the deletion started.
+    Partial(Error),
+}
+
 /// Delete one backup: manifest and copy first, so it disappears from the
 /// catalog at once, then every remaining object of its folder.
-pub async fn delete_backup(storage: &dyn Storage, id: &BackupId) -> Result<()> {
+pub async fn delete_backup(storage: &dyn Storage, id: &BackupId) -> std::result::Result<(), DeleteFailure> {
     let manifest = id.manifest_key();
-    storage.delete(&manifest).await?;
-    storage.delete(&format!("{manifest}{COPY_SUFFIX}")).await?;
-    crate::failpoint::hit("expire.after_manifest_delete");
-    for o in storage.list(&id.prefix()).await? {
-        storage.delete(&o.key).await?;
-    }
-    Ok(())
+    storage.delete(&manifest).await.map_err(|e| match e.kind() {
+        ErrorKind::AccessDenied => DeleteFailure::Refused(e),
+        _ => DeleteFailure::Partial(e),
+    })?;
+    let rest = async {
+        storage.delete(&format!("{manifest}{COPY_SUFFIX}")).await?;
+        crate::failpoint::hit("expire.after_manifest_delete");
+        for o in storage.list(&id.prefix()).await? {
+            storage.delete(&o.key).await?;
+        }
+        Ok::<(), Error>(())
+    };
+    rest.await.map_err(DeleteFailure::Partial)
 }
 
 #[cfg(test)]

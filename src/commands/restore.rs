@@ -193,17 +193,25 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // 1. Find the backup (read-only), then ask for approval.
     let repos = src::open_repositories(settings).await?;
     let mut replay_plan: Option<ReplayPlan> = None;
-    let found = match opts.point_in_time {
+    // An incremental backup is its full ancestor brought to the incremental's restore point.
+    let (selector, point_in_time) = match (&opts.selector, opts.point_in_time) {
+        (BackupSelector::Id(id), target) if id.kind() == BackupKind::Incremental => {
+            let (root, end) = incremental_root(&repos, id).await?;
+            (BackupSelector::Id(root), Some(target.unwrap_or(RecoveryTarget::Lsn(end))))
+        }
+        (s, t) => (s.clone(), t),
+    };
+    let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
-        Some(target) => match plan_point_in_time(&repos, &opts.selector, &server.dbname, target).await {
+        Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target).await {
             Ok(plan) => {
                 let by_id = BackupSelector::Id(plan.base.backup_id.clone());
                 replay_plan = Some(plan);
-                BackupSource::find(&repos, &by_id, &server.dbname).await
+                BackupSource::find_with_keys(&repos, &by_id, &server.dbname, &crate::crypto::Keyring::from_settings(&settings.encryption)).await
             }
             Err(e) => return Err(e),
         },
-        None => BackupSource::find(&repos, &opts.selector, &server.dbname).await,
+        None => BackupSource::find_with_keys(&repos, &selector, &server.dbname, &crate::crypto::Keyring::from_settings(&settings.encryption)).await,
     };
     let source = match found {
         Ok(s) => Arc::new(s),
@@ -335,6 +343,38 @@ async fn plan_point_in_time(repos: &[Arc<dyn crate::storage::Storage>], selector
         }
     };
     replay::plan(repos, candidates, target, explicit).await
+}
+
+/// The full backup an incremental builds on, and the incremental's restore point.
+async fn incremental_root(repos: &[Arc<dyn crate::storage::Storage>], id: &crate::repo::layout::BackupId) -> Result<(crate::repo::layout::BackupId, crate::repo::layout::Lsn)> {
+    let load = async |id: &crate::repo::layout::BackupId| -> Result<crate::repo::manifest::BackupManifest> {
+        let mut last = None;
+        for r in repos {
+            match crate::repo::catalog::load_manifest(r.as_ref(), id).await {
+                Ok(m) => return Ok(m),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new(ErrorKind::NotFound, format!("backup {id} not found"))))
+    };
+    let incr = load(id).await?;
+    let end = incr
+        .changes
+        .as_ref()
+        .map(|c| c.end_lsn)
+        .ok_or_else(|| Error::corrupt(format!("incremental backup {id} records no change range")))?;
+    let mut at = incr;
+    for _ in 0..10_000 {
+        if at.kind == BackupKind::Full {
+            return Ok((at.backup_id, end));
+        }
+        let parent = at
+            .parent
+            .clone()
+            .ok_or_else(|| Error::corrupt(format!("backup {} has no parent", at.backup_id)))?;
+        at = load(&parent).await.map_err(|e| e.context(format!("incremental backup {id} needs its ancestor {parent}")))?;
+    }
+    Err(Error::corrupt(format!("incremental backup {id} has a parent cycle")))
 }
 
 /// Take the pre-restore backup of the configured database; returns its id.

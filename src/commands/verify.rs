@@ -71,6 +71,7 @@ pub async fn run(settings: &Settings, opts: &VerifyOptions) -> Result<BackupVeri
 async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupVerification> {
     // 1. Find the backup: an id, or the newest backup of the configured database.
     let repos = open_repositories(settings).await?;
+    let keys = crate::crypto::Keyring::from_settings(&settings.encryption);
     let id = match &opts.selector {
         BackupSelector::Id(id) => id.clone(),
         BackupSelector::Latest => latest(&repos, &settings.db.dbname).await?,
@@ -90,7 +91,7 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
         };
         holders.push(location.clone());
         let source = match &read.manifest {
-            Some(m) if m.kind.is_self_contained() => Some(integrity::open_source(repo, m).await),
+            Some(m) if m.kind.is_self_contained() => Some(integrity::open_source_with_keys(repo, m, &keys).await),
             _ => None,
         };
         let readable = source.as_ref().and_then(|s| s.as_ref().ok());
@@ -157,7 +158,7 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
 
     // 6. Chains: incrementals, and change segments contiguous in every repository.
     checks.push(chains(&m));
-    let segment_checks = crate::verify::chains::check_chains(&repos, &m).await;
+    let segment_checks = crate::verify::chains::check_chains_with_keys(&repos, &m, &keys).await;
     if !segment_checks.is_empty() {
         checks.retain(|c| !(c.check == Check::Chains && c.status == Status::Skip));
         checks.extend(segment_checks);

@@ -6,8 +6,10 @@
 //! [`Secret`]s and are shown redacted everywhere.
 
 pub mod db;
+pub mod encryption;
 pub mod layers;
 pub mod notify;
+mod s3_security;
 pub mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use db::{DbSettings, SslMode};
+pub use encryption::EncryptionSettings;
 pub use layers::{Env, ProcessEnv, Source};
 pub use notify::{NotifySettings, SmtpSettings, SmtpTls};
 pub use secret::Secret;
@@ -51,6 +54,15 @@ pub const FILE_KEYS: &[&str] = &[
     "s3.upload_concurrency",
     "s3.max_attempts",
     "s3.timeout",
+    "s3.sse",
+    "s3.sse_kms_key_id",
+    "s3.object_lock_mode",
+    "s3.object_lock_days",
+    "s3.allow_http",
+    "encryption.recipients",
+    "encryption.identity_file",
+    "encryption.passphrase",
+    "encryption.passphrase_file",
     "jobs",
     "retention_days",
     "local_retention_days",
@@ -72,6 +84,8 @@ pub const FILE_KEYS: &[&str] = &[
 ];
 
 /// A repository location.
+// One value per configured repository: boxing the S3 settings would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum RepoSpec {
     /// A directory on the local filesystem.
@@ -125,6 +139,8 @@ pub struct Settings {
     pub critical_tables: Vec<String>,
     /// Run `expire` after every successful backup (the seed's scripts cleaned up after each run).
     pub expire_after_backup: bool,
+    /// Client-side encryption: recipients or passphrase to write, keys to read.
+    pub encryption: EncryptionSettings,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// (key, shown value, source) of every setting, secrets redacted.
@@ -144,6 +160,22 @@ pub struct FlagValues {
     pub config: Option<PathBuf>,
     /// `--log-format`
     pub log_format: Option<String>,
+    /// `--encrypt-recipient` (repeatable)
+    pub encrypt_recipients: Vec<String>,
+    /// `--identity-file`
+    pub identity_file: Option<PathBuf>,
+    /// `--passphrase-file`
+    pub passphrase_file: Option<PathBuf>,
+    /// `--s3-sse`
+    pub s3_sse: Option<String>,
+    /// `--s3-sse-kms-key-id`
+    pub s3_sse_kms_key_id: Option<String>,
+    /// `--s3-object-lock-mode`
+    pub s3_object_lock_mode: Option<String>,
+    /// `--s3-object-lock-days`
+    pub s3_object_lock_days: Option<u32>,
+    /// `--allow-http`
+    pub allow_http: bool,
 }
 
 /// Load the configuration from flags, `env` and the config file.
@@ -181,6 +213,30 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
     if let Some(f) = &flags.log_format {
         flag_map.insert("log_format", ("--log-format".to_string(), f.clone()));
     }
+    if !flags.encrypt_recipients.is_empty() {
+        flag_map.insert("encryption.recipients", ("--encrypt-recipient".to_string(), flags.encrypt_recipients.join(",")));
+    }
+    let path_flags = [
+        ("encryption.identity_file", "--identity-file", &flags.identity_file),
+        ("encryption.passphrase_file", "--passphrase-file", &flags.passphrase_file),
+    ];
+    for (key, flag, value) in path_flags {
+        if let Some(p) = value {
+            flag_map.insert(key, (flag.to_string(), p.display().to_string()));
+        }
+    }
+    let s3_flags = [
+        ("s3.sse", "--s3-sse", flags.s3_sse.clone()),
+        ("s3.sse_kms_key_id", "--s3-sse-kms-key-id", flags.s3_sse_kms_key_id.clone()),
+        ("s3.object_lock_mode", "--s3-object-lock-mode", flags.s3_object_lock_mode.clone()),
+        ("s3.object_lock_days", "--s3-object-lock-days", flags.s3_object_lock_days.map(|d| d.to_string())),
+        ("s3.allow_http", "--allow-http", flags.allow_http.then(|| "true".to_string())),
+    ];
+    for (key, flag, value) in s3_flags {
+        if let Some(v) = value {
+            flag_map.insert(key, (flag.to_string(), v));
+        }
+    }
     let layers = Layers {
         flags: flag_map,
         env,
@@ -198,7 +254,8 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
     }
     let db = db::resolve(&layers, &mut record)?;
 
-    // 3. Repositories.
+    // 3. Repositories, each S3 one with the same protections.
+    let s3_security = s3_security::resolve(&layers, &mut record)?;
     let s3_base = s3_settings(&layers, &mut record)?;
     let repos = if !flags.repos.is_empty() {
         let mut out = Vec::new();
@@ -232,6 +289,16 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         }
         out
     };
+    let mut repos = repos;
+    for spec in &mut repos {
+        if let RepoSpec::S3(s) = spec {
+            s.security = s3_security.clone();
+            if let Some(ep) = &s.endpoint {
+                crate::storage::s3::protection::check_endpoint(ep, s.security.allow_http)?;
+            }
+        }
+    }
+    let encryption = encryption::resolve(&layers, &mut record)?;
 
     // 4. Everything else.
     let jobs = match layers.get("jobs", &["PGKEEP_JOBS"]) {
@@ -317,6 +384,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         log_format,
         critical_tables,
         expire_after_backup,
+        encryption,
         config_file,
         provenance,
     })
@@ -428,6 +496,7 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
         max_attempts,
         attempt_timeout,
         connect_timeout: Duration::from_secs(10),
+        security: Default::default(),
     }))
 }
 
@@ -451,6 +520,7 @@ pub fn parse_repo(value: &str, origin: &str, s3_base: &Option<S3Settings>) -> Re
             max_attempts: 5,
             attempt_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
+            security: Default::default(),
         });
         return Ok(RepoSpec::S3(S3Settings {
             bucket: bucket.to_string(),

@@ -164,3 +164,57 @@ fn env_repositories_beat_the_files_list() {
     assert_eq!(s.repos[0].display(), "/from/env");
     assert_eq!(source_of(&s, "backup_dir"), "env BACKUP_DIR");
 }
+
+#[test]
+fn encryption_settings_layer_and_never_show_the_passphrase() {
+    let id = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let other = "age1lggyhqrw2nlhcxprm67z43rta597azn8gknawjehu9d9dl0jq3yqqvfafg";
+    let (_d, path) = write_file(&format!("[encryption]\nrecipients = ['{other}']\nidentity_file = '/etc/pgkeep/key.txt'\n"));
+    let e = env(&[("PGKEEP_PASSPHRASE", "hunter2-passphrase"), ("PGKEEP_ENCRYPT_RECIPIENTS", id)]);
+    let s = load(&FlagValues { config: Some(path.clone()), ..Default::default() }, &e).unwrap();
+    assert_eq!(s.encryption.recipients, vec![id.to_string()], "env beats file");
+    assert_eq!(source_of(&s, "encryption.recipients"), "env PGKEEP_ENCRYPT_RECIPIENTS");
+    assert_eq!(s.encryption.identity_file.as_deref(), Some(Path::new("/etc/pgkeep/key.txt")));
+    assert_eq!(s.encryption.passphrase.as_ref().map(Secret::expose), Some("hunter2-passphrase"));
+    assert_eq!(s.encryption.passphrase_origin.as_deref(), Some("PGKEEP_PASSPHRASE"));
+    let shown = format!("{} {} {:?}", s.render_text(), s.render_json(), s);
+    assert!(!shown.contains("hunter2-passphrase"), "{shown}");
+    assert!(shown.contains("encryption.passphrase"));
+
+    let flags = FlagValues { config: Some(path.clone()), encrypt_recipients: vec![other.into(), id.into()], identity_file: Some("/k".into()), ..Default::default() };
+    let s = load(&flags, &e).unwrap();
+    assert_eq!(s.encryption.recipients.len(), 2);
+    assert_eq!(source_of(&s, "encryption.identity_file"), "flag --identity-file");
+
+    let err = load(&FlagValues::default(), &env(&[("PGKEEP_ENCRYPT_RECIPIENTS", "age1nope")])).unwrap_err();
+    assert_eq!(err.kind(), crate::ErrorKind::Config);
+    assert!(err.user_line().contains("PGKEEP_ENCRYPT_RECIPIENTS") && err.user_line().contains("age1nope"), "{}", err.user_line());
+    let dir = tempfile::tempdir().unwrap();
+    let pf = dir.path().join("pass");
+    std::fs::write(&pf, "from-a-file\n").unwrap();
+    let s = load(&FlagValues::default(), &env(&[("PGKEEP_PASSPHRASE_FILE", pf.to_str().unwrap())])).unwrap();
+    assert_eq!(s.encryption.passphrase.as_ref().map(Secret::expose), Some("from-a-file"));
+    let both = env(&[("PGKEEP_PASSPHRASE_FILE", pf.to_str().unwrap()), ("PGKEEP_PASSPHRASE", "x")]);
+    assert!(load(&FlagValues::default(), &both).is_err());
+}
+
+#[test]
+fn s3_protections_apply_to_every_s3_repository_and_are_checked() {
+    let base = [("S3_BUCKET", "b"), ("S3_SSE", "aws:kms"), ("S3_SSE_KMS_KEY_ID", "key-1"), ("S3_OBJECT_LOCK_MODE", "compliance"), ("S3_OBJECT_LOCK_DAYS", "14")];
+    let s = load(&FlagValues { repos: vec!["s3://other/p".into(), "/tmp/x".into()], ..Default::default() }, &env(&base)).unwrap();
+    let RepoSpec::S3(s3) = &s.repos[0] else { panic!("{:?}", s.repos) };
+    assert_eq!(s3.security.sse, Some(crate::storage::s3::Sse::Kms { key_id: Some("key-1".into()) }));
+    assert_eq!(s3.security.object_lock, Some(crate::storage::s3::ObjectLock { mode: crate::storage::s3::LockMode::Compliance, days: 14 }));
+    assert_eq!(source_of(&s, "s3.object_lock_mode"), "env S3_OBJECT_LOCK_MODE");
+    let flags = FlagValues { s3_sse: Some("AES256".into()), s3_sse_kms_key_id: None, ..Default::default() };
+    let e = load(&flags, &env(&base)).unwrap_err();
+    assert!(e.user_line().contains("S3_SSE_KMS_KEY_ID"), "{}", e.user_line());
+    for bad in [&[("S3_SSE", "rot13")][..], &[("S3_OBJECT_LOCK_MODE", "GOVERNANCE")], &[("S3_OBJECT_LOCK_MODE", "GOVERNANCE"), ("S3_OBJECT_LOCK_DAYS", "0")], &[("S3_SSE_KMS_KEY_ID", "k")]] {
+        let e = load(&FlagValues::default(), &env(bad)).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad:?}");
+    }
+    let e = load(&FlagValues::default(), &env(&[("S3_BUCKET", "b"), ("S3_ENDPOINT", "http://10.1.2.3:9000")])).unwrap_err();
+    assert!(e.user_line().contains("http://10.1.2.3:9000"), "{}", e.user_line());
+    let ok = FlagValues { allow_http: true, ..Default::default() };
+    assert!(load(&ok, &env(&[("S3_BUCKET", "b"), ("S3_ENDPOINT", "http://10.1.2.3:9000")])).is_ok());
+}

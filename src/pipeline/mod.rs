@@ -1,7 +1,8 @@
 //! The chunk pipeline: cut COPY output into chunks at row boundaries
 //! ([`chunker`]), then — on the rayon pool, off the async runtime — count
-//! rows, fingerprint them, checksum the raw bytes, compress, and checksum the
-//! stored bytes ([`process`]); finally append to pack objects in every
+//! rows, fingerprint them, checksum the raw bytes, compress, encrypt when the
+//! backup is encrypted (`crate::crypto`), and checksum the stored bytes
+//! ([`process`]); finally append to pack objects in every
 //! repository at once ([`pack`]).
 
 pub mod chunker;

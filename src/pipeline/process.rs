@@ -1,16 +1,21 @@
-//! Per-chunk work done on the rayon pool, off the async runtime: count rows,
-//! fingerprint them, SHA-256 the raw bytes, compress, SHA-256 the stored bytes.
+//! Per-chunk work done on the rayon pool, off the async runtime, in this
+//! order: count rows, fingerprint them, XXH3-128 the raw bytes, compress,
+//! encrypt (when the backup has a [`Sealer`]), SHA-256 the stored bytes —
+//! so `stored_sha256` covers exactly what is stored, ciphertext included.
 //!
 //! The table fingerprint is order-independent: the wrapping sum (mod 2^128)
 //! of XXH3-128 over each row's COPY text without its trailing newline. Equal
 //! multisets of rows give equal fingerprints whatever order a restore loads
 //! them in; duplicates count (a sum, not a xor).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::compress::Compression;
+use crate::crypto::Sealer;
 use crate::error::{Error, Result};
 
 /// Order-independent fingerprint of a set of rows.
@@ -76,9 +81,18 @@ pub fn raw_checksum(raw: &[u8]) -> String {
 
 /// Do the per-chunk work synchronously. `rows`: whether `raw` is COPY text.
 pub fn process_chunk(raw: &[u8], compression: Compression, rows: bool) -> Result<ProcessedChunk> {
+    process_chunk_sealed(raw, compression, rows, None)
+}
+
+/// [`process_chunk`], encrypting the compressed bytes with `sealer` when given.
+pub fn process_chunk_sealed(raw: &[u8], compression: Compression, rows: bool, sealer: Option<&Sealer>) -> Result<ProcessedChunk> {
     let fingerprint = if rows { TableFingerprint::of_rows(raw) } else { TableFingerprint::default() };
     let raw_xxh3 = raw_checksum(raw);
-    let stored = compression.compress(raw)?;
+    let compressed = compression.compress(raw)?;
+    let stored = match sealer {
+        Some(s) => s.seal_chunk(&compressed)?,
+        None => compressed,
+    };
     let stored_sha256 = hex::encode(Sha256::digest(&stored));
     Ok(ProcessedChunk {
         stored: Bytes::from(stored),
@@ -91,9 +105,19 @@ pub fn process_chunk(raw: &[u8], compression: Compression, rows: bool) -> Result
 
 /// Run [`process_chunk`] on the rayon pool; await the receiver for the result.
 pub fn spawn_process(raw: Bytes, compression: Compression, rows: bool) -> oneshot::Receiver<Result<ProcessedChunk>> {
+    spawn_process_sealed(raw, compression, rows, None)
+}
+
+/// Run [`process_chunk_sealed`] on the rayon pool.
+pub fn spawn_process_sealed(
+    raw: Bytes,
+    compression: Compression,
+    rows: bool,
+    sealer: Option<Arc<Sealer>>,
+) -> oneshot::Receiver<Result<ProcessedChunk>> {
     let (tx, rx) = oneshot::channel();
     rayon::spawn(move || {
-        let _ = tx.send(process_chunk(&raw, compression, rows));
+        let _ = tx.send(process_chunk_sealed(&raw, compression, rows, sealer.as_deref()));
     });
     rx
 }
@@ -131,5 +155,20 @@ mod tests {
         assert_eq!(c.raw_xxh3, raw_checksum(&raw));
         assert_eq!(c.stored_sha256, hex::encode(Sha256::digest(&c.stored)));
         assert_eq!(Compression::Zstd(3).decompress(&c.stored, raw.len(), "c").unwrap(), raw.to_vec());
+    }
+
+    #[tokio::test]
+    async fn encrypts_after_compression_and_checksums_the_ciphertext() {
+        let id = age::x25519::Identity::generate();
+        let settings = crate::config::EncryptionSettings { recipients: vec![id.to_public().to_string()], ..Default::default() };
+        let sealer = Arc::new(Sealer::from_settings(&settings).unwrap().unwrap());
+        let raw = Bytes::from(b"1\tsecret value\n".repeat(1000));
+        let c = join(spawn_process_sealed(raw.clone(), Compression::Zstd(3), true, Some(sealer.clone()))).await.unwrap();
+        assert_eq!(c.stored_sha256, hex::encode(Sha256::digest(&c.stored)));
+        assert_eq!(c.raw_xxh3, raw_checksum(&raw));
+        assert!(!c.stored.windows(12).any(|w| w == b"secret value"));
+        let compressed = sealer.cipher().open(&c.stored, crate::crypto::chunk::AAD_BACKUP_CHUNK, "c").unwrap();
+        assert_eq!(Compression::Zstd(3).decompress(&compressed, raw.len(), "c").unwrap(), raw.to_vec());
+        assert!(c.stored.len() < raw.len() / 10, "compressed before encryption");
     }
 }

@@ -75,6 +75,8 @@ pub struct ApplyStats {
     pub batches: u64,
     /// Tables without a replica identity: only their inserts and truncates are archived.
     pub insert_only_tables: Vec<String>,
+    /// Captured DDL messages not run because they are not signed by `pgkeep setup`.
+    pub ddl_rejected: Vec<String>,
 }
 
 /// The writer.
@@ -88,6 +90,10 @@ pub struct Applier {
     only: Option<Vec<(String, String)>>,
     /// Where the current transaction committed (for messages).
     at: Lsn,
+    /// The restored database's `pgkeep.ddl_key`, which signs captured DDL.
+    ddl_key: Option<String>,
+    /// The last captured query string and which of its transactions comes next.
+    last_ddl: Option<(String, usize)>,
     stats: ApplyStats,
 }
 
@@ -98,7 +104,7 @@ impl Applier {
         let client = conn.client;
         client.batch_execute(SESSION_SETUP).await.map_err(crate::pg::query_error(format!("preparing replay into {}", db.dbname)))?;
         client
-            .batch_execute("SET session_replication_role = replica; SET synchronous_commit = off; SET lock_timeout = 0")
+            .batch_execute(REPLAY_SESSION)
             .await
             .map_err(|e| {
                 Error::new(
@@ -107,8 +113,15 @@ impl Applier {
                 )
                 .with_hint("restore as a superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role TO the restoring role")
             })?;
+        // The key that signs captured DDL, restored with the base backup (absent: setup came later).
+        let ddl_key = match client.query_opt("SELECT key FROM pgkeep.ddl_key LIMIT 1", &[]).await {
+            Ok(row) => row.map(|r| r.get::<_, String>(0)),
+            Err(_) => None,
+        };
         Ok(Applier {
             client,
+            ddl_key,
+            last_ddl: None,
             db: db.dbname.clone(),
             relations: HashMap::new(),
             pending: HashMap::new(),
@@ -544,10 +557,31 @@ impl Applier {
         Ok(())
     }
 
-    /// Run a captured DDL statement where it happened.
+    /// Run a captured DDL statement where it happened: the schema
+    /// statements of the captured query string (never its DML, which is in
+    /// the archive already, nor its transaction control).
     async fn ddl(&mut self, ddl: DdlMessage, lsn: Lsn) -> Result<()> {
         self.flush().await?;
-        let preview: String = ddl.sql.chars().take(120).collect();
+        // 1. Only what `pgkeep setup` signed: any role may emit a message with this prefix.
+        let signed = self.ddl_key.as_deref().is_some_and(|k| ddl.is_signed_by(k));
+        if !signed {
+            let why = if self.ddl_key.is_none() { "the base backup predates `pgkeep setup` (no pgkeep.ddl_key)" } else { "its signature does not match" };
+            tracing::warn!(lsn = %lsn, tag = %ddl.tag, "a captured DDL message is not replayed: {why}");
+            self.stats.ddl_rejected.push(format!("LSN {lsn} ({}): {why}", ddl.tag));
+            return Ok(());
+        }
+        // 2. The statements of this transaction of the captured string.
+        let scripts = super::ddl::scripts_by_transaction(&ddl.sql);
+        let index = match &self.last_ddl {
+            Some((sql, next)) if *sql == ddl.sql && !scripts.is_empty() => next % scripts.len(),
+            _ => 0,
+        };
+        self.last_ddl = Some((ddl.sql.clone(), index + 1));
+        let Some(script) = scripts.get(index).cloned() else {
+            tracing::warn!(lsn = %lsn, tag = %ddl.tag, "a captured DDL statement ran inside a function or DO block; its text cannot be replayed");
+            return Ok(());
+        };
+        let preview: String = script.chars().take(120).collect();
         let fail = |e: Error| {
             e.context(format!("the DDL statement captured at LSN {lsn} ({}) failed on the restore: {preview}", ddl.tag))
         };
@@ -559,12 +593,12 @@ impl Applier {
                 .map_err(fail)?;
         }
         // Objects belong to the role that created them, when it exists here.
-        let as_role = !ddl.role.is_empty() && self.client.batch_execute(&format!("SET ROLE {}", crate::pg::catalog::quote_ident(&ddl.role))).await.is_ok();
-        let result = self.exec(&ddl.sql).await;
-        if as_role {
-            self.exec("RESET ROLE").await?;
+        if !ddl.role.is_empty() {
+            let _ = self.client.batch_execute(&format!("SET ROLE {}", crate::pg::catalog::quote_ident(&ddl.role))).await;
         }
-        self.exec(&format!("RESET search_path; {SET_AGAIN}")).await?;
+        let result = self.exec(&script).await;
+        // Whatever the statements set (role, search_path, …), back to the replay's session.
+        self.exec(&format!("RESET ROLE; RESET ALL; {SESSION_SETUP}; {REPLAY_SESSION}")).await?;
         result.map_err(fail)?;
         // Names and columns may have changed: look every table up again.
         for r in self.relations.values_mut() {
@@ -575,8 +609,8 @@ impl Applier {
     }
 }
 
-/// Session settings a DDL statement may have changed.
-const SET_AGAIN: &str = "SET session_replication_role = replica";
+/// The replay session's own settings, on top of [`SESSION_SETUP`].
+const REPLAY_SESSION: &str = "SET session_replication_role = replica; SET synchronous_commit = off; SET lock_timeout = 0";
 
 fn text(b: &[u8]) -> Result<&str> {
     std::str::from_utf8(b).map_err(|_| Error::corrupt("the archive holds a value that is not UTF-8 text"))

@@ -21,6 +21,7 @@
 pub mod apply;
 pub mod batch;
 pub mod chain;
+pub mod ddl;
 pub mod sequences;
 pub mod sql;
 pub mod target;
@@ -120,10 +121,13 @@ impl ReplayReport {
             ),
             None => "no transaction after the base backup".to_string(),
         };
-        let warn = match self.applied.insert_only_tables.as_slice() {
+        let mut warn = match self.applied.insert_only_tables.as_slice() {
             [] => String::new(),
             t => format!("; WARNING: {} has no replica identity, so its UPDATEs and DELETEs are not in the archive", t.join(", ")),
         };
+        if !self.applied.ddl_rejected.is_empty() {
+            warn.push_str(&format!("; WARNING: {} captured DDL message(s) not signed by `pgkeep setup` were not run", self.applied.ddl_rejected.len()));
+        }
         format!(
             "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop} ({:.0} changes/s){warn}",
             self.target,

@@ -65,6 +65,17 @@ mod tests;
 /// The pgoutput protocol version pgkeep asks for.
 pub const PGOUTPUT_PROTO_VERSION: u32 = 1;
 
+/// The first `server_version_num` whose pgoutput has the `messages` option
+/// (PostgreSQL 14): `pg_logical_emit_message` messages in the stream.
+pub const MESSAGES_MIN_SERVER_VERSION: u32 = 140_000;
+
+/// Whether a server of `server_version_num` can stream logical decoding
+/// messages, i.e. whether `messages` may be passed to
+/// [`ReplicationConnection::start_logical_replication`].
+pub fn supports_messages(server_version_num: u32) -> bool {
+    server_version_num >= MESSAGES_MIN_SERVER_VERSION
+}
+
 /// Length of an XLogData header: `w`, WAL start, WAL end, server time.
 const XLOG_DATA_HEADER_LEN: usize = 1 + 8 + 8 + 8;
 /// Length of a primary keepalive: `k`, WAL end, server time, reply flag.
@@ -420,7 +431,7 @@ pub fn start_logical_replication_command(
             "publication name {bad:?} is empty or contains a NUL byte"
         )));
     }
-    if messages && server_version_num < 140_000 {
+    if messages && !supports_messages(server_version_num) {
         return Err(Error::config(format!(
             "cannot stream logical decoding messages from replication slot {slot}: \
              PostgreSQL {} has no pgoutput messages option (needs 14 or later)",

@@ -5,6 +5,11 @@
 //! `{"format":"pgkeep-manifest","version":1,"sha256":"<hex>","body":{…}}`
 //! where `sha256` is the SHA-256 of the exact bytes of `body` as written.
 //! [`decode`] is pure: bytes in, a checked manifest or a `Corrupt` error out.
+//!
+//! Version 1 is an unencrypted backup; version 2 is the same body with
+//! `encryption` set, whose `manifest_mac` a reader with the key checks
+//! (`crypto::manifest_mac`). Old readers refuse version 2 instead of
+//! misreading encrypted chunks.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,8 +19,10 @@ use sha2::{Digest, Sha256};
 use super::layout::{BackupId, BackupKind, Lsn};
 use crate::error::{Error, Result};
 
-/// The manifest format version this build writes.
+/// The manifest format version of an unencrypted backup.
 pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest format version of an encrypted backup (`encryption` set).
+pub const MANIFEST_VERSION_ENCRYPTED: u32 = 2;
 /// The envelope's `format` marker.
 pub const MANIFEST_FORMAT: &str = "pgkeep-manifest";
 
@@ -65,6 +72,34 @@ pub struct BackupManifest {
     /// Tables whose changes cannot be archived (no usable replica identity).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Incrementals: the archived changes since the parent that this backup pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeRange>,
+}
+
+/// The change archive an incremental backup stands for: every transaction
+/// of stream `stream_id` with a commit end in `(start_lsn, end_lsn]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRange {
+    /// `<system_identifier>-<slot>`.
+    pub stream_id: String,
+    /// The parent's end: its consistent point, or its own range's end.
+    pub start_lsn: Lsn,
+    /// The end of the archive when the incremental was recorded.
+    pub end_lsn: Lsn,
+    /// Commit LSN of the last transaction in the range (restores stop after it).
+    pub last_commit_lsn: Lsn,
+    /// Its commit time.
+    #[serde(default)]
+    pub last_commit_time: Option<DateTime<Utc>>,
+    /// Transactions in the range.
+    pub transactions: u64,
+    /// Segments of the range, with their sizes.
+    pub segments: Vec<ObjectEntry>,
+    /// Whether a captured DDL statement is in the range.
+    #[serde(default)]
+    pub ddl: bool,
 }
 
 /// Server identity and version.
@@ -143,15 +178,24 @@ pub struct CompressionInfo {
     pub level: i32,
 }
 
-/// Encryption description (no keys, ever).
+/// How a backup is encrypted (docs/FORMAT.md §8). Never a usable key: the
+/// data key is here only wrapped with age, for the recipients or the passphrase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptionInfo {
-    /// Scheme, e.g. `age`.
+    /// Scheme: `age+xchacha20poly1305`.
     pub scheme: String,
-    /// Public recipients (never identities or passphrases).
+    /// `recipients` (age X25519 public keys) or `passphrase` (age scrypt).
+    pub mode: crate::crypto::EncryptionMode,
+    /// Public `age1…` recipients (never identities or passphrases); empty for a passphrase.
     #[serde(default)]
     pub recipients: Vec<String>,
+    /// The backup's data key as an age file (base64), for those recipients or that passphrase.
+    pub wrapped_key: String,
+    /// The sealed-chunk format of every chunk.
+    pub chunk_format: String,
+    /// `hmac-sha256:<hex>` over the canonical body with this field empty.
+    pub manifest_mac: String,
 }
 
 /// Schema objects of a backup.
@@ -327,9 +371,10 @@ pub fn encode(manifest: &BackupManifest) -> Result<Vec<u8>> {
     let body = serde_json::to_string(manifest).map_err(|e| Error::internal(format!("cannot serialize manifest: {e}")))?;
     let sha256 = hex::encode(Sha256::digest(body.as_bytes()));
     let raw = RawValue::from_string(body).map_err(|e| Error::internal(format!("manifest body: {e}")))?;
+    let version = if manifest.encryption.is_some() { MANIFEST_VERSION_ENCRYPTED } else { MANIFEST_VERSION };
     let mut out = serde_json::to_vec(&EnvelopeOut {
         format: MANIFEST_FORMAT,
-        version: MANIFEST_VERSION,
+        version,
         sha256,
         body: &raw,
     })
@@ -345,9 +390,9 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
     if env.format != MANIFEST_FORMAT {
         return Err(Error::corrupt(format!("manifest {what} has unknown format `{}`", env.format)));
     }
-    if env.version != MANIFEST_VERSION {
+    if env.version != MANIFEST_VERSION && env.version != MANIFEST_VERSION_ENCRYPTED {
         return Err(Error::corrupt(format!(
-            "manifest {what} has format version {}, this pgkeep reads version {MANIFEST_VERSION}",
+            "manifest {what} has format version {}, this pgkeep reads versions {MANIFEST_VERSION} and {MANIFEST_VERSION_ENCRYPTED}",
             env.version
         ))
         .with_hint("use a pgkeep release that supports this repository format"));
@@ -359,8 +404,21 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
             env.sha256
         )));
     }
-    serde_json::from_str(env.body.get())
-        .map_err(|e| Error::corrupt(format!("manifest {what} has an invalid body: {e}")))
+    let m: BackupManifest = serde_json::from_str(env.body.get())
+        .map_err(|e| Error::corrupt(format!("manifest {what} has an invalid body: {e}")))?;
+    if m.encryption.is_some() != (env.version == MANIFEST_VERSION_ENCRYPTED) {
+        return Err(Error::corrupt(format!(
+            "manifest {what} has format version {} but {} encryption section",
+            env.version,
+            if m.encryption.is_some() { "an" } else { "no" }
+        )));
+    }
+    Ok(m)
+}
+
+/// The format version a manifest is written with.
+pub fn version_of(m: &BackupManifest) -> u32 {
+    if m.encryption.is_some() { MANIFEST_VERSION_ENCRYPTED } else { MANIFEST_VERSION }
 }
 
 #[cfg(test)]

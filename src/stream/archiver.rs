@@ -1,21 +1,30 @@
 //! The archiving loop of `pgkeep stream`: pgoutput messages in, durable
-//! [`ChangeSegment`](super::segment::ChangeSegment)s out, and the slot
-//! confirmed only behind them.
+//! [`ChangeSegment`]s out, and the slot confirmed only behind them.
 //!
 //! [`Archiver`] is the pure state: the durable end (end of the last segment
 //! stored in every repository), the relation and type caches, the
-//! transaction being collected and the open segment. [`run_session`] drives
-//! it on one `START_REPLICATION` stream:
+//! transaction being collected, the open segment, and the
+//! [`SchemaWatch`] that notices schema changes without captured DDL.
+//! [`run_session`] drives it on one `START_REPLICATION` stream of both
+//! publications (with `messages 'true'` on PostgreSQL 14 and later):
 //!
 //! 1. each XLogData is decoded and collected; a Commit whose `end_lsn` is at
 //!    or before the last archived one is dropped (the server resends
-//!    unconfirmed transactions after a restart);
+//!    unconfirmed transactions after a restart). Transactional logical
+//!    messages whose prefix starts with `pgkeep.` stay in their
+//!    transaction (captured DDL, `pgkeep.ddl`); other messages are dropped;
 //! 2. the open segment is closed after `segment_seconds` since its first
-//!    transaction, past `segment_bytes`, or on shutdown: encoded, put to
-//!    **every** repository, failpoint `stream.after_segment_put`, and only
-//!    then confirmed to the server (`flushed` = its end);
+//!    transaction, past `segment_bytes`, or on shutdown: every sequence is
+//!    sampled (after the segment's last commit was received), the segment is
+//!    encoded, put to **every** repository, failpoint
+//!    `stream.after_segment_put`, and only then confirmed to the server
+//!    (`flushed` = its end);
 //! 3. keepalives asking for a reply are answered at once and a status goes
-//!    out at least every 10 s, always with `flushed` = the durable end.
+//!    out at least every 10 s, always with `flushed` = the durable end;
+//! 4. every `publication_check` (30 s) tables created since are put into a
+//!    publication ([`super::publication::reconcile`]); a table added late, or
+//!    a schema change without captured DDL, asks [`AutoBackup`] for a new
+//!    full backup.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -25,12 +34,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::autobackup::{AutoBackup, BackupReason};
+use super::ddl::DDL_PREFIX;
+use super::publication::{PublicationNames, ReconcileMode};
+use super::schema_watch::{SchemaWatch, UncapturedChange};
 use super::segment::{self, ChangeSegment, SegmentMeta, SegmentTransaction};
+use super::upkeep::Upkeep;
 use crate::error::{Error, Result};
 use crate::replication::pgoutput::{self, Oid, PgOutputMessage, PgTimestamp};
+use crate::replication::stream::supports_messages;
 use crate::replication::{LogicalStream, ReplicationConnection, StreamEvent};
 use crate::repo::layout::{Lsn, segment_key};
 use crate::storage::{PutOptions, Storage};
+
+#[cfg(test)]
+mod tests;
 
 /// A status update goes out at least this often.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -42,6 +60,9 @@ pub const HEARTBEAT_BYTES: u64 = 16 << 20;
 /// …or this much time, so a slot never retains WAL just because only
 /// unpublished tables change.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logical messages with this prefix are archived (when transactional).
+pub const ARCHIVED_MESSAGE_PREFIX: &str = "pgkeep.";
 
 /// When to close a segment.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +76,8 @@ pub struct SegmentLimits {
 /// The transaction being received.
 #[derive(Default)]
 struct OpenTransaction {
+    /// Its commit LSN, from Begin.
+    final_lsn: Lsn,
     messages: Vec<Bytes>,
     bytes: usize,
     /// Schema entries captured at the first use of each relation.
@@ -76,16 +99,6 @@ struct OpenSegment {
     last_commit: Option<(Lsn, Lsn, PgTimestamp)>,
 }
 
-/// A closed segment, encoded and ready to store.
-pub struct SealedSegment {
-    /// Its key (`changes/<stream_id>/<start>-<end>.seg`).
-    pub key: String,
-    /// The encoded bytes.
-    pub bytes: Bytes,
-    /// Its metadata.
-    pub meta: SegmentMeta,
-}
-
 /// The archiver's state (pure: no I/O).
 pub struct Archiver {
     stream_id: String,
@@ -95,6 +108,8 @@ pub struct Archiver {
     current: Option<OpenTransaction>,
     open: OpenSegment,
     last_confirm: Instant,
+    watch: SchemaWatch,
+    uncaptured: Vec<UncapturedChange>,
 }
 
 impl Archiver {
@@ -108,6 +123,8 @@ impl Archiver {
             current: None,
             open: OpenSegment::default(),
             last_confirm: Instant::now(),
+            watch: SchemaWatch::default(),
+            uncaptured: Vec::new(),
         }
     }
 
@@ -122,6 +139,13 @@ impl Archiver {
         self.types.clear();
         self.current = None;
         self.open = OpenSegment::default();
+        self.watch = SchemaWatch::default();
+        self.uncaptured.clear();
+    }
+
+    /// Schema changes without captured DDL noticed since the last call.
+    pub fn take_uncaptured(&mut self) -> Vec<UncapturedChange> {
+        std::mem::take(&mut self.uncaptured)
     }
 
     /// The end of the last transaction taken, durable or not.
@@ -136,15 +160,19 @@ impl Archiver {
         let message = pgoutput::decode_shared(&data)
             .map_err(|e| Error::internal(format!("cannot decode a pgoutput message: {e}")))?;
         match &message {
-            PgOutputMessage::Begin(_) => {
+            PgOutputMessage::Begin(begin) => {
                 if self.current.is_some() {
                     return Err(Error::internal("pgoutput sent Begin inside a transaction"));
                 }
-                self.current = Some(OpenTransaction::default());
+                self.current = Some(OpenTransaction { final_lsn: begin.final_lsn, ..OpenTransaction::default() });
             }
             PgOutputMessage::Relation(r) => {
                 let types = r.columns.iter().map(|c| c.type_oid).collect();
                 self.relations.insert(r.id, (data.clone(), types));
+                let lsn = self.current.as_ref().map_or(self.durable_end, |t| t.final_lsn);
+                if let Some(change) = self.watch.relation(r, lsn) {
+                    self.uncaptured.push(change);
+                }
             }
             PgOutputMessage::Type(t) => {
                 self.types.insert(t.id, data.clone());
@@ -153,13 +181,20 @@ impl Archiver {
             PgOutputMessage::Update(m) => self.use_relations(&[m.relation_id], true)?,
             PgOutputMessage::Delete(m) => self.use_relations(&[m.relation_id], true)?,
             PgOutputMessage::Truncate(m) => self.use_relations(&m.relation_ids, false)?,
-            PgOutputMessage::Commit(_)
-            | PgOutputMessage::Origin(_)
-            | PgOutputMessage::Message(_) => {}
+            PgOutputMessage::Message(m) => {
+                // Only pgkeep's own transactional messages belong to the archive;
+                // a non-transactional one is not part of any transaction.
+                if !(m.transactional && m.prefix.starts_with(ARCHIVED_MESSAGE_PREFIX) && self.current.is_some()) {
+                    tracing::debug!(prefix_len = m.prefix.len(), transactional = m.transactional, "dropping a logical message");
+                    return Ok(());
+                }
+                if m.prefix == DDL_PREFIX {
+                    self.watch.ddl_message();
+                }
+            }
+            PgOutputMessage::Commit(_) | PgOutputMessage::Origin(_) => {}
         }
         let Some(txn) = self.current.as_mut() else {
-            // Outside a transaction (a non-transactional logical message):
-            // not archived in this version.
             return Ok(());
         };
         txn.bytes += 4 + data.len();
@@ -246,14 +281,15 @@ impl Archiver {
                 || self.close_deadline(limits).is_some_and(|d| now >= d))
     }
 
-    /// Encode the open segment, covering `[durable_end, last commit end)`.
-    /// The archiver keeps it until [`confirm`](Self::confirm).
-    pub fn seal(&self) -> Result<Option<SealedSegment>> {
+    /// The open segment, covering `[durable_end, last commit end)`, not yet
+    /// encoded (sequence samples are added first). The archiver keeps it
+    /// until [`confirm`](Self::confirm).
+    pub fn seal(&self) -> Option<ChangeSegment> {
         let open = &self.open;
         let (Some((first_lsn, first_time)), Some((last_lsn, end, last_time))) =
             (open.first_commit, open.last_commit)
         else {
-            return Ok(None);
+            return None;
         };
         let meta = SegmentMeta {
             version: segment::FORMAT_VERSION,
@@ -267,23 +303,15 @@ impl Archiver {
             transactions: open.transactions.len() as u64,
             changes: open.changes,
             compression: "zstd".into(),
-            raw_size: 0,
+            // The schema record's own length prefix is not in `open.bytes`.
+            raw_size: open.bytes + 4,
             sequences: Vec::new(),
         };
-        let segment = ChangeSegment {
+        Some(ChangeSegment {
             meta,
             schema: open.schema.clone(),
             transactions: open.transactions.clone(),
-        };
-        let bytes = segment::encode(&segment)?;
-        let mut meta = segment.meta;
-        // The schema record's own length prefix is not in `open.bytes`.
-        meta.raw_size = open.bytes + 4;
-        Ok(Some(SealedSegment {
-            key: segment_key(&self.stream_id, self.durable_end, end),
-            bytes: Bytes::from(bytes),
-            meta,
-        }))
+        })
     }
 
     /// The sealed segment ending at `end` is stored everywhere.
@@ -298,14 +326,14 @@ impl Archiver {
     /// sent position (a keepalive's WAL end: decoding has passed it, so every
     /// transaction committed before it was already sent to us) is far enough
     /// ahead, by [`HEARTBEAT_BYTES`] or [`HEARTBEAT_INTERVAL`].
-    pub fn heartbeat(&self, sent: Lsn, now: Instant) -> Result<Option<SealedSegment>> {
+    pub fn heartbeat(&self, sent: Lsn, now: Instant) -> Option<ChangeSegment> {
         let idle = self.current.is_none() && !self.has_open_segment();
         if !idle || sent <= self.durable_end {
-            return Ok(None);
+            return None;
         }
         let due = sent.0 - self.durable_end.0 >= HEARTBEAT_BYTES || now.duration_since(self.last_confirm) >= HEARTBEAT_INTERVAL;
         if !due {
-            return Ok(None);
+            return None;
         }
         let meta = SegmentMeta {
             version: segment::FORMAT_VERSION,
@@ -319,14 +347,10 @@ impl Archiver {
             transactions: 0,
             changes: 0,
             compression: "zstd".into(),
-            raw_size: 0,
+            raw_size: 4,
             sequences: Vec::new(),
         };
-        let segment = ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() };
-        let bytes = segment::encode(&segment)?;
-        let mut meta = segment.meta;
-        meta.raw_size = 4;
-        Ok(Some(SealedSegment { key: segment_key(&self.stream_id, self.durable_end, sent), bytes: Bytes::from(bytes), meta }))
+        Some(ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() })
     }
 }
 
@@ -350,18 +374,35 @@ pub enum SessionEnd {
     Shutdown,
     /// The server left the stream.
     ServerEnded,
+    /// The durable end reached [`SessionContext::resubscribe_at`]: start again
+    /// with both publications.
+    Resubscribe,
 }
 
 /// What a session needs besides the connection.
 pub struct SessionContext<'a> {
     /// Slot to stream from.
     pub slot: &'a str,
-    /// Publication to stream.
-    pub publication: &'a str,
+    /// The stream's publications.
+    pub names: &'a PublicationNames,
+    /// Whether the insert-only publication exists (pgkeep may have been
+    /// unable to create it).
+    pub insert_only: bool,
+    /// Stream only the main publication, until the durable end reaches this
+    /// LSN: the insert-only publication was created after the slot's
+    /// position, and pgoutput refuses a publication that did not exist yet
+    /// where it decodes. Then end with [`SessionEnd::Resubscribe`].
+    pub resubscribe_at: Option<Lsn>,
     /// Every repository.
     pub repos: &'a [Arc<dyn Storage>],
     /// When to close segments.
     pub limits: SegmentLimits,
+    /// How often to put new tables into a publication.
+    pub publication_check: Duration,
+    /// Automatic full backups.
+    pub autobackup: &'a AutoBackup,
+    /// Encryption of this run's segments, when configured.
+    pub sealer: Option<&'a crate::crypto::Sealer>,
 }
 
 /// Stream from `archiver.durable_end()` until shutdown, the server ends the
@@ -370,35 +411,48 @@ pub async fn run_session<F: Future<Output = ()>>(
     conn: &mut ReplicationConnection,
     archiver: &mut Archiver,
     cx: &SessionContext<'_>,
+    upkeep: &mut Upkeep,
     totals: &mut SessionTotals,
     shutdown: &mut Pin<&mut F>,
 ) -> Result<SessionEnd> {
+    let mut publications = vec![cx.names.main.as_str()];
+    if cx.insert_only && cx.resubscribe_at.is_none_or(|at| archiver.durable_end() >= at) {
+        publications.push(cx.names.insert_only.as_str());
+    }
+    let messages = supports_messages(conn.server_version_num());
     let mut stream = conn
-        .start_logical_replication(cx.slot, archiver.durable_end(), &[cx.publication], false)
+        .start_logical_replication(cx.slot, archiver.durable_end(), &publications, messages)
         .await?;
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + cx.publication_check, cx.publication_check);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let resubscribe = |a: &Archiver| cx.insert_only && publications.len() == 1 && cx.resubscribe_at.is_some_and(|at| a.durable_end() >= at);
     let end = loop {
         let deadline = archiver.close_deadline(cx.limits);
         let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into());
         tokio::select! {
             biased;
             _ = shutdown.as_mut() => {
-                store_segment(&mut stream, archiver, cx, totals).await?;
+                store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
                 break SessionEnd::Shutdown;
             }
-            _ = sleep, if deadline.is_some() => store_segment(&mut stream, archiver, cx, totals).await?,
+            _ = sleep, if deadline.is_some() => store_segment(&mut stream, archiver, cx, upkeep, totals).await?,
             _ = status.tick() => send_durable(&mut stream, archiver, false).await?,
+            _ = check.tick() => check_publications(cx, upkeep).await,
             event = stream.next_event() => match event? {
                 StreamEvent::XLogData { data, .. } => {
                     archiver.accept(data)?;
+                    for change in archiver.take_uncaptured() {
+                        schema_changed_without_ddl(cx, &change);
+                    }
                     if archiver.is_due(cx.limits, Instant::now()) {
-                        store_segment(&mut stream, archiver, cx, totals).await?;
+                        store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
                     }
                 }
                 StreamEvent::Keepalive { wal_end, reply_requested, .. } => {
-                    if let Some(sealed) = archiver.heartbeat(wal_end, Instant::now())? {
-                        store_sealed(&mut stream, archiver, cx, totals, sealed).await?;
+                    if let Some(segment) = archiver.heartbeat(wal_end, Instant::now()) {
+                        store_sealed(&mut stream, archiver, cx, upkeep, totals, segment).await?;
                     } else if reply_requested {
                         send_durable(&mut stream, archiver, false).await?;
                     }
@@ -406,9 +460,40 @@ pub async fn run_session<F: Future<Output = ()>>(
                 StreamEvent::End => break SessionEnd::ServerEnded,
             },
         }
+        if resubscribe(archiver) {
+            tracing::info!(durable_end = %archiver.durable_end(), publication = %cx.names.insert_only, "the insert-only publication can be streamed from here; restarting the stream with it");
+            break SessionEnd::Resubscribe;
+        }
     };
     stream.finish().await?;
     Ok(end)
+}
+
+/// Step 4: tables created since go into a publication; a table added this
+/// late misses its earlier changes, so a new full backup is asked for.
+async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep) {
+    match upkeep.reconcile(cx.names, ReconcileMode { create: false, announce: false }).await {
+        Ok(done) => {
+            for table in done.late_additions() {
+                cx.autobackup.request(BackupReason::LateTable { table: table.to_string() });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e.user_line(), "cannot check the publications; retrying at the next check"),
+    }
+}
+
+/// A table's definition changed with no `pgkeep.ddl` message: warn, and ask
+/// for a new full backup, since replay cannot cross the change.
+fn schema_changed_without_ddl(cx: &SessionContext<'_>, change: &UncapturedChange) {
+    tracing::warn!(
+        table = %change.table,
+        previous_name = change.previous_name.as_deref().unwrap_or(""),
+        columns_changed = change.columns_changed,
+        lsn = %change.lsn,
+        "the table's definition changed without a captured DDL statement: replay cannot cross this point from an earlier backup \
+         (install DDL capture with `pgkeep setup`)"
+    );
+    cx.autobackup.request(BackupReason::SchemaChange { table: change.table.clone(), lsn: change.lsn });
 }
 
 /// Status update with every position at the durable end, never beyond.
@@ -426,26 +511,34 @@ async fn store_segment(
     stream: &mut LogicalStream<'_>,
     archiver: &mut Archiver,
     cx: &SessionContext<'_>,
+    upkeep: &mut Upkeep,
     totals: &mut SessionTotals,
 ) -> Result<()> {
-    let Some(sealed) = archiver.seal()? else {
+    let Some(segment) = archiver.seal() else {
         return Ok(());
     };
-    store_sealed(stream, archiver, cx, totals, sealed).await
+    store_sealed(stream, archiver, cx, upkeep, totals, segment).await
 }
 
-/// Put a sealed segment to every repository, then confirm its end to the server.
+/// Sample the sequences into a sealed segment, encode it, put it to every
+/// repository, then confirm its end to the server.
 async fn store_sealed(
     stream: &mut LogicalStream<'_>,
     archiver: &mut Archiver,
     cx: &SessionContext<'_>,
+    upkeep: &mut Upkeep,
     totals: &mut SessionTotals,
-    sealed: SealedSegment,
+    mut segment: ChangeSegment,
 ) -> Result<()> {
-    let meta = &sealed.meta;
+    // The segment's last commit was received, so its sequence values are
+    // at most what the server reports now.
+    segment.meta.sequences = upkeep.sample_sequences().await;
+    let key = segment_key(&segment.meta.stream_id, segment.meta.start_lsn, segment.meta.end_lsn);
+    let bytes = Bytes::from(segment::encode_sealed(&segment, cx.sealer)?);
+    let meta = &segment.meta;
     let puts = cx.repos.iter().map(|repo| {
-        let bytes = sealed.bytes.clone();
-        let key = sealed.key.as_str();
+        let bytes = bytes.clone();
+        let key = key.as_str();
         async move {
             repo.put(key, bytes, PutOptions::default())
                 .await
@@ -472,173 +565,15 @@ async fn store_sealed(
         end_lsn = %meta.end_lsn,
         transactions = meta.transactions,
         changes = meta.changes,
+        sequences = meta.sequences.len(),
         raw_bytes = meta.raw_size,
-        stored_bytes = sealed.bytes.len(),
+        stored_bytes = bytes.len(),
         lag_ms,
         "stored change segment"
     );
     totals.segments += 1;
     totals.transactions += meta.transactions;
     totals.changes += meta.changes;
-    totals.bytes += sealed.bytes.len() as u64;
+    totals.bytes += bytes.len() as u64;
     Ok(())
-}
-
-/// Encode messages for tests.
-#[cfg(test)]
-fn encoded(m: PgOutputMessage) -> Bytes {
-    let mut out = bytes::BytesMut::new();
-    pgoutput::encode(&m, &mut out).unwrap();
-    out.freeze()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::replication::pgoutput::{
-        Begin, Column, Commit, Insert, Relation, ReplicaIdentity, TupleValue,
-    };
-
-    fn relation(id: Oid, cols: usize) -> Bytes {
-        encoded(PgOutputMessage::Relation(Relation {
-            id,
-            namespace: "public".into(),
-            name: format!("t{id}"),
-            replica_identity: ReplicaIdentity::Default,
-            columns: (0..cols)
-                .map(|i| Column {
-                    flags: 1,
-                    name: format!("c{i}"),
-                    type_oid: 23,
-                    type_modifier: -1,
-                })
-                .collect(),
-        }))
-    }
-
-    fn txn(a: &mut Archiver, xid: u32, rel: Oid, with_relation: Option<Bytes>, end: u64) {
-        a.accept(encoded(PgOutputMessage::Begin(Begin {
-            final_lsn: Lsn(end - 8),
-            commit_time: PgTimestamp(5),
-            xid,
-        })))
-        .unwrap();
-        if let Some(r) = with_relation {
-            a.accept(r).unwrap();
-        }
-        a.accept(encoded(PgOutputMessage::Insert(Insert {
-            relation_id: rel,
-            new_tuple: vec![TupleValue::Text(Bytes::from_static(b"1"))],
-        })))
-        .unwrap();
-        a.accept(encoded(PgOutputMessage::Commit(Commit {
-            flags: 0,
-            commit_lsn: Lsn(end - 8),
-            end_lsn: Lsn(end),
-            commit_time: PgTimestamp(5),
-        })))
-        .unwrap();
-    }
-
-    #[test]
-    fn segment_covers_durable_end_to_last_commit_and_carries_schema() {
-        let mut a = Archiver::new("9-s".into(), Lsn(0x100));
-        txn(&mut a, 1, 16384, Some(relation(16384, 1)), 0x200);
-        txn(&mut a, 2, 16384, None, 0x300);
-        let sealed = a.seal().unwrap().unwrap();
-        assert_eq!(sealed.key, segment_key("9-s", Lsn(0x100), Lsn(0x300)));
-        let seg = segment::decode(&sealed.bytes, "k").unwrap();
-        assert_eq!(seg.transactions.len(), 2);
-        assert_eq!(seg.schema, vec![relation(16384, 1)]);
-        assert_eq!(seg.meta.changes, 2);
-        a.confirm(Lsn(0x300));
-        assert!(a.seal().unwrap().is_none());
-
-        // Next segment: relation known from the cache, not resent by the server.
-        txn(&mut a, 3, 16384, None, 0x400);
-        let seg = segment::decode(&a.seal().unwrap().unwrap().bytes, "k").unwrap();
-        assert_eq!(seg.meta.start_lsn, Lsn(0x300));
-        assert_eq!(seg.schema, vec![relation(16384, 1)]);
-    }
-
-    #[test]
-    fn schema_is_the_version_before_a_later_change() {
-        let mut a = Archiver::new("9-s".into(), Lsn(0));
-        txn(&mut a, 1, 7, Some(relation(7, 1)), 0x200);
-        txn(&mut a, 2, 7, Some(relation(7, 2)), 0x300);
-        let seg = segment::decode(&a.seal().unwrap().unwrap().bytes, "k").unwrap();
-        assert_eq!(seg.schema, vec![relation(7, 1)]);
-        assert_eq!(seg.transactions[1].messages[1], relation(7, 2));
-    }
-
-    #[test]
-    fn already_archived_transactions_are_skipped() {
-        let mut a = Archiver::new("9-s".into(), Lsn(0x300));
-        txn(&mut a, 1, 7, Some(relation(7, 1)), 0x200);
-        txn(&mut a, 2, 7, None, 0x300);
-        assert!(!a.has_open_segment());
-        txn(&mut a, 3, 7, None, 0x380);
-        txn(&mut a, 3, 7, None, 0x380);
-        let seg = segment::decode(&a.seal().unwrap().unwrap().bytes, "k").unwrap();
-        assert_eq!(seg.transactions.len(), 1);
-        assert_eq!(
-            (seg.meta.start_lsn, seg.meta.end_lsn),
-            (Lsn(0x300), Lsn(0x380))
-        );
-        // The skipped transaction's Relation still fed the cache.
-        assert_eq!(seg.schema, vec![relation(7, 1)]);
-    }
-
-    #[test]
-    fn due_by_size_and_age() {
-        let limits = SegmentLimits {
-            max_age: Duration::from_secs(60),
-            max_bytes: 10_000,
-        };
-        let mut a = Archiver::new("9-s".into(), Lsn(0));
-        assert!(!a.is_due(limits, Instant::now()));
-        txn(&mut a, 1, 7, Some(relation(7, 1)), 0x200);
-        assert!(!a.is_due(limits, Instant::now()));
-        assert!(a.is_due(limits, Instant::now() + Duration::from_secs(61)));
-        assert!(a.is_due(
-            SegmentLimits {
-                max_bytes: 10,
-                ..limits
-            },
-            Instant::now()
-        ));
-    }
-
-    #[test]
-    fn change_before_relation_is_an_error() {
-        let mut a = Archiver::new("9-s".into(), Lsn(0));
-        a.accept(encoded(PgOutputMessage::Begin(Begin {
-            final_lsn: Lsn(1),
-            commit_time: PgTimestamp(0),
-            xid: 1,
-        })))
-        .unwrap();
-        let insert = encoded(PgOutputMessage::Insert(Insert {
-            relation_id: 9,
-            new_tuple: vec![],
-        }));
-        assert!(a.accept(insert).is_err());
-    }
-
-    #[test]
-    fn heartbeat_only_when_idle_and_far_enough() {
-        let a = Archiver::new("1-s".into(), Lsn(1000));
-        let now = Instant::now();
-        assert!(a.heartbeat(Lsn(1000), now).unwrap().is_none(), "nothing new");
-        assert!(a.heartbeat(Lsn(2000), now).unwrap().is_none(), "too little WAL, too soon");
-        let far = Lsn(1000 + HEARTBEAT_BYTES);
-        let hb = a.heartbeat(far, now).unwrap().expect("due by size");
-        assert_eq!((hb.meta.start_lsn, hb.meta.end_lsn, hb.meta.transactions), (Lsn(1000), far, 0));
-        let back = super::segment::decode(&hb.bytes, &hb.key).unwrap();
-        assert!(back.transactions.is_empty());
-        assert!(a.heartbeat(Lsn(2000), now + HEARTBEAT_INTERVAL).unwrap().is_some(), "due by time");
-        let mut busy = Archiver::new("1-s".into(), Lsn(1000));
-        busy.current = Some(OpenTransaction::default());
-        assert!(busy.heartbeat(far, now).unwrap().is_none(), "never in the middle of a transaction");
-    }
 }

@@ -5,23 +5,36 @@
 //!
 //! 1. open every repository;
 //! 2. name the stream `<system_identifier>-<slot>` (`IDENTIFY_SYSTEM`);
-//! 3. make sure the publication exists — created `FOR TABLE` with only the
-//!    tables that have a usable replica identity, never `FOR ALL TABLES`
-//!    (which would make UPDATE and DELETE fail on tables without one) —
-//!    and that the permanent `pgoutput` slot exists (publication first:
-//!    pgoutput looks it up as of each change's time);
-//! 4. find the resume point: the end of the segment chain present in every
-//!    repository, or the slot's `confirmed_flush_lsn` when there is none;
-//!    a gap is an error, segments beyond the common end (a crash between
-//!    puts) are removed — the slot was never confirmed past them;
+//! 3. make sure both publications exist and hold every table
+//!    ([`publication`]): the main one (`FOR TABLE`, tables with a usable
+//!    replica identity; never `FOR ALL TABLES`, which would make UPDATE and
+//!    DELETE fail on tables without one) and `<publication>_insert_only`
+//!    (`publish = 'insert, truncate'`, the other tables, each named in a
+//!    warning with the fix), then that the permanent `pgoutput` slot exists
+//!    (publications first: pgoutput looks them up as of each change's time);
+//! 4. find the resume point ([`slot`]): the end of the segment chain present
+//!    in every repository, or the slot's `confirmed_flush_lsn` when there is
+//!    none; a gap is an error, segments beyond the common end (a crash
+//!    between puts) are removed — the slot was never confirmed past them.
+//!    Once per run, [`autobackup`] checks that a full backup covers the
+//!    chain, and takes one if not;
 //! 5. run the [`archiver`] until `shutdown` resolves (the open segment is
 //!    then stored and confirmed) or a fatal error, reconnecting with
-//!    backoff (1 s, 2 s, … 30 s) and going back to step 4 after connection
-//!    and transient storage errors.
+//!    backoff (1 s, 2 s, … 30 s) and going back to step 3 after connection
+//!    and transient storage errors. While it runs, new tables join a
+//!    publication within `publication_check`, each segment carries
+//!    sequence samples, and schema changes without captured DDL
+//!    ([`setup`] installs the capture) lead to a new full backup.
 
 pub mod archiver;
+pub mod autobackup;
 pub mod ddl;
+pub mod publication;
+pub mod schema_watch;
 pub mod segment;
+pub mod setup;
+pub mod slot;
+pub mod upkeep;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,11 +45,13 @@ use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pg::catalog::{qualified, quote_ident};
 use crate::replication::{ReplicationConnection, validate_slot_name};
-use crate::repo::layout::{CHANGES_PREFIX, Lsn, parse_segment_key};
+use crate::repo::layout::Lsn;
 use crate::storage::Storage;
 use archiver::{Archiver, SegmentLimits, SessionContext, SessionEnd, SessionTotals};
+use autobackup::{AutoBackup, AutoBackupOptions, AutoBackupTotals, BackupReason};
+use publication::{MAINTENANCE_SETTING, PublicationNames, ReconcileMode, Reconciled};
+use upkeep::Upkeep;
 
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -46,22 +61,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct StreamOptions {
     /// Logical slot (created, permanent, `pgoutput`, if missing).
     pub slot: String,
-    /// Publication (created `FOR TABLE …` if missing).
+    /// Main publication (created `FOR TABLE …` if missing); the insert-only
+    /// one is named after it ([`publication::insert_only_name`]).
     pub publication: String,
     /// Close a segment this many seconds after its first transaction.
     pub segment_seconds: u64,
     /// Close a segment once its raw payload exceeds this many bytes.
     pub segment_bytes: u64,
+    /// How often tables that are in neither publication are put into one.
+    pub publication_check: Duration,
+    /// Full backups the stream takes by itself (all off here; the CLI turns
+    /// them on).
+    pub auto_backup: AutoBackupOptions,
 }
 
 impl StreamOptions {
-    /// `slot` and `publication` with the default segment limits (10 s, 16 MiB).
+    /// `slot` and `publication` with the default segment limits (10 s,
+    /// 16 MiB), a publication check every 30 s, no automatic backups.
     pub fn new(slot: impl Into<String>, publication: impl Into<String>) -> StreamOptions {
         StreamOptions {
             slot: slot.into(),
             publication: publication.into(),
             segment_seconds: 10,
             segment_bytes: 16 << 20,
+            publication_check: Duration::from_secs(30),
+            auto_backup: AutoBackupOptions::default(),
         }
     }
 }
@@ -77,8 +101,11 @@ pub struct StreamReport {
     pub durable_end: Lsn,
     /// Segments, transactions, changes and bytes stored.
     pub totals: SessionTotals,
-    /// Tables left out of a publication created by this run (no replica identity).
+    /// Tables without a usable replica identity at start (in the
+    /// insert-only publication: only their inserts and truncates are archived).
     pub tables_without_identity: Vec<String>,
+    /// Full backups the stream took by itself.
+    pub auto_backups: AutoBackupTotals,
     /// Connection attempts that failed or ended and were retried.
     pub reconnects: u64,
 }
@@ -103,373 +130,180 @@ pub async fn run(
     let identity = repl.identify_system().await?;
     let stream_id = format!("{}-{}", identity.systemid, opts.slot);
     let span = tracing::info_span!("stream", stream_id = %stream_id, slot = %opts.slot, lsn = tracing::field::Empty);
-    archive(
-        settings,
-        opts,
-        repos,
-        repl,
-        stream_id,
-        &mut shutdown,
-        span.clone(),
-    )
-    .instrument(span)
-    .await
+    let autobackup = AutoBackup::start(settings, opts.auto_backup.clone());
+    let stream = Stream { settings, opts, repos, stream_id, system_identifier: identity.systemid.to_string(), span: span.clone() };
+    let result = stream.archive(repl, &autobackup, &mut shutdown).instrument(span.clone()).await;
+    let auto_backups = autobackup.stop().instrument(span).await;
+    result.map(|report| StreamReport { auto_backups, ..report })
 }
 
-/// Steps 3 to 5, inside the stream's span.
-async fn archive<F: Future<Output = ()>>(
-    settings: &Settings,
-    opts: &StreamOptions,
+/// What steps 3 to 5 share.
+struct Stream<'a> {
+    settings: &'a Settings,
+    opts: &'a StreamOptions,
     repos: Vec<Arc<dyn Storage>>,
-    mut repl: ReplicationConnection,
     stream_id: String,
-    shutdown: &mut std::pin::Pin<&mut F>,
+    system_identifier: String,
     span: tracing::Span,
-) -> Result<StreamReport> {
-    // 3. Publication, then slot.
-    let client = crate::pg::connect::connect(&settings.db).await?;
-    let tables_without_identity = ensure_publication(&client.client, &opts.publication).await?;
-    ensure_slot(&client.client, &mut repl, &opts.slot, &settings.db.dbname).await?;
-    drop(client);
-    let mut repl = Some(repl);
+}
 
-    let limits = SegmentLimits {
-        max_age: Duration::from_secs(opts.segment_seconds),
-        max_bytes: opts.segment_bytes,
-    };
-    let cx = SessionContext {
-        slot: &opts.slot,
-        publication: &opts.publication,
-        repos: &repos,
-        limits,
-    };
-    let mut totals = SessionTotals::default();
-    let mut start_lsn = None;
-    let mut durable_end = Lsn(0);
-    let mut reconnects = 0;
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        // 4. Resume point, 5. archive.
-        let attempt = async {
-            let resume = resume_point(&settings.db, &opts.slot, &stream_id, &repos).await?;
-            start_lsn.get_or_insert(resume);
-            span.record("lsn", tracing::field::display(resume));
-            let mut conn = match repl.take() {
-                Some(conn) => conn,
-                None => ReplicationConnection::connect(&settings.db).await?,
-            };
-            let mut archiver = Archiver::new(stream_id.clone(), resume);
-            let result =
-                archiver::run_session(&mut conn, &mut archiver, &cx, &mut totals, shutdown).await;
-            durable_end = archiver.durable_end();
-            let progressed = durable_end > resume;
-            if result.is_ok() {
-                let _ = conn.close().await;
-            }
-            result.map(|end| (end, progressed))
+impl Stream<'_> {
+    /// Steps 3 to 5, inside the stream's span.
+    async fn archive<F: Future<Output = ()>>(
+        &self,
+        mut repl: ReplicationConnection,
+        autobackup: &AutoBackup,
+        shutdown: &mut std::pin::Pin<&mut F>,
+    ) -> Result<StreamReport> {
+        let (settings, opts) = (self.settings, self.opts);
+        let names = PublicationNames::new(&opts.publication);
+        // 3. Publications, then slot.
+        let mut upkeep = Upkeep::new(settings.db.clone());
+        let first = upkeep.reconcile(&names, ReconcileMode { create: true, announce: true }).await?;
+        let slot_existed = slot::ensure_slot(upkeep.client().await?, &mut repl, &opts.slot, &settings.db.dbname).await?;
+        let mut repl = Some(repl);
+        // A slot older than the insert-only publication cannot stream it
+        // until its position passes the publication's creation.
+        let mut resubscribe_at =
+            if first.created_insert_only && slot_existed { Some(self.insert_only_from(&mut upkeep, &names).await?) } else { None };
+        if !first.created_main {
+            request_late(autobackup, &first);
+        }
+        let mut insert_only_exists = first.insert_only_exists;
+        let tables_without_identity = first.insert_only_tables.clone();
+
+        let limits = SegmentLimits {
+            max_age: Duration::from_secs(opts.segment_seconds),
+            max_bytes: opts.segment_bytes,
         };
-        match attempt.await {
-            Ok((SessionEnd::Shutdown, _)) => break,
-            Ok((SessionEnd::ServerEnded, progressed)) => {
-                tracing::warn!("the server ended the replication stream; reconnecting");
-                if progressed {
-                    backoff = Duration::from_secs(1);
+        // Encryption (when configured): one data key for this run's segments.
+        let sealer = crate::crypto::Sealer::from_settings(&settings.encryption)?;
+        let mut totals = SessionTotals::default();
+        let mut start_lsn = None;
+        let mut durable_end = Lsn(0);
+        let mut reconnects = 0;
+        let mut backoff = Duration::from_secs(1);
+        let mut coverage_checked = false;
+        let mut attempt_no = 0u64;
+        loop {
+            attempt_no += 1;
+            if attempt_no > 1 {
+                // 3 again. Not fatal: the periodic check tries again.
+                match upkeep.reconcile(&names, ReconcileMode { create: true, announce: false }).await {
+                    Ok(again) => {
+                        request_late(autobackup, &again);
+                        insert_only_exists = again.insert_only_exists;
+                        if again.created_insert_only {
+                            // Failing that, pgoutput's refusal is handled below.
+                            resubscribe_at = self.insert_only_from(&mut upkeep, &names).await.ok();
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e.user_line(), "cannot check the publications"),
                 }
             }
-            Err(e) if e.is_retryable() || e.message().contains("is active for PID") => {
-                // A slot still held by a killed predecessor's walsender is
-                // released once the server notices; a live second streamer
-                // keeps us waiting here, warned every attempt.
-                tracing::warn!(error = %e.user_line(), backoff_s = backoff.as_secs(), "stream interrupted; reconnecting");
+            let cx = SessionContext {
+                slot: &opts.slot,
+                names: &names,
+                insert_only: insert_only_exists,
+                resubscribe_at,
+                repos: &self.repos,
+                limits,
+                publication_check: opts.publication_check,
+                autobackup,
+                sealer: sealer.as_ref(),
+            };
+            // 4. Resume point, 5. archive.
+            let attempt = async {
+                let plan = slot::resume_point(&settings.db, &opts.slot, &self.stream_id, &self.repos).await?;
+                if start_lsn.is_none() {
+                    // Once: fmt layers append a field recorded again.
+                    self.span.record("lsn", tracing::field::display(plan.resume));
+                    start_lsn = Some(plan.resume);
+                }
+                if !coverage_checked {
+                    autobackup.check_coverage(&self.repos, &self.system_identifier, &settings.db.dbname, plan.chain_start).await;
+                    coverage_checked = true;
+                }
+                let mut conn = match repl.take() {
+                    Some(conn) => conn,
+                    None => ReplicationConnection::connect(&settings.db).await?,
+                };
+                let mut archiver = Archiver::new(self.stream_id.clone(), plan.resume);
+                let result = archiver::run_session(&mut conn, &mut archiver, &cx, &mut upkeep, &mut totals, shutdown).await;
+                durable_end = archiver.durable_end();
+                let progressed = durable_end > plan.resume;
+                if result.is_ok() {
+                    let _ = conn.close().await;
+                }
+                result.map(|end| (end, progressed))
+            };
+            match attempt.await {
+                Ok((SessionEnd::Shutdown, _)) => break,
+                Ok((SessionEnd::Resubscribe, _)) => {
+                    resubscribe_at = None;
+                    continue;
+                }
+                Ok((SessionEnd::ServerEnded, progressed)) => {
+                    tracing::warn!("the server ended the replication stream; reconnecting");
+                    if progressed {
+                        backoff = Duration::from_secs(1);
+                    }
+                }
+                Err(e) if resubscribe_at.is_none() && insert_only_exists && publication::is_missing_publication(&e, &names.insert_only) => {
+                    // Created by an earlier run that stopped before the
+                    // archive passed its creation.
+                    resubscribe_at = Some(self.insert_only_from(&mut upkeep, &names).await?);
+                    continue;
+                }
+                Err(e) if e.is_retryable() || e.message().contains("is active for PID") => {
+                    // A slot still held by a killed predecessor's walsender is
+                    // released once the server notices; a live second streamer
+                    // keeps us waiting here, warned every attempt.
+                    tracing::warn!(error = %e.user_line(), backoff_s = backoff.as_secs(), "stream interrupted; reconnecting");
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        }
-        reconnects += 1;
-        tokio::select! {
-            _ = shutdown.as_mut() => break,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-    let start_lsn = start_lsn.unwrap_or(durable_end);
-    tracing::info!(start_lsn = %start_lsn, durable_end = %durable_end, segments = totals.segments, "stream stopped");
-    Ok(StreamReport {
-        stream_id,
-        start_lsn,
-        durable_end,
-        totals,
-        tables_without_identity,
-        reconnects,
-    })
-}
-
-/// Create `publication` if missing, `FOR TABLE` every ordinary table with a
-/// usable replica identity. Returns the tables left out (each with a warning).
-async fn ensure_publication(
-    client: &tokio_postgres::Client,
-    publication: &str,
-) -> Result<Vec<String>> {
-    let db_err = |what: &'static str| {
-        move |e: tokio_postgres::Error| {
-            let text = e
-                .as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string());
-            Error::new(ErrorKind::Database, format!("cannot {what}: {text}"))
-        }
-    };
-    let exists = client
-        .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(db_err("look up the publication"))?;
-    if let Some(row) = exists {
-        if row.get::<_, bool>(0) {
-            tracing::warn!(
-                publication,
-                "publication is FOR ALL TABLES: UPDATE and DELETE fail on tables without a replica identity"
-            );
-        }
-        return Ok(Vec::new());
-    }
-    let rows = client
-        .query(
-            "SELECT n.nspname, c.relname,
-                    c.relreplident = 'f'
-                    OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
-                    OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND c.relpersistence = 'p'
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
-               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .map_err(db_err("list tables for the publication"))?;
-    let mut usable = Vec::new();
-    let mut left_out = Vec::new();
-    for row in rows {
-        let (schema, name, ok): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
-        let table = qualified(&schema, &name);
-        if ok {
-            usable.push(table);
-        } else {
-            tracing::warn!(
-                table = %table,
-                "table has no replica identity and is not streamed; fix: ALTER TABLE {table} ADD PRIMARY KEY (…) \
-                 (or ALTER TABLE {table} REPLICA IDENTITY FULL), then ALTER PUBLICATION {} ADD TABLE {table}",
-                quote_ident(publication)
-            );
-            left_out.push(table);
-        }
-    }
-    let mut sql = format!("CREATE PUBLICATION {}", quote_ident(publication));
-    if !usable.is_empty() {
-        sql.push_str(" FOR TABLE ");
-        sql.push_str(&usable.join(", "));
-    }
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(db_err("create the publication"))?;
-    tracing::info!(
-        publication,
-        tables = usable.len(),
-        left_out = left_out.len(),
-        "created publication"
-    );
-    Ok(left_out)
-}
-
-/// Create the permanent pgoutput slot if missing; refuse a slot of another
-/// kind, plugin or database.
-async fn ensure_slot(
-    client: &tokio_postgres::Client,
-    repl: &mut ReplicationConnection,
-    slot: &str,
-    dbname: &str,
-) -> Result<()> {
-    let row = client
-        .query_opt(
-            "SELECT slot_type, coalesce(plugin, ''), coalesce(database, '') FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| Error::new(ErrorKind::Database, format!("cannot look up replication slot {slot}: {e}")))?;
-    match row {
-        None => {
-            repl.create_logical_slot(slot, false, false).await?;
-        }
-        Some(row) => {
-            let (kind, plugin, database): (String, String, String) =
-                (row.get(0), row.get(1), row.get(2));
-            if kind != "logical" || plugin != "pgoutput" || database != dbname {
-                return Err(Error::config(format!(
-                    "replication slot {slot} is a {kind} slot with plugin `{plugin}` on database `{database}`, \
-                     not a pgoutput slot on `{dbname}`"
-                ))
-                .with_hint("choose another --slot, or drop that slot if it is unused"));
+            reconnects += 1;
+            tokio::select! {
+                _ = shutdown.as_mut() => break,
+                _ = tokio::time::sleep(backoff) => {}
             }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        let start_lsn = start_lsn.unwrap_or(durable_end);
+        tracing::info!(start_lsn = %start_lsn, durable_end = %durable_end, segments = totals.segments, "stream stopped");
+        Ok(StreamReport {
+            stream_id: self.stream_id.clone(),
+            start_lsn,
+            durable_end,
+            totals,
+            tables_without_identity,
+            auto_backups: AutoBackupTotals::default(),
+            reconnects,
+        })
     }
-    Ok(())
+
+    /// Where the insert-only publication can be streamed from: the current
+    /// WAL position (it exists by now). Until the archive gets there, only
+    /// the main publication is streamed.
+    async fn insert_only_from(&self, upkeep: &mut Upkeep, names: &PublicationNames) -> Result<Lsn> {
+        let at = upkeep.current_wal_lsn().await?;
+        tracing::warn!(
+            publication = %names.insert_only,
+            from = %at,
+            "the slot's position predates the insert-only publication: streaming only {} until the archive reaches {at}; \
+             inserts into tables without a replica identity before that are not archived",
+            names.main
+        );
+        Ok(at)
+    }
 }
 
-/// The slot's `confirmed_flush_lsn`.
-async fn confirmed_flush(db: &crate::config::DbSettings, slot: &str) -> Result<Lsn> {
-    let conn = crate::pg::connect::connect(db).await?;
-    let row = conn
-        .client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Database,
-                format!("cannot read replication slot {slot}: {e}"),
-            )
-        })?;
-    let text: Option<String> = row
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Database,
-                format!("replication slot {slot} no longer exists"),
-            )
-        })?
-        .get(0);
-    text.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Database,
-            format!("replication slot {slot} has no confirmed position"),
-        )
-    })?
-    .parse()
-}
-
-/// Step 4: list the stream's segments in every repository, remove orphans
-/// past the common end, and return where to resume.
-async fn resume_point(
-    db: &crate::config::DbSettings,
-    slot: &str,
-    stream_id: &str,
-    repos: &[Arc<dyn Storage>],
-) -> Result<Lsn> {
-    let prefix = format!("{CHANGES_PREFIX}{stream_id}/");
-    let mut listings = Vec::new();
-    for repo in repos {
-        let keys = repo
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
-        listings.push((repo.location(), keys));
+/// Tables added to a publication that already existed missed earlier changes.
+fn request_late(autobackup: &AutoBackup, done: &Reconciled) {
+    for table in done.late_additions() {
+        autobackup.request(BackupReason::LateTable { table: table.to_string() });
     }
-    let confirmed = confirmed_flush(db, slot).await?;
-    let plan = plan_resume(stream_id, &listings, confirmed)?;
-    if !plan.orphans.is_empty() {
-        // Segments past the common end may belong to another live streamer
-        // between its puts: only remove them when nobody consumes the slot.
-        if let Some(pid) = slot_active_pid(db, slot).await? {
-            return Err(Error::new(
-                ErrorKind::Database,
-                format!("replication slot {slot} is active for PID {pid}; not touching segments past the common end"),
-            )
-            .with_hint("run one `pgkeep stream` per slot"));
-        }
-    }
-    for (index, key) in &plan.orphans {
-        tracing::warn!(key = %key, repository = %repos[*index].location(), "removing a segment stored past the common end (interrupted run)");
-        repos[*index].delete(key).await?;
-    }
-    Ok(plan.resume)
-}
-
-/// The pid of the walsender consuming `slot`, if any.
-async fn slot_active_pid(db: &crate::config::DbSettings, slot: &str) -> Result<Option<i32>> {
-    let conn = crate::pg::connect::connect(db).await?;
-    let row = conn
-        .client
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
-        .await
-        .map_err(|e| Error::new(ErrorKind::Database, format!("cannot read replication slot {slot}: {e}")))?;
-    Ok(row.and_then(|r| r.get(0)))
-}
-
-/// Where to resume, and segments to remove `(repository index, key)`.
-#[derive(Debug, PartialEq, Eq)]
-struct ResumePlan {
-    resume: Lsn,
-    orphans: Vec<(usize, String)>,
-}
-
-/// Pure part of [`resume_point`]: `listings` are `(location, keys)` per repository.
-fn plan_resume(
-    stream_id: &str,
-    listings: &[(String, Vec<String>)],
-    confirmed: Lsn,
-) -> Result<ResumePlan> {
-    let mut chains = Vec::new();
-    for (location, keys) in listings {
-        let mut segs: Vec<(Lsn, Lsn, &String)> = keys
-            .iter()
-            .filter_map(|k| {
-                parse_segment_key(k)
-                    .filter(|(s, _, _)| s == stream_id)
-                    .map(|(_, a, b)| (a, b, k))
-            })
-            .collect();
-        segs.sort();
-        for pair in segs.windows(2) {
-            let (prev_end, next_start) = (pair[0].1, pair[1].0);
-            if prev_end != next_start {
-                return Err(Error::corrupt(format!(
-                    "repository {location} is missing changes [{prev_end}, {next_start}) of stream {stream_id} \
-                     (segments {} and {} are not contiguous)",
-                    pair[0].2, pair[1].2
-                )));
-            }
-        }
-        chains.push(segs);
-    }
-    let Some(resume) = chains.iter().filter_map(|c| c.last().map(|s| s.1)).min() else {
-        return Ok(ResumePlan {
-            resume: confirmed,
-            orphans: Vec::new(),
-        });
-    };
-    if confirmed > resume {
-        let location = chains
-            .iter()
-            .zip(listings)
-            .find(|(c, _)| c.last().is_some_and(|s| s.1 == resume))
-            .map(|(_, l)| l.0.clone());
-        return Err(Error::corrupt(format!(
-            "repository {} ends stream {stream_id} at {resume} but the slot already confirmed {confirmed}: \
-             changes [{resume}, {confirmed}) are missing",
-            location.unwrap_or_default()
-        ))
-        .with_hint("take a new full backup and use a new slot, or restore the missing segments"));
-    }
-    let mut orphans = Vec::new();
-    for (index, chain) in chains.iter().enumerate() {
-        for (start, end, key) in chain {
-            if *start >= resume {
-                orphans.push((index, (*key).clone()));
-            } else if *end > resume {
-                return Err(Error::corrupt(format!(
-                    "segment {key} in repository {} overlaps the common end {resume} of stream {stream_id}",
-                    listings[index].0
-                )));
-            }
-        }
-    }
-    Ok(ResumePlan { resume, orphans })
 }
 
 /// The default slot and publication name for a database: `pgkeep_<db>`,
@@ -484,12 +318,16 @@ pub fn default_name(dbname: &str) -> String {
 }
 
 /// Stop using change archiving: drop pgkeep's slot (so the server stops
-/// retaining WAL for it) and its publication. Returns what was removed.
+/// retaining WAL for it) and both its publications. Returns what was removed.
 pub async fn remove(settings: &Settings, slot: &str, publication: &str) -> Result<Vec<String>> {
     validate_slot_name(slot)?;
     let conn = crate::pg::connect(&settings.db).await?;
     let mut removed = Vec::new();
     let fail = crate::pg::query_error;
+    conn.client
+        .batch_execute(&format!("SET {MAINTENANCE_SETTING} = 'on'"))
+        .await
+        .map_err(fail("cannot set up the session".to_string()))?;
     let dropped = conn
         .client
         .query(
@@ -512,75 +350,6 @@ pub async fn remove(settings: &Settings, slot: &str, publication: &str) -> Resul
                 .with_hint("stop `pgkeep stream` first, then run this again"));
         }
     }
-    let exists = conn
-        .client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
-        .await
-        .map_err(fail(format!("cannot look up publication {publication}")))?
-        .is_some();
-    if exists {
-        conn.client
-            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
-            .await
-            .map_err(fail(format!("cannot drop publication {publication}")))?;
-        removed.push(format!("publication {publication}"));
-    }
+    removed.extend(publication::drop_all(&conn.client, &PublicationNames::new(publication)).await?);
     Ok(removed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::repo::layout::segment_key;
-
-    fn keys(ranges: &[(u64, u64)]) -> Vec<String> {
-        ranges
-            .iter()
-            .map(|(a, b)| segment_key("1-s", Lsn(*a), Lsn(*b)))
-            .collect()
-    }
-
-    #[test]
-    fn no_segments_resume_at_the_slot() {
-        let plan = plan_resume(
-            "1-s",
-            &[("a".into(), vec![]), ("b".into(), keys(&[]))],
-            Lsn(7),
-        )
-        .unwrap();
-        assert_eq!(
-            plan,
-            ResumePlan {
-                resume: Lsn(7),
-                orphans: vec![]
-            }
-        );
-    }
-
-    #[test]
-    fn common_end_wins_and_extra_segments_are_orphans() {
-        let a = keys(&[(5, 10), (10, 20), (20, 30)]);
-        let b = keys(&[(5, 10), (10, 20)]);
-        let plan =
-            plan_resume("1-s", &[("a".into(), a.clone()), ("b".into(), b)], Lsn(10)).unwrap();
-        assert_eq!(plan.resume, Lsn(20));
-        assert_eq!(plan.orphans, vec![(0, a[2].clone())]);
-        // Other streams are ignored.
-        let other = vec![segment_key("2-s", Lsn(0), Lsn(99))];
-        assert_eq!(
-            plan_resume("1-s", &[("a".into(), other)], Lsn(3))
-                .unwrap()
-                .resume,
-            Lsn(3)
-        );
-    }
-
-    #[test]
-    fn gaps_are_errors_naming_the_range() {
-        let e =
-            plan_resume("1-s", &[("a".into(), keys(&[(5, 10), (12, 20)]))], Lsn(5)).unwrap_err();
-        assert!(e.message().contains("[0/A, 0/C)"), "{}", e.message());
-        let e = plan_resume("1-s", &[("a".into(), keys(&[(5, 10)]))], Lsn(15)).unwrap_err();
-        assert!(e.message().contains("[0/A, 0/F)"), "{}", e.message());
-    }
 }

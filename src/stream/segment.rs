@@ -16,6 +16,15 @@
 //! a segment can be replayed without earlier ones. Every further record is
 //! one committed transaction, Begin … Commit.
 //!
+//! An encrypted segment (format version 2) has the same layout; its
+//! metadata line (still plaintext, so chains can be checked without a key)
+//! also carries `encryption`, the stream run's wrapped data key, and its
+//! payload is the zstd frame sealed with that key (`crypto::chunk`), the
+//! magic and metadata line as associated data, so the metadata cannot be
+//! edited either. [`encode_sealed`] writes it, [`decode_with`] reads it with
+//! a [`Keyring`]; [`decode`] reads unencrypted segments only, and
+//! [`decode_meta`] checks the trailer and reads the metadata of either.
+//!
 //! [`decode`] takes `&[u8]`, never panics and never allocates more than the
 //! input and the declared (bounded) payload size justify; it verifies the
 //! trailer, the payload size, the record framing, and that every
@@ -29,6 +38,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::crypto::{KeyEnvelope, Keyring, Sealer};
 use crate::error::{Error, Result};
 use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::repo::layout::Lsn;
@@ -37,6 +47,10 @@ use crate::repo::layout::Lsn;
 pub const MAGIC: &[u8; 8] = b"PGKSEG1\n";
 /// The format version written in the metadata.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of an encrypted segment.
+pub const SEALED_FORMAT_VERSION: u32 = 2;
+/// Associated-data label of a sealed segment payload (followed by the magic and metadata line).
+const AAD_SEGMENT: &[u8] = b"pgkeep segment payload v2\n";
 /// Largest raw payload a segment may declare (decode refuses more).
 pub const MAX_RAW_PAYLOAD: u64 = 1 << 30;
 /// zstd level for segment payloads.
@@ -124,9 +138,30 @@ fn too_large(what: &str) -> Error {
     ))
 }
 
+/// The metadata line of an encrypted segment.
+#[derive(Serialize)]
+struct SealedMetaOut<'a> {
+    #[serde(flatten)]
+    meta: &'a SegmentMeta,
+    encryption: &'a KeyEnvelope,
+}
+
+/// The `encryption` field of a metadata line, if any.
+#[derive(Deserialize)]
+struct EncryptionField {
+    #[serde(default)]
+    encryption: Option<KeyEnvelope>,
+}
+
 /// Encode `segment` with zstd. `meta.raw_size` and `meta.compression` are
 /// filled in here; the other fields are written as given.
 pub fn encode(segment: &ChangeSegment) -> Result<Vec<u8>> {
+    encode_sealed(segment, None)
+}
+
+/// [`encode`], encrypting the payload with `sealer` when given (format
+/// version 2; the metadata stays readable and is authenticated).
+pub fn encode_sealed(segment: &ChangeSegment, sealer: Option<&Sealer>) -> Result<Vec<u8>> {
     let mut raw = BytesMut::new();
     put_record(&mut raw, &segment.schema)?;
     for txn in &segment.transactions {
@@ -153,12 +188,22 @@ pub fn encode(segment: &ChangeSegment) -> Result<Vec<u8>> {
     let mut meta = segment.meta.clone();
     meta.raw_size = raw.len() as u64;
     meta.compression = "zstd".to_string();
-    let json = serde_json::to_vec(&meta)
-        .map_err(|e| Error::internal(format!("cannot encode segment metadata: {e}")))?;
-    let mut out = Vec::with_capacity(MAGIC.len() + json.len() + 9 + stored.len() + TRAILER_LEN);
+    let json = match sealer {
+        None => serde_json::to_vec(&meta),
+        Some(s) => {
+            meta.version = SEALED_FORMAT_VERSION;
+            serde_json::to_vec(&SealedMetaOut { meta: &meta, encryption: s.envelope() })
+        }
+    }
+    .map_err(|e| Error::internal(format!("cannot encode segment metadata: {e}")))?;
+    let mut out = Vec::with_capacity(MAGIC.len() + json.len() + 9 + stored.len() + TRAILER_LEN + 64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&json);
     out.push(b'\n');
+    let stored = match sealer {
+        None => stored,
+        Some(s) => s.cipher().seal(&stored, &segment_aad(&out))?,
+    };
     out.extend_from_slice(&(stored.len() as u64).to_be_bytes());
     out.extend_from_slice(&stored);
     let digest = Sha256::digest(&out);
@@ -166,8 +211,34 @@ pub fn encode(segment: &ChangeSegment) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decode and verify a stored segment. `what` names it in errors (its key).
+/// The associated data of a sealed payload: a label, the magic and the metadata line.
+fn segment_aad(header: &[u8]) -> Vec<u8> {
+    [AAD_SEGMENT, header].concat()
+}
+
+/// Decode and verify an unencrypted stored segment. `what` names it in
+/// errors (its key). An encrypted segment is refused: use [`decode_with`].
 pub fn decode(data: &[u8], what: &str) -> Result<ChangeSegment> {
+    decode_with(data, what, &Keyring::none())
+}
+
+/// Check the trailer and read the metadata line of a segment, encrypted
+/// or not, without decrypting or checking the payload.
+pub fn decode_meta(data: &[u8], what: &str) -> Result<SegmentMeta> {
+    let bad = |why: &str| Error::corrupt(format!("change segment {what} is damaged: {why}"));
+    let body_len = data.len().checked_sub(TRAILER_LEN).ok_or_else(|| bad("too short"))?;
+    let (body, trailer) = data.split_at(body_len);
+    if Sha256::digest(body).as_slice() != trailer {
+        return Err(bad("SHA-256 trailer does not match"));
+    }
+    let rest = body.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("not a pgkeep segment (magic)"))?;
+    let nl = memchr::memchr(b'\n', rest).ok_or_else(|| bad("no metadata line"))?;
+    serde_json::from_slice(&rest[..nl]).map_err(|e| bad(&format!("metadata: {e}")))
+}
+
+/// Decode and verify a stored segment, decrypting it with `keys` when it is
+/// encrypted. `what` names it in errors (its key).
+pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegment> {
     let bad = |why: &str| Error::corrupt(format!("change segment {what} is damaged: {why}"));
     // 1. Trailer.
     let body_len = data
@@ -185,12 +256,17 @@ pub fn decode(data: &[u8], what: &str) -> Result<ChangeSegment> {
     let nl = memchr::memchr(b'\n', rest).ok_or_else(|| bad("no metadata line"))?;
     let meta: SegmentMeta =
         serde_json::from_slice(&rest[..nl]).map_err(|e| bad(&format!("metadata: {e}")))?;
-    if meta.version != FORMAT_VERSION {
-        return Err(bad(&format!(
-            "unsupported segment format version {}",
-            meta.version
-        )));
+    let envelope = serde_json::from_slice::<EncryptionField>(&rest[..nl])
+        .map_err(|e| bad(&format!("metadata: {e}")))?
+        .encryption;
+    match (meta.version, &envelope) {
+        (FORMAT_VERSION, None) | (SEALED_FORMAT_VERSION, Some(_)) => {}
+        (FORMAT_VERSION | SEALED_FORMAT_VERSION, _) => {
+            return Err(bad("format version and encryption section disagree"));
+        }
+        (v, _) => return Err(bad(&format!("unsupported segment format version {v}"))),
     }
+    let header_len = MAGIC.len() + nl + 1;
     if meta.raw_size > MAX_RAW_PAYLOAD {
         return Err(bad("declared payload size too large"));
     }
@@ -205,6 +281,15 @@ pub fn decode(data: &[u8], what: &str) -> Result<ChangeSegment> {
     if stored.len() as u64 != stored_len {
         return Err(bad("payload length does not match"));
     }
+    let opened;
+    let stored = match &envelope {
+        None => stored,
+        Some(env) => {
+            let cipher = keys.cipher(env, &format!("change segment {what}"))?;
+            opened = cipher.open(stored, &segment_aad(&body[..header_len]), &format!("change segment {what}"))?;
+            &opened[..]
+        }
+    };
     let raw = match meta.compression.as_str() {
         "zstd" => {
             let mut out = Vec::new();
@@ -464,6 +549,44 @@ mod tests {
             decode(&bytes, name).unwrap();
             std::fs::write(dir.join(name), bytes).unwrap();
         }
+    }
+
+    #[test]
+    fn encrypted_segments_need_the_key_and_authenticate_their_metadata() {
+        let id = age::x25519::Identity::generate();
+        let settings = crate::config::EncryptionSettings { recipients: vec![id.to_public().to_string()], ..Default::default() };
+        let sealer = Sealer::from_settings(&settings).unwrap().unwrap();
+        let keys = Keyring::with_identities(vec![id], "test");
+        let bytes = encode_sealed(&sample(), Some(&sealer)).unwrap();
+        let back = decode_with(&bytes, "k", &keys).unwrap();
+        assert_eq!(back.transactions, sample().transactions);
+        assert_eq!(back.meta.version, SEALED_FORMAT_VERSION);
+        // Without a key: one line naming the segment; the metadata stays readable.
+        let e = decode(&bytes, "changes/7-s/x.seg").unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        assert!(e.user_line().contains("changes/7-s/x.seg"), "{}", e.user_line());
+        assert_eq!(decode_meta(&bytes, "k").unwrap().end_lsn, Lsn(0x300));
+        // The payload is not readable: no pgoutput bytes in the clear.
+        let plain = encode(&sample()).unwrap();
+        assert!(decode_with(&plain, "k", &keys).is_ok(), "unencrypted segments decode with keys too");
+        for i in (0..bytes.len()).step_by(5) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert!(decode_with(&bad, "k", &keys).is_err(), "flip at {i}");
+        }
+        // Editing the metadata and re-sealing the trailer fails authentication.
+        let text = bytes.clone();
+        let nl = MAGIC.len() + text[MAGIC.len()..].iter().position(|b| *b == b'\n').unwrap();
+        let line = String::from_utf8(text[MAGIC.len()..nl].to_vec()).unwrap();
+        let edited = line.replace("\"changes\":2", "\"changes\":3");
+        assert_ne!(edited, line);
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(edited.as_bytes());
+        forged.extend_from_slice(&text[nl..text.len() - TRAILER_LEN]);
+        let d = Sha256::digest(&forged);
+        forged.extend_from_slice(&d);
+        let e = decode_with(&forged, "k", &keys).unwrap_err();
+        assert!(e.user_line().contains("fails authentication"), "{}", e.user_line());
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! [`BackupSource::read_chunk`] (stored SHA-256, decompression, raw XXH3 and
 //! size). Problems are collected, not stopped at, and each names the
 //! object key and the repository.
+//!
+//! An encrypted backup is opened with the configured keys
+//! ([`open_source_with_keys`]): a wrong or missing key, or a manifest whose
+//! MAC does not match (tampering), fails file integrity with a line that
+//! names the backup and the repository.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use super::{Check, CheckResult, Status};
 use crate::error::{ErrorKind, Result};
 use crate::repo::layout::{BackupId, COPY_SUFFIX};
 use crate::repo::manifest::{self, BackupManifest, ChunkRef};
+use crate::crypto::Keyring;
 use crate::restore::source::{BackupSelector, BackupSource};
 use crate::storage::Storage;
 
@@ -141,9 +147,14 @@ pub async fn check_format(location: &str, read: &ManifestRead, source: Option<&B
             problems.push(format!("manifest of backup {} references object {} it does not list", m.backup_id, m.backup_id.key(&c.object)));
         }
     }
+    let sealed = match (&m.encryption, source) {
+        (None, _) => String::new(),
+        (Some(e), Some(_)) => format!(", encrypted ({:?}), MAC ok", e.mode).to_lowercase(),
+        (Some(_), None) => ", encrypted".to_string(),
+    };
     let summary = format!(
-        "manifest version {} checksum ok, {} tables, {} sequences, {} bytes of schema SQL",
-        manifest::MANIFEST_VERSION,
+        "manifest version {} checksum ok{sealed}, {} tables, {} sequences, {} bytes of schema SQL",
+        manifest::version_of(m),
         m.tables.len(),
         m.sequences.len(),
         sql_bytes
@@ -158,9 +169,15 @@ pub async fn check_format(location: &str, read: &ManifestRead, source: Option<&B
     r
 }
 
-/// Open `m`'s backup in this one repository for chunk reads.
+/// Open `m`'s backup in this one repository for chunk reads (unencrypted backups).
 pub async fn open_source(storage: &Arc<dyn Storage>, m: &BackupManifest) -> Result<BackupSource> {
-    BackupSource::find(std::slice::from_ref(storage), &BackupSelector::Id(m.backup_id.clone()), &m.database).await
+    open_source_with_keys(storage, m, &Keyring::none()).await
+}
+
+/// Open `m`'s backup in this one repository for chunk reads, decrypting
+/// with `keys`: checks the key, the manifest's MAC and the first chunk.
+pub async fn open_source_with_keys(storage: &Arc<dyn Storage>, m: &BackupManifest, keys: &Keyring) -> Result<BackupSource> {
+    BackupSource::find_with_keys(std::slice::from_ref(storage), &BackupSelector::Id(m.backup_id.clone()), &m.database, keys).await
 }
 
 /// The file-integrity check of one repository: every object present with

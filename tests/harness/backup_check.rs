@@ -25,6 +25,7 @@ pub fn settings(db: DbSettings, repos: Vec<RepoSpec>) -> Settings {
         config_file: None,
         critical_tables: Vec::new(),
         expire_after_backup: false,
+        encryption: Default::default(),
         provenance: Vec::new(),
     }
 }

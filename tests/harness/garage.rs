@@ -296,6 +296,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             max_attempts: 4,
             attempt_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
+            security: Default::default(),
         }
     }
 

@@ -7,5 +7,6 @@ pub mod garage;
 pub mod assert_error;
 pub mod backup_check;
 pub mod fault_proxy;
+pub mod fake_s3;
 pub mod postgres;
 pub mod storage_conformance;

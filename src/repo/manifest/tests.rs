@@ -50,6 +50,7 @@ pub(crate) fn sample() -> BackupManifest {
         objects: vec![ObjectEntry { key: "data/000001.pack".into(), size: 10 }],
         stats: BackupStats::default(),
         warnings: vec![],
+        changes: None,
     }
 }
 
@@ -84,9 +85,13 @@ fn any_edit_of_the_body_is_detected() {
 #[test]
 fn unknown_version_and_garbage_are_rejected() {
     let text = String::from_utf8(encode(&sample()).unwrap()).unwrap();
+    let v3 = text.replacen("\"version\":1", "\"version\":3", 1);
+    let e = decode(v3.as_bytes(), "k").unwrap_err();
+    assert!(e.user_line().contains("format version 3"), "{}", e.user_line());
+    // Version 2 promises an encryption section; a plain body under it is refused.
     let v2 = text.replacen("\"version\":1", "\"version\":2", 1);
     let e = decode(v2.as_bytes(), "k").unwrap_err();
-    assert!(e.user_line().contains("format version 2"), "{}", e.user_line());
+    assert!(e.user_line().contains("encryption section"), "{}", e.user_line());
     assert!(decode(b"", "k").is_err());
     assert!(decode(b"{\"format\":\"other\",\"version\":1,\"sha256\":\"\",\"body\":{}}", "k").is_err());
 }

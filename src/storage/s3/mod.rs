@@ -12,6 +12,7 @@
 
 mod download;
 mod errors;
+pub mod protection;
 mod upload;
 
 use std::ops::Range;
@@ -38,6 +39,7 @@ use super::{
 };
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, Result};
+pub use protection::{LockMode, ObjectLock, S3Security, Sse};
 
 /// Smallest part size S3 accepts for all but the last part of a multipart upload.
 pub const MIN_PART_SIZE: usize = 5 << 20;
@@ -72,6 +74,8 @@ pub struct S3Settings {
     pub attempt_timeout: std::time::Duration,
     /// Connect timeout.
     pub connect_timeout: std::time::Duration,
+    /// Server-side encryption, object lock and the HTTPS rule.
+    pub security: S3Security,
 }
 
 /// A bucket (and prefix) on S3 or an S3-compatible store.
@@ -176,6 +180,9 @@ impl S3Storage {
 
 /// Reject settings the store would refuse later, with a config error now.
 fn check_settings(s: &S3Settings) -> Result<()> {
+    if let Some(ep) = &s.endpoint {
+        protection::check_endpoint(ep, s.security.allow_http)?;
+    }
     if s.bucket.is_empty() || s.bucket.contains('/') {
         return Err(Error::config(format!(
             "invalid S3 bucket name `{}`",
@@ -485,6 +492,7 @@ mod tests {
             max_attempts: 3,
             attempt_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
+            security: S3Security::default(),
         }
     }
 
@@ -533,6 +541,10 @@ mod tests {
             },
             S3Settings {
                 bucket: "a/b".into(),
+                ..settings()
+            },
+            S3Settings {
+                endpoint: Some("http://s3.internal.example:9000".into()),
                 ..settings()
             },
         ];

@@ -8,6 +8,9 @@
 //! object size. On any failure, on `abort`, and when the writer is dropped
 //! unfinished, the multipart upload is aborted: nothing is ever visible under
 //! the key unless `finish` succeeded.
+//!
+//! Every write carries the repository's server-side encryption and, for
+//! backup objects, its object-lock retention (`protection.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +18,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use tokio::sync::Semaphore;
@@ -105,6 +108,8 @@ pub(super) struct S3Writer {
     splitter: PartSplitter,
     written: u64,
     multipart: Option<Multipart>,
+    /// Object lock mode and retain-until, fixed when the writer starts.
+    lock: Option<(ObjectLockMode, AwsDateTime)>,
     /// Set once finished, aborted or failed: no more writes.
     closed: bool,
     span: tracing::Span,
@@ -120,6 +125,7 @@ impl S3Writer {
             parts = tracing::field::Empty
         );
         S3Writer {
+            lock: store.settings.security.lock_for(key),
             splitter: PartSplitter::new(store.settings.part_size),
             metadata: (!metadata.is_empty()).then(|| metadata.into_iter().collect()),
             store,
@@ -130,6 +136,12 @@ impl S3Writer {
             closed: false,
             span,
         }
+    }
+
+    /// Object lock needs a payload checksum on every write (Content-MD5 or
+    /// a flexible checksum); CRC32 then, and only then.
+    fn checksum(&self) -> Option<ChecksumAlgorithm> {
+        self.lock.is_some().then_some(ChecksumAlgorithm::Crc32)
     }
 
     fn err<E>(&self, e: SdkError<E, HttpResponse>, op: &str) -> Error
@@ -151,6 +163,11 @@ impl S3Writer {
             .bucket(&self.store.bucket)
             .key(&self.object_key)
             .set_metadata(self.metadata.clone())
+            .set_server_side_encryption(self.store.settings.security.sse_header())
+            .set_ssekms_key_id(self.store.settings.security.kms_key_id())
+            .set_object_lock_mode(self.lock.as_ref().map(|l| l.0.clone()))
+            .set_object_lock_retain_until_date(self.lock.as_ref().map(|l| l.1))
+            .set_checksum_algorithm(self.checksum())
             .send()
             .instrument(self.span.clone())
             .await
@@ -212,6 +229,7 @@ impl S3Writer {
         let object_key = self.object_key.clone();
         let upload_id = mp.upload_id.clone();
         let len = part.len();
+        let checksum = self.lock.is_some().then_some(ChecksumAlgorithm::Crc32);
         mp.in_flight.spawn(
             async move {
                 let _permit = permit;
@@ -222,6 +240,7 @@ impl S3Writer {
                     .key(&object_key)
                     .upload_id(&upload_id)
                     .part_number(number)
+                    .set_checksum_algorithm(checksum.clone())
                     .content_length(len as i64)
                     .body(ByteStream::from(part))
                     .send()
@@ -232,6 +251,7 @@ impl S3Writer {
                 tracing::trace!(part = number, bytes = len, "part uploaded");
                 Ok(CompletedPart::builder()
                     .part_number(number)
+                    .set_checksum_crc32(out.checksum_crc32)
                     .set_e_tag(out.e_tag)
                     .build())
             }
@@ -258,6 +278,11 @@ impl S3Writer {
                 .bucket(&self.store.bucket)
                 .key(&self.object_key)
                 .set_metadata(self.metadata.take())
+                .set_server_side_encryption(self.store.settings.security.sse_header())
+                .set_ssekms_key_id(self.store.settings.security.kms_key_id())
+                .set_object_lock_mode(self.lock.as_ref().map(|l| l.0.clone()))
+                .set_object_lock_retain_until_date(self.lock.as_ref().map(|l| l.1))
+                .set_checksum_algorithm(self.checksum())
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body))
                 .send()

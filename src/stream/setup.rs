@@ -1,0 +1,288 @@
+//! `pgkeep setup`: install, idempotently, DDL capture in the configured
+//! database, and `pgkeep setup --remove` to take it out again.
+//!
+//! Logical decoding does not carry DDL. Setup installs, in schema `pgkeep`:
+//!
+//! - `pgkeep.ddl_trigger()`, the function of event trigger `pgkeep_ddl` on
+//!   `ddl_command_end`. It is `SECURITY DEFINER` without a `SET` clause, so
+//!   that it can read the caller's `search_path`; it does nothing but pass
+//!   that, the caller's role (`SET ROLE`, else the session user) and the
+//!   command tag, with schema-qualified names only, to
+//! - `pgkeep.ddl_capture(text, text, text)`, `SECURITY DEFINER` with
+//!   `SET search_path = pg_catalog, pg_temp`, callable only by its owner.
+//!   For `CREATE TABLE` (also `CREATE TABLE AS`, `SELECT INTO` and
+//!   partitions) and `ALTER TABLE` it puts each table of the command into
+//!   the publication that fits its replica identity, in the same
+//!   transaction, so no row of a new table is missed and a table that
+//!   loses its identity never makes UPDATE or DELETE fail. Then it emits
+//!   `pg_logical_emit_message(true, 'pgkeep.ddl', json)` with the
+//!   [`DdlMessage`](super::ddl::DdlMessage) fields `sql`
+//!   (`current_query()`), `search_path`, `tag` and `role` — once per
+//!   statement string per transaction (a string of several commands fires
+//!   the trigger once per command; a transaction-local setting holding a
+//!   hash of the string dedupes them).
+//!
+//! Statements of sessions or transactions that set `pgkeep.maintenance =
+//! on` — pgkeep's own publication upkeep, setup itself, and the
+//! publication changes the capture makes — are skipped. A failure inside
+//! the capture is a warning, never a failed DDL statement: the stream then
+//! notices the schema change without captured DDL and takes a full backup.
+//! `sql_drop` is not used: `ddl_command_end` also fires for DROP commands.
+//!
+//! Creating an event trigger needs a superuser (on managed services the
+//! provider's equivalent role, e.g. `rds_superuser`); without it setup
+//! fails with one line naming the database and the missing privilege.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::ddl::DDL_PREFIX;
+use super::publication::{ARCHIVABLE_TABLE_SQL, MAINTENANCE_SETTING, PublicationNames, USABLE_IDENTITY_SQL};
+use crate::config::Settings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::catalog::quote_literal;
+
+/// The schema holding the capture functions.
+pub const SCHEMA: &str = "pgkeep";
+/// The event trigger's name.
+pub const EVENT_TRIGGER: &str = "pgkeep_ddl";
+
+/// What `pgkeep setup` installed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupReport {
+    /// The database.
+    pub database: String,
+    /// The publications new tables are put into.
+    pub publications: Vec<String>,
+    /// Whether the stream can receive the captured DDL (PostgreSQL 14+).
+    pub messages_streamed: bool,
+}
+
+impl SetupReport {
+    /// One line for the user.
+    pub fn summary(&self) -> String {
+        format!(
+            "DDL capture installed in database {}: event trigger {EVENT_TRIGGER} (schema {SCHEMA}); new tables join {}{}",
+            self.database,
+            self.publications.join(" or "),
+            if self.messages_streamed { "" } else { "; PostgreSQL 13 cannot stream the captured DDL (needs 14)" }
+        )
+    }
+}
+
+/// Install (or update) DDL capture in the configured database, for the
+/// publications named after `publication`.
+pub async fn install(settings: &Settings, publication: &str) -> Result<SetupReport> {
+    let db = &settings.db;
+    let conn = crate::pg::connect(db).await?;
+    let client = &conn.client;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(crate::pg::query_error("cannot read the server version"))?
+        .get(0);
+    let names = PublicationNames::new(publication);
+    let sql = format!(
+        "BEGIN;\nSET LOCAL {MAINTENANCE_SETTING} = 'on';\nSET LOCAL client_min_messages = warning;\n{}\nCOMMIT;",
+        install_sql(&names)
+    );
+    run_privileged(client, &sql, &db.dbname, &db.user, "install DDL capture").await?;
+    let messages_streamed = crate::replication::stream::supports_messages(version as u32);
+    if !messages_streamed {
+        tracing::warn!(database = %db.dbname, "PostgreSQL 13's pgoutput cannot stream logical messages: DDL is captured but not archived (new tables still join the publications at once)");
+    }
+    tracing::info!(database = %db.dbname, event_trigger = EVENT_TRIGGER, "installed DDL capture");
+    Ok(SetupReport { database: db.dbname.clone(), publications: vec![names.main, names.insert_only], messages_streamed })
+}
+
+/// Remove DDL capture: the event trigger, the functions and the schema
+/// (when nothing else is in it). Returns what was removed.
+pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
+    let db = &settings.db;
+    let conn = crate::pg::connect(db).await?;
+    let client = &conn.client;
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = $1),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $2)",
+            &[&EVENT_TRIGGER, &SCHEMA],
+        )
+        .await
+        .map_err(crate::pg::query_error("cannot look up pgkeep's DDL capture"))?;
+    let (trigger, schema): (bool, bool) = (row.get(0), row.get(1));
+    let mut removed = Vec::new();
+    if trigger || schema {
+        let sql = format!(
+            "BEGIN;\nSET LOCAL {MAINTENANCE_SETTING} = 'on';\nSET LOCAL client_min_messages = warning;\n\
+             DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.ddl_trigger();\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.ddl_capture(text, text, text);\n\
+             DROP TABLE IF EXISTS {SCHEMA}.ddl_key;\n\
+             COMMIT;"
+        );
+        run_privileged(client, &sql, &db.dbname, &db.user, "remove DDL capture").await?;
+        if trigger {
+            removed.push(format!("event trigger {EVENT_TRIGGER}"));
+        }
+    }
+    if schema {
+        // Only when empty: RESTRICT keeps anything else someone put there.
+        match client.batch_execute(&format!("DROP SCHEMA {SCHEMA} RESTRICT")).await {
+            Ok(()) => removed.push(format!("schema {SCHEMA}")),
+            Err(e) => tracing::warn!(schema = SCHEMA, error = %crate::pg::error_message(&e), "schema left in place"),
+        }
+    }
+    Ok(removed)
+}
+
+/// Run `sql`; insufficient privilege becomes one line naming the database
+/// and what is missing.
+async fn run_privileged(client: &Client, sql: &str, dbname: &str, user: &str, what: &str) -> Result<()> {
+    let result = client.batch_execute(sql).await;
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result.map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            Error::config(format!(
+                "cannot {what} in database {dbname}: role {user} is not a superuser; creating an event trigger needs \
+                 SUPERUSER (on managed services the provider's admin role, e.g. rds_superuser, cloudsqlsuperuser or azure_pg_admin)"
+            ))
+        } else {
+            Error::new(ErrorKind::Database, format!("cannot {what} in database {dbname}: {}", crate::pg::error_message(&e)))
+        }
+    })
+}
+
+/// The statements that install the capture (idempotent).
+fn install_sql(names: &PublicationNames) -> String {
+    let main = quote_literal(&names.main);
+    let insert_only = quote_literal(&names.insert_only);
+    let prefix = quote_literal(DDL_PREFIX);
+    format!(
+        r#"CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC;
+-- The key that authenticates captured DDL (replay runs only messages it
+-- signed: any role may call pg_logical_emit_message). Readable by its owner
+-- and by backup roles with pg_read_all_data; copied with every full backup,
+-- which is where replay reads it.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.ddl_key (key text NOT NULL);
+REVOKE ALL ON TABLE {SCHEMA}.ddl_key FROM PUBLIC;
+INSERT INTO {SCHEMA}.ddl_key SELECT gen_random_uuid()::text || gen_random_uuid()::text
+    WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA}.ddl_key);
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.ddl_capture(caller_search_path text, caller_role text, tag text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+DECLARE
+    main_pub constant text := {main};
+    insert_only_pub constant text := {insert_only};
+    stmt constant text := coalesce(current_query(), '');
+    stmt_key text;
+    mac_key text;
+    payload text;
+    role_name text;
+    t record;
+    in_main boolean;
+    listed_in_main boolean;
+    in_insert_only boolean;
+    insert_only_exists boolean;
+BEGIN
+    IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
+        RETURN;
+    END IF;
+    BEGIN
+        -- 1. Tables of this command into the publication that fits their
+        --    replica identity, in this transaction.
+        IF tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+           AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = main_pub) THEN
+            insert_only_exists := EXISTS (SELECT 1 FROM pg_publication WHERE pubname = insert_only_pub);
+            FOR t IN
+                SELECT DISTINCT c.oid, n.nspname, c.relname, {USABLE_IDENTITY_SQL} AS usable
+                FROM pg_event_trigger_ddl_commands() d
+                JOIN pg_class c ON c.oid = d.objid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table' AND NOT d.in_extension
+                  AND {ARCHIVABLE_TABLE_SQL}
+            LOOP
+                in_main := EXISTS (SELECT 1 FROM pg_publication_tables pt
+                                   WHERE pt.pubname = main_pub AND pt.schemaname = t.nspname AND pt.tablename = t.relname);
+                listed_in_main := EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                                          WHERE p.pubname = main_pub AND pr.prrelid = t.oid);
+                in_insert_only := EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                                          WHERE p.pubname = insert_only_pub AND pr.prrelid = t.oid);
+                PERFORM set_config('{MAINTENANCE_SETTING}', 'on', true);
+                IF t.usable THEN
+                    IF NOT in_main THEN
+                        EXECUTE format('ALTER PUBLICATION %I ADD TABLE ONLY %I.%I', main_pub, t.nspname, t.relname);
+                    END IF;
+                    IF in_insert_only THEN
+                        EXECUTE format('ALTER PUBLICATION %I DROP TABLE ONLY %I.%I', insert_only_pub, t.nspname, t.relname);
+                    END IF;
+                ELSIF listed_in_main OR NOT in_main THEN
+                    IF insert_only_exists AND NOT in_insert_only THEN
+                        EXECUTE format('ALTER PUBLICATION %I ADD TABLE ONLY %I.%I', insert_only_pub, t.nspname, t.relname);
+                    END IF;
+                    IF listed_in_main THEN
+                        EXECUTE format('ALTER PUBLICATION %I DROP TABLE ONLY %I.%I', main_pub, t.nspname, t.relname);
+                    END IF;
+                END IF;
+                PERFORM set_config('{MAINTENANCE_SETTING}', '', true);
+            END LOOP;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgkeep: could not put the table of % into its publication: %', tag, SQLERRM
+            USING HINT = 'pgkeep stream adds it at its next publication check and takes a new full backup';
+    END;
+    -- 2. The statement string, once per transaction. Outside any EXCEPTION
+    --    block on purpose: a message emitted in a subtransaction is decoded
+    --    at the end of its transaction, after later changes, not where the
+    --    DDL happened.
+    stmt_key := hashtextextended(stmt, 0)::text || ':' || length(stmt)::text;
+    IF coalesce(current_setting('pgkeep.ddl_statement', true), '') IS DISTINCT FROM stmt_key THEN
+        PERFORM set_config('pgkeep.ddl_statement', stmt_key, true);
+        role_name := CASE WHEN coalesce(caller_role, 'none') = 'none' THEN session_user::text ELSE caller_role END;
+        mac_key := (SELECT k.key FROM {SCHEMA}.ddl_key k LIMIT 1);
+        payload := stmt || chr(31) || coalesce(caller_search_path, '') || chr(31) || coalesce(tag, '') || chr(31) || role_name;
+        PERFORM pg_logical_emit_message(true, {prefix}, json_build_object(
+            'sql', stmt,
+            'search_path', coalesce(caller_search_path, ''),
+            'tag', coalesce(tag, ''),
+            'role', role_name,
+            -- SHA-256(key || hex SHA-256(key || payload)): a keyed hash without length extension.
+            'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex')
+        )::text);
+    END IF;
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.ddl_capture(text, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.ddl_trigger()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
+BEGIN
+    PERFORM {SCHEMA}.ddl_capture(pg_catalog.current_setting('search_path'), pg_catalog.current_setting('role'), TG_TAG);
+END
+$pgkeep$;
+
+DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
+CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl_trigger();
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_sql_names_the_publications_and_quotes_them() {
+        let sql = install_sql(&PublicationNames::new("pgkeep_it's"));
+        assert!(sql.contains("main_pub constant text := 'pgkeep_it''s';"), "{sql}");
+        assert!(sql.contains("insert_only_pub constant text := 'pgkeep_it''s_insert_only';"));
+        assert!(sql.contains("SET search_path = pg_catalog, pg_temp"));
+        assert!(sql.contains("pg_logical_emit_message(true, 'pgkeep.ddl'"));
+        // The outer function runs with the caller's search_path: qualified names only.
+        let outer = &sql[sql.find("ddl_trigger()\nRETURNS").unwrap()..];
+        let body = &outer[outer.find("BEGIN").unwrap()..outer.find("END").unwrap()];
+        assert!(body.contains("pg_catalog.current_setting('search_path')") && body.contains("pgkeep.ddl_capture("), "{body}");
+    }
+}

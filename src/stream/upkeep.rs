@@ -1,0 +1,135 @@
+//! The regular connection `pgkeep stream` keeps next to its replication
+//! connection, and the catalog work done on it: publication upkeep
+//! ([`super::publication::reconcile`]) and sequence samples for each sealed
+//! segment.
+//!
+//! The connection is opened on first use and again after it broke, at most
+//! once per [`RECONNECT_PAUSE`], so a database that is down slows no segment
+//! down by more than one connect timeout. Its session carries
+//! `pgkeep.maintenance = on` (the DDL capture of `pgkeep setup` ignores its
+//! statements), a short `lock_timeout` and a `statement_timeout`, so upkeep
+//! never keeps the stream from answering the server for long.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::publication::{self, MAINTENANCE_SETTING, PublicationNames, ReconcileMode, Reconciled};
+use super::segment::SequenceSample;
+use crate::config::DbSettings;
+use crate::error::{Error, ErrorKind, Result};
+use crate::pg::Connection;
+use crate::repo::layout::Lsn;
+
+/// Least time between two connection attempts after a failure.
+pub const RECONNECT_PAUSE: Duration = Duration::from_secs(30);
+
+/// Settings of the upkeep session, after `SET pgkeep.maintenance = 'on'`.
+const SESSION_SETUP: &str = "SET lock_timeout = '5s'; SET statement_timeout = '60s'; \
+     SET idle_in_transaction_session_timeout = '60s'";
+
+/// The stream's regular connection.
+pub struct Upkeep {
+    db: DbSettings,
+    conn: Option<Connection>,
+    next_attempt: Option<Instant>,
+    /// Sampling failed last time (warn once per streak of failures).
+    sampling_failed: bool,
+    /// Tables whose placement failed before (warned about once).
+    failing_tables: HashSet<String>,
+}
+
+impl Upkeep {
+    /// Not connected yet; connects on first use.
+    pub fn new(db: DbSettings) -> Upkeep {
+        Upkeep { db, conn: None, next_attempt: None, sampling_failed: false, failing_tables: HashSet::new() }
+    }
+
+    /// The client, connecting first if needed (and allowed yet).
+    pub async fn client(&mut self) -> Result<&Client> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            tracing::warn!("the stream's regular connection closed; reconnecting");
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            if let Some(at) = self.next_attempt
+                && Instant::now() < at
+            {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    format!("no connection to database {} (next attempt in {} s)", self.db.dbname, at.duration_since(Instant::now()).as_secs()),
+                ));
+            }
+            self.next_attempt = Some(Instant::now() + RECONNECT_PAUSE);
+            let conn = crate::pg::connect(&self.db).await?;
+            conn.client
+                .batch_execute(&format!("SET {MAINTENANCE_SETTING} = 'on'; {SESSION_SETUP}"))
+                .await
+                .map_err(crate::pg::query_error("cannot set up the stream's regular connection"))?;
+            self.next_attempt = None;
+            self.conn = Some(conn);
+        }
+        match &self.conn {
+            Some(conn) => Ok(&conn.client),
+            None => Err(Error::internal("upkeep connection missing")),
+        }
+    }
+
+    /// Both publications present (when `mode.create`) and every table in
+    /// the right one.
+    pub async fn reconcile(&mut self, names: &PublicationNames, mode: ReconcileMode) -> Result<Reconciled> {
+        let quiet = std::mem::take(&mut self.failing_tables);
+        let client = self.client().await?;
+        let done = publication::reconcile(client, names, mode, &quiet).await;
+        self.failing_tables = match &done {
+            Ok(done) => done.failed.iter().cloned().collect(),
+            Err(_) => quiet,
+        };
+        done
+    }
+
+    /// Every sequence's `last_value` and `is_called` now. A failure is
+    /// logged and yields no samples: it never stops archiving.
+    pub async fn sample_sequences(&mut self) -> Vec<SequenceSample> {
+        let sampled = async {
+            let client = self.client().await?;
+            crate::pg::catalog::sequence_values(client).await
+        }
+        .await;
+        match sampled {
+            Ok(values) => {
+                if std::mem::take(&mut self.sampling_failed) {
+                    tracing::info!(sequences = values.len(), "sampling sequence values again");
+                }
+                values
+                    .into_iter()
+                    .map(|s| SequenceSample { schema: s.schema, name: s.name, last_value: s.last_value, is_called: s.is_called })
+                    .collect()
+            }
+            Err(e) if self.sampling_failed => {
+                tracing::debug!(error = %e.user_line(), "cannot sample sequence values");
+                Vec::new()
+            }
+            Err(e) => {
+                self.sampling_failed = true;
+                tracing::warn!(
+                    error = %e.user_line(),
+                    "cannot sample sequence values; segments carry none until this works again (the role needs SELECT on every sequence)"
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The server's current WAL insert position.
+    pub async fn current_wal_lsn(&mut self) -> Result<Lsn> {
+        let client = self.client().await?;
+        let text: String = client
+            .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(crate::pg::query_error("cannot read the current WAL position"))?
+            .get(0);
+        text.parse()
+    }
+}
