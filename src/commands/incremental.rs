@@ -57,7 +57,9 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         backup::run(settings, &BackupOptions { kind: BackupKind::Full, ..opts.clone() }).await
     };
 
-    // 1. Preflight and repositories.
+    // 1. Preflight and repositories; the keys that read (and the sealer that writes) encrypted data.
+    let keys = Arc::new(crate::crypto::Keyring::from_settings(&settings.encryption));
+    let opts = &BackupOptions { sealer: crate::crypto::Sealer::from_settings(&settings.encryption)?.map(Arc::new), ..opts.clone() };
     let facts = backup::preflight(settings).await?;
     let system_identifier = facts.system_identifier.clone().unwrap_or_default();
     let repos = backup::open_repositories(settings).await?;
@@ -135,7 +137,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             ddl: false,
         };
         for (i, s) in segs.iter().enumerate() {
-            let seg = chain::fetch_segment(&repos, s).await?;
+            let seg = chain::fetch_segment(&repos, s, &keys).await?;
             range.segments[i].size = repos[s.repos[0]].head(&s.key).await?.map(|m| m.size).unwrap_or(0);
             for t in &seg.transactions {
                 let Some(Ok(PgOutputMessage::Begin(b))) = t.messages.first().map(|m| pgoutput::decode(m)) else { continue };
@@ -152,10 +154,11 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         // 6. The schema now, against the parent's.
         let server_major = facts.version_num / 10000;
         let dump = crate::backup::schema::capture(&settings.db, "", server_major, facts.is_superuser).await?;
-        let parent_source = crate::restore::source::BackupSource::find(
+        let parent_source = crate::restore::source::BackupSource::find_with_keys(
             &repos,
             &crate::restore::source::BackupSelector::Id(parent.backup_id.clone()),
             db,
+            &keys,
         )
         .await;
         let parent_pre = match parent_source {
@@ -202,6 +205,10 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             warnings: Vec::new(),
             changes: Some(range),
         };
+        let mut manifest = manifest;
+        if let Some(sealer) = &opts.sealer {
+            crate::crypto::manifest_mac::seal(sealer, &mut manifest)?;
+        }
         if let Err(e) = try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await {
             for r in &repos {
                 backup::remove_prefix(r.as_ref(), &backup_id.prefix()).await;

@@ -167,10 +167,12 @@ async fn recoverable_until(
         let Some(last) = streams[system].iter().filter_map(|s| s.chain_from(*lsn).last()).max_by_key(|s| s.end) else { continue };
         if !end_time.contains_key(&last.key) {
             // The last commit in the chain, or when its last (heartbeat) segment was stored.
-            let t = match chain::fetch_segment(repos, last).await {
-                Ok(seg) => seg.meta.last_commit_time.or(last.stored_at),
-                Err(_) => last.stored_at,
+            // The metadata line is readable without a key, also in encrypted segments.
+            let meta = match repos[last.repos[0]].get(&last.key, None).await {
+                Ok(bytes) => crate::stream::segment::decode_meta(&bytes, &last.key).ok(),
+                Err(_) => None,
             };
+            let t = meta.and_then(|m| m.last_commit_time).or(last.stored_at);
             end_time.insert(last.key.clone(), t.map(|t| t.to_rfc3339()));
         }
         item.recoverable_until = end_time[&last.key].clone();

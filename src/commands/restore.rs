@@ -193,6 +193,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // 1. Find the backup (read-only), then ask for approval.
     let repos = src::open_repositories(settings).await?;
     let mut replay_plan: Option<ReplayPlan> = None;
+    let keys = Arc::new(crate::crypto::Keyring::from_settings(&settings.encryption));
     // An incremental backup is its full ancestor brought to the incremental's restore point.
     let (selector, point_in_time) = match (&opts.selector, opts.point_in_time) {
         (BackupSelector::Id(id), target) if id.kind() == BackupKind::Incremental => {
@@ -203,15 +204,15 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     };
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
-        Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target).await {
+        Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
             Ok(plan) => {
                 let by_id = BackupSelector::Id(plan.base.backup_id.clone());
                 replay_plan = Some(plan);
-                BackupSource::find_with_keys(&repos, &by_id, &server.dbname, &crate::crypto::Keyring::from_settings(&settings.encryption)).await
+                BackupSource::find_with_keys(&repos, &by_id, &server.dbname, &keys).await
             }
             Err(e) => return Err(e),
         },
-        None => BackupSource::find_with_keys(&repos, &selector, &server.dbname, &crate::crypto::Keyring::from_settings(&settings.encryption)).await,
+        None => BackupSource::find_with_keys(&repos, &selector, &server.dbname, &keys).await,
     };
     let source = match found {
         Ok(s) => Arc::new(s),
@@ -282,7 +283,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         let t = Instant::now();
         let only = (!opts.tables.is_empty())
             .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
-        match replay::run(&repos, plan, &work, only).await {
+        match replay::run(&repos, plan, &work, only, &keys).await {
             Ok(r) => point_in_time = Some(r),
             Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
         }
@@ -323,7 +324,13 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
 /// Choose the base backup and change chain for a point-in-time restore:
 /// the backup named, or among every valid backup of `database` the newest
 /// that the archive continues to `target`.
-async fn plan_point_in_time(repos: &[Arc<dyn crate::storage::Storage>], selector: &BackupSelector, database: &str, target: RecoveryTarget) -> Result<ReplayPlan> {
+async fn plan_point_in_time(
+    repos: &[Arc<dyn crate::storage::Storage>],
+    selector: &BackupSelector,
+    database: &str,
+    target: RecoveryTarget,
+    keys: &Arc<crate::crypto::Keyring>,
+) -> Result<ReplayPlan> {
     let (candidates, explicit) = match selector {
         BackupSelector::Id(_) => (vec![BackupSource::find(repos, selector, database).await?.manifest], true),
         BackupSelector::Latest => {
@@ -342,7 +349,7 @@ async fn plan_point_in_time(repos: &[Arc<dyn crate::storage::Storage>], selector
             (all, false)
         }
     };
-    replay::plan(repos, candidates, target, explicit).await
+    replay::plan(repos, candidates, target, explicit, keys).await
 }
 
 /// The full backup an incremental builds on, and the incremental's restore point.

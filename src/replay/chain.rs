@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::crypto::Keyring;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::layout::{CHANGES_PREFIX, Lsn, parse_segment_key};
 use crate::storage::Storage;
@@ -107,8 +108,9 @@ pub async fn list_streams(repos: &[Arc<dyn Storage>], system_identifier: &str) -
         .collect())
 }
 
-/// Read and check one segment, from the first repository that has a good copy.
-pub async fn fetch_segment(repos: &[Arc<dyn Storage>], seg: &SegmentRef) -> Result<ChangeSegment> {
+/// Read and check one segment, from the first repository that has a good
+/// copy; `keys` open encrypted segments (docs/FORMAT.md §8.5).
+pub async fn fetch_segment(repos: &[Arc<dyn Storage>], seg: &SegmentRef, keys: &Arc<Keyring>) -> Result<ChangeSegment> {
     let mut last_err = None;
     for &i in &seg.repos {
         let repo = &repos[i];
@@ -120,7 +122,8 @@ pub async fn fetch_segment(repos: &[Arc<dyn Storage>], seg: &SegmentRef) -> Resu
                 continue;
             }
         };
-        let decoded = tokio::task::spawn_blocking(move || segment::decode(&bytes, &what))
+        let keys = keys.clone();
+        let decoded = tokio::task::spawn_blocking(move || segment::decode_with(&bytes, &what, &keys))
             .await
             .map_err(|e| Error::internal(format!("segment decoder task failed: {e}")))?;
         match decoded {

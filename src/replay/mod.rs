@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::DbSettings;
+use crate::crypto::Keyring;
 use crate::error::{Error, ErrorKind, Result};
 use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::repo::layout::{BackupKind, Lsn};
@@ -144,7 +145,13 @@ impl ReplayReport {
 /// Choose the base backup and segments for `target` (steps 1–3).
 /// `candidates` are the backups to consider, any order; `explicit` when the
 /// user named the backup (then it is the only candidate and errors say why).
-pub async fn plan(repos: &[Arc<dyn Storage>], candidates: Vec<BackupManifest>, target: RecoveryTarget, explicit: bool) -> Result<ReplayPlan> {
+pub async fn plan(
+    repos: &[Arc<dyn Storage>],
+    candidates: Vec<BackupManifest>,
+    target: RecoveryTarget,
+    explicit: bool,
+    keys: &Arc<Keyring>,
+) -> Result<ReplayPlan> {
     let mut candidates: Vec<BackupManifest> = candidates
         .into_iter()
         .filter(|m| m.kind == BackupKind::Full || explicit)
@@ -217,7 +224,7 @@ pub async fn plan(repos: &[Arc<dyn Storage>], candidates: Vec<BackupManifest>, t
                     .with_hint("wait for `pgkeep stream` to store the next segment, or restore `latest`"));
                 }
                 // The base must not hold a transaction committed after the target.
-                let first = chain::fetch_segment(repos, &plan.segments[0]).await?;
+                let first = chain::fetch_segment(repos, &plan.segments[0], keys).await?;
                 if let Some(late) = last_commit_before(&first, c).filter(|s| s.commit_time.is_none_or(|ct| ct > t)) {
                     why_not.push(format!(
                         "{id} already holds a transaction committed at {} (after the target)",
@@ -242,7 +249,8 @@ pub async fn plan(repos: &[Arc<dyn Storage>], candidates: Vec<BackupManifest>, t
 fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
     seg.transactions
         .iter()
-        .filter_map(|t| match pgoutput::decode(t.messages.first()?) {
+        .rev()
+        .find_map(|t| match pgoutput::decode(t.messages.first()?) {
             Ok(PgOutputMessage::Begin(b)) if b.final_lsn < c => Some(StopPoint {
                 xid: b.xid,
                 commit_lsn: b.final_lsn,
@@ -251,12 +259,17 @@ fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
             }),
             _ => None,
         })
-        .last()
 }
 
 /// Replay `plan` into the restored database `work` (steps 1–4). `only`
 /// restricts the replay to these tables (`(schema, name)`).
-pub async fn run(repos: &[Arc<dyn Storage>], plan: &ReplayPlan, work: &DbSettings, only: Option<Vec<(String, String)>>) -> Result<ReplayReport> {
+pub async fn run(
+    repos: &[Arc<dyn Storage>],
+    plan: &ReplayPlan,
+    work: &DbSettings,
+    only: Option<Vec<(String, String)>>,
+    keys: &Arc<Keyring>,
+) -> Result<ReplayReport> {
     let started = Instant::now();
     let from = plan.from();
     let mut applier = apply::Applier::connect(work, only).await?;
@@ -265,9 +278,10 @@ pub async fn run(repos: &[Arc<dyn Storage>], plan: &ReplayPlan, work: &DbSetting
     let reader = {
         let repos = repos.to_vec();
         let segs = plan.segments.clone();
+        let keys = keys.clone();
         tokio::spawn(async move {
             for s in &segs {
-                let r = chain::fetch_segment(&repos, s).await;
+                let r = chain::fetch_segment(&repos, s, &keys).await;
                 let failed = r.is_err();
                 if tx.send(r).await.is_err() || failed {
                     return;
@@ -304,7 +318,7 @@ pub async fn run(repos: &[Arc<dyn Storage>], plan: &ReplayPlan, work: &DbSetting
                 applier.message(decode(m)?).await?;
             }
             for txn in &seg.transactions {
-                let Some(PgOutputMessage::Begin(b)) = txn.messages.first().map(|m| decode(m)).transpose()? else {
+                let Some(PgOutputMessage::Begin(b)) = txn.messages.first().map(decode).transpose()? else {
                     return Err(Error::corrupt(format!("a transaction of stream {} does not start with Begin", plan.stream_id)));
                 };
                 let point = StopPoint { xid: b.xid, commit_lsn: b.final_lsn, end_lsn: b.final_lsn, commit_time: b.commit_time.to_utc() };
