@@ -1,11 +1,14 @@
 //! The chains check: change segments in each repository, per stream of the
 //! backup's cluster, must be LSN-contiguous (each segment starts where the
-//! previous one ended); the first and last segments are read to report the
-//! archived window (LSNs and commit times) and whether it reaches back to the
-//! backup's consistent point. Encrypted segments keep their metadata in
-//! plaintext, so this works without a key; with keys
-//! ([`check_chains_with_keys`]) the first and last segments are also
-//! decrypted and fully decoded, so a wrong key or an edited segment fails.
+//! previous one ended), and every segment a restore of this backup would
+//! replay — from the one holding its consistent point on — is read back
+//! whole: its SHA-256 trailer, metadata and range. The first and last
+//! segments report the archived window (LSNs and commit times) and whether
+//! it reaches back to the backup's consistent point. Encrypted segments keep
+//! their metadata in plaintext (authenticated with the payload), so this
+//! works without a key; with keys ([`check_chains_with_keys`]) each segment
+//! is also decrypted and fully decoded, so a wrong key or an edited segment
+//! fails.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,22 +77,16 @@ pub async fn check_chains_with_keys(repos: &[Arc<dyn Storage>], m: &BackupManife
                     Some((meta.first_commit_time, meta.last_commit_time))
                 }
             };
-            if keys.is_configured() {
-                let mut problems = Vec::new();
-                for key in [&first.2, &last.2] {
-                    let decoded = match repo.get(key, None).await {
-                        Ok(bytes) => crate::stream::segment::decode_with(&bytes, key, keys).map(|_| ()),
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = decoded {
-                        problems.push(format!("stream {stream}: {}", e.user_line()));
-                    }
-                }
-                if !problems.is_empty() {
-                    out.push(CheckResult::from_problems(Check::Chains, Some(loc.clone()), "", problems));
-                    continue;
-                }
+            // Every segment a restore of this backup would replay (from the one holding its
+            // consistent point on) is read back: SHA-256 trailer, metadata and range, and with
+            // keys the whole payload decrypted and decoded.
+            let from_index = segs.iter().position(|s| s.1 > m.snapshot.consistent_lsn).unwrap_or(segs.len());
+            let problems = check_segments(repo, &stream, &segs[from_index..], keys).await;
+            if !problems.is_empty() {
+                out.push(CheckResult::from_problems(Check::Chains, Some(loc.clone()), "", problems));
+                continue;
             }
+            let checked = segs.len() - from_index;
             let from = time(&first.2).await.and_then(|t| t.0).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
             let to = time(&last.2).await.and_then(|t| t.1).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
             let covers = first.0 <= m.snapshot.consistent_lsn && m.snapshot.consistent_lsn <= last.1;
@@ -98,7 +95,7 @@ pub async fn check_chains_with_keys(repos: &[Arc<dyn Storage>], m: &BackupManife
                 Some(loc.clone()),
                 Status::Pass,
                 format!(
-                    "stream {stream}: {} contiguous segment(s), {}..{} (commits {} to {}){}",
+                    "stream {stream}: {} contiguous segment(s), {}..{} (commits {} to {}), {checked} read back intact{}",
                     segs.len(),
                     first.0,
                     last.1,
@@ -110,6 +107,36 @@ pub async fn check_chains_with_keys(repos: &[Arc<dyn Storage>], m: &BackupManife
         }
     }
     out
+}
+
+/// Read back `segs` of `stream` (key order): each must be intact, with the
+/// range its key names; with keys, it must also decrypt and decode.
+async fn check_segments(repo: &Arc<dyn Storage>, stream: &str, segs: &[(Lsn, Lsn, String)], keys: &Keyring) -> Vec<String> {
+    use futures::StreamExt;
+    let results: Vec<Option<String>> = futures::stream::iter(segs.iter().cloned())
+        .map(|(start, end, key)| async move {
+            let bytes = match repo.get(&key, None).await {
+                Ok(b) => b,
+                Err(e) => return Some(format!("stream {stream}: {}", e.user_line())),
+            };
+            let checked = if keys.is_configured() {
+                crate::stream::segment::decode_with(&bytes, &key, keys).map(|s| s.meta)
+            } else {
+                crate::stream::segment::decode_meta(&bytes, &key)
+            };
+            match checked {
+                Ok(meta) if meta.start_lsn == start && meta.end_lsn == end => None,
+                Ok(meta) => Some(format!(
+                    "stream {stream}: segment {key} covers {}..{}, its key says {start}..{end}",
+                    meta.start_lsn, meta.end_lsn
+                )),
+                Err(e) => Some(format!("stream {stream}: {}", e.user_line())),
+            }
+        })
+        .buffered(4)
+        .collect()
+        .await;
+    results.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
