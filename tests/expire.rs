@@ -248,3 +248,40 @@ async fn expire_never_touches_a_running_backup() {
     read_back(&s, &done.manifest).await;
     assert!(s.list("locks/").await.unwrap().is_empty(), "backup lock released");
 }
+
+#[tokio::test]
+async fn change_segments_go_once_no_kept_backup_replays_them() {
+    use pgkeep::repo::layout::segment_key;
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStorage::new(dir.path());
+    meta::ensure(&s).await.unwrap();
+    let slot_backup = |at, lsn| {
+        let mut m = manifest(BackupKind::Full, at, None);
+        m.snapshot = SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: Lsn(lsn), slot_name: None, slot_kept: false };
+        m
+    };
+    let old = slot_backup(ago(40), 150);
+    let kept = slot_backup(ago(1), 250);
+    for m in [&old, &kept] {
+        store(&s, m).await;
+    }
+    // Cluster 1's stream; cluster 2 has no backup here, so its segments stay.
+    let segs: Vec<String> = [(100, 200), (200, 300), (300, 400)].iter().map(|(a, b)| segment_key("1-pgkeep_app", Lsn(*a), Lsn(*b))).collect();
+    let other = segment_key("2-pgkeep_app", Lsn(1), Lsn(2));
+    for k in segs.iter().chain([&other]) {
+        s.put(k, Bytes::from_static(b"seg"), PutOptions::default()).await.unwrap();
+    }
+    let settings = local_settings(dir.path(), 7);
+    let dry = expire::run(&settings, &ExpireOptions { dry_run: true, keep_full: 1 }).await.unwrap();
+    assert_eq!(dry.repositories[0].segments_removed, 1, "{}", dry.render());
+    assert!(s.head(&segs[0]).await.unwrap().is_some(), "a dry run deletes nothing");
+
+    let report = expire::run(&settings, &ExpireOptions { dry_run: false, keep_full: 1 }).await.unwrap();
+    assert!(report.render().contains("1 change segment(s) older than every kept backup"), "{}", report.render());
+    // The old backup went; its segment (100..200) went with it; 200..300 holds the kept backup's point.
+    assert!(!exists(&s, &old.backup_id).await);
+    assert!(s.head(&segs[0]).await.unwrap().is_none());
+    for k in segs[1..].iter().chain([&other]) {
+        assert!(s.head(k).await.unwrap().is_some(), "{k} kept");
+    }
+}

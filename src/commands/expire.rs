@@ -26,9 +26,11 @@
 //!    longer lock from an earlier configuration) keeps the backup the same
 //!    way instead of failing the run.
 //!
-//! Change segments (`changes/`) are reserved and left alone; their rule
-//! ("segments ending before the oldest kept base of their stream") will be a
-//! further step after the backup plan, fed by [`ExpirePlan::keep`].
+//! 7. Change segments (`changes/`) that no kept backup of the repository
+//!    replays are removed last ([`expire_changes`](super::expire_changes)):
+//!    per cluster, those ending at or before the oldest point a kept backup
+//!    replays from; never the newest segment of a stream, never one under
+//!    object lock, and none of a cluster with no such backup here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -260,6 +262,8 @@ pub struct RepoExpireReport {
     pub incomplete_removed: Vec<String>,
     /// Temp files and unfinished multipart uploads removed.
     pub temp_removed: usize,
+    /// Change segments removed (or that would be): no kept backup here replays them.
+    pub segments_removed: usize,
     /// Findings that need a human: damaged manifests, broken chains, failed deletions.
     pub problems: Vec<String>,
     /// Why this repository could not be expired (locked, unreachable), if so.
@@ -301,6 +305,9 @@ impl ExpireReport {
             }
             if r.temp_removed > 0 {
                 out.push_str(&format!("  {inc:<12} {} temporary upload(s)\n", r.temp_removed));
+            }
+            if r.segments_removed > 0 {
+                out.push_str(&format!("  {inc:<12} {} change segment(s) older than every kept backup\n", r.segments_removed));
             }
             for p in &r.problems {
                 out.push_str(&format!("  problem: {p}\n"));
@@ -459,7 +466,35 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
         r.temp_removed = storage.clean_incomplete("", INCOMPLETE_GRACE).await?;
     }
 
-    // 6. Change segments: reserved (nothing writes them yet), left alone.
+    // 6. Change segments no kept backup of this repository replays (never the newest of a
+    //    stream, never one under object lock).
+    let gone: BTreeSet<&str> = r.deleted.iter().map(|b| b.backup_id.as_str()).collect();
+    let kept: Vec<CatalogEntry> = catalog::list_backups(storage)
+        .await?
+        .into_iter()
+        .filter(|e| !matches!(e, CatalogEntry::Valid(m) if gone.contains(m.backup_id.as_str())))
+        .collect();
+    let needed = crate::commands::expire_changes::oldest_needed(&kept);
+    let segments: Vec<_> = storage
+        .list(crate::repo::layout::CHANGES_PREFIX)
+        .await?
+        .iter()
+        .filter_map(crate::commands::expire_changes::SegmentObject::from_meta)
+        .collect();
+    for seg in crate::commands::expire_changes::plan(&segments, &needed) {
+        if let (Some(lock), Some(at)) = (object_lock, seg.modified)
+            && lock.retain_until(at) + chrono::Duration::hours(1) > now
+        {
+            continue;
+        }
+        if !opts.dry_run {
+            storage.delete(&seg.key).await?;
+        }
+        r.segments_removed += 1;
+    }
+    if r.segments_removed > 0 {
+        tracing::info!(segments = r.segments_removed, dry_run = opts.dry_run, "change segments older than every kept backup removed");
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod check;
 pub mod drill;
 pub mod expire;
+pub mod expire_changes;
 pub mod incremental;
 pub mod list;
 pub mod restore;
