@@ -163,6 +163,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         if lo_count > 0 {
             tracing::warn!(count = lo_count, "large objects are not covered by this backup");
         }
+        let warnings = identity_warnings(snapshot.client()).await;
 
         // 5. Schema (pg_dump, DDL only) and data (parallel COPY workers) at once.
         let tables = Arc::new(tables);
@@ -211,7 +212,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             large_objects: LargeObjects { count: lo_count, covered: lo_count == 0 },
             objects,
             stats,
-            warnings: Vec::new(),
+            warnings,
             changes: None,
         };
         if let Some(sealer) = &opts.sealer {
@@ -426,6 +427,33 @@ pub(crate) async fn store_schema(
     };
     let objects = sink.finish().await?;
     Ok((SchemaObjects { pre_data, post_data, globals }, objects))
+}
+
+/// Tables whose changes a point-in-time restore of this backup cannot fully
+/// replay: without a usable replica identity only their inserts and
+/// truncates are archived. Best effort: a failed query yields none.
+async fn identity_warnings(client: &tokio_postgres::Client) -> Vec<String> {
+    use crate::stream::publication::{ARCHIVABLE_TABLE_SQL, USABLE_IDENTITY_SQL};
+    let sql = format!(
+        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE {ARCHIVABLE_TABLE_SQL} AND NOT {USABLE_IDENTITY_SQL} ORDER BY 1, 2"
+    );
+    match client.query(&sql, &[]).await {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| {
+                let (schema, name): (String, String) = (r.get(0), r.get(1));
+                format!(
+                    "table {schema}.{name} has no replica identity: only its inserts and truncates are archived, so a point-in-time restore does not replay its updates and deletes (fix: ALTER TABLE {} REPLICA IDENTITY FULL, or add a primary key)",
+                    catalog::qualified(&schema, &name)
+                )
+            })
+            .collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not list tables without replica identity");
+            Vec::new()
+        }
+    }
 }
 
 /// Best-effort removal of an interrupted backup's objects.

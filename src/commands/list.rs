@@ -58,6 +58,9 @@ pub struct ListedBackup {
     /// a point-in-time restore can reach any transaction up to this commit time (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recoverable_until: Option<String>,
+    /// What the backup's manifest warns about (e.g. tables whose changes are not fully archived).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn listed(m: &BackupManifest) -> ListedBackup {
@@ -79,6 +82,7 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         growth_bytes: None,
         last_verification: None,
         recoverable_until: None,
+        warnings: m.warnings.clone(),
     }
 }
 
@@ -120,6 +124,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
                         growth_bytes: None,
                         last_verification: None,
                         recoverable_until: None,
+                        warnings: Vec::new(),
                     });
                     item.problems.push(e.user_line());
                 }
@@ -207,6 +212,7 @@ pub async fn run_with_legacy(settings: &Settings) -> Result<Vec<ListedBackup>> {
                     growth_bytes: None,
                     last_verification: None,
                     recoverable_until: None,
+                    warnings: Vec::new(),
                 };
                 (item, Vec::new())
             });
@@ -281,6 +287,9 @@ pub fn render(items: &[ListedBackup]) -> String {
         }
         if !extra.is_empty() {
             out.push_str(&format!("    {}\n", extra.join("; ")));
+        }
+        for w in &b.warnings {
+            out.push_str(&format!("    warning: {w}\n"));
         }
         for p in &b.problems {
             out.push_str(&format!("    problem: {p}\n"));

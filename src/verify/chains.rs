@@ -90,7 +90,7 @@ pub async fn check_chains_with_keys(repos: &[Arc<dyn Storage>], m: &BackupManife
             let from = time(&first.2).await.and_then(|t| t.0).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
             let to = time(&last.2).await.and_then(|t| t.1).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
             let covers = first.0 <= m.snapshot.consistent_lsn && m.snapshot.consistent_lsn <= last.1;
-            out.push(CheckResult::new(
+            let mut result = CheckResult::new(
                 Check::Chains,
                 Some(loc.clone()),
                 Status::Pass,
@@ -103,7 +103,10 @@ pub async fn check_chains_with_keys(repos: &[Arc<dyn Storage>], m: &BackupManife
                     to.unwrap_or_else(|| "?".into()),
                     if covers { "; covers this backup's consistent point" } else { "; does not reach this backup's consistent point" }
                 ),
-            ));
+            );
+            // Tables whose updates and deletes the archive does not hold (no replica identity).
+            result.details.extend(m.warnings.iter().cloned());
+            out.push(result);
         }
     }
     out
