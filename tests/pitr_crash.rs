@@ -140,3 +140,60 @@ async fn kill_9_during_pgbench_then_restore_latest_equals_the_source() {
     let restored = cluster.client("crash_restored").await;
     assert_eq!(table_hashes(&restored).await, table_hashes(&client).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restarts_mid_stream_lose_nothing() {
+    let cluster = PgCluster::start();
+    let db = cluster.fresh_db("srvrestart").await;
+    cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g;").await;
+    let repo = tempfile::tempdir().unwrap();
+    let slot = format!("pgkeep_{db}");
+    let mut stream = start_stream(&cluster, &db, repo.path());
+    {
+        let client = cluster.client(&db).await;
+        wait_active(&client, &slot, true).await;
+        let out = pgkeep(&cluster, &db, repo.path()).args(["-q", "backup"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Writes, a fast restart, writes, a crash (immediate), writes: the same stream process
+    // reconnects by itself each time.
+    for (round, mode) in [(0, "fast"), (1, "immediate"), (2, "")] {
+        let client = cluster.client(&db).await;
+        for i in 0..20 {
+            client.batch_execute(&format!("UPDATE t SET v = v + 1 WHERE id = {}; INSERT INTO t VALUES ({}, {round})", i + 1, 1000 + round * 100 + i)).await.unwrap();
+        }
+        drop(client);
+        if !mode.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.restart(mode);
+        }
+    }
+    assert!(stream.try_wait().unwrap().is_none(), "the stream survives server restarts");
+    let client = cluster.client(&db).await;
+    let end: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let caught_up: bool = client
+            .query_one("SELECT coalesce(confirmed_flush_lsn >= $1::text::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = $2", &[&end, &slot])
+            .await
+            .unwrap()
+            .get(0);
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream never caught up after the restarts");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
+    assert!(stream.wait().unwrap().success());
+    let out = pgkeep(&cluster, &db, repo.path())
+        .args(["restore", "latest", "--target-time", "latest", "--target-db", "srvrestart_restored", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let restored = cluster.client("srvrestart_restored").await;
+    let q = "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM t";
+    let want: String = client.query_one(q, &[]).await.unwrap().get(0);
+    let got: String = restored.query_one(q, &[]).await.unwrap().get(0);
+    assert_eq!(got, want);
+}

@@ -235,7 +235,8 @@ impl LogicalStream<'_> {
                     self.state = StreamState::Broken;
                     protocol_error(self.conn.settings(), &problem)
                 }),
-            BackendMessage::Protocol(Message::CopyDone) => {
+            // A server shutting down may end the command without a CopyDone first.
+            BackendMessage::Protocol(Message::CopyDone | Message::CommandComplete(_)) => {
                 self.state = StreamState::ServerDone;
                 Ok(StreamEvent::End)
             }

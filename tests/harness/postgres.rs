@@ -314,6 +314,29 @@ impl PgCluster {
     }
 
     /// `pg_ctl start` on a free port, retrying when another process takes the port first.
+    /// Restart the server on the same port (`pg_ctl restart -m <mode>`:
+    /// `fast` or `immediate`, a crash). Panics with the server log on failure.
+    #[allow(dead_code)]
+    pub fn restart(&self, mode: &str) {
+        let out = self
+            .server_command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-m", mode, "-w", "-t", "60", "-o"])
+            .arg(format!("-p {}", self.port))
+            .arg("restart")
+            .output()
+            .expect("harness: cannot run pg_ctl");
+        assert!(
+            out.status.success(),
+            "harness: pg_ctl restart failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(self.log_path()).unwrap_or_default()
+        );
+    }
+
     fn launch(&mut self) {
         let log = self.log_path();
         let mut last = None;
