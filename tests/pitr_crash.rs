@@ -197,3 +197,93 @@ async fn server_restarts_mid_stream_lose_nothing() {
     let got: String = restored.query_one(q, &[]).await.unwrap().get(0);
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_lost_its_wal_starts_a_new_covered_chain() {
+    let cluster = PgCluster::start();
+    let db = cluster.fresh_db("lostslot").await;
+    cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'before');").await;
+    let repo = tempfile::tempdir().unwrap();
+    let slot = format!("pgkeep_{db}");
+    let client = cluster.client(&db).await;
+    client.batch_execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'").await.unwrap();
+    client.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+
+    let mut stream = start_stream(&cluster, &db, repo.path());
+    wait_active(&client, &slot, true).await;
+    let out = pgkeep(&cluster, &db, repo.path()).args(["-q", "backup"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    client.batch_execute("UPDATE t SET v = 'streamed' WHERE id = 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
+    assert!(stream.wait().unwrap().success());
+    assert!(std::fs::read_dir(repo.path().join("changes")).unwrap().count() == 1, "the first chain exists");
+
+    // While nothing streams, the server throws the slot's WAL away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        client.batch_execute("INSERT INTO t SELECT g, 'lost ' || g FROM generate_series(1000 + (random() * 1e6)::int, 1000 + (random() * 1e6)::int + 50) g ON CONFLICT DO NOTHING").await.unwrap();
+        client.batch_execute("SELECT pg_switch_wal()").await.unwrap();
+        client.batch_execute("CHECKPOINT").await.unwrap();
+        let status: String = client.query_one("SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
+        if status == "lost" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never lost its WAL (status {status})");
+    }
+
+    // Started again (with its automatic full backup): a new chain, covered by a new backup.
+    let mut stream = pgkeep(&cluster, &db, repo.path())
+        .args(["-q", "stream", "--segment-seconds", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_active(&client, &slot, true).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while std::fs::read_dir(repo.path().join("backups")).unwrap().count() < 2 {
+        assert!(Instant::now() < deadline, "no new full backup after the slot was lost");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Wait until the new backup's manifest exists (the folder appears first).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = pgkeep(&cluster, &db, repo.path()).args(["list", "--json"]).output().unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if listed.as_array().unwrap().len() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new full backup never finished");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    client.batch_execute("UPDATE t SET v = 'after' WHERE id = 1").await.unwrap();
+    let end: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok: bool = client
+            .query_one("SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", &[&end, &slot])
+            .await
+            .unwrap()
+            .get(0);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new chain never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
+    assert!(stream.wait().unwrap().success());
+    let streams: Vec<String> = std::fs::read_dir(repo.path().join("changes")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(streams.len(), 2, "old and new chains: {streams:?}");
+    assert!(streams.iter().any(|s| s.ends_with(&format!("{slot}.1"))), "{streams:?}");
+
+    let out = pgkeep(&cluster, &db, repo.path())
+        .args(["restore", "latest", "--target-time", "latest", "--target-db", "lostslot_restored", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let q = "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM t";
+    let want: String = client.query_one(q, &[]).await.unwrap().get(0);
+    let got: String = cluster.client("lostslot_restored").await.query_one(q, &[]).await.unwrap().get(0);
+    assert_eq!(got, want);
+}

@@ -118,7 +118,13 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
 
         // 5. The range.
         let streams = chain::list_streams(&repos, &system_identifier).await?;
-        let archive = streams.iter().find(|s| s.stream_id == stream_id).ok_or_else(|| {
+        // The slot's newest epoch (`<id>.N` after the slot was created again).
+        let archive = streams
+            .iter()
+            .filter_map(|s| stream::epoch_of(&s.stream_id, &stream_id).map(|e| (e, s)))
+            .max_by_key(|(e, _)| *e)
+            .map(|(_, s)| s)
+            .ok_or_else(|| {
             Error::new(ErrorKind::NotFound, format!("no change segments of stream {stream_id} in any repository"))
         })?;
         let segs = archive.chain_from(parent_end);
@@ -127,7 +133,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         };
         let segs = &segs[..=last];
         let mut range = ChangeRange {
-            stream_id: stream_id.clone(),
+            stream_id: archive.stream_id.clone(),
             start_lsn: parent_end,
             end_lsn: mark,
             last_commit_lsn: parent_end,

@@ -44,6 +44,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::config::Settings;
+use crate::repo::layout::{CHANGES_PREFIX, parse_segment_key};
 use crate::error::{Error, ErrorKind, Result};
 use crate::replication::{ReplicationConnection, validate_slot_name};
 use crate::repo::layout::Lsn;
@@ -128,13 +129,77 @@ pub async fn run(
     // 2. Stream id.
     let mut repl = ReplicationConnection::connect(&settings.db).await?;
     let identity = repl.identify_system().await?;
-    let stream_id = format!("{}-{}", identity.systemid, opts.slot);
+    let stream_id = stream_epoch(settings, &repos, &format!("{}-{}", identity.systemid, opts.slot), &opts.slot).await?;
     let span = tracing::info_span!("stream", stream_id = %stream_id, slot = %opts.slot, lsn = tracing::field::Empty);
     let autobackup = AutoBackup::start(settings, opts.auto_backup.clone());
     let stream = Stream { settings, opts, repos, stream_id, system_identifier: identity.systemid.to_string(), span: span.clone() };
     let result = stream.archive(repl, &autobackup, &mut shutdown).instrument(span.clone()).await;
     let auto_backups = autobackup.stop().instrument(span).await;
     result.map(|report| StreamReport { auto_backups, ..report })
+}
+
+/// The stream id to archive under: `base` (`<system_identifier>-<slot>`),
+/// or `base.N` after the slot had to be created again.
+///
+/// A new slot starts where the server is now; it can never continue an
+/// archive that an earlier slot of the same name wrote, because the changes
+/// in between are gone. So a slot that lost its WAL (`wal_status = lost`,
+/// `max_slot_wal_keep_size`) is dropped here, loudly, and whenever the slot
+/// is about to be created while an archive of the name exists, archiving
+/// continues as a new stream `base.N` — a new chain that a new full backup
+/// covers (`stream` takes one by itself unless told not to). The old chain
+/// stays restorable up to where it ends.
+async fn stream_epoch(settings: &Settings, repos: &[Arc<dyn Storage>], base: &str, slot: &str) -> Result<String> {
+    let conn = crate::pg::connect::connect(&settings.db).await?;
+    let state: Option<(bool, String)> = conn
+        .client
+        .query_opt("SELECT active, coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .map_err(crate::pg::query_error(format!("looking up replication slot {slot}")))?
+        .map(|r| (r.get(0), r.get(1)));
+    let mut exists = state.is_some();
+    if let Some((active, status)) = &state
+        && status == "lost"
+    {
+        if *active {
+            return Err(Error::new(ErrorKind::Locked, format!("replication slot {slot} lost its WAL and is still in use by another process")));
+        }
+        tracing::error!(slot = %slot, "replication slot lost WAL it had not sent (max_slot_wal_keep_size): the archive has a gap; dropping it and starting a new chain that a new full backup must cover");
+        conn.client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(crate::pg::query_error(format!("dropping the lost replication slot {slot}")))?;
+        exists = false;
+    }
+    // The epochs already archived: `base` is 0, `base.N` is N.
+    let mut latest: Option<u32> = None;
+    for repo in repos {
+        for o in repo.list(CHANGES_PREFIX).await? {
+            let Some((stream, _, _)) = parse_segment_key(&o.key) else { continue };
+            if let Some(e) = epoch_of(&stream, base) {
+                latest = latest.max(Some(e));
+            }
+        }
+    }
+    let name = |e: u32| if e == 0 { base.to_string() } else { format!("{base}.{e}") };
+    Ok(match (exists, latest) {
+        (_, None) => base.to_string(),
+        (true, Some(e)) => name(e),
+        (false, Some(e)) => {
+            let next = name(e + 1);
+            tracing::warn!(old = %name(e), new = %next, "the slot is new, so it cannot continue the existing archive: archiving as a new stream");
+            next
+        }
+    })
+}
+
+/// The epoch of stream id `stream` of base `<system_identifier>-<slot>`:
+/// 0 for `base` itself, N for `base.N`, `None` for another stream.
+pub fn epoch_of(stream: &str, base: &str) -> Option<u32> {
+    if stream == base {
+        return Some(0);
+    }
+    stream.strip_prefix(base)?.strip_prefix('.')?.parse().ok()
 }
 
 /// What steps 3 to 5 share.
