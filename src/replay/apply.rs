@@ -581,9 +581,10 @@ impl Applier {
             tracing::warn!(lsn = %lsn, tag = %ddl.tag, "a captured DDL statement ran inside a function or DO block; its text cannot be replayed");
             return Ok(());
         };
-        let preview: String = script.chars().take(120).collect();
+        // Only the first words: statements may carry secrets (e.g. user mapping options).
+        let preview: String = script.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
         let fail = |e: Error| {
-            e.context(format!("the DDL statement captured at LSN {lsn} ({}) failed on the restore: {preview}", ddl.tag))
+            e.context(format!("the DDL statement captured at LSN {lsn} ({}) failed on the restore: {preview} …", ddl.tag))
         };
         if !ddl.search_path.is_empty() {
             self.client
