@@ -29,8 +29,10 @@ use crate::replication::pgoutput::{Oid, PgOutputMessage, Relation, ReplicaIdenti
 use crate::repo::layout::Lsn;
 use crate::stream::ddl::{DDL_PREFIX, DdlMessage};
 
-/// Write the batches once they hold this many row changes (at a commit).
+/// Write the batches once they hold this many row changes (at a commit)…
 const BATCH_CHANGES: u64 = 200_000;
+/// … or this many bytes of archived messages, whichever comes first (memory bound).
+const BATCH_BYTES: u64 = 64 << 20;
 /// Oids below this are built-in types, equal on every server.
 const FIRST_NORMAL_OID: u32 = 16384;
 
@@ -86,6 +88,7 @@ pub struct Applier {
     relations: HashMap<Oid, RelationState>,
     pending: HashMap<Oid, Pending>,
     pending_changes: u64,
+    pending_bytes: u64,
     /// Only these tables (`schema.name`) are replayed, when set.
     only: Option<Vec<(String, String)>>,
     /// Where the current transaction committed (for messages).
@@ -126,6 +129,7 @@ impl Applier {
             relations: HashMap::new(),
             pending: HashMap::new(),
             pending_changes: 0,
+            pending_bytes: 0,
             only,
             at: Lsn(0),
             stats: ApplyStats::default(),
@@ -147,9 +151,14 @@ impl Applier {
         self.at = commit_lsn;
     }
 
+    /// Account `n` bytes of archived messages to the pending batch.
+    pub fn note_bytes(&mut self, n: usize) {
+        self.pending_bytes += n as u64;
+    }
+
     /// A transaction ended: write the batches when they are big enough.
     pub async fn commit(&mut self) -> Result<()> {
-        if self.pending_changes >= BATCH_CHANGES {
+        if self.pending_changes >= BATCH_CHANGES || self.pending_bytes >= BATCH_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -355,10 +364,12 @@ impl Applier {
     /// Write every pending batch in one transaction.
     pub async fn flush(&mut self) -> Result<()> {
         if self.pending_changes == 0 {
+            self.pending_bytes = 0;
             return Ok(());
         }
         let pending = std::mem::take(&mut self.pending);
         self.pending_changes = 0;
+        self.pending_bytes = 0;
         self.exec("BEGIN").await?;
         for (rel, p) in pending {
             let target = self.relations[&rel].target.clone().expect("resolved before changes");

@@ -339,6 +339,7 @@ pub async fn run(
                 applier.begin(b.final_lsn);
                 let mut end = b.final_lsn;
                 for m in &txn.messages[1..] {
+                    applier.note_bytes(m.len());
                     let msg = decode(m)?;
                     if let PgOutputMessage::Commit(c) = &msg {
                         end = c.end_lsn;
