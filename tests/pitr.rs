@@ -15,16 +15,14 @@ use std::time::Duration;
 
 use harness::backup_check::settings;
 use harness::postgres::PgCluster;
+use harness::streaming;
 use pgkeep::commands::backup::{self, BackupOptions};
 use pgkeep::commands::restore::{self, RestoreOptions};
 use pgkeep::config::{RepoSpec, Settings};
 use pgkeep::replay::RecoveryTarget;
 use pgkeep::restore::source::BackupSelector;
 use pgkeep::stream::{StreamOptions, StreamReport};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const WAIT: Duration = Duration::from_secs(60);
 const TABLES: &[&str] = &["accounts", "pairs", "full_ident", "gen", "wipe", "parts", "typed", "typed_full"];
 
 const SCHEMA: &str = "
@@ -86,47 +84,16 @@ struct Mark {
     hashes: Vec<String>,
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<pgkeep::Result<StreamReport>>,
+fn start_stream(settings: &Settings, slot: &str) -> streaming::Running {
+    streaming::start(settings, StreamOptions { segment_seconds: 1, ..StreamOptions::new(slot, slot) })
 }
 
-fn start_stream(settings: &Settings, slot: &str) -> Running {
-    let (stop, rx) = oneshot::channel::<()>();
-    let settings = settings.clone();
-    let opts = StreamOptions { segment_seconds: 1, ..StreamOptions::new(slot, slot) };
-    let task = tokio::spawn(async move {
-        pgkeep::stream::run(&settings, &opts, async {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Running { stop, task }
-}
-
-async fn stop_stream(r: Running) -> StreamReport {
-    let _ = r.stop.send(());
-    tokio::time::timeout(WAIT, r.task)
-        .await
-        .expect("stream stops")
-        .unwrap()
-        .unwrap_or_else(|e| panic!("stream: {}", e.user_line()))
+async fn stop_stream(r: streaming::Running) -> StreamReport {
+    streaming::stop(r).await
 }
 
 async fn wait_for_slot(client: &tokio_postgres::Client, slot: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "slot never created");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    streaming::wait_for_slot(client, slot, None).await
 }
 
 async fn hashes(client: &tokio_postgres::Client, tables: &[&str]) -> Vec<String> {

@@ -12,20 +12,8 @@ use std::time::{Duration, Instant};
 use harness::postgres::PgCluster;
 
 fn pgkeep(cluster: &PgCluster, db: &str, repo: &std::path::Path) -> Command {
-    let s = cluster.superuser_settings(db);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") || k.starts_with("DB_") || k.starts_with("S3_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("DB_HOST", &s.host)
-        .env("DB_PORT", s.port.to_string())
-        .env("DB_USER", &s.user)
-        .env("DB_PASSWORD", s.password.as_ref().unwrap().expose())
-        .env("DB_NAME", db)
-        .env("BACKUP_DIR", repo)
-        .env("EXPIRE_AFTER_BACKUP", "false");
+    let mut cmd = harness::streaming::pgkeep_cli(cluster, db, repo);
+    cmd.env("EXPIRE_AFTER_BACKUP", "false");
     cmd
 }
 
@@ -39,19 +27,7 @@ fn start_stream(cluster: &PgCluster, db: &str, repo: &std::path::Path) -> Child 
 }
 
 async fn wait_active(client: &tokio_postgres::Client, slot: &str, active: bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active = $2", &[&slot, &active])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "slot {slot} never became active={active}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    harness::streaming::wait_for_slot(client, slot, Some(active)).await
 }
 
 async fn table_hashes(client: &tokio_postgres::Client) -> Vec<(String, String)> {

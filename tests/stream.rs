@@ -17,12 +17,11 @@ use std::time::Duration;
 
 use harness::backup_check::settings;
 use harness::postgres::PgCluster;
+use harness::streaming;
 use pgkeep::config::{DbSettings, RepoSpec, Secret, Settings, SslMode};
 use pgkeep::replication::pgoutput::{self, PgOutputMessage};
 use pgkeep::repo::layout::{Lsn, parse_segment_key};
 use pgkeep::stream::{StreamOptions, StreamReport, segment};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(60);
 const SLOT: &str = "pgkeep_stream_test";
@@ -38,49 +37,16 @@ fn options() -> StreamOptions {
     }
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<pgkeep::Result<StreamReport>>,
+fn start(settings: &Settings) -> streaming::Running {
+    streaming::start(settings, options())
 }
 
-fn start(settings: &Settings) -> Running {
-    let (stop, rx) = oneshot::channel::<()>();
-    let settings = settings.clone();
-    let task = tokio::spawn(async move {
-        pgkeep::stream::run(&settings, &options(), async {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Running { stop, task }
-}
-
-async fn stop(running: Running) -> StreamReport {
-    let _ = running.stop.send(());
-    tokio::time::timeout(WAIT, running.task)
-        .await
-        .expect("stream stops")
-        .unwrap()
-        .unwrap_or_else(|e| panic!("stream: {}", e.user_line()))
+async fn stop(running: streaming::Running) -> StreamReport {
+    streaming::stop(running).await
 }
 
 async fn wait_for_slot(client: &tokio_postgres::Client) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&SLOT],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "slot never created");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    streaming::wait_for_slot(client, SLOT, None).await
 }
 
 /// Commit `n` transactions inserting into `table`; their xids in commit order.

@@ -10,20 +10,7 @@ use std::time::{Duration, Instant};
 use harness::postgres::PgCluster;
 
 fn pgkeep(cluster: &PgCluster, db: &str, repo: &std::path::Path) -> Command {
-    let s = cluster.superuser_settings(db);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("PG") || k.starts_with("DB_") || k.starts_with("S3_") || k == "DATABASE_URL" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("DB_HOST", &s.host)
-        .env("DB_PORT", s.port.to_string())
-        .env("DB_USER", &s.user)
-        .env("DB_PASSWORD", s.password.as_ref().unwrap().expose())
-        .env("DB_NAME", db)
-        .env("BACKUP_DIR", repo);
-    cmd
+    harness::streaming::pgkeep_cli(cluster, db, repo)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

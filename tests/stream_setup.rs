@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use harness::backup_check::settings;
 use harness::postgres::PgCluster;
+use harness::streaming;
 use pgkeep::config::{RepoSpec, Settings};
 use pgkeep::replication::pgoutput::{self, Oid, PgOutputMessage};
 use pgkeep::repo::catalog::{self, CatalogEntry};
@@ -32,8 +33,6 @@ use pgkeep::stream::autobackup::AutoBackupOptions;
 use pgkeep::stream::ddl::{DDL_PREFIX, DdlMessage};
 use pgkeep::stream::segment::{self, ChangeSegment};
 use pgkeep::stream::{StreamOptions, StreamReport};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -137,30 +136,12 @@ impl Db {
     }
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<pgkeep::Result<StreamReport>>,
+fn start(settings: &Settings, opts: StreamOptions) -> streaming::Running {
+    streaming::start(settings, opts)
 }
 
-fn start(settings: &Settings, opts: StreamOptions) -> Running {
-    let (stop, rx) = oneshot::channel::<()>();
-    let settings = settings.clone();
-    let task = tokio::spawn(async move {
-        pgkeep::stream::run(&settings, &opts, async {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Running { stop, task }
-}
-
-async fn stop(running: Running) -> StreamReport {
-    let _ = running.stop.send(());
-    tokio::time::timeout(WAIT, running.task)
-        .await
-        .expect("stream stops")
-        .unwrap()
-        .unwrap_or_else(|e| panic!("stream: {}", e.user_line()))
+async fn stop(running: streaming::Running) -> StreamReport {
+    streaming::stop(running).await
 }
 
 /// Decoded segments of one repository, in key (LSN) order.

@@ -10,3 +10,4 @@ pub mod fault_proxy;
 pub mod fake_s3;
 pub mod postgres;
 pub mod storage_conformance;
+pub mod streaming;
