@@ -80,7 +80,9 @@ pub async fn check_chains_with_keys(repos: &[Arc<dyn Storage>], m: &BackupManife
             // Every segment a restore of this backup would replay (from the one holding its
             // consistent point on) is read back: SHA-256 trailer, metadata and range, and with
             // keys the whole payload decrypted and decoded.
-            let from_index = segs.iter().position(|s| s.1 > m.snapshot.consistent_lsn).unwrap_or(segs.len());
+            // An incremental replays its own range too, from its parent's end.
+            let from = m.changes.as_ref().map_or(m.snapshot.consistent_lsn, |c| c.start_lsn);
+            let from_index = segs.iter().position(|s| s.1 > from).unwrap_or(segs.len());
             let problems = check_segments(repo, &stream, &segs[from_index..], keys).await;
             if !problems.is_empty() {
                 out.push(CheckResult::from_problems(Check::Chains, Some(loc.clone()), "", problems));
