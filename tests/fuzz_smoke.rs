@@ -19,6 +19,8 @@ mod copy_chunker;
 mod manifest_decode;
 #[path = "../fuzz/bodies/pgoutput_decode.rs"]
 mod pgoutput_decode;
+#[path = "../fuzz/bodies/segment_columnar.rs"]
+mod segment_columnar;
 #[path = "../fuzz/bodies/segment_decode.rs"]
 mod segment_decode;
 
@@ -98,6 +100,11 @@ fn manifest_decode_corpus() {
 #[test]
 fn pgoutput_decode_corpus() {
     smoke("pgoutput_decode", pgoutput_decode::run);
+}
+
+#[test]
+fn segment_columnar_corpus() {
+    smoke("segment_columnar", segment_columnar::run);
 }
 
 #[test]

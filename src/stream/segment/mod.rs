@@ -5,7 +5,7 @@
 //! PGKSEG1\n                      magic, 8 bytes
 //! {json metadata}\n              SegmentMeta, one line
 //! u64 stored payload length      big-endian
-//! payload                        zstd frame (or raw when compression = none)
+//! payload                        per `compression`, see below
 //! SHA-256                        32 bytes over everything before it
 //! ```
 //!
@@ -16,17 +16,24 @@
 //! a segment can be replayed without earlier ones. Every further record is
 //! one committed transaction, Begin … Commit.
 //!
+//! [`encode`] stores the raw payload with the [`columnar`] transform
+//! (compression `pgk-col1+zstd`: split into streams, each zstd-compressed);
+//! [`decode`] also reads the earlier `zstd` (one zstd frame of the raw
+//! payload) and `none`. The compression name, not the format version,
+//! selects the transform.
+//!
 //! An encrypted segment (format version 2) has the same layout; its
 //! metadata line (still plaintext, so chains can be checked without a key)
 //! also carries `encryption`, the stream run's wrapped data key, and its
-//! payload is the zstd frame sealed with that key (`crypto::chunk`), the
+//! stored payload is sealed with that key (`crypto::chunk`), the
 //! magic and metadata line as associated data, so the metadata cannot be
 //! edited either. [`encode_sealed`] writes it, [`decode_with`] reads it with
 //! a [`Keyring`]; [`decode`] reads unencrypted segments only, and
 //! [`decode_meta`] checks the trailer and reads the metadata of either.
 //!
 //! [`decode`] takes `&[u8]`, never panics and never allocates more than the
-//! input and the declared (bounded) payload size justify; it verifies the
+//! input and the declared (bounded) payload size justify (a columnar
+//! payload's streams add at most twice that size); it verifies the
 //! trailer, the payload size, the record framing, and that every
 //! transaction runs from Begin to Commit with commit end LSNs strictly
 //! increasing inside `(start_lsn, end_lsn]`, the last one equal to `end_lsn`.
@@ -43,6 +50,8 @@ use crate::error::{Error, Result};
 use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::repo::layout::Lsn;
 
+pub mod columnar;
+
 /// The first 8 bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"PGKSEG1\n";
 /// The format version written in the metadata.
@@ -53,8 +62,6 @@ pub const SEALED_FORMAT_VERSION: u32 = 2;
 const AAD_SEGMENT: &[u8] = b"pgkeep segment payload v2\n";
 /// Largest raw payload a segment may declare (decode refuses more).
 pub const MAX_RAW_PAYLOAD: u64 = 1 << 30;
-/// zstd level for segment payloads.
-const ZSTD_LEVEL: i32 = 3;
 const TRAILER_LEN: usize = 32;
 
 /// The metadata line of a segment.
@@ -80,7 +87,8 @@ pub struct SegmentMeta {
     pub transactions: u64,
     /// Number of row messages (Insert, Update, Delete).
     pub changes: u64,
-    /// `zstd` or `none`.
+    /// How the raw payload is stored: [`columnar::COMPRESSION`] (written
+    /// today), `zstd` (one zstd frame; earlier segments) or `none`.
     pub compression: String,
     /// Size of the raw (uncompressed) payload.
     pub raw_size: u64,
@@ -153,8 +161,8 @@ struct EncryptionField {
     encryption: Option<KeyEnvelope>,
 }
 
-/// Encode `segment` with zstd. `meta.raw_size` and `meta.compression` are
-/// filled in here; the other fields are written as given.
+/// Encode `segment` with the [`columnar`] transform. `meta.raw_size` and
+/// `meta.compression` are filled in here; the other fields are written as given.
 pub fn encode(segment: &ChangeSegment) -> Result<Vec<u8>> {
     encode_sealed(segment, None)
 }
@@ -182,12 +190,10 @@ pub fn encode_sealed(segment: &ChangeSegment, sealer: Option<&Sealer>) -> Result
         )
         .with_hint("large single transactions are not archived yet; take a full backup after it"));
     }
-    let stored = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| {
-        Error::internal(format!("zstd compression of a change segment failed: {e}"))
-    })?;
+    let stored = columnar::pack(&raw);
     let mut meta = segment.meta.clone();
     meta.raw_size = raw.len() as u64;
-    meta.compression = "zstd".to_string();
+    meta.compression = columnar::COMPRESSION.to_string();
     let json = match sealer {
         None => serde_json::to_vec(&meta),
         Some(s) => {
@@ -300,6 +306,9 @@ pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegm
                 .read_to_end(&mut out)
                 .map_err(|e| bad(&format!("zstd: {e}")))?;
             out
+        }
+        columnar::COMPRESSION => {
+            columnar::unpack(stored, meta.raw_size).map_err(|e| bad(e.message()))?
         }
         "none" => stored.to_vec(),
         other => return Err(bad(&format!("unknown compression `{other}`"))),
@@ -478,7 +487,11 @@ mod tests {
     /// Re-seal a tampered body with a valid trailer, so the checks behind
     /// the checksum are exercised.
     fn reseal(meta: &SegmentMeta, raw: &[u8]) -> Vec<u8> {
-        let stored = zstd::bulk::compress(raw, 1).unwrap();
+        let stored = match meta.compression.as_str() {
+            "zstd" => zstd::bulk::compress(raw, 1).unwrap(),
+            columnar::COMPRESSION => columnar::pack(raw),
+            _ => raw.to_vec(),
+        };
         let mut out = MAGIC.to_vec();
         out.extend(serde_json::to_vec(meta).unwrap());
         out.push(b'\n');
@@ -496,23 +509,33 @@ mod tests {
         put_record(&mut raw, &seg.schema).unwrap();
         put_record(&mut raw, &seg.transactions[0].messages).unwrap();
         put_record(&mut raw, &seg.transactions[1].messages).unwrap();
+        for compression in [columnar::COMPRESSION, "zstd", "none"] {
+            let mut meta = seg.meta.clone();
+            meta.raw_size = raw.len() as u64;
+            meta.compression = compression.into();
+            rejects_bad_content(&seg, &meta, &raw);
+        }
         let mut meta = seg.meta.clone();
         meta.raw_size = raw.len() as u64;
-        assert!(decode(&reseal(&meta, &raw), "k").is_ok());
+        meta.compression = "lz4".into();
+        assert!(decode(&reseal(&meta, &raw), "k").is_err());
+    }
 
+    fn rejects_bad_content(seg: &ChangeSegment, meta: &SegmentMeta, raw: &[u8]) {
+        assert!(decode(&reseal(meta, raw), "k").is_ok(), "{}", meta.compression);
         // Wrong count, wrong end, wrong raw size, lying huge size, framing.
         let mut m = meta.clone();
         m.transactions = 3;
-        assert!(decode(&reseal(&m, &raw), "k").is_err());
+        assert!(decode(&reseal(&m, raw), "k").is_err());
         let mut m = meta.clone();
         m.end_lsn = Lsn(0x400);
-        assert!(decode(&reseal(&m, &raw), "k").is_err());
+        assert!(decode(&reseal(&m, raw), "k").is_err());
         let mut m = meta.clone();
         m.raw_size -= 1;
-        assert!(decode(&reseal(&m, &raw), "k").is_err());
+        assert!(decode(&reseal(&m, raw), "k").is_err());
         let mut m = meta.clone();
         m.raw_size = u64::MAX;
-        assert!(decode(&reseal(&m, &raw), "k").is_err());
+        assert!(decode(&reseal(&m, raw), "k").is_err());
         let mut short = raw.to_vec();
         short.pop();
         let mut m = meta.clone();
@@ -523,11 +546,37 @@ mod tests {
         put_record(&mut swapped, &seg.schema).unwrap();
         put_record(&mut swapped, &seg.transactions[1].messages).unwrap();
         put_record(&mut swapped, &seg.transactions[0].messages).unwrap();
-        assert!(decode(&reseal(&meta, &swapped), "k").is_err());
+        assert!(decode(&reseal(meta, &swapped), "k").is_err());
+    }
+
+    #[test]
+    fn new_segments_are_columnar_and_old_zstd_ones_still_decode() {
+        let segment = sample();
+        let bytes = encode(&segment).unwrap();
+        let back = decode(&bytes, "k").unwrap();
+        assert_eq!(back.meta.compression, columnar::COMPRESSION);
+        assert_eq!(back.meta.version, FORMAT_VERSION);
+        // A segment as pgkeep wrote it before the columnar transform.
+        let mut raw = BytesMut::new();
+        put_record(&mut raw, &segment.schema).unwrap();
+        for txn in &segment.transactions {
+            put_record(&mut raw, &txn.messages).unwrap();
+        }
+        let mut meta = segment.meta.clone();
+        meta.raw_size = raw.len() as u64;
+        meta.compression = "zstd".into();
+        let old = decode(&reseal(&meta, &raw), "k").unwrap();
+        assert_eq!(old.meta.compression, "zstd");
+        assert_eq!((old.schema, old.transactions), (back.schema, back.transactions));
+        // The seeds of the segment_decode fuzz target written before it.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/segment_decode");
+        let seed = std::fs::read(dir.join("two-transactions.seg")).unwrap();
+        assert_eq!(decode(&seed, "seed").unwrap().meta.compression, "zstd");
     }
 
     /// With `PGKEEP_WRITE_FUZZ_SEEDS=1`, write the seeds of the
-    /// `segment_decode` fuzz target.
+    /// `segment_decode` fuzz target (`col1-*`; the other seeds are `zstd`
+    /// segments written before the columnar transform, kept as they are).
     #[test]
     fn write_fuzz_seeds() {
         if std::env::var("PGKEEP_WRITE_FUZZ_SEEDS").as_deref() != Ok("1") {
@@ -542,8 +591,8 @@ mod tests {
         one.meta.end_lsn = Lsn(0x200);
         one.meta.transactions = 1;
         for (name, seg) in [
-            ("two-transactions.seg", sample()),
-            ("one-transaction-no-schema.seg", one),
+            ("col1-two-transactions.seg", sample()),
+            ("col1-one-transaction-no-schema.seg", one),
         ] {
             let bytes = encode(&seg).unwrap();
             decode(&bytes, name).unwrap();
