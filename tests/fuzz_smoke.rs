@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 #[path = "../fuzz/bodies/conninfo_parse.rs"]
 mod conninfo_parse;
+#[path = "../fuzz/bodies/ddl_split.rs"]
+mod ddl_split;
 #[path = "../fuzz/bodies/copy_chunker.rs"]
 mod copy_chunker;
 #[path = "../fuzz/bodies/manifest_decode.rs"]
@@ -80,6 +82,11 @@ fn smoke(target: &str, body: fn(&[u8])) {
             }
         }
     }
+}
+
+#[test]
+fn ddl_split_corpus() {
+    smoke("ddl_split", ddl_split::run);
 }
 
 #[test]

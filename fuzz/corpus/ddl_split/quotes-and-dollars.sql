@@ -1,0 +1,1 @@
+CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql; /* a; /* b; */ */ COMMENT ON TABLE "x;y" IS E'it\'s; fine'

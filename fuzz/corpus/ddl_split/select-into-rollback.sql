@@ -1,0 +1,1 @@
+SELECT * INTO copy FROM t; SET search_path = app; ROLLBACK; -- tail ;
