@@ -9,6 +9,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     install_panic_hook();
+    tune_allocator();
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -23,6 +24,19 @@ fn main() -> ExitCode {
             eprintln!("pgkeep: error: {}", e.user_line());
             ExitCode::from(e.kind().exit_code() as u8)
         }
+    }
+}
+
+/// glibc's malloc raises its mmap threshold each time a large block is
+/// freed, after which the multi-megabyte buffers of every chunk and segment
+/// come from the heap and fragment it: a long-running `stream` would keep
+/// growing. A fixed threshold keeps blocks of 1 MiB and more in their own
+/// mappings, returned to the system when freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

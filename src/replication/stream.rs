@@ -496,7 +496,10 @@ pub fn parse_xlog_data(data: Bytes) -> std::result::Result<StreamEvent, String> 
         wal_start: Lsn(wal_start),
         wal_end: Lsn(wal_end),
         server_time: PgTimestamp(server_time as i64),
-        data: data.slice(XLOG_DATA_HEADER_LEN..),
+        // A copy, not a slice: a slice would keep the whole read buffer it
+        // came from alive (8 KiB or more for a message of a few hundred
+        // bytes) for as long as the message waits in an open segment.
+        data: Bytes::copy_from_slice(&data[XLOG_DATA_HEADER_LEN..]),
     })
 }
 
