@@ -351,6 +351,16 @@ pub async fn run(
                 report.stopped_at = Some(StopPoint { end_lsn: end, ..point });
             }
         }
+        // Every segment of the plan, unless the target stopped the replay first:
+        // a reader that ended early must never pass for the end of the archive.
+        if report.next_after_target.is_none() && report.segments < plan.segments.len() {
+            return Err(Error::internal(format!(
+                "the segment reader stopped after {} of {} segments of stream {}",
+                report.segments,
+                plan.segments.len(),
+                plan.stream_id
+            )));
+        }
         applier.flush().await?;
         Ok::<(), Error>(())
     }

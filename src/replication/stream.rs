@@ -478,7 +478,7 @@ pub fn parse_copy_data(data: Bytes) -> std::result::Result<StreamEvent, String> 
 }
 
 /// XLogData: `w`, Int64 WAL start, Int64 WAL end, Int64 server time, then
-/// the payload (a slice of `data`, not a copy).
+/// the payload (copied into its own allocation, see below).
 pub fn parse_xlog_data(data: Bytes) -> std::result::Result<StreamEvent, String> {
     if data.first() != Some(&b'w') {
         return Err("not an XLogData message".to_string());
