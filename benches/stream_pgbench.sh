@@ -14,17 +14,18 @@
 # - peak RSS of the stream process and of the restore;
 # - that the restored tables equal the source's.
 #
-# Usage: benches/stream_pgbench.sh [--transactions N] [--scale S] [--clients C]
+# Usage: benches/stream_pgbench.sh [--transactions N] [--scale S] [--clients C] [--builtin tpcb-like|simple-update]
 # Environment: BENCH_DIR (default /tmp/pgkeep-stream-bench), PG_BINDIR, BENCH_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TXNS=100000; SCALE=10; CLIENTS=4
+TXNS=100000; SCALE=10; CLIENTS=4; BUILTIN=tpcb-like
 while [ $# -gt 0 ]; do
     case "$1" in
         --transactions) TXNS=$2; shift 2 ;;
         --scale) SCALE=$2; shift 2 ;;
         --clients) CLIENTS=$2; shift 2 ;;
+        --builtin) BUILTIN=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -83,7 +84,7 @@ echo "==> pgbench: $TXNS transactions, $CLIENTS clients, lag sampled every secon
 ) &
 SAMPLER=$!
 PER_CLIENT=$(( TXNS / CLIENTS ))
-"$BINDIR/pgbench" -n -c "$CLIENTS" -j 2 -t "$PER_CLIENT" "$DB" >"$OUT/pgbench.out" 2>&1
+"$BINDIR/pgbench" -n -b "$BUILTIN" -c "$CLIENTS" -j 2 -t "$PER_CLIENT" "$DB" >"$OUT/pgbench.out" 2>&1
 LSN1=$(psql -Atd $DB -c "SELECT pg_current_wal_insert_lsn()")
 # Wait until the archive holds everything, then stop the stream (SIGTERM: seal, store, confirm).
 until [ "$(psql -Atd $DB -c "SELECT confirmed_flush_lsn >= '$LSN1' FROM pg_replication_slots WHERE slot_name = 'pgkeep_$DB'")" = t ]; do sleep 0.5; done
@@ -134,7 +135,7 @@ PY
 J() { python3 -c "import json; d=json.load(open('$OUT/restore.json')); print($1)"; }
 cat <<EOF
 
-### Change-archiving benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(psql -Atc 'SHOW server_version' | cut -d' ' -f1), pgbench scale $SCALE, $TXNS transactions, $CLIENTS clients
+### Change-archiving benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(psql -Atc 'SHOW server_version' | cut -d' ' -f1), pgbench $BUILTIN, scale $SCALE, $TXNS transactions, $CLIENTS clients
 
 | measure | value | target |
 |---|---:|---|
