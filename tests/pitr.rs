@@ -179,6 +179,20 @@ async fn restores_exactly_the_transactions_committed_up_to_the_target() {
         assert_eq!(hashes(&restored, TABLES).await, marks[i].hashes, "tables after transaction {i}");
     }
 
+    // Table-level undo at a point in time: only `accounts`, as it was after transaction 4.
+    let opts = RestoreOptions {
+        target_db: Some("pitr_table".into()),
+        yes: true,
+        tables: vec!["public.accounts".into()],
+        point_in_time: Some(RecoveryTarget::Time(marks[4].time)),
+        ..RestoreOptions::new(BackupSelector::Latest)
+    };
+    restore::run(&s.settings, &opts).await.unwrap_or_else(|e| panic!("table-level PITR: {}", e.user_line()));
+    let restored = s.cluster.client("pitr_table").await;
+    assert_eq!(hashes(&restored, &["accounts"]).await[0], marks[4].hashes[0], "accounts after transaction 4");
+    let others: i64 = restored.query_one("SELECT (SELECT count(*) FROM pairs) + (SELECT count(*) FROM wipe)", &[]).await.unwrap().get(0);
+    assert_eq!(others, 0, "the other tables stay empty");
+
     // Before the first transaction: the backup alone.
     let report = restore_to(&s, "pitr_none", RecoveryTarget::Time(before_any.time)).await.unwrap();
     assert_eq!(report.point_in_time.unwrap().transactions, 0);
