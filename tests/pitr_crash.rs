@@ -263,3 +263,66 @@ async fn a_slot_that_lost_its_wal_starts_a_new_covered_chain() {
     let got: String = cluster.client("lostslot_restored").await.query_one(q, &[]).await.unwrap().get(0);
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restore_swap_archiving_continues_for_the_live_database() {
+    let cluster = PgCluster::start();
+    let db = cluster.fresh_db("swapstream").await;
+    cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one');").await;
+    let repo = tempfile::tempdir().unwrap();
+    let slot = format!("pgkeep_{db}");
+    {
+        let client = cluster.client(&db).await;
+        let mut stream = start_stream(&cluster, &db, repo.path());
+        wait_active(&client, &slot, true).await;
+        let out = pgkeep(&cluster, &db, repo.path()).args(["-q", "backup"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        client.batch_execute("INSERT INTO t VALUES (2, 'two')").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
+        assert!(stream.wait().unwrap().success());
+    }
+    // Restore (with the swap): the slot now belongs to <db>_old.
+    let out = pgkeep(&cluster, &db, repo.path()).args(["restore", "latest", "--yes", "--no-pre-backup"]).output().unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    let admin = cluster.client("postgres").await;
+    let on: String = admin.query_one("SELECT database::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
+    assert_eq!(on, format!("{db}_old"));
+
+    // stream again (with its automatic backup): a new slot and chain for the live database.
+    let mut stream = pgkeep(&cluster, &db, repo.path())
+        .args(["-q", "stream", "--segment-seconds", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = cluster.client(&db).await;
+    wait_active(&client, &slot, true).await;
+    let on: String = admin.query_one("SELECT database::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
+    assert_eq!(on, db, "the slot follows the live database");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = pgkeep(&cluster, &db, repo.path()).args(["list", "--json"]).output().unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if listed.as_array().unwrap().len() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no full backup of the restored database");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    client.batch_execute("INSERT INTO t VALUES (3, 'three')").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
+    assert!(stream.wait().unwrap().success());
+    let out = pgkeep(&cluster, &db, repo.path())
+        .args(["restore", "latest", "--target-time", "latest", "--target-db", "swapstream_pitr", "--yes", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    // The swap restored the backup (rows 1), then row 3 came: the live database, exactly.
+    let q = "SELECT string_agg(id::text, ',' ORDER BY id) FROM t";
+    let live: String = client.query_one(q, &[]).await.unwrap().get(0);
+    assert_eq!(live, "1,3");
+    let got: String = cluster.client("swapstream_pitr").await.query_one(q, &[]).await.unwrap().get(0);
+    assert_eq!(got, live, "{}", String::from_utf8_lossy(&out.stdout));
+}

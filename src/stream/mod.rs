@@ -151,14 +151,30 @@ pub async fn run(
 /// stays restorable up to where it ends.
 async fn stream_epoch(settings: &Settings, repos: &[Arc<dyn Storage>], base: &str, slot: &str) -> Result<String> {
     let conn = crate::pg::connect::connect(&settings.db).await?;
-    let state: Option<(bool, String)> = conn
+    let state: Option<(bool, String, String)> = conn
         .client
-        .query_opt("SELECT active, coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt("SELECT active, coalesce(wal_status, ''), coalesce(database::text, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
         .await
         .map_err(crate::pg::query_error(format!("looking up replication slot {slot}")))?
-        .map(|r| (r.get(0), r.get(1)));
+        .map(|r| (r.get(0), r.get(1), r.get(2)));
     let mut exists = state.is_some();
-    if let Some((active, status)) = &state
+    // After `restore` swapped a database in, the slot still belongs to the database it
+    // replaced (renamed `<db>_old…` or `<db>_rolled_back…`), which nothing archives: it
+    // would only hold WAL. The live database gets a new slot and chain.
+    let db = &settings.db.dbname;
+    if let Some((false, _, on)) = &state
+        && on != db
+        && (on.starts_with(&format!("{db}_old")) || on.starts_with(&format!("{db}_rolled_back")))
+    {
+        tracing::warn!(slot = %slot, database = %on, "the slot belongs to the database a restore replaced; dropping it so that it holds no WAL, and starting a new chain for {db}");
+        conn.client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(crate::pg::query_error(format!("dropping replication slot {slot} of database {on}")))?;
+        exists = false;
+    }
+    if let Some((active, status, _)) = &state
+        && exists
         && status == "lost"
     {
         if *active {
