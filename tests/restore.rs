@@ -329,3 +329,25 @@ async fn restore_from_garage_when_no_local_copy_exists() {
     let n: i64 = cluster.client(&target).await.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!(n, 30000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_level_privileges_are_restored() {
+    let cluster = PgCluster::shared();
+    let db = cluster.fresh_db("rs_grants").await;
+    cluster.execute(&db, "DROP ROLE IF EXISTS grants_app; CREATE ROLE grants_app LOGIN; CREATE TABLE t (id int);").await;
+    cluster
+        .execute(&db, &format!("REVOKE CONNECT, TEMPORARY ON DATABASE \"{db}\" FROM PUBLIC; GRANT CONNECT ON DATABASE \"{db}\" TO grants_app"))
+        .await;
+    let repo = tempfile::tempdir().unwrap();
+    let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().to_path_buf())]);
+    backup::run(&s, &BackupOptions::default()).await.unwrap();
+    let target = format!("{db}_copy");
+    restore::run(&s, &RestoreOptions { target_db: Some(target.clone()), ..opts(BackupSelector::Latest) }).await.unwrap();
+    let c = cluster.client("postgres").await;
+    let q = "SELECT has_database_privilege('public', $1, 'CONNECT') OR has_database_privilege('public', $1, 'TEMPORARY'), \
+             has_database_privilege('grants_app', $1, 'CONNECT')";
+    let row = c.query_one(q, &[&target]).await.unwrap();
+    let (public, app): (bool, bool) = (row.get(0), row.get(1));
+    assert!(!public, "PUBLIC must not regain CONNECT or TEMPORARY on the restored database");
+    assert!(app, "grants_app keeps CONNECT");
+}

@@ -65,7 +65,9 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
              pg_database_size(current_database())::int8, current_user::text, \
              pg_encoding_to_char(d.encoding)::text, d.datcollate::text, d.datctype::text, \
              pg_get_userbyid(d.datdba)::text, \
-             coalesce((SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')::text[] \
+             coalesce((SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setdatabase = d.oid AND s.setrole = 0), '{}')::text[], \
+             CASE WHEN d.datacl IS NULL THEN NULL ELSE coalesce((SELECT array_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END \
+                 || ':' || a.privilege_type || ':' || a.is_grantable::text ORDER BY 1) FROM aclexplode(d.datacl) a), '{}') END::text[] \
              FROM pg_roles r, pg_database d WHERE r.rolname = current_user AND d.datname = current_database()",
             &[],
         )
@@ -96,6 +98,7 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
             lc_ctype: row.get(9),
             owner: Some(row.get(10)),
             settings: row.get(11),
+            grants: row.get(12),
         }),
     })
 }

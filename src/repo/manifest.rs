@@ -296,6 +296,11 @@ pub struct DatabaseInfo {
     /// Database-level settings (`ALTER DATABASE … SET`), as `name=value`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<String>,
+    /// Database-level privileges (`GRANT … ON DATABASE`), as
+    /// `grantee:privilege:grantable` (`PUBLIC` for everyone); `None` when the
+    /// database has the default privileges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<String>>,
 }
 
 /// A sequence's state at the snapshot.

@@ -153,7 +153,7 @@ pub async fn server_context(server: &DbSettings, like: &str) -> Result<(u32, Opt
         .query_opt("SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text FROM pg_database WHERE datname = $1", &[&like])
         .await
         .map_err(fail)?
-        .map(|r| DatabaseInfo { encoding: r.get(0), lc_collate: r.get(1), lc_ctype: r.get(2), owner: None, settings: Vec::new() });
+        .map(|r| DatabaseInfo { encoding: r.get(0), lc_collate: r.get(1), lc_ctype: r.get(2), owner: None, settings: Vec::new(), grants: None });
     Ok((num as u32 / 10000, info))
 }
 

@@ -99,7 +99,34 @@ pub async fn apply_database_properties(server: &DbSettings, name: &str, info: Op
             .await
             .map_err(db_error(format!("cannot apply database setting {} to {name}", setting.split('=').next().unwrap_or(""))))?;
     }
+    // Privileges on the database: the defaults of CREATE DATABASE go, the recorded ones come.
+    if let Some(grants) = &info.grants {
+        client
+            .batch_execute(&format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", quote_ident(name)))
+            .await
+            .map_err(db_error(format!("cannot reset the privileges of database {name}")))?;
+        for g in grants {
+            let Some(sql) = grant_on_database(name, g) else { continue };
+            if let Err(e) = client.batch_execute(&sql).await {
+                // A grantee missing on this server: the restore stands, without that grant.
+                tracing::warn!(database = name, grant = %g, error = %e, "cannot restore a database privilege");
+            }
+        }
+    }
     Ok(())
+}
+
+/// `GRANT privilege ON DATABASE db TO grantee [WITH GRANT OPTION]` for one
+/// `grantee:privilege:grantable` entry; `None` for anything malformed.
+pub fn grant_on_database(db: &str, entry: &str) -> Option<String> {
+    let (rest, grantable) = entry.rsplit_once(':')?;
+    let (grantee, privilege) = rest.rsplit_once(':')?;
+    if !matches!(privilege, "CREATE" | "CONNECT" | "TEMPORARY") || grantee.is_empty() {
+        return None;
+    }
+    let to = if grantee == "PUBLIC" { "PUBLIC".to_string() } else { quote_ident(grantee) };
+    let option = if grantable == "true" { " WITH GRANT OPTION" } else { "" };
+    Some(format!("GRANT {privilege} ON DATABASE {} TO {to}{option}", quote_ident(db)))
 }
 
 /// `ALTER DATABASE name SET …` for one `name=value` of `pg_db_role_setting`.
@@ -266,6 +293,17 @@ pub async fn rollback(server: &DbSettings, target: &str) -> Result<(String, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_grants_become_grant_statements() {
+        assert_eq!(grant_on_database("app", "PUBLIC:TEMPORARY:false").unwrap(), "GRANT TEMPORARY ON DATABASE \"app\" TO PUBLIC");
+        assert_eq!(
+            grant_on_database("app", "we:ird:CONNECT:true").unwrap(),
+            "GRANT CONNECT ON DATABASE \"app\" TO \"we:ird\" WITH GRANT OPTION"
+        );
+        assert!(grant_on_database("app", "bob:DROP TABLE x:false").is_none());
+        assert!(grant_on_database("app", "garbage").is_none());
+    }
 
     #[test]
     fn database_settings_keep_list_elements() {

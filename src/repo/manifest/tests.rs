@@ -25,6 +25,7 @@ pub(crate) fn sample() -> BackupManifest {
             lc_ctype: "C.UTF-8".into(),
             owner: Some("app_owner".into()),
             settings: vec!["search_path=app, public".into()],
+            grants: Some(vec!["PUBLIC:TEMPORARY:false".into()]),
         }),
         server: ServerInfo { version: "15.18".into(), version_num: 150018, system_identifier: "7312".into(), timeline: 1 },
         started_at: at,
