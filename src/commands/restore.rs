@@ -113,7 +113,7 @@ pub struct RestoreReport {
     pub roles_created: usize,
     /// Tables whose data was restored (all, or those asked for with --table).
     pub tables_restored: usize,
-    /// Foreign keys skipped by a table-level restore.
+    /// Foreign keys skipped by a table-level restore, and event triggers a non-superuser could not create.
     pub foreign_keys_skipped: Vec<String>,
     /// Verification.
     pub verification: VerifyReport,
