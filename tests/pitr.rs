@@ -373,3 +373,33 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_deep_of_an_incremental_replays_it_in_a_scratch_database() {
+    use pgkeep::commands::incremental;
+    use pgkeep::commands::verify::{self, VerifyOptions};
+    use pgkeep::verify::{Check, Status};
+    let s = setup("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;").await;
+    let client = s.cluster.client(&s.db).await;
+    incremental::run(&s.settings, &BackupOptions::default()).await.unwrap(); // full (creates the slot)
+    client.batch_execute("UPDATE t SET v = -1 WHERE id < 4; DELETE FROM t WHERE id = 9").await.unwrap();
+    let incr = incremental::run(&s.settings, &BackupOptions::default()).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    let v = verify::run(&s.settings, &VerifyOptions { selector: BackupSelector::Id(incr.manifest.backup_id.clone()), deep: true, ..Default::default() })
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert!(v.passed, "{v:?}");
+    let deep = v.checks.iter().find(|c| c.check == Check::Completeness).unwrap();
+    assert_eq!(deep.status, Status::Pass, "{deep:?}");
+    assert!(deep.summary.contains("2 row change(s) replayed") || deep.summary.contains("4 row change(s) replayed"), "{}", deep.summary);
+    let chain = v.checks.iter().find(|c| c.check == Check::Chains && c.repository.is_none()).unwrap();
+    assert_eq!(chain.status, Status::Pass, "{chain:?}");
+    // A missing ancestor fails the chain check, named.
+    let parent = incr.manifest.parent.clone().unwrap();
+    for repo in &s.settings.repos {
+        let RepoSpec::Local(dir) = repo else { unreachable!() };
+        std::fs::remove_dir_all(dir.join("backups").join(parent.to_string())).unwrap();
+    }
+    let v = verify::run(&s.settings, &VerifyOptions { selector: BackupSelector::Id(incr.manifest.backup_id.clone()), ..Default::default() }).await.unwrap();
+    assert!(!v.passed);
+    assert!(format!("{v:?}").contains(&parent.to_string()), "{v:?}");
+}

@@ -353,7 +353,7 @@ async fn plan_point_in_time(
 }
 
 /// The full backup an incremental builds on, and the incremental's restore point.
-async fn incremental_root(repos: &[Arc<dyn crate::storage::Storage>], id: &crate::repo::layout::BackupId) -> Result<(crate::repo::layout::BackupId, crate::repo::layout::Lsn)> {
+pub(crate) async fn incremental_root(repos: &[Arc<dyn crate::storage::Storage>], id: &crate::repo::layout::BackupId) -> Result<(crate::repo::layout::BackupId, crate::repo::layout::Lsn)> {
     let load = async |id: &crate::repo::layout::BackupId| -> Result<crate::repo::manifest::BackupManifest> {
         let mut last = None;
         for r in repos {

@@ -135,7 +135,8 @@ pub async fn check_format(location: &str, read: &ManifestRead, source: Option<&B
             }
         }
     }
-    if m.tables.is_empty() && creates_tables {
+    // An incremental copies no table (its data is its parent chain and change range).
+    if m.tables.is_empty() && creates_tables && m.kind != crate::repo::layout::BackupKind::Incremental {
         problems.push(format!(
             "manifest {} in {location} lists no tables, but its schema creates tables",
             m.backup_id.manifest_key()
