@@ -30,6 +30,38 @@ async fn wait_active(client: &tokio_postgres::Client, slot: &str, active: bool) 
     harness::streaming::wait_for_slot(client, slot, Some(active)).await
 }
 
+/// Wait until slot `slot` has confirmed everything written so far (the archive holds it all).
+async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str) {
+    let end: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let caught_up: bool = client
+            .query_one("SELECT coalesce(confirmed_flush_lsn >= $1::text::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = $2", &[&end, &slot])
+            .await
+            .unwrap()
+            .get(0);
+        if caught_up {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the stream never caught up to {end}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Wait until `pgkeep list` shows at least `n` finished backups.
+async fn wait_backups(cluster: &PgCluster, db: &str, repo: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = pgkeep(cluster, db, repo).args(["list", "--json"]).output().unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if listed.as_array().map_or(0, |a| a.len()) >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "fewer than {n} finished backups");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn table_hashes(client: &tokio_postgres::Client) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for t in ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"] {
@@ -88,20 +120,7 @@ async fn kill_9_during_pgbench_then_restore_latest_equals_the_source() {
     assert!(kills >= 3, "killed {kills} times");
 
     // Let the last stream catch up, then stop it cleanly.
-    let end: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let caught_up: bool = client
-            .query_one("SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", &[&end, &slot])
-            .await
-            .unwrap()
-            .get(0);
-        if caught_up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the stream never caught up to {end}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_caught_up(&client, &slot).await;
     unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
     assert!(stream.wait().unwrap().success());
 
@@ -146,20 +165,7 @@ async fn server_restarts_mid_stream_lose_nothing() {
     }
     assert!(stream.try_wait().unwrap().is_none(), "the stream survives server restarts");
     let client = cluster.client(&db).await;
-    let end: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let caught_up: bool = client
-            .query_one("SELECT coalesce(confirmed_flush_lsn >= $1::text::pg_lsn, false) FROM pg_replication_slots WHERE slot_name = $2", &[&end, &slot])
-            .await
-            .unwrap()
-            .get(0);
-        if caught_up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the stream never caught up after the restarts");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_caught_up(&client, &slot).await;
     unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
     assert!(stream.wait().unwrap().success());
     let out = pgkeep(&cluster, &db, repo.path())
@@ -216,37 +222,9 @@ async fn a_slot_that_lost_its_wal_starts_a_new_covered_chain() {
         .spawn()
         .unwrap();
     wait_active(&client, &slot, true).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while std::fs::read_dir(repo.path().join("backups")).unwrap().count() < 2 {
-        assert!(Instant::now() < deadline, "no new full backup after the slot was lost");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // Wait until the new backup's manifest exists (the folder appears first).
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let out = pgkeep(&cluster, &db, repo.path()).args(["list", "--json"]).output().unwrap();
-        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if listed.as_array().unwrap().len() >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the new full backup never finished");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_backups(&cluster, &db, repo.path(), 2).await;
     client.batch_execute("UPDATE t SET v = 'after' WHERE id = 1").await.unwrap();
-    let end: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ok: bool = client
-            .query_one("SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", &[&end, &slot])
-            .await
-            .unwrap()
-            .get(0);
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the new chain never caught up");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_caught_up(&client, &slot).await;
     unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
     assert!(stream.wait().unwrap().success());
     let streams: Vec<String> = std::fs::read_dir(repo.path().join("changes")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -300,16 +278,7 @@ async fn after_a_restore_swap_archiving_continues_for_the_live_database() {
     wait_active(&client, &slot, true).await;
     let on: String = admin.query_one("SELECT database::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
     assert_eq!(on, db, "the slot follows the live database");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let out = pgkeep(&cluster, &db, repo.path()).args(["list", "--json"]).output().unwrap();
-        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if listed.as_array().unwrap().len() >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no full backup of the restored database");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_backups(&cluster, &db, repo.path(), 2).await;
     client.batch_execute("INSERT INTO t VALUES (3, 'three')").await.unwrap();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
