@@ -403,3 +403,33 @@ async fn verify_deep_of_an_incremental_replays_it_in_a_scratch_database() {
     assert!(!v.passed);
     assert!(format!("{v:?}").contains(&parent.to_string()), "{v:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_restore_from_an_s3_only_archive() {
+    let garage = harness::garage::Garage::shared();
+    let bucket = garage.unique_bucket("pitrs3");
+    let cluster = PgCluster::start();
+    let db = cluster.fresh_db("pitrs3").await;
+    cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;").await;
+    let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::S3(garage.settings(&bucket, "prod/db"))]);
+    let client = cluster.client(&db).await;
+    let running = start_stream(&s, "pitr_s3");
+    wait_for_slot(&client, "pitr_s3").await;
+    backup::run(&s, &BackupOptions::default()).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    client.batch_execute("UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 45; INSERT INTO t VALUES (100, 'new')").await.unwrap();
+    let at = mark_one(&client).await;
+    let want = hashes(&client, &["t"]).await;
+    client.batch_execute("DELETE FROM t").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_stream(running).await;
+
+    let opts = RestoreOptions {
+        target_db: Some("pitrs3_restored".into()),
+        yes: true,
+        point_in_time: Some(RecoveryTarget::Time(at)),
+        ..RestoreOptions::new(BackupSelector::Latest)
+    };
+    let report = restore::run(&s, &opts).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert!(report.repository.starts_with("s3://"), "{}", report.repository);
+    assert_eq!(hashes(&cluster.client("pitrs3_restored").await, &["t"]).await, want);
+}
