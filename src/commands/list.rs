@@ -17,7 +17,7 @@ use crate::restore::legacy;
 use crate::restore::source::open_repositories;
 
 /// One backup as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ListedBackup {
     /// Backup id.
     pub backup_id: String,
@@ -76,13 +76,8 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         raw_bytes: m.stats.raw_bytes,
         stored_bytes: m.stats.stored_bytes,
         compression_ratio: if m.stats.stored_bytes > 0 { m.stats.raw_bytes as f64 / m.stats.stored_bytes as f64 } else { 0.0 },
-        repositories: Vec::new(),
-        problems: Vec::new(),
-        modified: None,
-        growth_bytes: None,
-        last_verification: None,
-        recoverable_until: None,
         warnings: m.warnings.clone(),
+        ..ListedBackup::default()
     }
 }
 
@@ -109,22 +104,8 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
                     let item = by_id.entry(key).or_insert_with(|| ListedBackup {
                         backup_id: id.to_string(),
                         kind: id.kind().to_string(),
-                        parent: None,
-                        database: String::new(),
                         started_at: id.timestamp().to_rfc3339(),
-                        finished_at: String::new(),
-                        duration_secs: 0.0,
-                        database_size: 0,
-                        raw_bytes: 0,
-                        stored_bytes: 0,
-                        compression_ratio: 0.0,
-                        repositories: Vec::new(),
-                        problems: Vec::new(),
-                        modified: None,
-                        growth_bytes: None,
-                        last_verification: None,
-                        recoverable_until: None,
-                        warnings: Vec::new(),
+                        ..ListedBackup::default()
                     });
                     item.problems.push(e.user_line());
                 }
@@ -197,22 +178,10 @@ pub async fn run_with_legacy(settings: &Settings) -> Result<Vec<ListedBackup>> {
                 let item = ListedBackup {
                     backup_id: a.id.clone(),
                     kind: "legacy".to_string(),
-                    parent: None,
-                    database: String::new(),
                     started_at: started,
-                    finished_at: String::new(),
-                    duration_secs: 0.0,
-                    database_size: 0,
-                    raw_bytes: 0,
                     stored_bytes: a.size,
-                    compression_ratio: 0.0,
-                    repositories: Vec::new(),
-                    problems: Vec::new(),
                     modified: a.modified.map(|t| t.to_rfc3339()),
-                    growth_bytes: None,
-                    last_verification: None,
-                    recoverable_until: None,
-                    warnings: Vec::new(),
+                    ..ListedBackup::default()
                 };
                 (item, Vec::new())
             });
