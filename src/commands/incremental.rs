@@ -139,12 +139,11 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             last_commit_lsn: parent_end,
             last_commit_time: None,
             transactions: 0,
-            segments: segs.iter().map(|s| ObjectEntry { key: s.key.clone(), size: 0 }).collect(),
+            segments: segs.iter().map(|s| ObjectEntry { key: s.key.clone(), size: s.size }).collect(),
             ddl: false,
         };
-        for (i, s) in segs.iter().enumerate() {
+        for s in segs {
             let seg = chain::fetch_segment(&repos, s, &keys).await?;
-            range.segments[i].size = repos[s.repos[0]].head(&s.key).await?.map(|m| m.size).unwrap_or(0);
             for t in &seg.transactions {
                 let Some(Ok(PgOutputMessage::Begin(b))) = t.messages.first().map(|m| pgoutput::decode(m)) else { continue };
                 if b.final_lsn < parent_end || b.final_lsn > mark {

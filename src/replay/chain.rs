@@ -25,6 +25,8 @@ pub struct SegmentRef {
     pub end: Lsn,
     /// When it was stored (newest copy), when the store says.
     pub stored_at: Option<DateTime<Utc>>,
+    /// Its size in bytes, as listed.
+    pub size: u64,
     /// Repositories that have it, in configuration order.
     pub repos: Vec<usize>,
 }
@@ -93,6 +95,7 @@ pub async fn list_streams(repos: &[Arc<dyn Storage>], system_identifier: &str) -
                 start,
                 end,
                 stored_at: None,
+                size: o.size,
                 repos: Vec::new(),
             });
             seg.repos.push(i);
@@ -150,7 +153,7 @@ mod tests {
     use super::*;
 
     fn seg(a: u64, b: u64) -> SegmentRef {
-        SegmentRef { key: format!("{a}-{b}"), start: Lsn(a), end: Lsn(b), stored_at: None, repos: vec![0] }
+        SegmentRef { key: format!("{a}-{b}"), start: Lsn(a), end: Lsn(b), stored_at: None, size: 1, repos: vec![0] }
     }
 
     #[test]
