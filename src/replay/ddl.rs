@@ -138,11 +138,6 @@ fn select_into(s: &str) -> bool {
     upper[..from].contains(" INTO ")
 }
 
-/// The statements of `sql` that replay runs, joined into one script.
-pub fn replay_script(sql: &str) -> String {
-    split_statements(sql).into_iter().filter(|s| replays(s)).collect::<Vec<_>>().join(";\n")
-}
-
 fn first_word(stmt: &str) -> String {
     strip_comments(stmt).chars().take_while(|c| c.is_ascii_alphabetic()).collect::<String>().to_ascii_uppercase()
 }
@@ -196,11 +191,11 @@ mod tests {
         let sql = "BEGIN; INSERT INTO t VALUES (1); ALTER TABLE t ADD w int; UPDATE t SET w = 1; \
                    SET search_path = app; CREATE TABLE n AS SELECT * FROM t; SELECT 1; SELECT * INTO copy FROM t; COMMIT";
         assert_eq!(
-            replay_script(sql),
-            "ALTER TABLE t ADD w int;\nSET search_path = app;\nCREATE TABLE n AS SELECT * FROM t;\nSELECT * INTO copy FROM t"
+            scripts_by_transaction(sql),
+            vec!["ALTER TABLE t ADD w int;\nSET search_path = app;\nCREATE TABLE n AS SELECT * FROM t;\nSELECT * INTO copy FROM t".to_string()]
         );
-        assert_eq!(replay_script("-- only\n/* comments */"), "");
-        assert_eq!(replay_script("  /* lead */ drop table x"), "/* lead */ drop table x");
+        assert!(scripts_by_transaction("-- only\n/* comments */").is_empty());
+        assert_eq!(scripts_by_transaction("  /* lead */ drop table x"), vec!["/* lead */ drop table x".to_string()]);
     }
 
     #[test]
@@ -219,7 +214,6 @@ mod tests {
     #[test]
     fn never_panics_on_unterminated_input() {
         for s in ["'", "\"", "$a$ never closed", "/* open", "E'\\", "$", "$1;", "--", "a;;;b", "é'x"] {
-            let _ = replay_script(s);
             let _ = scripts_by_transaction(s);
         }
         assert_eq!(split_statements("SELECT $1; SELECT 2"), vec!["SELECT $1", "SELECT 2"]);
