@@ -3,7 +3,9 @@
 //! every repository reachable and writable; the newest full backup of the
 //! database younger than `--max-full-age`; and replication slots — any slot
 //! (pgkeep's or not) retaining more WAL than `--max-slot-lag`, any inactive
-//! pgkeep slot, and any slot whose WAL was already removed, because a
+//! pgkeep slot, and any slot whose WAL was already removed or that the server
+//! invalidated (17+: `invalidation_reason`; failover and synchronized state
+//! are reported too), because a
 //! forgotten slot fills the server's disk. Optionally writes Prometheus
 //! textfile-collector metrics.
 
@@ -183,8 +185,9 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
                 .query(
                     "SELECT slot_name::text, slot_type, active, coalesce(wal_status, ''), \
                      CASE WHEN restart_lsn IS NULL OR pg_is_in_recovery() THEN NULL \
-                          ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END, temporary \
-                     FROM pg_replication_slots ORDER BY 1",
+                          ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END, temporary, \
+                     (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, to_jsonb(s) ->> 'invalidation_reason' \
+                     FROM pg_replication_slots s ORDER BY 1",
                     &[],
                 )
                 .await;
@@ -196,6 +199,8 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
                         let (name, kind, active, status): (String, String, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
                         let retained: Option<i64> = r.get(4);
                         let temporary: bool = r.get(5);
+                        // 17+: failover slots (kept by a managed failover), synced copies on a standby, and why a slot was invalidated.
+                        let (failover, synced, reason): (Option<bool>, Option<bool>, Option<String>) = (r.get(6), r.get(7), r.get(8));
                         if temporary {
                             continue;
                         }
@@ -203,12 +208,19 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
                         let retained = retained.unwrap_or(0).max(0) as u64;
                         report.metrics.push(("pgkeep_slot_retained_wal_bytes".into(), format!("slot=\"{}\"", label(&name)), retained as f64));
                         let ours = name.starts_with("pgkeep");
-                        let lost = status == "lost";
+                        let lost = status == "lost" || reason.is_some();
                         let too_big = retained > opts.max_slot_lag;
                         let idle_ours = ours && !active;
                         let ok = !lost && !too_big && !idle_ours;
                         let mut msg = format!("{kind} slot {name} retains {} of WAL ({}, wal_status {status})", human_bytes(retained), if active { "active" } else { "inactive" });
-                        if lost {
+                        if let Some(failover) = failover {
+                            let yes_no = |b: bool| if b { "yes" } else { "no" };
+                            msg.push_str(&format!("; failover {}, synchronized {}", yes_no(failover), yes_no(synced.unwrap_or(false))));
+                            report.metrics.push(("pgkeep_slot_failover".into(), format!("slot=\"{}\"", label(&name)), if failover { 1.0 } else { 0.0 }));
+                        }
+                        if let Some(reason) = &reason {
+                            msg.push_str(&format!("; invalidated ({reason}): a new full backup is needed and the slot should be dropped"));
+                        } else if lost {
                             msg.push_str("; its WAL was removed: a new full backup is needed and the slot should be dropped");
                         } else if too_big {
                             msg.push_str(&format!("; above the {} limit: consume or drop it before the disk fills (see max_slot_wal_keep_size)", human_bytes(opts.max_slot_lag)));

@@ -224,6 +224,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     };
     let id = source.manifest.backup_id.clone();
     let selected = select_tables(&source.manifest, &opts.tables)?;
+    // A server of an older major than the backup's cannot load its schema: refused before anything.
+    crate::restore::compat::check_target(server, &source.manifest.server).await?;
     if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
         return Err(Error::config(format!("database {target_name} already exists on {}:{}", server.host, server.port))
             .with_hint("--target-db creates a new database; choose another name"));

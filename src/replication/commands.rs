@@ -77,6 +77,11 @@ pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The first `server_version_num` whose slots can be failover slots
+/// (PostgreSQL 17: `CREATE_REPLICATION_SLOT … (FAILOVER)`), synchronized to
+/// standbys so that a failover keeps them.
+pub const FAILOVER_MIN_SERVER_VERSION: u32 = 170_000;
+
 /// `CREATE_REPLICATION_SLOT` for a `pgoutput` slot in the syntax of
 /// `server_version_num`: the option list `(SNAPSHOT '…')` from 15 on, the
 /// `EXPORT_SNAPSHOT` / `NOEXPORT_SNAPSHOT` keywords on 10 to 14.
@@ -86,13 +91,29 @@ pub fn create_logical_slot_command(
     export_snapshot: bool,
     server_version_num: u32,
 ) -> Result<String> {
+    create_logical_slot_command_with(name, temporary, export_snapshot, false, server_version_num)
+}
+
+/// [`create_logical_slot_command`] with `FAILOVER` in the option list when
+/// `failover` and the server has failover slots (17+; never temporary ones,
+/// which the server refuses to make failover slots).
+pub fn create_logical_slot_command_with(
+    name: &str,
+    temporary: bool,
+    export_snapshot: bool,
+    failover: bool,
+    server_version_num: u32,
+) -> Result<String> {
     validate_slot_name(name)?;
+    let failover = failover && !temporary && server_version_num >= FAILOVER_MIN_SERVER_VERSION;
     let temporary = if temporary { " TEMPORARY" } else { "" };
-    let snapshot = match (server_version_num >= 150_000, export_snapshot) {
-        (true, true) => "(SNAPSHOT 'export')",
-        (true, false) => "(SNAPSHOT 'nothing')",
-        (false, true) => "EXPORT_SNAPSHOT",
-        (false, false) => "NOEXPORT_SNAPSHOT",
+    let snapshot = match (server_version_num >= 150_000, export_snapshot, failover) {
+        (true, true, false) => "(SNAPSHOT 'export')",
+        (true, false, false) => "(SNAPSHOT 'nothing')",
+        (true, true, true) => "(SNAPSHOT 'export', FAILOVER)",
+        (true, false, true) => "(SNAPSHOT 'nothing', FAILOVER)",
+        (false, true, _) => "EXPORT_SNAPSHOT",
+        (false, false, _) => "NOEXPORT_SNAPSHOT",
     };
     if server_version_num < 100_000 {
         return Err(Error::new(
@@ -264,6 +285,13 @@ mod tests {
             cmd(false, false, 130_000),
             "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput NOEXPORT_SNAPSHOT"
         );
+        // Failover slots from 17 on, permanent ones only.
+        let with = |temp, failover, v| create_logical_slot_command_with("s_1", temp, false, failover, v).unwrap();
+        assert_eq!(with(false, true, 170_000), "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)");
+        assert_eq!(with(false, true, 180_006), "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)");
+        assert_eq!(with(false, true, 160_015), "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput (SNAPSHOT 'nothing')");
+        assert_eq!(with(false, true, 140_022), "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput NOEXPORT_SNAPSHOT");
+        assert_eq!(with(true, true, 170_000), "CREATE_REPLICATION_SLOT \"s_1\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'nothing')");
         let e = create_logical_slot_command("s_1", false, true, 90_603).unwrap_err();
         assert!(e.message().contains("9.6.3"), "{}", e.message());
         let e = create_logical_slot_command("Bad-Name", false, true, 150_000).unwrap_err();

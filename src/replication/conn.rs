@@ -15,7 +15,7 @@ use postgres_protocol::message::frontend;
 
 use super::auth::{self, AuthMethod};
 use super::commands::{
-    CreatedSlot, SystemIdentity, create_logical_slot_command, drop_slot_command,
+    CreatedSlot, SystemIdentity, create_logical_slot_command_with, drop_slot_command,
     parse_server_version,
 };
 use super::errors::{ServerError, io_error, protocol_error, server_error};
@@ -310,8 +310,19 @@ impl ReplicationConnection {
         temporary: bool,
         export_snapshot: bool,
     ) -> Result<CreatedSlot> {
-        let command =
-            create_logical_slot_command(name, temporary, export_snapshot, self.server_version_num)?;
+        self.create_logical_slot_with(name, temporary, export_snapshot, false).await
+    }
+
+    /// [`create_logical_slot`](Self::create_logical_slot), as a failover
+    /// slot when `failover` and the server has them (17+, permanent slots).
+    pub async fn create_logical_slot_with(
+        &mut self,
+        name: &str,
+        temporary: bool,
+        export_snapshot: bool,
+        failover: bool,
+    ) -> Result<CreatedSlot> {
+        let command = create_logical_slot_command_with(name, temporary, export_snapshot, failover, self.server_version_num)?;
         let what = format!("create logical replication slot {name}");
         let response = self.run(&command, &what).await?;
         let slot = CreatedSlot::from_response(&response)
@@ -319,6 +330,7 @@ impl ReplicationConnection {
         tracing::info!(
             slot = %slot.slot_name,
             temporary,
+            failover = failover && !temporary && self.server_version_num >= super::commands::FAILOVER_MIN_SERVER_VERSION,
             consistent_point = %slot.consistent_point,
             snapshot_exported = slot.snapshot_name.is_some(),
             "created logical replication slot"

@@ -5,9 +5,11 @@
 //! proof that the restored data equals the backup ([`verify`]).
 
 pub mod approve;
+pub mod compat; // which server versions a backup restores onto
 pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod load;
 pub mod schema;
+pub mod session_settings; // pg_dump settings the target server does not know
 pub mod source;
 pub mod target;
 pub mod verify;

@@ -5,7 +5,8 @@
 //!
 //! pg_dump's plain output is SQL plus, since the 2025 security releases,
 //! `\restrict KEY` / `\unrestrict KEY` psql meta-commands around it; those
-//! two lines are the only ones removed. Each object block starts with a
+//! two lines are the only ones removed, besides opening settings of
+//! parameters the target does not have ([`session_settings`]). Each object block starts with a
 //! comment header `-- Name: …; Type: …; Schema: …; Owner: …`.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -18,6 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{qualified, quote_literal};
 use crate::pg::connect;
 use crate::repo::manifest::SequenceEntry;
+use crate::restore::session_settings;
 
 fn sql_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| {
@@ -32,7 +34,8 @@ fn sql_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 /// Run the pre-data script (types, tables, functions…) in one transaction.
 pub async fn run_pre_data(db: &DbSettings, sql: &str) -> Result<()> {
     let conn = connect(db).await?;
-    let script = format!("BEGIN;\n{}\nCOMMIT;", strip_psql_guards(sql));
+    let sql = session_settings::for_server(&conn.client, &strip_psql_guards(sql)).await?;
+    let script = format!("BEGIN;\n{sql}\nCOMMIT;");
     conn.client.batch_execute(&script).await.map_err(sql_error("the schema (pre-data) script"))
 }
 
@@ -49,7 +52,8 @@ fn build_settings(jobs: usize) -> String {
 /// a foreign key whose check fails against an empty table is skipped with a
 /// warning instead of failing the restore; returns the skipped blocks.
 pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: bool) -> Result<Vec<String>> {
-    let (preamble, blocks) = split_blocks(&strip_psql_guards(sql));
+    let conn = connect(db).await?;
+    let (preamble, blocks) = split_blocks(&session_settings::for_server(&conn.client, &strip_psql_guards(sql)).await?);
     let (parallel, serial): (Vec<Block>, Vec<Block>) = blocks.into_iter().partition(Block::parallel_safe);
     let queue = Arc::new(Mutex::new(parallel.into_iter().collect::<VecDeque<_>>()));
     let preamble = Arc::new(preamble);
@@ -75,7 +79,6 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: boo
             return Err(e);
         }
     }
-    let conn = connect(db).await?;
     conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
     let mut skipped = Vec::new();
     for block in serial {

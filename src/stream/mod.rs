@@ -144,25 +144,33 @@ pub async fn run(
 /// A new slot starts where the server is now; it can never continue an
 /// archive that an earlier slot of the same name wrote, because the changes
 /// in between are gone. So a slot that lost its WAL (`wal_status = lost`,
-/// `max_slot_wal_keep_size`) is dropped here, loudly, and whenever the slot
+/// `max_slot_wal_keep_size`) or that the server invalidated for another
+/// reason (`invalidation_reason`, e.g. PostgreSQL 18's `idle_timeout` after
+/// `idle_replication_slot_timeout`) is dropped here, loudly, and whenever the slot
 /// is about to be created while an archive of the name exists, archiving
 /// continues as a new stream `base.N` — a new chain that a new full backup
 /// covers (`stream` takes one by itself unless told not to). The old chain
 /// stays restorable up to where it ends.
 async fn stream_epoch(settings: &Settings, repos: &[Arc<dyn Storage>], base: &str, slot: &str) -> Result<String> {
     let conn = crate::pg::connect::connect(&settings.db).await?;
-    let state: Option<(bool, String, String)> = conn
+    // `invalidation_reason` (17+, read through to_jsonb so older servers give NULL):
+    // `wal_removed`, or on 18 `idle_timeout` (idle_replication_slot_timeout).
+    let state: Option<(bool, String, String, Option<String>)> = conn
         .client
-        .query_opt("SELECT active, coalesce(wal_status, ''), coalesce(database::text, '') FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT active, coalesce(wal_status, ''), coalesce(database::text, ''), to_jsonb(s) ->> 'invalidation_reason' \
+             FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(crate::pg::query_error(format!("looking up replication slot {slot}")))?
-        .map(|r| (r.get(0), r.get(1), r.get(2)));
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)));
     let mut exists = state.is_some();
     // After `restore` swapped a database in, the slot still belongs to the database it
     // replaced (renamed `<db>_old…` or `<db>_rolled_back…`), which nothing archives: it
     // would only hold WAL. The live database gets a new slot and chain.
     let db = &settings.db.dbname;
-    if let Some((false, _, on)) = &state
+    if let Some((false, _, on, _)) = &state
         && on != db
         && (on.starts_with(&format!("{db}_old")) || on.starts_with(&format!("{db}_rolled_back")))
     {
@@ -173,14 +181,18 @@ async fn stream_epoch(settings: &Settings, repos: &[Arc<dyn Storage>], base: &st
             .map_err(crate::pg::query_error(format!("dropping replication slot {slot} of database {on}")))?;
         exists = false;
     }
-    if let Some((active, status, _)) = &state
+    if let Some((active, status, _, reason)) = &state
         && exists
-        && status == "lost"
+        && (status == "lost" || reason.is_some())
     {
         if *active {
             return Err(Error::new(ErrorKind::Locked, format!("replication slot {slot} lost its WAL and is still in use by another process")));
         }
-        tracing::error!(slot = %slot, "replication slot lost WAL it had not sent (max_slot_wal_keep_size): the archive has a gap; dropping it and starting a new chain that a new full backup must cover");
+        match reason.as_deref() {
+            Some("idle_timeout") => tracing::error!(slot = %slot, "replication slot was invalidated after idle_replication_slot_timeout: the archive has a gap; dropping it and starting a new chain that a new full backup must cover"),
+            Some(other) => tracing::error!(slot = %slot, reason = %other, "replication slot was invalidated: the archive has a gap; dropping it and starting a new chain that a new full backup must cover"),
+            None => tracing::error!(slot = %slot, "replication slot lost WAL it had not sent (max_slot_wal_keep_size): the archive has a gap; dropping it and starting a new chain that a new full backup must cover"),
+        }
         conn.client
             .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
             .await

@@ -1,8 +1,9 @@
 //! The permanent slot of `pgkeep stream`, and where archiving resumes on it
 //! (step 4 of [`super::run`]).
 //!
-//! [`ensure_slot`] creates the `pgoutput` slot if missing and refuses a slot
-//! of another kind, plugin or database. [`resume_point`] lists the
+//! [`ensure_slot`] creates the `pgoutput` slot if missing (a failover slot
+//! on PostgreSQL 17 and later) and refuses a slot of another kind, plugin or
+//! database. [`resume_point`] lists the
 //! stream's segments in every repository and asks the pure [`plan_resume`]:
 //! the common end of the chains (or the slot's `confirmed_flush_lsn` when
 //! there are none), gaps as errors, and segments past the common end (a
@@ -33,7 +34,8 @@ pub async fn ensure_slot(
         .map_err(|e| Error::new(ErrorKind::Database, format!("cannot look up replication slot {slot}: {e}")))?;
     match row {
         None => {
-            repl.create_logical_slot(slot, false, false).await?;
+            // A failover slot on 17+, so that a managed failover keeps it.
+            repl.create_logical_slot_with(slot, false, false, true).await?;
             Ok(false)
         }
         Some(row) => {

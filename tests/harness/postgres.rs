@@ -13,7 +13,12 @@
 //! PostgreSQL refuses to run as root, so when the tests run as root every
 //! server command runs as the `postgres` OS user, which owns the directory.
 //! Server binaries come from `PG_BINDIR`, `pg_config --bindir`, or the newest
-//! `/usr/lib/postgresql/*/bin`.
+//! `/usr/lib/postgresql/*/bin`. `PGKEEP_TEST_PG_MAJOR=<major>` (the
+//! cross-version matrix of `scripts/test.sh`) picks that major instead, from
+//! the builds `scripts/pg-versions.sh` installs (see [`bindir_for_major`]);
+//! [`PgCluster::start_major`] starts one cluster of a given major whatever
+//! the default. `PG_BINDIR` then only says which client programs (pg_dump)
+//! pgkeep itself uses.
 
 use std::ffi::CString;
 use std::fs;
@@ -37,6 +42,8 @@ pub const SUPERUSER_PASSWORD: &str = "pgkeep-harness-superuser-pw";
 const DIR_PREFIX: &str = "pgkeep-pg-";
 /// File in a cluster directory holding the pid of the test process that owns it.
 const OWNER_FILE: &str = "owner.pid";
+/// File in a cluster directory naming the server binaries it runs with.
+const BINDIR_FILE: &str = "bindir";
 
 /// How a cluster offers TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +85,8 @@ pub struct PgOptions {
     pub extra_conf: Vec<String>,
     /// `wal_level`.
     pub wal_level: WalLevel,
+    /// The server's major version; `None` is the default ([`bindir`]).
+    pub major: Option<u32>,
 }
 
 /// A running throwaway cluster.
@@ -101,20 +110,29 @@ impl PgCluster {
         SHARED.get_or_init(PgCluster::start)
     }
 
+    /// A new cluster of PostgreSQL `major` (default options otherwise).
+    pub fn start_major(major: u32) -> PgCluster {
+        PgCluster::start_with(PgOptions { major: Some(major), ..PgOptions::default() })
+    }
+
     /// A new cluster with `options`. Panics with the server log when it cannot start.
     pub fn start_with(options: PgOptions) -> PgCluster {
         static CLEANUP: Once = Once::new();
         CLEANUP.call_once(stop_stale_clusters);
 
-        let bindir = bindir().to_path_buf();
+        let bindir = match options.major {
+            Some(major) => bindir_for_major(major),
+            None => bindir().to_path_buf(),
+        };
         // From here on, a panic drops `cluster`, which removes the directory.
         let mut cluster = PgCluster {
             dir: make_cluster_dir(),
-            bindir,
+            bindir: bindir.clone(),
             port: 0,
             tls: options.tls,
             ca_cert: None,
         };
+        write_owned(&cluster.dir.join(BINDIR_FILE), bindir.as_os_str().as_encoded_bytes(), 0o644);
         cluster.init();
         cluster.ca_cert = options
             .tls
@@ -133,6 +151,12 @@ impl PgCluster {
     /// The directory holding the server binaries.
     pub fn bindir(&self) -> &Path {
         &self.bindir
+    }
+
+    /// The server's major version (the data directory's `PG_VERSION`).
+    pub fn major(&self) -> u32 {
+        let text = fs::read_to_string(self.data_dir().join("PG_VERSION")).expect("harness: cannot read PG_VERSION");
+        text.trim().parse().expect("harness: PG_VERSION is not a number")
     }
 
     /// The data directory.
@@ -443,13 +467,69 @@ impl TestCa {
     }
 }
 
-/// The server binaries: `PG_BINDIR`, else `pg_config --bindir` if it has
-/// `initdb` and `postgres`, else the newest `/usr/lib/postgresql/*/bin`.
+fn has_server(dir: &Path) -> bool {
+    dir.join("initdb").is_file() && dir.join("postgres").is_file()
+}
+
+/// The major version the tests run on by default: `PGKEEP_TEST_PG_MAJOR`, if set.
+pub fn test_major() -> Option<u32> {
+    let text = std::env::var("PGKEEP_TEST_PG_MAJOR").ok()?;
+    Some(text.trim().parse().unwrap_or_else(|_| panic!("harness: PGKEEP_TEST_PG_MAJOR={text} is not a major version")))
+}
+
+/// Where `scripts/pg-versions.sh` installs builds: `PGKEEP_PG_CACHE`, else
+/// /var/cache/pgkeep/pg as root (the `postgres` user cannot enter /root),
+/// else ~/.cache/pgkeep/pg.
+pub fn pg_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGKEEP_PG_CACHE") {
+        return PathBuf::from(dir);
+    }
+    if run_as().is_some() {
+        return PathBuf::from("/var/cache/pgkeep/pg");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    cache.join("pgkeep/pg")
+}
+
+/// The server binaries of PostgreSQL `major`: `<pg_cache_dir>/<major>/bin`,
+/// else `/usr/lib/postgresql/<major>/bin`. Panics naming the installer when
+/// neither exists.
+pub fn bindir_for_major(major: u32) -> PathBuf {
+    let cached = pg_cache_dir().join(major.to_string()).join("bin");
+    let system = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    [cached.clone(), system]
+        .into_iter()
+        .find(|d| has_server(d))
+        .unwrap_or_else(|| panic!("harness: no PostgreSQL {major} in {} (run scripts/pg-versions.sh {major})", cached.display()))
+}
+
+/// The newest installed client programs (`pg_dump`) of [`pg_cache_dir`] or
+/// /usr/lib/postgresql, with their major.
+pub fn newest_client_bindir() -> (u32, PathBuf) {
+    let mut found: Vec<(u32, PathBuf)> = [pg_cache_dir(), PathBuf::from("/usr/lib/postgresql")]
+        .iter()
+        .flat_map(|root| fs::read_dir(root).into_iter().flatten().flatten())
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let dir = e.path().join("bin");
+            dir.join("pg_dump").is_file().then_some((major, dir))
+        })
+        .collect();
+    found.sort();
+    found.pop().expect("harness: no pg_dump installed")
+}
+
+/// The server binaries: the major of `PGKEEP_TEST_PG_MAJOR` if set
+/// ([`bindir_for_major`]), else `PG_BINDIR`, else `pg_config --bindir` if it
+/// has `initdb` and `postgres`, else the newest `/usr/lib/postgresql/*/bin`.
 pub fn bindir() -> &'static Path {
     static BINDIR: OnceLock<PathBuf> = OnceLock::new();
     BINDIR.get_or_init(|| {
-        let has_server =
-            |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+        if let Some(major) = test_major() {
+            return bindir_for_major(major);
+        }
         if let Some(dir) = std::env::var_os("PG_BINDIR") {
             let dir = PathBuf::from(dir);
             assert!(
@@ -614,8 +694,17 @@ fn unregister_live(dir: &Path) {
 extern "C" fn stop_live_clusters() {
     let dirs = std::mem::take(&mut *live());
     for dir in dirs {
-        stop_and_remove(bindir(), &dir);
+        stop_and_remove(&cluster_bindir(&dir), &dir);
     }
+}
+
+/// The server binaries the cluster in `dir` was started with ([`BINDIR_FILE`]), else [`bindir`].
+fn cluster_bindir(dir: &Path) -> PathBuf {
+    fs::read_to_string(dir.join(BINDIR_FILE))
+        .ok()
+        .map(PathBuf::from)
+        .filter(|d| has_server(d))
+        .unwrap_or_else(|| bindir().to_path_buf())
 }
 
 /// Stop and remove clusters whose owning test process no longer exists (a
@@ -640,7 +729,7 @@ fn stop_stale_clusters() {
         let alive = unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
         if !alive {
-            stop_and_remove(bindir(), &dir);
+            stop_and_remove(&cluster_bindir(&dir), &dir);
         }
     }
 }
