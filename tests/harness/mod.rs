@@ -11,3 +11,4 @@ pub mod fake_s3;
 pub mod postgres;
 pub mod storage_conformance;
 pub mod streaming;
+pub mod versions;
