@@ -32,12 +32,12 @@ async fn a_backup_of_15_restores_onto_17_and_not_the_other_way() {
     new.execute("postgres", "CREATE DATABASE shop17").await;
     new.execute("shop17", FIXTURE).await;
 
-    // 15 -> 17: the same database name on the new cluster, restored with --target-db.
+    // 15 -> 17: DB_* name the source database on the new cluster, restored with --target-db.
     old.execute("postgres", "CREATE DATABASE shop").await;
     old.execute("shop", FIXTURE).await;
     let repo = tempfile::tempdir().unwrap();
     run_ok(pgkeep(&old, "shop", repo.path()).arg("backup"), "backup on 15");
-    new.execute("postgres", "CREATE DATABASE shop").await;
+    // The new cluster does not have `shop`: the restore creates only shop_upgraded.
     run_ok(pgkeep(&new, "shop", repo.path()).args(["restore", "latest", "--target-db", "shop_upgraded", "--yes"]), "restore onto 17");
     assert_eq!(schema_dump(&new, "shop17"), schema_dump(&new, "shop_upgraded"), "schema after 15 -> 17");
     assert_eq!(table_hashes(&old.client("shop").await).await, table_hashes(&new.client("shop_upgraded").await).await);

@@ -35,9 +35,14 @@ pub fn check_versions(source: &ServerInfo, target_version_num: u32, target: &str
     .with_hint(format!("restore onto a server running PostgreSQL {from} or later")))
 }
 
-/// [`check_versions`] against the server `db` points at.
+/// [`check_versions`] against the server `db` points at, through its
+/// `postgres` (or `template1`) database: the configured database need not
+/// exist on a new cluster.
 pub async fn check_target(db: &DbSettings, source: &ServerInfo) -> Result<()> {
-    let conn = crate::pg::connect(db).await?;
+    let conn = match crate::pg::connect(&db.with_dbname("postgres")).await {
+        Ok(c) => c,
+        Err(_) => crate::pg::connect(&db.with_dbname("template1")).await?,
+    };
     let num: i32 = conn
         .client
         .query_one("SELECT current_setting('server_version_num')::int4", &[])
