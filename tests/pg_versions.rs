@@ -2,6 +2,8 @@
 //! - the upgrade path: a backup of PostgreSQL 15 restores onto 17 (schema
 //!   and every table equal), and a backup of 17 is refused by a 15 server
 //!   with one line naming both versions, before anything is created;
+//! - on 17, a stream slot made before failover slots existed (by an older
+//!   pgkeep, or before an upgrade) becomes one when `stream` starts;
 //! - PostgreSQL 18's `idle_replication_slot_timeout`: the stream's slot,
 //!   invalidated for `idle_timeout`, is reported by `check`, and the next
 //!   `stream` archives as a new epoch (`<stream id>.1`), as after a lost slot.
@@ -119,4 +121,24 @@ async fn on_18_an_idle_timeout_invalidation_starts_a_new_epoch() {
         .unwrap()
         .get(0);
     assert_eq!(reason, None, "a fresh slot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_17_an_existing_slot_becomes_a_failover_slot() {
+    let cluster = PgCluster::start_major(17);
+    cluster.execute("postgres", "CREATE DATABASE app").await;
+    cluster.execute("app", "CREATE TABLE t (id int PRIMARY KEY)").await;
+    let client = cluster.client("app").await;
+    client.batch_execute("SELECT pg_create_logical_replication_slot('pgkeep_app', 'pgoutput')").await.unwrap();
+    let failover = async || -> bool {
+        client.query_one("SELECT failover FROM pg_replication_slots WHERE slot_name = 'pgkeep_app'", &[]).await.unwrap().get(0)
+    };
+    assert!(!failover().await, "made without failover");
+
+    let repo = tempfile::tempdir().unwrap();
+    let s = settings(cluster.superuser_settings("app"), vec![RepoSpec::Local(repo.path().to_path_buf())]);
+    let running = streaming::start(&s, StreamOptions::new("pgkeep_app", "pgkeep_app"));
+    streaming::wait_for_slot(&client, "pgkeep_app", Some(true)).await;
+    streaming::stop(running).await;
+    assert!(failover().await, "stream made the existing slot a failover slot");
 }

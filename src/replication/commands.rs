@@ -130,6 +130,13 @@ pub fn create_logical_slot_command_with(
     ))
 }
 
+/// `ALTER_REPLICATION_SLOT "name" (FAILOVER true)` (PostgreSQL 17+): make an
+/// existing slot a failover slot.
+pub fn alter_slot_failover_command(name: &str) -> Result<String> {
+    validate_slot_name(name)?;
+    Ok(format!("ALTER_REPLICATION_SLOT {} (FAILOVER true)", quote_identifier(name)))
+}
+
 /// `DROP_REPLICATION_SLOT`, waiting for an active slot to be released when `wait`.
 pub fn drop_slot_command(name: &str, wait: bool) -> Result<String> {
     validate_slot_name(name)?;
@@ -296,6 +303,12 @@ mod tests {
         assert!(e.message().contains("9.6.3"), "{}", e.message());
         let e = create_logical_slot_command("Bad-Name", false, true, 150_000).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn alter_failover_command() {
+        assert_eq!(alter_slot_failover_command("s_1").unwrap(), "ALTER_REPLICATION_SLOT \"s_1\" (FAILOVER true)");
+        assert_eq!(alter_slot_failover_command("Bad").unwrap_err().kind(), ErrorKind::Config);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod transport;
 pub mod wire;
 
 pub use auth::AuthMethod;
-pub use commands::{CreatedSlot, SystemIdentity, validate_slot_name};
+pub use commands::{CreatedSlot, FAILOVER_MIN_SERVER_VERSION, SystemIdentity, alter_slot_failover_command, validate_slot_name};
 pub use conn::{CancelInfo, ReplicationConnection};
 pub use errors::ServerError;
 pub use pgoutput::{PgOutputMessage, PgTimestamp};

@@ -2,9 +2,10 @@
 //! (step 4 of [`super::run`]).
 //!
 //! [`ensure_slot`] creates the `pgoutput` slot if missing (a failover slot
-//! on PostgreSQL 17 and later) and refuses a slot of another kind, plugin or
-//! database. [`resume_point`] lists the
-//! stream's segments in every repository and asks the pure [`plan_resume`]:
+//! on PostgreSQL 17 and later; an existing idle slot is altered to one) and
+//! refuses a slot of another kind, plugin or database. [`resume_point`]
+//! lists the stream's segments in every repository and asks the pure
+//! [`plan_resume`]:
 //! the common end of the chains (or the slot's `confirmed_flush_lsn` when
 //! there are none), gaps as errors, and segments past the common end (a
 //! crash between puts; never confirmed) to delete, which happens only while
@@ -13,7 +14,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::replication::ReplicationConnection;
+use crate::replication::{FAILOVER_MIN_SERVER_VERSION, ReplicationConnection, alter_slot_failover_command};
 use crate::repo::layout::{CHANGES_PREFIX, Lsn, parse_segment_key};
 use crate::storage::Storage;
 
@@ -27,7 +28,8 @@ pub async fn ensure_slot(
 ) -> Result<bool> {
     let row = client
         .query_opt(
-            "SELECT slot_type, coalesce(plugin, ''), coalesce(database, '') FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT slot_type, coalesce(plugin, ''), coalesce(database, ''), active, (to_jsonb(s) ->> 'failover')::bool \
+             FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -47,6 +49,14 @@ pub async fn ensure_slot(
                      not a pgoutput slot on `{dbname}`"
                 ))
                 .with_hint("choose another --slot, or drop that slot if it is unused"));
+            }
+            // 17+: a slot made before (an older server or pgkeep) becomes a failover slot.
+            let (active, failover): (bool, Option<bool>) = (row.get(3), row.get(4));
+            if failover == Some(false) && !active && repl.server_version_num() >= FAILOVER_MIN_SERVER_VERSION {
+                match repl.simple_query(&alter_slot_failover_command(slot)?).await {
+                    Ok(_) => tracing::info!(slot = %slot, "replication slot is now a failover slot"),
+                    Err(e) => tracing::warn!(slot = %slot, error = %e.user_line(), "could not make the replication slot a failover slot; a failover of the server will lose it"),
+                }
             }
             Ok(true)
         }
