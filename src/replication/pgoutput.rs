@@ -23,11 +23,12 @@
 //! streamed transaction carry an extra xid that only a decoder tracking
 //! Stream Start / Stop could tell apart.
 //!
-//! Protocol 1 is the same on PostgreSQL 10 to 18: newer servers add
-//! messages only under newer protocol versions or options pgkeep does not
-//! ask for (streaming, two-phase, origins, generated columns with
-//! `publish_generated_columns` on 18), and `messages 'true'` exists from 14
-//! on. `tests/pg_matrix.rs` decodes a real workload on 14 to 18.
+//! Protocol 1 is the same on PostgreSQL 10 to 18: newer servers send more
+//! only under protocol versions or options pgkeep does not ask for
+//! (streaming, two-phase, origin filtering; on 18, generated column values
+//! for a publication with `publish_generated_columns`, which pgkeep's
+//! publications leave off), and `messages 'true'` exists from 14 on.
+//! `tests/pg_matrix.rs` decodes a real workload on 14 to 18.
 //!
 //! [`encode`] writes a message back into a `BytesMut`, byte for byte as the
 //! server would; the fuzz target checks `encode(decode(x)) == x`.
