@@ -237,7 +237,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     } else {
         format!("restore {what} into a new database on {}:{}", server.host, server.port)
     };
-    approve::gate("RESTORE", plan, opts.yes).await?;
+    crate::interrupt::guard(approve::gate("RESTORE", plan, opts.yes)).await?;
+    offer_leftover_cleanup(server, opts.yes).await;
     let mut times = PhaseTimes::default();
 
     // 2. Pre-restore backup of the database about to be replaced.
@@ -249,7 +250,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     }
 
     // 3. Fetch and check: every object the manifest lists exists with its size.
-    check_objects(&source).await?;
+    crate::interrupt::guard(check_objects(&source)).await?;
 
     // 4. The temporary (or new target) database.
     let info = source.manifest.database_info.as_ref();
@@ -262,8 +263,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     };
     let work = server.with_dbname(&work_db);
 
-    // 5-6. Load and verify; on failure drop the work database, production untouched.
-    let loaded = load_and_verify(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times).await;
+    // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
+    let loaded = crate::interrupt::guard(load_and_verify(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times)).await;
     let (roles_created, fk_skipped, verification) = match loaded {
         Ok(v) if v.2.passed() => v,
         other => {
@@ -283,7 +284,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         let t = Instant::now();
         let only = (!opts.tables.is_empty())
             .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
-        match replay::run(&repos, plan, &work, only, &keys).await {
+        match crate::interrupt::guard(replay::run(&repos, plan, &work, only, &keys)).await {
             Ok(r) => point_in_time = Some(r),
             Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
         }
@@ -292,6 +293,10 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // The database's own owner and settings, now that pgkeep's sessions are done with it.
     if let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await {
         return Err(abandon(server, opts, &work_db, e).await);
+    }
+    // Interrupted during the last steps: stop before the swap.
+    if let Some(signo) = crate::interrupt::received() {
+        return Err(abandon(server, opts, &work_db, crate::interrupt::error(signo)).await);
     }
     let progress = opts.progress.view();
     let mut report = RestoreReport {
@@ -391,6 +396,34 @@ pub(crate) async fn pre_restore_backup(settings: &Settings) -> Result<String> {
     Ok(report.manifest.backup_id.to_string())
 }
 
+/// Temporary databases of interrupted restores (no session, older than 10
+/// minutes) are dropped with approval: `--yes` or typing DROP. Never
+/// silently: each is named, and declining keeps them.
+async fn offer_leftover_cleanup(server: &crate::config::DbSettings, yes: bool) {
+    let leftovers: Vec<String> = match target::temp_databases(server).await {
+        Ok(all) => all.into_iter().filter(|t| t.is_leftover(std::time::Duration::from_secs(600))).map(|t| t.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e.user_line(), "cannot look for leftover temporary restore databases");
+            return;
+        }
+    };
+    if leftovers.is_empty() {
+        return;
+    }
+    let names = leftovers.join(", ");
+    let what = format!("drop {} leftover temporary database(s) of interrupted restores: {names}", leftovers.len());
+    if let Err(e) = crate::interrupt::guard(approve::gate("DROP", what, yes)).await {
+        tracing::warn!(databases = %names, reason = %e.user_line(), "leftover temporary restore databases kept");
+        return;
+    }
+    for name in leftovers {
+        match target::drop_database(server, &name).await {
+            Ok(()) => tracing::warn!(database = %name, "dropped leftover temporary restore database"),
+            Err(e) => tracing::warn!(database = %name, error = %e.user_line(), "cannot drop leftover temporary restore database"),
+        }
+    }
+}
+
 /// A failed restore before the swap: drop the work database (unless
 /// `--keep-temp`) and say that production was not touched.
 pub(crate) async fn abandon(server: &crate::config::DbSettings, opts: &RestoreOptions, work_db: &str, err: Error) -> Error {
@@ -403,7 +436,7 @@ pub(crate) async fn abandon(server: &crate::config::DbSettings, opts: &RestoreOp
 
 /// The SWAP gate, then the swap; records it in `report`.
 pub(crate) async fn swap_in(server: &crate::config::DbSettings, opts: &RestoreOptions, target_name: &str, work_db: &str, report: &mut RestoreReport) -> Result<()> {
-    if let Err(e) = approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes).await {
+    if let Err(e) = crate::interrupt::guard(approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes)).await {
         return Err(e.context(format!("the verified restore is kept as database {work_db}")));
     }
     let t = Instant::now();

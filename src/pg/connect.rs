@@ -16,7 +16,7 @@ use tokio_postgres::error::DbError;
 use tokio_postgres::tls::{MakeTlsConnect, NoTls};
 
 use super::errors::{
-    Client, HINT_ADDRESS, HINT_PASSWORD, Phase, certificate_error, classify_server_error,
+    Client, HINT_ADDRESS, HINT_PASSWORD, Phase, certificate_error, classify_server_error, closed_during_startup,
     is_unix_socket, server_error_text, server_label, sqlstate_kind, timed_out, timeout_error,
     unreachable_reason,
 };
@@ -175,7 +175,8 @@ fn classify(err: tokio_postgres::Error, db: &DbSettings, phase: Phase<'_>) -> Er
         _ if matches!(phase, Phase::Connect) || err.is_closed() || io_kind.is_some() => {
             let message = match phase {
                 Phase::Connect => {
-                    format!("connection to PostgreSQL at {server} failed during startup")
+                    tracing::debug!(error = %cause, server = %server, "connection closed during startup");
+                    return closed_during_startup(db);
                 }
                 Phase::Command(_) => format!("{}: lost connection to the server", phase.prefix(db)),
             };

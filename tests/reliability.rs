@@ -1,0 +1,392 @@
+//! Issue 12 through the binary: backup ids claimed atomically and per
+//! database (8 concurrent backups of 4 databases into local + Garage),
+//! config files that exist but cannot be read, error wording (startup
+//! closed, password origin, BACKUP_DIR a file), SIGTERM/SIGINT during backup
+//! and restore, dead-process lock takeover, leftover restore_temp_*.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::garage::Garage;
+use harness::postgres::PgCluster;
+
+/// A `pgkeep` command with a clean environment (no PG*, DB_*, S3_*, AWS_*).
+fn pgkeep(args: &[&str], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PG") || k.starts_with("DB_") || k.starts_with("S3_") || k.starts_with("AWS_") || k == "DATABASE_URL" || k == "BACKUP_DIR" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", "/nonexistent-home").env("NO_COLOR", "1").env("EXPIRE_AFTER_BACKUP", "false");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run(args: &[&str], env: &[(String, String)]) -> Output {
+    pgkeep(args, env).output().expect("run pgkeep")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn error_lines(o: &Output) -> Vec<String> {
+    stderr(o).lines().filter(|l| l.starts_with("pgkeep: ")).map(str::to_string).collect()
+}
+
+fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// DB_* variables for the superuser on `db`.
+fn db_env(cluster: &PgCluster, db: &str) -> Vec<(String, String)> {
+    let s = cluster.superuser_settings(db);
+    env(&[
+        ("DB_HOST", s.host.clone()),
+        ("DB_PORT", s.port.to_string()),
+        ("DB_USER", s.user.clone()),
+        ("DB_PASSWORD", s.password.as_ref().unwrap().expose().to_string()),
+        ("DB_NAME", db.to_string()),
+        ("DB_SSLMODE", "disable".into()),
+    ])
+}
+
+fn signal(child: &Child, signo: i32) {
+    // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signo) }, 0);
+}
+
+async fn scalar(cluster: &PgCluster, db: &str, sql: &str) -> String {
+    let row = cluster.client(db).await.query_one(sql, &[]).await.unwrap();
+    row.get::<_, Option<String>>(0).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------- config
+
+#[test]
+fn implicit_config_file_that_cannot_be_read_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgkeep.toml");
+    let in_dir = |args: &[&str]| {
+        let mut c = pgkeep(args, &[]);
+        c.current_dir(dir.path());
+        c.output().unwrap()
+    };
+    // Absent: fine.
+    let o = in_dir(&["config"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let cases: [(&str, &dyn Fn()); 3] = [
+        ("UTF-8", &|| std::fs::write(&file, b"jobs = 2\n# \xff\xfe not utf-8\n").unwrap()),
+        ("cannot parse config file pgkeep.toml", &|| std::fs::write(&file, "jobs = = 2\n").unwrap()),
+        ("Is a directory", &|| {
+            std::fs::remove_file(&file).unwrap();
+            std::fs::create_dir(&file).unwrap();
+        }),
+    ];
+    for (needle, make) in cases {
+        make();
+        let o = in_dir(&["backup"]);
+        assert_eq!(o.status.code(), Some(2), "{needle}: {}", stderr(&o));
+        let lines = error_lines(&o);
+        assert_eq!(lines.len(), 1, "{}", stderr(&o));
+        assert!(lines[0].contains("pgkeep.toml") && lines[0].contains(needle), "{needle}: {}", lines[0]);
+    }
+
+    // The same non-UTF-8 file passed explicitly fails the same way.
+    let bad = dir.path().join("other.toml");
+    std::fs::write(&bad, b"\xff").unwrap();
+    let o = run(&["--config", bad.to_str().unwrap(), "config"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(error_lines(&o)[0].contains("other.toml"), "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------- wording
+
+/// A TCP server that accepts and answers `reply` (possibly nothing), then closes.
+fn fake_server(reply: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 512];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(reply);
+        }
+    });
+    port
+}
+
+#[test]
+fn connection_closed_during_startup_is_said_in_words() {
+    let repo = tempfile::tempdir().unwrap();
+    // Closes at once; answers like an HTTP server (the codec's "bytes remaining on stream").
+    for (reply, sslmode) in [(&b""[..], "disable"), (&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..], "disable"), (&b""[..], "prefer")] {
+        let port = fake_server(reply);
+        let o = run(
+            &["backup"],
+            &env(&[
+                ("DB_HOST", "127.0.0.1".into()),
+                ("DB_PORT", port.to_string()),
+                ("DB_USER", "u".into()),
+                ("DB_PASSWORD", "pw-never-shown".into()),
+                ("DB_NAME", "app".into()),
+                ("DB_SSLMODE", sslmode.into()),
+                ("BACKUP_DIR", repo.path().display().to_string()),
+            ]),
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let lines = error_lines(&o);
+        assert_eq!(lines.len(), 1, "{}", stderr(&o));
+        let line = &lines[0];
+        assert!(line.contains(&format!("127.0.0.1:{port}")) && line.contains("closed the connection during startup"), "{line}");
+        assert!(line.contains("TLS") && line.contains("wrong port") && line.contains("not a PostgreSQL server"), "{line}");
+        assert!(!line.contains("bytes remaining") && !line.contains("pw-never-shown"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_errors_name_where_the_password_came_from() {
+    let cluster = PgCluster::shared();
+    let db = cluster.fresh_db("pwsrc").await;
+    let port = cluster.port();
+    let repo = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let pgpass = home.path().join(".pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:{port}:*:postgres:wrong-from-pgpass\n")).unwrap();
+    std::fs::set_permissions(&pgpass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let base = env(&[("BACKUP_DIR", repo.path().display().to_string()), ("DB_SSLMODE", "disable".into())]);
+    let url = format!("postgresql://postgres:wrong-from-url@127.0.0.1:{port}/{db}");
+    let fields = env(&[("DB_HOST", "127.0.0.1".into()), ("DB_PORT", port.to_string()), ("DB_USER", "postgres".into()), ("DB_NAME", db.clone())]);
+    let cases: Vec<(&str, Vec<&str>, Vec<(String, String)>)> = vec![
+        ("DB_PASSWORD", vec!["backup"], [fields.clone(), env(&[("DB_PASSWORD", "wrong-from-db-password".into())])].concat()),
+        ("PGPASSWORD", vec!["backup"], [fields.clone(), env(&[("PGPASSWORD", "wrong-from-pgpassword".into())])].concat()),
+        ("DATABASE_URL", vec!["backup"], env(&[("DATABASE_URL", url.clone())])),
+        ("--db", vec!["--db", &url, "backup"], vec![]),
+        (".pgpass", vec!["backup"], [fields.clone(), env(&[("HOME", home.path().display().to_string())])].concat()),
+    ];
+    for (origin, args, vars) in cases {
+        let o = run(&args, &[base.clone(), vars].concat());
+        assert_eq!(o.status.code(), Some(1), "{origin}: {}", stderr(&o));
+        let lines = error_lines(&o);
+        assert_eq!(lines.len(), 1, "{origin}: {}", stderr(&o));
+        assert!(lines[0].contains("password authentication failed"), "{origin}: {}", lines[0]);
+        assert!(lines[0].contains(&format!("the password came from {origin}")) || (origin == ".pgpass" && lines[0].contains(&format!("came from {}", pgpass.display()))), "{origin}: {}", lines[0]);
+        assert!(!stderr(&o).contains("wrong-from"), "{origin}: a password was printed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_dir_that_is_a_file_says_not_a_directory() {
+    let cluster = PgCluster::shared();
+    let db = cluster.fresh_db("bkfile").await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    for dir in [file.path().to_path_buf(), file.path().join("below")] {
+        let o = run(&["backup"], &[db_env(cluster, &db), env(&[("BACKUP_DIR", dir.display().to_string())])].concat());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let lines = error_lines(&o);
+        assert_eq!(lines.len(), 1, "{}", stderr(&o));
+        assert!(lines[0].contains("not a directory") && lines[0].contains(&dir.display().to_string()), "{}", lines[0]);
+    }
+}
+
+// ---------------------------------------------------------------- ids
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_concurrent_backups_of_four_databases_share_no_id_and_each_restores_to_its_own() {
+    let cluster = PgCluster::shared();
+    let garage = Garage::shared();
+    let bucket = garage.unique_bucket("ids");
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let config = work.path().join("s3.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[s3]\nbucket = '{bucket}'\nprefix = 'shared'\nendpoint = '{}'\nregion = '{}'\nforce_path_style = true\naccess_key_id = '{}'\nsecret_access_key = '{}'\n",
+            garage.endpoint(),
+            garage.region(),
+            garage.access_key(),
+            garage.secret_key()
+        ),
+    )
+    .unwrap();
+    let repos = env(&[("BACKUP_DIR", repo.display().to_string()), ("PGKEEP_CONFIG", config.display().to_string())]);
+    let mut dbs = Vec::new();
+    for i in 0..4 {
+        let db = cluster.fresh_db(&format!("ids_db{i}")).await;
+        cluster
+            .execute(&db, &format!("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5('{db}' || g) FROM generate_series(1, {}) g;", 2000 * (i + 1)))
+            .await;
+        dbs.push(db);
+    }
+
+    // 1. Eight backups at once: two per database.
+    let children: Vec<(String, Child)> = (0..8)
+        .map(|k| {
+            let db = dbs[k % 4].clone();
+            let child = pgkeep(&["backup", "--json"], &[db_env(cluster, &db), repos.clone()].concat())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (db, child)
+        })
+        .collect();
+    let mut ids: Vec<(String, String)> = Vec::new();
+    for (db, child) in children {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "backup of {db}: {}", stderr(&o));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["database"], db.as_str());
+        assert_eq!(report["repositories"].as_array().unwrap().len(), 2);
+        ids.push((db, report["backup_id"].as_str().unwrap().to_string()));
+    }
+    eprintln!("ids: {ids:?}");
+    let mut distinct: Vec<&String> = ids.iter().map(|(_, id)| id).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 8, "two backups share an id: {ids:?}");
+    for (db, id) in &ids {
+        assert!(id.starts_with("full_backup_") && id.contains(&format!("_{}", db.replace('_', "-"))), "{id} does not name {db}");
+    }
+
+    // 2. `list` shows the configured database's backups; --all-databases shows all.
+    for db in &dbs {
+        let o = run(&["list", "--json"], &[db_env(cluster, db), repos.clone()].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let listed: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(listed.len(), 2, "{db}: {listed:?}");
+        assert!(listed.iter().all(|b| b["database"] == db.as_str() && b["repositories"].as_array().unwrap().len() == 2), "{listed:?}");
+    }
+    let o = run(&["list", "--json", "--all-databases"], &[db_env(cluster, &dbs[0]), repos.clone()].concat());
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(all.len(), 8, "{all:?}");
+
+    // 3. Every backup verifies (both repositories) and restores into a new database equal to its own.
+    for (k, (db, id)) in ids.iter().enumerate() {
+        let e = [db_env(cluster, db), repos.clone()].concat();
+        let o = run(&["verify", id], &e);
+        assert!(o.status.success(), "verify {id}: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        let target = format!("ids_restored_{k}");
+        let o = run(&["restore", id, "--target-db", &target, "--yes"], &e);
+        assert!(o.status.success(), "restore {id}: {}", stderr(&o));
+        let digest = "SELECT count(*)::text || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
+        assert_eq!(scalar(cluster, &target, digest).await, scalar(cluster, db, digest).await, "{id} restored into {target}");
+    }
+}
+
+// ---------------------------------------------------------------- interrupts
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_backup_stops_cleanly_and_a_dead_holders_lock_is_taken_over() {
+    let cluster = PgCluster::shared();
+    let db = cluster.fresh_db("sigterm_bk").await;
+    cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g;").await;
+    let repo = tempfile::tempdir().unwrap();
+    let e = [db_env(cluster, &db), env(&[("BACKUP_DIR", repo.path().display().to_string())])].concat();
+
+    // 1. A session holds t: the backup claims its id, takes its locks and snapshot, then waits on t.
+    let blocker = cluster.client(&db).await;
+    blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let child = pgkeep(&["backup"], &e).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'pgkeep' AND wait_event_type = 'Lock'";
+    let start = Instant::now();
+    while scalar(cluster, "postgres", waiting).await == "0" {
+        assert!(start.elapsed() < Duration::from_secs(30), "the backup never waited on the lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let backups = repo.path().join("backups");
+    assert!(std::fs::read_dir(&backups).unwrap().count() == 1, "the id is claimed before data");
+
+    // 2. SIGTERM: one line, exit 143, nothing left in the repository or on the server.
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    let lines = error_lines(&o);
+    assert_eq!(lines.len(), 1, "{}", stderr(&o));
+    assert!(lines[0].contains("interrupted by SIGTERM") && lines[0].contains("full_backup_"), "{}", lines[0]);
+    let objects: Vec<_> = walkdir(repo.path()).into_iter().filter(|p| !p.starts_with(repo.path().join("logs")) && !p.file_name().unwrap().to_string_lossy().starts_with("pgkeep.repo.json")).collect();
+    assert!(objects.is_empty(), "left behind: {objects:?}");
+    let sessions = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'pgkeep'";
+    let start = Instant::now();
+    while scalar(cluster, "postgres", sessions).await != "0" {
+        assert!(start.elapsed() < Duration::from_secs(10), "pgkeep sessions remain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    blocker.batch_execute("COMMIT").await.unwrap();
+
+    // 3. A backup killed outright leaves its lock; the next exclusive user takes it over at once.
+    let o = pgkeep(&["backup"], &e).env("PGKEEP_FAILPOINT", "backup.after_chunk").output().unwrap();
+    assert!(!o.status.success());
+    let locks = || std::fs::read_dir(repo.path().join("locks")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(locks(), 1, "the killed backup's lock stays");
+    let o = run(&["expire"], &e);
+    assert!(o.status.success(), "expire must take over the dead lock: {}", stderr(&o));
+    assert!(stderr(&o).contains("taking over the lock") && stderr(&o).contains("no longer runs on this host"), "{}", stderr(&o));
+    assert_eq!(locks(), 0);
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walkdir(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_restore_drops_the_temp_database_and_leftovers_are_reported_and_offered() {
+    // Its own cluster: `check` looks at every restore_temp_* database on the server.
+    let cluster = PgCluster::start();
+    let db = cluster.fresh_db("sigint_rs").await;
+    cluster
+        .execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, repeat(md5(g::text), 8) FROM generate_series(1, 400000) g;")
+        .await;
+    let repo = tempfile::tempdir().unwrap();
+    let e = [db_env(&cluster, &db), env(&[("BACKUP_DIR", repo.path().display().to_string())])].concat();
+    let o = run(&["backup"], &e);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let temp_dbs = "SELECT coalesce(string_agg(datname, ',' ORDER BY datname), '') FROM pg_database WHERE datname LIKE 'restore\\_temp\\_%'";
+
+    // 1. A leftover of an interrupted restore: `check` reports it by name.
+    cluster.execute("postgres", "CREATE DATABASE restore_temp_20200101_000000").await;
+    let o = run(&["check", "--max-full-age", "1d"], &e);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.lines().any(|l| l.starts_with("ALERT") && l.contains("restore-temp") && l.contains("restore_temp_20200101_000000")), "{out}");
+
+    // 2. A restore (approved with --yes) drops it, naming it, then SIGINT in the middle of loading.
+    let child = pgkeep(&["restore", "latest", "--temp-only", "--yes"], &e).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let copying = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'pgkeep' AND datname LIKE 'restore\\_temp\\_%' AND query ILIKE 'COPY%'";
+    let start = Instant::now();
+    while scalar(&cluster, "postgres", copying).await == "0" {
+        assert!(start.elapsed() < Duration::from_secs(60), "the restore never started loading");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let lines = error_lines(&o);
+    assert_eq!(lines.len(), 1, "{}", stderr(&o));
+    assert!(lines[0].contains("interrupted by SIGINT") && lines[0].contains("production untouched") && lines[0].contains("dropped"), "{}", lines[0]);
+    assert!(stderr(&o).contains("dropped leftover temporary restore database") && stderr(&o).contains("restore_temp_20200101_000000"), "{}", stderr(&o));
+    assert_eq!(scalar(&cluster, "postgres", temp_dbs).await, "", "no temporary database may remain");
+
+    // 3. Nothing left over now.
+    let o = run(&["check", "--max-full-age", "1d"], &e);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.lines().any(|l| l.starts_with("OK") && l.contains("restore-temp")), "{out}");
+}
