@@ -297,11 +297,13 @@ async fn sigterm_during_backup_stops_cleanly_and_a_dead_holders_lock_is_taken_ov
     let repo = tempfile::tempdir().unwrap();
     let e = [db_env(cluster, &db), env(&[("BACKUP_DIR", repo.path().display().to_string())])].concat();
 
-    // 1. A session holds t: the backup claims its id, takes its locks and snapshot, then waits on t.
+    // 1. A session holds t (and so an xid): the backup claims its id and takes its
+    //    repository lock, then waits (for the slot's snapshot, or on t).
     let blocker = cluster.client(&db).await;
     blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let blocker_pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let child = pgkeep(&["backup"], &e).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'pgkeep' AND wait_event_type = 'Lock'";
+    let waiting = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'pgkeep' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()";
     let start = Instant::now();
     while scalar(cluster, "postgres", waiting).await == "0" {
         assert!(start.elapsed() < Duration::from_secs(30), "the backup never waited on the lock");
@@ -319,13 +321,22 @@ async fn sigterm_during_backup_stops_cleanly_and_a_dead_holders_lock_is_taken_ov
     assert!(lines[0].contains("interrupted by SIGTERM") && lines[0].contains("full_backup_"), "{}", lines[0]);
     let objects: Vec<_> = walkdir(repo.path()).into_iter().filter(|p| !p.starts_with(repo.path().join("logs")) && !p.file_name().unwrap().to_string_lossy().starts_with("pgkeep.repo.json")).collect();
     assert!(objects.is_empty(), "left behind: {objects:?}");
-    let sessions = "SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'pgkeep'";
+    // The server ends pgkeep's sessions once the blocker is gone: a walsender still
+    // building a slot's snapshot waits for the blocker's transaction before it notices the
+    // closed socket; then its temporary slot goes with it.
+    blocker.batch_execute("COMMIT").await.unwrap();
+    // (The harness's own sessions say application_name pgkeep too.)
+    let sessions = format!("SELECT count(*)::text FROM pg_stat_activity WHERE application_name = 'pgkeep' AND pid NOT IN (pg_backend_pid(), {blocker_pid})");
     let start = Instant::now();
-    while scalar(cluster, "postgres", sessions).await != "0" {
-        assert!(start.elapsed() < Duration::from_secs(10), "pgkeep sessions remain");
+    while scalar(cluster, "postgres", &sessions).await != "0" {
+        if start.elapsed() > Duration::from_secs(10) {
+            let detail = format!("SELECT string_agg(format('%s %s %s %s', pid, datname, state, left(query, 60)), '; ') FROM pg_stat_activity WHERE application_name = 'pgkeep' AND pid NOT IN (pg_backend_pid(), {blocker_pid})");
+            panic!("pgkeep sessions remain: {}", scalar(cluster, "postgres", &detail).await);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    blocker.batch_execute("COMMIT").await.unwrap();
+    let slots = "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name LIKE 'pgkeep%'";
+    assert_eq!(scalar(cluster, "postgres", slots).await, "0", "no slot may remain");
 
     // 3. A backup killed outright leaves its lock; the next exclusive user takes it over at once.
     let o = pgkeep(&["backup"], &e).env("PGKEEP_FAILPOINT", "backup.after_chunk").output().unwrap();
