@@ -401,3 +401,45 @@ async fn sigint_during_restore_drops_the_temp_database_and_leftovers_are_reporte
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.lines().any(|l| l.starts_with("OK") && l.contains("restore-temp")), "{out}");
 }
+
+// ---------------------------------------------------------------- claims on Garage
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_on_garage_never_share_an_id_with_either_method() {
+    use pgkeep::repo::claim::{self, ClaimMethod};
+    use pgkeep::repo::layout::BackupKind;
+    use pgkeep::storage::Storage;
+    use std::sync::Arc;
+    let garage = Garage::shared();
+    let bucket = garage.unique_bucket("claims");
+    let s3: Arc<dyn Storage> = Arc::new(pgkeep::storage::s3::S3Storage::connect(garage.settings(&bucket, "c")).await.unwrap());
+    // Whether Garage honours If-None-Match decides the method `backup` uses there.
+    let conditional = claim::conditional_put_works(s3.as_ref()).await.unwrap();
+    eprintln!("garage honours If-None-Match: {conditional}");
+    let at = chrono::Utc::now();
+    for method in [ClaimMethod::Exclusive, ClaimMethod::SoleClaim] {
+        if method == ClaimMethod::Exclusive && !conditional {
+            continue;
+        }
+        let db = format!("db-{method:?}").to_lowercase();
+        let tasks: Vec<_> = (0..12)
+            .map(|_| {
+                let (s3, db) = (s3.clone(), db.clone());
+                tokio::spawn(async move { claim::claim_id_using(&[s3], &[method], BackupKind::Full, at, &db).await.unwrap().to_string() })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "{method:?}: {ids:?}");
+        // Each id's folder holds exactly one claim: its owner's.
+        for id in &ids {
+            let objects = s3.list(&format!("backups/{id}/")).await.unwrap();
+            assert_eq!(objects.len(), 1, "{method:?} {id}: {objects:?}");
+        }
+    }
+}

@@ -64,11 +64,27 @@ pub struct ClaimRecord {
 /// the first free `_N` suffix.
 pub async fn claim_id(repos: &[Arc<dyn Storage>], kind: BackupKind, at: DateTime<Utc>, database: &str) -> Result<BackupId> {
     // 1. Which way each repository can claim: probed once per run.
-    let mut exclusive = Vec::with_capacity(repos.len());
+    let mut methods = Vec::with_capacity(repos.len());
     for r in repos {
-        exclusive.push(conditional_put_works(r.as_ref()).await?);
+        methods.push(if conditional_put_works(r.as_ref()).await? { ClaimMethod::Exclusive } else { ClaimMethod::SoleClaim });
     }
     // 2. The first id free everywhere, claimed in every repository in order.
+    claim_id_using(repos, &methods, kind, at, database).await
+}
+
+/// How a claim is made in one repository (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimMethod {
+    /// `claim.json` created with `put_if_absent`.
+    Exclusive,
+    /// Own claim under `claims/`, then a listing that must show only it.
+    SoleClaim,
+}
+
+/// [`claim_id`] with the method of each repository given (`methods[i]` for
+/// `repos[i]`) instead of probed.
+pub async fn claim_id_using(repos: &[Arc<dyn Storage>], methods: &[ClaimMethod], kind: BackupKind, at: DateTime<Utc>, database: &str) -> Result<BackupId> {
+    let exclusive: Vec<bool> = methods.iter().map(|m| *m == ClaimMethod::Exclusive).collect();
     for seq in 0..MAX_SEQ {
         let id = BackupId::for_database(kind, at, database, seq);
         let record = ClaimRecord {
