@@ -319,7 +319,12 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     }
 
     // 7-8. Swap approval, then swap: target -> target_old, temp -> target.
-    swap_in(server, opts, &target_name, &work_db, &mut report).await?;
+    if let Err(e) = swap_in(server, opts, &target_name, &work_db, &mut report).await {
+        if report.swap.is_none() && e.kind() == ErrorKind::Aborted && crate::interrupt::received().is_some() {
+            return Err(abandon(server, opts, &work_db, e).await);
+        }
+        return Err(e);
+    }
 
     // 9. Post-restore check: the target answers and holds the tables.
     post_restore_check(server, &target_name, &id.to_string(), source.manifest.tables.len()).await?;
@@ -437,6 +442,10 @@ pub(crate) async fn abandon(server: &crate::config::DbSettings, opts: &RestoreOp
 /// The SWAP gate, then the swap; records it in `report`.
 pub(crate) async fn swap_in(server: &crate::config::DbSettings, opts: &RestoreOptions, target_name: &str, work_db: &str, report: &mut RestoreReport) -> Result<()> {
     if let Err(e) = crate::interrupt::guard(approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes)).await {
+        // Interrupted at the prompt: the caller drops the work database like any interrupted step.
+        if crate::interrupt::received().is_some() {
+            return Err(e);
+        }
         return Err(e.context(format!("the verified restore is kept as database {work_db}")));
     }
     let t = Instant::now();
