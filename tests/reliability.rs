@@ -443,3 +443,48 @@ async fn claims_on_garage_never_share_an_id_with_either_method() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_upload_to_garage_aborts_the_upload_and_leaves_nothing() {
+    let cluster = PgCluster::shared();
+    let garage = Garage::shared();
+    let db = cluster.fresh_db("sigterm_s3").await;
+    cluster
+        .execute(&db, "CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs SELECT g, md5(g::text) || md5((g * 3)::text) || md5((g * 7)::text) FROM generate_series(1, 600000) g;")
+        .await;
+    let bucket = garage.unique_bucket("sigterms3");
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("s3.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[s3]\nbucket = '{bucket}'\nendpoint = '{}'\nregion = '{}'\nforce_path_style = true\naccess_key_id = '{}'\nsecret_access_key = '{}'\n",
+            garage.endpoint(),
+            garage.region(),
+            garage.access_key(),
+            garage.secret_key()
+        ),
+    )
+    .unwrap();
+    let e = [db_env(cluster, &db), env(&[("PGKEEP_CONFIG", config.display().to_string())])].concat();
+    let child = pgkeep(&["backup", "--compress", "none"], &e).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let client = garage.client().await;
+    let start = Instant::now();
+    loop {
+        let uploads = client.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+        if !uploads.uploads().is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no multipart upload started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, libc::SIGTERM);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(error_lines(&o)[0].contains("interrupted by SIGTERM"), "{}", stderr(&o));
+    let uploads = client.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "uploads left: {:?}", uploads.uploads());
+    let objects = client.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).filter(|k| !k.starts_with("pgkeep.repo.json")).collect();
+    assert!(keys.is_empty(), "left in the bucket: {keys:?}");
+}
