@@ -415,7 +415,10 @@ async fn claims_on_garage_never_share_an_id_with_either_method() {
     let s3: Arc<dyn Storage> = Arc::new(pgkeep::storage::s3::S3Storage::connect(garage.settings(&bucket, "c")).await.unwrap());
     // Whether Garage honours If-None-Match decides the method `backup` uses there.
     let conditional = claim::conditional_put_works(s3.as_ref()).await.unwrap();
-    eprintln!("garage honours If-None-Match: {conditional}");
+    let first = s3.put_if_absent("probe/x", bytes::Bytes::from_static(b"1")).await.unwrap();
+    let second = s3.put_if_absent("probe/x", bytes::Bytes::from_static(b"2")).await.unwrap();
+    eprintln!("garage honours If-None-Match: {conditional} (two creates of one key: {first:?}, {second:?})");
+    s3.delete("probe/x").await.unwrap();
     let at = chrono::Utc::now();
     for method in [ClaimMethod::Exclusive, ClaimMethod::SoleClaim] {
         if method == ClaimMethod::Exclusive && !conditional {
