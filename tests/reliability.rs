@@ -291,7 +291,8 @@ async fn eight_concurrent_backups_of_four_databases_share_no_id_and_each_restore
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_backup_stops_cleanly_and_a_dead_holders_lock_is_taken_over() {
-    let cluster = PgCluster::shared();
+    // Its own cluster: it counts pgkeep's sessions and slots on the server.
+    let cluster = &PgCluster::start();
     let db = cluster.fresh_db("sigterm_bk").await;
     cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g;").await;
     let repo = tempfile::tempdir().unwrap();
