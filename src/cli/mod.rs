@@ -287,7 +287,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let report = notified(&settings, Operation::Backup, started, result, Event::backup_succeeded).await?;
             // Retention after each successful backup (EXPIRE_AFTER_BACKUP, default on); its
             // failure is reported and notified, never turned into a failed backup.
-            if settings.expire_after_backup {
+            if settings.expire_after_backup && pgkeep::interrupt::received().is_none() {
                 let eopts = commands::expire::ExpireOptions { dry_run: false, keep_full: 1 };
                 let expired = notified(&settings, Operation::Expire, Instant::now(), commands::expire::run(&settings, &eopts).await, |_| {
                     Event::new(Operation::Expire, pgkeep::notify::Outcome::Success)
