@@ -281,14 +281,17 @@ impl Storage for LocalStorage {
         tokio::fs::create_dir_all(&dir).await.map_err(|e| self.io_error("create directory", &dir, e))?;
         let temp = temp_name(&final_path);
         let (t, f) = (temp.clone(), final_path.clone());
-        let linked = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        // Some(created) or None where the filesystem has no hard links (then the caller
+        // claims another way).
+        let linked = tokio::task::spawn_blocking(move || -> std::io::Result<Option<bool>> {
             use std::io::Write;
             let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&t)?;
             file.write_all(&data)?;
             file.sync_all()?;
             let linked = match std::fs::hard_link(&t, &f) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Ok(()) => Ok(Some(true)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Some(false)),
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(libc::EPERM) => Ok(None),
                 Err(e) => Err(e),
             };
             let _ = std::fs::remove_file(&t);
@@ -297,8 +300,10 @@ impl Storage for LocalStorage {
         .await
         .map_err(|e| Error::internal(format!("conditional put task failed: {e}")))?
         .map_err(|e| self.io_error("create", &final_path, e))?;
-        if !linked {
-            return Ok(PutIfAbsent::Exists);
+        match linked {
+            None => return Ok(PutIfAbsent::Unsupported),
+            Some(false) => return Ok(PutIfAbsent::Exists),
+            Some(true) => {}
         }
         sync_dir(&dir).await.map_err(|e| self.io_error("sync directory", &dir, e))?;
         Ok(PutIfAbsent::Created)
