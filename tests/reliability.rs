@@ -492,3 +492,34 @@ async fn sigterm_mid_upload_to_garage_aborts_the_upload_and_leaves_nothing() {
     let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).filter(|k| !k.starts_with("pgkeep.repo.json")).collect();
     assert!(keys.is_empty(), "left in the bucket: {keys:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_with_one_database_name_share_a_repository_and_latest_means_this_clusters() {
+    let a = PgCluster::start();
+    let b = PgCluster::start();
+    let repo = tempfile::tempdir().unwrap();
+    let digest = "SELECT count(*)::text || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
+    for (cluster, rows) in [(&a, 300), (&b, 700)] {
+        cluster.execute("postgres", "CREATE DATABASE shop").await;
+        cluster.execute("shop", &format!("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;")).await;
+    }
+    let e = |c: &PgCluster| [db_env(c, "shop"), env(&[("BACKUP_DIR", repo.path().display().to_string())])].concat();
+    // B, then A twice: A's are the newest of the repository.
+    for cluster in [&b, &a, &a] {
+        let o = run(&["backup"], &e(cluster));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = run(&["list", "--json"], &e(&b));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let ids: Vec<&str> = listed.iter().map(|b| b["backup_id"].as_str().unwrap()).collect();
+    let mut distinct = ids.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{ids:?}");
+
+    // `restore latest` configured to B restores B's backup, not A's newer one.
+    let o = run(&["restore", "latest", "--target-db", "shop_from_b", "--yes"], &e(&b));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(scalar(&b, "shop_from_b", digest).await, scalar(&b, "shop", digest).await);
+    assert!(scalar(&b, "shop_from_b", digest).await.starts_with("700:"));
+}

@@ -202,6 +202,11 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         }
         (s, t) => (s.clone(), t),
     };
+    // `latest` of a database name several clusters back up here: the configured server's cluster.
+    let selector = match (&selector, point_in_time) {
+        (BackupSelector::Latest, None) => latest_of_this_cluster(&repos, server).await.unwrap_or(selector),
+        _ => selector,
+    };
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
@@ -329,6 +334,40 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // 9. Post-restore check: the target answers and holds the tables.
     post_restore_check(server, &target_name, &id.to_string(), source.manifest.tables.len()).await?;
     Ok(report)
+}
+
+/// When full backups of the configured database name come from several
+/// clusters, `latest` means the newest of the configured server's cluster
+/// (by system identifier), if it has any; `None` leaves `latest` as it is
+/// (one cluster, or none of them is this server: then `find` warns).
+async fn latest_of_this_cluster(repos: &[Arc<dyn crate::storage::Storage>], server: &crate::config::DbSettings) -> Option<BackupSelector> {
+    let mut newest: std::collections::BTreeMap<String, (chrono::DateTime<chrono::Utc>, crate::repo::layout::BackupId)> = Default::default();
+    for repo in repos {
+        let Ok(entries) = crate::repo::catalog::list_backups(repo.as_ref()).await else { continue };
+        for e in entries {
+            if let crate::repo::catalog::CatalogEntry::Valid(m) = e
+                && m.database == server.dbname
+                && m.kind == BackupKind::Full
+            {
+                let slot = newest.entry(m.server.system_identifier.clone()).or_insert((m.started_at, m.backup_id.clone()));
+                if (m.started_at, &m.backup_id) > (slot.0, &slot.1) {
+                    *slot = (m.started_at, m.backup_id);
+                }
+            }
+        }
+    }
+    if newest.len() < 2 {
+        return None;
+    }
+    // The configured database may not exist (yet) on this server: ask the maintenance database.
+    let conn = match connect(server).await {
+        Ok(c) => c,
+        Err(_) => connect(&server.with_dbname("postgres")).await.ok()?,
+    };
+    let system = crate::pg::catalog::server_facts(&conn.client).await.ok()?.system_identifier?;
+    let (_, id) = newest.remove(&system)?;
+    tracing::info!(backup_id = %id, system_identifier = %system, "`latest`: backups of database {} come from {} clusters; using this server's", server.dbname, newest.len() + 1);
+    Some(BackupSelector::Id(id))
 }
 
 /// Choose the base backup and change chain for a point-in-time restore:
