@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod failpoint;
+pub mod interrupt;
 pub mod logging;
 pub mod notify;
 pub mod pg;

@@ -20,6 +20,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(args)) {
         Ok(code) => ExitCode::from(code),
+        // Stopped by SIGTERM/SIGINT (pgkeep::interrupt): one line, exit 128 + signal,
+        // without waiting for a prompt thread that may still read the terminal.
+        Err(e) if let Some(code) = pgkeep::interrupt::exit_code() => {
+            eprintln!("pgkeep: error: {}", e.user_line());
+            std::process::exit(code.into())
+        }
         Err(e) => {
             eprintln!("pgkeep: error: {}", e.user_line());
             ExitCode::from(e.kind().exit_code() as u8)

@@ -130,7 +130,8 @@ fn backup_through_seed_env_vars_into_an_unwritable_dir_and_then_a_good_one() {
         pgkeep(args, &pairs)
     };
     let o = run(bad_dir.to_str().unwrap(), &["backup"]);
-    assert_eq!(o.status.code(), Some(1));
+    // A file where BACKUP_DIR's directory should be is a configuration error (exit 2).
+    assert_eq!(o.status.code(), Some(2));
     let lines = error_lines(&o);
     assert_eq!(lines.len(), 1, "{}", stderr(&o));
     assert!(lines[0].contains(bad_dir.to_str().unwrap()), "{}", lines[0]);

@@ -234,6 +234,9 @@ pub(crate) struct ListArgs {
     /// Also list the old scripts' archives (`full_backup_*.dump.gz`), as kind `legacy`.
     #[arg(long)]
     pub(crate) legacy: bool,
+    /// List the backups of every database and cluster, not only the configured database's.
+    #[arg(long)]
+    pub(crate) all_databases: bool,
 }
 
 #[derive(Debug, Args)]

@@ -55,6 +55,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
     });
     let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref());
 
+    // backup and restore stop cleanly on SIGTERM/SIGINT (pgkeep::interrupt); `stream` has its own shutdown.
+    if matches!(cli.command, Command::Backup(_) | Command::Restore(_)) {
+        pgkeep::interrupt::install();
+    }
     match cli.command {
         Command::Restore(a) => {
             // `….dump.gz` names a legacy archive; the selector is then unused.
@@ -136,6 +140,17 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let items = match a.legacy {
                 true => commands::list::run_with_legacy(&settings).await?,
                 false => commands::list::run(&settings).await?,
+            };
+            // Only the configured database's backups, unless --all-databases (or no database is configured).
+            let items = match commands::list::configured_database(&settings).filter(|_| !a.all_databases) {
+                Some(db) => {
+                    let (items, hidden) = commands::list::only_database(items, db);
+                    if hidden > 0 {
+                        eprintln!("({hidden} backup(s) of other databases not shown; --all-databases lists them)");
+                    }
+                    items
+                }
+                None => items,
             };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
@@ -272,7 +287,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let report = notified(&settings, Operation::Backup, started, result, Event::backup_succeeded).await?;
             // Retention after each successful backup (EXPIRE_AFTER_BACKUP, default on); its
             // failure is reported and notified, never turned into a failed backup.
-            if settings.expire_after_backup {
+            if settings.expire_after_backup && pgkeep::interrupt::received().is_none() {
                 let eopts = commands::expire::ExpireOptions { dry_run: false, keep_full: 1 };
                 let expired = notified(&settings, Operation::Expire, Instant::now(), commands::expire::run(&settings, &eopts).await, |_| {
                     Event::new(Operation::Expire, pgkeep::notify::Outcome::Success)

@@ -24,6 +24,7 @@ use crate::pipeline::process;
 use crate::pipeline::{Compression, TableFingerprint};
 use crate::progress::ProgressCounters;
 use crate::repo::catalog as repo_catalog;
+use crate::repo::claim;
 use crate::repo::layout::{BackupId, BackupKind};
 use crate::repo::lock::{self, LockMode, LockOptions};
 use crate::repo::manifest::{
@@ -141,7 +142,8 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     // Shared `backup` lock in every repository (docs/FORMAT.md §6): `expire`
     // never runs while this backup writes. Released below, success or failure.
     let locks = lock::acquire_all(&repos, "backup", LockMode::Shared, &LockOptions::default()).await?;
-    let backup_id = match allocate_id(&repos, opts.kind, started_at).await {
+    // The id is claimed atomically in every repository before anything is written (repo::claim).
+    let backup_id = match claim::claim_id(&repos, opts.kind, started_at, &settings.db.dbname).await {
         Ok(id) => id,
         Err(e) => {
             lock::release_all(locks).await;
@@ -150,7 +152,8 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     };
     let span = tracing::info_span!("backup", backup_id = %backup_id, database = %settings.db.dbname);
 
-    let result = async {
+    // Steps 3-6 stop at SIGTERM/SIGINT (crate::interrupt) and take the failure path of step 7.
+    let result = crate::interrupt::guard(async {
         // 3. Consistent snapshot, held until every COPY and the schema dump finish.
         let snapshot = take_snapshot(settings, opts, &facts).await?;
 
@@ -222,7 +225,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await?;
         Ok::<_, Error>(manifest)
     }
-    .instrument(span)
+    .instrument(span))
     .await;
 
     // 7. Report, or clean up: an unfinished backup is never visible.
@@ -234,9 +237,12 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         }
         Err(e) => {
             for r in &repos {
+                // Uploads still in flight are aborted, then the backup's objects removed.
+                let _ = r.clean_incomplete(&backup_id.prefix(), Duration::ZERO).await;
                 remove_prefix(r.as_ref(), &backup_id.prefix()).await;
             }
-            Err(e.context(format!("backup {backup_id} failed")))
+            let what = if e.kind() == ErrorKind::Aborted { "stopped; nothing kept, locks released" } else { "failed" };
+            Err(e.context(format!("backup {backup_id} {what}")))
         }
     };
     lock::release_all(locks).await;
@@ -300,24 +306,6 @@ pub(crate) async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn
         repos.push(s);
     }
     Ok(repos)
-}
-
-/// The seed's id for `at`, with a `_N` suffix if that id is taken in any repository.
-pub(crate) async fn allocate_id(repos: &[Arc<dyn Storage>], kind: BackupKind, at: chrono::DateTime<Utc>) -> Result<BackupId> {
-    for seq in 0..1000 {
-        let id = BackupId::new(kind, at, seq);
-        let mut taken = false;
-        for r in repos {
-            if !r.list(&id.prefix()).await?.is_empty() {
-                taken = true;
-                break;
-            }
-        }
-        if !taken {
-            return Ok(id);
-        }
-    }
-    Err(Error::internal("cannot allocate a backup id"))
 }
 
 async fn copy_all_tables(

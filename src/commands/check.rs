@@ -5,8 +5,9 @@
 //! (pgkeep's or not) retaining more WAL than `--max-slot-lag`, any inactive
 //! pgkeep slot, and any slot whose WAL was already removed or that the server
 //! invalidated (17+: `invalidation_reason`; failover and synchronized state
-//! are reported too), because a
-//! forgotten slot fills the server's disk. Optionally writes Prometheus
+//! are reported too), because a forgotten slot fills the server's disk; and
+//! leftover `restore_temp_*` databases of interrupted restores. Optionally
+//! writes Prometheus
 //! textfile-collector metrics.
 
 use std::time::Duration;
@@ -96,6 +97,33 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// `restore_temp_*` databases nobody uses: left by an interrupted restore,
+/// they hold a full copy of the data (disk) until dropped.
+async fn leftover_temp_databases(settings: &Settings, report: &mut CheckReport) {
+    match crate::restore::target::temp_databases(&settings.db).await {
+        Err(e) => report.push("restore-temp", false, e.user_line()),
+        Ok(all) => {
+            let leftovers: Vec<String> = all.into_iter().filter(|t| t.is_leftover(Duration::ZERO)).map(|t| t.name).collect();
+            report.metrics.push(("pgkeep_leftover_restore_temp_databases".into(), String::new(), leftovers.len() as f64));
+            if leftovers.is_empty() {
+                report.push("restore-temp", true, "no leftover restore_temp_* databases".into());
+            } else {
+                report.push(
+                    "restore-temp",
+                    false,
+                    format!(
+                        "{} leftover temporary restore database(s) on {}:{}: {} (from interrupted restores; `pgkeep restore` offers to drop them, or DROP DATABASE)",
+                        leftovers.len(),
+                        settings.db.host,
+                        settings.db.port,
+                        leftovers.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Run every check. Errors only when the check itself cannot run at all.
 pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport { findings: Vec::new(), metrics: Vec::new() };
@@ -180,6 +208,7 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
     match connect(&settings.db).await {
         Err(e) => report.push("database", false, e.user_line()),
         Ok(conn) => {
+            leftover_temp_databases(settings, &mut report).await;
             let rows = conn
                 .client
                 .query(

@@ -179,7 +179,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         }
 
         // 7. Manifest last.
-        let backup_id = backup::allocate_id(&repos, BackupKind::Incremental, started_at).await?;
+        let backup_id = crate::repo::claim::claim_id(&repos, BackupKind::Incremental, started_at, db).await?;
         let (schema, objects) = backup::store_schema(&repos, &backup_id, opts, dump).await?;
         let sequences = catalog::sequence_values(&conn.client).await?;
         let manifest = BackupManifest {

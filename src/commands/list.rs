@@ -3,6 +3,8 @@
 //! and which repositories hold a valid copy. Damaged manifests are listed
 //! as such instead of being hidden. With `--legacy`, the archives of the
 //! old scripts (`full_backup_*.dump.gz`) are listed too, as kind `legacy`.
+//! The CLI shows only the configured database's backups unless
+//! `--all-databases` ([`configured_database`], [`only_database`]).
 
 use std::collections::BTreeMap;
 
@@ -79,6 +81,26 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         warnings: m.warnings.clone(),
         ..ListedBackup::default()
     }
+}
+
+/// The database `list` shows by default: the configured one, or `None`
+/// when no database is configured (the name would only be the default, the
+/// OS user), so every backup is listed.
+pub fn configured_database(settings: &Settings) -> Option<&str> {
+    let defaulted = settings
+        .provenance
+        .iter()
+        .any(|(k, _, src)| k == "db.name" && matches!(src, crate::config::Source::Derived(d) if d.starts_with("default")));
+    (!defaulted).then_some(settings.db.dbname.as_str())
+}
+
+/// Keep the backups of `database` (and legacy archives and damaged
+/// manifests, whose database is unknown); also return how many were left out.
+pub fn only_database(items: Vec<ListedBackup>, database: &str) -> (Vec<ListedBackup>, usize) {
+    let before = items.len();
+    let kept: Vec<ListedBackup> = items.into_iter().filter(|b| b.database.is_empty() || b.database == database).collect();
+    let hidden = before - kept.len();
+    (kept, hidden)
 }
 
 /// Every backup of every repository, oldest first.

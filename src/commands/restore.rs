@@ -202,6 +202,11 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         }
         (s, t) => (s.clone(), t),
     };
+    // `latest` of a database name several clusters back up here: the configured server's cluster.
+    let selector = match (&selector, point_in_time) {
+        (BackupSelector::Latest, None) => latest_of_this_cluster(&repos, server).await.unwrap_or(selector),
+        _ => selector,
+    };
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
@@ -239,7 +244,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     } else {
         format!("restore {what} into a new database on {}:{}", server.host, server.port)
     };
-    approve::gate("RESTORE", plan, opts.yes).await?;
+    crate::interrupt::guard(approve::gate("RESTORE", plan, opts.yes)).await?;
+    offer_leftover_cleanup(server, opts.yes).await;
     let mut times = PhaseTimes::default();
 
     // 2. Pre-restore backup of the database about to be replaced.
@@ -251,7 +257,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     }
 
     // 3. Fetch and check: every object the manifest lists exists with its size.
-    check_objects(&source).await?;
+    crate::interrupt::guard(check_objects(&source)).await?;
 
     // 4. The temporary (or new target) database.
     let info = source.manifest.database_info.as_ref();
@@ -264,8 +270,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     };
     let work = server.with_dbname(&work_db);
 
-    // 5-6. Load and verify; on failure drop the work database, production untouched.
-    let loaded = load_and_verify(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times).await;
+    // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
+    let loaded = crate::interrupt::guard(load_and_verify(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times)).await;
     let (roles_created, fk_skipped, verification) = match loaded {
         Ok(v) if v.2.passed() => v,
         other => {
@@ -285,7 +291,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         let t = Instant::now();
         let only = (!opts.tables.is_empty())
             .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
-        match replay::run(&repos, plan, &work, only, &keys).await {
+        match crate::interrupt::guard(replay::run(&repos, plan, &work, only, &keys)).await {
             Ok(r) => point_in_time = Some(r),
             Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
         }
@@ -294,6 +300,10 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // The database's own owner and settings, now that pgkeep's sessions are done with it.
     if let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await {
         return Err(abandon(server, opts, &work_db, e).await);
+    }
+    // Interrupted during the last steps: stop before the swap.
+    if let Some(signo) = crate::interrupt::received() {
+        return Err(abandon(server, opts, &work_db, crate::interrupt::error(signo)).await);
     }
     let progress = opts.progress.view();
     let mut report = RestoreReport {
@@ -316,11 +326,50 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     }
 
     // 7-8. Swap approval, then swap: target -> target_old, temp -> target.
-    swap_in(server, opts, &target_name, &work_db, &mut report).await?;
+    if let Err(e) = swap_in(server, opts, &target_name, &work_db, &mut report).await {
+        if report.swap.is_none() && e.kind() == ErrorKind::Aborted && crate::interrupt::received().is_some() {
+            return Err(abandon(server, opts, &work_db, e).await);
+        }
+        return Err(e);
+    }
 
     // 9. Post-restore check: the target answers and holds the tables.
     post_restore_check(server, &target_name, &id.to_string(), source.manifest.tables.len()).await?;
     Ok(report)
+}
+
+/// When full backups of the configured database name come from several
+/// clusters, `latest` means the newest of the configured server's cluster
+/// (by system identifier), if it has any; `None` leaves `latest` as it is
+/// (one cluster, or none of them is this server: then `find` warns).
+async fn latest_of_this_cluster(repos: &[Arc<dyn crate::storage::Storage>], server: &crate::config::DbSettings) -> Option<BackupSelector> {
+    let mut newest: std::collections::BTreeMap<String, (chrono::DateTime<chrono::Utc>, crate::repo::layout::BackupId)> = Default::default();
+    for repo in repos {
+        let Ok(entries) = crate::repo::catalog::list_backups(repo.as_ref()).await else { continue };
+        for e in entries {
+            if let crate::repo::catalog::CatalogEntry::Valid(m) = e
+                && m.database == server.dbname
+                && m.kind == BackupKind::Full
+            {
+                let slot = newest.entry(m.server.system_identifier.clone()).or_insert((m.started_at, m.backup_id.clone()));
+                if (m.started_at, &m.backup_id) > (slot.0, &slot.1) {
+                    *slot = (m.started_at, m.backup_id);
+                }
+            }
+        }
+    }
+    if newest.len() < 2 {
+        return None;
+    }
+    // The configured database may not exist (yet) on this server: ask the maintenance database.
+    let conn = match connect(server).await {
+        Ok(c) => c,
+        Err(_) => connect(&server.with_dbname("postgres")).await.ok()?,
+    };
+    let system = crate::pg::catalog::server_facts(&conn.client).await.ok()?.system_identifier?;
+    let (_, id) = newest.remove(&system)?;
+    tracing::info!(backup_id = %id, system_identifier = %system, "`latest`: backups of database {} come from {} clusters; using this server's", server.dbname, newest.len() + 1);
+    Some(BackupSelector::Id(id))
 }
 
 /// Choose the base backup and change chain for a point-in-time restore:
@@ -393,6 +442,34 @@ pub(crate) async fn pre_restore_backup(settings: &Settings) -> Result<String> {
     Ok(report.manifest.backup_id.to_string())
 }
 
+/// Temporary databases of interrupted restores (no session, older than 10
+/// minutes) are dropped with approval: `--yes` or typing DROP. Never
+/// silently: each is named, and declining keeps them.
+async fn offer_leftover_cleanup(server: &crate::config::DbSettings, yes: bool) {
+    let leftovers: Vec<String> = match target::temp_databases(server).await {
+        Ok(all) => all.into_iter().filter(|t| t.is_leftover(std::time::Duration::from_secs(600))).map(|t| t.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e.user_line(), "cannot look for leftover temporary restore databases");
+            return;
+        }
+    };
+    if leftovers.is_empty() {
+        return;
+    }
+    let names = leftovers.join(", ");
+    let what = format!("drop {} leftover temporary database(s) of interrupted restores: {names}", leftovers.len());
+    if let Err(e) = crate::interrupt::guard(approve::gate("DROP", what, yes)).await {
+        tracing::warn!(databases = %names, reason = %e.user_line(), "leftover temporary restore databases kept");
+        return;
+    }
+    for name in leftovers {
+        match target::drop_database(server, &name).await {
+            Ok(()) => tracing::warn!(database = %name, "dropped leftover temporary restore database"),
+            Err(e) => tracing::warn!(database = %name, error = %e.user_line(), "cannot drop leftover temporary restore database"),
+        }
+    }
+}
+
 /// A failed restore before the swap: drop the work database (unless
 /// `--keep-temp`) and say that production was not touched.
 pub(crate) async fn abandon(server: &crate::config::DbSettings, opts: &RestoreOptions, work_db: &str, err: Error) -> Error {
@@ -405,7 +482,11 @@ pub(crate) async fn abandon(server: &crate::config::DbSettings, opts: &RestoreOp
 
 /// The SWAP gate, then the swap; records it in `report`.
 pub(crate) async fn swap_in(server: &crate::config::DbSettings, opts: &RestoreOptions, target_name: &str, work_db: &str, report: &mut RestoreReport) -> Result<()> {
-    if let Err(e) = approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes).await {
+    if let Err(e) = crate::interrupt::guard(approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes)).await {
+        // Interrupted at the prompt: the caller drops the work database like any interrupted step.
+        if crate::interrupt::received().is_some() {
+            return Err(e);
+        }
         return Err(e.context(format!("the verified restore is kept as database {work_db}")));
     }
     let t = Instant::now();

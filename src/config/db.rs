@@ -317,6 +317,18 @@ fn pgpass_path(env: &dyn Env) -> Option<PathBuf> {
     env.var("HOME").map(|h| Path::new(&h).join(".pgpass"))
 }
 
+/// Where a password came from, in the words of a hint: `DB_PASSWORD`,
+/// `DATABASE_URL`, `--db`, `config file /etc/pgkeep.toml`.
+fn password_origin(source: &Source) -> String {
+    match source {
+        Source::Flag(n) | Source::Env(n) => n.clone(),
+        Source::File(p) => format!("config file {}", p.display()),
+        Source::PassFile(p) => p.display().to_string(),
+        Source::Derived(n) => n.trim_start_matches("flag ").trim_start_matches("env ").to_string(),
+        Source::Default => "default".into(),
+    }
+}
+
 /// Resolve database settings. `record` receives (key, shown value, source) for `pgkeep config`.
 pub fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<DbSettings> {
     // URL-like sources: --db flag (highest), DATABASE_URL (below DB_*), file db.url.
@@ -399,11 +411,11 @@ pub fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
         }
     };
     let (password, password_src) = match password {
-        Some(r) => (Some(Secret::new(r.value)), r.source),
+        Some(r) => (Some(Secret::new(r.value).with_origin(password_origin(&r.source))), r.source),
         None => match pgpass_path(layers.env) {
             Some(path) => match std::fs::read_to_string(&path) {
                 Ok(text) => match pgpass_lookup(&text, &host, port_v, &dbname, &user) {
-                    Some(pw) => (Some(Secret::new(pw)), Source::PassFile(path)),
+                    Some(pw) => (Some(Secret::new(pw).with_origin(path.display().to_string())), Source::PassFile(path)),
                     None => (None, Source::Default),
                 },
                 Err(_) => (None, Source::Default),

@@ -196,9 +196,16 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         }
         None => {
             let path = Path::new("pgkeep.toml");
+            // Only "not found" means "no config file": a file that exists but cannot
+            // be read (permissions, a directory, not UTF-8) is an error naming it.
             match std::fs::read_to_string(path) {
                 Ok(text) => FileLayer::parse(path, &text, &known)?,
-                Err(_) => FileLayer::default(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileLayer::default(),
+                Err(e) => {
+                    let why = if e.kind() == std::io::ErrorKind::InvalidData { "it is not UTF-8 text".to_string() } else { e.to_string() };
+                    return Err(Error::config(format!("cannot read config file {} (found in the current directory): {why}", path.display()))
+                        .with_hint("fix or remove the file, or pass another with --config"));
+                }
             }
         }
     };

@@ -6,8 +6,18 @@
 use std::fmt;
 
 /// A secret value (password, key, webhook URL, passphrase).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// It may carry where it came from (`DB_PASSWORD`, `~/.pgpass`), for hints;
+/// that label is never secret. Equality compares the value only.
+#[derive(Clone)]
+pub struct Secret(String, Option<String>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
 
 /// What secrets print as.
 pub const REDACTED: &str = "********";
@@ -15,7 +25,18 @@ pub const REDACTED: &str = "********";
 impl Secret {
     /// Wrap a secret.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(value.into(), None)
+    }
+
+    /// The same secret, labelled with where it came from (e.g. `PGPASSWORD`).
+    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
+        self.1 = Some(origin.into());
+        self
+    }
+
+    /// Where the secret came from, when known.
+    pub fn origin(&self) -> Option<&str> {
+        self.1.as_deref()
     }
 
     /// The secret itself. Never log or format the result.

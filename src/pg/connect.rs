@@ -16,7 +16,7 @@ use tokio_postgres::error::DbError;
 use tokio_postgres::tls::{MakeTlsConnect, NoTls};
 
 use super::errors::{
-    Client, HINT_ADDRESS, HINT_PASSWORD, Phase, certificate_error, classify_server_error,
+    Client, HINT_ADDRESS, HINT_PASSWORD, Phase, certificate_error, classify_server_error, closed_during_startup,
     is_unix_socket, server_error_text, server_label, sqlstate_kind, timed_out, timeout_error,
     unreachable_reason,
 };
@@ -173,7 +173,20 @@ fn classify(err: tokio_postgres::Error, db: &DbSettings, phase: Phase<'_>) -> Er
             ),
         ),
         _ if matches!(phase, Phase::Connect) || err.is_closed() || io_kind.is_some() => {
+            // The server hung up (or sent something that is not the protocol and then
+            // hung up: the codec's "bytes remaining on stream"): say so in words.
+            let closed = err.is_closed()
+                || matches!(
+                    io_kind,
+                    Some(io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+                )
+                || cause.contains("bytes remaining on stream")
+                || top.starts_with("unexpected message from server");
             let message = match phase {
+                Phase::Connect if closed => {
+                    tracing::debug!(error = %cause, server = %server, "connection closed during startup");
+                    return closed_during_startup(db);
+                }
                 Phase::Connect => {
                     format!("connection to PostgreSQL at {server} failed during startup")
                 }

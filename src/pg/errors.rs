@@ -17,6 +17,37 @@ use crate::config::{DbSettings, SslMode};
 use crate::error::{Error, ErrorKind};
 
 pub(crate) const HINT_PASSWORD: &str = "check DB_PASSWORD, PGPASSWORD or ~/.pgpass";
+/// The hint for a rejected password: where the password came from, so the
+/// user knows which one to fix (never the password itself).
+pub(crate) fn password_hint(db: &DbSettings) -> String {
+    match db.password.as_ref().and_then(|p| p.origin()) {
+        Some(origin) => format!("the password came from {origin}: check it there (other sources: DATABASE_URL, --db, DB_PASSWORD, PGPASSWORD, ~/.pgpass)"),
+        None => HINT_PASSWORD.to_string(),
+    }
+}
+
+/// The server closed the connection during startup, before answering as
+/// PostgreSQL: said in words, with the likely causes, instead of the codec's
+/// "bytes remaining on stream" or "unexpected end of file".
+pub(crate) fn closed_during_startup(db: &DbSettings) -> Error {
+    let tls = if db.sslmode == SslMode::Disable {
+        "the server requires TLS and sslmode=disable (set DB_SSLMODE or PGSSLMODE to require)"
+    } else {
+        "the server requires a TLS setting it did not get (check sslmode)"
+    };
+    Error::new(
+        ErrorKind::Connect,
+        format!(
+            "server {} closed the connection during startup without answering as PostgreSQL",
+            server_label(db)
+        ),
+    )
+    .with_hint(format!(
+        "likely causes: {tls}; a wrong port (DB_PORT or PGPORT) that reaches another service; \
+         or not a PostgreSQL server (a proxy or pooler refusing the connection)"
+    ))
+}
+
 pub(crate) const HINT_ADDRESS: &str =
     "check DB_HOST and DB_PORT (or PGHOST/PGPORT, --db) and that PostgreSQL is running";
 pub(crate) const HINT_SSLMODE: &str =
@@ -112,7 +143,7 @@ pub(crate) fn classify_server_error(
             ErrorKind::Auth,
             format!("password authentication failed for user {user} at {server}"),
         )
-        .with_hint(HINT_PASSWORD),
+        .with_hint(password_hint(db)),
         "28000" if message.contains("no pg_hba.conf entry") => {
             if message.contains("no encryption") && db.sslmode == SslMode::Disable {
                 Error::new(

@@ -250,7 +250,7 @@ fn nul_in_password(db: &DbSettings) -> Error {
         "the password for user {} contains a NUL byte",
         db.user
     ))
-    .with_hint(HINT_PASSWORD)
+    .with_hint(crate::pg::errors::password_hint(db))
 }
 
 /// A SCRAM step failed: a malformed server message, a bad nonce, or a server

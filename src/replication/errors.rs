@@ -199,6 +199,10 @@ pub(crate) fn io_error(e: io::Error, db: &DbSettings, phase: Phase<'_>) -> Error
         | io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::BrokenPipe => {
+            if matches!(phase, Phase::Connect) {
+                tracing::debug!(error = %text, "connection closed during startup");
+                return crate::pg::errors::closed_during_startup(db);
+            }
             return Error::new(
                 ErrorKind::Connect,
                 format!("{}: lost connection to the server", phase.prefix(db)),

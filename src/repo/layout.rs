@@ -65,8 +65,10 @@ impl fmt::Display for BackupKind {
     }
 }
 
-/// A backup id: `<kind prefix>YYYYMMDD_HHMMSS` in UTC, with an optional
-/// `_N` suffix when two backups start within the same second.
+/// A backup id: `<kind prefix>YYYYMMDD_HHMMSS_<db tag>` in UTC, with a
+/// `_N` suffix when the id was already claimed (docs/FORMAT.md §2). Ids
+/// written before format 2 have no tag (`full_backup_20261124_020005`,
+/// `…_020005_2`) and are still read.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct BackupId(String);
@@ -78,6 +80,20 @@ impl BackupId {
     pub fn new(kind: BackupKind, at: DateTime<Utc>, seq: u32) -> BackupId {
         let base = format!("{}{}", kind.id_prefix(), at.format(TS_FORMAT));
         if seq == 0 { BackupId(base) } else { BackupId(format!("{base}_{seq}")) }
+    }
+
+    /// A new id for a backup of `database` (format 2): the seed's id with the
+    /// database's tag ([`database_tag`]) and collision suffix `seq` (0 = none).
+    pub fn for_database(kind: BackupKind, at: DateTime<Utc>, database: &str, seq: u32) -> BackupId {
+        let base = format!("{}{}_{}", kind.id_prefix(), at.format(TS_FORMAT), database_tag(database));
+        if seq == 0 { BackupId(base) } else { BackupId(format!("{base}_{seq}")) }
+    }
+
+    /// The database tag in the id, if it has one (ids written before format 2 do not).
+    pub fn database_tag(&self) -> Option<&str> {
+        let rest = &self.0[self.kind().id_prefix().len() + 15..];
+        let first = rest.strip_prefix('_')?.split('_').next()?;
+        first.starts_with(|c: char| c.is_ascii_lowercase()).then_some(first)
     }
 
     /// The id as text.
@@ -111,18 +127,62 @@ impl BackupId {
     }
 }
 
+/// Longest database tag in an id.
+const TAG_MAX: usize = 40;
+
+/// The database name as it appears in ids: lower-case ASCII letters, digits
+/// and `-` (every other character becomes `-`, runs collapse), at most 40
+/// characters, starting with a letter (`db-` is put in front otherwise).
+/// Two databases may share a tag (`My_App`, `my-app`): the tag is for
+/// people; which database a backup holds is in its manifest, and the id
+/// claim keeps the ids apart.
+pub fn database_tag(database: &str) -> String {
+    let mut tag = String::new();
+    for c in database.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            tag.push(c);
+        } else if !tag.ends_with('-') {
+            tag.push('-');
+        }
+    }
+    let mut tag = tag.trim_matches('-').to_string();
+    if !tag.starts_with(|c: char| c.is_ascii_lowercase()) {
+        tag = format!("db-{tag}").trim_end_matches('-').to_string();
+    }
+    tag.truncate(TAG_MAX);
+    tag.trim_end_matches('-').to_string()
+}
+
+fn valid_tag(tag: &str) -> bool {
+    tag.len() <= TAG_MAX
+        && tag.starts_with(|c: char| c.is_ascii_lowercase())
+        && !tag.ends_with('-')
+        && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn valid_seq(seq: &str) -> bool {
+    !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) && !seq.starts_with('0')
+}
+
 fn parse_id(s: &str) -> Option<(BackupKind, DateTime<Utc>)> {
     for kind in [BackupKind::Full, BackupKind::Incremental, BackupKind::PreRestore] {
         if let Some(rest) = s.strip_prefix(kind.id_prefix()) {
-            let (ts, seq) = match rest.len() {
-                15 => (rest, None),
-                n if n > 16 && rest.as_bytes()[15] == b'_' => (&rest[..15], Some(&rest[16..])),
-                _ => return None,
-            };
-            if let Some(seq) = seq
-                && (seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) || seq.starts_with('0'))
-            {
+            if rest.len() < 15 || !rest.is_char_boundary(15) {
                 return None;
+            }
+            let (ts, tail) = rest.split_at(15);
+            // Tail: "" | "_N" (format 1) | "_tag" | "_tag_N" (format 2).
+            if !tail.is_empty() {
+                let parts: Vec<&str> = tail.strip_prefix('_')?.split('_').collect();
+                let ok = match parts[..] {
+                    [one] => valid_seq(one) || valid_tag(one),
+                    [tag, seq] => valid_tag(tag) && valid_seq(seq),
+                    _ => false,
+                };
+                if !ok {
+                    return None;
+                }
             }
             let naive = NaiveDateTime::parse_from_str(ts, TS_FORMAT).ok()?;
             return Some((kind, Utc.from_utc_datetime(&naive)));
@@ -255,6 +315,31 @@ mod tests {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
         assert!(manifest_key_id("backups/full_backup_20261124_020005/data/1.pack").is_none());
+    }
+
+    #[test]
+    fn ids_carry_a_database_tag() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 24, 2, 0, 5).unwrap();
+        let id = BackupId::for_database(BackupKind::Full, at, "orders", 0);
+        assert_eq!(id.as_str(), "full_backup_20261124_020005_orders");
+        assert_eq!(id.database_tag(), Some("orders"));
+        let id = BackupId::for_database(BackupKind::Incremental, at, "My_App DB", 3);
+        assert_eq!(id.as_str(), "incr_backup_20261124_020005_my-app-db_3");
+        assert_eq!(id.as_str().parse::<BackupId>().unwrap(), id);
+        assert_eq!(id.kind(), BackupKind::Incremental);
+        assert_eq!(id.timestamp(), at);
+        assert_eq!(id.database_tag(), Some("my-app-db"));
+        // Old ids (format 1) still parse and have no tag.
+        let old: BackupId = "full_backup_20261124_020005_2".parse().unwrap();
+        assert_eq!(old.database_tag(), None);
+        for (db, tag) in [("2024", "db-2024"), ("_x_", "x"), ("", "db"), ("Ünïcode", "n-code"), (&"a".repeat(60)[..], &"a".repeat(40)[..])] {
+            assert_eq!(database_tag(db), tag, "{db}");
+            let id = BackupId::for_database(BackupKind::Full, at, db, 0);
+            assert!(id.as_str().parse::<BackupId>().is_ok(), "{id}");
+        }
+        for bad in ["full_backup_20261124_020005_Orders", "full_backup_20261124_020005_a_b_1", "full_backup_20261124_020005_orders_", "full_backup_20261124_020005_orders-", "full_backup_20261124_020005_a/b"] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! [`LockOptions::heartbeat`]; a lock whose last sign of life (the later of
 //! `heartbeat_at` and the object's modification time) is older than
 //! [`LockOptions::stale_after`] is stale: reported with a warning and deleted.
+//! A lock of a process on this host (same host name) that no longer runs is
+//! taken over at once, with a warning, without waiting for staleness.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,6 +256,29 @@ pub async fn list_locks(storage: &dyn Storage) -> Result<Vec<ListedLock>> {
     Ok(out)
 }
 
+/// Whether process `pid` of this host is gone. Where that cannot be told
+/// (not Linux), every process counts as alive and only staleness applies.
+fn process_is_gone(pid: u32) -> bool {
+    cfg!(target_os = "linux") && pid != 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A lock held by a process of this host that no longer exists is taken over
+/// at once, with a warning: deleted, and left out of the decision. A pid
+/// reused by another process keeps the lock until it turns stale.
+async fn take_over_dead(storage: &dyn Storage, own: &LockRecord, listed: Vec<ListedLock>) -> Vec<ListedLock> {
+    let mut live = Vec::with_capacity(listed.len());
+    for l in listed {
+        let r = &l.record;
+        if r.token != own.token && r.host == own.host && r.pid != own.pid && process_is_gone(r.pid) {
+            tracing::warn!(repo = %storage.location(), key = %l.key, "taking over the lock of {}: that process no longer runs on this host", l.describe());
+            let _ = storage.delete(&l.key).await;
+            continue;
+        }
+        live.push(l);
+    }
+    live
+}
+
 async fn put_record(storage: &dyn Storage, record: &LockRecord) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(record).map_err(|e| Error::internal(format!("cannot serialize lock: {e}")))?;
     storage.put(&record.key(), Bytes::from(bytes), PutOptions::default()).await?;
@@ -288,6 +313,7 @@ impl RepoLock {
                     return Err(e);
                 }
             };
+            let listed = take_over_dead(storage.as_ref(), &record, listed).await;
             let decision = decide(&record, &listed, Utc::now(), opts.stale_after);
             for s in &decision.stale {
                 tracing::warn!(repo = %storage.location(), key = %s.key, last_seen = %s.last_seen(), "removing stale lock of {}", s.describe());

@@ -50,6 +50,23 @@ pub async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storag
     Ok(out)
 }
 
+/// Backups of one database name from several clusters (system identifiers)
+/// share a repository: `latest` takes the newest of all, and says so.
+fn warn_if_several_clusters(candidates: &[BackupManifest], database: &str, location: &str) {
+    let mut clusters: Vec<&str> = candidates.iter().map(|m| m.server.system_identifier.as_str()).collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    if clusters.len() > 1 {
+        tracing::warn!(
+            database,
+            repo = location,
+            clusters = %clusters.join(", "),
+            "backups of database {database} from {} clusters are in this repository; `latest` is the newest of them all (name a backup id to choose; `pgkeep list` shows them)",
+            clusters.len()
+        );
+    }
+}
+
 /// What the user asked to restore.
 #[derive(Debug, Clone)]
 pub enum BackupSelector {
@@ -100,16 +117,20 @@ impl BackupSource {
                     }
                 },
                 BackupSelector::Latest => match catalog::list_backups(repo.as_ref()).await {
-                    Ok(entries) => entries
-                        .into_iter()
-                        .filter_map(|e| match e {
-                            CatalogEntry::Valid(m) => Some(*m),
-                            CatalogEntry::Invalid(..) => None,
-                        })
-                        // `latest` is the newest regular full backup: never a pre-restore
-                        // backup, which holds the state a restore replaced.
-                        .filter(|m| m.database == database && m.kind == BackupKind::Full)
-                        .max_by_key(|m| (m.started_at, m.backup_id.clone())),
+                    Ok(entries) => {
+                        let candidates: Vec<BackupManifest> = entries
+                            .into_iter()
+                            .filter_map(|e| match e {
+                                CatalogEntry::Valid(m) => Some(*m),
+                                CatalogEntry::Invalid(..) => None,
+                            })
+                            // `latest` is the newest regular full backup: never a pre-restore
+                            // backup, which holds the state a restore replaced.
+                            .filter(|m| m.database == database && m.kind == BackupKind::Full)
+                            .collect();
+                        warn_if_several_clusters(&candidates, database, &repo.location());
+                        candidates.into_iter().max_by_key(|m| (m.started_at, m.backup_id.clone()))
+                    }
                     Err(e) => {
                         problems.push(e.user_line());
                         None

@@ -43,6 +43,52 @@ pub async fn create_unique_database(server: &DbSettings, base: &str, info: Optio
 
 use crate::pg::query_error as db_error;
 
+/// A `restore_temp_*` database found on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TempDatabase {
+    /// Its name.
+    pub name: String,
+    /// Whether any session is connected to it (a restore may be running).
+    pub in_use: bool,
+    /// When its name says it was created, if the name parses.
+    pub created: Option<chrono::DateTime<Utc>>,
+}
+
+impl TempDatabase {
+    /// Left over by an interrupted restore: nobody connected, and created
+    /// more than `min_age` ago (a running restore between two steps may
+    /// briefly have no session).
+    pub fn is_leftover(&self, min_age: std::time::Duration) -> bool {
+        let old = self.created.is_none_or(|c| (Utc::now() - c).to_std().unwrap_or_default() >= min_age);
+        !self.in_use && old
+    }
+}
+
+/// Every `restore_temp_*` database on the server, by name.
+pub async fn temp_databases(server: &DbSettings) -> Result<Vec<TempDatabase>> {
+    let client = maintenance(server).await?;
+    let rows = client
+        .query(
+            "SELECT d.datname::text, EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.datname = d.datname) \
+             FROM pg_catalog.pg_database d WHERE d.datname LIKE 'restore\\_temp\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(db_error("cannot list temporary restore databases".to_string()))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let created = name
+                .strip_prefix("restore_temp_")
+                .and_then(|rest| rest.get(..15))
+                .and_then(|ts| chrono::NaiveDateTime::parse_from_str(ts, "%Y%m%d_%H%M%S").ok())
+                .map(|n| n.and_utc());
+            TempDatabase { name, in_use: r.get(1), created }
+        })
+        .collect())
+}
+
 /// A connection to the server's maintenance database (`postgres`, else `template1`).
 async fn maintenance(server: &DbSettings) -> Result<tokio_postgres::Client> {
     match connect(&server.with_dbname("postgres")).await {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{ObjectMeta, ObjectReader, ObjectWriter, PutOptions, Storage, StorageKind, validate_key};
+use super::{ObjectMeta, ObjectReader, ObjectWriter, PutIfAbsent, PutOptions, Storage, StorageKind, validate_key};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Prefix of temporary files; never part of a valid key segment we write.
@@ -272,8 +272,51 @@ impl Storage for LocalStorage {
         Ok(removed)
     }
 
+    /// Write a temp file, fsync it, then hard-link it to the final name:
+    /// `link` fails if the name exists, so creation is exclusive and the
+    /// object is never seen half-written.
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutIfAbsent> {
+        let final_path = self.path_of(key)?;
+        let dir = final_path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| self.io_error("create directory", &dir, e))?;
+        let temp = temp_name(&final_path);
+        let (t, f) = (temp.clone(), final_path.clone());
+        // Some(created) or None where the filesystem has no hard links (then the caller
+        // claims another way).
+        let linked = tokio::task::spawn_blocking(move || -> std::io::Result<Option<bool>> {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&t)?;
+            file.write_all(&data)?;
+            file.sync_all()?;
+            let linked = match std::fs::hard_link(&t, &f) {
+                Ok(()) => Ok(Some(true)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Some(false)),
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(libc::EPERM) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let _ = std::fs::remove_file(&t);
+            linked
+        })
+        .await
+        .map_err(|e| Error::internal(format!("conditional put task failed: {e}")))?
+        .map_err(|e| self.io_error("create", &final_path, e))?;
+        match linked {
+            None => return Ok(PutIfAbsent::Unsupported),
+            Some(false) => return Ok(PutIfAbsent::Exists),
+            Some(true) => {}
+        }
+        sync_dir(&dir).await.map_err(|e| self.io_error("sync directory", &dir, e))?;
+        Ok(PutIfAbsent::Created)
+    }
+
     async fn check_writable(&self) -> Result<()> {
         let what = format!("local repository directory {}", self.root.display());
+        // A file where the directory (or one of its parents) should be: say so in words.
+        if let Some(file) = self.root.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+            let which = if file == self.root { String::new() } else { format!(": {} is a file", file.display()) };
+            return Err(Error::config(format!("{what} is not a directory{which}"))
+                .with_hint("set BACKUP_DIR or --repo to a directory"));
+        }
         tokio::fs::create_dir_all(&self.root).await.map_err(|e| {
             self.io_error("create", &self.root, e)
                 .context(format!("{what} cannot be created"))

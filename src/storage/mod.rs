@@ -41,6 +41,19 @@ pub struct PutOptions {
     pub metadata: Vec<(String, String)>,
 }
 
+/// What [`Storage::put_if_absent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutIfAbsent {
+    /// The object did not exist and now holds the data.
+    Created,
+    /// An object already existed under the key; nothing was written.
+    Exists,
+    /// The store cannot create conditionally (it refused the condition).
+    /// A store that silently *ignores* the condition answers `Created`
+    /// twice; `repo::claim` probes for that.
+    Unsupported,
+}
+
 /// A streaming reader over an object's bytes.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -109,6 +122,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Check that the repository location exists and is writable, with a
     /// clear error naming the directory or bucket when it is not.
     async fn check_writable(&self) -> Result<()>;
+
+    /// Create `key` with `data` only if no object exists under it, atomically
+    /// (local: create-exclusive; S3: `If-None-Match: *`). The default says
+    /// [`PutIfAbsent::Unsupported`].
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutIfAbsent> {
+        let _ = (key, data);
+        Ok(PutIfAbsent::Unsupported)
+    }
 
     /// Put a whole object from memory.
     async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<ObjectMeta> {

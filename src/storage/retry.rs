@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectMeta, ObjectReader, ObjectWriter, PutOptions, Storage, StorageKind};
+use super::{ObjectMeta, ObjectReader, ObjectWriter, PutIfAbsent, PutOptions, Storage, StorageKind};
 use crate::error::Result;
 
 /// Backoff policy for [`RetryStorage`].
@@ -126,6 +126,14 @@ impl Storage for RetryStorage {
     async fn put(&self, key: &str, data: Bytes, opts: PutOptions) -> Result<ObjectMeta> {
         self.policy
             .run("put", || self.inner.put(key, data.clone(), opts.clone()))
+            .await
+    }
+
+    /// Retried like a put: a retry after a lost answer may find our own
+    /// object and say `Exists`, which costs the caller an id, never safety.
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutIfAbsent> {
+        self.policy
+            .run("conditional put", || self.inner.put_if_absent(key, data.clone()))
             .await
     }
 

@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 
 use self::errors::{Place, Target};
 use super::{
-    ObjectMeta, ObjectReader, ObjectWriter, PutOptions, Storage, StorageKind, validate_key,
+    ObjectMeta, ObjectReader, ObjectWriter, PutIfAbsent, PutOptions, Storage, StorageKind, validate_key,
 };
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, Result};
@@ -445,6 +445,39 @@ impl Storage for S3Storage {
             tracing::info!(location = %s.location(), prefix, removed, "aborted incomplete multipart uploads");
         }
         Ok(removed)
+    }
+
+    /// `PutObject` with `If-None-Match: *`: 412 (and AWS's 409 for a
+    /// concurrent conditional write) mean the key is taken; 501 or a
+    /// refused header mean the store cannot do it. A store that ignores the
+    /// header answers 200 even when the object exists (see `repo::claim`).
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutIfAbsent> {
+        validate_key(key)?;
+        let s = &self.inner;
+        let res = s
+            .client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(s.object_key(key))
+            .if_none_match("*")
+            .set_server_side_encryption(s.settings.security.sse_header())
+            .set_ssekms_key_id(s.settings.security.kms_key_id())
+            .set_checksum_algorithm(s.settings.security.object_lock.is_some().then_some(aws_sdk_s3::types::ChecksumAlgorithm::Crc32))
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(PutIfAbsent::Created),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                match (e.code(), status) {
+                    (Some("PreconditionFailed" | "ConditionalRequestConflict"), _) | (_, Some(412 | 409)) => Ok(PutIfAbsent::Exists),
+                    (Some("NotImplemented"), _) | (_, Some(501)) => Ok(PutIfAbsent::Unsupported),
+                    _ => Err(s.error(e, "create", Target::Object(key))),
+                }
+            }
+        }
     }
 
     async fn check_writable(&self) -> Result<()> {
