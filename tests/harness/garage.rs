@@ -294,7 +294,8 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             part_size: TEST_PART_SIZE,
             upload_concurrency: 4,
             max_attempts: 4,
-            attempt_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
             security: Default::default(),
         }
