@@ -32,6 +32,9 @@ use super::{S3Inner, SMALL_BODY};
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::{ObjectMeta, ObjectWriter};
 
+/// How long a failed upload waits for its abort before returning the error.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// S3 allows at most this many parts per multipart upload.
 pub(super) const MAX_PARTS: u64 = 10_000;
 
@@ -362,11 +365,15 @@ impl S3Writer {
         }
     }
 
-    /// Abort the multipart upload, if any, and return `err`.
+    /// Abort the multipart upload, if any, and return `err`. The abort waits
+    /// at most [`ABORT_WAIT`] and then goes on in the background: a store that
+    /// stalled must not hold the error back (cleanup aborts leftovers later).
     async fn fail(&mut self, err: Error) -> Error {
         self.closed = true;
         if let Some(mp) = self.multipart.take() {
-            let _ = abort_multipart(&self.store, &self.key, &self.object_key, mp).await;
+            let (store, key, object_key) = (self.store.clone(), self.key.clone(), self.object_key.clone());
+            let abort = tokio::spawn(async move { abort_multipart(&store, &key, &object_key, mp).await });
+            let _ = tokio::time::timeout(ABORT_WAIT, abort).await;
         }
         err
     }
