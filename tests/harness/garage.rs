@@ -301,6 +301,19 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         }
     }
 
+    /// Stop the server process (SIGSTOP): it keeps its sockets but answers
+    /// nothing, like a store that hangs. [`Garage::resume`] continues it.
+    pub fn pause(&self) {
+        // SAFETY: a plain signal to a process we spawned.
+        assert_eq!(unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGSTOP) }, 0, "SIGSTOP garage");
+    }
+
+    /// Continue a paused server (SIGCONT).
+    pub fn resume(&self) {
+        // SAFETY: a plain signal to a process we spawned.
+        assert_eq!(unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGCONT) }, 0, "SIGCONT garage");
+    }
+
     /// A raw SDK client for this server, to look behind the backend's back
     /// (user metadata, multipart uploads).
     pub async fn client(&self) -> aws_sdk_s3::Client {
