@@ -313,6 +313,11 @@ async fn conclude(result: Result<BackupManifest>, targets: &BackupTargets, backu
         Ok(m) => m,
         Err(e) => {
             remove_partial(targets.all(), &backup_id.prefix()).await;
+            // Every repository failed: name the ones that failed before the last.
+            let line = e.user_line();
+            let earlier: Vec<String> =
+                targets.failures().into_iter().filter(|f| !line.contains(&f.line)).map(|f| format!("in {}: {}", f.location, f.line)).collect();
+            let e = if earlier.is_empty() { e } else { e.context(format!("earlier failed {}; then", earlier.join("; "))) };
             return Err(e.context(format!("backup {backup_id} failed")));
         }
     };

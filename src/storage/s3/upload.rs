@@ -33,7 +33,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::storage::{ObjectMeta, ObjectWriter};
 
 /// How long a failed upload waits for its abort before returning the error.
-const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// S3 allows at most this many parts per multipart upload.
 pub(super) const MAX_PARTS: u64 = 10_000;
