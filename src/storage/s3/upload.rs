@@ -11,6 +11,10 @@
 //!
 //! Every write carries the repository's server-side encryption and, for
 //! backup objects, its object-lock retention (`protection.rs`).
+//!
+//! Parts, puts over [`SMALL_BODY`] and the completion are transfers: they
+//! fail only after `stall_timeout` without progress (`progress.rs`); smaller
+//! puts are small requests with the request deadline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
