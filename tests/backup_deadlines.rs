@@ -159,7 +159,7 @@ async fn run_watching(mut cmd: Command, cluster: &PgCluster, db: &str) -> Run {
 
 /// The final `pgkeep: error:` line.
 fn error_line(stderr: &str) -> String {
-    stderr.lines().filter(|l| l.starts_with("pgkeep: error:")).last().unwrap_or_else(|| panic!("no error line in:\n{stderr}")).to_string()
+    stderr.lines().rfind(|l| l.starts_with("pgkeep: error:")).unwrap_or_else(|| panic!("no error line in:\n{stderr}")).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
