@@ -304,6 +304,7 @@ async fn a_full_local_disk_keeps_the_garage_copy() {
     let local = disk.path().display().to_string();
     assert!(line.contains("failed in 1 of 2 repositories") && line.contains(&local) && line.contains(&format!("complete and listed in s3://{bucket}")), "{line}");
     assert!(run.released_at.is_none(), "the backup was not doomed: {}", run.stderr);
+    eprintln!("{line}");
 
     // Garage: listed, valid, verifies and restores.
     let s3 = S3Storage::connect(garage.settings(&bucket, "")).await.unwrap();
