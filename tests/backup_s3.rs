@@ -1,5 +1,6 @@
 //! Backups into a local repository and real Garage at once, and a store that
-//! fails in the middle of a backup (through the fault proxy).
+//! fails in the middle of a backup (through the fault proxy): the backup
+//! completes in the other repository and fails loudly.
 
 mod harness;
 
@@ -59,7 +60,7 @@ async fn backup_goes_to_local_and_garage_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_store_mid_backup_leaves_nothing_and_rerun_succeeds() {
+async fn failing_store_mid_backup_leaves_nothing_there_but_the_local_copy_completes() {
     let cluster = PgCluster::shared();
     let garage = Garage::shared();
     let db = sample_db(cluster, "bk_s3_fail").await;
@@ -74,17 +75,23 @@ async fn failing_store_mid_backup_leaves_nothing_and_rerun_succeeds() {
         vec![RepoSpec::Local(local.path().into()), RepoSpec::S3(s3.clone())],
     );
 
-    // Every part upload fails: the store breaks once data is flowing.
+    // Every part upload fails: the store breaks once data is flowing. The
+    // backup completes in the local repository and fails, naming the bucket.
     let fired = proxy.inject(Fault::Status(500), 10_000, Matcher::any().method("PUT").query("partNumber"));
     let err = backup::run(&s, &BackupOptions::default()).await.unwrap_err();
     assert!(fired.fired() > 0, "the fault must have been hit");
     let line = err.user_line();
-    assert!(line.contains("backup full_backup_") && line.contains(&bucket), "{line}");
+    assert!(line.contains("backup full_backup_") && line.contains("failed in 1 of 2 repositories") && line.contains(&bucket), "{line}");
+    assert!(line.contains(&format!("complete and listed in {}", local.path().display())), "{line}");
 
     proxy.clear();
     let direct: Arc<dyn Storage> = Arc::new(S3Storage::connect(garage.settings(&bucket, "")).await.unwrap());
     assert!(catalog::list_backups(direct.as_ref()).await.unwrap().is_empty());
-    assert!(catalog::list_backups(&LocalStorage::new(local.path())).await.unwrap().is_empty());
+    assert!(direct.list("backups/").await.unwrap().is_empty(), "the partial S3 copy is removed");
+    let local_storage = LocalStorage::new(local.path());
+    let listed = catalog::list_backups(&local_storage).await.unwrap();
+    let [CatalogEntry::Valid(m)] = &listed[..] else { panic!("one valid local backup: {listed:?}") };
+    assert_eq!(read_back(&local_storage, m).await.len(), m.tables.len());
     let uploads = garage.client().await.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
     assert!(uploads.uploads().is_empty(), "multipart uploads must be aborted: {:?}", uploads.uploads());
 

@@ -36,7 +36,8 @@ fn s3_settings(fake: &FakeS3, security: S3Security) -> S3Settings {
         part_size: 5 << 20,
         upload_concurrency: 2,
         max_attempts: 2,
-        attempt_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(10),
+        stall_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(2),
         security,
     }

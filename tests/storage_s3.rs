@@ -357,7 +357,8 @@ async fn stalled_requests_are_cut_off_and_retried() {
 
     let proxy = FaultProxy::start(garage().s3_addr()).await;
     let settings = S3Settings {
-        attempt_timeout: Duration::from_millis(1_500),
+        request_timeout: Duration::from_millis(4_500),
+        stall_timeout: Duration::from_secs(3),
         ..via(&proxy, garage().settings(&bucket, "s"))
     };
     let storage = s3(settings).await;

@@ -194,10 +194,16 @@ impl SnapshotHolder {
         Ok(parts.join("; "))
     }
 
-    /// End the snapshot transaction and close the replication connection
-    /// (which drops the temporary slot).
+    /// End the snapshot transaction, close its connection (which ends the
+    /// table locks) and the replication connection (which drops the
+    /// temporary slot). Returns once both sockets are closed, so the caller
+    /// can say the database is free.
     pub async fn release(self) -> Result<()> {
         let _ = self.conn.client.batch_execute("COMMIT").await;
+        let crate::pg::Connection { client, driver } = self.conn;
+        // The driver sends Terminate and ends once its client is gone.
+        drop(client);
+        let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
         if let Some(repl) = self.replication {
             repl.close().await?;
         }

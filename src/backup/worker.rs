@@ -90,7 +90,10 @@ pub async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Re
     match result {
         Ok(results) => Ok((results, sink.finish().await?)),
         Err(e) => {
-            sink.abort().await;
+            // Dropping the sink aborts its open uploads in the background: the
+            // error must reach the orchestrator at once, so that it releases
+            // the database before anything else (a stalled store would hold it).
+            drop(sink);
             Err(e)
         }
     }

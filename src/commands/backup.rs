@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::future::try_join_all;
+use futures::future::join_all;
 use tracing::Instrument;
 
 use crate::backup::schema::{self, SchemaDump};
@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{self, ServerFacts, TableInfo};
 use crate::pg::connect;
 use crate::pipeline::pack::PackSink;
+use crate::pipeline::targets::BackupTargets;
 use crate::pipeline::process;
 use crate::pipeline::{Compression, TableFingerprint};
 use crate::progress::ProgressCounters;
@@ -151,43 +152,111 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         }
     };
     let span = tracing::info_span!("backup", backup_id = %backup_id, database = %settings.db.dbname);
+    // Every repository is written at once; one that fails is dropped and the others carry on.
+    let targets = BackupTargets::new(repos.clone());
 
-    // Steps 3-6 stop at SIGTERM/SIGINT (crate::interrupt) and take the failure path of step 7.
-    let result = crate::interrupt::guard(async {
-        // 3. Consistent snapshot, held until every COPY and the schema dump finish.
-        let snapshot = take_snapshot(settings, opts, &facts).await?;
+    // 3–5. Snapshot, tables, schema and data. The snapshot, its table locks
+    // and its slot are released the moment this ends, success or failure,
+    // before anything else (cleanup included). SIGTERM/SIGINT stop it
+    // (crate::interrupt) and take the failure path of step 7.
+    let captured = crate::interrupt::guard(capture(settings, opts, &facts, &targets, &backup_id)).instrument(span.clone()).await;
 
-        // 4. Under the snapshot: tables, locks, sequences, large objects.
-        let tables = catalog::list_tables(snapshot.client()).await?;
-        check_privileges(&tables, &facts)?;
-        snapshot.lock_tables(&tables, opts.lock_timeout).await?;
-        let sequences = catalog::sequence_values(snapshot.client()).await?;
-        let lo_count = catalog::large_object_count(snapshot.client()).await?;
-        if lo_count > 0 {
-            tracing::warn!(count = lo_count, "large objects are not covered by this backup");
+    // 6. Manifest last, in every repository still healthy, once every object is durable there.
+    let result = match captured.and_then(|c| c.into_manifest(settings, opts, &facts, &backup_id, started, started_at)) {
+        Ok(manifest) => write_manifests(&targets, manifest).instrument(span).await,
+        Err(e) => Err(e),
+    };
+
+    // 7. Report, or clean up: an unfinished backup is never visible, in any repository.
+    let outcome = conclude(result, &targets, &backup_id).await;
+    lock::release_all(locks).await;
+    outcome
+}
+
+/// What the database gave, before the manifest is assembled.
+struct Captured {
+    tables: Arc<Vec<TableInfo>>,
+    results: Vec<TaskResult>,
+    objects: Vec<ObjectEntry>,
+    schema: SchemaObjects,
+    sequences: Vec<crate::repo::manifest::SequenceEntry>,
+    lo_count: u64,
+    warnings: Vec<String>,
+    snapshot: SnapshotInfo,
+}
+
+/// Steps 3–5: take the snapshot, read everything under it into the
+/// repositories, and release it. On failure it is released first, then the
+/// failure is logged (the database is free from that moment), then returned.
+async fn capture(settings: &Settings, opts: &BackupOptions, facts: &ServerFacts, targets: &Arc<BackupTargets>, backup_id: &BackupId) -> Result<Captured> {
+    // 3. Consistent snapshot, held until every COPY and the schema dump finish.
+    let snapshot = take_snapshot(settings, opts, facts).await?;
+    let read = read_under(&snapshot, settings, opts, facts, targets, backup_id).await;
+    let info = SnapshotInfo { method: snapshot.method, consistent_lsn: snapshot.lsn, slot_name: snapshot.slot_name.clone(), slot_kept: false };
+    let released = snapshot.release().await;
+    let (tables, results, objects, schema_dump, sequences, lo_count, warnings) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e.user_line(), "backup failed; snapshot, table locks and slot released; removing the partial backup");
+            return Err(e);
         }
-        let warnings = identity_warnings(snapshot.client()).await;
+    };
+    released?;
+    // 5a. The schema SQL as a pack of its own (storage only: the database is already free).
+    let (schema, schema_packs) = store_schema(targets, backup_id, opts, schema_dump).await?;
+    let mut objects = objects;
+    objects.extend(schema_packs);
+    Ok(Captured { tables, results, objects, schema, sequences, lo_count, warnings, snapshot: info })
+}
 
-        // 5. Schema (pg_dump, DDL only) and data (parallel COPY workers) at once.
-        let tables = Arc::new(tables);
-        let server_major = facts.version_num / 10000;
-        let (schema_dump, (results, mut objects)) = tokio::try_join!(
-            schema::capture(&settings.db, &snapshot.name, server_major, facts.is_superuser),
-            copy_all_tables(settings, opts, &repos, &backup_id, &snapshot.name, tables.clone(), &facts),
-        )?;
-        let (schema_objects, schema_packs) = store_schema(&repos, &backup_id, opts, schema_dump).await?;
-        objects.extend(schema_packs);
-        let consistent_lsn = snapshot.lsn;
-        let method = snapshot.method;
-        let slot_name = snapshot.slot_name.clone();
-        snapshot.release().await?;
+/// What [`read_under`] reads: tables, task results, packs, schema dump, sequences, large objects, warnings.
+type ReadOut = (Arc<Vec<TableInfo>>, Vec<TaskResult>, Vec<ObjectEntry>, SchemaDump, Vec<crate::repo::manifest::SequenceEntry>, u64, Vec<String>);
 
-        // 6. Manifest last, in every repository, once every object is durable everywhere.
-        let table_entries = assemble_tables(&tables, results);
+/// Steps 4–5 under the snapshot.
+async fn read_under(
+    snapshot: &SnapshotHolder,
+    settings: &Settings,
+    opts: &BackupOptions,
+    facts: &ServerFacts,
+    targets: &Arc<BackupTargets>,
+    backup_id: &BackupId,
+) -> Result<ReadOut> {
+    // 4. Under the snapshot: tables, locks, sequences, large objects.
+    let tables = catalog::list_tables(snapshot.client()).await?;
+    check_privileges(&tables, facts)?;
+    snapshot.lock_tables(&tables, opts.lock_timeout).await?;
+    let sequences = catalog::sequence_values(snapshot.client()).await?;
+    let lo_count = catalog::large_object_count(snapshot.client()).await?;
+    if lo_count > 0 {
+        tracing::warn!(count = lo_count, "large objects are not covered by this backup");
+    }
+    let warnings = identity_warnings(snapshot.client()).await;
+
+    // 5. Schema (pg_dump, DDL only) and data (parallel COPY workers) at once.
+    let tables = Arc::new(tables);
+    let server_major = facts.version_num / 10000;
+    let (schema_dump, (results, objects)) = tokio::try_join!(
+        schema::capture(&settings.db, &snapshot.name, server_major, facts.is_superuser),
+        copy_all_tables(settings, opts, targets, backup_id, &snapshot.name, tables.clone(), facts),
+    )?;
+    Ok((tables, results, objects, schema_dump, sequences, lo_count, warnings))
+}
+
+impl Captured {
+    fn into_manifest(
+        self,
+        settings: &Settings,
+        opts: &BackupOptions,
+        facts: &ServerFacts,
+        backup_id: &BackupId,
+        started: Instant,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Result<BackupManifest> {
+        let table_entries = assemble_tables(&self.tables, self.results);
         let stats = BackupStats {
             database_size: facts.database_size,
             raw_bytes: table_entries.iter().map(|t| t.raw_bytes).sum(),
-            stored_bytes: objects.iter().map(|o| o.size).sum(),
+            stored_bytes: self.objects.iter().map(|o| o.size).sum(),
             rows: table_entries.iter().map(|t| t.rows).sum(),
             duration_ms: started.elapsed().as_millis() as u64,
         };
@@ -205,48 +274,88 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             },
             started_at,
             finished_at: Utc::now(),
-            snapshot: SnapshotInfo { method, consistent_lsn, slot_name, slot_kept: false },
+            snapshot: self.snapshot,
             started_by: RunInfo::current(),
             compression: CompressionInfo { algorithm: opts.compression.name().into(), level: opts.compression.level() },
             encryption: None,
-            schema: schema_objects,
+            schema: self.schema,
             tables: table_entries,
-            sequences,
-            large_objects: LargeObjects { count: lo_count, covered: lo_count == 0 },
-            objects,
+            sequences: self.sequences,
+            large_objects: LargeObjects { count: self.lo_count, covered: self.lo_count == 0 },
+            objects: self.objects,
             stats,
-            warnings,
+            warnings: self.warnings,
             changes: None,
         };
         if let Some(sealer) = &opts.sealer {
             crate::crypto::manifest_mac::seal(sealer, &mut manifest)?;
         }
-        crate::failpoint::hit("backup.before_manifest");
-        try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await?;
-        Ok::<_, Error>(manifest)
+        Ok(manifest)
     }
-    .instrument(span))
-    .await;
+}
 
-    // 7. Report, or clean up: an unfinished backup is never visible.
-    let outcome = match result {
-        Ok(manifest) => {
-            let report = BackupReport { manifest, repositories: repos.iter().map(|r| r.location()).collect() };
-            tracing::info!("{}", report.summary_line());
-            Ok(report)
+/// Step 6: the manifest in every healthy repository; one that fails to take
+/// it is dropped like any other failed repository.
+async fn write_manifests(targets: &BackupTargets, manifest: BackupManifest) -> Result<BackupManifest> {
+    crate::failpoint::hit("backup.before_manifest");
+    let healthy = targets.healthy();
+    let written = join_all(healthy.iter().map(|(_, r)| repo_catalog::write_manifest(r.as_ref(), &manifest))).await;
+    for ((i, _), w) in healthy.iter().zip(written) {
+        if let Err(e) = w {
+            targets.fail(*i, e)?;
         }
+    }
+    Ok(manifest)
+}
+
+/// Step 7: the report when every repository has the backup; otherwise
+/// remove the partial backup where it is incomplete and fail, naming each
+/// repository that failed and those where the backup is complete.
+async fn conclude(result: Result<BackupManifest>, targets: &BackupTargets, backup_id: &BackupId) -> Result<BackupReport> {
+    let manifest = match result {
+        Ok(m) => m,
         Err(e) => {
-            for r in &repos {
-                // Uploads still in flight are aborted, then the backup's objects removed.
-                let _ = r.clean_incomplete(&backup_id.prefix(), Duration::ZERO).await;
-                remove_prefix(r.as_ref(), &backup_id.prefix()).await;
-            }
+            remove_partial(targets.all(), &backup_id.prefix()).await;
+            // Every repository failed: name the ones that failed before the last.
+            let line = e.user_line();
+            let earlier: Vec<String> =
+                targets.failures().into_iter().filter(|f| !line.contains(&f.line)).map(|f| format!("in {}: {}", f.location, f.line)).collect();
+            let e = if earlier.is_empty() { e } else { e.context(format!("earlier failed {}; then", earlier.join("; "))) };
             let what = if e.kind() == ErrorKind::Aborted { "stopped; nothing kept, locks released" } else { "failed" };
-            Err(e.context(format!("backup {backup_id} {what}")))
+            return Err(e.context(format!("backup {backup_id} {what}")));
         }
     };
-    lock::release_all(locks).await;
-    outcome
+    let failures = targets.failures();
+    let complete: Vec<String> = targets.healthy().iter().map(|(_, r)| r.location()).collect();
+    let report = BackupReport { manifest, repositories: complete.clone() };
+    if failures.is_empty() {
+        tracing::info!("{}", report.summary_line());
+        return Ok(report);
+    }
+    // Partial success: valid and listed where complete, absent where it failed.
+    let failed: Vec<Arc<dyn Storage>> = targets.all().iter().enumerate().filter(|(i, _)| targets.is_failed(*i)).map(|(_, r)| r.clone()).collect();
+    remove_partial(&failed, &backup_id.prefix()).await;
+    tracing::info!("{}", report.summary_line());
+    for f in &failures {
+        tracing::error!(repo = %f.location, error = %f.line, "backup {backup_id} FAILED in this repository; it is complete only in {}", complete.join(", "));
+    }
+    let per_repo: Vec<String> = failures.iter().map(|f| format!("in {}: {}", f.location, f.line)).collect();
+    Err(Error::new(
+        failures[0].kind,
+        format!(
+            "backup {backup_id} failed in {} of {} repositories ({}); it is complete and listed in {}",
+            failures.len(),
+            targets.all().len(),
+            per_repo.join("; "),
+            complete.join(", ")
+        ),
+    )
+    .with_hint("fix the failed repository and run the backup again; the complete copies are valid backups"))
+}
+
+/// Remove an unfinished backup from `repos`, all at once (best effort; see [`remove_prefix`]).
+async fn remove_partial(repos: &[Arc<dyn Storage>], prefix: &str) {
+    join_all(repos.iter().map(|r| remove_prefix(r.as_ref(), prefix))).await;
 }
 
 pub(crate) async fn preflight(settings: &Settings) -> Result<ServerFacts> {
@@ -311,7 +420,7 @@ pub(crate) async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn
 async fn copy_all_tables(
     settings: &Settings,
     opts: &BackupOptions,
-    repos: &[Arc<dyn Storage>],
+    targets: &Arc<BackupTargets>,
     backup_id: &BackupId,
     snapshot: &str,
     tables: Arc<Vec<TableInfo>>,
@@ -340,7 +449,7 @@ async fn copy_all_tables(
     });
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..jobs {
-        let sink = PackSink::new(repos.to_vec(), backup_id.clone(), format!("data/w{:02}", i + 1), opts.pack_size);
+        let sink = PackSink::new(targets.clone(), backup_id.clone(), format!("data/w{:02}", i + 1), opts.pack_size);
         workers.spawn(worker::run(i + 1, shared.clone(), sink));
     }
     // The first failure stops every other worker before the caller cleans up,
@@ -397,12 +506,12 @@ fn assemble_tables(tables: &[TableInfo], mut results: Vec<TaskResult>) -> Vec<Ta
 
 /// Store the schema SQL as chunks of one `schema` pack.
 pub(crate) async fn store_schema(
-    repos: &[Arc<dyn Storage>],
+    targets: &Arc<BackupTargets>,
     backup_id: &BackupId,
     opts: &BackupOptions,
     dump: SchemaDump,
 ) -> Result<(SchemaObjects, Vec<ObjectEntry>)> {
-    let mut sink = PackSink::new(repos.to_vec(), backup_id.clone(), "schema/schema", u64::MAX);
+    let mut sink = PackSink::new(targets.clone(), backup_id.clone(), "schema/schema", u64::MAX);
     let mut put = async |bytes: Vec<u8>| -> Result<ChunkRef> {
         let chunk = process::join(process::spawn_process_sealed(bytes.into(), opts.compression, false, opts.sealer.clone())).await?;
         sink.append(&chunk).await
@@ -444,11 +553,23 @@ async fn identity_warnings(client: &tokio_postgres::Client) -> Vec<String> {
     }
 }
 
-/// Best-effort removal of an interrupted backup's objects.
+/// Best-effort removal of an interrupted backup's objects: abort its
+/// unfinished uploads, then delete what it wrote. Every request is bounded by
+/// the storage's deadline, and the first failure stops the removal (a store
+/// that stalls is not waited on request after request); leftovers have no
+/// manifest, are never listed, and `expire` removes them.
 pub(crate) async fn remove_prefix(storage: &dyn Storage, prefix: &str) {
-    if let Ok(objects) = storage.list(prefix).await {
-        for o in objects {
-            let _ = storage.delete(&o.key).await;
+    let failed = |e: Error| tracing::warn!(repo = %storage.location(), prefix, error = %e.user_line(), "cannot remove the unfinished backup; `expire` removes it later");
+    if let Err(e) = storage.clean_incomplete(prefix, Duration::ZERO).await {
+        return failed(e);
+    }
+    let objects = match storage.list(prefix).await {
+        Ok(o) => o,
+        Err(e) => return failed(e),
+    };
+    for o in objects {
+        if let Err(e) = storage.delete(&o.key).await {
+            return failed(e);
         }
     }
 }

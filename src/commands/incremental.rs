@@ -180,7 +180,10 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
 
         // 7. Manifest last.
         let backup_id = crate::repo::claim::claim_id(&repos, BackupKind::Incremental, started_at, db).await?;
-        let (schema, objects) = backup::store_schema(&repos, &backup_id, opts, dump).await?;
+        // All or nothing here: a repository that fails the schema pack fails the incremental backup.
+        let targets = crate::pipeline::targets::BackupTargets::new(repos.clone());
+        let (schema, objects) = backup::store_schema(&targets, &backup_id, opts, dump).await?;
+        targets.require_all()?;
         let sequences = catalog::sequence_values(&conn.client).await?;
         let manifest = BackupManifest {
             backup_id: backup_id.clone(),

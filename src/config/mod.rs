@@ -54,6 +54,7 @@ pub const FILE_KEYS: &[&str] = &[
     "s3.upload_concurrency",
     "s3.max_attempts",
     "s3.timeout",
+    "s3.request_timeout",
     "s3.sse",
     "s3.sse_kms_key_id",
     "s3.object_lock_mode",
@@ -430,6 +431,7 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     let concurrency = layers.get("s3.upload_concurrency", &["PGKEEP_S3_UPLOAD_CONCURRENCY"]);
     let attempts = layers.get("s3.max_attempts", &["PGKEEP_S3_MAX_ATTEMPTS"]);
     let timeout = layers.get("s3.timeout", &["PGKEEP_S3_TIMEOUT"]);
+    let request_timeout = layers.get("s3.request_timeout", &["PGKEEP_S3_REQUEST_TIMEOUT"]);
 
     let show = |r: &Option<Raw>, k: &'static str, record: &mut dyn FnMut(&'static str, String, Source)| {
         if let Some(r) = r {
@@ -469,11 +471,14 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
         })?,
         None => 5,
     };
-    let attempt_timeout = match &timeout {
-        Some(r) => parse_as(r, "s3.timeout", "a duration such as 60s or 2m", |s| {
-            humantime::parse_duration(s).ok()
-        })?,
-        None => Duration::from_secs(120),
+    let at_least_1s = |s: &str| humantime::parse_duration(s).ok().filter(|d| *d >= Duration::from_secs(1));
+    let stall_timeout = match &timeout {
+        Some(r) => parse_as(r, "s3.timeout", "a duration of at least 1s, such as 60s or 2m", at_least_1s)?,
+        None => crate::storage::s3::DEFAULT_STALL_TIMEOUT,
+    };
+    let request_timeout_v = match &request_timeout {
+        Some(r) => parse_as(r, "s3.request_timeout", "a duration of at least 1s, such as 20s", at_least_1s)?,
+        None => crate::storage::s3::DEFAULT_REQUEST_TIMEOUT.min(stall_timeout),
     };
     let Some(bucket) = bucket else {
         return Ok(None);
@@ -483,7 +488,12 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     record("s3.part_size", part_size.to_string(), src(&part_size_raw, "default"));
     record("s3.upload_concurrency", upload_concurrency.to_string(), src(&concurrency, "default"));
     record("s3.max_attempts", max_attempts.to_string(), src(&attempts, "default"));
-    record("s3.timeout", humantime::format_duration(attempt_timeout).to_string(), src(&timeout, "default"));
+    record("s3.timeout", humantime::format_duration(stall_timeout).to_string(), src(&timeout, "default"));
+    record(
+        "s3.request_timeout",
+        humantime::format_duration(request_timeout_v).to_string(),
+        src(&request_timeout, "default: 20s, at most s3.timeout"),
+    );
     if bucket.value.contains('/') || bucket.value.trim().is_empty() {
         return Err(Error::config(format!(
             "invalid bucket name in {}: use S3_PREFIX for the path inside the bucket",
@@ -501,7 +511,8 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
         part_size,
         upload_concurrency,
         max_attempts,
-        attempt_timeout,
+        request_timeout: request_timeout_v,
+        stall_timeout,
         connect_timeout: Duration::from_secs(10),
         security: Default::default(),
     }))
@@ -525,7 +536,8 @@ pub fn parse_repo(value: &str, origin: &str, s3_base: &Option<S3Settings>) -> Re
             part_size: 16 << 20,
             upload_concurrency: 4,
             max_attempts: 5,
-            attempt_timeout: Duration::from_secs(120),
+            request_timeout: crate::storage::s3::DEFAULT_REQUEST_TIMEOUT,
+            stall_timeout: crate::storage::s3::DEFAULT_STALL_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
             security: Default::default(),
         });

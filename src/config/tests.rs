@@ -218,3 +218,24 @@ fn s3_protections_apply_to_every_s3_repository_and_are_checked() {
     let ok = FlagValues { allow_http: true, ..Default::default() };
     assert!(load(&ok, &env(&[("S3_BUCKET", "b"), ("S3_ENDPOINT", "http://10.1.2.3:9000")])).is_ok());
 }
+
+#[test]
+fn s3_deadlines_have_documented_defaults_and_are_checked() {
+    let s3_of = |pairs: &[(&str, &str)]| {
+        let s = load(&FlagValues::default(), &env(pairs)).unwrap();
+        let Some(RepoSpec::S3(s3)) = s.repos.iter().find(|r| matches!(r, RepoSpec::S3(_))).cloned() else { panic!("{:?}", s.repos) };
+        s3
+    };
+    let d = s3_of(&[("S3_BUCKET", "b")]);
+    assert_eq!((d.stall_timeout, d.request_timeout), (Duration::from_secs(60), Duration::from_secs(20)));
+    // The request deadline defaults to at most the stall bound.
+    let short = s3_of(&[("S3_BUCKET", "b"), ("PGKEEP_S3_TIMEOUT", "10s")]);
+    assert_eq!((short.stall_timeout, short.request_timeout), (Duration::from_secs(10), Duration::from_secs(10)));
+    let both = s3_of(&[("S3_BUCKET", "b"), ("PGKEEP_S3_TIMEOUT", "2m"), ("PGKEEP_S3_REQUEST_TIMEOUT", "5s")]);
+    assert_eq!((both.stall_timeout, both.request_timeout), (Duration::from_secs(120), Duration::from_secs(5)));
+    for bad in [("PGKEEP_S3_TIMEOUT", "0s"), ("PGKEEP_S3_REQUEST_TIMEOUT", "soon")] {
+        let e = load(&FlagValues::default(), &env(&[("S3_BUCKET", "b"), bad])).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad:?}");
+        assert!(e.user_line().contains(bad.0), "{}", e.user_line());
+    }
+}

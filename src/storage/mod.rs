@@ -1,14 +1,15 @@
 //! Object storage: the small [`Storage`] trait every repository sits on, and
 //! one backend per file (`local.rs`, `s3.rs`). Cross-cutting behaviour
-//! (retries) wraps a backend instead of living inside it (`retry.rs`).
+//! (the end-to-end deadline) wraps a backend instead of living inside it
+//! (`deadline.rs`).
 //!
 //! Keys are relative to the repository root, use `/` as separator, and never
 //! contain `..`, empty segments or a leading `/` (see [`validate_key`]).
 //! An object is either absent or complete under its final key: a writer that is
 //! dropped or aborted leaves nothing visible.
 
+pub mod deadline;
 pub mod local;
-pub mod retry;
 pub mod s3;
 
 use std::fmt;
@@ -184,20 +185,22 @@ pub fn validate_key(key: &str) -> Result<()> {
 
 /// Open the storage for a repository location.
 ///
-/// S3 requests are already retried by the SDK (`s3.max_attempts`, with
-/// backoff and per-attempt timeouts) and reads resume by themselves, so the
-/// S3 backend gets one more whole-operation retry only (for failures the SDK
-/// does not classify, such as a listing page cut mid-way), not another full
-/// backoff schedule on top of the SDK's. Local operations are not retried:
+/// S3 requests are retried by the SDK only (`s3.max_attempts`, with
+/// backoff), within `s3.request_timeout` per small request; transfers fail
+/// after `s3.timeout` without progress (see `s3/mod.rs`). The deadline
+/// wrapper bounds each small operation end to end on top, without retrying:
+/// one layer owns attempts. Local operations are neither retried nor bounded:
 /// local errors are not transient.
 pub async fn open(spec: &crate::config::RepoSpec) -> Result<std::sync::Arc<dyn Storage>> {
     use std::sync::Arc;
     match spec {
         crate::config::RepoSpec::Local(path) => Ok(Arc::new(local::LocalStorage::new(path.clone()))),
         crate::config::RepoSpec::S3(settings) => {
-            let inner: Arc<dyn Storage> = Arc::new(s3::S3Storage::connect(settings.clone()).await?);
-            let policy = retry::RetryPolicy { attempts: 2, ..retry::RetryPolicy::default() };
-            Ok(Arc::new(retry::RetryStorage::new(inner, policy)))
+            let s3 = s3::S3Storage::connect(settings.clone()).await?;
+            // A little past the SDK's own deadline, so its error (naming the operation) wins.
+            let backstop = settings.request_timeout + std::time::Duration::from_secs(2);
+            let endpoint = s3.endpoint_host().to_string();
+            Ok(Arc::new(deadline::DeadlineStorage::new(Arc::new(s3), backstop, endpoint)))
         }
     }
 }

@@ -6,7 +6,9 @@
 //! pgkeep's backend: PutObject, multipart uploads (create, part, complete,
 //! abort, list), GetObject with ranges, HeadObject, HeadBucket,
 //! ListObjectsV2 (one page) and DeleteObject. Signatures are not checked;
-//! `aws-chunked` request bodies are decoded.
+//! `aws-chunked` request bodies are decoded. [`FakeS3::stall_parts_after`]
+//! makes every part upload stop reading its body after some bytes and never
+//! answer: a store that stalls mid-part.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -58,6 +60,11 @@ struct State {
     uploads: BTreeMap<String, Upload>,
     log: Vec<Recorded>,
     next_upload: u64,
+    /// Part uploads read this many body bytes, then hang.
+    stall_parts_after: Option<usize>,
+    /// Part uploads stalled so far, and when the first one stalled.
+    stalls: usize,
+    first_stall: Option<std::time::Instant>,
 }
 
 /// The running fake; stops when dropped.
@@ -106,6 +113,23 @@ impl FakeS3 {
     /// Keys stored now.
     pub fn keys(&self) -> Vec<String> {
         self.state.lock().unwrap().objects.keys().cloned().collect()
+    }
+
+    /// From now on, every part upload reads `bytes` of its body and then
+    /// stalls: it reads no more and never answers.
+    pub fn stall_parts_after(&self, bytes: usize) {
+        self.state.lock().unwrap().stall_parts_after = Some(bytes);
+    }
+
+    /// Part uploads stalled so far, and when the first one stalled.
+    pub fn stalls(&self) -> (usize, Option<std::time::Instant>) {
+        let st = self.state.lock().unwrap();
+        (st.stalls, st.first_stall)
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.state.lock().unwrap().uploads.len()
     }
 
     /// The retain-until date of a stored object, if locked.
@@ -165,6 +189,25 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let headers: BTreeMap<String, String> =
         req.headers().iter().map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string())).collect();
     let range = headers.get("range").cloned();
+    let is_part = method == "PUT" && query_param(&query, "partNumber").is_some();
+    let stall_after = if is_part { state.lock().unwrap().stall_parts_after } else { None };
+    if let Some(limit) = stall_after {
+        let mut body = req.into_body();
+        let mut read = 0;
+        while read < limit {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+        {
+            let mut st = state.lock().unwrap();
+            st.stalls += 1;
+            st.first_stall.get_or_insert_with(std::time::Instant::now);
+        }
+        let never: Infallible = std::future::pending().await;
+        match never {}
+    }
     let raw = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let chunked = headers.get("content-encoding").is_some_and(|e| e.contains("aws-chunked"))
         || headers.get("x-amz-content-sha256").is_some_and(|v| v.starts_with("STREAMING"));

@@ -294,10 +294,24 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             part_size: TEST_PART_SIZE,
             upload_concurrency: 4,
             max_attempts: 4,
-            attempt_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
             security: Default::default(),
         }
+    }
+
+    /// Stop the server process (SIGSTOP): it keeps its sockets but answers
+    /// nothing, like a store that hangs. [`Garage::resume`] continues it.
+    pub fn pause(&self) {
+        // SAFETY: a plain signal to a process we spawned.
+        assert_eq!(unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGSTOP) }, 0, "SIGSTOP garage");
+    }
+
+    /// Continue a paused server (SIGCONT).
+    pub fn resume(&self) {
+        // SAFETY: a plain signal to a process we spawned.
+        assert_eq!(unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGCONT) }, 0, "SIGCONT garage");
     }
 
     /// A raw SDK client for this server, to look behind the backend's back

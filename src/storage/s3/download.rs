@@ -1,17 +1,19 @@
 //! Resuming downloads from S3.
 //!
 //! [`open`] issues one GetObject (ranged when asked) and returns an
-//! `AsyncRead` over its body. When the body errors, stalls for longer than
-//! the attempt timeout, or ends before the expected length, the reader issues
-//! a new ranged GET from the current offset, pinned to the first answer's
-//! ETag with `If-Match`, so bytes from two versions of an object are never
-//! mixed. Resumes without progress are bounded, with backoff. Errors come out
+//! `AsyncRead` over its body. When the body errors, stalls for half the
+//! stall timeout, or ends before the expected length, the reader issues a
+//! new ranged GET from the current offset, pinned to the first answer's ETag
+//! with `If-Match`, so bytes from two versions of an object are never mixed.
+//! Resumes are bounded twice: at most `max_attempts` interruptions in a row,
+//! and never more than `stall_timeout` since the last byte arrived, so a
+//! stalled store fails the read within that bound. Errors come out
 //! as `io::Error::other(pgkeep Error)` so [`crate::storage::read_error`]
 //! recovers them.
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
@@ -44,6 +46,7 @@ pub(super) async fn open(
         end: range.as_ref().map(|r| r.end).unwrap_or(u64::MAX),
         body: None,
         failures: 0,
+        last_progress: Instant::now(),
         length_known: true,
         finished: false,
     };
@@ -77,6 +80,8 @@ struct Download {
     body: Option<ByteStream>,
     /// Consecutive interruptions without progress.
     failures: u32,
+    /// When the last byte arrived (or the download started).
+    last_progress: Instant,
     /// Whether the store told the length; if not, the first body's end is the end.
     length_known: bool,
     /// Set after the end or a final error.
@@ -160,14 +165,22 @@ impl Download {
         if self.finished {
             return None;
         }
-        let idle = self.store.settings.attempt_timeout;
+        let stall = self.store.settings.stall_timeout;
         loop {
             if self.offset >= self.end {
                 self.finished = true;
                 return None;
             }
+            let Some(remaining) = stall.checked_sub(self.last_progress.elapsed()).filter(|r| !r.is_zero()) else {
+                let e = errors::stalled(&self.store.place, "read", Target::Object(&self.key), self.last_progress.elapsed());
+                return Some(Err(self.fail(e.context(format!("at byte {}", self.offset)))));
+            };
             let Some(body) = self.body.as_mut() else {
-                match self.get(false).await {
+                let resumed = match tokio::time::timeout(remaining, self.get(false)).await {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                };
+                match resumed {
                     Ok(out) => {
                         if let Err(e) = self.accept(out) {
                             return Some(Err(self.fail(e)));
@@ -183,6 +196,8 @@ impl Download {
                     Err((e, _)) => return Some(Err(self.fail(e))),
                 }
             };
+            // Give up on a silent body at half the bound, so one resume fits in the rest.
+            let idle = (stall / 2).min(remaining).max(Duration::from_millis(1));
             let why = match tokio::time::timeout(idle, body.next()).await {
                 Ok(Some(Ok(chunk))) => {
                     if chunk.is_empty() {
@@ -191,6 +206,7 @@ impl Download {
                     let take = (chunk.len() as u64).min(self.end - self.offset) as usize;
                     self.offset += take as u64;
                     self.failures = 0;
+                    self.last_progress = Instant::now();
                     return Some(Ok(chunk.slice(..take)));
                 }
                 Ok(Some(Err(e))) => format!("body error: {e}"),
@@ -217,11 +233,12 @@ impl Download {
             return Err(Error::new(
                 ErrorKind::StorageTransient,
                 format!(
-                    "reading object {} from {} failed {} times at byte {}: {why}",
+                    "reading object {} from {} failed {} times at byte {}: {why} (endpoint {})",
                     self.key,
                     self.store.location(),
                     self.failures,
-                    self.offset
+                    self.offset,
+                    self.store.place.endpoint_host
                 ),
             ));
         }

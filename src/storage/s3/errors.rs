@@ -282,6 +282,23 @@ pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -
     }
 }
 
+/// A transfer that made no progress for `idle` (see `progress.rs`).
+pub(super) fn stalled(place: &Place, op: &str, target: Target<'_>, idle: std::time::Duration) -> Error {
+    let what = match target {
+        Target::Bucket => format!("bucket `{}`", place.bucket),
+        Target::Object(key) => format!("object {key} in {}", place.location),
+    };
+    Error::new(
+        ErrorKind::StorageTransient,
+        format!(
+            "S3 stalled: {op} {what} made no progress for {}s (endpoint {})",
+            idle.as_secs(),
+            place.endpoint_host
+        ),
+    )
+    .with_hint("the store stopped answering; if it is only slow, raise s3.timeout (PGKEEP_S3_TIMEOUT)")
+}
+
 /// `host[:port]` of an endpoint URL, for messages; `None` if it is not a URL.
 pub(super) fn endpoint_host(endpoint: &str) -> Option<String> {
     let url = url::Url::parse(endpoint).ok()?;
@@ -392,6 +409,16 @@ mod tests {
             )
             .kind(),
             ErrorKind::Config
+        );
+    }
+
+    #[test]
+    fn a_stall_names_object_and_endpoint() {
+        let e = stalled(&place(), "upload part 3 of", Target::Object("a/b"), std::time::Duration::from_secs(60));
+        assert_eq!(e.kind(), ErrorKind::StorageTransient);
+        assert_eq!(
+            e.message(),
+            "S3 stalled: upload part 3 of object a/b in s3://bk/pre made no progress for 60s (endpoint s3.example.net:3900)"
         );
     }
 

@@ -6,12 +6,24 @@
 //! resuming downloads in `download.rs`, and the mapping of SDK failures to
 //! pgkeep errors in `errors.rs`.
 //!
-//! Requests retry inside the SDK (standard retry mode, `max_attempts`) and
-//! each attempt is cut off after `attempt_timeout`, so a stalled server is
-//! retried rather than waited on forever.
+//! Deadlines (README "Reliability"): the SDK is the one layer that retries
+//! (standard mode, `max_attempts`). Two clients share the configuration:
+//! - `client`, for small requests (head, list pages, delete, lock records,
+//!   starting and aborting uploads, opening a download): the whole request,
+//!   every attempt and backoff included, must finish within
+//!   `request_timeout`; each attempt gets a third of it, so a stalled
+//!   connection is retried inside the deadline.
+//! - `bulk`, for transfers (part uploads, puts over [`SMALL_BODY`], completing
+//!   a multipart upload): no SDK timeout at all; `progress.rs` fails the
+//!   request once nothing moved for `stall_timeout`, however long a healthy
+//!   transfer takes. Downloads apply the same bound to the body (`download.rs`).
+//!
+//! The SDK's stalled-stream protection is off in both: stalls are detected in
+//! one place, with one bound.
 
 mod download;
 mod errors;
+mod progress;
 pub mod protection;
 mod upload;
 
@@ -27,6 +39,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
@@ -43,6 +56,16 @@ pub use protection::{LockMode, ObjectLock, S3Security, Sse};
 
 /// Smallest part size S3 accepts for all but the last part of a multipart upload.
 pub const MIN_PART_SIZE: usize = 5 << 20;
+
+/// Bodies up to this size are sent as small requests (with the request
+/// deadline); larger ones as transfers (with the no-progress bound).
+pub const SMALL_BODY: usize = 1 << 20;
+
+/// Default of `s3.timeout`: how long a transfer may make no progress.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default of `s3.request_timeout` (capped at `s3.timeout`).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Region used when none is configured.
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -70,8 +93,12 @@ pub struct S3Settings {
     pub upload_concurrency: usize,
     /// Attempts per request, including the first (SDK retry with backoff).
     pub max_attempts: u32,
-    /// Timeout of one request attempt (stalls are cut off and retried).
-    pub attempt_timeout: std::time::Duration,
+    /// Deadline of one small request (head, list page, delete, lock record,
+    /// starting or aborting an upload), every attempt and backoff included.
+    pub request_timeout: std::time::Duration,
+    /// How long a transfer (part upload, large put, download body) may make
+    /// no progress before it fails. A transfer that keeps moving is never cut.
+    pub stall_timeout: std::time::Duration,
     /// Connect timeout.
     pub connect_timeout: std::time::Duration,
     /// Server-side encryption, object lock and the HTTPS rule.
@@ -86,7 +113,10 @@ pub struct S3Storage {
 
 /// What uploads, downloads and listings share.
 struct S3Inner {
+    /// Small requests: the request deadline applies.
     client: Client,
+    /// Transfers: no SDK timeout; watched for progress instead.
+    bulk: Client,
     bucket: String,
     /// Key prefix without slashes at either end; may be empty.
     prefix: String,
@@ -124,15 +154,10 @@ impl S3Storage {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_REGION.to_string()),
         );
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(settings.connect_timeout)
-            .operation_attempt_timeout(settings.attempt_timeout)
-            .build();
         let retries = RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
-            .timeout_config(timeouts)
-            .retry_config(retries);
+            .retry_config(retries.clone());
         if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(
                 id,
@@ -147,10 +172,24 @@ impl S3Storage {
             .force_path_style(settings.force_path_style)
             // Non-AWS stores reject or mishandle the newer default checksums.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .retry_config(retries)
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
         if let Some(ep) = &settings.endpoint {
             conf = conf.endpoint_url(ep);
         }
+        let bulk = conf
+            .clone()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.connect_timeout)
+                    .disable_read_timeout()
+                    .disable_operation_timeout()
+                    .disable_operation_attempt_timeout()
+                    .build(),
+            )
+            .build();
+        let conf = conf.timeout_config(request_timeouts(&settings));
         let prefix = settings.prefix.trim_matches('/').to_string();
         let location = if prefix.is_empty() {
             format!("s3://{}", settings.bucket)
@@ -160,6 +199,7 @@ impl S3Storage {
         Ok(S3Storage {
             inner: Arc::new(S3Inner {
                 client: Client::from_conf(conf.build()),
+                bulk: Client::from_conf(bulk),
                 bucket: settings.bucket.clone(),
                 place: Place {
                     bucket: settings.bucket.clone(),
@@ -176,6 +216,23 @@ impl S3Storage {
     pub fn settings(&self) -> &S3Settings {
         &self.inner.settings
     }
+
+    /// `host[:port]` of the endpoint, for messages (no scheme, no userinfo).
+    pub fn endpoint_host(&self) -> &str {
+        &self.inner.place.endpoint_host
+    }
+}
+
+/// The SDK timeouts of small requests: the whole operation within
+/// `request_timeout`, each attempt within a third of it (at least 1 s).
+fn request_timeouts(s: &S3Settings) -> TimeoutConfig {
+    let attempt = if s.max_attempts > 1 { (s.request_timeout / 3).max(Duration::from_secs(1)).min(s.request_timeout) } else { s.request_timeout };
+    TimeoutConfig::builder()
+        .connect_timeout(s.connect_timeout.min(attempt))
+        .disable_read_timeout()
+        .operation_timeout(s.request_timeout)
+        .operation_attempt_timeout(attempt)
+        .build()
 }
 
 /// Reject settings the store would refuse later, with a config error now.
@@ -523,7 +580,8 @@ mod tests {
             part_size: MIN_PART_SIZE,
             upload_concurrency: 2,
             max_attempts: 3,
-            attempt_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
             security: S3Security::default(),
         }

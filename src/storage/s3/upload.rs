@@ -11,6 +11,10 @@
 //!
 //! Every write carries the repository's server-side encryption and, for
 //! backup objects, its object-lock retention (`protection.rs`).
+//!
+//! Parts, puts over [`SMALL_BODY`] and the completion are transfers: they
+//! fail only after `stall_timeout` without progress (`progress.rs`); smaller
+//! puts are small requests with the request deadline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +30,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::S3Inner;
-use super::errors::Target;
+use super::errors::{self, Target};
+use super::progress::{Progress, ProgressInterceptor, watch};
+use super::{S3Inner, SMALL_BODY};
 use crate::error::{Error, ErrorKind, Result};
 use crate::storage::{ObjectMeta, ObjectWriter};
+
+/// How long a failed upload waits for its abort before returning the error.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// S3 allows at most this many parts per multipart upload.
 pub(super) const MAX_PARTS: u64 = 10_000;
@@ -233,8 +241,11 @@ impl S3Writer {
         mp.in_flight.spawn(
             async move {
                 let _permit = permit;
-                let out = store
-                    .client
+                let op = format!("upload part {number} of");
+                // A transfer: no deadline on its length, only on a lack of progress.
+                let progress = Progress::new();
+                let send = store
+                    .bulk
                     .upload_part()
                     .bucket(&store.bucket)
                     .key(&object_key)
@@ -243,11 +254,13 @@ impl S3Writer {
                     .set_checksum_algorithm(checksum.clone())
                     .content_length(len as i64)
                     .body(ByteStream::from(part))
-                    .send()
+                    .customize()
+                    .interceptor(ProgressInterceptor(progress.clone()))
+                    .send();
+                let out = watch(&progress, store.settings.stall_timeout, send)
                     .await
-                    .map_err(|e| {
-                        store.error(e, &format!("upload part {number} of"), Target::Object(&key))
-                    })?;
+                    .map_err(|idle| errors::stalled(&store.place, &op, Target::Object(&key), idle))?
+                    .map_err(|e| store.error(e, &op, Target::Object(&key)))?;
                 tracing::trace!(part = number, bytes = len, "part uploaded");
                 Ok(CompletedPart::builder()
                     .part_number(number)
@@ -272,8 +285,11 @@ impl S3Writer {
     async fn complete(&mut self) -> Result<ObjectMeta> {
         if self.multipart.is_none() {
             let body = self.splitter.take_rest();
-            self.store
-                .client
+            // Small objects (locks, manifests) are small requests with the
+            // request deadline; larger ones are transfers watched for progress.
+            let small = body.len() <= SMALL_BODY;
+            let progress = Progress::new();
+            let send = if small { &self.store.client } else { &self.store.bulk }
                 .put_object()
                 .bucket(&self.store.bucket)
                 .key(&self.object_key)
@@ -285,9 +301,14 @@ impl S3Writer {
                 .set_checksum_algorithm(self.checksum())
                 .content_length(body.len() as i64)
                 .body(ByteStream::from(body))
+                .customize()
+                .interceptor(ProgressInterceptor(progress.clone()))
                 .send()
-                .instrument(self.span.clone())
+                .instrument(self.span.clone());
+            let stall = if small { self.store.settings.request_timeout.saturating_mul(2) } else { self.store.settings.stall_timeout };
+            watch(&progress, stall, send)
                 .await
+                .map_err(|idle| errors::stalled(&self.store.place, "write", Target::Object(&self.key), idle))?
                 .map_err(|e| self.err(e, "write"))?;
             self.record(1);
             return Ok(self.meta());
@@ -304,8 +325,12 @@ impl S3Writer {
         parts.sort_by_key(|p| p.part_number);
         let count = parts.len();
         let upload_id = mp.upload_id.clone();
-        self.store
-            .client
+        // The store may take a while to assemble a large object: a transfer,
+        // bounded by the no-progress timeout rather than the request deadline.
+        let progress = Progress::new();
+        let send = self
+            .store
+            .bulk
             .complete_multipart_upload()
             .bucket(&self.store.bucket)
             .key(&self.object_key)
@@ -315,10 +340,15 @@ impl S3Writer {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .customize()
+            .interceptor(ProgressInterceptor(progress.clone()))
             .send()
-            .instrument(self.span.clone())
+            .instrument(self.span.clone());
+        let op = "complete the multipart upload of";
+        watch(&progress, self.store.settings.stall_timeout, send)
             .await
-            .map_err(|e| self.err(e, "complete the multipart upload of"))?;
+            .map_err(|idle| errors::stalled(&self.store.place, op, Target::Object(&self.key), idle))?
+            .map_err(|e| self.err(e, op))?;
         // Completed: there is nothing left to abort.
         self.multipart = None;
         self.record(count);
@@ -339,11 +369,15 @@ impl S3Writer {
         }
     }
 
-    /// Abort the multipart upload, if any, and return `err`.
+    /// Abort the multipart upload, if any, and return `err`. The abort waits
+    /// at most [`ABORT_WAIT`] and then goes on in the background: a store that
+    /// stalled must not hold the error back (cleanup aborts leftovers later).
     async fn fail(&mut self, err: Error) -> Error {
         self.closed = true;
         if let Some(mp) = self.multipart.take() {
-            let _ = abort_multipart(&self.store, &self.key, &self.object_key, mp).await;
+            let (store, key, object_key) = (self.store.clone(), self.key.clone(), self.object_key.clone());
+            let abort = tokio::spawn(async move { abort_multipart(&store, &key, &object_key, mp).await });
+            let _ = tokio::time::timeout(ABORT_WAIT, abort).await;
         }
         err
     }
