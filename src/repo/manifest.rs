@@ -227,9 +227,15 @@ pub struct ChunkRef {
     pub stored_sha256: String,
     /// SHA-256 of the raw bytes, hex.
     pub raw_xxh3: String,
-    /// Rows in this chunk (COPY text lines); 0 for non-row data.
+    /// Rows that end in this chunk (COPY text lines); 0 for non-row data.
     #[serde(default)]
     pub rows: u64,
+    /// The chunk ends inside a row larger than a chunk; the table's next
+    /// chunk continues it. Written only when true, so manifests without
+    /// split rows are unchanged and older readers refuse (unknown field)
+    /// any manifest that has one instead of misloading it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
 }
 
 /// One column of a table.

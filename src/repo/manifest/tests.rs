@@ -13,6 +13,7 @@ pub(crate) fn sample() -> BackupManifest {
         stored_sha256: "aa".into(),
         raw_xxh3: "bb".into(),
         rows: 2,
+        continues: false,
     };
     BackupManifest {
         backup_id: BackupId::new(BackupKind::Full, at, 0),
