@@ -7,7 +7,7 @@
 //! `chunk_size` bytes (or fewer at the end), ending at a row boundary when
 //! the buffer holds one. A single row larger than a chunk is split: the
 //! chunk is cut inside the row and marked [`CutChunk::continues`], so memory
-//! stays bounded by about one chunk plus one piece whatever the row size.
+//! stays bounded by about one chunk plus two pieces whatever the row size.
 
 use bytes::{Bytes, BytesMut};
 
