@@ -1,9 +1,10 @@
 //! Bounded memory for huge values, through the binary on a real cluster: a
-//! table with a 150 MB bytea (300 MB of COPY hex text) and a 200 MB text
-//! value goes through `backup`, `verify --deep` and `restore --target-db`;
+//! table with a 150 MB bytea (300 MB of COPY hex text) and a 50 MB text
+//! value with escapes goes through `backup`, `verify --deep` and `restore --target-db`;
 //! each process's peak RSS (from `wait4`) stays under 200 MiB, the huge rows
 //! span chunks of the chunk size, and the restored values are exactly the
-//! original ones (length and md5 of every value, server-side).
+//! original ones (length and md5 of every value, server-side). Sized for
+//! CI; `benches/huge_value_rss.sh` measures the largest values (BENCHMARKS.md).
 
 mod harness;
 
@@ -17,7 +18,7 @@ use pgkeep::storage::local::LocalStorage;
 /// The memory target: 200 MiB, in KiB as `ru_maxrss` counts.
 const PEAK_RSS_LIMIT_KIB: i64 = 200 * 1024;
 const BYTEA_BYTES: u64 = 150_000_000;
-const TEXT_BYTES: u64 = 200_000_000;
+const TEXT_BYTES: u64 = 50_000_000;
 
 /// One run of the binary: exit code, stderr, and peak RSS in KiB.
 struct Run {
@@ -113,7 +114,7 @@ async fn huge_bytea_and_text_round_trip_in_bounded_memory() {
     assert_eq!(t.rows, 500);
     assert!(t.raw_bytes > 2 * BYTEA_BYTES + TEXT_BYTES, "{}", t.raw_bytes);
     assert!(t.chunks.iter().all(|c| c.raw_size <= 9 << 20), "every chunk near the 8 MiB chunk size");
-    assert!(t.chunks.iter().filter(|c| c.continues).count() > 50, "the huge rows span chunks");
+    assert!(t.chunks.iter().filter(|c| c.continues).count() > 30, "the huge rows span chunks");
     let id = m.backup_id.to_string();
 
     // 2. verify --deep: restore into a scratch database and compare fingerprints.
