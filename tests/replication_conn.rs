@@ -321,6 +321,16 @@ async fn scram_role_needs_the_replication_attribute() {
         &["no_repl", &dbname, "replication"],
     );
     assert_hint(&err, "ALTER ROLE no_repl REPLICATION");
+
+    // A regular connection (the backup's COPY reader) needs no REPLICATION;
+    // without CONNECT it fails naming the database, with no replication hint.
+    let mut conn = ReplicationConnection::connect_regular(&db).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert_eq!(conn.simple_query("SELECT 1").await.unwrap()[0][0].as_deref(), Some("1"));
+    conn.close().await.unwrap();
+    cluster.execute(&dbname, &format!("REVOKE CONNECT ON DATABASE {dbname} FROM PUBLIC")).await;
+    let err = fails_within(FAIL_FAST, "regular connect without CONNECT", ReplicationConnection::connect_regular(&db)).await;
+    assert!(err.user_line().contains(&dbname), "{}", err.user_line());
+    assert!(!err.user_line().contains("replication") && !err.user_line().contains("REPLICATION"), "{}", err.user_line());
 }
 
 #[tokio::test]

@@ -59,6 +59,8 @@ pub struct ReplicationConnection {
     process_id: i32,
     secret_key: i32,
     auth_method: AuthMethod,
+    /// A walsender (`replication=database`), not a regular backend.
+    replication: bool,
     /// A command was sent and its response not read to ReadyForQuery (the
     /// future was dropped, or I/O failed): the connection cannot be used.
     busy: bool,
@@ -156,6 +158,7 @@ impl ReplicationConnection {
             process_id: 0,
             secret_key: 0,
             auth_method,
+            replication,
             busy: true,
         };
         conn.finish_startup().await?;
@@ -184,7 +187,10 @@ impl ReplicationConnection {
                 BackendMessage::Protocol(Message::ErrorResponse(body)) => {
                     let e = ServerError::parse(body.fields())
                         .map_err(|e| io_error(e, &self.db, Phase::Connect))?;
-                    return Err(server_error(e, &self.db, Phase::Connect));
+                    // A regular backend's refusal (no CONNECT privilege) is
+                    // not about replication rights: no replication hint.
+                    let phase = if self.replication { Phase::Connect } else { Phase::Command("open a connection") };
+                    return Err(server_error(e, &self.db, phase));
                 }
                 BackendMessage::NegotiateProtocolVersion {
                     unrecognized_options,
