@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::backup_check::settings;
+use harness::backup_check::{read_back, settings};
 use harness::postgres::{PgCluster, PgOptions, WalLevel};
 use pgkeep::commands::backup::{self, BackupOptions};
 use pgkeep::config::{RepoSpec, Secret};
@@ -50,7 +50,13 @@ async fn single_value_over_100_mb() {
     let t = report.manifest.tables.iter().find(|t| t.name == "big").unwrap();
     assert_eq!(t.rows, 2);
     assert!(t.raw_bytes > 100_000_000, "{}", t.raw_bytes);
-    assert!(t.chunks.iter().any(|c| c.raw_size > 100_000_000), "the huge row stays whole in one chunk");
+    // The huge row is split across chunks of about the chunk size (8 MiB).
+    assert!(t.chunks.iter().all(|c| c.raw_size < 9 << 20), "chunks stay bounded");
+    assert!(t.chunks.iter().filter(|c| c.continues).count() >= 10, "the huge row spans chunks");
+    assert!(!t.chunks.last().unwrap().continues);
+    assert_eq!(t.chunks.iter().map(|c| c.rows).sum::<u64>(), 2);
+    // Read back whole: the fingerprint hashed across chunk boundaries is the one of the whole rows.
+    read_back(&LocalStorage::new(repo.path()), &report.manifest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,7 @@ fn manifest(kind: BackupKind, at: DateTime<Utc>, parent: Option<&BackupId>) -> B
         stored_sha256: "aa".into(),
         raw_xxh3: "bb".into(),
         rows: 1,
+        continues: false,
     };
     BackupManifest {
         backup_id: BackupId::new(kind, at, 0),

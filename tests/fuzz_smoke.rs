@@ -17,6 +17,8 @@ mod conninfo_parse;
 mod ddl_split;
 #[path = "../fuzz/bodies/copy_chunker.rs"]
 mod copy_chunker;
+#[path = "../fuzz/bodies/copy_out_frame.rs"]
+mod copy_out_frame;
 #[path = "../fuzz/bodies/manifest_decode.rs"]
 mod manifest_decode;
 #[path = "../fuzz/bodies/pgoutput_decode.rs"]
@@ -97,6 +99,11 @@ fn conninfo_parse_corpus() {
 #[test]
 fn copy_chunker_corpus() {
     smoke("copy_chunker", copy_chunker::run);
+}
+
+#[test]
+fn copy_out_frame_corpus() {
+    smoke("copy_out_frame", copy_out_frame::run);
 }
 
 #[test]

@@ -321,6 +321,16 @@ async fn scram_role_needs_the_replication_attribute() {
         &["no_repl", &dbname, "replication"],
     );
     assert_hint(&err, "ALTER ROLE no_repl REPLICATION");
+
+    // A regular connection (the backup's COPY reader) needs no REPLICATION;
+    // without CONNECT it fails naming the database, with no replication hint.
+    let mut conn = ReplicationConnection::connect_regular(&db).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert_eq!(conn.simple_query("SELECT 1").await.unwrap()[0][0].as_deref(), Some("1"));
+    conn.close().await.unwrap();
+    cluster.execute(&dbname, &format!("REVOKE CONNECT ON DATABASE {dbname} FROM PUBLIC")).await;
+    let err = fails_within(FAIL_FAST, "regular connect without CONNECT", ReplicationConnection::connect_regular(&db)).await;
+    assert!(err.user_line().contains(&dbname), "{}", err.user_line());
+    assert!(!err.user_line().contains("replication") && !err.user_line().contains("REPLICATION"), "{}", err.user_line());
 }
 
 #[tokio::test]
@@ -605,4 +615,51 @@ async fn slot_creation_waiting_for_a_transaction_can_be_cancelled() {
         .expect("create the slot once nothing blocks it");
     assert!(slot.snapshot_name.is_some());
     conn.close().await.unwrap();
+}
+
+/// A regular connection of pgkeep's client (TLS verify-full, SCRAM) reads
+/// `COPY … TO STDOUT` in pieces: a 5 MB row arrives in socket-sized pieces,
+/// never whole, and the bytes equal what the server sends; an error in the
+/// middle of a COPY comes back with its SQLSTATE, and the connection stays
+/// usable; walsender commands are not available on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regular_connection_reads_copy_out_in_pieces() {
+    let cluster = hostssl_cluster();
+    let db = DbSettings {
+        sslmode: SslMode::VerifyFull,
+        sslrootcert: Some(cluster.ca_cert_path().unwrap().to_path_buf()),
+        ..cluster.superuser_settings("postgres")
+    };
+    let mut conn = ReplicationConnection::connect_regular(&db).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    assert!(conn.is_tls());
+    assert_eq!(conn.auth_method(), AuthMethod::ScramSha256Plus);
+
+    let sql = "COPY (SELECT i, CASE WHEN i = 2 THEN repeat('x', 5000000) ELSE 'a\tb' END FROM generate_series(1, 3) i) TO STDOUT";
+    let mut reader = conn.copy_out(sql, "copy a test query").await.unwrap();
+    let (mut all, mut largest, mut pieces) = (Vec::new(), 0, 0);
+    while let Some(piece) = reader.next_piece().await.unwrap() {
+        largest = largest.max(piece.len());
+        pieces += 1;
+        all.extend_from_slice(&piece);
+    }
+    let expected = format!("1\ta\\tb\n2\t{}\n3\ta\\tb\n", "x".repeat(5_000_000));
+    assert!(all == expected.as_bytes(), "COPY bytes differ ({} of {} bytes)", all.len(), expected.len());
+    assert!(largest <= 64 * 1024, "a piece of {largest} bytes");
+    assert!(pieces > 70, "{pieces} pieces");
+
+    // An error mid-copy (division by zero on the third row): SQLSTATE-classified, connection usable.
+    let failing = "COPY (SELECT 1 / (2 - i), repeat('y', 100000) FROM generate_series(1, 3) i) TO STDOUT";
+    let mut reader = conn.copy_out(failing, "copy a failing query").await.unwrap();
+    let err = loop {
+        match reader.next_piece().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the COPY should fail"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), ErrorKind::Database, "{}", err.user_line());
+    assert!(err.user_line().contains("copy a failing query"), "{}", err.user_line());
+    let rows = conn.simple_query("SELECT 41 + 1").await.unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("42"));
+    assert!(conn.identify_system().await.is_err(), "a regular backend runs no walsender commands");
 }

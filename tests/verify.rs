@@ -252,6 +252,7 @@ async fn failed_scratch_restore_still_drops_the_scratch_database() {
         stored_sha256: hex::encode(Sha256::digest(&stored)),
         raw_xxh3: pgkeep::pipeline::process::raw_checksum(raw),
         rows: 0,
+        continues: false,
     };
     m.objects.push(pgkeep::repo::manifest::ObjectEntry { key: rel.into(), size: object.len() as u64 });
     let used: Vec<String> = [&m.schema.pre_data, &m.schema.post_data]

@@ -1,12 +1,18 @@
 //! A COPY worker: one connection inside the backup's snapshot, taking tasks
 //! from the shared plan, streaming `COPY … TO STDOUT` through the chunker,
 //! the rayon pipeline (two chunks in flight) and its own pack sink.
+//!
+//! The connection is pgkeep's own protocol client
+//! (`ReplicationConnection::connect_regular`, with the same TLS and
+//! authentication): it hands CopyData payload to the chunker piece by piece
+//! as it arrives, so a row larger than a chunk is split across chunks and
+//! memory stays about `IN_FLIGHT + 1` chunks whatever the row size. The
+//! row that spans chunks is fingerprinted here, in order ([`SpanningRow`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use futures::StreamExt;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
@@ -14,10 +20,10 @@ use super::plan::{CopyTask, copy_sql};
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{SESSION_SETUP, TableInfo, quote_literal};
-use crate::pg::connect;
-use crate::pipeline::chunker::Chunker;
+use crate::pipeline::chunker::{Chunker, CutChunk};
 use crate::pipeline::pack::PackSink;
-use crate::pipeline::process::{self, ProcessedChunk};
+use crate::pipeline::process::{self, ProcessedChunk, SpanningRow};
+use crate::replication::ReplicationConnection;
 use crate::pipeline::{Compression, TableFingerprint};
 use crate::progress::ProgressCounters;
 use crate::repo::manifest::{ChunkRef, ObjectEntry};
@@ -64,25 +70,25 @@ pub struct TaskResult {
 pub async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Result<(Vec<TaskResult>, Vec<ObjectEntry>)> {
     let span = tracing::info_span!("copy_worker", worker = id);
     let result = async {
-        let conn = connect(&shared.db).await?;
-        let client = &conn.client;
+        let mut conn = ReplicationConnection::connect_regular(&shared.db).await?;
         let setup = format!(
             "{SESSION_SETUP}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
             quote_literal(&shared.snapshot)
         );
-        client.batch_execute(&setup).await.map_err(|e| {
-            Error::new(ErrorKind::Database, format!("worker {id} cannot import snapshot {}: {}", shared.snapshot, crate::pg::error_message(&e)))
-        })?;
+        conn.simple_query(&setup)
+            .await
+            .map_err(|e| e.context(format!("worker {id} cannot import snapshot {}", shared.snapshot)))?;
         let mut results = Vec::new();
         loop {
             let Some(task) = shared.queue.lock().await.pop_front() else { break };
             let table = &shared.tables[task.table];
-            let r = copy_task(client, &shared, table, task, &mut sink)
+            let r = copy_task(&mut conn, &shared, table, task, &mut sink)
                 .instrument(tracing::debug_span!("table", table = %table.display()))
                 .await?;
             results.push(r);
         }
-        let _ = client.batch_execute("COMMIT").await;
+        let _ = conn.simple_query("COMMIT").await;
+        let _ = conn.close().await;
         Ok(results)
     }
     .instrument(span)
@@ -100,7 +106,7 @@ pub async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Re
 }
 
 async fn copy_task(
-    client: &tokio_postgres::Client,
+    conn: &mut ReplicationConnection,
     shared: &WorkerShared,
     table: &TableInfo,
     task: CopyTask,
@@ -108,24 +114,25 @@ async fn copy_task(
 ) -> Result<TaskResult> {
     let started = std::time::Instant::now();
     let sql = copy_sql(table, &task);
-    let stream = client.copy_out(sql.as_str()).await.map_err(|e| copy_error(table, &e))?;
-    futures::pin_mut!(stream);
+    let what = format!("copy table {}", table.display());
+    let fail = |e: Error| e.context(format!("COPY of table {} failed", table.display()));
+    let mut reader = conn.copy_out(&sql, &what).await.map_err(fail)?;
     let mut chunker = Chunker::new(shared.chunk_size);
-    let mut in_flight: VecDeque<tokio::sync::oneshot::Receiver<Result<ProcessedChunk>>> = VecDeque::new();
+    let mut span = SpanningRow::default();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut out = TaskResult { task, chunks: Vec::new(), fingerprint: TableFingerprint::default(), raw_bytes: 0 };
 
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| copy_error(table, &e))?;
-        if let Some(chunk) = chunker.push(&piece) {
-            in_flight.push_back(process::spawn_process_sealed(chunk, shared.compression, true, shared.sealer.clone()));
+    while let Some(piece) = reader.next_piece().await.map_err(fail)? {
+        if let Some(cut) = chunker.push(&piece) {
+            in_flight.push_back(spawn(cut, &mut span, shared));
             while in_flight.len() >= IN_FLIGHT {
-                let rx = in_flight.pop_front().expect("non-empty");
-                store(sink, &mut out, process::join(rx).await?, shared).await?;
+                let chunk = in_flight.pop_front().expect("non-empty");
+                store(sink, &mut out, chunk.join().await?, shared).await?;
             }
         }
     }
     match chunker.finish() {
-        Ok(Some(last)) => in_flight.push_back(process::spawn_process_sealed(last, shared.compression, true, shared.sealer.clone())),
+        Ok(Some(last)) => in_flight.push_back(spawn(last, &mut span, shared)),
         Ok(None) => {}
         Err(len) => {
             return Err(Error::new(
@@ -134,14 +141,37 @@ async fn copy_task(
             ));
         }
     }
-    while let Some(rx) = in_flight.pop_front() {
-        store(sink, &mut out, process::join(rx).await?, shared).await?;
+    while let Some(chunk) = in_flight.pop_front() {
+        store(sink, &mut out, chunk.join().await?, shared).await?;
     }
     if shared.remaining_parts[out.task.table].fetch_sub(1, Ordering::AcqRel) == 1 {
         shared.progress.tables_done.fetch_add(1, Ordering::Relaxed);
     }
     tracing::debug!(rows = out.fingerprint.rows, bytes = out.raw_bytes, part = out.task.part, ms = started.elapsed().as_millis() as u64, "copied");
     Ok(out)
+}
+
+/// A chunk on the rayon pool, and the row that spans into it, which was
+/// hashed in order when the chunk was cut.
+struct InFlight {
+    rx: tokio::sync::oneshot::Receiver<Result<ProcessedChunk>>,
+    spanning: TableFingerprint,
+}
+
+impl InFlight {
+    async fn join(self) -> Result<ProcessedChunk> {
+        let mut chunk = process::join(self.rx).await?;
+        chunk.fingerprint.merge(self.spanning);
+        Ok(chunk)
+    }
+}
+
+/// Hash the part of `cut` that belongs to a row spanning chunks (in stream
+/// order, here), and send the rest of the work to the rayon pool.
+fn spawn(cut: CutChunk, span: &mut SpanningRow, shared: &WorkerShared) -> InFlight {
+    let starts_inside_row = span.is_open();
+    let spanning = span.feed(&cut.raw, cut.continues);
+    InFlight { rx: process::spawn_process_rows(cut, starts_inside_row, shared.compression, shared.sealer.clone()), spanning }
 }
 
 async fn store(sink: &mut PackSink, out: &mut TaskResult, chunk: ProcessedChunk, shared: &WorkerShared) -> Result<()> {
@@ -153,8 +183,4 @@ async fn store(sink: &mut PackSink, out: &mut TaskResult, chunk: ProcessedChunk,
     shared.progress.bytes.fetch_add(chunk.raw_size, Ordering::Relaxed);
     out.chunks.push(at);
     Ok(())
-}
-
-fn copy_error(table: &TableInfo, e: &tokio_postgres::Error) -> Error {
-    Error::new(ErrorKind::Database, format!("COPY of table {} failed: {}", table.display(), crate::pg::error_message(e)))
 }

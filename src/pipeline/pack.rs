@@ -97,6 +97,7 @@ impl PackSink {
             stored_sha256: chunk.stored_sha256.clone(),
             raw_xxh3: chunk.raw_xxh3.clone(),
             rows: chunk.fingerprint.rows,
+            continues: chunk.continues,
         };
         if pack.size >= self.max_pack_size {
             self.close().await?;

@@ -59,6 +59,8 @@ pub struct ReplicationConnection {
     process_id: i32,
     secret_key: i32,
     auth_method: AuthMethod,
+    /// A walsender (`replication=database`), not a regular backend.
+    replication: bool,
     /// A command was sent and its response not read to ReadyForQuery (the
     /// future was dropped, or I/O failed): the connection cannot be used.
     busy: bool,
@@ -82,7 +84,30 @@ pub(crate) fn startup_parameters(db: &DbSettings) -> [(&str, &str); 6] {
     ]
 }
 
+/// The startup parameters of a regular (non-replication) connection: the
+/// caller sets its session (`SESSION_SETUP`) with a query.
+pub(crate) fn regular_startup_parameters(db: &DbSettings) -> [(&str, &str); 4] {
+    [
+        ("user", db.user.as_str()),
+        ("database", db.dbname.as_str()),
+        ("application_name", APPLICATION_NAME),
+        ("client_encoding", "UTF8"),
+    ]
+}
+
 impl ReplicationConnection {
+    /// Connect to `db` as a regular backend (no `replication` parameter),
+    /// with the same transport, TLS and authentication as
+    /// [`connect`](Self::connect). For `COPY … TO STDOUT` read in pieces
+    /// ([`copy_out`](Self::copy_out)), which tokio-postgres cannot do;
+    /// walsender commands fail on it.
+    pub async fn connect_regular(db: &DbSettings) -> Result<Self> {
+        match tokio::time::timeout(db.connect_timeout, Self::start(db, false)).await {
+            Ok(result) => result,
+            Err(_) => Err(timeout_error(db)),
+        }
+    }
+
     /// Connect to `db` in logical replication mode.
     ///
     /// Startup sends `replication=database`, `database`, `user`,
@@ -94,13 +119,13 @@ impl ReplicationConnection {
     /// MD5, SCRAM-SHA-256, or SCRAM-SHA-256-PLUS on TLS) and the wait for
     /// ReadyForQuery. The whole attempt is bounded by `db.connect_timeout`.
     pub async fn connect(db: &DbSettings) -> Result<Self> {
-        match tokio::time::timeout(db.connect_timeout, Self::start(db)).await {
+        match tokio::time::timeout(db.connect_timeout, Self::start(db, true)).await {
             Ok(result) => result,
             Err(_) => Err(timeout_error(db)),
         }
     }
 
-    async fn start(db: &DbSettings) -> Result<Self> {
+    async fn start(db: &DbSettings, replication: bool) -> Result<Self> {
         // 1. Socket and TLS.
         let transport = Transport::open(db).await?;
         let binding = transport.tls_server_end_point();
@@ -108,7 +133,9 @@ impl ReplicationConnection {
         let mut stream = MessageStream::new(transport);
 
         // 2. Startup message.
-        frontend::startup_message(startup_parameters(db), stream.write_buf()).map_err(|_| {
+        let parameters: Vec<(&str, &str)> =
+            if replication { startup_parameters(db).to_vec() } else { regular_startup_parameters(db).to_vec() };
+        frontend::startup_message(parameters, stream.write_buf()).map_err(|_| {
             Error::config(format!(
                 "the user or database name for {} contains a NUL byte",
                 server_label(db)
@@ -131,6 +158,7 @@ impl ReplicationConnection {
             process_id: 0,
             secret_key: 0,
             auth_method,
+            replication,
             busy: true,
         };
         conn.finish_startup().await?;
@@ -159,7 +187,10 @@ impl ReplicationConnection {
                 BackendMessage::Protocol(Message::ErrorResponse(body)) => {
                     let e = ServerError::parse(body.fields())
                         .map_err(|e| io_error(e, &self.db, Phase::Connect))?;
-                    return Err(server_error(e, &self.db, Phase::Connect));
+                    // A regular backend's refusal (no CONNECT privilege) is
+                    // not about replication rights: no replication hint.
+                    let phase = if self.replication { Phase::Connect } else { Phase::Command("open a connection") };
+                    return Err(server_error(e, &self.db, phase));
                 }
                 BackendMessage::NegotiateProtocolVersion {
                     unrecognized_options,
@@ -209,7 +240,7 @@ impl ReplicationConnection {
         }
     }
 
-    fn store_parameter(&mut self, body: &ParameterStatusBody) {
+    pub(super) fn store_parameter(&mut self, body: &ParameterStatusBody) {
         if let (Ok(name), Ok(value)) = (body.name(), body.value()) {
             if name == "server_version"
                 && let Some(num) = parse_server_version(value)
@@ -442,7 +473,7 @@ impl ReplicationConnection {
 }
 
 /// Log a NoticeResponse (severity, SQLSTATE, message) at debug level.
-fn log_notice(body: &NoticeResponseBody) {
+pub(super) fn log_notice(body: &NoticeResponseBody) {
     match ServerError::parse(body.fields()) {
         Ok(notice) => tracing::debug!(
             severity = notice.severity(),

@@ -19,11 +19,15 @@
 //! - `conn`: the connection, tying these together.
 //! - `errors`: the same one-line, classified errors as `crate::pg::connect`.
 //! - [`stream`]: logical streaming (CopyBoth) on a connection.
+//! - [`copy_out`]: `COPY … TO STDOUT` read in pieces, on a regular
+//!   connection (`ReplicationConnection::connect_regular`) — the backup's
+//!   and the verify read-back's COPY reader, bounded whatever the row size.
 //! - [`pgoutput`]: the pure, fuzzed decoder of pgoutput protocol-1 messages.
 
 mod auth;
 pub mod commands;
 mod conn;
+pub mod copy_out;
 mod errors;
 pub mod pgoutput;
 pub mod simple_query;
@@ -34,6 +38,7 @@ pub mod wire;
 pub use auth::AuthMethod;
 pub use commands::{CreatedSlot, FAILOVER_MIN_SERVER_VERSION, SystemIdentity, alter_slot_failover_command, validate_slot_name};
 pub use conn::{CancelInfo, ReplicationConnection};
+pub use copy_out::CopyOutReader;
 pub use errors::ServerError;
 pub use pgoutput::{PgOutputMessage, PgTimestamp};
 pub use simple_query::QueryResponse;

@@ -54,6 +54,7 @@ impl Transport {
             .map_err(|e| io_error(e, db, Phase::Connect))?;
         // Small protocol messages: send each at once.
         let _ = tcp.set_nodelay(true);
+        set_keepalive(&tcp);
         if db.sslmode == SslMode::Disable {
             return Ok(Transport::Tcp(tcp));
         }
@@ -73,6 +74,27 @@ impl Transport {
         };
         let leaf = tls.get_ref().1.peer_certificates()?.first()?;
         tls_server_end_point(leaf.as_ref())
+    }
+}
+
+/// TCP keepalives after 60 s idle, as regular connections have them
+/// (`pg::connect`): a server that vanishes without closing the socket is
+/// noticed by the kernel instead of leaving a COPY or a stream waiting.
+fn set_keepalive(tcp: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let on: libc::c_int = 1;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket owned by `tcp`, and each option value
+    // is a live c_int of the length passed. Failures are ignored: keepalive
+    // is a safeguard, not a requirement.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, (&on as *const libc::c_int).cast(), len);
+        #[cfg(target_os = "linux")]
+        {
+            let idle: libc::c_int = 60;
+            libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, (&idle as *const libc::c_int).cast(), len);
+        }
     }
 }
 

@@ -260,6 +260,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MessageStream<S> {
         }
     }
 
+    /// The read buffer, for readers that frame some messages themselves
+    /// (`super::copy_out` hands out CopyData payload in pieces).
+    pub fn read_buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.read_buf
+    }
+
+    /// Read at most about `max` more bytes into the read buffer.
+    /// Cancel-safe; the end of the stream is an `UnexpectedEof` error.
+    pub async fn fill(&mut self, max: usize) -> io::Result<()> {
+        self.read_buf.reserve(max);
+        let mut limited = (&mut self.io).take(max as u64);
+        if limited.read_buf(&mut self.read_buf).await? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+        }
+        Ok(())
+    }
+
     /// Shut down the write side of the stream (after Terminate).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.io.shutdown().await

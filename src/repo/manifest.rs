@@ -9,7 +9,10 @@
 //! Version 1 is an unencrypted backup; version 2 is the same body with
 //! `encryption` set, whose `manifest_mac` a reader with the key checks
 //! (`crypto::manifest_mac`). Old readers refuse version 2 instead of
-//! misreading encrypted chunks.
+//! misreading encrypted chunks. Version 3 is a manifest, encrypted or not,
+//! in which a row larger than a chunk spans chunks (a chunk with
+//! `continues`); backups without such a row keep versions 1 and 2, and
+//! older readers refuse version 3 instead of loading half rows.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,6 +26,9 @@ use crate::error::{Error, Result};
 pub const MANIFEST_VERSION: u32 = 1;
 /// The manifest format version of an encrypted backup (`encryption` set).
 pub const MANIFEST_VERSION_ENCRYPTED: u32 = 2;
+/// The format version of a manifest with a row split across chunks
+/// (`ChunkRef::continues`), encrypted or not.
+pub const MANIFEST_VERSION_SPLIT_ROWS: u32 = 3;
 /// The envelope's `format` marker.
 pub const MANIFEST_FORMAT: &str = "pgkeep-manifest";
 
@@ -227,9 +233,15 @@ pub struct ChunkRef {
     pub stored_sha256: String,
     /// SHA-256 of the raw bytes, hex.
     pub raw_xxh3: String,
-    /// Rows in this chunk (COPY text lines); 0 for non-row data.
+    /// Rows that end in this chunk (COPY text lines); 0 for non-row data.
     #[serde(default)]
     pub rows: u64,
+    /// The chunk ends inside a row larger than a chunk; the table's next
+    /// chunk continues it. Written only when true, so manifests without
+    /// split rows are unchanged and older readers refuse (unknown field)
+    /// any manifest that has one instead of misloading it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continues: bool,
 }
 
 /// One column of a table.
@@ -376,7 +388,7 @@ pub fn encode(manifest: &BackupManifest) -> Result<Vec<u8>> {
     let body = serde_json::to_string(manifest).map_err(|e| Error::internal(format!("cannot serialize manifest: {e}")))?;
     let sha256 = hex::encode(Sha256::digest(body.as_bytes()));
     let raw = RawValue::from_string(body).map_err(|e| Error::internal(format!("manifest body: {e}")))?;
-    let version = if manifest.encryption.is_some() { MANIFEST_VERSION_ENCRYPTED } else { MANIFEST_VERSION };
+    let version = version_of(manifest);
     let mut out = serde_json::to_vec(&EnvelopeOut {
         format: MANIFEST_FORMAT,
         version,
@@ -395,9 +407,9 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
     if env.format != MANIFEST_FORMAT {
         return Err(Error::corrupt(format!("manifest {what} has unknown format `{}`", env.format)));
     }
-    if env.version != MANIFEST_VERSION && env.version != MANIFEST_VERSION_ENCRYPTED {
+    if ![MANIFEST_VERSION, MANIFEST_VERSION_ENCRYPTED, MANIFEST_VERSION_SPLIT_ROWS].contains(&env.version) {
         return Err(Error::corrupt(format!(
-            "manifest {what} has format version {}, this pgkeep reads versions {MANIFEST_VERSION} and {MANIFEST_VERSION_ENCRYPTED}",
+            "manifest {what} has format version {}, this pgkeep reads versions {MANIFEST_VERSION} to {MANIFEST_VERSION_SPLIT_ROWS}",
             env.version
         ))
         .with_hint("use a pgkeep release that supports this repository format"));
@@ -411,7 +423,14 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
     }
     let m: BackupManifest = serde_json::from_str(env.body.get())
         .map_err(|e| Error::corrupt(format!("manifest {what} has an invalid body: {e}")))?;
-    if m.encryption.is_some() != (env.version == MANIFEST_VERSION_ENCRYPTED) {
+    if has_split_rows(&m) != (env.version == MANIFEST_VERSION_SPLIT_ROWS) {
+        return Err(Error::corrupt(format!(
+            "manifest {what} has format version {} but {} row split across chunks",
+            env.version,
+            if has_split_rows(&m) { "a" } else { "no" }
+        )));
+    }
+    if env.version != MANIFEST_VERSION_SPLIT_ROWS && m.encryption.is_some() != (env.version == MANIFEST_VERSION_ENCRYPTED) {
         return Err(Error::corrupt(format!(
             "manifest {what} has format version {} but {} encryption section",
             env.version,
@@ -423,7 +442,18 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
 
 /// The format version a manifest is written with.
 pub fn version_of(m: &BackupManifest) -> u32 {
-    if m.encryption.is_some() { MANIFEST_VERSION_ENCRYPTED } else { MANIFEST_VERSION }
+    if has_split_rows(m) {
+        MANIFEST_VERSION_SPLIT_ROWS
+    } else if m.encryption.is_some() {
+        MANIFEST_VERSION_ENCRYPTED
+    } else {
+        MANIFEST_VERSION
+    }
+}
+
+/// Whether a row larger than a chunk spans chunks somewhere in the backup.
+fn has_split_rows(m: &BackupManifest) -> bool {
+    m.tables.iter().any(|t| t.chunks.iter().any(|c| c.continues))
 }
 
 #[cfg(test)]

@@ -2,6 +2,10 @@
 //! connections take tasks and run `COPY … FROM STDIN` with the chunk's rows.
 //! Each worker reads (and checks, and decompresses off the runtime) its next
 //! chunk while the current one is being copied in.
+//!
+//! Chunks that a row larger than a chunk spans (`ChunkRef::continues`) form
+//! one task: one `COPY … FROM STDIN` into which they are sent in order, one
+//! chunk at a time, so memory stays about two chunks whatever the row size.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,11 +24,34 @@ use crate::pg::connect;
 use crate::progress::ProgressCounters;
 use crate::repo::manifest::TableEntry;
 
-/// One chunk to load.
+/// Chunks to load with one COPY: one chunk, or the run of chunks that rows
+/// larger than a chunk span (`first..=last`).
 #[derive(Debug, Clone, Copy)]
 struct LoadTask {
     table: usize,
-    chunk: usize,
+    first: usize,
+    last: usize,
+}
+
+/// The tasks of one table: each chunk alone, except that a chunk that
+/// continues into the next is loaded with it. A table whose last chunk
+/// continues is a damaged manifest, refused naming the table.
+fn table_tasks(t: &TableEntry, table: usize) -> Result<Vec<LoadTask>> {
+    let mut tasks = Vec::new();
+    let mut first = 0;
+    for (i, c) in t.chunks.iter().enumerate() {
+        if !c.continues {
+            tasks.push(LoadTask { table, first, last: i });
+            first = i + 1;
+        }
+    }
+    if first < t.chunks.len() {
+        return Err(Error::corrupt(format!(
+            "table {}.{}: its last chunk ends inside a row that no chunk continues",
+            t.schema, t.name
+        )));
+    }
+    Ok(tasks)
 }
 
 /// The COPY FROM statement for a table of the manifest.
@@ -47,12 +74,11 @@ pub async fn load_tables(
 ) -> Result<()> {
     let mut tasks = Vec::new();
     for &t in tables {
-        for c in 0..source.manifest.tables[t].chunks.len() {
-            tasks.push(LoadTask { table: t, chunk: c });
-        }
+        tasks.extend(table_tasks(&source.manifest.tables[t], t)?);
     }
-    // Biggest chunks first keeps the tail short.
-    tasks.sort_by_key(|t| std::cmp::Reverse(source.manifest.tables[t.table].chunks[t.chunk].raw_size));
+    // Biggest tasks first keeps the tail short.
+    let raw_size = |t: &LoadTask| -> u64 { source.manifest.tables[t.table].chunks[t.first..=t.last].iter().map(|c| c.raw_size).sum() };
+    tasks.sort_by_key(|t| std::cmp::Reverse(raw_size(t)));
     let jobs = jobs.max(1).min(tasks.len().max(1));
     let queue = Arc::new(Mutex::new(VecDeque::from(tasks)));
     let mut set = tokio::task::JoinSet::new();
@@ -89,7 +115,7 @@ async fn worker(
         let task = queue.lock().await.pop_front();
         match task {
             Some(t) => {
-                let chunk = source.manifest.tables[t.table].chunks[t.chunk].clone();
+                let chunk = source.manifest.tables[t.table].chunks[t.first].clone();
                 let bytes = source.read_chunk(&chunk).await?;
                 Ok::<_, Error>(Some((t, bytes)))
             }
@@ -98,24 +124,78 @@ async fn worker(
     };
     let mut current = next(queue.clone(), source.clone()).await?;
     while let Some((task, rows)) = current {
-        // Prefetch the next chunk while this one is copied in.
+        // Prefetch the next task's first chunk while this one is copied in.
         let prefetch = tokio::spawn(next(queue.clone(), source.clone()));
-        let table = &source.manifest.tables[task.table];
-        let n = rows.len() as u64;
-        copy_chunk(&conn.client, table, rows).await?;
-        progress.bytes.fetch_add(n, Ordering::Relaxed);
-        progress.rows.fetch_add(table.chunks[task.chunk].rows, Ordering::Relaxed);
+        copy_task(&conn.client, &source, task, rows, &progress).await?;
         current = prefetch.await.map_err(|e| Error::internal(format!("prefetch failed: {e}")))??;
     }
     Ok(())
 }
 
-async fn copy_chunk(client: &tokio_postgres::Client, table: &TableEntry, rows: Bytes) -> Result<()> {
+/// One COPY FROM STDIN with the task's chunks in order: `first` (already
+/// read), then each next chunk, read while the one before is sent.
+async fn copy_task(client: &tokio_postgres::Client, source: &Arc<BackupSource>, task: LoadTask, first: Bytes, progress: &ProgressCounters) -> Result<()> {
+    let table = &source.manifest.tables[task.table];
     let what = format!("loading table {}.{}", table.schema, table.name);
     let fail = crate::pg::query_error(format!("{what} failed"));
     let sink = client.copy_in::<_, Bytes>(copy_in_sql(table).as_str()).await.map_err(&fail)?;
     futures::pin_mut!(sink);
-    sink.send(rows).await.map_err(&fail)?;
+    let mut rows = first;
+    for i in task.first..=task.last {
+        let following = (i < task.last).then(|| {
+            let (source, chunk) = (source.clone(), table.chunks[i + 1].clone());
+            tokio::spawn(async move { source.read_chunk(&chunk).await })
+        });
+        let n = rows.len() as u64;
+        sink.send(rows).await.map_err(&fail)?;
+        progress.bytes.fetch_add(n, Ordering::Relaxed);
+        progress.rows.fetch_add(table.chunks[i].rows, Ordering::Relaxed);
+        match following {
+            Some(read) => rows = read.await.map_err(|e| Error::internal(format!("chunk read failed: {e}")))??,
+            None => break,
+        }
+    }
     sink.finish().await.map_err(&fail)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::ChunkRef;
+
+    fn table(continues: &[bool]) -> TableEntry {
+        let chunk = |c: bool| ChunkRef {
+            object: "data/w01-000001.pack".into(),
+            offset: 0,
+            stored_size: 1,
+            raw_size: 1,
+            stored_sha256: String::new(),
+            raw_xxh3: String::new(),
+            rows: 0,
+            continues: c,
+        };
+        TableEntry {
+            schema: "public".into(),
+            name: "t".into(),
+            oid: 1,
+            columns: vec![],
+            rows: 0,
+            raw_bytes: 0,
+            fingerprint: String::new(),
+            chunks: continues.iter().map(|&c| chunk(c)).collect(),
+            extension: None,
+        }
+    }
+
+    #[test]
+    fn continued_chunks_load_in_one_task() {
+        let spans = |c: &[bool]| table_tasks(&table(c), 0).unwrap().iter().map(|t| (t.first, t.last)).collect::<Vec<_>>();
+        assert_eq!(spans(&[]), vec![]);
+        assert_eq!(spans(&[false, false]), vec![(0, 0), (1, 1)]);
+        assert_eq!(spans(&[false, true, true, false, false]), vec![(0, 0), (1, 3), (4, 4)]);
+        let e = table_tasks(&table(&[false, true]), 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.user_line().contains("public.t"), "{}", e.user_line());
+    }
 }

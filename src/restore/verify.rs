@@ -3,11 +3,12 @@
 //! `COPY … TO STDOUT` under the same session settings as the backup; NOT
 //! NULL columns still NOT NULL (so they hold no NULLs); critical tables
 //! present and not empty. Used by restore, and by `verify --deep` later.
+//! The read-back streams: rows of any size cost one socket read of memory
+//! (`replication::copy_out`, `pipeline::process::RowFingerprinter`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
@@ -16,6 +17,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{SESSION_SETUP, qualified, quote_ident};
 use crate::pg::connect;
 use crate::pipeline::TableFingerprint;
+use crate::pipeline::process::RowFingerprinter;
+use crate::replication::ReplicationConnection;
 use crate::repo::manifest::{BackupManifest, TableEntry};
 
 /// The outcome of verifying a restored database.
@@ -36,27 +39,19 @@ impl VerifyReport {
     }
 }
 
-/// Fingerprint one table as restored.
-async fn fingerprint(client: &tokio_postgres::Client, t: &TableEntry) -> Result<TableFingerprint> {
+/// Fingerprint one table as restored, reading `COPY … TO STDOUT` in pieces
+/// (memory is one socket read, whatever the row sizes).
+async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result<TableFingerprint> {
     let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let filter = t.extension.as_ref().map(|e| e.filter.as_str()).unwrap_or("");
     let sql = format!("COPY (SELECT {} FROM ONLY {} {filter}) TO STDOUT", cols.join(", "), qualified(&t.schema, &t.name));
-    let what = format!("reading back table {}.{}", t.schema, t.name);
-    let fail = crate::pg::query_error(format!("{what} failed"));
-    let stream = client.copy_out(sql.as_str()).await.map_err(&fail)?;
-    futures::pin_mut!(stream);
-    let mut fp = TableFingerprint::default();
-    let mut carry: Vec<u8> = Vec::new();
-    while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(&fail)?;
-        carry.extend_from_slice(&piece);
-        let cut = crate::pipeline::chunker::complete_rows_len(&carry);
-        if cut > 0 {
-            fp.merge(TableFingerprint::of_rows(&carry[..cut]));
-            carry.drain(..cut);
-        }
+    let what = format!("read back table {}.{}", t.schema, t.name);
+    let mut reader = conn.copy_out(&sql, &what).await?;
+    let mut fp = RowFingerprinter::default();
+    while let Some(piece) = reader.next_piece().await? {
+        fp.push(&piece);
     }
-    Ok(fp)
+    fp.finish().map_err(|()| Error::new(ErrorKind::Database, format!("reading back table {}.{} ended in the middle of a row", t.schema, t.name)))
 }
 
 /// Verify `tables` (indexes into the manifest) in `db` with `jobs` connections.
@@ -74,15 +69,12 @@ pub async fn verify_tables(
     for _ in 0..jobs.max(1).min(tables.len().max(1)) {
         let (manifest, queue, report, db) = (manifest.clone(), queue.clone(), report.clone(), db.clone());
         set.spawn(async move {
-            let conn = connect(&db).await?;
-            conn.client
-                .batch_execute(SESSION_SETUP)
-                .await
-                .map_err(|e| Error::new(ErrorKind::Database, format!("cannot configure the verify session: {e}")))?;
+            let mut conn = ReplicationConnection::connect_regular(&db).await?;
+            conn.simple_query(SESSION_SETUP).await.map_err(|e| e.context("cannot configure the verify session"))?;
             loop {
                 let Some(i) = queue.lock().await.pop_front() else { break };
                 let t = &manifest.tables[i];
-                let fp = fingerprint(&conn.client, t).await?;
+                let fp = fingerprint(&mut conn, t).await?;
                 let mut r = report.lock().await;
                 r.rows += fp.rows;
                 if fp.rows != t.rows {

@@ -13,6 +13,7 @@ pub(crate) fn sample() -> BackupManifest {
         stored_sha256: "aa".into(),
         raw_xxh3: "bb".into(),
         rows: 2,
+        continues: false,
     };
     BackupManifest {
         backup_id: BackupId::new(BackupKind::Full, at, 0),
@@ -86,13 +87,31 @@ fn any_edit_of_the_body_is_detected() {
 #[test]
 fn unknown_version_and_garbage_are_rejected() {
     let text = String::from_utf8(encode(&sample()).unwrap()).unwrap();
-    let v3 = text.replacen("\"version\":1", "\"version\":3", 1);
-    let e = decode(v3.as_bytes(), "k").unwrap_err();
-    assert!(e.user_line().contains("format version 3"), "{}", e.user_line());
+    let v9 = text.replacen("\"version\":1", "\"version\":9", 1);
+    let e = decode(v9.as_bytes(), "k").unwrap_err();
+    assert!(e.user_line().contains("format version 9"), "{}", e.user_line());
     // Version 2 promises an encryption section; a plain body under it is refused.
     let v2 = text.replacen("\"version\":1", "\"version\":2", 1);
     let e = decode(v2.as_bytes(), "k").unwrap_err();
     assert!(e.user_line().contains("encryption section"), "{}", e.user_line());
     assert!(decode(b"", "k").is_err());
     assert!(decode(b"{\"format\":\"other\",\"version\":1,\"sha256\":\"\",\"body\":{}}", "k").is_err());
+}
+
+#[test]
+fn split_rows_make_version_3_and_nothing_else_changes() {
+    // Without a split row: version 1 and no `continues` key at all.
+    let plain = String::from_utf8(encode(&sample()).unwrap()).unwrap();
+    assert!(plain.contains("\"version\":1") && !plain.contains("continues"));
+    let mut m = sample();
+    m.tables[0].chunks[0].continues = true;
+    let text = String::from_utf8(encode(&m).unwrap()).unwrap();
+    assert!(text.contains("\"version\":3") && text.contains("\"continues\":true"), "{text}");
+    assert_eq!(decode(text.as_bytes(), "k").unwrap(), m);
+    // A split row under version 1 (or 2) is refused, and version 3 without one.
+    let v1 = text.replacen("\"version\":3", "\"version\":1", 1);
+    let e = decode(v1.as_bytes(), "k").unwrap_err();
+    assert!(e.user_line().contains("row split across chunks"), "{}", e.user_line());
+    let v3 = plain.replacen("\"version\":1", "\"version\":3", 1);
+    assert!(decode(v3.as_bytes(), "k").is_err());
 }
