@@ -238,7 +238,7 @@ pub(crate) struct ListArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// Backup id (e.g. full_backup_20261124_020000) or `latest`.
+    /// Backup id (e.g. full_backup_20261124_020000), `latest`, or a legacy archive (`….dump.gz`).
     #[arg(default_value = "latest")]
     pub(crate) backup: String,
     /// Also restore into a scratch database and compare row counts and fingerprints (dropped afterwards).

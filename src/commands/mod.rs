@@ -5,6 +5,7 @@ pub mod check;
 pub mod drill;
 pub mod expire;
 pub mod expire_changes;
+pub mod expire_records; // log files and audit records
 pub mod incremental;
 pub mod list;
 pub mod restore;
