@@ -251,6 +251,22 @@ pub async fn run(cli: Cli) -> Result<u8> {
             println!("{}", commands::restore::rollback(&settings, a.yes).await?);
             Ok(0)
         }
+        Command::Key(KeyArgs { action: KeyAction::Rotate(a) }) => {
+            let opts = commands::key::RotateOptions {
+                change: pgkeep::crypto::rewrap::RecipientChange { add: a.add, remove: a.remove },
+                dry_run: a.dry_run,
+            };
+            let report = commands::key::run(&settings, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.is_complete() {
+                return Err(pgkeep::Error::new(pgkeep::ErrorKind::Storage, "key rotation did not complete (see above); run it again once fixed"));
+            }
+            Ok(0)
+        }
         Command::Config(a) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&settings.render_json()).unwrap_or_default());

@@ -192,8 +192,12 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
         checks.push(production::check_production(&settings.db, &m, opts.tolerance_pct).await?);
     }
 
-    // 5. Metadata: the backup is younger than --max-age.
+    // 5. Metadata: the backup is younger than --max-age; who can open it.
     checks.push(age(&m, opts.max_age));
+    if let Some(info) = &m.encryption {
+        let who = crate::crypto::manifest_mac::envelope(info).describe();
+        checks.push(CheckResult::new(Check::Metadata, None, Status::Pass, format!("encrypted; opens with {who} (recorded in its envelope)")));
+    }
 
     // 6. Chains: incrementals, and change segments contiguous in every repository.
     checks.push(chains(&repos, &m).await);
