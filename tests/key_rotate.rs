@@ -90,7 +90,17 @@ async fn rotate_rewraps_backups_and_survives_a_kill_in_the_middle() {
     assert!(out(&o).contains(&format!("backup {}", ids[0])) && out(&o).contains("cannot decrypt"), "{}", out(&o));
     assert!(opens(&s, &repo, &ids[0], &key_a), "a refused rotation leaves the backup as it was");
 
-    // kill -9 in the final round, right after the first manifest is replaced.
+    // kill -9 in the union round, right after the first manifest is replaced: A still opens everything.
+    let o = rotate(&key_a, &[("PGKEEP_FAILPOINT", "key_rotate.union.after_main")]);
+    assert_eq!(o.status.code(), None, "aborted by the failpoint: {}", out(&o));
+    for id in &ids {
+        assert!(opens(&s, &repo, id, &key_a), "after a crash in the union round, A opens {id}");
+    }
+    assert!(opens(&s, &repo, &ids[0], &key_b), "the first backup is old ∪ new");
+    assert!(!opens(&s, &repo, &ids[1], &key_b), "the second is not rewritten yet");
+    let _ = std::fs::remove_dir_all(repo.join("locks"));
+
+    // Run again and kill -9 in the final round, right after the first manifest is replaced.
     let o = rotate(&key_a, &[("PGKEEP_FAILPOINT", "key_rotate.final.after_main")]);
     assert_eq!(o.status.code(), None, "aborted by the failpoint: {}", out(&o));
     for id in &ids {
@@ -99,7 +109,7 @@ async fn rotate_rewraps_backups_and_survives_a_kill_in_the_middle() {
     assert!(!opens(&s, &repo, &ids[0], &key_a), "the first backup was already final");
     assert!(opens(&s, &repo, &ids[1], &key_a), "the second still opens with A (old ∪ new)");
 
-    // The dead run's lock is stale only after 10 minutes; remove it as an operator would.
+    // The dead run's lock turns stale only after 10 minutes; remove it as an operator would.
     let _ = std::fs::remove_dir_all(repo.join("locks"));
     // Running it again finishes, with either key (here B).
     let o = rotate(&key_b, &[]);

@@ -119,6 +119,12 @@ async fn a_good_archive_passes_every_check_locally_and_in_garage() {
     let left: i64 = c.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&scratch]).await.unwrap().get(0);
     assert_eq!(left, 0, "scratch database dropped");
 
+    // The bare id (no pgkeep backup has it) names the archive too.
+    let id = name.trim_end_matches(".dump.gz");
+    let o = pgkeep(&s, &["--repo", repo_s, "verify", id], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("PASS format"), "{}", out(&o));
+
     // Production drifted beyond the tolerance: named, exit 3.
     cluster.execute(&db, "DELETE FROM sales.orders WHERE id > 1000").await;
     let o = pgkeep(&s, &["--repo", repo_s, "verify", &name, "--compare-production"], &[]);
