@@ -150,3 +150,82 @@ fn first_data_object(backup: &Path) -> PathBuf {
     all.sort();
     all.remove(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_rewraps_change_segments() {
+    use harness::backup_check::settings;
+    use pgkeep::config::{EncryptionSettings, RepoSpec};
+    use pgkeep::storage::Storage;
+    use pgkeep::storage::local::LocalStorage;
+
+    // Slots are cluster-wide: a cluster of its own. A stream run encrypted to A.
+    let cluster = PgCluster::start();
+    let db = cluster.fresh_db("key_rot_seg").await;
+    cluster.execute(&db, "CREATE TABLE items (id serial PRIMARY KEY, v text)").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (key_a, rec_a) = identity(dir.path(), "a.txt");
+    let (key_b, rec_b) = identity(dir.path(), "b.txt");
+    let mut s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.clone())]);
+    s.encryption = EncryptionSettings { recipients: vec![rec_a.clone()], ..Default::default() };
+    let opts = pgkeep::stream::StreamOptions {
+        segment_seconds: 1,
+        auto_backup: Default::default(),
+        ..pgkeep::stream::StreamOptions::new("pgkeep_rotate_test", "pgkeep_rotate_test")
+    };
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let run_settings = s.clone();
+    let task = tokio::spawn(async move { pgkeep::stream::run(&run_settings, &opts, async { let _ = rx.await; }).await });
+    let client = cluster.client(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgkeep_rotate_test' AND active", &[]).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the stream never started");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for i in 0..10 {
+        client.execute("INSERT INTO items (v) VALUES ($1)", &[&format!("row-{i}")]).await.unwrap();
+    }
+    let storage = LocalStorage::new(&repo);
+    let keyring = |p: &Path| pgkeep::crypto::Keyring::from_settings(&EncryptionSettings { identity_file: Some(p.to_path_buf()), ..Default::default() });
+    // Transactions readable with `key` across all segments, or None when one does not open.
+    let transactions = |key: PathBuf| {
+        let storage = &storage;
+        let keys = keyring(&key);
+        async move {
+            let mut n = 0;
+            for o in storage.list("changes/").await.unwrap().iter().filter(|o| o.key.ends_with(".seg")) {
+                let bytes = storage.get(&o.key, None).await.unwrap();
+                match pgkeep::stream::segment::decode_with(&bytes, &o.key, &keys) {
+                    Ok(seg) => n += seg.transactions.len(),
+                    Err(_) => return None,
+                }
+            }
+            Some(n)
+        }
+    };
+    while transactions(key_a.clone()).await.unwrap() < 10 {
+        assert!(std::time::Instant::now() < deadline, "never archived 10 transactions");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(std::time::Duration::from_secs(60), task).await.unwrap().unwrap().unwrap_or_else(|e| panic!("{}", e.user_line()));
+    pgkeep::stream::remove(&s, "pgkeep_rotate_test", "pgkeep_rotate_test").await.unwrap();
+    let segments = storage.list("changes/").await.unwrap().iter().filter(|o| o.key.ends_with(".seg")).count();
+    assert!(segments > 0);
+
+    // Rotate A -> B: every segment opens with B only, the same transactions, one new wrapped key for the run.
+    let sd = cluster.superuser_settings(&db);
+    let o = pgkeep(&sd, &repo, &["--identity-file", key_a.to_str().unwrap(), "key", "rotate", "--add-recipient", &rec_b, "--remove-recipient", &rec_a], &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("re-wrapped {segments} segment(s)")), "{}", out(&o));
+    assert_eq!(transactions(key_b.clone()).await, Some(10));
+    assert_eq!(transactions(key_a.clone()).await, None);
+    let mut wrapped = std::collections::BTreeSet::new();
+    for o in storage.list("changes/").await.unwrap().iter().filter(|o| o.key.ends_with(".seg")) {
+        let bytes = storage.get(&o.key, None).await.unwrap();
+        let env = pgkeep::stream::segment::rekey::envelope_of(&bytes, &o.key).unwrap().unwrap();
+        assert_eq!(env.recipients, vec![rec_b.clone()]);
+        wrapped.insert(env.wrapped_key);
+    }
+    assert_eq!(wrapped.len(), 1, "one wrapped key per stream run");
+}
