@@ -90,6 +90,12 @@ async fn rotate_rewraps_backups_and_survives_a_kill_in_the_middle() {
     assert!(out(&o).contains(&format!("backup {}", ids[0])) && out(&o).contains("cannot decrypt"), "{}", out(&o));
     assert!(opens(&s, &repo, &ids[0], &key_a), "a refused rotation leaves the backup as it was");
 
+    // A dry run names what would change and writes nothing.
+    let o = pgkeep(&s, &repo, &["--identity-file", key_a.to_str().unwrap(), "key", "rotate", "--add-recipient", &rec_b, "--dry-run"], &[]);
+    let text = out(&o);
+    assert!(o.status.success() && text.contains(&format!("would re-wrap backup {}", ids[0])) && text.contains(&format!("would re-wrap backup {}", ids[1])), "{text}");
+    assert!(!opens(&s, &repo, &ids[0], &key_b), "a dry run writes nothing");
+
     // kill -9 in the union round, right after the first manifest is replaced: A still opens everything.
     let o = rotate(&key_a, &[("PGKEEP_FAILPOINT", "key_rotate.union.after_main")]);
     assert_eq!(o.status.code(), None, "aborted by the failpoint: {}", out(&o));

@@ -174,7 +174,8 @@ async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<RotateRepor
 
 async fn rotate_repository(storage: &dyn Storage, keys: &Keyring, opts: &RotateOptions, r: &mut RepoRotateReport) -> Result<()> {
     for round in [Round::Union, Round::Final] {
-        let last = round == Round::Final;
+        // A dry run plans in one pass; the counts are taken in the last pass.
+        let last = round == Round::Final || opts.dry_run;
         // Backups: manifests re-read each round (the first round changed them).
         for entry in catalog::list_backups(storage).await? {
             match entry {
@@ -206,7 +207,7 @@ async fn rotate_repository(storage: &dyn Storage, keys: &Keyring, opts: &RotateO
             }
         }
         if opts.dry_run {
-            break; // the union round's plan already names everything
+            break;
         }
     }
     Ok(())
@@ -241,10 +242,10 @@ async fn rewrap_segment(
     let Some(envelope) = segment_rekey::envelope_of(&data, key)? else { return Ok(Rewrap::NotEncrypted) };
     let subject = format!("change segment {key}");
     let phases = rewrap::plan_phases(&envelope, &opts.change, &subject)?;
-    let Some(target) = rekey::round_target(&phases, round, &subject)? else { return Ok(Rewrap::Unchanged) };
     if opts.dry_run {
-        return Ok(Rewrap::Written(target));
+        return Ok(phases.last().map_or(Rewrap::Unchanged, |t| Rewrap::Written(t.clone())));
     }
+    let Some(target) = rekey::round_target(&phases, round, &subject)? else { return Ok(Rewrap::Unchanged) };
     let cipher: Arc<crate::crypto::DataCipher> = keys.cipher(&envelope, &subject)?;
     let new = match new_envelopes.get(&(envelope.wrapped_key.clone(), target.clone())) {
         Some(e) => e.clone(),

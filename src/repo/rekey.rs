@@ -66,10 +66,10 @@ pub async fn rewrap_backup(storage: &dyn Storage, m: &BackupManifest, keys: &Key
     let subject = format!("backup {}", m.backup_id);
     let envelope = crate::crypto::manifest_mac::envelope(info);
     let phases = rewrap::plan_phases(&envelope, change, &subject)?;
-    let Some(target) = round_target(&phases, round, &subject)? else { return Ok(Rewrap::Unchanged) };
     if dry_run {
-        return Ok(Rewrap::Written(target));
+        return Ok(phases.last().map_or(Rewrap::Unchanged, |t| Rewrap::Written(t.clone())));
     }
+    let Some(target) = round_target(&phases, round, &subject)? else { return Ok(Rewrap::Unchanged) };
     let key = keys.data_key(&envelope, &subject)?;
     let new_envelope = rewrap::rewrap(&key, &target)?;
     let rotated = rewrap::reseal_manifest(m, &new_envelope, &key)?;
