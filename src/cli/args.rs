@@ -78,6 +78,8 @@ pub(crate) enum Command {
     Backup(BackupArgs),
     /// Print the effective configuration and where each value came from (secrets redacted).
     Config(ConfigArgs),
+    /// Encryption keys: `key rotate` re-wraps the data keys of existing backups and segments.
+    Key(KeyArgs),
     /// Monitoring: repositories, newest full backup age, replication slots (exit 3 on alert).
     Check(CheckArgs),
     /// Test restore of a random recent backup into a temporary database, with SQL assertions; records the RTO.
@@ -241,7 +243,7 @@ pub(crate) struct ListArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// Backup id (e.g. full_backup_20261124_020000) or `latest`.
+    /// Backup id (e.g. full_backup_20261124_020000), `latest`, or a legacy archive (`….dump.gz`).
     #[arg(default_value = "latest")]
     pub(crate) backup: String,
     /// Also restore into a scratch database and compare row counts and fingerprints (dropped afterwards).
@@ -310,3 +312,32 @@ pub(crate) struct ConfigArgs {
     pub(crate) json: bool,
 }
 
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyArgs {
+    #[command(subcommand)]
+    pub(crate) action: KeyAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyAction {
+    /// Re-wrap the data key of every encrypted backup and change segment for new age recipients,
+    /// without re-encrypting data (needs the current identity file or passphrase).
+    Rotate(KeyRotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeyRotateArgs {
+    /// An age recipient (`age1…`) to add (repeatable).
+    #[arg(long = "add-recipient", value_name = "AGE1")]
+    pub(crate) add: Vec<String>,
+    /// An age recipient (`age1…`) to remove (repeatable).
+    #[arg(long = "remove-recipient", value_name = "AGE1")]
+    pub(crate) remove: Vec<String>,
+    /// Print what would be re-wrapped; write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

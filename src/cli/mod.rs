@@ -156,6 +156,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&items).unwrap_or_default());
             } else {
                 print!("{}", commands::list::render(&items));
+                if !a.legacy
+                    && let Some(hint) = commands::list::legacy_hint(&settings).await
+                {
+                    print!("{hint}");
+                }
             }
             Ok(0)
         }
@@ -163,8 +168,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
             if !(a.tolerance.is_finite() && a.tolerance >= 0.0) {
                 return Err(pgkeep::Error::config(format!("invalid --tolerance `{}`: expected a percentage >= 0", a.tolerance)));
             }
+            // `….dump.gz` names a legacy archive; the selector is then unused.
+            let legacy = commands::restore_legacy::is_archive_name(&a.backup);
             let opts = commands::verify::VerifyOptions {
-                selector: pgkeep::restore::source::BackupSelector::parse(&a.backup)?,
+                selector: match legacy {
+                    true => pgkeep::restore::source::BackupSelector::Latest,
+                    false => pgkeep::restore::source::BackupSelector::parse(&a.backup)?,
+                },
                 deep: a.deep,
                 scratch_server: a.scratch_db.as_deref().map(|u| pgkeep::verify::scratch::scratch_server(u, &settings.db)).transpose()?,
                 compare_production: a.compare_production,
@@ -173,7 +183,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
             };
             let started = Instant::now();
-            let report = notified(&settings, Operation::Verify, started, commands::verify::run(&settings, &opts).await, |_| {
+            let result = match legacy {
+                true => commands::verify::run_legacy(&settings, &opts, &a.backup).await,
+                false => commands::verify::run(&settings, &opts).await,
+            };
+            let report = notified(&settings, Operation::Verify, started, result, |_| {
                 Event::new(Operation::Verify, pgkeep::notify::Outcome::Success)
             })
             .await?;
@@ -250,6 +264,22 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Rollback(a) => {
             println!("{}", commands::restore::rollback(&settings, a.yes).await?);
+            Ok(0)
+        }
+        Command::Key(KeyArgs { action: KeyAction::Rotate(a) }) => {
+            let opts = commands::key::RotateOptions {
+                change: pgkeep::crypto::rewrap::RecipientChange { add: a.add, remove: a.remove },
+                dry_run: a.dry_run,
+            };
+            let report = commands::key::run(&settings, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.is_complete() {
+                return Err(pgkeep::Error::new(pgkeep::ErrorKind::Storage, "key rotation did not complete (see above); run it again once fixed"));
+            }
             Ok(0)
         }
         Command::Config(a) => {

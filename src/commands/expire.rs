@@ -31,6 +31,11 @@
 //!    per cluster, those ending at or before the oldest point a kept backup
 //!    replays from; never the newest segment of a stream, never one under
 //!    object lock, and none of a cluster with no such backup here.
+//!
+//! 8. Per-run log files (`logs/`) older than `log_retention_days` and audit
+//!    records (`audit/`) older than `audit_retention_days` are removed
+//!    ([`expire_records`](super::expire_records)); 0 days keeps them forever;
+//!    none under object lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -264,6 +269,14 @@ pub struct RepoExpireReport {
     pub temp_removed: usize,
     /// Change segments removed (or that would be): no kept backup here replays them.
     pub segments_removed: usize,
+    /// The retention of per-run log files, in days (0: forever).
+    pub log_retention_days: u32,
+    /// The retention of audit records, in days (0: forever).
+    pub audit_retention_days: u32,
+    /// Log files removed (or that would be).
+    pub logs_removed: usize,
+    /// Audit records removed (or that would be).
+    pub audit_removed: usize,
     /// Findings that need a human: damaged manifests, broken chains, failed deletions.
     pub problems: Vec<String>,
     /// Why this repository could not be expired (locked, unreachable), if so.
@@ -309,6 +322,12 @@ impl ExpireReport {
             if r.segments_removed > 0 {
                 out.push_str(&format!("  {inc:<12} {} change segment(s) older than every kept backup\n", r.segments_removed));
             }
+            if r.logs_removed > 0 {
+                out.push_str(&format!("  {inc:<12} {} log file(s) older than {} days\n", r.logs_removed, r.log_retention_days));
+            }
+            if r.audit_removed > 0 {
+                out.push_str(&format!("  {inc:<12} {} audit record(s) older than {} days\n", r.audit_removed, r.audit_retention_days));
+            }
             for p in &r.problems {
                 out.push_str(&format!("  problem: {p}\n"));
             }
@@ -335,7 +354,12 @@ pub async fn run_with(settings: &Settings, opts: &ExpireOptions, now: DateTime<U
     }
     let mut report = ExpireReport { dry_run: opts.dry_run, repositories: Vec::new() };
     for spec in &settings.repos {
-        let mut r = RepoExpireReport { location: spec.display(), ..RepoExpireReport::default() };
+        let mut r = RepoExpireReport {
+            location: spec.display(),
+            log_retention_days: settings.log_retention_days,
+            audit_retention_days: settings.audit_retention_days,
+            ..RepoExpireReport::default()
+        };
         let span = tracing::info_span!("expire", repo = %r.location, dry_run = opts.dry_run);
         let outcome = tracing::Instrument::instrument(
             async {
@@ -494,6 +518,31 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
     }
     if r.segments_removed > 0 {
         tracing::info!(segments = r.segments_removed, dry_run = opts.dry_run, "change segments older than every kept backup removed");
+    }
+
+    // 7. Log files and audit records past their own retention (never one under object lock).
+    for (prefix, days) in [(crate::commands::expire_records::LOGS_PREFIX, r.log_retention_days), (crate::repo::layout::AUDIT_PREFIX, r.audit_retention_days)] {
+        let objects = storage.list(prefix).await?;
+        let mut removed = 0;
+        for key in crate::commands::expire_records::plan(&objects, now, days) {
+            let modified = objects.iter().find(|o| o.key == key).and_then(|o| o.modified);
+            if let (Some(lock), Some(at)) = (object_lock, modified)
+                && lock.retain_until(at) + chrono::Duration::hours(1) > now
+            {
+                continue;
+            }
+            if !opts.dry_run {
+                storage.delete(&key).await?;
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(prefix, removed, days, dry_run = opts.dry_run, "records older than their retention removed");
+        }
+        match prefix {
+            crate::repo::layout::AUDIT_PREFIX => r.audit_removed = removed,
+            _ => r.logs_removed = removed,
+        }
     }
     Ok(())
 }

@@ -223,6 +223,26 @@ pub async fn run_with_legacy(settings: &Settings) -> Result<Vec<ListedBackup>> {
     Ok(items)
 }
 
+/// Without `--legacy`: a line saying how many legacy archives the
+/// repositories hold and how to see them, or `None` when there are none.
+/// Best effort: a repository that cannot be listed adds nothing.
+pub async fn legacy_hint(settings: &Settings) -> Option<String> {
+    let repos = open_repositories(settings).await.ok()?;
+    let mut ids = std::collections::BTreeSet::new();
+    for repo in &repos {
+        for a in legacy::list_archives(repo).await.unwrap_or_default() {
+            ids.insert(a.id);
+        }
+    }
+    (!ids.is_empty()).then(|| {
+        format!(
+            "{} legacy archive(s) (full_backup_*.dump.gz, newest {}) not shown: run `pgkeep list --legacy`; `pgkeep verify <file>.dump.gz` checks one\n",
+            ids.len(),
+            ids.last().map(String::as_str).unwrap_or_default()
+        )
+    })
+}
+
 /// A human table of the listing.
 pub fn render(items: &[ListedBackup]) -> String {
     if items.is_empty() {

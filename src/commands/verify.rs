@@ -68,6 +68,35 @@ pub async fn run(settings: &Settings, opts: &VerifyOptions) -> Result<BackupVeri
     result
 }
 
+/// Verify the legacy archive `name` (its file name, key or
+/// `<location>/<key>`, ending in `.dump.gz`) with the checks of
+/// [`crate::verify::legacy`]; recorded in the audit trail like [`run`].
+pub async fn run_legacy(settings: &Settings, opts: &VerifyOptions, name: &str) -> Result<BackupVerification> {
+    let repos = open_repositories(settings).await?;
+    let which = crate::restore::legacy::ArchiveSelector::Name(name.to_string());
+    let Some(archive) = crate::restore::legacy::find_archive(&repos, &which).await? else {
+        let where_ = repos.iter().map(|r| r.location()).collect::<Vec<_>>().join(", ");
+        return Err(Error::new(ErrorKind::NotFound, format!("legacy archive {name} not found in {where_}"))
+            .with_hint("run `pgkeep list --legacy` to see the archives"));
+    };
+    let v = crate::verify::legacy::verify_archive(&archive, &legacy_checks(settings, opts)).await;
+    let failed: Vec<&str> = v.failures().map(|c| c.check.name()).collect();
+    let details = serde_json::json!({ "backup_id": v.backup_id, "legacy_archive": archive.location(), "passed": v.passed, "failed_checks": failed, "deep": opts.deep });
+    crate::repo::audit::record(&repos, "verify", v.passed, details).await;
+    Ok(v)
+}
+
+fn legacy_checks(settings: &Settings, opts: &VerifyOptions) -> crate::verify::legacy::LegacyChecks {
+    crate::verify::legacy::LegacyChecks {
+        scratch_server: opts.scratch_server.clone().unwrap_or_else(|| settings.db.clone()),
+        deep: opts.deep,
+        production: opts.compare_production.then(|| (settings.db.clone(), opts.tolerance_pct)),
+        max_age: opts.max_age,
+        critical_tables: opts.critical_tables.clone(),
+        jobs: settings.jobs,
+    }
+}
+
 async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupVerification> {
     // 1. Find the backup: an id, or the newest backup of the configured database.
     let repos = open_repositories(settings).await?;
@@ -115,6 +144,11 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
         }
     }
     if holders.is_empty() {
+        // An id with no pgkeep backup anywhere may name a legacy archive.
+        let which = crate::restore::legacy::ArchiveSelector::Id(id.to_string());
+        if let Ok(Some(archive)) = crate::restore::legacy::find_archive(&repos, &which).await {
+            return Ok(crate::verify::legacy::verify_archive(&archive, &legacy_checks(settings, opts)).await);
+        }
         let where_ = repos.iter().map(|r| r.location()).collect::<Vec<_>>().join(", ");
         return Err(Error::new(ErrorKind::NotFound, format!("backup {id} not found in {where_}"))
             .with_hint("run `pgkeep list` to see the backups in each repository"));
@@ -158,8 +192,12 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
         checks.push(production::check_production(&settings.db, &m, opts.tolerance_pct).await?);
     }
 
-    // 5. Metadata: the backup is younger than --max-age.
+    // 5. Metadata: the backup is younger than --max-age; who can open it.
     checks.push(age(&m, opts.max_age));
+    if let Some(info) = &m.encryption {
+        let who = crate::crypto::manifest_mac::envelope(info).describe();
+        checks.push(CheckResult::new(Check::Metadata, None, Status::Pass, format!("encrypted; opens with {who} (recorded in its envelope)")));
+    }
 
     // 6. Chains: incrementals, and change segments contiguous in every repository.
     checks.push(chains(&repos, &m).await);

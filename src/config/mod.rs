@@ -67,6 +67,8 @@ pub const FILE_KEYS: &[&str] = &[
     "jobs",
     "retention_days",
     "local_retention_days",
+    "log_retention_days",
+    "audit_retention_days",
     "notify.slack_webhook_url",
     "notify.email",
     "notify.webhook_url",
@@ -128,6 +130,10 @@ pub struct Settings {
     pub retention_days: u32,
     /// Days to keep backups in local repositories.
     pub local_retention_days: u32,
+    /// Days to keep per-run log files under a repository's `logs/` (0: forever).
+    pub log_retention_days: u32,
+    /// Days to keep audit records under a repository's `audit/` (0: forever).
+    pub audit_retention_days: u32,
     /// Slack incoming webhook.
     pub slack_webhook_url: Option<Secret>,
     /// Address for email notifications.
@@ -323,6 +329,8 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
     };
     let retention_days = days(&layers, "retention_days", "RETENTION_DAYS", 30, &mut record)?;
     let local_retention_days = days(&layers, "local_retention_days", "LOCAL_RETENTION_DAYS", 7, &mut record)?;
+    let log_retention_days = days(&layers, "log_retention_days", "LOG_RETENTION_DAYS", 90, &mut record)?;
+    let audit_retention_days = days(&layers, "audit_retention_days", "AUDIT_RETENTION_DAYS", 365, &mut record)?;
     let slack_webhook_url = layers.get("notify.slack_webhook_url", &["SLACK_WEBHOOK_URL"]).map(|r| {
         record("notify.slack_webhook_url", secret::REDACTED.into(), r.source);
         Secret::new(r.value)
@@ -386,6 +394,8 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         jobs,
         retention_days,
         local_retention_days,
+        log_retention_days,
+        audit_retention_days,
         slack_webhook_url,
         notification_email,
         notify,

@@ -110,6 +110,22 @@ impl Keyring {
         if let Some(c) = self.opened.lock().expect("keyring lock").get(&id) {
             return Ok(c.clone());
         }
+        let key = self.data_key(envelope, subject)?;
+        let cipher = Arc::new(DataCipher::new(&key));
+        self.opened.lock().expect("keyring lock").insert(id, cipher.clone());
+        Ok(cipher)
+    }
+
+    /// The data key of `envelope` itself, for re-wrapping it (`key rotate`).
+    /// Same errors as [`Keyring::cipher`]; not cached.
+    pub fn data_key(&self, envelope: &KeyEnvelope, subject: &str) -> Result<data_key::DataKey> {
+        if envelope.scheme != SCHEME {
+            return Err(Error::corrupt(format!("{subject} uses unknown encryption scheme `{}`", envelope.scheme))
+                .with_hint("use a pgkeep release that supports it"));
+        }
+        let wrapped = base64::engine::general_purpose::STANDARD
+            .decode(&envelope.wrapped_key)
+            .map_err(|_| Error::corrupt(format!("{subject}: its wrapped data key is not valid base64")))?;
         let missing = |what: &str, hint: &str| {
             Error::new(ErrorKind::Config, format!("{subject} is encrypted with {}; {what}", envelope.describe())).with_hint(hint.to_string())
         };
@@ -141,9 +157,7 @@ impl Keyring {
             }),
             UnwrapError::Damaged(why) => Error::corrupt(format!("{subject}: its wrapped data key is damaged: {why}")),
         })?;
-        let cipher = Arc::new(DataCipher::new(&key));
-        self.opened.lock().expect("keyring lock").insert(id, cipher.clone());
-        Ok(cipher)
+        Ok(key)
     }
 }
 

@@ -41,6 +41,17 @@ pub fn seal(sealer: &Sealer, m: &mut BackupManifest) -> Result<()> {
     Ok(())
 }
 
+/// Recompute the MAC of an encrypted manifest whose `encryption` object
+/// changed (a re-wrapped data key, `key rotate`), with its data key's cipher.
+pub fn resign(cipher: &DataCipher, m: &mut BackupManifest) -> Result<()> {
+    let mac = compute(cipher, m)?;
+    match m.encryption.as_mut() {
+        Some(info) => info.manifest_mac = mac,
+        None => return Err(Error::internal(format!("backup {} is not encrypted", m.backup_id))),
+    }
+    Ok(())
+}
+
 /// The key envelope of an encrypted manifest.
 pub fn envelope(info: &EncryptionInfo) -> KeyEnvelope {
     KeyEnvelope { scheme: info.scheme.clone(), mode: info.mode, recipients: info.recipients.clone(), wrapped_key: info.wrapped_key.clone() }

@@ -10,6 +10,7 @@
 //! - [`keyring`]: the reader's side — identity file or passphrase, opening
 //!   envelopes (cached), with one-line errors naming the backup and key source.
 //! - [`manifest_mac`]: the HMAC that makes an encrypted manifest tamper-evident.
+//! - [`rewrap`]: key rotation, the same data key wrapped for other recipients.
 //!
 //! Why not age for every chunk: age derives a fresh file key per file, so a
 //! passphrase would cost one scrypt (about a second) per chunk on both ends,
@@ -21,6 +22,7 @@ pub mod chunk;
 pub mod data_key;
 pub mod keyring;
 pub mod manifest_mac;
+pub mod rewrap; // key rotation: re-wrap a data key, re-sign its manifest
 pub mod sealer;
 
 use serde::{Deserialize, Serialize};

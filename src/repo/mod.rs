@@ -11,3 +11,4 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod meta;
+pub mod rekey; // key rotation of backup manifests

@@ -8,6 +8,7 @@
 
 pub mod chains;
 pub mod integrity;
+pub mod legacy; // legacy `*.dump.gz` archives
 pub mod production;
 pub mod scratch;
 

@@ -21,6 +21,35 @@ pub fn difference_pct(live: u64, backed_up: u64) -> f64 {
 /// Compare live row counts in `db` with the manifest. `Err` only when the
 /// database cannot be reached.
 pub async fn check_production(db: &DbSettings, m: &BackupManifest, tolerance_pct: f64) -> Result<CheckResult> {
+    let tables: Vec<BackedUpCount> = m
+        .tables
+        .iter()
+        .map(|t| BackedUpCount {
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            rows: t.rows,
+            filter: t.extension.as_ref().map(|e| e.filter.clone()).unwrap_or_default(),
+        })
+        .collect();
+    compare_counts(db, &tables, tolerance_pct).await
+}
+
+/// One table's row count in a backup (a manifest or a legacy archive).
+#[derive(Debug, Clone)]
+pub struct BackedUpCount {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub name: String,
+    /// Rows in the backup.
+    pub rows: u64,
+    /// A `WHERE …` that selects the rows the backup holds (extension tables), or empty.
+    pub filter: String,
+}
+
+/// Compare live row counts in `db` with `tables`. `Err` only when the
+/// database cannot be reached.
+pub async fn compare_counts(db: &DbSettings, tables: &[BackedUpCount], tolerance_pct: f64) -> Result<CheckResult> {
     let conn = connect(db).await?;
     conn.client
         .batch_execute("SET default_transaction_read_only = on")
@@ -29,10 +58,9 @@ pub async fn check_production(db: &DbSettings, m: &BackupManifest, tolerance_pct
     let mut problems = Vec::new();
     let mut details = Vec::new();
     let mut worst: Option<(String, i128, f64)> = None;
-    for t in &m.tables {
+    for t in tables {
         let name = format!("{}.{}", t.schema, t.name);
-        let filter = t.extension.as_ref().map(|e| e.filter.as_str()).unwrap_or("");
-        let sql = format!("SELECT count(*)::int8 FROM ONLY {} {filter}", qualified(&t.schema, &t.name));
+        let sql = format!("SELECT count(*)::int8 FROM ONLY {} {}", qualified(&t.schema, &t.name), t.filter);
         let live: i64 = match conn.client.query_one(sql.as_str(), &[]).await {
             Ok(row) => row.get(0),
             Err(e) => {
@@ -56,7 +84,7 @@ pub async fn check_production(db: &DbSettings, m: &BackupManifest, tolerance_pct
     let summary = match &worst {
         Some((name, diff, pct)) => format!(
             "{} tables within {tolerance_pct}% of {}; largest difference {name} {diff:+} rows ({pct:.1}%)",
-            m.tables.len(),
+            tables.len(),
             db.display_target()
         ),
         None => "the backup has no tables".to_string(),

@@ -18,6 +18,8 @@ pub fn settings(db: DbSettings, repos: Vec<RepoSpec>) -> Settings {
         jobs: 2,
         retention_days: 30,
         local_retention_days: 7,
+        log_retention_days: 90,
+        audit_retention_days: 365,
         slack_webhook_url: None,
         notification_email: None,
         notify: Default::default(),

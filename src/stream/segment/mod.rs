@@ -51,6 +51,7 @@ use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::repo::layout::Lsn;
 
 pub mod columnar;
+pub mod rekey; // key rotation: a sealed segment under a new envelope
 
 /// The first 8 bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"PGKSEG1\n";
