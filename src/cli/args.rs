@@ -116,6 +116,10 @@ pub(crate) struct RestoreArgs {
     /// Skip the backup of the database about to be replaced.
     #[arg(long)]
     pub(crate) no_pre_backup: bool,
+    /// Every restored object belongs to the restoring role (pg_restore's --no-owner). Without it,
+    /// owners the role can become are restored exactly and the others are replaced by the role, listed in a warning.
+    #[arg(long)]
+    pub(crate) no_owner: bool,
     /// Approve both gates (RESTORE and SWAP) without asking.
     #[arg(long)]
     pub(crate) yes: bool,

@@ -25,6 +25,7 @@ use crate::repo::layout::BackupKind;
 use crate::restore::source::{self as src, BackupSelector, BackupSource};
 use crate::restore::target::{self, SwapOutcome};
 use crate::restore::verify::{self, VerifyReport};
+use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport, RoleAccess};
 use crate::restore::{approve, load, schema};
 use crate::replay::{self, RecoveryTarget, ReplayPlan, ReplayReport};
 
@@ -50,6 +51,8 @@ pub struct RestoreOptions {
     pub tables: Vec<String>,
     /// Point in time: replay archived changes after the base backup up to this target.
     pub point_in_time: Option<RecoveryTarget>,
+    /// `--no-owner`: every restored object belongs to the restoring role (pg_restore's semantics).
+    pub no_owner: bool,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -68,6 +71,7 @@ impl RestoreOptions {
             critical_tables: Vec::new(),
             tables: Vec::new(),
             point_in_time: None,
+            no_owner: false,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -115,6 +119,10 @@ pub struct RestoreReport {
     pub tables_restored: usize,
     /// Foreign keys skipped by a table-level restore, and event triggers a non-superuser could not create.
     pub foreign_keys_skipped: Vec<String>,
+    /// Objects whose owner the restoring role could not restore (it owns them
+    /// instead), and default privileges it could not set.
+    #[serde(default, skip_serializing_if = "OwnershipReport::is_empty")]
+    pub ownership: OwnershipReport,
     /// Verification.
     pub verification: VerifyReport,
     /// The point-in-time replay, when a target was given.
@@ -143,6 +151,9 @@ impl RestoreReport {
         );
         if let Some(p) = &self.point_in_time {
             s.push_str(&format!("; {}", p.summary()));
+        }
+        if !self.ownership.is_empty() {
+            s.push_str(&format!("; WARNING: {}", self.ownership.describe()));
         }
         if let Some(b) = &self.pre_restore_backup {
             s.push_str(&format!("; pre-restore backup {b}"));
@@ -232,11 +243,18 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         Some(p) => format!("backup {id} with changes replayed to {}", p.target),
         None => format!("backup {id}"),
     };
-    let plan = if swapping {
+    let mut plan = if swapping {
         format!("restore {what} and then replace database {target_name} on {}:{}", server.host, server.port)
     } else {
         format!("restore {what} into a new database on {}:{}", server.host, server.port)
     };
+    // Extensions only the provider may create, said before anything starts.
+    let provider_only = provider_only_extensions(server, &source).await?;
+    if !provider_only.is_empty() {
+        let list = privileges::list_extensions(&provider_only);
+        tracing::warn!(extensions = %list, "the backup uses extensions this role may not be able to create; the restore checks them first in the new database");
+        plan.push_str(&format!(" (WARNING: extensions that may need the provider: {list})"));
+    }
     approve::gate("RESTORE", plan, opts.yes).await?;
     let mut times = PhaseTimes::default();
 
@@ -263,13 +281,13 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let work = server.with_dbname(&work_db);
 
     // 5-6. Load and verify; on failure drop the work database, production untouched.
-    let loaded = load_and_verify(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times).await;
-    let (roles_created, fk_skipped, verification) = match loaded {
+    let loaded = load_and_verify_as(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times, opts.no_owner).await;
+    let (roles_created, fk_skipped, verification, ownership) = match loaded {
         Ok(v) if v.2.passed() => v,
         other => {
             let err = match other {
                 Err(e) => e,
-                Ok((_, _, report)) => Error::new(
+                Ok((_, _, report, _)) => Error::new(
                     ErrorKind::CheckFailed,
                     format!("restored data does not match backup {id}: {}", report.problems.join("; ")),
                 ),
@@ -305,6 +323,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         roles_created,
         tables_restored: selected.len(),
         foreign_keys_skipped: fk_skipped,
+        ownership,
         verification,
         point_in_time,
         seconds: times,
@@ -466,6 +485,25 @@ pub(crate) async fn load_and_verify(
     progress: &Arc<ProgressCounters>,
     times: &mut PhaseTimes,
 ) -> Result<(usize, Vec<String>, VerifyReport)> {
+    let (roles, skipped, report, _) = load_and_verify_as(source, work, selected, jobs, critical_tables, progress, times, false).await?;
+    Ok((roles, skipped, report))
+}
+
+/// [`load_and_verify`] as the connecting role, which may not be a
+/// superuser: owners it cannot become are replaced by itself (all owners
+/// with `no_owner`), and extensions it cannot create stop the restore
+/// before the schema runs, listed. Also returns what differs in ownership.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn load_and_verify_as(
+    source: &Arc<BackupSource>,
+    work: &crate::config::DbSettings,
+    selected: &[usize],
+    jobs: usize,
+    critical_tables: &[String],
+    progress: &Arc<ProgressCounters>,
+    times: &mut PhaseTimes,
+    no_owner: bool,
+) -> Result<(usize, Vec<String>, VerifyReport, OwnershipReport)> {
     let m = &source.manifest;
     let text = async |c: &crate::repo::manifest::ChunkRef| -> Result<String> {
         let bytes = source.read_chunk(c).await?;
@@ -476,7 +514,24 @@ pub(crate) async fn load_and_verify(
         Some(g) => schema::apply_globals(work, &text(g).await?).await?,
         None => 0,
     };
-    schema::run_pre_data(work, &text(&m.schema.pre_data).await?).await?;
+    let pre_data = text(&m.schema.pre_data).await?;
+    let policy = {
+        let conn = connect(work).await?;
+        let access = RoleAccess::load(&conn.client).await?;
+        // Extensions the role cannot create: all of them named, before any schema.
+        if !access.superuser {
+            let refused = privileges::probe_extensions(&conn.client, &privileges::extensions_created(&pre_data)).await?;
+            if !refused.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::AccessDenied,
+                    format!("role {} cannot create extension(s) of backup {}: {}", access.current, m.backup_id, privileges::list_extensions(&refused)),
+                )
+                .with_hint("ask the provider to allow them (or restore as a superuser); nothing was restored"));
+            }
+        }
+        OwnerPolicy { access, no_owner }
+    };
+    let mut ownership = schema::run_pre_data_as(work, &pre_data, &policy).await?;
     times.schema = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -486,14 +541,36 @@ pub(crate) async fn load_and_verify(
 
     let t = Instant::now();
     let partial = selected.len() < m.tables.len();
-    let fk_skipped = schema::run_post_data(work, &text(&m.schema.post_data).await?, jobs, partial).await?;
+    let (post_data, post_ownership) = schema::post_data_as(&text(&m.schema.post_data).await?, &policy);
+    ownership.merge(post_ownership);
+    ownership.restoring_role = policy.access.current.clone();
+    if !ownership.is_empty() {
+        tracing::warn!(role = %policy.access.current, "{}", ownership.describe());
+    }
+    let fk_skipped = schema::run_post_data(work, &post_data, jobs, partial).await?;
     schema::set_sequences(work, &m.sequences).await?;
     times.indexes = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let report = verify::verify_tables(m, work, selected, critical_tables, jobs).await?;
     times.verify = t.elapsed().as_secs_f64();
-    Ok((roles_created, fk_skipped, report))
+    Ok((roles_created, fk_skipped, report, ownership))
+}
+
+/// Extensions of the backup's schema that, by the server's catalog, the
+/// configured role cannot create (empty for a superuser). Read-only: asks
+/// the configured database, or the maintenance database when it is missing.
+async fn provider_only_extensions(server: &crate::config::DbSettings, source: &BackupSource) -> Result<Vec<(String, String)>> {
+    let bytes = source.read_chunk(&source.manifest.schema.pre_data).await?;
+    let wanted = privileges::extensions_created(&String::from_utf8_lossy(&bytes));
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let conn = match connect(server).await {
+        Ok(c) => c,
+        Err(_) => connect(&server.with_dbname("postgres")).await?,
+    };
+    privileges::provider_only_extensions(&conn.client, &wanted).await
 }
 
 /// Indexes of the manifest tables to restore: all, or those named

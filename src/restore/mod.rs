@@ -1,12 +1,14 @@
 //! The pieces of a restore, called in order by `commands::restore::run`:
 //! finding and reading the backup ([`source`]), approval gates
 //! ([`approve`]), the temporary database, swap and rollback ([`target`]),
-//! schema scripts ([`schema`]), the parallel data load ([`load`]) and the
+//! schema scripts ([`schema`]) as a role that may not be a superuser
+//! ([`privileges`]), the parallel data load ([`load`]) and the
 //! proof that the restored data equals the backup ([`verify`]).
 
 pub mod approve;
 pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod load;
+pub mod privileges;
 pub mod schema;
 pub mod source;
 pub mod target;

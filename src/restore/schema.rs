@@ -18,6 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{qualified, quote_literal};
 use crate::pg::connect;
 use crate::repo::manifest::SequenceEntry;
+use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport};
 
 fn sql_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| {
@@ -34,6 +35,61 @@ pub async fn run_pre_data(db: &DbSettings, sql: &str) -> Result<()> {
     let conn = connect(db).await?;
     let script = format!("BEGIN;\n{}\nCOMMIT;", strip_psql_guards(sql));
     conn.client.batch_execute(&script).await.map_err(sql_error("the schema (pre-data) script"))
+}
+
+/// Run the pre-data script as the restoring role, which may not be a
+/// superuser (see [`privileges`](super::privileges)): owner statements the
+/// policy does not keep are left out; kept ones run in place, or, when the
+/// new owner lacks a privilege the script grants later (CREATE on its
+/// schema, say), after the script's grants. One transaction. Returns what
+/// differs from the backup.
+pub async fn run_pre_data_as(db: &DbSettings, sql: &str, policy: &OwnerPolicy) -> Result<OwnershipReport> {
+    if policy.exact() {
+        run_pre_data(db, sql).await?;
+        return Ok(OwnershipReport::default());
+    }
+    let (preamble, blocks) = split_blocks(&strip_psql_guards(sql));
+    let (script, report) = privileges::rewrite_script(&preamble, &blocks, policy);
+    let conn = connect(db).await?;
+    let client = &conn.client;
+    let failed = || sql_error("the schema (pre-data) script");
+    client.batch_execute("BEGIN").await.map_err(failed())?;
+    let mut pending = String::new();
+    let mut deferred = Vec::new();
+    let mut previous_blank = false;
+    for line in script.lines() {
+        let owner = privileges::owner_statement(line).filter(|o| previous_blank && o.role != policy.access.current);
+        previous_blank = line.trim().is_empty();
+        let Some(owner) = owner else {
+            pending.push_str(line);
+            pending.push('\n');
+            continue;
+        };
+        client.batch_execute(&std::mem::take(&mut pending)).await.map_err(failed())?;
+        match client.batch_execute(&format!("SAVEPOINT pgkeep_owner; {line}")).await {
+            Ok(()) => client.batch_execute("RELEASE SAVEPOINT pgkeep_owner").await.map_err(failed())?,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                client.batch_execute("ROLLBACK TO SAVEPOINT pgkeep_owner").await.map_err(failed())?;
+                deferred.push((line.to_string(), owner));
+            }
+            Err(e) => return Err(sql_error(&format!("giving {} to {}", owner.object, owner.role))(e)),
+        }
+    }
+    client.batch_execute(&pending).await.map_err(failed())?;
+    for (line, owner) in deferred {
+        client.batch_execute(&line).await.map_err(sql_error(&format!("giving {} to {}", owner.object, owner.role)))?;
+    }
+    client.batch_execute("COMMIT").await.map_err(failed())?;
+    Ok(report)
+}
+
+/// The post-data script as `policy` runs it (see [`privileges::rewrite_script`]).
+pub fn post_data_as(sql: &str, policy: &OwnerPolicy) -> (String, OwnershipReport) {
+    if policy.exact() {
+        return (sql.to_string(), OwnershipReport::default());
+    }
+    let (preamble, blocks) = split_blocks(&strip_psql_guards(sql));
+    privileges::rewrite_script(&preamble, &blocks, policy)
 }
 
 /// Session settings for building indexes and constraints: more sort memory
