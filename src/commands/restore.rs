@@ -117,7 +117,7 @@ pub struct RestoreReport {
     pub roles_created: usize,
     /// Tables whose data was restored (all, or those asked for with --table).
     pub tables_restored: usize,
-    /// Foreign keys skipped by a table-level restore, and event triggers a non-superuser could not create.
+    /// Foreign keys skipped by a table-level restore, and event triggers and publications a non-superuser could not create.
     pub foreign_keys_skipped: Vec<String>,
     /// Objects whose owner the restoring role could not restore (it owns them
     /// instead), and default privileges it could not set.

@@ -152,6 +152,17 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: boo
                 tracing::warn!(trigger = %block_name(&block), "event trigger not restored: creating it needs a superuser (run `pgkeep setup` again as one)");
                 skipped.push(block_name(&block));
             }
+            // A publication FOR ALL TABLES (or of a table the role does not own) needs a
+            // superuser or the owner: the restore goes on without it, and says so.
+            Err(e)
+                if block.kind.starts_with("PUBLICATION")
+                    && (e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                        || (e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT)
+                            && skipped.iter().any(|s: &String| s.starts_with("PUBLICATION ")))) =>
+            {
+                tracing::warn!(publication = %block_name(&block), error = %crate::pg::error_message(&e), "publication not restored: the restoring role may not create it");
+                skipped.push(block_name(&block));
+            }
             Err(e) => return Err(sql_error(&what)(e)),
         }
     }
