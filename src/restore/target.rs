@@ -225,7 +225,7 @@ async fn close_database(client: &tokio_postgres::Client, name: &str) -> Result<u
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let rows = client
-        .query("SELECT DISTINCT coalesce(usename::text, '?') FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", &[&name])
+        .query("SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND usesysid IS NOT NULL", &[&name])
         .await
         .map_err(db_error(format!("cannot list sessions on {name}")))?;
     if !rows.is_empty() {
