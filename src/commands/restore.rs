@@ -25,6 +25,7 @@ use crate::repo::layout::BackupKind;
 use crate::restore::source::{self as src, BackupSelector, BackupSource};
 use crate::restore::target::{self, SwapOutcome};
 use crate::restore::verify::{self, VerifyReport};
+use crate::restore::platform::{self, PlatformSchemas, PlatformTarget};
 use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport, RoleAccess};
 use crate::restore::{approve, load, schema};
 use crate::replay::{self, RecoveryTarget, ReplayPlan, ReplayReport};
@@ -53,6 +54,8 @@ pub struct RestoreOptions {
     pub point_in_time: Option<RecoveryTarget>,
     /// `--no-owner`: every restored object belongs to the restoring role (pg_restore's semantics).
     pub no_owner: bool,
+    /// `--platform-schemas`: restoring into an existing database (`target_db`) the platform set up.
+    pub platform_schemas: PlatformSchemas,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -72,6 +75,7 @@ impl RestoreOptions {
             tables: Vec::new(),
             point_in_time: None,
             no_owner: false,
+            platform_schemas: PlatformSchemas::Auto,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -234,16 +238,26 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         Err(e) => return Err(e),
     };
     let id = source.manifest.backup_id.clone();
-    let selected = select_tables(&source.manifest, &opts.tables)?;
+    let mut selected = select_tables(&source.manifest, &opts.tables)?;
+    // An existing --target-db: a database the platform set up (a new project), restored into in place.
+    let mut into_platform: Option<PlatformTarget> = None;
     if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
-        return Err(Error::config(format!("database {target_name} already exists on {}:{}", server.host, server.port))
-            .with_hint("--target-db creates a new database; choose another name"));
+        let p = platform::inspect(&server.with_dbname(&target_name), &source.manifest, opts.platform_schemas).await?;
+        selected.retain(|i| !p.tables_kept.contains(i));
+        into_platform = Some(p);
     }
     let what = match &replay_plan {
         Some(p) => format!("backup {id} with changes replayed to {}", p.target),
         None => format!("backup {id}"),
     };
-    let mut plan = if swapping {
+    let mut plan = if let Some(p) = &into_platform {
+        format!(
+            "restore {what} in place into the existing database {target_name} on {}:{}, keeping the platform's schemas ({})",
+            server.host,
+            server.port,
+            p.schemas.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    } else if swapping {
         format!("restore {what} and then replace database {target_name} on {}:{}", server.host, server.port)
     } else {
         format!("restore {what} into a new database on {}:{}", server.host, server.port)
@@ -272,6 +286,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // 4. The temporary (or new target) database.
     let info = source.manifest.database_info.as_ref();
     let work_db = match &opts.target_db {
+        Some(name) if into_platform.is_some() => name.clone(),
         Some(name) => {
             target::create_database(server, name, info).await?;
             name.clone()
@@ -281,8 +296,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let work = server.with_dbname(&work_db);
 
     // 5-6. Load and verify; on failure drop the work database, production untouched.
-    let loaded = load_and_verify_as(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times, opts.no_owner).await;
-    let (roles_created, fk_skipped, verification, ownership) = match loaded {
+    let loaded = load_and_verify_as(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times, opts.no_owner, into_platform.as_ref()).await;
+    let (roles_created, fk_skipped, verification, mut ownership) = match loaded {
         Ok(v) if v.2.passed() => v,
         other => {
             let err = match other {
@@ -292,23 +307,36 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
                     format!("restored data does not match backup {id}: {}", report.problems.join("; ")),
                 ),
             };
+            if let Some(p) = &into_platform {
+                return Err(platform::partial_failure(p, err));
+            }
             return Err(abandon(server, opts, &work_db, err).await);
         }
     };
+    if let Some(p) = &into_platform {
+        let m = &source.manifest;
+        ownership.kept_by_platform.extend(p.tables_kept.iter().map(|&i| format!("TABLE DATA {}.{}", m.tables[i].schema, m.tables[i].name)));
+    }
     // 6b. Point in time: replay the archived changes up to the target.
     let mut point_in_time = None;
     if let Some(plan) = &replay_plan {
         let t = Instant::now();
-        let only = (!opts.tables.is_empty())
+        let only = (!opts.tables.is_empty() || into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
             .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
         match replay::run(&repos, plan, &work, only, &keys).await {
             Ok(r) => point_in_time = Some(r),
+            Err(e) if into_platform.is_some() => {
+                return Err(platform::partial_failure(into_platform.as_ref().expect("checked"), e.context(format!("replaying changes after backup {id}"))));
+            }
             Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
         }
         times.replay = t.elapsed().as_secs_f64();
     }
     // The database's own owner and settings, now that pgkeep's sessions are done with it.
-    if let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await {
+    // Not into a database the platform set up: its owner, settings and grants are the platform's.
+    if into_platform.is_none()
+        && let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await
+    {
         return Err(abandon(server, opts, &work_db, e).await);
     }
     let progress = opts.progress.view();
@@ -485,7 +513,7 @@ pub(crate) async fn load_and_verify(
     progress: &Arc<ProgressCounters>,
     times: &mut PhaseTimes,
 ) -> Result<(usize, Vec<String>, VerifyReport)> {
-    let (roles, skipped, report, _) = load_and_verify_as(source, work, selected, jobs, critical_tables, progress, times, false).await?;
+    let (roles, skipped, report, _) = load_and_verify_as(source, work, selected, jobs, critical_tables, progress, times, false, None).await?;
     Ok((roles, skipped, report))
 }
 
@@ -503,6 +531,7 @@ pub(crate) async fn load_and_verify_as(
     progress: &Arc<ProgressCounters>,
     times: &mut PhaseTimes,
     no_owner: bool,
+    into_platform: Option<&PlatformTarget>,
 ) -> Result<(usize, Vec<String>, VerifyReport, OwnershipReport)> {
     let m = &source.manifest;
     let text = async |c: &crate::repo::manifest::ChunkRef| -> Result<String> {
@@ -520,7 +549,20 @@ pub(crate) async fn load_and_verify_as(
         let access = RoleAccess::load(&conn.client).await?;
         // Extensions the role cannot create: all of them named, before any schema.
         if !access.superuser {
-            let refused = privileges::probe_extensions(&conn.client, &privileges::extensions_created(&pre_data)).await?;
+            // Into a database the platform set up, its extensions are there already.
+            let mut wanted = privileges::extensions_created(&pre_data);
+            if into_platform.is_some() {
+                let installed: Vec<String> = conn
+                    .client
+                    .query("SELECT extname::text FROM pg_extension", &[])
+                    .await
+                    .map_err(crate::pg::query_error("cannot list installed extensions"))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                wanted.retain(|e| !installed.contains(e));
+            }
+            let refused = privileges::probe_extensions(&conn.client, &wanted).await?;
             if !refused.is_empty() {
                 return Err(Error::new(
                     ErrorKind::AccessDenied,
@@ -531,12 +573,20 @@ pub(crate) async fn load_and_verify_as(
         }
         OwnerPolicy { access, no_owner }
     };
-    let mut ownership = schema::run_pre_data_as(work, &pre_data, &policy).await?;
+    let mut ownership = schema::run_pre_data_as(work, &pre_data, &policy, into_platform).await?;
     times.schema = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    load::load_tables(source.clone(), work, selected, jobs, progress.clone()).await?;
+    match into_platform {
+        // The platform's tables have their foreign keys already: referenced tables first.
+        Some(_) => {
+            for wave in platform::load_waves(work, m, selected).await? {
+                load::load_tables(source.clone(), work, &wave, jobs, progress.clone()).await?;
+            }
+        }
+        None => load::load_tables(source.clone(), work, selected, jobs, progress.clone()).await?,
+    }
     times.data = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -547,7 +597,13 @@ pub(crate) async fn load_and_verify_as(
     if !ownership.is_empty() {
         tracing::warn!(role = %policy.access.current, "{}", ownership.describe());
     }
-    let fk_skipped = schema::run_post_data(work, &post_data, jobs, partial).await?;
+    let mut fk_skipped = schema::run_post_data_into(work, &post_data, jobs, partial, into_platform).await?;
+    if into_platform.is_some() {
+        // Post-data objects of the platform's schemas that were already there.
+        let (kept, other): (Vec<String>, Vec<String>) = fk_skipped.into_iter().partition(|b| !b.starts_with("FK CONSTRAINT") && !b.starts_with("EVENT TRIGGER") && !b.starts_with("PUBLICATION"));
+        ownership.kept_by_platform.extend(kept);
+        fk_skipped = other;
+    }
     schema::set_sequences(work, &m.sequences).await?;
     times.indexes = t.elapsed().as_secs_f64();
 

@@ -2,12 +2,14 @@
 //! finding and reading the backup ([`source`]), approval gates
 //! ([`approve`]), the temporary database, swap and rollback ([`target`]),
 //! schema scripts ([`schema`]) as a role that may not be a superuser
-//! ([`privileges`]), the parallel data load ([`load`]) and the
+//! ([`privileges`]), into a database the platform set up ([`platform`]),
+//! the parallel data load ([`load`]) and the
 //! proof that the restored data equals the backup ([`verify`]).
 
 pub mod approve;
 pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod load;
+pub mod platform;
 pub mod privileges;
 pub mod schema;
 pub mod source;

@@ -127,12 +127,16 @@ pub struct OwnershipReport {
     pub reassigned: BTreeMap<String, Vec<String>>,
     /// `ALTER DEFAULT PRIVILEGES` entries of roles the restoring role is not a member of.
     pub default_privileges_skipped: Vec<String>,
+    /// Objects of the platform's schemas left as the platform made them
+    /// (restoring into a database the platform set up).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_by_platform: Vec<String>,
 }
 
 impl OwnershipReport {
     /// Whether anything differs from the backup.
     pub fn is_empty(&self) -> bool {
-        self.reassigned.is_empty() && self.default_privileges_skipped.is_empty()
+        self.reassigned.is_empty() && self.default_privileges_skipped.is_empty() && self.kept_by_platform.is_empty()
     }
 
     /// Objects whose owner changed.
@@ -158,6 +162,12 @@ impl OwnershipReport {
             }
             s.push_str(&parts[0]);
         }
+        if !self.kept_by_platform.is_empty() {
+            if !s.is_empty() {
+                s.push_str("; ");
+            }
+            s.push_str(&format!("{} object(s) of the platform's schemas kept as the platform made them", self.kept_by_platform.len()));
+        }
         s
     }
 
@@ -172,6 +182,7 @@ impl OwnershipReport {
             self.reassigned.entry(role).or_default().extend(objects);
         }
         self.default_privileges_skipped.extend(other.default_privileges_skipped);
+        self.kept_by_platform.extend(other.kept_by_platform);
     }
 }
 
