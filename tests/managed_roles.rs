@@ -202,7 +202,32 @@ async fn the_supabase_customer_role_runs_the_whole_workflow() {
     assert_eq!(n, 1, "on_auth_user_created fires after the restore");
     drop(owners);
 
-    // 3. --no-owner: everything belongs to the restoring role.
+    // 3. Disaster recovery into a new project: the platform's schemas and tables exist, empty, owned
+    //    by the platform; the point-in-time restore keeps them and restores their rows in place.
+    let project = cluster.fresh_db("new_project").await;
+    supabase::new_project(&cluster, &project).await;
+    let mut restore = as_customer(&db);
+    restore.args(["restore", "latest", "--target-db", &project, "--target-time", &marks[3].0, "--yes"]);
+    let out = ok(restore, "point-in-time restore into a new project");
+    assert!(out.contains("kept as the platform made them"), "{out}");
+    assert!(out.contains("TABLE DATA realtime.schema_migrations") || out.contains("the platform's tables keep their own rows"), "{out}");
+    let customer_data: Vec<&str> = supabase::TABLES.iter().copied().filter(|t| *t != "realtime.schema_migrations").collect();
+    let want: Vec<String> = marks[3].1.iter().filter(|h| !h.starts_with("realtime.")).cloned().collect();
+    assert_eq!(hashes(&cluster, &project, &customer_data).await, want, "tables of the new project");
+    let p = cluster.client(&project).await;
+    let one = async |sql: &str| -> String { p.query_one(sql, &[]).await.unwrap().get(0) };
+    assert_eq!(one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'auth'").await, "supabase_admin", "the platform's schema stays its own");
+    assert_eq!(one("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'realtime.schema_migrations'::regclass").await, "supabase_admin");
+    assert_eq!(one("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal").await, "on_auth_user_created");
+    assert_eq!(one("SELECT string_agg(pubname, ',' ORDER BY pubname) FROM pg_publication_tables WHERE tablename = 'messages'").await, "pgkeep_sb,supabase_realtime");
+    drop(p);
+    // Not a new project any more: refused, naming a table, nothing touched.
+    let mut again = as_customer(&db);
+    again.args(["restore", "latest", "--target-db", &project, "--yes"]);
+    let e = failed(again, "restore into a project that has the customer's tables");
+    assert!(e.contains("is not a new project") || e.contains("is not empty"), "{e}");
+
+    // 4. --no-owner: everything belongs to the restoring role.
     let mut restore = as_customer(&db);
     restore.args(["restore", "latest", "--target-db", "sb_no_owner", "--no-owner", "--yes"]);
     ok(restore, "restore --no-owner");
@@ -215,7 +240,7 @@ async fn the_supabase_customer_role_runs_the_whole_workflow() {
     assert_eq!(others, 0, "--no-owner leaves every relation to the restoring role");
     drop(c);
 
-    // 4. Over the database itself: pre-restore backup, temporary database, swap; then rollback.
+    // 5. Over the database itself: pre-restore backup, temporary database, swap; then rollback.
     let before = hashes(&cluster, &db, supabase::TABLES).await;
     cluster.execute(&db, "DELETE FROM public.todos; DELETE FROM storage.objects").await; // the accident
     let mut restore = as_customer(&db);
