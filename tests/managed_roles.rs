@@ -227,6 +227,13 @@ async fn the_supabase_customer_role_runs_the_whole_workflow() {
     let e = failed(again, "restore into a project that has the customer's tables");
     assert!(e.contains("is not a new project") || e.contains("is not empty"), "{e}");
 
+    // A table-level point-in-time restore: only todos, as after the 4th transaction.
+    let mut restore = as_customer(&db);
+    restore.args(["restore", "latest", "--target-db", "sb_todos", "--table", "public.todos", "--target-time", &marks[3].0, "--yes"]);
+    ok(restore, "table-level point-in-time restore as the customer");
+    let todos_then = marks[3].1.iter().find(|h| h.starts_with("public.todos ")).unwrap().clone();
+    assert_eq!(hashes(&cluster, "sb_todos", &["public.todos"]).await, vec![todos_then]);
+
     // 4. --no-owner: everything belongs to the restoring role.
     let mut restore = as_customer(&db);
     restore.args(["restore", "latest", "--target-db", "sb_no_owner", "--no-owner", "--yes"]);
