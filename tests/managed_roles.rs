@@ -158,6 +158,10 @@ async fn the_supabase_customer_role_runs_the_whole_workflow() {
         client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         marks.push((now(&cluster, &db).await, hashes(&cluster, &db, supabase::TABLES).await));
     }
+    // A later transaction, in a later second: the archive (its segments' times are in whole
+    // seconds) then reaches past the last mark for certain.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    client.batch_execute("INSERT INTO auth.refresh_tokens (token) VALUES ('after the marks')").await.unwrap();
     drop(client);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop(streaming);
@@ -226,6 +230,26 @@ async fn the_supabase_customer_role_runs_the_whole_workflow() {
     again.args(["restore", "latest", "--target-db", &project, "--yes"]);
     let e = failed(again, "restore into a project that has the customer's tables");
     assert!(e.contains("is not a new project") || e.contains("is not empty"), "{e}");
+
+    // A platform table the replay would write (the customer may) with a trigger the customer may not
+    // disable: refused before anything is restored, naming the table and the privilege.
+    let locked = cluster.fresh_db("locked_project").await;
+    supabase::new_project(&cluster, &locked).await;
+    cluster
+        .execute(
+            &locked,
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON realtime.schema_migrations TO customer;
+             CREATE FUNCTION realtime.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN new; END $$;
+             CREATE TRIGGER stamp BEFORE INSERT ON realtime.schema_migrations FOR EACH ROW EXECUTE FUNCTION realtime.stamp();
+             ALTER FUNCTION realtime.stamp() OWNER TO supabase_admin;",
+        )
+        .await;
+    let mut restore = as_customer(&db);
+    restore.args(["restore", "latest", "--target-db", &locked, "--target-time", &marks[3].0, "--yes"]);
+    let e = failed(restore, "point-in-time restore needing to disable a trigger of the platform's");
+    assert!(e.contains("ownership of table realtime.schema_migrations") && e.contains("session_replication_role"), "{e}");
+    let untouched: Option<String> = cluster.client(&locked).await.query_one("SELECT to_regclass('public.profiles')::text", &[]).await.unwrap().get(0);
+    assert_eq!(untouched, None, "nothing was restored into {locked}");
 
     // A table-level point-in-time restore: only todos, as after the 4th transaction.
     let mut restore = as_customer(&db);
@@ -336,6 +360,7 @@ async fn an_rds_like_master_user_restores_and_extensions_only_the_provider_may_c
         .unwrap();
     let mark = now(&cluster, &db).await;
     let want = hashes(&cluster, &db, &tables).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     client.batch_execute("DELETE FROM public.orders WHERE id < 50").await.unwrap();
     drop(client);
     tokio::time::sleep(Duration::from_millis(1500)).await;

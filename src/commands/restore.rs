@@ -244,6 +244,12 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
         let p = platform::inspect(&server.with_dbname(&target_name), &source.manifest, opts.platform_schemas).await?;
         selected.retain(|i| !p.tables_kept.contains(i));
+        // A replay there may have to suspend the platform's triggers and keys: checked before anything.
+        if point_in_time.is_some() {
+            let conn = connect(&server.with_dbname(&target_name)).await?;
+            let written = selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect();
+            replay::suspend::Suspended::preflight(&conn.client, &target_name, Some(written)).await?;
+        }
         into_platform = Some(p);
     }
     let what = match &replay_plan {

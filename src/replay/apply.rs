@@ -113,7 +113,7 @@ impl Applier {
         // The replica role when permitted; else triggers and foreign keys suspended (checked first).
         let suspended = match super::suspend::try_replica_role(&client).await? {
             true => None,
-            false => Some(super::suspend::Suspended::engage(&client, &db.dbname).await?),
+            false => Some(super::suspend::Suspended::engage(&client, &db.dbname, only.clone()).await?),
         };
         client.batch_execute(REPLAY_SESSION).await.map_err(crate::pg::query_error(format!("preparing replay into {}", db.dbname)))?;
         // The key that signs captured DDL, restored with the base backup (absent: setup came later).

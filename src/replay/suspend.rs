@@ -56,6 +56,9 @@ struct ForeignKey {
 /// What is suspended in the restored database.
 #[derive(Debug, Default)]
 pub struct Suspended {
+    /// Only the triggers of these tables (`schema`, `name`), and the foreign
+    /// keys from or to them, when the replay writes only these.
+    only: Option<Vec<(String, String)>>,
     triggers: Vec<Trigger>,
     foreign_keys: Vec<ForeignKey>,
     seen_triggers: HashSet<(u32, String)>,
@@ -63,21 +66,23 @@ pub struct Suspended {
 }
 
 const TRIGGERS: &str = "SELECT t.tgrelid::oid, t.tgrelid::regclass::text, t.tgname::text, t.tgenabled::text, \
-        pg_has_role(c.relowner, 'USAGE') \
-    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+        pg_has_role(c.relowner, 'USAGE'), n.nspname::text, c.relname::text \
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
     WHERE NOT t.tgisinternal AND t.tgenabled IN ('O', 'R') ORDER BY 1, 3";
 
 const FOREIGN_KEYS: &str = "SELECT con.conrelid::oid, con.conrelid::regclass::text, con.conname::text, \
         pg_get_constraintdef(con.oid), pg_has_role(c.relowner, 'USAGE'), \
-        has_table_privilege(con.confrelid, 'REFERENCES'), con.confrelid::regclass::text \
-    FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid \
+        has_table_privilege(con.confrelid, 'REFERENCES'), con.confrelid::regclass::text, \
+        n.nspname::text, c.relname::text, fn.nspname::text, f.relname::text \
+    FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+    JOIN pg_class f ON f.oid = con.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace \
     WHERE con.contype = 'f' AND con.conparentid = 0 ORDER BY 1, 3";
 
 impl Suspended {
     /// Check, then suspend every enabled user trigger and foreign key of the
     /// database of `client` (`db` names it in messages).
-    pub async fn engage(client: &Client, db: &str) -> Result<Suspended> {
-        let mut s = Suspended::default();
+    pub async fn engage(client: &Client, db: &str, only: Option<Vec<(String, String)>>) -> Result<Suspended> {
+        let mut s = Suspended { only, ..Suspended::default() };
         s.catch_up(client, db).await?;
         if !s.triggers.is_empty() || !s.foreign_keys.is_empty() {
             tracing::info!(
@@ -90,46 +95,20 @@ impl Suspended {
         Ok(s)
     }
 
+    /// Before a restore into an existing database: when this session may not
+    /// set `session_replication_role`, whether the role could suspend every
+    /// trigger and foreign key there. Changes nothing.
+    pub async fn preflight(client: &Client, db: &str, only: Option<Vec<(String, String)>>) -> Result<()> {
+        if try_replica_role(client).await? {
+            client.batch_execute("RESET session_replication_role").await.map_err(query_error("cannot reset session_replication_role"))?;
+            return Ok(());
+        }
+        Suspended { only, ..Suspended::default() }.plan(client, db).await.map(|_| ())
+    }
+
     /// Suspend triggers and foreign keys not seen yet (after captured DDL).
     pub async fn catch_up(&mut self, client: &Client, db: &str) -> Result<()> {
-        // 1. What is there, and may this role change it? Nothing changes before every check passed.
-        let triggers = client.query(TRIGGERS, &[]).await.map_err(query_error(format!("cannot list the triggers of {db}")))?;
-        let keys = client.query(FOREIGN_KEYS, &[]).await.map_err(query_error(format!("cannot list the foreign keys of {db}")))?;
-        let mut new_triggers = Vec::new();
-        let mut replica_only = Vec::new();
-        for r in &triggers {
-            let (table, display, name, enabled, owned): (u32, String, String, String, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-            if self.seen_triggers.contains(&(table, name.clone())) {
-                continue;
-            }
-            if enabled == "R" {
-                replica_only.push(format!("{name} on {display}"));
-                self.seen_triggers.insert((table, name));
-                continue;
-            }
-            if !owned {
-                return Err(missing(db, &format!("ownership of table {display}, to disable its trigger {name}")));
-            }
-            new_triggers.push((Trigger { table, name, enabled }, display));
-        }
-        if !replica_only.is_empty() {
-            tracing::warn!(triggers = %replica_only.join(", "), "ENABLE REPLICA triggers do not fire during this replay (the role may not set session_replication_role = replica)");
-        }
-        let mut new_keys = Vec::new();
-        for r in &keys {
-            let (table, display, name, definition, owned, references, referenced): (u32, String, String, String, bool, bool, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
-            if self.seen_keys.contains(&(table, name.clone())) {
-                continue;
-            }
-            if !owned {
-                return Err(missing(db, &format!("ownership of table {display}, to suspend its foreign key {name}")));
-            }
-            if !references {
-                return Err(missing(db, &format!("REFERENCES on table {referenced}, to add foreign key {name} of {display} back")));
-            }
-            new_keys.push(ForeignKey { table, display, name, definition });
-        }
+        let (new_triggers, new_keys) = self.plan(client, db).await?;
         // 2. Suspend, in one transaction.
         let mut sql = String::from("BEGIN;\n");
         for (t, display) in &new_triggers {
@@ -149,6 +128,55 @@ impl Suspended {
             self.foreign_keys.push(k);
         }
         Ok(())
+    }
+
+    /// What is to suspend that was not yet, checked (step 1 of [`catch_up`](Self::catch_up)).
+    #[allow(clippy::type_complexity)]
+    async fn plan(&mut self, client: &Client, db: &str) -> Result<(Vec<(Trigger, String)>, Vec<ForeignKey>)> {
+        // 1. What is there, and may this role change it? Nothing changes before every check passed.
+        let triggers = client.query(TRIGGERS, &[]).await.map_err(query_error(format!("cannot list the triggers of {db}")))?;
+        let keys = client.query(FOREIGN_KEYS, &[]).await.map_err(query_error(format!("cannot list the foreign keys of {db}")))?;
+        let mut new_triggers = Vec::new();
+        let mut replica_only = Vec::new();
+        for r in &triggers {
+            let (table, display, name, enabled, owned): (u32, String, String, String, bool) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            if !self.written(r.get(5), r.get(6)) || self.seen_triggers.contains(&(table, name.clone())) {
+                continue;
+            }
+            if enabled == "R" {
+                replica_only.push(format!("{name} on {display}"));
+                self.seen_triggers.insert((table, name));
+                continue;
+            }
+            if !owned {
+                return Err(missing(db, &format!("ownership of table {display}, to disable its trigger {name}")));
+            }
+            new_triggers.push((Trigger { table, name, enabled }, display));
+        }
+        if !replica_only.is_empty() {
+            tracing::warn!(triggers = %replica_only.join(", "), "ENABLE REPLICA triggers do not fire during this replay (the role may not set session_replication_role = replica)");
+        }
+        let mut new_keys = Vec::new();
+        for r in &keys {
+            let (table, display, name, definition, owned, references, referenced): (u32, String, String, String, bool, bool, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+            if !(self.written(r.get(7), r.get(8)) || self.written(r.get(9), r.get(10))) || self.seen_keys.contains(&(table, name.clone())) {
+                continue;
+            }
+            if !owned {
+                return Err(missing(db, &format!("ownership of table {display}, to suspend its foreign key {name}")));
+            }
+            if !references {
+                return Err(missing(db, &format!("REFERENCES on table {referenced}, to add foreign key {name} of {display} back")));
+            }
+            new_keys.push(ForeignKey { table, display, name, definition });
+        }
+        Ok((new_triggers, new_keys))
+    }
+
+    /// Whether the replay writes table `schema.name`.
+    fn written(&self, schema: String, name: String) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(&(schema, name)))
     }
 
     /// Put everything back: foreign keys added again (each validated against
