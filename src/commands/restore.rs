@@ -269,7 +269,12 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         format!("restore {what} into a new database on {}:{}", server.host, server.port)
     };
     // Extensions only the provider may create, said before anything starts.
-    let provider_only = provider_only_extensions(server, &source).await?;
+    // (Best effort: the probe in the new database decides; a server without the configured
+    // or the maintenance database only loses the early warning.)
+    let provider_only = provider_only_extensions(server, &source).await.unwrap_or_else(|e| {
+        tracing::debug!(error = %e.user_line(), "cannot check the backup's extensions before the restore");
+        Vec::new()
+    });
     if !provider_only.is_empty() {
         let list = privileges::list_extensions(&provider_only);
         tracing::warn!(extensions = %list, "the backup uses extensions this role may not be able to create; the restore checks them first in the new database");
