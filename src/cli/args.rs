@@ -118,6 +118,15 @@ pub(crate) struct RestoreArgs {
     /// Skip the backup of the database about to be replaced.
     #[arg(long)]
     pub(crate) no_pre_backup: bool,
+    /// Every restored object belongs to the restoring role (pg_restore's --no-owner). Without it,
+    /// owners the role can become are restored exactly and the others are replaced by the role, listed in a warning.
+    #[arg(long)]
+    pub(crate) no_owner: bool,
+    /// Restoring into an existing --target-db the platform set up (a new Supabase project): `auto` keeps the
+    /// schemas it owns when the restoring role cannot become their owner and restores their tables' data;
+    /// `keep` keeps every existing schema but public; `restore` refuses an existing database.
+    #[arg(long, value_name = "auto|keep|restore", default_value = "auto")]
+    pub(crate) platform_schemas: String,
     /// Approve both gates (RESTORE and SWAP) without asking.
     #[arg(long)]
     pub(crate) yes: bool,

@@ -72,6 +72,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 temp_only: a.temp_only,
                 keep_temp: a.keep_temp,
                 no_pre_backup: a.no_pre_backup,
+                no_owner: a.no_owner,
+                platform_schemas: a.platform_schemas.parse()?,
                 yes: a.yes,
                 critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
                 tables: a.tables,

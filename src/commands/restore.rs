@@ -25,6 +25,8 @@ use crate::repo::layout::BackupKind;
 use crate::restore::source::{self as src, BackupSelector, BackupSource};
 use crate::restore::target::{self, SwapOutcome};
 use crate::restore::verify::{self, VerifyReport};
+use crate::restore::platform::{self, PlatformSchemas, PlatformTarget};
+use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport, RoleAccess};
 use crate::restore::{approve, load, schema};
 use crate::replay::{self, RecoveryTarget, ReplayPlan, ReplayReport};
 
@@ -50,6 +52,10 @@ pub struct RestoreOptions {
     pub tables: Vec<String>,
     /// Point in time: replay archived changes after the base backup up to this target.
     pub point_in_time: Option<RecoveryTarget>,
+    /// `--no-owner`: every restored object belongs to the restoring role (pg_restore's semantics).
+    pub no_owner: bool,
+    /// `--platform-schemas`: restoring into an existing database (`target_db`) the platform set up.
+    pub platform_schemas: PlatformSchemas,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -68,6 +74,8 @@ impl RestoreOptions {
             critical_tables: Vec::new(),
             tables: Vec::new(),
             point_in_time: None,
+            no_owner: false,
+            platform_schemas: PlatformSchemas::Auto,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -113,8 +121,12 @@ pub struct RestoreReport {
     pub roles_created: usize,
     /// Tables whose data was restored (all, or those asked for with --table).
     pub tables_restored: usize,
-    /// Foreign keys skipped by a table-level restore, and event triggers a non-superuser could not create.
+    /// Foreign keys skipped by a table-level restore, and event triggers and publications a non-superuser could not create.
     pub foreign_keys_skipped: Vec<String>,
+    /// Objects whose owner the restoring role could not restore (it owns them
+    /// instead), and default privileges it could not set.
+    #[serde(default, skip_serializing_if = "OwnershipReport::is_empty")]
+    pub ownership: OwnershipReport,
     /// Verification.
     pub verification: VerifyReport,
     /// The point-in-time replay, when a target was given.
@@ -143,6 +155,9 @@ impl RestoreReport {
         );
         if let Some(p) = &self.point_in_time {
             s.push_str(&format!("; {}", p.summary()));
+        }
+        if !self.ownership.is_empty() {
+            s.push_str(&format!("; WARNING: {}", self.ownership.describe()));
         }
         if let Some(b) = &self.pre_restore_backup {
             s.push_str(&format!("; pre-restore backup {b}"));
@@ -228,22 +243,50 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         Err(e) => return Err(e),
     };
     let id = source.manifest.backup_id.clone();
-    let selected = select_tables(&source.manifest, &opts.tables)?;
+    let mut selected = select_tables(&source.manifest, &opts.tables)?;
+    // An existing --target-db: a database the platform set up (a new project), restored into in place.
     // A server of an older major than the backup's cannot load its schema: refused before anything.
     crate::restore::compat::check_target(server, &source.manifest.server).await?;
+    let mut into_platform: Option<PlatformTarget> = None;
     if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
-        return Err(Error::config(format!("database {target_name} already exists on {}:{}", server.host, server.port))
-            .with_hint("--target-db creates a new database; choose another name"));
+        let p = platform::inspect(&server.with_dbname(&target_name), &source.manifest, opts.platform_schemas).await?;
+        selected.retain(|i| !p.tables_kept.contains(i));
+        // A replay there may have to suspend the platform's triggers and keys: checked before anything.
+        if point_in_time.is_some() {
+            let conn = connect(&server.with_dbname(&target_name)).await?;
+            let written = selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect();
+            replay::suspend::Suspended::preflight(&conn.client, &target_name, Some(written)).await?;
+        }
+        into_platform = Some(p);
     }
     let what = match &replay_plan {
         Some(p) => format!("backup {id} with changes replayed to {}", p.target),
         None => format!("backup {id}"),
     };
-    let plan = if swapping {
+    let mut plan = if let Some(p) = &into_platform {
+        format!(
+            "restore {what} in place into the existing database {target_name} on {}:{}, keeping the platform's schemas ({})",
+            server.host,
+            server.port,
+            p.schemas.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    } else if swapping {
         format!("restore {what} and then replace database {target_name} on {}:{}", server.host, server.port)
     } else {
         format!("restore {what} into a new database on {}:{}", server.host, server.port)
     };
+    // Extensions only the provider may create, said before anything starts.
+    // (Best effort: the probe in the new database decides; a server without the configured
+    // or the maintenance database only loses the early warning.)
+    let provider_only = provider_only_extensions(server, &source).await.unwrap_or_else(|e| {
+        tracing::debug!(error = %e.user_line(), "cannot check the backup's extensions before the restore");
+        Vec::new()
+    });
+    if !provider_only.is_empty() {
+        let list = privileges::list_extensions(&provider_only);
+        tracing::warn!(extensions = %list, "the backup uses extensions this role may not be able to create; the restore checks them first in the new database");
+        plan.push_str(&format!(" (WARNING: extensions that may need the provider: {list})"));
+    }
     crate::interrupt::guard(approve::gate("RESTORE", plan, opts.yes)).await?;
     offer_leftover_cleanup(server, opts.yes).await;
     let mut times = PhaseTimes::default();
@@ -262,6 +305,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // 4. The temporary (or new target) database.
     let info = source.manifest.database_info.as_ref();
     let work_db = match &opts.target_db {
+        Some(name) if into_platform.is_some() => name.clone(),
         Some(name) => {
             target::create_database(server, name, info).await?;
             name.clone()
@@ -271,34 +315,47 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let work = server.with_dbname(&work_db);
 
     // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
-    let loaded = crate::interrupt::guard(load_and_verify(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times)).await;
-    let (roles_created, fk_skipped, verification) = match loaded {
+    let loaded = crate::interrupt::guard(load_and_verify_as(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times, opts.no_owner, into_platform.as_ref())).await;
+    let (roles_created, fk_skipped, verification, mut ownership) = match loaded {
         Ok(v) if v.2.passed() => v,
         other => {
             let err = match other {
                 Err(e) => e,
-                Ok((_, _, report)) => Error::new(
+                Ok((_, _, report, _)) => Error::new(
                     ErrorKind::CheckFailed,
                     format!("restored data does not match backup {id}: {}", report.problems.join("; ")),
                 ),
             };
+            if let Some(p) = &into_platform {
+                return Err(platform::partial_failure(p, err));
+            }
             return Err(abandon(server, opts, &work_db, err).await);
         }
     };
+    if let Some(p) = &into_platform {
+        let m = &source.manifest;
+        ownership.kept_by_platform.extend(p.tables_kept.iter().map(|&i| format!("TABLE DATA {}.{}", m.tables[i].schema, m.tables[i].name)));
+    }
     // 6b. Point in time: replay the archived changes up to the target.
     let mut point_in_time = None;
     if let Some(plan) = &replay_plan {
         let t = Instant::now();
-        let only = (!opts.tables.is_empty())
+        let only = (!opts.tables.is_empty() || into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
             .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
         match crate::interrupt::guard(replay::run(&repos, plan, &work, only, &keys)).await {
             Ok(r) => point_in_time = Some(r),
+            Err(e) if into_platform.is_some() => {
+                return Err(platform::partial_failure(into_platform.as_ref().expect("checked"), e.context(format!("replaying changes after backup {id}"))));
+            }
             Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
         }
         times.replay = t.elapsed().as_secs_f64();
     }
     // The database's own owner and settings, now that pgkeep's sessions are done with it.
-    if let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await {
+    // Not into a database the platform set up: its owner, settings and grants are the platform's.
+    if into_platform.is_none()
+        && let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await
+    {
         return Err(abandon(server, opts, &work_db, e).await);
     }
     // Interrupted during the last steps: stop before the swap.
@@ -317,6 +374,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         roles_created,
         tables_restored: selected.len(),
         foreign_keys_skipped: fk_skipped,
+        ownership,
         verification,
         point_in_time,
         seconds: times,
@@ -549,6 +607,26 @@ pub(crate) async fn load_and_verify(
     progress: &Arc<ProgressCounters>,
     times: &mut PhaseTimes,
 ) -> Result<(usize, Vec<String>, VerifyReport)> {
+    let (roles, skipped, report, _) = load_and_verify_as(source, work, selected, jobs, critical_tables, progress, times, false, None).await?;
+    Ok((roles, skipped, report))
+}
+
+/// [`load_and_verify`] as the connecting role, which may not be a
+/// superuser: owners it cannot become are replaced by itself (all owners
+/// with `no_owner`), and extensions it cannot create stop the restore
+/// before the schema runs, listed. Also returns what differs in ownership.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn load_and_verify_as(
+    source: &Arc<BackupSource>,
+    work: &crate::config::DbSettings,
+    selected: &[usize],
+    jobs: usize,
+    critical_tables: &[String],
+    progress: &Arc<ProgressCounters>,
+    times: &mut PhaseTimes,
+    no_owner: bool,
+    into_platform: Option<&PlatformTarget>,
+) -> Result<(usize, Vec<String>, VerifyReport, OwnershipReport)> {
     let m = &source.manifest;
     let text = async |c: &crate::repo::manifest::ChunkRef| -> Result<String> {
         let bytes = source.read_chunk(c).await?;
@@ -559,24 +637,90 @@ pub(crate) async fn load_and_verify(
         Some(g) => schema::apply_globals(work, &text(g).await?).await?,
         None => 0,
     };
-    schema::run_pre_data(work, &text(&m.schema.pre_data).await?).await?;
+    let pre_data = text(&m.schema.pre_data).await?;
+    let policy = {
+        let conn = connect(work).await?;
+        let access = RoleAccess::load(&conn.client).await?;
+        // Extensions the role cannot create: all of them named, before any schema.
+        if !access.superuser {
+            // Into a database the platform set up, its extensions are there already.
+            let mut wanted = privileges::extensions_created(&pre_data);
+            if into_platform.is_some() {
+                let installed: Vec<String> = conn
+                    .client
+                    .query("SELECT extname::text FROM pg_extension", &[])
+                    .await
+                    .map_err(crate::pg::query_error("cannot list installed extensions"))?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                wanted.retain(|e| !installed.contains(e));
+            }
+            let refused = privileges::probe_extensions(&conn.client, &wanted).await?;
+            if !refused.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::AccessDenied,
+                    format!("role {} cannot create extension(s) of backup {}: {}", access.current, m.backup_id, privileges::list_extensions(&refused)),
+                )
+                .with_hint("ask the provider to allow them (or restore as a superuser); nothing was restored"));
+            }
+        }
+        OwnerPolicy { access, no_owner }
+    };
+    let mut ownership = schema::run_pre_data_as(work, &pre_data, &policy, into_platform).await?;
     times.schema = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    load::load_tables(source.clone(), work, selected, jobs, progress.clone()).await?;
+    match into_platform {
+        // The platform's tables have their foreign keys already: referenced tables first.
+        Some(_) => {
+            for wave in platform::load_waves(work, m, selected).await? {
+                load::load_tables(source.clone(), work, &wave, jobs, progress.clone()).await?;
+            }
+        }
+        None => load::load_tables(source.clone(), work, selected, jobs, progress.clone()).await?,
+    }
     times.data = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let partial = selected.len() < m.tables.len();
-    let fk_skipped = schema::run_post_data(work, &text(&m.schema.post_data).await?, jobs, partial).await?;
+    let (post_data, post_ownership) = schema::post_data_as(&text(&m.schema.post_data).await?, &policy);
+    ownership.merge(post_ownership);
+    ownership.restoring_role = policy.access.current.clone();
+    if !ownership.is_empty() {
+        tracing::warn!(role = %policy.access.current, "{}", ownership.describe());
+    }
+    let mut fk_skipped = schema::run_post_data_into(work, &post_data, jobs, partial, into_platform).await?;
+    if into_platform.is_some() {
+        // Post-data objects of the platform's schemas that were already there.
+        let (kept, other): (Vec<String>, Vec<String>) = fk_skipped.into_iter().partition(|b| !b.starts_with("FK CONSTRAINT") && !b.starts_with("EVENT TRIGGER") && !b.starts_with("PUBLICATION"));
+        ownership.kept_by_platform.extend(kept);
+        fk_skipped = other;
+    }
     schema::set_sequences(work, &m.sequences).await?;
     times.indexes = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let report = verify::verify_tables(m, work, selected, critical_tables, jobs).await?;
     times.verify = t.elapsed().as_secs_f64();
-    Ok((roles_created, fk_skipped, report))
+    Ok((roles_created, fk_skipped, report, ownership))
+}
+
+/// Extensions of the backup's schema that, by the server's catalog, the
+/// configured role cannot create (empty for a superuser). Read-only: asks
+/// the configured database, or the maintenance database when it is missing.
+async fn provider_only_extensions(server: &crate::config::DbSettings, source: &BackupSource) -> Result<Vec<(String, String)>> {
+    let bytes = source.read_chunk(&source.manifest.schema.pre_data).await?;
+    let wanted = privileges::extensions_created(&String::from_utf8_lossy(&bytes));
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let conn = match connect(server).await {
+        Ok(c) => c,
+        Err(_) => connect(&server.with_dbname("postgres")).await?,
+    };
+    privileges::provider_only_extensions(&conn.client, &wanted).await
 }
 
 /// Indexes of the manifest tables to restore: all, or those named

@@ -171,6 +171,7 @@ async fn run_archive(settings: &Settings, opts: &RestoreOptions, archive: Legacy
         roles_created: 0,
         tables_restored: tables,
         foreign_keys_skipped: Vec::new(),
+        ownership: Default::default(),
         verification,
         point_in_time: None,
         seconds: times,

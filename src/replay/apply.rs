@@ -3,7 +3,9 @@
 //!
 //! One connection with `session_replication_role = replica` (as PostgreSQL's
 //! own apply worker: user triggers, rules and foreign-key triggers do not
-//! fire — their effects are in the archive already). Row changes collect in
+//! fire — their effects are in the archive already); when the role may not
+//! set it, user triggers and foreign keys are [`suspend`](super::suspend)ed
+//! in the restored database instead. Row changes collect in
 //! per-table [`batch`](super::batch)es; at a transaction boundary, when the
 //! batch is big enough, or before a TRUNCATE, a captured DDL statement or a
 //! changed relation, everything is written in one transaction: per table a
@@ -97,6 +99,8 @@ pub struct Applier {
     ddl_key: Option<String>,
     /// The last captured query string and which of its transactions comes next.
     last_ddl: Option<(String, usize)>,
+    /// Triggers and foreign keys suspended because the session may not be a replica.
+    suspended: Option<super::suspend::Suspended>,
     stats: ApplyStats,
 }
 
@@ -106,16 +110,12 @@ impl Applier {
         let conn = connect::connect(db).await?;
         let client = conn.client;
         client.batch_execute(SESSION_SETUP).await.map_err(crate::pg::query_error(format!("preparing replay into {}", db.dbname)))?;
-        client
-            .batch_execute(REPLAY_SESSION)
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::AccessDenied,
-                    format!("replaying changes into database {} needs session_replication_role = replica: {}", db.dbname, crate::pg::error_message(&e)),
-                )
-                .with_hint("restore as a superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role TO the restoring role")
-            })?;
+        // The replica role when permitted; else triggers and foreign keys suspended (checked first).
+        let suspended = match super::suspend::try_replica_role(&client).await? {
+            true => None,
+            false => Some(super::suspend::Suspended::engage(&client, &db.dbname, only.clone()).await?),
+        };
+        client.batch_execute(REPLAY_SESSION).await.map_err(crate::pg::query_error(format!("preparing replay into {}", db.dbname)))?;
         // The key that signs captured DDL, restored with the base backup (absent: setup came later).
         let ddl_key = match client.query_opt("SELECT key FROM pgkeep.ddl_key LIMIT 1", &[]).await {
             Ok(row) => row.map(|r| r.get::<_, String>(0)),
@@ -125,6 +125,7 @@ impl Applier {
             client,
             ddl_key,
             last_ddl: None,
+            suspended,
             db: db.dbname.clone(),
             relations: HashMap::new(),
             pending: HashMap::new(),
@@ -139,6 +140,15 @@ impl Applier {
     /// The session (for the steps after the replay).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// After the replay: foreign keys and triggers suspended for it are put
+    /// back (keys validated). Nothing to do in a replica session.
+    pub async fn finish(&mut self) -> Result<()> {
+        match self.suspended.take() {
+            Some(s) => s.restore(&self.client, &self.db).await,
+            None => Ok(()),
+        }
     }
 
     /// Counters so far.
@@ -610,8 +620,13 @@ impl Applier {
         }
         let result = self.exec(&script).await;
         // Whatever the statements set (role, search_path, …), back to the replay's session.
-        self.exec(&format!("RESET ROLE; RESET ALL; {SESSION_SETUP}; {REPLAY_SESSION}")).await?;
+        let replica = if self.suspended.is_some() { "" } else { "SET session_replication_role = replica;" };
+        self.exec(&format!("RESET ROLE; RESET ALL; {SESSION_SETUP}; {replica} {REPLAY_SESSION}")).await?;
         result.map_err(fail)?;
+        // Triggers and foreign keys the statement created are suspended too.
+        if let Some(s) = self.suspended.as_mut() {
+            s.catch_up(&self.client, &self.db).await?;
+        }
         // Names and columns may have changed: look every table up again.
         for r in self.relations.values_mut() {
             r.target = None;
@@ -622,7 +637,7 @@ impl Applier {
 }
 
 /// The replay session's own settings, on top of [`SESSION_SETUP`].
-const REPLAY_SESSION: &str = "SET session_replication_role = replica; SET synchronous_commit = off; SET lock_timeout = 0";
+const REPLAY_SESSION: &str = "SET synchronous_commit = off; SET lock_timeout = 0";
 
 fn text(b: &[u8]) -> Result<&str> {
     std::str::from_utf8(b).map_err(|_| Error::corrupt("the archive holds a value that is not UTF-8 text"))

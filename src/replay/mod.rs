@@ -16,7 +16,9 @@
 //!    consistent point), stop before the first one past the target;
 //! 3. apply the rest in commit order through the set-based [`apply`]
 //!    writer, running captured DDL where it happened;
-//! 4. advance sequences ([`sequences`]).
+//! 4. advance sequences ([`sequences`]);
+//! 5. without `session_replication_role = replica` (not permitted to the
+//!    role), put back the triggers and foreign keys [`suspend`] took away.
 
 pub mod apply;
 pub mod batch;
@@ -24,6 +26,7 @@ pub mod chain;
 pub mod ddl;
 pub mod sequences;
 pub mod sql;
+pub mod suspend;
 pub mod target;
 
 use std::sync::Arc;
@@ -369,6 +372,8 @@ pub async fn run(
     result?;
     // 4. Sequences.
     report.sequences_advanced = sequences::advance(applier.client(), &samples).await?;
+    // 5. Triggers and foreign keys suspended for a role that may not be a replica: back.
+    applier.finish().await?;
     report.applied = applier.stats().clone();
     report.seconds = started.elapsed().as_secs_f64();
     report.changes_per_second = report.applied.changes as f64 / report.seconds.max(1e-6);

@@ -1,13 +1,17 @@
 //! The pieces of a restore, called in order by `commands::restore::run`:
 //! finding and reading the backup ([`source`]), approval gates
 //! ([`approve`]), the temporary database, swap and rollback ([`target`]),
-//! schema scripts ([`schema`]), the parallel data load ([`load`]) and the
+//! schema scripts ([`schema`]) as a role that may not be a superuser
+//! ([`privileges`]), into a database the platform set up ([`platform`]),
+//! the parallel data load ([`load`]) and the
 //! proof that the restored data equals the backup ([`verify`]).
 
 pub mod approve;
 pub mod compat; // which server versions a backup restores onto
 pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod load;
+pub mod platform;
+pub mod privileges;
 pub mod schema;
 pub mod session_settings; // pg_dump settings the target server does not know
 pub mod source;

@@ -20,6 +20,8 @@ use crate::pg::catalog::{qualified, quote_literal};
 use crate::pg::connect;
 use crate::repo::manifest::SequenceEntry;
 use crate::restore::session_settings;
+use crate::restore::platform::{self, PlatformTarget};
+use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport};
 
 fn sql_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| {
@@ -39,6 +41,85 @@ pub async fn run_pre_data(db: &DbSettings, sql: &str) -> Result<()> {
     conn.client.batch_execute(&script).await.map_err(sql_error("the schema (pre-data) script"))
 }
 
+/// Run the pre-data script as the restoring role, which may not be a
+/// superuser (see [`privileges`](super::privileges)): owner statements the
+/// policy does not keep are left out; kept ones run in place, or, when the
+/// new owner lacks a privilege the script grants later (CREATE on its
+/// schema, say), after the script's grants. With `platform` (restoring
+/// into a database the platform set up), blocks touching its schemas whose
+/// object is already there are left to the platform and listed. One
+/// transaction. Returns what differs from the backup.
+pub async fn run_pre_data_as(db: &DbSettings, sql: &str, policy: &OwnerPolicy, platform: Option<&PlatformTarget>) -> Result<OwnershipReport> {
+    if policy.exact() && platform.is_none() {
+        run_pre_data(db, sql).await?;
+        return Ok(OwnershipReport::default());
+    }
+    let conn = connect(db).await?;
+    let (preamble, blocks) = split_blocks(&session_settings::for_server(&conn.client, &strip_psql_guards(sql)).await?);
+    let mut report = OwnershipReport { restoring_role: policy.access.current.clone(), ..Default::default() };
+    let client = &conn.client;
+    let failed = || sql_error("the schema (pre-data) script");
+    client.batch_execute(&format!("BEGIN;\n{preamble}")).await.map_err(failed())?;
+    let mut pending = String::new();
+    let mut deferred = Vec::new();
+    for block in &blocks {
+        let (script, r) = privileges::rewrite_script("", std::slice::from_ref(block), policy);
+        // 1. The platform's schemas: its version stays when the object is there.
+        if let Some(p) = platform.filter(|p| p.touches(block)) {
+            client.batch_execute(&std::mem::take(&mut pending)).await.map_err(failed())?;
+            match client.batch_execute(&format!("SAVEPOINT pgkeep_block;\n{script}")).await {
+                Ok(()) => {
+                    client.batch_execute("RELEASE SAVEPOINT pgkeep_block").await.map_err(failed())?;
+                    report.merge(r);
+                }
+                Err(e) if platform::kept_by_platform(&e) => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT pgkeep_block").await.map_err(failed())?;
+                    tracing::debug!(object = %block_name(block), database = %p.database, "kept as the platform made it");
+                    report.kept_by_platform.push(block_name(block));
+                }
+                Err(e) => return Err(sql_error(&format!("creating {}", block_name(block)))(e)),
+            }
+            continue;
+        }
+        report.merge(r);
+        // 2. Owner statements in savepoints, deferred when the new owner lacks a later grant.
+        let mut previous_blank = false;
+        for line in script.lines() {
+            let owner = privileges::owner_statement(line).filter(|o| previous_blank && o.role != policy.access.current);
+            previous_blank = line.trim().is_empty();
+            let Some(owner) = owner else {
+                pending.push_str(line);
+                pending.push('\n');
+                continue;
+            };
+            client.batch_execute(&std::mem::take(&mut pending)).await.map_err(failed())?;
+            match client.batch_execute(&format!("SAVEPOINT pgkeep_owner; {line}")).await {
+                Ok(()) => client.batch_execute("RELEASE SAVEPOINT pgkeep_owner").await.map_err(failed())?,
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT pgkeep_owner").await.map_err(failed())?;
+                    deferred.push((line.to_string(), owner));
+                }
+                Err(e) => return Err(sql_error(&format!("giving {} to {}", owner.object, owner.role))(e)),
+            }
+        }
+    }
+    client.batch_execute(&pending).await.map_err(failed())?;
+    for (line, owner) in deferred {
+        client.batch_execute(&line).await.map_err(sql_error(&format!("giving {} to {}", owner.object, owner.role)))?;
+    }
+    client.batch_execute("COMMIT").await.map_err(failed())?;
+    Ok(report)
+}
+
+/// The post-data script as `policy` runs it (see [`privileges::rewrite_script`]).
+pub fn post_data_as(sql: &str, policy: &OwnerPolicy) -> (String, OwnershipReport) {
+    if policy.exact() {
+        return (sql.to_string(), OwnershipReport::default());
+    }
+    let (preamble, blocks) = split_blocks(&strip_psql_guards(sql));
+    privileges::rewrite_script(&preamble, &blocks, policy)
+}
+
 /// Session settings for building indexes and constraints: more sort memory
 /// per build than the usual default (64 MB), never more than 1 GB in total.
 fn build_settings(jobs: usize) -> String {
@@ -52,14 +133,22 @@ fn build_settings(jobs: usize) -> String {
 /// a foreign key whose check fails against an empty table is skipped with a
 /// warning instead of failing the restore; returns the skipped blocks.
 pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: bool) -> Result<Vec<String>> {
+    run_post_data_into(db, sql, jobs, partial, None).await
+}
+
+/// [`run_post_data`]; with `platform`, blocks touching its schemas whose
+/// object is already there are left to the platform (returned as skipped).
+pub async fn run_post_data_into(db: &DbSettings, sql: &str, jobs: usize, partial: bool, platform: Option<&PlatformTarget>) -> Result<Vec<String>> {
     let conn = connect(db).await?;
     let (preamble, blocks) = split_blocks(&session_settings::for_server(&conn.client, &strip_psql_guards(sql)).await?);
+    let platform = platform.cloned().map(Arc::new);
+    let kept = Arc::new(Mutex::new(Vec::<String>::new()));
     let (parallel, serial): (Vec<Block>, Vec<Block>) = blocks.into_iter().partition(Block::parallel_safe);
     let queue = Arc::new(Mutex::new(parallel.into_iter().collect::<VecDeque<_>>()));
     let preamble = Arc::new(preamble);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..jobs.max(1) {
-        let (queue, preamble, db) = (queue.clone(), preamble.clone(), db.clone());
+        let (queue, preamble, db, platform, kept) = (queue.clone(), preamble.clone(), db.clone(), platform.clone(), kept.clone());
         set.spawn(async move {
             let conn = connect(&db).await?;
             conn.client.batch_execute(&build_settings(jobs)).await.map_err(sql_error("index build settings"))?;
@@ -67,7 +156,12 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: boo
             loop {
                 let Some(block) = queue.lock().await.pop_front() else { break };
                 let what = format!("building {}", block_name(&block));
-                conn.client.batch_execute(&block.sql).await.map_err(sql_error(&what))?;
+                match conn.client.batch_execute(&block.sql).await {
+                    Err(e) if platform.as_ref().is_some_and(|p| p.touches(&block)) && platform::kept_by_platform(&e) => {
+                        kept.lock().await.push(block_name(&block));
+                    }
+                    other => other.map_err(sql_error(&what))?,
+                }
             }
             Ok::<_, Error>(())
         });
@@ -80,11 +174,14 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: boo
         }
     }
     conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
-    let mut skipped = Vec::new();
+    let mut skipped = std::mem::take(&mut *kept.lock().await);
     for block in serial {
         let what = format!("creating {}", block_name(&block));
         match conn.client.batch_execute(&block.sql).await {
             Ok(()) => {}
+            Err(e) if platform.as_ref().is_some_and(|p| p.touches(&block)) && platform::kept_by_platform(&e) => {
+                skipped.push(block_name(&block));
+            }
             Err(e)
                 if partial
                     && block.kind == "FK CONSTRAINT"
@@ -97,6 +194,17 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: boo
             // restore by another role goes on without them, and says so.
             Err(e) if block.kind == "EVENT TRIGGER" && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
                 tracing::warn!(trigger = %block_name(&block), "event trigger not restored: creating it needs a superuser (run `pgkeep setup` again as one)");
+                skipped.push(block_name(&block));
+            }
+            // A publication FOR ALL TABLES (or of a table the role does not own) needs a
+            // superuser or the owner: the restore goes on without it, and says so.
+            Err(e)
+                if block.kind.starts_with("PUBLICATION")
+                    && (e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                        || (e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT)
+                            && skipped.iter().any(|s: &String| s.starts_with("PUBLICATION ")))) =>
+            {
+                tracing::warn!(publication = %block_name(&block), error = %crate::pg::error_message(&e), "publication not restored: the restoring role may not create it");
                 skipped.push(block_name(&block));
             }
             Err(e) => return Err(sql_error(&what)(e)),

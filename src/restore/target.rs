@@ -246,9 +246,14 @@ async fn close_database(client: &tokio_postgres::Client, name: &str) -> Result<u
         .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(name)))
         .await
         .map_err(db_error(format!("cannot close database {name} to new connections")))?;
+    // Only sessions this role may end: all for a superuser; otherwise those of
+    // non-superuser roles it is a member of (or any, with pg_signal_backend).
     let row = client
         .query_one(
-            "SELECT count(pg_terminate_backend(pid))::int8 FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            "SELECT count(pg_terminate_backend(a.pid))::int8 FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid \
+             WHERE a.datname = $1 AND a.pid <> pg_backend_pid() \
+               AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+                    OR (NOT coalesce(r.rolsuper, true) AND (pg_has_role(a.usesysid, 'MEMBER') OR pg_has_role('pg_signal_backend', 'MEMBER'))))",
             &[&name],
         )
         .await
@@ -264,6 +269,19 @@ async fn close_database(client: &tokio_postgres::Client, name: &str) -> Result<u
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let rows = client
+        .query("SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND usesysid IS NOT NULL", &[&name])
+        .await
+        .map_err(db_error(format!("cannot list sessions on {name}")))?;
+    if !rows.is_empty() {
+        let _ = allow(client, name).await;
+        let roles: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        return Err(Error::new(
+            ErrorKind::AccessDenied,
+            format!("database {name} still has sessions of role(s) {} that this role may not terminate", roles.join(", ")),
+        )
+        .with_hint("end them first, or grant the restoring role pg_signal_backend (superuser sessions only a superuser can end)"));
     }
     Ok(row.get::<_, i64>(0) as u64)
 }

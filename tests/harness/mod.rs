@@ -10,5 +10,6 @@ pub mod fault_proxy;
 pub mod fake_s3;
 pub mod postgres;
 pub mod storage_conformance;
+pub mod supabase;
 pub mod streaming;
 pub mod versions;
