@@ -50,6 +50,8 @@ pub struct RestoreOptions {
     pub tables: Vec<String>,
     /// Point in time: replay archived changes after the base backup up to this target.
     pub point_in_time: Option<RecoveryTarget>,
+    /// Replay across changes the archive cannot reproduce (warned, not refused).
+    pub accept_inexact: bool,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -68,6 +70,7 @@ impl RestoreOptions {
             critical_tables: Vec::new(),
             tables: Vec::new(),
             point_in_time: None,
+            accept_inexact: false,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -205,8 +208,9 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
-            Ok(plan) => {
+            Ok(mut plan) => {
                 let by_id = BackupSelector::Id(plan.base.backup_id.clone());
+                plan.accept_inexact = opts.accept_inexact;
                 replay_plan = Some(plan);
                 BackupSource::find_with_keys(&repos, &by_id, &server.dbname, &keys).await
             }

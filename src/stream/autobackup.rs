@@ -82,6 +82,15 @@ pub enum BackupReason {
     },
     /// `--full-backup-every` passed.
     Scheduled,
+    /// A change the archive cannot reproduce (src/stream/inexact.rs).
+    Inexact {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+        /// Commit LSN of the transaction that made it.
+        lsn: Lsn,
+    },
 }
 
 impl std::fmt::Display for BackupReason {
@@ -95,6 +104,7 @@ impl std::fmt::Display for BackupReason {
             }
             BackupReason::LateTable { table } => write!(f, "table {table} joined a publication late"),
             BackupReason::Scheduled => f.write_str("--full-backup-every"),
+            BackupReason::Inexact { table, reason, lsn } => write!(f, "table {table} cannot be replayed exactly past {lsn}: {reason}"),
         }
     }
 }
@@ -105,6 +115,7 @@ impl BackupReason {
         match self {
             BackupReason::NotCovered { chain_start } => lsn >= *chain_start,
             BackupReason::SchemaChange { lsn: at, .. } => lsn >= *at,
+            BackupReason::Inexact { lsn: at, .. } => lsn > *at,
             BackupReason::LateTable { .. } | BackupReason::Scheduled => false,
         }
     }
@@ -159,7 +170,7 @@ impl AutoBackup {
     pub fn request(&self, reason: BackupReason) {
         let wanted = match reason {
             BackupReason::NotCovered { .. } => self.opts.when_uncovered,
-            BackupReason::SchemaChange { .. } | BackupReason::LateTable { .. } => self.opts.on_schema_change,
+            BackupReason::SchemaChange { .. } | BackupReason::LateTable { .. } | BackupReason::Inexact { .. } => self.opts.on_schema_change,
             BackupReason::Scheduled => self.opts.every.is_some(),
         };
         match &self.tx {

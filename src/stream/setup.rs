@@ -22,6 +22,12 @@
 //!   the trigger once per command; a transaction-local setting holding a
 //!   hash of the string dedupes them).
 //!
+//! - after that, for every command (also one run inside a function), a
+//!   `pgkeep.command` message with its tables and what replay cannot
+//!   reproduce, and the `table_rewrite` event trigger `pgkeep_rewrite`
+//!   (`pgkeep.rewrite_trigger()`), which marks a rewritten table with rows
+//!   (`pgkeep.inexact`); see [`super::inexact`].
+//!
 //! Statements of sessions or transactions that set `pgkeep.maintenance =
 //! on` — pgkeep's own publication upkeep, setup itself, and the
 //! publication changes the capture makes — are skipped. A failure inside
@@ -37,6 +43,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::ddl::DDL_PREFIX;
+use super::inexact::{COMMAND_PREFIX, INEXACT_PREFIX};
 use super::publication::{ARCHIVABLE_TABLE_SQL, MAINTENANCE_SETTING, PublicationNames, USABLE_IDENTITY_SQL};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
@@ -46,6 +53,8 @@ use crate::pg::catalog::quote_literal;
 pub const SCHEMA: &str = "pgkeep";
 /// The event trigger's name.
 pub const EVENT_TRIGGER: &str = "pgkeep_ddl";
+/// The `table_rewrite` event trigger's name.
+pub const REWRITE_TRIGGER: &str = "pgkeep_rewrite";
 
 /// What `pgkeep setup` installed.
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +124,8 @@ pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
         let sql = format!(
             "BEGIN;\nSET LOCAL {MAINTENANCE_SETTING} = 'on';\nSET LOCAL client_min_messages = warning;\n\
              DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};\n\
+             DROP EVENT TRIGGER IF EXISTS {REWRITE_TRIGGER};\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.rewrite_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_capture(text, text, text);\n\
              DROP TABLE IF EXISTS {SCHEMA}.ddl_key;\n\
@@ -186,6 +197,9 @@ DECLARE
     listed_in_main boolean;
     in_insert_only boolean;
     insert_only_exists boolean;
+    cmd_skip boolean := false;
+    cmd_tables jsonb;
+    cmd_inexact jsonb;
 BEGIN
     IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
         RETURN;
@@ -252,6 +266,19 @@ BEGIN
             'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex')
         )::text);
     END IF;
+    -- 3. One {command_prefix} message per command (every command, also those
+    --    run inside functions): its tables, and what replay cannot reproduce
+    --    (src/stream/inexact.rs). Found in a subtransaction, emitted outside.
+    BEGIN
+{command_sql}
+    EXCEPTION WHEN OTHERS THEN
+        cmd_skip := false;
+        cmd_inexact := jsonb_build_array(jsonb_build_object('table', '*', 'reason', 'the capture could not inspect ' || coalesce(tag, '?') || ': ' || SQLERRM));
+    END;
+    IF NOT cmd_skip THEN
+        PERFORM pg_logical_emit_message(true, {command_prefix}, jsonb_build_object(
+            'tag', coalesce(tag, ''), 'tables', coalesce(cmd_tables, '[]'), 'inexact', coalesce(cmd_inexact, '[]'))::text);
+    END IF;
 END
 $pgkeep$;
 REVOKE ALL ON FUNCTION {SCHEMA}.ddl_capture(text, text, text) FROM PUBLIC;
@@ -265,6 +292,84 @@ $pgkeep$;
 
 DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
 CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl_trigger();
+{rewrite_sql}"#,
+        command_prefix = quote_literal(COMMAND_PREFIX),
+        command_sql = COMMAND_SQL,
+        rewrite_sql = rewrite_sql(),
+    )
+}
+
+/// Step 3 of the capture (variables `tag`, `cmd_skip`, `cmd_tables`,
+/// `cmd_inexact`): the command's tables (an index counts as its table), no
+/// message at all for commands on temporary relations only, and marks for
+/// `CREATE TABLE AS` / `SELECT INTO` (their rows are not decoded) and for
+/// columns this transaction added with a fast default that is not
+/// immutable (`now()`, `CURRENT_USER`, …: existing rows read the value the
+/// source computed) to a table with rows.
+const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence = 't'), false),
+               coalesce(jsonb_agg(DISTINCT n.nspname || '.' || c.relname) FILTER (WHERE c.relkind IN ('r', 'p')), '[]')
+          INTO cmd_skip, cmd_tables
+          FROM pg_event_trigger_ddl_commands() d
+          JOIN pg_class c ON c.oid = coalesce((SELECT i.indrelid FROM pg_index i WHERE i.indexrelid = d.objid), d.objid)
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE d.classid = 'pg_class'::regclass;
+        IF tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', t, 'reason', tag || ': the rows it wrote are not in the archive')), '[]')
+              INTO cmd_inexact FROM jsonb_array_elements_text(cmd_tables) t;
+        ELSIF tag = 'ALTER TABLE' THEN
+            SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object('table', n.nspname || '.' || c.relname, 'reason',
+                       format('column %s added with the default %s, which is not immutable: existing rows hold the value the source computed',
+                              a.attname, pg_get_expr(ad.adbin, ad.adrelid)))), '[]')
+              INTO cmd_inexact
+              FROM pg_event_trigger_ddl_commands() d
+              CROSS JOIN LATERAL pg_partition_tree(d.objid) pt
+              JOIN pg_class c ON c.oid = pt.relid AND c.relkind = 'r' AND c.relpersistence <> 't'
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.atthasmissing
+              JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+             WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table'
+               AND age(a.xmin) <= 0 AND pg_relation_size(c.oid) > 0
+               AND (ad.adbin::text ~ '\{(SQLVALUEFUNCTION|COERCEVIAIO|ARRAYCOERCEEXPR|NEXTVALUEEXPR)'
+                    OR EXISTS (SELECT 1 FROM regexp_matches(ad.adbin::text, ':(?:opfuncid|funcid) (\d+)', 'g') m
+                               JOIN pg_proc p ON p.oid = m[1]::oid WHERE p.provolatile <> 'i'));
+        END IF;"#;
+
+/// The `table_rewrite` event trigger `pgkeep_rewrite`: a table with rows
+/// that is rewritten (volatile default, identity or serial added, `ALTER …
+/// TYPE`, `SET LOGGED`/`UNLOGGED`, access method) gets a `pgkeep.inexact`
+/// message in the rewriting transaction; the rewritten rows are not
+/// decoded. Temporary tables and pgkeep's own sessions are skipped.
+fn rewrite_sql() -> String {
+    let prefix = quote_literal(INEXACT_PREFIX);
+    format!(
+        r#"
+CREATE OR REPLACE FUNCTION {SCHEMA}.rewrite_trigger()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+DECLARE
+    tbl constant oid := pg_event_trigger_table_rewrite_oid();
+    why constant int := pg_event_trigger_table_rewrite_reason();
+    t record;
+BEGIN
+    IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
+        RETURN;
+    END IF;
+    SELECT n.nspname, c.relname, c.relpersistence,
+           (SELECT coalesce(sum(pg_relation_size(pt.relid)), 0) FROM pg_partition_tree(c.oid) pt) AS size
+      INTO t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF NOT FOUND OR t.relpersistence = 't' OR t.size = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_logical_emit_message(true, {prefix}, json_build_object(
+        'table', t.nspname || '.' || t.relname,
+        'reason', 'table rewrite (' || concat_ws(', ',
+            CASE WHEN why & 1 <> 0 THEN 'persistence changed' END, CASE WHEN why & 2 <> 0 THEN 'default value' END,
+            CASE WHEN why & 4 <> 0 THEN 'column type' END, CASE WHEN why & 8 <> 0 THEN 'access method' END)
+            || '): the rewritten rows are not in the archive')::text);
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.rewrite_trigger() FROM PUBLIC;
+DROP EVENT TRIGGER IF EXISTS {REWRITE_TRIGGER};
+CREATE EVENT TRIGGER {REWRITE_TRIGGER} ON table_rewrite EXECUTE FUNCTION {SCHEMA}.rewrite_trigger();
 "#
     )
 }

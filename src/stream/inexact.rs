@@ -1,0 +1,242 @@
+//! Changes the archive cannot reproduce exactly, and where they are marked
+//! (pure).
+//!
+//! Logical decoding carries row changes, not what a DDL statement did to
+//! existing rows: a table rewrite (a volatile default, an identity or serial
+//! column added, `ALTER … TYPE`, `SET LOGGED`), a fast default whose value
+//! was computed on the source (`DEFAULT now()`), the rows of `CREATE TABLE
+//! AS` / `SELECT INTO`, and anything a function or DO block did (its
+//! statements are not in the captured query string). Running the captured
+//! statement again on a restore gives other values, so such a change is
+//! marked, and replay refuses a target past the mark from a base before it
+//! (unless the user accepts it, `--accept-inexact`).
+//!
+//! Where the marks come from:
+//! - `pgkeep setup`'s capture, in the DDL's own transaction:
+//!   `pgkeep.inexact` messages ([`InexactMessage`]) from the `table_rewrite`
+//!   event trigger, and one `pgkeep.command` message ([`CommandMessage`])
+//!   per DDL command, naming its tables and what the capture found
+//!   inexact (non-constant fast defaults, CTAS);
+//! - the archiver, from those: a command whose tag has no statement in the
+//!   captured query string ran inside a function or DO block
+//!   ([`TransactionDdl`]); a table whose definition changed without
+//!   captured DDL ([`super::schema_watch`]).
+//!
+//! Every mark of a stored transaction is recorded in its segment's metadata
+//! (`inexact`, docs/FORMAT.md §5) as an [`InexactMark`].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::repo::layout::Lsn;
+
+/// Prefix of the rewrite trigger's messages.
+pub const INEXACT_PREFIX: &str = "pgkeep.inexact";
+/// Prefix of the per-command messages of the DDL capture.
+pub const COMMAND_PREFIX: &str = "pgkeep.command";
+
+/// A table the archive cannot reproduce from the transaction that
+/// committed at `lsn` on, until a newer base (full backup) covers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InexactMark {
+    /// `schema.name` of the table (`*`: unknown, every table).
+    pub table: String,
+    /// Why, in a few words.
+    pub reason: String,
+    /// Commit LSN of the transaction that made the change.
+    pub lsn: Lsn,
+    /// Its commit time.
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// A `pgkeep.inexact` message: the rewrite trigger's finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InexactMessage {
+    /// `schema.name`.
+    pub table: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A `pgkeep.command` message: one DDL command, as the capture saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CommandMessage {
+    /// The command tag (`CREATE TABLE`, `ALTER TABLE`, …).
+    pub tag: String,
+    /// `schema.name` of the tables the command created or changed.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// What the capture found inexact.
+    #[serde(default)]
+    pub inexact: Vec<InexactMessage>,
+}
+
+impl InexactMessage {
+    /// Parse a message's content.
+    pub fn parse(content: &[u8]) -> Option<InexactMessage> {
+        serde_json::from_slice(content).ok()
+    }
+}
+
+impl CommandMessage {
+    /// Parse a message's content.
+    pub fn parse(content: &[u8]) -> Option<CommandMessage> {
+        serde_json::from_slice(content).ok()
+    }
+}
+
+/// The DDL of one transaction as the archiver receives it: the captured
+/// query strings and the commands that came with them.
+#[derive(Debug, Default)]
+pub struct TransactionDdl {
+    /// The last captured query string.
+    sql: Option<String>,
+    /// Commands seen per (query string, tag).
+    seen: HashMap<(String, String), usize>,
+    /// (table, reason) found so far.
+    marks: Vec<(String, String)>,
+}
+
+impl TransactionDdl {
+    /// A `pgkeep.ddl` message with query string `sql`.
+    pub fn ddl(&mut self, sql: &str) {
+        self.sql = Some(sql.to_string());
+    }
+
+    /// A `pgkeep.inexact` message.
+    pub fn inexact(&mut self, m: InexactMessage) {
+        self.mark(m.table, m.reason);
+    }
+
+    /// A `pgkeep.command` message. A command is one of the captured string's
+    /// statements only while the string holds more statements of its tag
+    /// than commands of that tag came: a further one ran inside a function,
+    /// procedure or DO block, whose statements replay cannot see.
+    pub fn command(&mut self, c: CommandMessage) {
+        for m in c.inexact {
+            self.mark(m.table, m.reason);
+        }
+        let sql = self.sql.clone().unwrap_or_default();
+        let n = self.seen.entry((sql.clone(), c.tag.clone())).or_insert(0);
+        *n += 1;
+        if *n > statements_of_tag(&sql, &c.tag) {
+            let reason = format!("{} ran inside a function, procedure or DO block (not replayable from the captured statement)", c.tag);
+            if c.tables.is_empty() {
+                self.mark("*".into(), reason);
+            } else {
+                for t in c.tables {
+                    self.mark(t, reason.clone());
+                }
+            }
+        }
+    }
+
+    /// The table's definition changed without captured DDL.
+    pub fn schema_changed(&mut self, table: String) {
+        self.mark(table, "its definition changed without captured DDL (no `pgkeep setup`, or a role whose DDL is not captured)".into());
+    }
+
+    fn mark(&mut self, table: String, reason: String) {
+        if !self.marks.iter().any(|(t, r)| *t == table && *r == reason) {
+            self.marks.push((table, reason));
+        }
+    }
+
+    /// The marks of the transaction, as it committed at `lsn` / `time`.
+    pub fn finish(self, lsn: Lsn, time: Option<DateTime<Utc>>) -> Vec<InexactMark> {
+        self.marks.into_iter().map(|(table, reason)| InexactMark { table, reason, lsn, time }).collect()
+    }
+
+    /// Whether anything was marked.
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+}
+
+/// How many statements of `sql` can have produced a command tagged `tag`:
+/// the statement's first word is the tag's, and the tag's other words come
+/// among its next few words (`CREATE UNIQUE INDEX CONCURRENTLY` for
+/// `CREATE INDEX`, `SELECT * INTO` for `SELECT INTO`).
+pub fn statements_of_tag(sql: &str, tag: &str) -> usize {
+    let tag_words: Vec<String> = tag.split_whitespace().map(str::to_ascii_uppercase).collect();
+    let Some((first, rest)) = tag_words.split_first() else {
+        return 0;
+    };
+    crate::replay::ddl::split_statements(sql)
+        .into_iter()
+        .filter(|stmt| {
+            let words = leading_words(stmt, 12);
+            words.first() == Some(first) && rest.iter().all(|w| words[1..].contains(w))
+        })
+        .count()
+}
+
+/// The first `n` words (letters only, upper case) of a statement, after
+/// leading comments.
+fn leading_words(stmt: &str, n: usize) -> Vec<String> {
+    let mut s = stmt.trim_start();
+    loop {
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.find('\n').map_or("", |i| &rest[i + 1..]).trim_start();
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.find("*/").map_or("", |i| &rest[i + 2..]).trim_start();
+        } else {
+            break;
+        }
+    }
+    s.split(|c: char| !c.is_ascii_alphabetic() && c != '_')
+        .filter(|w| !w.is_empty())
+        .take(n)
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(tag: &str, tables: &[&str]) -> CommandMessage {
+        CommandMessage { tag: tag.into(), tables: tables.iter().map(|t| t.to_string()).collect(), inexact: Vec::new() }
+    }
+
+    #[test]
+    fn counts_the_statements_that_can_carry_a_tag() {
+        let sql = "BEGIN; CREATE UNIQUE INDEX CONCURRENTLY i ON t (a); /* x */ create table n as select 1; SELECT * INTO c FROM t; SELECT f(); COMMIT";
+        assert_eq!(statements_of_tag(sql, "CREATE INDEX"), 1);
+        assert_eq!(statements_of_tag(sql, "CREATE TABLE AS"), 1);
+        assert_eq!(statements_of_tag(sql, "SELECT INTO"), 1);
+        assert_eq!(statements_of_tag(sql, "ALTER TABLE"), 0);
+        assert_eq!(statements_of_tag("DO $$ BEGIN EXECUTE 'CREATE TABLE x ()'; END $$", "CREATE TABLE"), 0);
+        assert_eq!(statements_of_tag("", "CREATE TABLE"), 0);
+    }
+
+    #[test]
+    fn a_command_without_its_statement_ran_inside_a_function() {
+        let mut t = TransactionDdl::default();
+        t.ddl("ALTER TABLE a ADD x int; SELECT make_partition('2026_12')");
+        t.command(cmd("ALTER TABLE", &["public.a"]));
+        assert!(t.is_empty(), "the ALTER is in the string");
+        t.command(cmd("CREATE TABLE", &["public.p_2026_12"]));
+        t.command(cmd("ALTER TABLE", &["public.b"]));
+        let marks = t.finish(Lsn(7), None);
+        assert_eq!(marks.iter().map(|m| m.table.as_str()).collect::<Vec<_>>(), ["public.p_2026_12", "public.b"]);
+        assert!(marks.iter().all(|m| m.lsn == Lsn(7) && m.reason.contains("inside a function")));
+    }
+
+    #[test]
+    fn capture_and_rewrite_findings_become_marks_once() {
+        let mut t = TransactionDdl::default();
+        t.ddl("ALTER TABLE t ADD c timestamptz DEFAULT now()");
+        let found = InexactMessage { table: "public.t".into(), reason: "fast default".into() };
+        t.command(CommandMessage { tag: "ALTER TABLE".into(), tables: vec!["public.t".into()], inexact: vec![found.clone()] });
+        t.inexact(found);
+        t.command(cmd("DROP TABLE", &[]));
+        let marks = t.finish(Lsn(1), None);
+        assert_eq!(marks.len(), 2, "{marks:?}");
+        assert_eq!(marks[1].table, "*", "a command without tables outside the string marks every table");
+        assert!(CommandMessage::parse(br#"{"tag":"CREATE TABLE"}"#).is_some());
+        assert!(InexactMessage::parse(b"{").is_none());
+    }
+}
