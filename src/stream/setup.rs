@@ -314,15 +314,15 @@ const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence =
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE d.classid = 'pg_class'::regclass;
         IF tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
-            SELECT coalesce(jsonb_agg(jsonb_build_object('table', t, 'reason', tag || ': the rows it wrote are not in the archive')), '[]')
-              INTO cmd_inexact FROM jsonb_array_elements_text(cmd_tables) t;
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', x.tbl, 'reason', tag || ': the rows it wrote are not in the archive')), '[]')
+              INTO cmd_inexact FROM jsonb_array_elements_text(cmd_tables) AS x(tbl);
         ELSIF tag = 'ALTER TABLE' THEN
             SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object('table', n.nspname || '.' || c.relname, 'reason',
                        format('column %s added with the default %s, which is not immutable: existing rows hold the value the source computed',
                               a.attname, pg_get_expr(ad.adbin, ad.adrelid)))), '[]')
               INTO cmd_inexact
               FROM pg_event_trigger_ddl_commands() d
-              CROSS JOIN LATERAL pg_partition_tree(d.objid) pt
+              CROSS JOIN LATERAL (SELECT d.objid AS relid UNION SELECT p.relid FROM pg_partition_tree(d.objid) p) pt
               JOIN pg_class c ON c.oid = pt.relid AND c.relkind = 'r' AND c.relpersistence <> 't'
               JOIN pg_namespace n ON n.oid = c.relnamespace
               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.atthasmissing
@@ -354,7 +354,7 @@ BEGIN
         RETURN;
     END IF;
     SELECT n.nspname, c.relname, c.relpersistence,
-           (SELECT coalesce(sum(pg_relation_size(pt.relid)), 0) FROM pg_partition_tree(c.oid) pt) AS size
+           pg_relation_size(c.oid) + (SELECT coalesce(sum(pg_relation_size(pt.relid)), 0) FROM pg_partition_tree(c.oid) pt) AS size
       INTO t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     IF NOT FOUND OR t.relpersistence = 't' OR t.size = 0 THEN
         RETURN;

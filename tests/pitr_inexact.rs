@@ -1,0 +1,284 @@
+//! Point-in-time restores across changes the archive cannot reproduce
+//! (issue 14 §1): never silently wrong. With `pgkeep setup` and `stream`:
+//! - exact migrations (a constant fast default, an immutable one, an index,
+//!   a serial added to a table created in the same transaction, a type
+//!   change of an empty table) are not marked: a target after them restores
+//!   every table's rows and the schema exactly;
+//! - `ADD COLUMN … DEFAULT now()`, `clock_timestamp()`, `gen_random_uuid()`,
+//!   an identity and a serial added to tables with rows (then used as a
+//!   key), `CREATE UNLOGGED TABLE` + load + `SET LOGGED`, `CREATE TABLE AS`
+//!   and a partition created by a function are each marked: a target
+//!   inside the window (before the next full backup) is refused with one
+//!   line naming the table, and `--accept-inexact` lists every one of them;
+//! - a target after the next full backup, and `latest`, are exact;
+//! - without setup, a schema change is marked when the stream sees it.
+//!
+//! Every comparison covers every table of the database: its rows (a hash
+//! of the sorted rows) and its definition (columns, types, defaults,
+//! identity, indexes and constraints).
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use harness::backup_check::settings;
+use harness::postgres::PgCluster;
+use harness::streaming;
+use pgkeep::commands::backup::{self, BackupOptions};
+use pgkeep::commands::restore::{self, RestoreOptions};
+use pgkeep::config::{RepoSpec, Settings};
+use pgkeep::replay::RecoveryTarget;
+use pgkeep::restore::source::BackupSelector;
+use pgkeep::stream::StreamOptions;
+
+const SCHEMA: &str = "
+CREATE TABLE t_plain (id int PRIMARY KEY, v int);
+INSERT INTO t_plain SELECT g, g FROM generate_series(1, 200) g;
+CREATE TABLE t_now (id int PRIMARY KEY, v int);
+INSERT INTO t_now SELECT g, g FROM generate_series(1, 200) g;
+CREATE TABLE t_clock (id int PRIMARY KEY, v int);
+INSERT INTO t_clock SELECT g, g FROM generate_series(1, 200) g;
+CREATE TABLE t_uuid (id int PRIMARY KEY, v int);
+INSERT INTO t_uuid SELECT g, g FROM generate_series(1, 200) g;
+CREATE TABLE t_ident (v text NOT NULL);
+ALTER TABLE t_ident REPLICA IDENTITY FULL;
+INSERT INTO t_ident SELECT 'r' || g FROM generate_series(1, 200) g ORDER BY random();
+CREATE TABLE t_serial (id int PRIMARY KEY, v int);
+INSERT INTO t_serial SELECT g, g FROM generate_series(1, 200) g;
+CREATE TABLE events (id int, day date, v text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+CREATE TABLE events_2026_11 PARTITION OF events FOR VALUES FROM ('2026-11-01') TO ('2026-12-01');
+INSERT INTO events VALUES (1, '2026-11-02', 'a');
+CREATE FUNCTION make_partition(first date) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+                   'events_' || to_char(first, 'YYYY_MM'), first, first + interval '1 month');
+END $$;
+";
+
+/// Migrations replay reproduces exactly: none of them may be refused.
+const EXACT: &[&str] = &[
+    "ALTER TABLE t_plain ADD COLUMN c bigint NOT NULL DEFAULT 0, ADD COLUMN d text DEFAULT 'x'",
+    "CREATE INDEX t_plain_v ON t_plain (v); UPDATE t_plain SET c = 5 WHERE id < 10",
+    "CREATE TABLE fresh (v text); ALTER TABLE fresh ADD COLUMN id serial PRIMARY KEY; ALTER TABLE fresh ALTER COLUMN v TYPE varchar(20)",
+    "INSERT INTO fresh (v) SELECT 'f' || g FROM generate_series(1, 20) g",
+];
+
+/// Migrations the archive cannot reproduce, each with the table it marks.
+const INEXACT: &[(&str, &str)] = &[
+    ("ALTER TABLE t_now ADD COLUMN at timestamptz NOT NULL DEFAULT now()", "public.t_now"),
+    ("ALTER TABLE t_clock ADD COLUMN at timestamptz DEFAULT clock_timestamp(); UPDATE t_clock SET v = -v WHERE id <= 3", "public.t_clock"),
+    ("ALTER TABLE t_uuid ADD COLUMN u uuid DEFAULT gen_random_uuid()", "public.t_uuid"),
+    (
+        "ALTER TABLE t_ident ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY; ALTER TABLE t_ident ADD PRIMARY KEY (id); \
+         UPDATE t_ident SET v = v || '!' WHERE id IN (7, 8)",
+        "public.t_ident",
+    ),
+    ("ALTER TABLE t_serial ADD COLUMN n serial; UPDATE t_serial SET v = n", "public.t_serial"),
+    (
+        "CREATE UNLOGGED TABLE t_unlogged (id int PRIMARY KEY, v text); \
+         INSERT INTO t_unlogged SELECT g, 'u' || g FROM generate_series(1, 5000) g; ALTER TABLE t_unlogged SET LOGGED",
+        "public.t_unlogged",
+    ),
+    ("INSERT INTO t_unlogged VALUES (5001, 'after')", ""),
+    ("CREATE TABLE t_ctas AS SELECT id, random() AS r FROM t_now", "public.t_ctas"),
+];
+
+/// The database as it is: every table's rows, and its schema.
+#[derive(Debug, Clone, PartialEq)]
+struct State {
+    rows: BTreeMap<String, String>,
+    schema: Vec<String>,
+}
+
+async fn state(client: &tokio_postgres::Client) -> State {
+    let tables: Vec<String> = client
+        .query(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut rows = BTreeMap::new();
+    for t in tables {
+        let sql = format!("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {t} t");
+        rows.insert(t, client.query_one(&sql, &[]).await.unwrap().get(0));
+    }
+    let schema = client
+        .query(
+            "SELECT format('%s.%s %s %s null=%s default=%s identity=%s', table_name, column_name, data_type,
+                           character_maximum_length, is_nullable, column_default, is_identity)
+               FROM information_schema.columns WHERE table_schema = 'public'
+             UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'
+             UNION ALL SELECT conrelid::regclass || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+                        WHERE connamespace = 'public'::regnamespace
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    State { rows, schema }
+}
+
+/// The time right after the last commit, and the state then.
+async fn mark(client: &tokio_postgres::Client) -> (chrono::DateTime<chrono::Utc>, State) {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let t = client.query_one("SELECT clock_timestamp()", &[]).await.unwrap().get(0);
+    let s = state(client).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    (t, s)
+}
+
+struct Db {
+    cluster: &'static PgCluster,
+    name: String,
+    _dir: tempfile::TempDir,
+    settings: Settings,
+    client: tokio_postgres::Client,
+}
+
+impl Db {
+    async fn new(prefix: &str, schema: &str) -> Db {
+        let cluster = PgCluster::shared();
+        let name = cluster.fresh_db(prefix).await;
+        cluster.execute(&name, schema).await;
+        let dir = tempfile::tempdir().unwrap();
+        let repo: PathBuf = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        let settings = settings(cluster.superuser_settings(&name), vec![RepoSpec::Local(repo)]);
+        let client = cluster.client(&name).await;
+        Db { cluster, name, _dir: dir, settings, client }
+    }
+
+    fn stream(&self) -> streaming::Running {
+        streaming::start(&self.settings, StreamOptions { segment_seconds: 1, ..StreamOptions::new(&self.name, &self.name) })
+    }
+
+    async fn backup(&self) -> String {
+        let r = backup::run(&self.settings, &BackupOptions::default()).await.unwrap_or_else(|e| panic!("backup: {}", e.user_line()));
+        r.manifest.backup_id.to_string()
+    }
+
+    async fn run(&self, sql: &str) {
+        self.client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    async fn restore(&self, suffix: &str, target: RecoveryTarget, accept: bool) -> (String, pgkeep::Result<restore::RestoreReport>) {
+        let name = format!("{}_{suffix}", self.name);
+        let opts = RestoreOptions {
+            target_db: Some(name.clone()),
+            yes: true,
+            point_in_time: Some(target),
+            accept_inexact: accept,
+            ..RestoreOptions::new(BackupSelector::Latest)
+        };
+        (name.clone(), restore::run(&self.settings, &opts).await)
+    }
+
+    /// Restore to `target`, which must succeed, and compare with `want`.
+    async fn restore_exact(&self, suffix: &str, target: RecoveryTarget, want: &State) -> restore::RestoreReport {
+        let (name, r) = self.restore(suffix, target, false).await;
+        let report = r.unwrap_or_else(|e| panic!("restore {suffix}: {}", e.user_line()));
+        let got = state(&self.cluster.client(&name).await).await;
+        assert_eq!(got.schema, want.schema, "schema at {suffix}");
+        assert_eq!(got.rows, want.rows, "rows at {suffix}");
+        report
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inexact_changes_are_refused_inside_their_window_and_exact_outside() {
+    let db = Db::new("inexact", SCHEMA).await;
+    pgkeep::stream::setup::install(&db.settings, &db.name).await.unwrap_or_else(|e| panic!("setup: {}", e.user_line()));
+    let running = db.stream();
+    streaming::wait_for_slot(&db.client, &db.name, Some(true)).await;
+    let base = db.backup().await;
+
+    // 1. Exact migrations: no mark.
+    for sql in EXACT {
+        db.run(sql).await;
+    }
+    let (exact_time, exact_state) = mark(&db.client).await;
+
+    // 2. Each inexact migration, then a full backup (it closes their windows).
+    let mut after_first = None;
+    for (sql, _) in INEXACT {
+        db.run(sql).await;
+        after_first.get_or_insert(mark(&db.client).await.0);
+    }
+    let (before_mid, _) = mark(&db.client).await;
+    let mid = db.backup().await;
+    db.run("UPDATE t_plain SET v = v + 1 WHERE id = 1").await;
+    let (after_mid, after_mid_state) = mark(&db.client).await;
+
+    // 3. A partition created by a function, rows in it; then the last full backup.
+    db.run("SELECT make_partition('2026-12-01'); INSERT INTO events VALUES (2, '2026-12-05', 'b')").await;
+    let (after_partition, _) = mark(&db.client).await;
+    db.backup().await;
+    db.run("UPDATE t_plain SET v = v + 1 WHERE id = 2").await;
+    let (_, final_state) = mark(&db.client).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    streaming::stop(running).await;
+
+    // Exact migrations replay exactly from the first base.
+    let r = db.restore_exact("exact", RecoveryTarget::Time(exact_time), &exact_state).await;
+    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
+
+    // Inside the window of the first inexact change: refused, naming the table.
+    let (_, refused) = db.restore("refused", RecoveryTarget::Time(after_first.unwrap()), false).await;
+    let line = refused.expect_err("a target inside the window is refused").user_line();
+    assert!(line.contains("public.t_now") && line.contains("not exact") && line.contains(&mid), "{line}");
+    assert!(line.contains("now()"), "the reason names the default: {line}");
+
+    // Accepted: every inexact table is listed.
+    let (_, accepted) = db.restore("accepted", RecoveryTarget::Time(before_mid), true).await;
+    let report = accepted.unwrap_or_else(|e| panic!("accepted restore: {}", e.user_line()));
+    let lines = report.point_in_time.as_ref().unwrap().inexact_accepted.join("\n");
+    for (_, table) in INEXACT.iter().filter(|(_, t)| !t.is_empty()) {
+        assert!(lines.contains(&format!("table {table} ")), "{table} is not listed as inexact:\n{lines}");
+    }
+    assert!(!lines.contains("t_plain") && !lines.contains("fresh"), "exact migrations are not marked:\n{lines}");
+
+    // After the next full backup: exact, from it.
+    let r = db.restore_exact("after_mid", RecoveryTarget::Time(after_mid), &after_mid_state).await;
+    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, mid);
+
+    // The partition created by a function: refused from the middle base.
+    let (_, refused) = db.restore("partition", RecoveryTarget::Time(after_partition), false).await;
+    let line = refused.expect_err("the function's partition is refused").user_line();
+    assert!(line.contains("public.events_2026_12") && line.contains("inside a function"), "{line}");
+
+    // Latest: exact.
+    db.restore_exact("latest", RecoveryTarget::Latest, &final_state).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_setup_a_schema_change_is_refused_until_the_next_full_backup() {
+    let db = Db::new("inexact_nosetup", "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 50) g;").await;
+    let running = db.stream();
+    streaming::wait_for_slot(&db.client, &db.name, Some(true)).await;
+    db.backup().await;
+    db.run("UPDATE t SET v = 0 WHERE id = 1").await;
+    let (before, before_state) = mark(&db.client).await;
+    db.run("ALTER TABLE t ADD COLUMN at timestamptz DEFAULT now()").await;
+    db.run("UPDATE t SET v = 1 WHERE id = 2").await;
+    let (inside, _) = mark(&db.client).await;
+    db.backup().await;
+    db.run("UPDATE t SET v = 2 WHERE id = 3").await;
+    let (_, final_state) = mark(&db.client).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    streaming::stop(running).await;
+
+    db.restore_exact("before", RecoveryTarget::Time(before), &before_state).await;
+    let (_, refused) = db.restore("inside", RecoveryTarget::Time(inside), false).await;
+    let line = refused.expect_err("refused").user_line();
+    assert!(line.contains("public.t") && line.contains("without captured DDL"), "{line}");
+    db.restore_exact("latest", RecoveryTarget::Latest, &final_state).await;
+}
