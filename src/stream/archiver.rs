@@ -24,7 +24,9 @@
 //! 4. every `publication_check` (30 s) tables created since are put into a
 //!    publication ([`super::publication::reconcile`]); a table added late, or
 //!    a schema change without captured DDL, asks [`AutoBackup`] for a new
-//!    full backup.
+//!    full backup; so does every change the archive cannot reproduce
+//!    ([`super::inexact`]), which is also recorded in the segment's
+//!    `inexact` metadata.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

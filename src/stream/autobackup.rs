@@ -9,6 +9,9 @@
 //! - a table's definition changed without a captured DDL statement, or a
 //!   table was added to a publication late (its earlier changes are not
 //!   archived): replay cannot cross that point from an older backup;
+//! - a change the archive cannot reproduce was marked
+//!   ([`super::inexact`]): from this backup's consistent point on, targets
+//!   are exact again;
 //! - `--full-backup-every` has passed since the newest such backup.
 //!
 //! One worker task runs [`crate::commands::backup::run`] with the default
