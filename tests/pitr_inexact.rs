@@ -2,9 +2,10 @@
 //! (issue 14 §1): never silently wrong. With `pgkeep setup` and `stream`:
 //! - exact migrations (a constant fast default, an immutable one, an index,
 //!   a serial added to a table created in the same transaction, a type
-//!   change of an empty table) are not marked: a target after them restores
-//!   every table's rows and the schema exactly;
-//! - `ADD COLUMN … DEFAULT now()`, `clock_timestamp()`, `gen_random_uuid()`,
+//!   change of an empty table) are not marked, and `ADD COLUMN … DEFAULT
+//!   now()` replays the value the source stored: a target after them
+//!   restores every table's rows and the schema exactly;
+//! - `ADD COLUMN … DEFAULT clock_timestamp()`, `gen_random_uuid()`,
 //!   an identity and a serial added to tables with rows (then used as a
 //!   key), `CREATE UNLOGGED TABLE` + load + `SET LOGGED`, `CREATE TABLE AS`
 //!   and a partition created by a function are each marked: a target
@@ -55,11 +56,14 @@ const EXACT: &[&str] = &[
     "CREATE INDEX t_plain_v ON t_plain (v); UPDATE t_plain SET c = 5 WHERE id < 10",
     "CREATE TABLE fresh (v text); ALTER TABLE fresh ADD COLUMN id serial PRIMARY KEY; ALTER TABLE fresh ALTER COLUMN v TYPE varchar(20)",
     "INSERT INTO fresh (v) SELECT 'f' || g FROM generate_series(1, 20) g",
+    // A fast default computed on the source: its stored value is replayed.
+    "ALTER TABLE t_now ADD COLUMN at timestamptz NOT NULL DEFAULT now(), ADD COLUMN who text DEFAULT current_user; \
+     INSERT INTO t_now (id, v) VALUES (1001, 1)",
+    "UPDATE t_now SET v = -v WHERE id <= 5",
 ];
 
 /// Migrations the archive cannot reproduce, each with the table it marks.
 const INEXACT: &[(&str, &str)] = &[
-    ("ALTER TABLE t_now ADD COLUMN at timestamptz NOT NULL DEFAULT now()", "public.t_now"),
     ("ALTER TABLE t_clock ADD COLUMN at timestamptz DEFAULT clock_timestamp(); UPDATE t_clock SET v = -v WHERE id <= 3", "public.t_clock"),
     ("ALTER TABLE t_uuid ADD COLUMN u uuid DEFAULT gen_random_uuid()", "public.t_uuid"),
     (
@@ -114,12 +118,13 @@ async fn inexact_changes_are_refused_inside_their_window_and_exact_outside() {
     // Exact migrations replay exactly from the first base.
     let r = db.restore_exact("exact", RecoveryTarget::Time(exact_time), &exact_state).await;
     assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
+    assert_eq!(r.point_in_time.as_ref().unwrap().applied.fast_defaults, 2, "now() and current_user");
 
     // Inside the window of the first inexact change: refused, naming the table.
     let (_, refused) = db.restore("refused", RecoveryTarget::Time(after_first.unwrap()), false).await;
     let line = refused.expect_err("a target inside the window is refused").user_line();
-    assert!(line.contains("public.t_now") && line.contains("not exact") && line.contains(&mid), "{line}");
-    assert!(line.contains("now()"), "the reason names the default: {line}");
+    assert!(line.contains("public.t_clock") && line.contains("not exact") && line.contains(&mid), "{line}");
+    assert!(line.contains("table rewrite (default value)"), "the reason: {line}");
 
     // Accepted: every inexact table is listed.
     let (_, accepted) = db.restore("accepted", RecoveryTarget::Time(before_mid), true).await;

@@ -3,7 +3,8 @@
 //! run (add, drop and rename columns, defaults, type changes, indexes,
 //! check constraints, new tables, partitioned tables with partitions),
 //! some of which the archive cannot reproduce (a type change rewrites the
-//! table; `DEFAULT now()` and a serial column added to a table with rows),
+//! table, and so does a serial column added to a table with rows; `DEFAULT
+//! now()` is exact through the captured value),
 //! and full backups now and then. After every step the source's state
 //! (every table's rows and the schema) is recorded with the time; then a
 //! restore to each of those times must either equal that state exactly, or
@@ -136,7 +137,8 @@ impl Workload {
             90..=94 => {
                 let c = format!("at{n}");
                 t.extra.push(c.clone());
-                Step { sql: format!("ALTER TABLE {name} ADD COLUMN {c} timestamptz DEFAULT now()"), inexact: Some(format!("public.{name}")) }
+                // Exact: the value the source stored for existing rows is replayed.
+                exact(format!("ALTER TABLE {name} ADD COLUMN {c} timestamptz DEFAULT now()"))
             }
             95..=99 => {
                 let c = format!("sn{n}");

@@ -24,6 +24,7 @@ pub mod apply;
 pub mod batch;
 pub mod chain;
 pub mod ddl;
+pub mod fast_default;
 pub mod inexact;
 pub mod sequences;
 pub mod sql;

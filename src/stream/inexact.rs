@@ -36,6 +36,49 @@ use crate::repo::layout::Lsn;
 pub const INEXACT_PREFIX: &str = "pgkeep.inexact";
 /// Prefix of the per-command messages of the DDL capture.
 pub const COMMAND_PREFIX: &str = "pgkeep.command";
+/// Prefix of the capture's fast-default values ([`MissingValue`]).
+pub const MISSING_PREFIX: &str = "pgkeep.missing";
+
+/// A `pgkeep.missing` message: the value a column added with a fast
+/// default that is not immutable (`DEFAULT now()`) stored for the rows
+/// that existed (the catalog's `attmissingval`, as ISO text in UTC). Replay
+/// writes it into those rows right after the `ALTER TABLE`, which makes
+/// the change exact; signed like captured DDL, since replay writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingValue {
+    /// The table's schema.
+    pub schema: String,
+    /// The table (a leaf partition for a partitioned one).
+    pub table: String,
+    /// The column.
+    pub column: String,
+    /// Its value for the existing rows, in the type's text form.
+    pub value: String,
+    /// Hex `SHA-256(key || hex SHA-256(key || "pgkeep.missing" ␟ schema ␟ table ␟ column ␟ value))`.
+    #[serde(default)]
+    pub mac: String,
+}
+
+impl MissingValue {
+    /// Parse a message's content.
+    pub fn parse(content: &[u8]) -> Option<MissingValue> {
+        serde_json::from_slice(content).ok()
+    }
+
+    /// The MAC this message should carry under `key`.
+    pub fn expected_mac(&self, key: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let payload = [MISSING_PREFIX, &self.schema, &self.table, &self.column, &self.value].join("\u{1f}");
+        let inner = hex::encode(Sha256::digest(format!("{key}{payload}").as_bytes()));
+        hex::encode(Sha256::digest(format!("{key}{inner}").as_bytes()))
+    }
+
+    /// Whether the message was signed with `key`.
+    pub fn is_signed_by(&self, key: &str) -> bool {
+        let want = self.expected_mac(key);
+        want.len() == self.mac.len() && want.bytes().zip(self.mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
 
 /// A table the archive cannot reproduce from the transaction that
 /// committed at `lsn` on, until a newer base (full backup) covers it.
@@ -199,6 +242,16 @@ mod tests {
 
     fn cmd(tag: &str, tables: &[&str]) -> CommandMessage {
         CommandMessage { tag: tag.into(), tables: tables.iter().map(|t| t.to_string()).collect(), inexact: Vec::new() }
+    }
+
+    #[test]
+    fn missing_values_are_signed_over_every_field() {
+        let mut m = MissingValue::parse(br#"{"schema":"public","table":"t","column":"at","value":"2026-12-04 21:00:00+00"}"#).unwrap();
+        assert!(!m.is_signed_by("k"), "unsigned");
+        m.mac = m.expected_mac("k");
+        assert!(m.is_signed_by("k") && !m.is_signed_by("k2"));
+        m.value.push('1');
+        assert!(!m.is_signed_by("k"), "a changed value fails");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::ddl::DDL_PREFIX;
-use super::inexact::{COMMAND_PREFIX, INEXACT_PREFIX};
+use super::inexact::{COMMAND_PREFIX, INEXACT_PREFIX, MISSING_PREFIX};
 use super::publication::{ARCHIVABLE_TABLE_SQL, MAINTENANCE_SETTING, PublicationNames, USABLE_IDENTITY_SQL};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
@@ -126,6 +126,7 @@ pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
              DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};\n\
              DROP EVENT TRIGGER IF EXISTS {REWRITE_TRIGGER};\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.rewrite_trigger();\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.missing_value(oid, smallint);\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_capture(text, text, text);\n\
              DROP TABLE IF EXISTS {SCHEMA}.ddl_key;\n\
@@ -200,6 +201,8 @@ DECLARE
     cmd_skip boolean := false;
     cmd_tables jsonb;
     cmd_inexact jsonb;
+    cmd_missing jsonb;
+    fix record;
 BEGIN
     IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
         RETURN;
@@ -275,6 +278,15 @@ BEGIN
         cmd_skip := false;
         cmd_inexact := jsonb_build_array(jsonb_build_object('table', '*', 'reason', 'the capture could not inspect ' || coalesce(tag, '?') || ': ' || SQLERRM));
     END;
+    -- Each such fast default's value as the source stored it, signed like
+    -- the statement: replay writes it into the rows that existed.
+    FOR fix IN SELECT f.v AS f FROM jsonb_array_elements(coalesce(cmd_missing, '[]')) AS f(v) WHERE f.v->>'value' IS NOT NULL LOOP
+        mac_key := (SELECT k.key FROM {SCHEMA}.ddl_key k LIMIT 1);
+        payload := concat_ws(chr(31), {missing_prefix}, fix.f->>'schema', fix.f->>'table', fix.f->>'column', fix.f->>'value');
+        PERFORM pg_logical_emit_message(true, {missing_prefix}, jsonb_build_object(
+            'schema', fix.f->>'schema', 'table', fix.f->>'table', 'column', fix.f->>'column', 'value', fix.f->>'value',
+            'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex'))::text);
+    END LOOP;
     IF NOT cmd_skip THEN
         PERFORM pg_logical_emit_message(true, {command_prefix}, jsonb_build_object(
             'tag', coalesce(tag, ''), 'tables', coalesce(cmd_tables, '[]'), 'inexact', coalesce(cmd_inexact, '[]'))::text);
@@ -294,6 +306,7 @@ DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
 CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl_trigger();
 {rewrite_sql}"#,
         command_prefix = quote_literal(COMMAND_PREFIX),
+        missing_prefix = quote_literal(MISSING_PREFIX),
         command_sql = COMMAND_SQL,
         rewrite_sql = rewrite_sql(),
     )
@@ -302,10 +315,11 @@ CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA
 /// Step 3 of the capture (variables `tag`, `cmd_skip`, `cmd_tables`,
 /// `cmd_inexact`): the command's tables (an index counts as its table), no
 /// message at all for commands on temporary relations only, and marks for
-/// `CREATE TABLE AS` / `SELECT INTO` (their rows are not decoded) and for
-/// columns this transaction added with a fast default that is not
-/// immutable (`now()`, `CURRENT_USER`, …: existing rows read the value the
-/// source computed) to a table with rows.
+/// `CREATE TABLE AS` / `SELECT INTO` (their rows are not decoded). Columns
+/// this transaction added with a fast default that is not immutable
+/// (`now()`, `CURRENT_USER`, …: existing rows read the value the source
+/// computed) to a table with rows go into `cmd_missing` with that value
+/// (`pgkeep.missing` messages, the exact path); a mark when it is unreadable.
 const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence = 't'), false),
                coalesce(jsonb_agg(DISTINCT n.nspname || '.' || c.relname) FILTER (WHERE c.relkind IN ('r', 'p')), '[]')
           INTO cmd_skip, cmd_tables
@@ -317,10 +331,9 @@ const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence =
             SELECT coalesce(jsonb_agg(jsonb_build_object('table', x.tbl, 'reason', tag || ': the rows it wrote are not in the archive')), '[]')
               INTO cmd_inexact FROM jsonb_array_elements_text(cmd_tables) AS x(tbl);
         ELSIF tag = 'ALTER TABLE' THEN
-            SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object('table', n.nspname || '.' || c.relname, 'reason',
-                       format('column %s added with the default %s, which is not immutable: existing rows hold the value the source computed',
-                              a.attname, pg_get_expr(ad.adbin, ad.adrelid)))), '[]')
-              INTO cmd_inexact
+            SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object('schema', n.nspname, 'table', c.relname, 'column', a.attname::text,
+                       'value', pgkeep.missing_value(c.oid, a.attnum), 'default', pg_get_expr(ad.adbin, ad.adrelid))), '[]')
+              INTO cmd_missing
               FROM pg_event_trigger_ddl_commands() d
               CROSS JOIN LATERAL (SELECT d.objid AS relid UNION SELECT p.relid FROM pg_partition_tree(d.objid) p) pt
               JOIN pg_class c ON c.oid = pt.relid AND c.relkind = 'r' AND c.relpersistence <> 't'
@@ -332,6 +345,11 @@ const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence =
                AND (ad.adbin::text ~ '\{(SQLVALUEFUNCTION|COERCEVIAIO|ARRAYCOERCEEXPR|NEXTVALUEEXPR)'
                     OR EXISTS (SELECT 1 FROM regexp_matches(ad.adbin::text, ':(?:opfuncid|funcid) (\d+)', 'g') m
                                JOIN pg_proc p ON p.oid = m[1]::oid WHERE p.provolatile <> 'i'));
+            -- A value that cannot be read back is a mark instead.
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', (f.v->>'schema') || '.' || (f.v->>'table'), 'reason',
+                       format('column %s added with the default %s, which is not immutable, and its value on the source is unreadable',
+                              f.v->>'column', f.v->>'default'))), '[]')
+              INTO cmd_inexact FROM jsonb_array_elements(cmd_missing) AS f(v) WHERE f.v->>'value' IS NULL;
         END IF;"#;
 
 /// The `table_rewrite` event trigger `pgkeep_rewrite`: a table with rows
@@ -368,6 +386,16 @@ BEGIN
 END
 $pgkeep$;
 REVOKE ALL ON FUNCTION {SCHEMA}.rewrite_trigger() FROM PUBLIC;
+
+-- The value a fast default stored for existing rows (attmissingval), as
+-- text that reads back the same on any server settings.
+CREATE OR REPLACE FUNCTION {SCHEMA}.missing_value(rel oid, att smallint)
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 3 SET bytea_output = 'hex' SET TimeZone = 'UTC' AS $pgkeep$
+    SELECT (a.attmissingval::text::text[])[1] FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum = att AND a.atthasmissing
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.missing_value(oid, smallint) FROM PUBLIC;
 DROP EVENT TRIGGER IF EXISTS {REWRITE_TRIGGER};
 CREATE EVENT TRIGGER {REWRITE_TRIGGER} ON table_rewrite EXECUTE FUNCTION {SCHEMA}.rewrite_trigger();
 "#
