@@ -8,9 +8,11 @@
 //! - `ADD COLUMN … DEFAULT clock_timestamp()`, `gen_random_uuid()`,
 //!   an identity and a serial added to tables with rows (then used as a
 //!   key), `CREATE UNLOGGED TABLE` + load + `SET LOGGED`, `CREATE TABLE AS`
-//!   and a partition created by a function are each marked: a target
+//!   and a table created in a DO block are each marked: a target
 //!   inside the window (before the next full backup) is refused with one
 //!   line naming the table, and `--accept-inexact` lists every one of them;
+//! - a plain partition created by a function is created again from its
+//!   bound: exact;
 //! - a target after the next full backup, and `latest`, are exact;
 //! - without setup, a schema change is marked when the stream sees it.
 //!
@@ -106,9 +108,12 @@ async fn inexact_changes_are_refused_inside_their_window_and_exact_outside() {
     db.run("UPDATE t_plain SET v = v + 1 WHERE id = 1").await;
     let (after_mid, after_mid_state) = mark(&db.client).await;
 
-    // 3. A partition created by a function, rows in it; then the last full backup.
+    // 3. A partition created by a function, rows in it (exact: created again
+    //    from its bound); a table created in a DO block (refused); then the last full backup.
     db.run("SELECT make_partition('2026-12-01'); INSERT INTO events VALUES (2, '2026-12-05', 'b')").await;
-    let (after_partition, _) = mark(&db.client).await;
+    let (after_partition, after_partition_state) = mark(&db.client).await;
+    db.run("DO $$ BEGIN EXECUTE 'CREATE TABLE made_in_do (id int PRIMARY KEY)'; END $$; INSERT INTO made_in_do VALUES (1)").await;
+    let (after_do, _) = mark(&db.client).await;
     db.backup().await;
     db.run("UPDATE t_plain SET v = v + 1 WHERE id = 2").await;
     let (_, final_state) = mark(&db.client).await;
@@ -139,10 +144,13 @@ async fn inexact_changes_are_refused_inside_their_window_and_exact_outside() {
     let r = db.restore_exact("after_mid", RecoveryTarget::Time(after_mid), &after_mid_state).await;
     assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, mid);
 
-    // The partition created by a function: refused from the middle base.
-    let (_, refused) = db.restore("partition", RecoveryTarget::Time(after_partition), false).await;
-    let line = refused.expect_err("the function's partition is refused").user_line();
-    assert!(line.contains("public.events_2026_12") && line.contains("inside a function"), "{line}");
+    // The partition created by a function: exact, from the middle base.
+    let r = db.restore_exact("partition", RecoveryTarget::Time(after_partition), &after_partition_state).await;
+    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, mid);
+    // The table created in a DO block: refused, naming it.
+    let (_, refused) = db.restore("do_block", RecoveryTarget::Time(after_do), false).await;
+    let line = refused.expect_err("the DO block's table is refused").user_line();
+    assert!(line.contains("public.made_in_do") && line.contains("inside a function"), "{line}");
 
     // Latest: exact.
     db.restore_exact("latest", RecoveryTarget::Latest, &final_state).await;

@@ -28,7 +28,7 @@ use crate::pg::connect;
 use crate::replication::pgoutput::{Oid, PgOutputMessage, Relation, ReplicaIdentity, Truncate};
 use crate::repo::layout::Lsn;
 use crate::stream::ddl::{DDL_PREFIX, DdlMessage};
-use crate::stream::inexact::{MISSING_PREFIX, MissingValue};
+use crate::stream::inexact::{MISSING_PREFIX, MissingValue, PARTITION_PREFIX, PartitionMessage};
 
 /// Write the batches once they hold this many row changes (at a commit)…
 const BATCH_CHANGES: u64 = 200_000;
@@ -214,6 +214,11 @@ impl Applier {
                 let v = MissingValue::parse(&m.content)
                     .ok_or_else(|| Error::corrupt(format!("a captured default value at LSN {} is not readable", m.lsn)))?;
                 self.missing_value(v, m.lsn).await
+            }
+            PgOutputMessage::Message(m) if m.transactional && m.prefix == PARTITION_PREFIX => {
+                let p = PartitionMessage::parse(&m.content)
+                    .ok_or_else(|| Error::corrupt(format!("a captured partition at LSN {} is not readable", m.lsn)))?;
+                self.partition(p, m.lsn).await
             }
             // Begin, Commit, Origin, Type and other messages change no data.
             _ => Ok(()),
@@ -647,6 +652,21 @@ impl Applier {
         let rows = super::fast_default::apply(&self.client, &v).await.map_err(|e| e.context(format!("at LSN {lsn}")))?;
         tracing::debug!(table = %v.table, rows, "wrote the source's fast default value");
         self.stats.fast_defaults += 1;
+        Ok(())
+    }
+
+    /// A plain partition, created again from its bound when no captured
+    /// statement did ([`super::partition`]); only when signed.
+    async fn partition(&mut self, p: PartitionMessage, lsn: Lsn) -> Result<()> {
+        if !self.ddl_key.as_deref().is_some_and(|k| p.is_signed_by(k)) {
+            tracing::warn!(lsn = %lsn, "a captured partition is not signed by `pgkeep setup`; not created");
+            self.stats.ddl_rejected.push(format!("LSN {lsn} (partition {})", p.name()));
+            return Ok(());
+        }
+        self.flush().await?;
+        if super::partition::create(&self.client, &p).await.map_err(|e| e.context(format!("at LSN {lsn}")))? {
+            self.stats.ddl_statements += 1;
+        }
         Ok(())
     }
 }

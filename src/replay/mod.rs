@@ -26,6 +26,7 @@ pub mod chain;
 pub mod ddl;
 pub mod fast_default;
 pub mod inexact;
+pub mod partition;
 pub mod sequences;
 pub mod sql;
 pub mod target;

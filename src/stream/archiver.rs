@@ -38,7 +38,9 @@ use bytes::Bytes;
 
 use super::autobackup::{AutoBackup, BackupReason};
 use super::ddl::{DDL_PREFIX, DdlMessage};
-use super::inexact::{COMMAND_PREFIX, CommandMessage, INEXACT_PREFIX, InexactMark, InexactMessage, TransactionDdl};
+use super::inexact::{
+    COMMAND_PREFIX, CommandMessage, INEXACT_PREFIX, InexactMark, InexactMessage, PARTITION_PREFIX, PartitionMessage, TransactionDdl,
+};
 use super::publication::{PublicationNames, ReconcileMode};
 use super::schema_watch::{SchemaWatch, UncapturedChange};
 use super::segment::{self, ChangeSegment, SegmentMeta, SegmentTransaction};
@@ -213,6 +215,11 @@ impl Archiver {
                 match m.prefix.as_str() {
                     DDL_PREFIX => ddl.ddl(&DdlMessage::parse(&m.content).map(|d| d.sql).unwrap_or_default()),
                     COMMAND_PREFIX => ddl.command(CommandMessage::parse(&m.content).unwrap_or_default()),
+                    PARTITION_PREFIX => {
+                        if let Some(p) = PartitionMessage::parse(&m.content) {
+                            ddl.partition(&p);
+                        }
+                    }
                     INEXACT_PREFIX => ddl.inexact(InexactMessage::parse(&m.content).unwrap_or_else(|| InexactMessage {
                         table: "*".into(),
                         reason: "an unreadable pgkeep.inexact message".into(),

@@ -38,6 +38,60 @@ pub const INEXACT_PREFIX: &str = "pgkeep.inexact";
 pub const COMMAND_PREFIX: &str = "pgkeep.command";
 /// Prefix of the capture's fast-default values ([`MissingValue`]).
 pub const MISSING_PREFIX: &str = "pgkeep.missing";
+/// Prefix of the capture's plain partitions ([`PartitionMessage`]).
+pub const PARTITION_PREFIX: &str = "pgkeep.partition";
+
+/// A `pgkeep.partition` message: a partition created with nothing of its
+/// own (columns, constraints, indexes and options all from its parent),
+/// so `CREATE TABLE schema.table PARTITION OF parent_schema.parent bound`
+/// creates it again exactly — also when a function created it, whose
+/// statement replay cannot see. Signed like captured DDL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMessage {
+    /// The partition's schema.
+    pub schema: String,
+    /// The partition.
+    pub table: String,
+    /// The parent's schema.
+    pub parent_schema: String,
+    /// The parent.
+    pub parent: String,
+    /// `pg_get_expr(relpartbound)`: `FOR VALUES …` or `DEFAULT`.
+    pub bound: String,
+    /// Hex `SHA-256(key || hex SHA-256(key || "pgkeep.partition" ␟ schema ␟ table ␟ parent_schema ␟ parent ␟ bound))`.
+    #[serde(default)]
+    pub mac: String,
+}
+
+impl PartitionMessage {
+    /// Parse a message's content.
+    pub fn parse(content: &[u8]) -> Option<PartitionMessage> {
+        serde_json::from_slice(content).ok()
+    }
+
+    /// Whether the message was signed with `key`.
+    pub fn is_signed_by(&self, key: &str) -> bool {
+        signed(&[PARTITION_PREFIX, &self.schema, &self.table, &self.parent_schema, &self.parent, &self.bound], key, &self.mac)
+    }
+
+    /// `schema.table`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.schema, self.table)
+    }
+}
+
+/// Hex `SHA-256(key || hex SHA-256(key || fields joined by ␟))`.
+fn mac_of(fields: &[&str], key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let payload = fields.join("\u{1f}");
+    let inner = hex::encode(Sha256::digest(format!("{key}{payload}").as_bytes()));
+    hex::encode(Sha256::digest(format!("{key}{inner}").as_bytes()))
+}
+
+fn signed(fields: &[&str], key: &str, mac: &str) -> bool {
+    let want = mac_of(fields, key);
+    want.len() == mac.len() && want.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
 
 /// A `pgkeep.missing` message: the value a column added with a fast
 /// default that is not immutable (`DEFAULT now()`) stored for the rows
@@ -67,16 +121,12 @@ impl MissingValue {
 
     /// The MAC this message should carry under `key`.
     pub fn expected_mac(&self, key: &str) -> String {
-        use sha2::{Digest, Sha256};
-        let payload = [MISSING_PREFIX, &self.schema, &self.table, &self.column, &self.value].join("\u{1f}");
-        let inner = hex::encode(Sha256::digest(format!("{key}{payload}").as_bytes()));
-        hex::encode(Sha256::digest(format!("{key}{inner}").as_bytes()))
+        mac_of(&[MISSING_PREFIX, &self.schema, &self.table, &self.column, &self.value], key)
     }
 
     /// Whether the message was signed with `key`.
     pub fn is_signed_by(&self, key: &str) -> bool {
-        let want = self.expected_mac(key);
-        want.len() == self.mac.len() && want.bytes().zip(self.mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        signed(&[MISSING_PREFIX, &self.schema, &self.table, &self.column, &self.value], key, &self.mac)
     }
 }
 
@@ -140,12 +190,20 @@ pub struct TransactionDdl {
     seen: HashMap<(String, String), usize>,
     /// (table, reason) found so far.
     marks: Vec<(String, String)>,
+    /// Partitions replay can create from their bound (`pgkeep.partition`).
+    partitions: Vec<String>,
 }
 
 impl TransactionDdl {
     /// A `pgkeep.ddl` message with query string `sql`.
     pub fn ddl(&mut self, sql: &str) {
         self.sql = Some(sql.to_string());
+    }
+
+    /// A `pgkeep.partition` message: replay creates that partition, also
+    /// when a function created it.
+    pub fn partition(&mut self, p: &PartitionMessage) {
+        self.partitions.push(p.name());
     }
 
     /// A `pgkeep.inexact` message.
@@ -166,9 +224,11 @@ impl TransactionDdl {
         *n += 1;
         if *n > statements_of_tag(&sql, &c.tag) {
             let reason = format!("{} ran inside a function, procedure or DO block (not replayable from the captured statement)", c.tag);
+            // A plain partition is created again from its bound: only a CREATE TABLE of nothing else is exact.
+            let recreated = c.tag == "CREATE TABLE" && !c.tables.is_empty() && c.tables.iter().all(|t| self.partitions.contains(t));
             if c.tables.is_empty() {
                 self.mark("*".into(), reason);
-            } else {
+            } else if !recreated {
                 for t in c.tables {
                     self.mark(t, reason.clone());
                 }
@@ -252,6 +312,22 @@ mod tests {
         assert!(m.is_signed_by("k") && !m.is_signed_by("k2"));
         m.value.push('1');
         assert!(!m.is_signed_by("k"), "a changed value fails");
+    }
+
+    #[test]
+    fn a_plain_partition_created_by_a_function_is_not_marked() {
+        let mut t = TransactionDdl::default();
+        t.ddl("SELECT make_partition('2026-12-01')");
+        let p = PartitionMessage::parse(
+            br#"{"schema":"public","table":"events_2026_12","parent_schema":"public","parent":"events","bound":"FOR VALUES FROM ('2026-12-01') TO ('2027-01-01')"}"#,
+        )
+        .unwrap();
+        assert!(!p.is_signed_by("k"));
+        t.partition(&p);
+        t.command(cmd("CREATE TABLE", &["public.events_2026_12"]));
+        assert!(t.is_empty());
+        t.command(cmd("CREATE INDEX", &["public.events_2026_12"]));
+        assert_eq!(t.finish(Lsn(1), None).len(), 1, "anything else the function did is marked");
     }
 
     #[test]

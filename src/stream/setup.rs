@@ -43,7 +43,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::ddl::DDL_PREFIX;
-use super::inexact::{COMMAND_PREFIX, INEXACT_PREFIX, MISSING_PREFIX};
+use super::inexact::{COMMAND_PREFIX, INEXACT_PREFIX, MISSING_PREFIX, PARTITION_PREFIX};
 use super::publication::{ARCHIVABLE_TABLE_SQL, MAINTENANCE_SETTING, PublicationNames, USABLE_IDENTITY_SQL};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
@@ -202,6 +202,7 @@ DECLARE
     cmd_tables jsonb;
     cmd_inexact jsonb;
     cmd_missing jsonb;
+    cmd_partitions jsonb;
     fix record;
 BEGIN
     IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
@@ -287,6 +288,14 @@ BEGIN
             'schema', fix.f->>'schema', 'table', fix.f->>'table', 'column', fix.f->>'column', 'value', fix.f->>'value',
             'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex'))::text);
     END LOOP;
+    -- Each plain partition's bound, signed: replay creates it when a
+    -- function made it (the statement is not in the captured string).
+    FOR fix IN SELECT f.v AS f FROM jsonb_array_elements(coalesce(cmd_partitions, '[]')) AS f(v) LOOP
+        mac_key := (SELECT k.key FROM {SCHEMA}.ddl_key k LIMIT 1);
+        payload := concat_ws(chr(31), {partition_prefix}, fix.f->>'schema', fix.f->>'table', fix.f->>'parent_schema', fix.f->>'parent', fix.f->>'bound');
+        PERFORM pg_logical_emit_message(true, {partition_prefix}, (fix.f || jsonb_build_object(
+            'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex')))::text);
+    END LOOP;
     IF NOT cmd_skip THEN
         PERFORM pg_logical_emit_message(true, {command_prefix}, jsonb_build_object(
             'tag', coalesce(tag, ''), 'tables', coalesce(cmd_tables, '[]'), 'inexact', coalesce(cmd_inexact, '[]'))::text);
@@ -307,6 +316,7 @@ CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA
 {rewrite_sql}"#,
         command_prefix = quote_literal(COMMAND_PREFIX),
         missing_prefix = quote_literal(MISSING_PREFIX),
+        partition_prefix = quote_literal(PARTITION_PREFIX),
         command_sql = COMMAND_SQL,
         rewrite_sql = rewrite_sql(),
     )
@@ -320,6 +330,10 @@ CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA
 /// (`now()`, `CURRENT_USER`, …: existing rows read the value the source
 /// computed) to a table with rows go into `cmd_missing` with that value
 /// (`pgkeep.missing` messages, the exact path); a mark when it is unreadable.
+/// A created partition that has nothing of its own (columns, constraints,
+/// indexes, options all from its parent) goes into `cmd_partitions` with
+/// its bound (`pgkeep.partition` messages), so that replay can create it
+/// when a function did.
 const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence = 't'), false),
                coalesce(jsonb_agg(DISTINCT n.nspname || '.' || c.relname) FILTER (WHERE c.relkind IN ('r', 'p')), '[]')
           INTO cmd_skip, cmd_tables
@@ -350,6 +364,24 @@ const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence =
                        format('column %s added with the default %s, which is not immutable, and its value on the source is unreadable',
                               f.v->>'column', f.v->>'default'))), '[]')
               INTO cmd_inexact FROM jsonb_array_elements(cmd_missing) AS f(v) WHERE f.v->>'value' IS NULL;
+        ELSIF tag = 'CREATE TABLE' THEN
+            -- A plain partition (everything it has comes from its parent) can
+            -- be created again from its bound, also when a function made it.
+            SELECT coalesce(jsonb_agg(jsonb_build_object('schema', n.nspname, 'table', c.relname, 'parent_schema', pn.nspname,
+                       'parent', pc.relname, 'bound', pg_get_expr(c.relpartbound, c.oid))), '[]')
+              INTO cmd_partitions
+              FROM pg_event_trigger_ddl_commands() d
+              JOIN pg_class c ON c.oid = d.objid AND c.relispartition AND c.relkind = 'r' AND c.relpersistence = 'p'
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_inherits h ON h.inhrelid = c.oid
+              JOIN pg_class pc ON pc.oid = h.inhparent
+              JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+             WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table'
+               AND c.reloptions IS NULL AND c.reltablespace = 0
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.attislocal)
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.conislocal)
+               AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                               AND NOT EXISTS (SELECT 1 FROM pg_inherits hi WHERE hi.inhrelid = i.indexrelid));
         END IF;"#;
 
 /// The `table_rewrite` event trigger `pgkeep_rewrite`: a table with rows
