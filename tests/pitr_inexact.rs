@@ -1,6 +1,7 @@
 //! Point-in-time restores across changes the archive cannot reproduce
 //! (issue 14 §1): never silently wrong. With `pgkeep setup` and `stream`:
 //! - exact migrations (a constant fast default, an immutable one, an index,
+//!   temporary tables created and dropped inside a function,
 //!   a serial added to a table created in the same transaction, a type
 //!   change of an empty table) are not marked, and `ADD COLUMN … DEFAULT
 //!   now()` replays the value the source stored: a target after them
@@ -50,6 +51,17 @@ BEGIN
     EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
                    'events_' || to_char(first, 'YYYY_MM'), first, first + interval '1 month');
 END $$;
+-- Temporary tables inside a function are no schema change.
+CREATE FUNCTION temp_work() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+    CREATE TEMP TABLE scratch AS SELECT id FROM t_plain;
+    CREATE INDEX ON scratch (id);
+    SELECT count(*) INTO n FROM scratch;
+    DROP TABLE scratch;
+    DROP TABLE IF EXISTS never_there;
+    RETURN n;
+END $$;
 ";
 
 /// Migrations replay reproduces exactly: none of them may be refused.
@@ -62,6 +74,7 @@ const EXACT: &[&str] = &[
     "ALTER TABLE t_now ADD COLUMN at timestamptz NOT NULL DEFAULT now(), ADD COLUMN who text DEFAULT current_user; \
      INSERT INTO t_now (id, v) VALUES (1001, 1)",
     "UPDATE t_now SET v = -v WHERE id <= 5",
+    "SELECT temp_work(); UPDATE t_plain SET v = v * 2 WHERE id = 3",
 ];
 
 /// Migrations the archive cannot reproduce, each with the table it marks.

@@ -26,14 +26,18 @@
 //!   `pgkeep.command` message with its tables and what replay cannot
 //!   reproduce, and the `table_rewrite` event trigger `pgkeep_rewrite`
 //!   (`pgkeep.rewrite_trigger()`), which marks a rewritten table with rows
-//!   (`pgkeep.inexact`); see [`super::inexact`].
+//!   (`pgkeep.inexact`); signed `pgkeep.missing` (a fast default's stored
+//!   value) and `pgkeep.partition` (a plain partition's bound) messages for
+//!   replay's exact paths; and the `sql_drop` event trigger `pgkeep_drop`,
+//!   which tells the capture what a DROP dropped (nothing or only temporary
+//!   objects: no message); see [`super::inexact`].
 //!
 //! Statements of sessions or transactions that set `pgkeep.maintenance =
 //! on` — pgkeep's own publication upkeep, setup itself, and the
 //! publication changes the capture makes — are skipped. A failure inside
 //! the capture is a warning, never a failed DDL statement: the stream then
 //! notices the schema change without captured DDL and takes a full backup.
-//! `sql_drop` is not used: `ddl_command_end` also fires for DROP commands.
+//! `ddl_command_end` also fires for DROP commands; `sql_drop` only tells it what they dropped.
 //!
 //! Creating an event trigger needs a superuser (on managed services the
 //! provider's equivalent role, e.g. `rds_superuser`); without it setup
@@ -55,6 +59,8 @@ pub const SCHEMA: &str = "pgkeep";
 pub const EVENT_TRIGGER: &str = "pgkeep_ddl";
 /// The `table_rewrite` event trigger's name.
 pub const REWRITE_TRIGGER: &str = "pgkeep_rewrite";
+/// The `sql_drop` event trigger's name.
+pub const DROP_TRIGGER: &str = "pgkeep_drop";
 
 /// What `pgkeep setup` installed.
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +133,8 @@ pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
              DROP EVENT TRIGGER IF EXISTS {REWRITE_TRIGGER};\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.rewrite_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.missing_value(oid, smallint);\n\
+             DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.drop_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_capture(text, text, text);\n\
              DROP TABLE IF EXISTS {SCHEMA}.ddl_key;\n\
@@ -203,6 +211,7 @@ DECLARE
     cmd_inexact jsonb;
     cmd_missing jsonb;
     cmd_partitions jsonb;
+    cmd_dropped jsonb;
     fix record;
 BEGIN
     IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
@@ -273,8 +282,16 @@ BEGIN
     -- 3. One {command_prefix} message per command (every command, also those
     --    run inside functions): its tables, and what replay cannot reproduce
     --    (src/stream/inexact.rs). Found in a subtransaction, emitted outside.
+    cmd_dropped := nullif(current_setting('pgkeep.dropped', true), '')::jsonb;
+    PERFORM set_config('pgkeep.dropped', '', true);
     BEGIN
 {command_sql}
+        -- A DROP: what the sql_drop trigger saw. Nothing dropped, or only
+        -- temporary objects: no message (functions that use temp tables).
+        IF tag LIKE 'DROP %' THEN
+            cmd_skip := cmd_dropped IS NULL OR coalesce((cmd_dropped->>'temporary_only')::boolean, false);
+            cmd_tables := cmd_tables || coalesce(cmd_dropped->'tables', '[]');
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         cmd_skip := false;
         cmd_inexact := jsonb_build_array(jsonb_build_object('table', '*', 'reason', 'the capture could not inspect ' || coalesce(tag, '?') || ': ' || SQLERRM));
@@ -418,6 +435,22 @@ BEGIN
 END
 $pgkeep$;
 REVOKE ALL ON FUNCTION {SCHEMA}.rewrite_trigger() FROM PUBLIC;
+
+-- sql_drop: what a DROP dropped, for the capture's message of the command
+-- (transaction-local; ddl_command_end of the same command reads and clears it).
+CREATE OR REPLACE FUNCTION {SCHEMA}.drop_trigger()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+BEGIN
+    PERFORM set_config('pgkeep.dropped', coalesce((
+        SELECT jsonb_build_object('temporary_only', bool_and(o.is_temporary),
+                   'tables', coalesce(jsonb_agg(DISTINCT o.schema_name || '.' || o.object_name)
+                                      FILTER (WHERE o.object_type = 'table' AND NOT o.is_temporary), '[]'))::text
+          FROM pg_event_trigger_dropped_objects() o), ''), true);
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.drop_trigger() FROM PUBLIC;
+DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};
+CREATE EVENT TRIGGER {DROP_TRIGGER} ON sql_drop EXECUTE FUNCTION {SCHEMA}.drop_trigger();
 
 -- The value a fast default stored for existing rows (attmissingval), as
 -- text that reads back the same on any server settings.
