@@ -342,13 +342,15 @@ async fn with_setup_a_new_table_is_archived_from_its_creating_transaction() {
     let kinds: Vec<&str> = first
         .iter()
         .map(|m| match m {
-            PgOutputMessage::Message(_) => "M",
+            PgOutputMessage::Message(m) if m.prefix == DDL_PREFIX => "M",
+            // The capture's per-command message (pgkeep.command) follows it.
+            PgOutputMessage::Message(_) => "C",
             PgOutputMessage::Insert(_) => "I",
             _ => "",
         })
         .filter(|k| !k.is_empty())
         .collect();
-    assert_eq!(kinds, ["M", "I", "I"]);
+    assert_eq!(kinds, ["M", "C", "I", "I"]);
     stop(running).await;
 }
 

@@ -146,6 +146,10 @@ pub(crate) struct RestoreArgs {
     /// or `latest`.
     #[arg(long, value_name = "LSN")]
     pub(crate) target_lsn: Option<String>,
+    /// Restore a point in time even where a table cannot be exact (a table rewrite, CREATE TABLE AS,
+    /// DDL inside a function, … shortly before the next full backup): warn instead of refusing.
+    #[arg(long)]
+    pub(crate) accept_inexact: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,

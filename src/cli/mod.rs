@@ -82,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     (None, Some(l)) => Some(pgkeep::replay::RecoveryTarget::parse_lsn(l)?),
                     (None, None) => None,
                 },
+                accept_inexact: a.accept_inexact,
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };
             let started = Instant::now();

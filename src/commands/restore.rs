@@ -56,6 +56,8 @@ pub struct RestoreOptions {
     pub no_owner: bool,
     /// `--platform-schemas`: restoring into an existing database (`target_db`) the platform set up.
     pub platform_schemas: PlatformSchemas,
+    /// Replay across changes the archive cannot reproduce (warned, not refused).
+    pub accept_inexact: bool,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -76,6 +78,7 @@ impl RestoreOptions {
             point_in_time: None,
             no_owner: false,
             platform_schemas: PlatformSchemas::Auto,
+            accept_inexact: false,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -225,8 +228,9 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
-            Ok(plan) => {
+            Ok(mut plan) => {
                 let by_id = BackupSelector::Id(plan.base.backup_id.clone());
+                plan.accept_inexact = opts.accept_inexact;
                 replay_plan = Some(plan);
                 BackupSource::find_with_keys(&repos, &by_id, &server.dbname, &keys).await
             }

@@ -30,6 +30,7 @@ use crate::pg::connect;
 use crate::replication::pgoutput::{Oid, PgOutputMessage, Relation, ReplicaIdentity, Truncate};
 use crate::repo::layout::Lsn;
 use crate::stream::ddl::{DDL_PREFIX, DdlMessage};
+use crate::stream::inexact::{MISSING_PREFIX, MissingValue, PARTITION_PREFIX, PartitionMessage};
 
 /// Write the batches once they hold this many row changes (at a commit)…
 const BATCH_CHANGES: u64 = 200_000;
@@ -81,6 +82,8 @@ pub struct ApplyStats {
     pub insert_only_tables: Vec<String>,
     /// Captured DDL messages not run because they are not signed by `pgkeep setup`.
     pub ddl_rejected: Vec<String>,
+    /// Columns added with a non-immutable fast default given the source's value.
+    pub fast_defaults: u64,
 }
 
 /// The writer.
@@ -216,6 +219,16 @@ impl Applier {
                     Error::corrupt(format!("a captured DDL message at LSN {} is not readable", m.lsn))
                 })?;
                 self.ddl(ddl, m.lsn).await
+            }
+            PgOutputMessage::Message(m) if m.transactional && m.prefix == MISSING_PREFIX => {
+                let v = MissingValue::parse(&m.content)
+                    .ok_or_else(|| Error::corrupt(format!("a captured default value at LSN {} is not readable", m.lsn)))?;
+                self.missing_value(v, m.lsn).await
+            }
+            PgOutputMessage::Message(m) if m.transactional && m.prefix == PARTITION_PREFIX => {
+                let p = PartitionMessage::parse(&m.content)
+                    .ok_or_else(|| Error::corrupt(format!("a captured partition at LSN {} is not readable", m.lsn)))?;
+                self.partition(p, m.lsn).await
             }
             // Begin, Commit, Origin, Type and other messages change no data.
             _ => Ok(()),
@@ -632,6 +645,43 @@ impl Applier {
             r.target = None;
         }
         self.stats.ddl_statements += 1;
+        Ok(())
+    }
+}
+
+impl Applier {
+    /// A fast default's value as the source stored it, right after its
+    /// `ALTER TABLE` ([`super::fast_default`]); only when signed.
+    async fn missing_value(&mut self, v: MissingValue, lsn: Lsn) -> Result<()> {
+        if !self.ddl_key.as_deref().is_some_and(|k| v.is_signed_by(k)) {
+            tracing::warn!(lsn = %lsn, "a captured default value is not signed by `pgkeep setup`; not written");
+            self.stats.ddl_rejected.push(format!("LSN {lsn} (default value of {}.{})", v.schema, v.table));
+            return Ok(());
+        }
+        if let Some(only) = &self.only
+            && !only.iter().any(|(s, n)| *s == v.schema && *n == v.table)
+        {
+            return Ok(());
+        }
+        self.flush().await?;
+        let rows = super::fast_default::apply(&self.client, &v).await.map_err(|e| e.context(format!("at LSN {lsn}")))?;
+        tracing::debug!(table = %v.table, rows, "wrote the source's fast default value");
+        self.stats.fast_defaults += 1;
+        Ok(())
+    }
+
+    /// A plain partition, created again from its bound when no captured
+    /// statement did ([`super::partition`]); only when signed.
+    async fn partition(&mut self, p: PartitionMessage, lsn: Lsn) -> Result<()> {
+        if !self.ddl_key.as_deref().is_some_and(|k| p.is_signed_by(k)) {
+            tracing::warn!(lsn = %lsn, "a captured partition is not signed by `pgkeep setup`; not created");
+            self.stats.ddl_rejected.push(format!("LSN {lsn} (partition {})", p.name()));
+            return Ok(());
+        }
+        self.flush().await?;
+        if super::partition::create(&self.client, &p).await.map_err(|e| e.context(format!("at LSN {lsn}")))? {
+            self.stats.ddl_statements += 1;
+        }
         Ok(())
     }
 }

@@ -15,7 +15,9 @@
 //! 2. skip transactions the backup already holds (commit before its
 //!    consistent point), stop before the first one past the target;
 //! 3. apply the rest in commit order through the set-based [`apply`]
-//!    writer, running captured DDL where it happened;
+//!    writer, running captured DDL where it happened; a transaction that
+//!    made a change the archive cannot reproduce ([`inexact`]) stops the
+//!    replay with an error naming the table and the window, unless accepted;
 //! 4. advance sequences ([`sequences`]);
 //! 5. without `session_replication_role = replica` (not permitted to the
 //!    role), put back the triggers and foreign keys [`suspend`] took away.
@@ -24,6 +26,9 @@ pub mod apply;
 pub mod batch;
 pub mod chain;
 pub mod ddl;
+pub mod fast_default;
+pub mod inexact;
+pub mod partition;
 pub mod sequences;
 pub mod sql;
 pub mod suspend;
@@ -57,6 +62,12 @@ pub struct ReplayPlan {
     pub segments: Vec<SegmentRef>,
     /// Where replay stops.
     pub target: RecoveryTarget,
+    /// Later full backups of the cluster that a stream can continue
+    /// (consistent point, id, start): where an inexact table is exact again.
+    pub later_bases: Vec<(Lsn, String, DateTime<Utc>)>,
+    /// Replay across changes the archive cannot reproduce, with a warning
+    /// (`--accept-inexact`), instead of refusing.
+    pub accept_inexact: bool,
 }
 
 impl ReplayPlan {
@@ -105,6 +116,9 @@ pub struct ReplayReport {
     pub next_after_target: Option<StopPoint>,
     /// Row changes, DDL statements, truncates and batches.
     pub applied: apply::ApplyStats,
+    /// Changes the archive cannot reproduce that replay crossed because
+    /// the user accepted it (`--accept-inexact`), one line each.
+    pub inexact_accepted: Vec<String>,
     /// Sequences advanced.
     pub sequences_advanced: usize,
     /// Seconds spent.
@@ -129,6 +143,9 @@ impl ReplayReport {
             [] => String::new(),
             t => format!("; WARNING: {} has no replica identity, so its UPDATEs and DELETEs are not in the archive", t.join(", ")),
         };
+        if !self.inexact_accepted.is_empty() {
+            warn.push_str(&format!("; WARNING: not exact (accepted): {}", self.inexact_accepted.join("; ")));
+        }
         if !self.applied.ddl_rejected.is_empty() {
             warn.push_str(&format!("; WARNING: {} captured DDL message(s) not signed by `pgkeep setup` were not run", self.applied.ddl_rejected.len()));
         }
@@ -160,6 +177,11 @@ pub async fn plan(
         .filter(|m| m.kind == BackupKind::Full || explicit)
         .collect();
     candidates.sort_by(|a, b| b.snapshot.consistent_lsn.cmp(&a.snapshot.consistent_lsn).then(b.started_at.cmp(&a.started_at)));
+    let bases: Vec<(String, Lsn, String, DateTime<Utc>)> = candidates
+        .iter()
+        .filter(|m| m.kind == BackupKind::Full && m.snapshot.method == SnapshotMethod::ReplicationSlot)
+        .map(|m| (m.server.system_identifier.clone(), m.snapshot.consistent_lsn, m.backup_id.to_string(), m.started_at))
+        .collect();
     let mut why_not = Vec::new();
     let mut streams_by_system: Vec<(String, Vec<StreamArchive>)> = Vec::new();
     for m in candidates {
@@ -204,7 +226,17 @@ pub async fn plan(
             });
             continue;
         };
-        let plan = ReplayPlan { base: m.clone(), stream_id: stream.stream_id.clone(), segments: segs.to_vec(), target };
+        let mut later_bases: Vec<_> =
+            bases.iter().filter(|b| b.0 == sys && b.1 > c).map(|b| (b.1, b.2.clone(), b.3)).collect();
+        later_bases.sort();
+        let plan = ReplayPlan {
+            base: m.clone(),
+            stream_id: stream.stream_id.clone(),
+            segments: segs.to_vec(),
+            target,
+            later_bases,
+            accept_inexact: false,
+        };
         // 3. The chain reaches the target.
         let end = plan.archive_end();
         let gap = stream.gap_after(c).map(|(a, b)| format!("; the archive has a gap from {a} to {b}")).unwrap_or_default();
@@ -275,7 +307,7 @@ pub async fn run(
 ) -> Result<ReplayReport> {
     let started = Instant::now();
     let from = plan.from();
-    let mut applier = apply::Applier::connect(work, only).await?;
+    let mut applier = apply::Applier::connect(work, only.clone()).await?;
     // 1. Segments read ahead of the writer.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ChangeSegment>>(2);
     let reader = {
@@ -302,6 +334,7 @@ pub async fn run(
         stopped_at: None,
         next_after_target: None,
         applied: apply::ApplyStats::default(),
+        inexact_accepted: Vec::new(),
         sequences_advanced: 0,
         seconds: 0.0,
         changes_per_second: 0.0,
@@ -337,6 +370,12 @@ pub async fn run(
                 if plan.target.is_past(b.final_lsn, point.commit_time) {
                     report.next_after_target = Some(point);
                     break 'segments;
+                }
+                // A change the archive cannot reproduce: refuse, or warn when accepted.
+                for mark in seg.meta.inexact.iter().filter(|m| m.lsn == b.final_lsn) {
+                    if let Some(line) = inexact::crossing(plan, mark, only.as_deref())? {
+                        report.inexact_accepted.push(line);
+                    }
                 }
                 // 3. Apply.
                 applier.begin(b.final_lsn);

@@ -24,7 +24,9 @@
 //! 4. every `publication_check` (30 s) tables created since are put into a
 //!    publication ([`super::publication::reconcile`]); a table added late, or
 //!    a schema change without captured DDL, asks [`AutoBackup`] for a new
-//!    full backup.
+//!    full backup; so does every change the archive cannot reproduce
+//!    ([`super::inexact`]), which is also recorded in the segment's
+//!    `inexact` metadata.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -35,7 +37,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::autobackup::{AutoBackup, BackupReason};
-use super::ddl::DDL_PREFIX;
+use super::ddl::{DDL_PREFIX, DdlMessage};
+use super::inexact::{
+    COMMAND_PREFIX, CommandMessage, INEXACT_PREFIX, InexactMark, InexactMessage, PARTITION_PREFIX, PartitionMessage, TransactionDdl,
+};
 use super::publication::{PublicationNames, ReconcileMode};
 use super::schema_watch::{SchemaWatch, UncapturedChange};
 use super::segment::{self, ChangeSegment, SegmentMeta, SegmentTransaction};
@@ -84,6 +89,8 @@ struct OpenTransaction {
     schema: Vec<(Oid, Vec<Bytes>)>,
     used: HashSet<Oid>,
     changes: u64,
+    /// Its DDL, for the changes replay cannot reproduce.
+    ddl: TransactionDdl,
 }
 
 /// The segment being filled.
@@ -97,6 +104,7 @@ struct OpenSegment {
     opened: Option<Instant>,
     first_commit: Option<(Lsn, PgTimestamp)>,
     last_commit: Option<(Lsn, Lsn, PgTimestamp)>,
+    inexact: Vec<InexactMark>,
 }
 
 /// The archiver's state (pure: no I/O).
@@ -110,6 +118,8 @@ pub struct Archiver {
     last_confirm: Instant,
     watch: SchemaWatch,
     uncaptured: Vec<UncapturedChange>,
+    /// Marks of transactions taken since the last [`Archiver::take_inexact`].
+    inexact: Vec<InexactMark>,
 }
 
 impl Archiver {
@@ -125,6 +135,7 @@ impl Archiver {
             last_confirm: Instant::now(),
             watch: SchemaWatch::default(),
             uncaptured: Vec::new(),
+            inexact: Vec::new(),
         }
     }
 
@@ -141,6 +152,12 @@ impl Archiver {
         self.open = OpenSegment::default();
         self.watch = SchemaWatch::default();
         self.uncaptured.clear();
+        self.inexact.clear();
+    }
+
+    /// Tables marked inexact by transactions taken since the last call.
+    pub fn take_inexact(&mut self) -> Vec<InexactMark> {
+        std::mem::take(&mut self.inexact)
     }
 
     /// Schema changes without captured DDL noticed since the last call.
@@ -171,6 +188,9 @@ impl Archiver {
                 self.relations.insert(r.id, (data.clone(), types));
                 let lsn = self.current.as_ref().map_or(self.durable_end, |t| t.final_lsn);
                 if let Some(change) = self.watch.relation(r, lsn) {
+                    if let Some(txn) = self.current.as_mut() {
+                        txn.ddl.schema_changed(format!("{}.{}", r.namespace, r.name));
+                    }
                     self.uncaptured.push(change);
                 }
             }
@@ -190,6 +210,21 @@ impl Archiver {
                 }
                 if m.prefix == DDL_PREFIX {
                     self.watch.ddl_message();
+                }
+                let ddl = &mut self.current.as_mut().expect("checked above").ddl;
+                match m.prefix.as_str() {
+                    DDL_PREFIX => ddl.ddl(&DdlMessage::parse(&m.content).map(|d| d.sql).unwrap_or_default()),
+                    COMMAND_PREFIX => ddl.command(CommandMessage::parse(&m.content).unwrap_or_default()),
+                    PARTITION_PREFIX => {
+                        if let Some(p) = PartitionMessage::parse(&m.content) {
+                            ddl.partition(&p);
+                        }
+                    }
+                    INEXACT_PREFIX => ddl.inexact(InexactMessage::parse(&m.content).unwrap_or_else(|| InexactMessage {
+                        table: "*".into(),
+                        reason: "an unreadable pgkeep.inexact message".into(),
+                    })),
+                    _ => {}
                 }
             }
             PgOutputMessage::Commit(_) | PgOutputMessage::Origin(_) => {}
@@ -262,6 +297,9 @@ impl Archiver {
         open.transactions.push(SegmentTransaction {
             messages: txn.messages,
         });
+        let marks = txn.ddl.finish(commit_lsn, time.to_utc());
+        open.inexact.extend(marks.iter().cloned());
+        self.inexact.extend(marks);
     }
 
     /// Whether the open segment holds any transaction.
@@ -306,6 +344,7 @@ impl Archiver {
             // The schema record's own length prefix is not in `open.bytes`.
             raw_size: open.bytes + 4,
             sequences: Vec::new(),
+            inexact: open.inexact.clone(),
         };
         Some(ChangeSegment {
             meta,
@@ -349,6 +388,7 @@ impl Archiver {
             compression: "zstd".into(),
             raw_size: 4,
             sequences: Vec::new(),
+            inexact: Vec::new(),
         };
         Some(ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() })
     }
@@ -446,6 +486,9 @@ pub async fn run_session<F: Future<Output = ()>>(
                     for change in archiver.take_uncaptured() {
                         schema_changed_without_ddl(cx, &change);
                     }
+                    for mark in archiver.take_inexact() {
+                        not_reproducible(cx, mark);
+                    }
                     if archiver.is_due(cx.limits, Instant::now()) {
                         store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
                     }
@@ -494,6 +537,14 @@ fn schema_changed_without_ddl(cx: &SessionContext<'_>, change: &UncapturedChange
          (install DDL capture with `pgkeep setup`)"
     );
     cx.autobackup.request(BackupReason::SchemaChange { table: change.table.clone(), lsn: change.lsn });
+}
+
+/// A change replay cannot reproduce (a rewrite, a computed fast default,
+/// DDL inside a function, …): warn, and ask for a new full backup, from
+/// whose consistent point on the table is exact again.
+fn not_reproducible(cx: &SessionContext<'_>, mark: InexactMark) {
+    tracing::warn!(table = %mark.table, lsn = %mark.lsn, reason = %mark.reason, "a change the archive cannot reproduce: replay refuses targets after it until a newer full backup");
+    cx.autobackup.request(BackupReason::Inexact { table: mark.table, reason: mark.reason, lsn: mark.lsn });
 }
 
 /// Status update with every position at the durable end, never beyond.

@@ -9,6 +9,9 @@
 //! - a table's definition changed without a captured DDL statement, or a
 //!   table was added to a publication late (its earlier changes are not
 //!   archived): replay cannot cross that point from an older backup;
+//! - a change the archive cannot reproduce was marked
+//!   ([`super::inexact`]): from this backup's consistent point on, targets
+//!   are exact again;
 //! - `--full-backup-every` has passed since the newest such backup.
 //!
 //! One worker task runs [`crate::commands::backup::run`] with the default
@@ -82,6 +85,15 @@ pub enum BackupReason {
     },
     /// `--full-backup-every` passed.
     Scheduled,
+    /// A change the archive cannot reproduce (src/stream/inexact.rs).
+    Inexact {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+        /// Commit LSN of the transaction that made it.
+        lsn: Lsn,
+    },
 }
 
 impl std::fmt::Display for BackupReason {
@@ -95,6 +107,7 @@ impl std::fmt::Display for BackupReason {
             }
             BackupReason::LateTable { table } => write!(f, "table {table} joined a publication late"),
             BackupReason::Scheduled => f.write_str("--full-backup-every"),
+            BackupReason::Inexact { table, reason, lsn } => write!(f, "table {table} cannot be replayed exactly past {lsn}: {reason}"),
         }
     }
 }
@@ -105,6 +118,7 @@ impl BackupReason {
         match self {
             BackupReason::NotCovered { chain_start } => lsn >= *chain_start,
             BackupReason::SchemaChange { lsn: at, .. } => lsn >= *at,
+            BackupReason::Inexact { lsn: at, .. } => lsn > *at,
             BackupReason::LateTable { .. } | BackupReason::Scheduled => false,
         }
     }
@@ -159,7 +173,7 @@ impl AutoBackup {
     pub fn request(&self, reason: BackupReason) {
         let wanted = match reason {
             BackupReason::NotCovered { .. } => self.opts.when_uncovered,
-            BackupReason::SchemaChange { .. } | BackupReason::LateTable { .. } => self.opts.on_schema_change,
+            BackupReason::SchemaChange { .. } | BackupReason::LateTable { .. } | BackupReason::Inexact { .. } => self.opts.on_schema_change,
             BackupReason::Scheduled => self.opts.every.is_some(),
         };
         match &self.tx {

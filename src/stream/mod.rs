@@ -29,6 +29,7 @@
 pub mod archiver;
 pub mod autobackup;
 pub mod ddl;
+pub mod inexact;
 pub mod publication;
 pub mod schema_watch;
 pub mod segment;

@@ -22,12 +22,22 @@
 //!   the trigger once per command; a transaction-local setting holding a
 //!   hash of the string dedupes them).
 //!
+//! - after that, for every command (also one run inside a function), a
+//!   `pgkeep.command` message with its tables and what replay cannot
+//!   reproduce, and the `table_rewrite` event trigger `pgkeep_rewrite`
+//!   (`pgkeep.rewrite_trigger()`), which marks a rewritten table with rows
+//!   (`pgkeep.inexact`); signed `pgkeep.missing` (a fast default's stored
+//!   value) and `pgkeep.partition` (a plain partition's bound) messages for
+//!   replay's exact paths; and the `sql_drop` event trigger `pgkeep_drop`,
+//!   which tells the capture what a DROP dropped (nothing or only temporary
+//!   objects: no message); see [`super::inexact`].
+//!
 //! Statements of sessions or transactions that set `pgkeep.maintenance =
 //! on` — pgkeep's own publication upkeep, setup itself, and the
 //! publication changes the capture makes — are skipped. A failure inside
 //! the capture is a warning, never a failed DDL statement: the stream then
 //! notices the schema change without captured DDL and takes a full backup.
-//! `sql_drop` is not used: `ddl_command_end` also fires for DROP commands.
+//! `ddl_command_end` also fires for DROP commands; `sql_drop` only tells it what they dropped.
 //!
 //! Creating an event trigger needs a superuser (on managed services the
 //! provider's equivalent role, e.g. `rds_superuser`); without it setup
@@ -37,6 +47,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::ddl::DDL_PREFIX;
+use super::inexact::{COMMAND_PREFIX, INEXACT_PREFIX, MISSING_PREFIX, PARTITION_PREFIX};
 use super::publication::{ARCHIVABLE_TABLE_SQL, MAINTENANCE_SETTING, PublicationNames, USABLE_IDENTITY_SQL};
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
@@ -46,6 +57,10 @@ use crate::pg::catalog::quote_literal;
 pub const SCHEMA: &str = "pgkeep";
 /// The event trigger's name.
 pub const EVENT_TRIGGER: &str = "pgkeep_ddl";
+/// The `table_rewrite` event trigger's name.
+pub const REWRITE_TRIGGER: &str = "pgkeep_rewrite";
+/// The `sql_drop` event trigger's name.
+pub const DROP_TRIGGER: &str = "pgkeep_drop";
 
 /// What `pgkeep setup` installed.
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +130,11 @@ pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
         let sql = format!(
             "BEGIN;\nSET LOCAL {MAINTENANCE_SETTING} = 'on';\nSET LOCAL client_min_messages = warning;\n\
              DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};\n\
+             DROP EVENT TRIGGER IF EXISTS {REWRITE_TRIGGER};\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.rewrite_trigger();\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.missing_value(oid, smallint);\n\
+             DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.drop_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_capture(text, text, text);\n\
              DROP TABLE IF EXISTS {SCHEMA}.ddl_key;\n\
@@ -186,6 +206,13 @@ DECLARE
     listed_in_main boolean;
     in_insert_only boolean;
     insert_only_exists boolean;
+    cmd_skip boolean := false;
+    cmd_tables jsonb;
+    cmd_inexact jsonb;
+    cmd_missing jsonb;
+    cmd_partitions jsonb;
+    cmd_dropped jsonb;
+    fix record;
 BEGIN
     IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
         RETURN;
@@ -252,6 +279,44 @@ BEGIN
             'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex')
         )::text);
     END IF;
+    -- 3. One {command_prefix} message per command (every command, also those
+    --    run inside functions): its tables, and what replay cannot reproduce
+    --    (src/stream/inexact.rs). Found in a subtransaction, emitted outside.
+    cmd_dropped := nullif(current_setting('pgkeep.dropped', true), '')::jsonb;
+    PERFORM set_config('pgkeep.dropped', '', true);
+    BEGIN
+{command_sql}
+        -- A DROP: what the sql_drop trigger saw. Nothing dropped, or only
+        -- temporary objects: no message (functions that use temp tables).
+        IF tag LIKE 'DROP %' THEN
+            cmd_skip := cmd_dropped IS NULL OR coalesce((cmd_dropped->>'temporary_only')::boolean, false);
+            cmd_tables := cmd_tables || coalesce(cmd_dropped->'tables', '[]');
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        cmd_skip := false;
+        cmd_inexact := jsonb_build_array(jsonb_build_object('table', '*', 'reason', 'the capture could not inspect ' || coalesce(tag, '?') || ': ' || SQLERRM));
+    END;
+    -- Each such fast default's value as the source stored it, signed like
+    -- the statement: replay writes it into the rows that existed.
+    FOR fix IN SELECT f.v AS f FROM jsonb_array_elements(coalesce(cmd_missing, '[]')) AS f(v) WHERE f.v->>'value' IS NOT NULL LOOP
+        mac_key := (SELECT k.key FROM {SCHEMA}.ddl_key k LIMIT 1);
+        payload := concat_ws(chr(31), {missing_prefix}, fix.f->>'schema', fix.f->>'table', fix.f->>'column', fix.f->>'value');
+        PERFORM pg_logical_emit_message(true, {missing_prefix}, jsonb_build_object(
+            'schema', fix.f->>'schema', 'table', fix.f->>'table', 'column', fix.f->>'column', 'value', fix.f->>'value',
+            'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex'))::text);
+    END LOOP;
+    -- Each plain partition's bound, signed: replay creates it when a
+    -- function made it (the statement is not in the captured string).
+    FOR fix IN SELECT f.v AS f FROM jsonb_array_elements(coalesce(cmd_partitions, '[]')) AS f(v) LOOP
+        mac_key := (SELECT k.key FROM {SCHEMA}.ddl_key k LIMIT 1);
+        payload := concat_ws(chr(31), {partition_prefix}, fix.f->>'schema', fix.f->>'table', fix.f->>'parent_schema', fix.f->>'parent', fix.f->>'bound');
+        PERFORM pg_logical_emit_message(true, {partition_prefix}, (fix.f || jsonb_build_object(
+            'mac', encode(sha256(convert_to(mac_key || encode(sha256(convert_to(mac_key || payload, 'UTF8')), 'hex'), 'UTF8')), 'hex')))::text);
+    END LOOP;
+    IF NOT cmd_skip THEN
+        PERFORM pg_logical_emit_message(true, {command_prefix}, jsonb_build_object(
+            'tag', coalesce(tag, ''), 'tables', coalesce(cmd_tables, '[]'), 'inexact', coalesce(cmd_inexact, '[]'))::text);
+    END IF;
 END
 $pgkeep$;
 REVOKE ALL ON FUNCTION {SCHEMA}.ddl_capture(text, text, text) FROM PUBLIC;
@@ -265,6 +330,139 @@ $pgkeep$;
 
 DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
 CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl_trigger();
+{rewrite_sql}"#,
+        command_prefix = quote_literal(COMMAND_PREFIX),
+        missing_prefix = quote_literal(MISSING_PREFIX),
+        partition_prefix = quote_literal(PARTITION_PREFIX),
+        command_sql = COMMAND_SQL,
+        rewrite_sql = rewrite_sql(),
+    )
+}
+
+/// Step 3 of the capture (variables `tag`, `cmd_skip`, `cmd_tables`,
+/// `cmd_inexact`): the command's tables (an index counts as its table), no
+/// message at all for commands on temporary relations only, and marks for
+/// `CREATE TABLE AS` / `SELECT INTO` (their rows are not decoded). Columns
+/// this transaction added with a fast default that is not immutable
+/// (`now()`, `CURRENT_USER`, …: existing rows read the value the source
+/// computed) to a table with rows go into `cmd_missing` with that value
+/// (`pgkeep.missing` messages, the exact path); a mark when it is unreadable.
+/// A created partition that has nothing of its own (columns, constraints,
+/// indexes, options all from its parent) goes into `cmd_partitions` with
+/// its bound (`pgkeep.partition` messages), so that replay can create it
+/// when a function did.
+const COMMAND_SQL: &str = r#"        SELECT coalesce(bool_and(c.relpersistence = 't'), false),
+               coalesce(jsonb_agg(DISTINCT n.nspname || '.' || c.relname) FILTER (WHERE c.relkind IN ('r', 'p')), '[]')
+          INTO cmd_skip, cmd_tables
+          FROM pg_event_trigger_ddl_commands() d
+          JOIN pg_class c ON c.oid = coalesce((SELECT i.indrelid FROM pg_index i WHERE i.indexrelid = d.objid), d.objid)
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE d.classid = 'pg_class'::regclass;
+        IF tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', x.tbl, 'reason', tag || ': the rows it wrote are not in the archive')), '[]')
+              INTO cmd_inexact FROM jsonb_array_elements_text(cmd_tables) AS x(tbl);
+        ELSIF tag = 'ALTER TABLE' THEN
+            SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object('schema', n.nspname, 'table', c.relname, 'column', a.attname::text,
+                       'value', pgkeep.missing_value(c.oid, a.attnum), 'default', pg_get_expr(ad.adbin, ad.adrelid))), '[]')
+              INTO cmd_missing
+              FROM pg_event_trigger_ddl_commands() d
+              CROSS JOIN LATERAL (SELECT d.objid AS relid UNION SELECT p.relid FROM pg_partition_tree(d.objid) p) pt
+              JOIN pg_class c ON c.oid = pt.relid AND c.relkind = 'r' AND c.relpersistence <> 't'
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.atthasmissing
+              JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+             WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table'
+               AND age(a.xmin) <= 0 AND pg_relation_size(c.oid) > 0
+               AND (ad.adbin::text ~ '\{(SQLVALUEFUNCTION|COERCEVIAIO|ARRAYCOERCEEXPR|NEXTVALUEEXPR)'
+                    OR EXISTS (SELECT 1 FROM regexp_matches(ad.adbin::text, ':(?:opfuncid|funcid) (\d+)', 'g') m
+                               JOIN pg_proc p ON p.oid = m[1]::oid WHERE p.provolatile <> 'i'));
+            -- A value that cannot be read back is a mark instead.
+            SELECT coalesce(jsonb_agg(jsonb_build_object('table', (f.v->>'schema') || '.' || (f.v->>'table'), 'reason',
+                       format('column %s added with the default %s, which is not immutable, and its value on the source is unreadable',
+                              f.v->>'column', f.v->>'default'))), '[]')
+              INTO cmd_inexact FROM jsonb_array_elements(cmd_missing) AS f(v) WHERE f.v->>'value' IS NULL;
+        ELSIF tag = 'CREATE TABLE' THEN
+            -- A plain partition (everything it has comes from its parent) can
+            -- be created again from its bound, also when a function made it.
+            SELECT coalesce(jsonb_agg(jsonb_build_object('schema', n.nspname, 'table', c.relname, 'parent_schema', pn.nspname,
+                       'parent', pc.relname, 'bound', pg_get_expr(c.relpartbound, c.oid))), '[]')
+              INTO cmd_partitions
+              FROM pg_event_trigger_ddl_commands() d
+              JOIN pg_class c ON c.oid = d.objid AND c.relispartition AND c.relkind = 'r' AND c.relpersistence = 'p'
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_inherits h ON h.inhrelid = c.oid
+              JOIN pg_class pc ON pc.oid = h.inhparent
+              JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+             WHERE d.classid = 'pg_class'::regclass AND d.object_type = 'table'
+               AND c.reloptions IS NULL AND c.reltablespace = 0
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.attislocal)
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.conislocal)
+               AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                               AND NOT EXISTS (SELECT 1 FROM pg_inherits hi WHERE hi.inhrelid = i.indexrelid));
+        END IF;"#;
+
+/// The `table_rewrite` event trigger `pgkeep_rewrite`: a table with rows
+/// that is rewritten (volatile default, identity or serial added, `ALTER …
+/// TYPE`, `SET LOGGED`/`UNLOGGED`, access method) gets a `pgkeep.inexact`
+/// message in the rewriting transaction; the rewritten rows are not
+/// decoded. Temporary tables and pgkeep's own sessions are skipped.
+fn rewrite_sql() -> String {
+    let prefix = quote_literal(INEXACT_PREFIX);
+    format!(
+        r#"
+CREATE OR REPLACE FUNCTION {SCHEMA}.rewrite_trigger()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+DECLARE
+    tbl constant oid := pg_event_trigger_table_rewrite_oid();
+    why constant int := pg_event_trigger_table_rewrite_reason();
+    t record;
+BEGIN
+    IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
+        RETURN;
+    END IF;
+    SELECT n.nspname, c.relname, c.relpersistence,
+           pg_relation_size(c.oid) + (SELECT coalesce(sum(pg_relation_size(pt.relid)), 0) FROM pg_partition_tree(c.oid) pt) AS size
+      INTO t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF NOT FOUND OR t.relpersistence = 't' OR t.size = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_logical_emit_message(true, {prefix}, json_build_object(
+        'table', t.nspname || '.' || t.relname,
+        'reason', 'table rewrite (' || concat_ws(', ',
+            CASE WHEN why & 1 <> 0 THEN 'persistence changed' END, CASE WHEN why & 2 <> 0 THEN 'default value' END,
+            CASE WHEN why & 4 <> 0 THEN 'column type' END, CASE WHEN why & 8 <> 0 THEN 'access method' END)
+            || '): the rewritten rows are not in the archive')::text);
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.rewrite_trigger() FROM PUBLIC;
+
+-- sql_drop: what a DROP dropped, for the capture's message of the command
+-- (transaction-local; ddl_command_end of the same command reads and clears it).
+CREATE OR REPLACE FUNCTION {SCHEMA}.drop_trigger()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+BEGIN
+    PERFORM set_config('pgkeep.dropped', coalesce((
+        SELECT jsonb_build_object('temporary_only', bool_and(o.is_temporary),
+                   'tables', coalesce(jsonb_agg(DISTINCT o.schema_name || '.' || o.object_name)
+                                      FILTER (WHERE o.object_type = 'table' AND NOT o.is_temporary), '[]'))::text
+          FROM pg_event_trigger_dropped_objects() o), ''), true);
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.drop_trigger() FROM PUBLIC;
+DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};
+CREATE EVENT TRIGGER {DROP_TRIGGER} ON sql_drop EXECUTE FUNCTION {SCHEMA}.drop_trigger();
+
+-- The value a fast default stored for existing rows (attmissingval), as
+-- text that reads back the same on any server settings.
+CREATE OR REPLACE FUNCTION {SCHEMA}.missing_value(rel oid, att smallint)
+RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres'
+SET extra_float_digits = 3 SET bytea_output = 'hex' SET TimeZone = 'UTC' AS $pgkeep$
+    SELECT (a.attmissingval::text::text[])[1] FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum = att AND a.atthasmissing
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.missing_value(oid, smallint) FROM PUBLIC;
+DROP EVENT TRIGGER IF EXISTS {REWRITE_TRIGGER};
+CREATE EVENT TRIGGER {REWRITE_TRIGGER} ON table_rewrite EXECUTE FUNCTION {SCHEMA}.rewrite_trigger();
 "#
     )
 }

@@ -8,6 +8,7 @@ pub mod assert_error;
 pub mod backup_check;
 pub mod fault_proxy;
 pub mod fake_s3;
+pub mod pitr_db;
 pub mod postgres;
 pub mod storage_conformance;
 pub mod supabase;

@@ -97,6 +97,10 @@ pub struct SegmentMeta {
     /// commit was received): at least every value its transactions used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sequences: Vec<SequenceSample>,
+    /// Tables the archive cannot reproduce from a transaction of this
+    /// segment on (docs/FORMAT.md §5): replay refuses to cross them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inexact: Vec<super::inexact::InexactMark>,
 }
 
 /// One sequence's state, sampled when a segment is sealed.
@@ -456,6 +460,7 @@ mod tests {
                 compression: "zstd".into(),
                 raw_size: 0,
                 sequences: Vec::new(),
+                inexact: Vec::new(),
             },
             schema: vec![Bytes::from_static(b"R-not-decoded")],
             transactions: vec![txn(1, 0x1f0, 0x200), txn(2, 0x2f0, 0x300)],
