@@ -16,7 +16,9 @@
 //!    consistent point), stop before the first one past the target;
 //! 3. apply the rest in commit order through the set-based [`apply`]
 //!    writer, running captured DDL where it happened;
-//! 4. advance sequences ([`sequences`]).
+//! 4. advance sequences ([`sequences`]);
+//! 5. place every table in pgkeep's publications by its replica identity,
+//!    as on the source (those statements are not archived).
 
 pub mod apply;
 pub mod batch;
@@ -104,6 +106,9 @@ pub struct ReplayReport {
     pub applied: apply::ApplyStats,
     /// Sequences advanced.
     pub sequences_advanced: usize,
+    /// Tables put into (or moved between) pgkeep's publications after the
+    /// replay, as the source had them at the target.
+    pub publication_placements: Vec<String>,
     /// Seconds spent.
     pub seconds: f64,
     /// Row changes per second.
@@ -300,6 +305,7 @@ pub async fn run(
         next_after_target: None,
         applied: apply::ApplyStats::default(),
         sequences_advanced: 0,
+        publication_placements: Vec::new(),
         seconds: 0.0,
         changes_per_second: 0.0,
     };
@@ -369,6 +375,15 @@ pub async fn run(
     result?;
     // 4. Sequences.
     report.sequences_advanced = sequences::advance(applier.client(), &samples).await?;
+    // 5. Publication membership as the source had it: pgkeep's own
+    //    placements (new tables, tables that gained or lost their replica
+    //    identity) are not in the archive.
+    applier
+        .client()
+        .batch_execute(&format!("SET {} = 'on'", crate::stream::publication::MAINTENANCE_SETTING))
+        .await
+        .map_err(crate::pg::query_error("cannot set up the session for the publications"))?;
+    report.publication_placements = crate::stream::publication::place_restored(applier.client()).await?;
     report.applied = applier.stats().clone();
     report.seconds = started.elapsed().as_secs_f64();
     report.changes_per_second = report.applied.changes as f64 / report.seconds.max(1e-6);

@@ -21,7 +21,7 @@
 //!    (`flushed` = its end);
 //! 3. keepalives asking for a reply are answered at once and a status goes
 //!    out at least every 10 s, always with `flushed` = the durable end;
-//! 4. every `publication_check` (30 s) tables created since are put into a
+//! 4. every `publication_check` (5 s) tables created since are put into a
 //!    publication ([`super::publication::reconcile`]); a table added late, or
 //!    a schema change without captured DDL, asks [`AutoBackup`] for a new
 //!    full backup.
