@@ -76,6 +76,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     (None, Some(l)) => Some(pgkeep::replay::RecoveryTarget::parse_lsn(l)?),
                     (None, None) => None,
                 },
+                to_backup: a.target.is_some(),
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };
             let started = Instant::now();

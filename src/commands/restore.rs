@@ -49,7 +49,12 @@ pub struct RestoreOptions {
     /// schema is complete, other tables stay empty. Never swapped in.
     pub tables: Vec<String>,
     /// Point in time: replay archived changes after the base backup up to this target.
+    /// `None` with backup `latest`: the newest backup plus everything archived
+    /// after it (unless `to_backup`).
     pub point_in_time: Option<RecoveryTarget>,
+    /// Backup `latest` without a target: stop at the backup's consistent
+    /// point instead of replaying the archive after it (`--target backup`).
+    pub to_backup: bool,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -68,6 +73,7 @@ impl RestoreOptions {
             critical_tables: Vec::new(),
             tables: Vec::new(),
             point_in_time: None,
+            to_backup: false,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -117,9 +123,12 @@ pub struct RestoreReport {
     pub foreign_keys_skipped: Vec<String>,
     /// Verification.
     pub verification: VerifyReport,
-    /// The point-in-time replay, when a target was given.
+    /// The point-in-time replay, when a target was given (or by default for `latest`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub point_in_time: Option<ReplayReport>,
+    /// Why `latest` restored only the backup: no change archive continues it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_replayed: Option<String>,
     /// Timings.
     pub seconds: PhaseTimes,
 }
@@ -143,6 +152,9 @@ impl RestoreReport {
         );
         if let Some(p) = &self.point_in_time {
             s.push_str(&format!("; {}", p.summary()));
+        }
+        if let Some(why) = &self.not_replayed {
+            s.push_str(&format!("; restored to the backup's consistent point: {why}"));
         }
         if let Some(b) = &self.pre_restore_backup {
             s.push_str(&format!("; pre-restore backup {b}"));
@@ -202,6 +214,14 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         }
         (s, t) => (s.clone(), t),
     };
+    // `latest` without a target: the newest backup plus everything archived after it.
+    let mut not_replayed = None;
+    if point_in_time.is_none() && !opts.to_backup && matches!(selector, BackupSelector::Latest) {
+        match latest_data_plan(&repos, &server.dbname, &keys).await? {
+            Ok(plan) => replay_plan = Some(plan),
+            Err(why) => not_replayed = Some(why),
+        }
+    }
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
@@ -212,7 +232,10 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             }
             Err(e) => return Err(e),
         },
-        None => BackupSource::find_with_keys(&repos, &selector, &server.dbname, &keys).await,
+        None => match &replay_plan {
+            Some(plan) => BackupSource::find_with_keys(&repos, &BackupSelector::Id(plan.base.backup_id.clone()), &server.dbname, &keys).await,
+            None => BackupSource::find_with_keys(&repos, &selector, &server.dbname, &keys).await,
+        },
     };
     let source = match found {
         Ok(s) => Arc::new(s),
@@ -307,6 +330,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         foreign_keys_skipped: fk_skipped,
         verification,
         point_in_time,
+        not_replayed,
         seconds: times,
     };
     if !swapping {
@@ -350,6 +374,35 @@ async fn plan_point_in_time(
         }
     };
     replay::plan(repos, candidates, target, explicit, keys).await
+}
+
+/// `restore latest` without a target: the newest backup (an incremental's
+/// full ancestor) with every change archived after it. `Ok(Err(why))` when
+/// no archive continues it: then the backup alone is restored, and the
+/// report says why.
+async fn latest_data_plan(
+    repos: &[Arc<dyn crate::storage::Storage>],
+    database: &str,
+    keys: &Arc<crate::crypto::Keyring>,
+) -> Result<std::result::Result<ReplayPlan, String>> {
+    let newest = match BackupSource::find(repos, &BackupSelector::Latest, database).await {
+        Ok(s) => s.manifest,
+        // Nothing to restore: the usual error comes from the usual lookup.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Err(e.user_line())),
+        Err(e) => return Err(e),
+    };
+    let base = match newest.kind {
+        BackupKind::Incremental => incremental_root(repos, &newest.backup_id).await?.0,
+        _ => newest.backup_id.clone(),
+    };
+    match plan_point_in_time(repos, &BackupSelector::Id(base), database, RecoveryTarget::Latest, keys).await {
+        Ok(plan) => Ok(Ok(plan)),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            tracing::warn!(backup = %newest.backup_id, reason = %e.user_line(), "no change archive continues the newest backup: restoring it alone");
+            Ok(Err(format!("no change archive continues it ({})", e.user_line())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The full backup an incremental builds on, and the incremental's restore point.

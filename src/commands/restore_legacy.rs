@@ -173,6 +173,7 @@ async fn run_archive(settings: &Settings, opts: &RestoreOptions, archive: Legacy
         foreign_keys_skipped: Vec::new(),
         verification,
         point_in_time: None,
+        not_replayed: None,
         seconds: times,
     };
     if !swapping {

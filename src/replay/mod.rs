@@ -5,9 +5,12 @@
 //!
 //! 1. list this cluster's change streams in every repository;
 //! 2. take the newest full backup that is not after the target and whose
-//!    consistent point an unbroken chain of segments reaches back to;
-//! 3. check that the chain reaches the target, and that the backup holds no
-//!    transaction committed after a target time.
+//!    consistent point an unbroken chain of segments reaches back to; for a
+//!    target time, by the server's clock: the commit time of the last
+//!    archived transaction before its consistent point;
+//! 3. check that the chain reaches the target — for a time, that its newest
+//!    commit or heartbeat (the server's clock) is at or after it; a target
+//!    beyond the archive is an error saying how far it reaches.
 //!
 //! [`run`] replays the plan into a restored database:
 //!
@@ -94,6 +97,8 @@ pub struct ReplayReport {
     pub stream_id: String,
     /// Replay started after this LSN (the base's consistent point).
     pub from_lsn: Lsn,
+    /// End of the archived chain.
+    pub archive_end: Lsn,
     /// Segments read.
     pub segments: usize,
     /// Transactions applied.
@@ -135,13 +140,14 @@ impl ReplayReport {
             warn.push_str(&format!("; WARNING: {} captured DDL message(s) not signed by `pgkeep setup` were not run", self.applied.ddl_rejected.len()));
         }
         format!(
-            "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop} ({:.0} changes/s){warn}",
+            "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop}; the archive ends at LSN {} ({:.0} changes/s){warn}",
             self.target,
             self.transactions,
             self.applied.changes,
             self.applied.ddl_statements,
             self.segments,
             self.base_backup,
+            self.archive_end,
             self.changes_per_second
         )
     }
@@ -171,16 +177,11 @@ pub async fn plan(
             continue;
         }
         let c = m.snapshot.consistent_lsn;
-        match target {
-            RecoveryTarget::Time(t) if m.started_at > t => {
-                why_not.push(format!("{id} started after the target"));
-                continue;
-            }
-            RecoveryTarget::Lsn(l) if c > l => {
-                why_not.push(format!("{id} is consistent at {c}, after the target"));
-                continue;
-            }
-            _ => {}
+        if let RecoveryTarget::Lsn(l) = target
+            && c > l
+        {
+            why_not.push(format!("{id} is consistent at {c}, after the target"));
+            continue;
         }
         // 1. The streams of this backup's cluster.
         let sys = m.server.system_identifier.clone();
@@ -216,26 +217,36 @@ pub async fn plan(
                     .with_hint("choose an earlier target, or `latest`"));
             }
             RecoveryTarget::Time(t) => {
-                let stored = segs.last().and_then(|s| s.stored_at);
-                if stored.is_some_and(|s| s < t) {
+                // The base must not hold a transaction committed after the
+                // target: the server's commit time of its last transaction,
+                // from the archive; the client's clock only when the archive
+                // holds no commit before the base.
+                match last_commit_before_point(repos, stream, c, keys).await? {
+                    Some(late) if late.commit_time.is_none_or(|ct| ct > t) => {
+                        why_not.push(format!(
+                            "{id} already holds a transaction committed at {} (after the target)",
+                            late.commit_time.map(|x| x.to_rfc3339()).unwrap_or_else(|| "?".into())
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None if m.started_at > t => {
+                        why_not.push(format!("{id} started after the target"));
+                        continue;
+                    }
+                    None => {}
+                }
+                // The archive must reach the target, by the server's clock.
+                let reach = reach_time(repos, &plan.segments, keys).await?;
+                if reach.is_none_or(|r| r < t) {
                     return Err(Error::new(
                         ErrorKind::NotFound,
                         format!(
-                            "target time {} is after the end of the change archive (its last segment, ending at {end}, was stored at {}){gap}",
-                            target,
-                            stored.map(|s| s.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default()
+                            "target time {target} is after the end of the change archive: it reaches {} (LSN {end}){gap}",
+                            reach.map(|r| r.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()).unwrap_or_else(|| "no known time".into())
                         ),
                     )
-                    .with_hint("wait for `pgkeep stream` to store the next segment, or restore `latest`"));
-                }
-                // The base must not hold a transaction committed after the target.
-                let first = chain::fetch_segment(repos, &plan.segments[0], keys).await?;
-                if let Some(late) = last_commit_before(&first, c).filter(|s| s.commit_time.is_none_or(|ct| ct > t)) {
-                    why_not.push(format!(
-                        "{id} already holds a transaction committed at {} (after the target)",
-                        late.commit_time.map(|x| x.to_rfc3339()).unwrap_or_else(|| "?".into())
-                    ));
-                    continue;
+                    .with_hint("an idle `pgkeep stream` stores a heartbeat segment at least every minute: wait for it, or restore `latest`"));
                 }
             }
             _ => {}
@@ -248,6 +259,37 @@ pub async fn plan(
     );
     err = err.with_hint("a point-in-time restore needs a full backup taken while `pgkeep stream` archives the database, and an unbroken archive after it");
     Err(err)
+}
+
+/// Segments read back from the end of the archive, or from a base's
+/// consistent point, looking for a time (bounded).
+const TIME_SCAN_SEGMENTS: usize = 16;
+
+/// The last transaction committed before `c` (it is in a base consistent
+/// at `c`), from the segments of `stream` that start before `c`, newest
+/// first; `None` when they hold none.
+async fn last_commit_before_point(repos: &[Arc<dyn Storage>], stream: &StreamArchive, c: Lsn, keys: &Arc<Keyring>) -> Result<Option<StopPoint>> {
+    for s in stream.segments.iter().filter(|s| s.start < c).rev().take(TIME_SCAN_SEGMENTS) {
+        let seg = chain::fetch_segment(repos, s, keys).await?;
+        if let Some(p) = last_commit_before(&seg, c) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// How far `segments` reach by the server's clock: the time of the
+/// newest heartbeat (the server's clock when its WAL ended at the
+/// segment's end) or commit in them; `None` when the last segments hold
+/// neither.
+async fn reach_time(repos: &[Arc<dyn Storage>], segments: &[SegmentRef], keys: &Arc<Keyring>) -> Result<Option<DateTime<Utc>>> {
+    for s in segments.iter().rev().take(TIME_SCAN_SEGMENTS) {
+        let seg = chain::fetch_segment(repos, s, keys).await?;
+        if let Some(t) = seg.meta.server_time.max(seg.meta.last_commit_time) {
+            return Ok(Some(t));
+        }
+    }
+    Ok(None)
 }
 
 /// The last transaction of `seg` committed before `c` (it is in the base).
@@ -299,6 +341,7 @@ pub async fn run(
         base_backup: plan.base.backup_id.to_string(),
         stream_id: plan.stream_id.clone(),
         from_lsn: from,
+        archive_end: plan.archive_end(),
         segments: 0,
         transactions: 0,
         stopped_at: None,

@@ -306,6 +306,7 @@ impl Archiver {
             // The schema record's own length prefix is not in `open.bytes`.
             raw_size: open.bytes + 4,
             sequences: Vec::new(),
+            server_time: None,
         };
         Some(ChangeSegment {
             meta,
@@ -349,6 +350,7 @@ impl Archiver {
             compression: "zstd".into(),
             raw_size: 4,
             sequences: Vec::new(),
+            server_time: None,
         };
         Some(ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() })
     }
@@ -450,8 +452,10 @@ pub async fn run_session<F: Future<Output = ()>>(
                         store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
                     }
                 }
-                StreamEvent::Keepalive { wal_end, reply_requested, .. } => {
-                    if let Some(segment) = archiver.heartbeat(wal_end, Instant::now()) {
+                StreamEvent::Keepalive { wal_end, reply_requested, server_time } => {
+                    if let Some(mut segment) = archiver.heartbeat(wal_end, Instant::now()) {
+                        // Where the server's WAL ended, and when by its clock.
+                        segment.meta.server_time = server_time.to_utc();
                         store_sealed(&mut stream, archiver, cx, upkeep, totals, segment).await?;
                     } else if reply_requested {
                         send_durable(&mut stream, archiver, false).await?;
