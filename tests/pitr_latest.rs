@@ -88,7 +88,14 @@ async fn restore_latest_replays_the_whole_archive_and_target_backup_stops_at_the
             &db,
             "CREATE TABLE acct (id int PRIMARY KEY, v int); INSERT INTO acct SELECT g, g FROM generate_series(1, 100) g; \
              CREATE TABLE by_index (id int NOT NULL, v text); CREATE UNIQUE INDEX by_index_u ON by_index (id); \
-             ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_u; INSERT INTO by_index VALUES (1, 'a'), (2, 'b');",
+             ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_u; INSERT INTO by_index VALUES (1, 'a'), (2, 'b'); \
+             CREATE TABLE audit (id serial PRIMARY KEY, note text); \
+             CREATE FUNCTION log_acct() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN INSERT INTO audit (note) VALUES ('acct ' || NEW.id); RETURN NEW; END$$; \
+             CREATE TRIGGER acct_always AFTER UPDATE ON acct FOR EACH ROW EXECUTE FUNCTION log_acct(); \
+             ALTER TABLE acct ENABLE ALWAYS TRIGGER acct_always; \
+             CREATE TRIGGER by_index_replica AFTER INSERT ON by_index FOR EACH ROW EXECUTE FUNCTION log_acct(); \
+             ALTER TABLE by_index ENABLE REPLICA TRIGGER by_index_replica; \
+             CREATE SEQUENCE free_seq;",
         )
         .await;
     let dir = tempfile::tempdir().unwrap();
@@ -108,7 +115,8 @@ async fn restore_latest_replays_the_whole_archive_and_target_backup_stops_at_the
         .batch_execute(
             "UPDATE acct SET v = -v WHERE id <= 10; DELETE FROM acct WHERE id > 90; \
              CREATE TABLE born (id int PRIMARY KEY, note text); INSERT INTO born VALUES (1, 'new'); \
-             DROP INDEX by_index_u; UPDATE by_index SET v = 'changed' WHERE id = 1; INSERT INTO by_index VALUES (3, 'c');",
+             DROP INDEX by_index_u; UPDATE by_index SET v = 'changed' WHERE id = 1; INSERT INTO by_index VALUES (3, 'c'); \
+             SELECT nextval('free_seq') FROM generate_series(1, 5);",
         )
         .await
         .unwrap();
@@ -135,6 +143,18 @@ async fn restore_latest_replays_the_whole_archive_and_target_backup_stops_at_the
     let rows: Vec<String> = restored.query("SELECT id || '=' || v FROM by_index ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(rows, ["1=a", "2=b", "3=c"], "the insert after the move is archived, the update is not");
     assert_eq!(membership(&restored).await, source_membership, "publication membership as on the source");
+    // Triggers set ENABLE ALWAYS / REPLICA did not fire again (audit is exact above) and keep their mode.
+    let modes: Vec<String> = restored
+        .query("SELECT tgname || '=' || tgenabled::text FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(modes, ["acct_always=A", "by_index_replica=R"]);
+    // A sequence no column owns is at least where the source left it.
+    let v: i64 = restored.query_one("SELECT last_value FROM free_seq", &[]).await.unwrap().get(0);
+    assert!(v >= 5, "free_seq at {v}");
 
     // 2. `--target backup`: the backup alone.
     let (ok, out, err) = run(pgkeep(cluster, &db, repo).args(["restore", "latest", "--target", "backup", "--target-db", "rlatest_backup", "--yes"]));

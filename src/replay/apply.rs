@@ -107,6 +107,8 @@ pub struct Applier {
     ddl_key: Option<String>,
     /// The last captured query string and which of its transactions comes next.
     last_ddl: Option<(String, usize)>,
+    /// Triggers set `ENABLE ALWAYS`/`REPLICA`, disabled for the replay.
+    quieted: Vec<super::triggers::Quieted>,
     stats: ApplyStats,
 }
 
@@ -135,6 +137,7 @@ impl Applier {
             client,
             ddl_key,
             last_ddl: None,
+            quieted: Vec::new(),
             db: db.dbname.clone(),
             relations: HashMap::new(),
             pending: HashMap::new(),
@@ -144,6 +147,16 @@ impl Applier {
             at: Lsn(0),
             stats: ApplyStats::default(),
         })
+    }
+
+    /// Disable the triggers that would fire during the replay ([`super::triggers`]).
+    pub async fn quiet_triggers(&mut self) -> Result<()> {
+        super::triggers::quiet(&self.client, &mut self.quieted).await
+    }
+
+    /// The triggers disabled for the replay, to enable again at its end.
+    pub fn quieted_triggers(&self) -> &[super::triggers::Quieted] {
+        &self.quieted
     }
 
     /// The session (for the steps after the replay).
@@ -684,6 +697,8 @@ impl Applier {
         // Whatever the statements set (role, search_path, …), back to the replay's session.
         self.exec(&format!("RESET ROLE; RESET ALL; {SESSION_SETUP}; {REPLAY_SESSION}")).await?;
         result.map_err(fail)?;
+        // The statement may have created or enabled a trigger that fires in replica mode.
+        self.quiet_triggers().await?;
         // Names and columns may have changed: look every table up again.
         for r in self.relations.values_mut() {
             r.target = None;

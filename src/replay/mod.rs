@@ -30,6 +30,7 @@ pub mod ddl;
 pub mod sequences;
 pub mod sql;
 pub mod target;
+pub mod triggers;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -320,6 +321,7 @@ pub async fn run(
     let started = Instant::now();
     let from = plan.from();
     let mut applier = apply::Applier::connect(work, only).await?;
+    applier.quiet_triggers().await?;
     // 1. Segments read ahead of the writer.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ChangeSegment>>(2);
     let reader = {
@@ -416,8 +418,9 @@ pub async fn run(
     .await;
     reader.abort();
     result?;
-    // 4. Sequences.
+    // 4. Sequences, and the triggers quieted for the replay.
     report.sequences_advanced = sequences::advance(applier.client(), &samples).await?;
+    triggers::restore(applier.client(), applier.quieted_triggers()).await?;
     // 5. Publication membership as the source had it: pgkeep's own
     //    placements (new tables, tables that gained or lost their replica
     //    identity) are not in the archive.
