@@ -120,6 +120,15 @@ async fn restore_latest_replays_the_whole_archive_and_target_backup_stops_at_the
         )
         .await
         .unwrap();
+    // Temporary tables across transactions of one session: never captured, never replayed.
+    for sql in [
+        "CREATE TEMP TABLE scratch AS SELECT id, v FROM acct WHERE id <= 3",
+        "INSERT INTO born SELECT id + 100, 'from scratch' FROM scratch",
+        "ALTER TABLE scratch ADD COLUMN w int",
+        "DROP TABLE scratch",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
     wait_caught_up(&client, &slot).await;
     unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
     assert!(stream.wait().unwrap().success());

@@ -404,7 +404,7 @@ async fn setup_is_idempotent_removable_and_names_missing_privileges() {
     let db = Db::new("setupadmin", "CREATE TABLE items (id int PRIMARY KEY);").await;
     db.install_setup().await;
     db.install_setup().await;
-    assert_eq!(event_triggers(&db.client).await, 1);
+    assert_eq!(event_triggers(&db.client).await, 21, "pgkeep_ddl, pgkeep_ddl_start and pgkeep_ddl_drop");
     let removed = pgkeep::stream::setup::remove(&db.settings).await.unwrap();
     assert_eq!(removed, ["event trigger pgkeep_ddl", "schema pgkeep"]);
     assert_eq!(event_triggers(&db.client).await, 0);
@@ -426,7 +426,8 @@ async fn setup_is_idempotent_removable_and_names_missing_privileges() {
 }
 
 async fn event_triggers(client: &tokio_postgres::Client) -> i64 {
-    client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgkeep_ddl'", &[]).await.unwrap().get(0)
+    client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgkeep_ddl'", &[]).await.unwrap().get::<_, i64>(0)
+        + client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('pgkeep_ddl_start', 'pgkeep_ddl_drop')", &[]).await.unwrap().get::<_, i64>(0) * 10
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

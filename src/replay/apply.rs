@@ -695,7 +695,8 @@ impl Applier {
         }
         let result = self.exec(&script).await;
         // Whatever the statements set (role, search_path, …), back to the replay's session.
-        self.exec(&format!("RESET ROLE; RESET ALL; {SESSION_SETUP}; {REPLAY_SESSION}")).await?;
+        // Temporary objects a captured string created stay with that statement.
+        self.exec(&format!("RESET ROLE; RESET ALL; DISCARD TEMP; {SESSION_SETUP}; {REPLAY_SESSION}")).await?;
         result.map_err(fail)?;
         // The statement may have created or enabled a trigger that fires in replica mode.
         self.quiet_triggers().await?;

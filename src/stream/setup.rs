@@ -27,7 +27,10 @@
 //! publication changes the capture makes — are skipped. A failure inside
 //! the capture is a warning, never a failed DDL statement: the stream then
 //! notices the schema change without captured DDL and takes a full backup.
-//! `sql_drop` is not used: `ddl_command_end` also fires for DROP commands.
+//! `ddl_command_end` also fires for DROP commands; `sql_drop` (event
+//! trigger `pgkeep_ddl_drop`) only notes whether a command dropped
+//! temporary objects only. Commands on temporary objects only are not
+//! captured: they are session-local and never restored.
 //!
 //! Production safety, in the same transaction as the application's DDL:
 //!
@@ -60,6 +63,8 @@ use crate::pg::catalog::quote_literal;
 pub const SCHEMA: &str = "pgkeep";
 /// The event trigger's name.
 pub const EVENT_TRIGGER: &str = "pgkeep_ddl";
+/// The `sql_drop` event trigger's name (notes drops of temporary objects only).
+pub const DROP_TRIGGER: &str = "pgkeep_ddl_drop";
 /// The `ddl_command_start` event trigger's name (`SET UNLOGGED` guard).
 pub const START_TRIGGER: &str = "pgkeep_ddl_start";
 
@@ -133,6 +138,8 @@ pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
              DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_trigger();\n\
              DROP EVENT TRIGGER IF EXISTS {START_TRIGGER};\n\
+             DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.drop_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_start_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.identity_guard(text);\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.unlogged_guard(text, text);\n\
@@ -278,11 +285,34 @@ REVOKE ALL ON FUNCTION {SCHEMA}.ddl_capture(text, text, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION {SCHEMA}.ddl_trigger()
 RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
+DECLARE
+    temp_drop constant boolean := COALESCE(pg_catalog.current_setting('pgkeep.temp_drop', true), '') = 'on';
 BEGIN
+    PERFORM pg_catalog.set_config('pgkeep.temp_drop', '', true);
+    -- Commands on temporary objects only (session-local, never restored): not captured.
+    IF (TG_TAG LIKE 'DROP%' AND temp_drop)
+       OR (EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands())
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() d
+                           WHERE d.schema_name IS NULL OR d.schema_name NOT LIKE 'pg\_temp%')) THEN
+        RETURN;
+    END IF;
     PERFORM {SCHEMA}.ddl_capture(pg_catalog.current_setting('search_path'), pg_catalog.current_setting('role'), TG_TAG);
     PERFORM {SCHEMA}.identity_guard(TG_TAG);
 END
 $pgkeep$;
+
+-- sql_drop fires before ddl_command_end: remember whether the command
+-- dropped temporary objects only.
+CREATE OR REPLACE FUNCTION {SCHEMA}.drop_trigger()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
+BEGIN
+    PERFORM pg_catalog.set_config('pgkeep.temp_drop',
+        CASE WHEN (SELECT pg_catalog.bool_and(o.is_temporary) FROM pg_catalog.pg_event_trigger_dropped_objects() o) THEN 'on' ELSE '' END, true);
+END
+$pgkeep$;
+
+DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};
+CREATE EVENT TRIGGER {DROP_TRIGGER} ON sql_drop EXECUTE FUNCTION {SCHEMA}.drop_trigger();
 
 DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
 CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl_trigger();
