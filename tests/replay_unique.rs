@@ -4,7 +4,8 @@
 //! transactions that are valid one statement at a time; a deferrable unique
 //! constraint is swapped in one statement; a `GENERATED ALWAYS` identity
 //! column rides along (not the key). Replay collapses all of it into one
-//! batch, whose writes must never collide whatever the hash order. The
+//! batch, whose writes must never collide whatever the hash order; a
+//! `REPLICA IDENTITY FULL` table without a key has an identity column too. The
 //! restores, at `latest` and at a time in the middle, equal the source at
 //! those moments, every table.
 //!
@@ -43,6 +44,9 @@ INSERT INTO u (id, email, code, doc)
     SELECT g, 'e' || g, g, (SELECT string_agg(md5(g::text || ':' || x), '') FROM generate_series(1, 200) x)
     FROM generate_series(1, 24) g;
 INSERT INTO dfr SELECT g, g, repeat('d' || g, 3000) FROM generate_series(1, 8) g;
+CREATE TABLE fullid (k bigint GENERATED ALWAYS AS IDENTITY, v text);
+ALTER TABLE fullid REPLICA IDENTITY FULL;
+INSERT INTO fullid (v) SELECT 'f' || g FROM generate_series(1, 8) g;
 ";
 
 /// A small deterministic generator (xorshift64*), so a seed replays the same workload.
@@ -78,7 +82,7 @@ async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
 /// Every table's rows as an md5 of its sorted text form.
 async fn contents(client: &tokio_postgres::Client) -> Vec<String> {
     let mut out = Vec::new();
-    for t in ["u", "dfr"] {
+    for t in ["u", "dfr", "fullid"] {
         out.push(one(client, &format!("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {t} t")).await);
     }
     out
@@ -135,7 +139,7 @@ async fn step(client: &tokio_postgres::Client, rng: &mut Rng, fresh: &mut i64) -
             )
         }
         // A plain update of a row with an unchanged TOASTed value.
-        4 => format!("UPDATE u SET n = n + 1 WHERE id = {}", 1 + rng.below(ROWS)),
+        4 => format!("UPDATE u SET n = n + 1 WHERE id = {}; UPDATE fullid SET v = v || 'x' WHERE k = {}", 1 + rng.below(ROWS), 1 + rng.below(8)),
         // Delete a row's email holder and give the email to another row.
         _ => {
             let ids = rng.distinct(2, ROWS);

@@ -539,6 +539,21 @@ impl Applier {
                 self.copy(t, std::mem::take(&mut rows).freeze(), n_rows).await?;
                 n_rows = 0;
             }
+            // Rewritten whole where UPDATE may not set a column (GENERATED ALWAYS identity).
+            if let (true, UnkeyedChange::Update { old, new }) = (t.rebuild, c) {
+                let params: Vec<Option<&str>> = texts(old)?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                let n = self
+                    .client
+                    .execute(sql::delete_one_equal(&t.table, &t.cols).as_str(), &refs)
+                    .await
+                    .map_err(crate::pg::query_error(format!("replaying a change of table {} (LSN {})", t.display, self.at)))?;
+                self.expect(t, "DELETE", n, 1)?;
+                let row: Vec<Value> = new.iter().zip(old).map(|(n, o)| n.clone().unwrap_or_else(|| o.clone())).collect();
+                sql::copy_row(&mut rows, &row);
+                n_rows += 1;
+                continue;
+            }
             let (stmt, values): (String, Vec<Option<&str>>) = match c {
                 UnkeyedChange::Delete(old) => (sql::delete_one_equal(&t.table, &t.cols), texts(old)?),
                 UnkeyedChange::Update { old, new } => {
