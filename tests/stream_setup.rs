@@ -502,6 +502,8 @@ const IDENTITY_SCHEMA: &str = "CREATE COLLATION ident_coll FROM \"C\"; \
     CREATE TABLE by_default (id int NOT NULL, v text); CREATE UNIQUE INDEX by_default_u ON by_default (id); \
     ALTER TABLE by_default REPLICA IDENTITY USING INDEX by_default_u; \
     CREATE TABLE goes_unlogged (id int PRIMARY KEY, v text); \
+    CREATE TABLE by_concurrently (id int NOT NULL, v text); CREATE UNIQUE INDEX by_concurrently_u ON by_concurrently (id); \
+    ALTER TABLE by_concurrently REPLICA IDENTITY USING INDEX by_concurrently_u; INSERT INTO by_concurrently VALUES (1, 'a'); \
     INSERT INTO by_index VALUES (1, 'a'); INSERT INTO by_pkey VALUES (1, 'a'); INSERT INTO by_nothing VALUES (1, 'a'), (2, 'b'); \
     INSERT INTO by_cascade VALUES ('k', 'a'); INSERT INTO by_default VALUES (1, 'a'); INSERT INTO goes_unlogged VALUES (1, 'a');";
 
@@ -513,7 +515,10 @@ async fn with_setup_losing_the_replica_identity_never_breaks_update_or_delete() 
     let opts = StreamOptions { publication_check: Duration::from_secs(3600), ..db.options() };
     let running = start(&db.settings, opts);
     db.wait_slot_active().await;
-    assert_eq!(db.published(&db.name).await, ["by_cascade", "by_default", "by_index", "by_nothing", "by_pkey", "goes_unlogged"]);
+    assert_eq!(db.published(&db.name).await, ["by_cascade", "by_concurrently", "by_default", "by_index", "by_nothing", "by_pkey", "goes_unlogged"]);
+    // DROP INDEX CONCURRENTLY runs outside a transaction block: the next statement must work.
+    db.client.batch_execute("DROP INDEX CONCURRENTLY by_concurrently_u").await.unwrap();
+    db.client.batch_execute("UPDATE by_concurrently SET v = 'b'").await.unwrap();
 
     // Each in one transaction with the write that would fail.
     for (ddl, write) in [
@@ -531,7 +536,7 @@ async fn with_setup_losing_the_replica_identity_never_breaks_update_or_delete() 
     // And later, in their own transactions.
     db.client.batch_execute("DELETE FROM by_index; UPDATE by_nothing SET v = 'd'; DELETE FROM by_cascade").await.unwrap();
     assert_eq!(db.published(&db.name).await, ["goes_unlogged"]);
-    assert_eq!(db.published(&db.insert_only()).await, ["by_cascade", "by_default", "by_index", "by_nothing", "by_pkey"]);
+    assert_eq!(db.published(&db.insert_only()).await, ["by_cascade", "by_concurrently", "by_default", "by_index", "by_nothing", "by_pkey"]);
 
     // SET UNLOGGED, refused by PostgreSQL on a published table, works: the table leaves the publications.
     db.client.batch_execute("ALTER TABLE goes_unlogged SET UNLOGGED; UPDATE goes_unlogged SET v = 'b'").await.unwrap();
