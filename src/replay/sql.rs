@@ -176,6 +176,10 @@ mod tests {
             update_by_keys("t", &[&id], &[&v]),
             "UPDATE t AS t SET \"v\" = d.p1::text FROM unnest($1::text[], $2::text[]) AS d(p0, p1) WHERE t.\"id\" = d.p0::integer"
         );
+        assert_eq!(
+            delete_returning("t", &[&id], &[id.clone(), v.clone()]),
+            "DELETE FROM t AS t USING unnest($1::text[]) WITH ORDINALITY AS d(p0, ord) WHERE t.\"id\" = d.p0::integer RETURNING d.ord, t.\"id\"::text, t.\"v\"::text"
+        );
         assert!(delete_one_equal("t", &[id.clone(), v.clone()]).contains("\"v\"::text IS NOT DISTINCT FROM ($2::text::text)::text"));
         assert!(update_one_equal("t", &[id, v]).starts_with("UPDATE t SET \"id\" = $3::text::integer, \"v\" = $4::text::text WHERE ctid = "));
     }
