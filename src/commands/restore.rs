@@ -222,6 +222,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             Err(why) => not_replayed = Some(why),
         }
     }
+    let replaying_by_default = point_in_time.is_none();
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
@@ -308,7 +309,11 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
         match replay::run(&repos, plan, &work, only, &keys).await {
             Ok(r) => point_in_time = Some(r),
-            Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
+            Err(e) => {
+                // By default (`latest` without a target), say how to get the backup alone.
+                let alone = if replaying_by_default { " (`--target backup` restores the backup alone)" } else { "" };
+                return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}{alone}"))).await);
+            }
         }
         times.replay = t.elapsed().as_secs_f64();
     }
