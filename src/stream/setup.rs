@@ -140,6 +140,7 @@ pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
              DROP EVENT TRIGGER IF EXISTS {START_TRIGGER};\n\
              DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.drop_trigger();\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.temp_only(text);\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_start_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.identity_guard(text);\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.unlogged_guard(text, text);\n\
@@ -283,17 +284,26 @@ END
 $pgkeep$;
 REVOKE ALL ON FUNCTION {SCHEMA}.ddl_capture(text, text, text) FROM PUBLIC;
 
+-- Whether the command worked on temporary objects only (session-local,
+-- never restored: not captured). sql_drop, which fires first, noted drops.
+CREATE OR REPLACE FUNCTION {SCHEMA}.temp_only(tag text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+DECLARE
+    temp_drop constant boolean := coalesce(current_setting('pgkeep.temp_drop', true), '') = 'on';
+BEGIN
+    PERFORM set_config('pgkeep.temp_drop', '', true);
+    RETURN (tag LIKE 'DROP%' AND temp_drop)
+        OR (EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands())
+            AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d
+                            WHERE d.schema_name IS NULL OR d.schema_name NOT LIKE 'pg\_temp%'));
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.temp_only(text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION {SCHEMA}.ddl_trigger()
 RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
-DECLARE
-    temp_drop constant boolean := COALESCE(pg_catalog.current_setting('pgkeep.temp_drop', true), '') = 'on';
 BEGIN
-    PERFORM pg_catalog.set_config('pgkeep.temp_drop', '', true);
-    -- Commands on temporary objects only (session-local, never restored): not captured.
-    IF (TG_TAG LIKE 'DROP%' AND temp_drop)
-       OR (EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands())
-           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() d
-                           WHERE d.schema_name IS NULL OR d.schema_name NOT LIKE 'pg\_temp%')) THEN
+    IF {SCHEMA}.temp_only(TG_TAG) THEN
         RETURN;
     END IF;
     PERFORM {SCHEMA}.ddl_capture(pg_catalog.current_setting('search_path'), pg_catalog.current_setting('role'), TG_TAG);
@@ -301,13 +311,13 @@ BEGIN
 END
 $pgkeep$;
 
--- sql_drop fires before ddl_command_end: remember whether the command
--- dropped temporary objects only.
+-- sql_drop fires before ddl_command_end: note whether the command dropped
+-- temporary objects only.
 CREATE OR REPLACE FUNCTION {SCHEMA}.drop_trigger()
-RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
 BEGIN
-    PERFORM pg_catalog.set_config('pgkeep.temp_drop',
-        CASE WHEN (SELECT pg_catalog.bool_and(o.is_temporary) FROM pg_catalog.pg_event_trigger_dropped_objects() o) THEN 'on' ELSE '' END, true);
+    PERFORM set_config('pgkeep.temp_drop',
+        CASE WHEN (SELECT bool_and(o.is_temporary) FROM pg_event_trigger_dropped_objects() o) THEN 'on' ELSE '' END, true);
 END
 $pgkeep$;
 
@@ -419,12 +429,12 @@ END
 $pgkeep$;
 REVOKE ALL ON FUNCTION {SCHEMA}.unlogged_guard(text, text) FROM PUBLIC;
 
+-- No operator here: this function runs with the caller's search_path (the
+-- event trigger's WHEN clause picks ALTER TABLE).
 CREATE OR REPLACE FUNCTION {SCHEMA}.ddl_start_trigger()
 RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
 BEGIN
-    IF TG_TAG = 'ALTER TABLE' THEN
-        PERFORM {SCHEMA}.unlogged_guard(pg_catalog.current_setting('search_path'), pg_catalog.current_setting('role'));
-    END IF;
+    PERFORM {SCHEMA}.unlogged_guard(pg_catalog.current_setting('search_path'), pg_catalog.current_setting('role'));
 END
 $pgkeep$;
 
@@ -447,7 +457,14 @@ mod tests {
         assert!(sql.contains("pg_logical_emit_message(true, 'pgkeep.ddl'"));
         // The outer function runs with the caller's search_path: qualified names only.
         let outer = &sql[sql.find("ddl_trigger()\nRETURNS").unwrap()..];
-        let body = &outer[outer.find("BEGIN").unwrap()..outer.find("END").unwrap()];
+        let body = &outer[outer.find("BEGIN").unwrap()..outer.find("\nEND\n").unwrap()];
+        // No operator may run with the caller's search_path in a SECURITY DEFINER function.
+        for op in [" = ", " LIKE ", " <> "] {
+            assert!(!body.contains(op), "{body}");
+        }
+        let start = &sql[sql.find("ddl_start_trigger()\nRETURNS").unwrap()..];
+        let start = &start[start.find("BEGIN").unwrap()..start.find("\nEND\n").unwrap()];
+        assert!(![" = ", " LIKE "].iter().any(|op| start.contains(op)), "{start}");
         assert!(body.contains("pg_catalog.current_setting('search_path')") && body.contains("pgkeep.ddl_capture("), "{body}");
     }
 }
