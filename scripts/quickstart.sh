@@ -285,6 +285,10 @@ pgkeep list
 log "pgkeep verify latest --deep (every chunk re-read, then a scratch restore compared table by table)"
 pgkeep verify latest --deep
 
+# `restore latest` restores the latest data: the newest backup plus every
+# change `pgkeep stream` archived after it. No stream runs here, so the
+# summary says the backup alone was restored (`--target backup` asks for
+# exactly that).
 log "pgkeep restore latest --target-db quickstart_restored --yes"
 pgkeep restore latest --target-db quickstart_restored --yes
 

@@ -67,3 +67,29 @@ async fn check_alerts_on_missing_or_old_backups_and_forgotten_slots() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("ALERT full-backup-age"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_alerts_at_once_on_a_published_table_whose_update_would_fail() {
+    let cluster = PgCluster::shared();
+    let db = cluster.fresh_db("ckident").await;
+    cluster
+        .execute(
+            &db,
+            "CREATE TABLE keyed (id int PRIMARY KEY); CREATE TABLE full_ident (v text); ALTER TABLE full_ident REPLICA IDENTITY FULL; \
+             CREATE TABLE inserts (v text); \
+             CREATE PUBLICATION app_pub FOR TABLE keyed, full_ident; CREATE PUBLICATION app_ins FOR TABLE inserts WITH (publish = 'insert');",
+        )
+        .await;
+    let repo = tempfile::tempdir().unwrap();
+    let (_, out) = check(cluster, &db, repo.path(), &[]);
+    assert!(out.contains("OK    replica-identity: every table published for UPDATE/DELETE has a replica identity"), "{out}");
+
+    // The application drops the primary key: check alerts at once, naming the table and publication.
+    cluster.execute(&db, "ALTER TABLE keyed DROP CONSTRAINT keyed_pkey").await;
+    let (code, out) = check(cluster, &db, repo.path(), &[]);
+    assert_eq!(code, 3, "{out}");
+    let alerts: Vec<&str> = out.lines().filter(|l| l.starts_with("ALERT replica-identity")).collect();
+    assert_eq!(alerts.len(), 1, "{out}");
+    assert!(alerts[0].contains("table public.keyed") && alerts[0].contains("publication app_pub"), "{}", alerts[0]);
+    assert!(alerts[0].contains("REPLICA IDENTITY FULL"), "{}", alerts[0]);
+}

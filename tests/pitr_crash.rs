@@ -260,7 +260,7 @@ async fn after_a_restore_swap_archiving_continues_for_the_live_database() {
         unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
         assert!(stream.wait().unwrap().success());
     }
-    // Restore (with the swap): the slot now belongs to <db>_old.
+    // Restore (with the swap; `latest` replays the archive, so row 2 comes back too): the slot now belongs to <db>_old.
     let out = pgkeep(&cluster, &db, repo.path()).args(["restore", "latest", "--yes", "--no-pre-backup"]).output().unwrap();
     assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
     let admin = cluster.client("postgres").await;
@@ -288,10 +288,11 @@ async fn after_a_restore_swap_archiving_continues_for_the_live_database() {
         .output()
         .unwrap();
     assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
-    // The swap restored the backup (rows 1), then row 3 came: the live database, exactly.
+    // `restore latest` restored the latest data (the backup's row 1 and the archived row 2),
+    // then row 3 came: the live database, exactly.
     let q = "SELECT string_agg(id::text, ',' ORDER BY id) FROM t";
     let live: String = client.query_one(q, &[]).await.unwrap().get(0);
-    assert_eq!(live, "1,3");
+    assert_eq!(live, "1,2,3");
     let got: String = cluster.client("swapstream_pitr").await.query_one(q, &[]).await.unwrap().get(0);
     assert_eq!(got, live, "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -131,12 +131,19 @@ async fn idle_stream_still_advances_the_slot_with_heartbeat_segments() {
         .collect();
     ranges.sort();
     assert!(!ranges.is_empty());
-    // The slot moved by heartbeats: segments without a transaction.
-    let heartbeats = walk(repo.path())
+    // The slot moved by heartbeats: segments without a transaction, each with
+    // the server's clock at its end (what target times are planned on).
+    let heartbeats: Vec<_> = walk(repo.path())
         .into_iter()
         .filter(|p| p.ends_with(".seg"))
-        .filter(|p| pgkeep::stream::segment::decode_meta(&std::fs::read(p).unwrap(), p).unwrap().transactions == 0)
-        .count();
-    assert!(heartbeats >= 1, "no heartbeat segment");
+        .map(|p| pgkeep::stream::segment::decode_meta(&std::fs::read(&p).unwrap(), &p).unwrap())
+        .filter(|m| m.transactions == 0)
+        .collect();
+    assert!(!heartbeats.is_empty(), "no heartbeat segment");
+    let now = chrono::Utc::now();
+    for m in &heartbeats {
+        let t = m.server_time.expect("a heartbeat carries the server's time");
+        assert!(t <= now && now - t < chrono::Duration::minutes(10), "{t}");
+    }
     assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
 }

@@ -406,7 +406,7 @@ async fn setup_is_idempotent_removable_and_names_missing_privileges() {
     let db = Db::new("setupadmin", "CREATE TABLE items (id int PRIMARY KEY);").await;
     db.install_setup().await;
     db.install_setup().await;
-    assert_eq!(event_triggers(&db.client).await, 1);
+    assert_eq!(event_triggers(&db.client).await, 31, "pgkeep_ddl, then pgkeep_ddl_start, pgkeep_drop and pgkeep_rewrite");
     let removed = pgkeep::stream::setup::remove(&db.settings).await.unwrap();
     assert_eq!(removed, ["event trigger pgkeep_ddl", "schema pgkeep"]);
     assert_eq!(event_triggers(&db.client).await, 0);
@@ -428,7 +428,8 @@ async fn setup_is_idempotent_removable_and_names_missing_privileges() {
 }
 
 async fn event_triggers(client: &tokio_postgres::Client) -> i64 {
-    client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgkeep_ddl'", &[]).await.unwrap().get(0)
+    client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgkeep_ddl'", &[]).await.unwrap().get::<_, i64>(0)
+        + client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('pgkeep_ddl_start', 'pgkeep_drop', 'pgkeep_rewrite')", &[]).await.unwrap().get::<_, i64>(0) * 10
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,4 +490,84 @@ async fn an_uncaptured_alter_table_makes_the_stream_take_a_full_backup() {
     assert!(manifest.snapshot.consistent_lsn >= change_lsn, "{} < {change_lsn}", manifest.snapshot.consistent_lsn);
     let report = stop(running).await;
     assert_eq!(report.auto_backups.taken, [manifest.backup_id.to_string()]);
+}
+
+/// Every way the application can take a table's replica identity away; each
+/// table's UPDATE and DELETE must keep working at once (same transaction).
+const IDENTITY_SCHEMA: &str = "CREATE COLLATION ident_coll FROM \"C\"; \
+    CREATE TABLE by_index (id int NOT NULL, v text); CREATE UNIQUE INDEX by_index_u ON by_index (id); \
+    ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_u; \
+    CREATE TABLE by_pkey (id int PRIMARY KEY, v text); \
+    CREATE TABLE by_nothing (id int PRIMARY KEY, v text); \
+    CREATE TABLE by_cascade (k text COLLATE ident_coll NOT NULL, v text); CREATE UNIQUE INDEX by_cascade_u ON by_cascade (k); \
+    ALTER TABLE by_cascade REPLICA IDENTITY USING INDEX by_cascade_u; \
+    CREATE TABLE by_default (id int NOT NULL, v text); CREATE UNIQUE INDEX by_default_u ON by_default (id); \
+    ALTER TABLE by_default REPLICA IDENTITY USING INDEX by_default_u; \
+    CREATE TABLE goes_unlogged (id int PRIMARY KEY, v text); \
+    CREATE TABLE by_concurrently (id int NOT NULL, v text); CREATE UNIQUE INDEX by_concurrently_u ON by_concurrently (id); \
+    ALTER TABLE by_concurrently REPLICA IDENTITY USING INDEX by_concurrently_u; INSERT INTO by_concurrently VALUES (1, 'a'); \
+    INSERT INTO by_index VALUES (1, 'a'); INSERT INTO by_pkey VALUES (1, 'a'); INSERT INTO by_nothing VALUES (1, 'a'), (2, 'b'); \
+    INSERT INTO by_cascade VALUES ('k', 'a'); INSERT INTO by_default VALUES (1, 'a'); INSERT INTO goes_unlogged VALUES (1, 'a');";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_setup_losing_the_replica_identity_never_breaks_update_or_delete() {
+    let db = Db::new("identloss", IDENTITY_SCHEMA).await;
+    db.install_setup().await;
+    // No periodic check: the event trigger alone must do it.
+    let opts = StreamOptions { publication_check: Duration::from_secs(3600), ..db.options() };
+    let running = start(&db.settings, opts);
+    db.wait_slot_active().await;
+    assert_eq!(db.published(&db.name).await, ["by_cascade", "by_concurrently", "by_default", "by_index", "by_nothing", "by_pkey", "goes_unlogged"]);
+    // DROP INDEX CONCURRENTLY runs outside a transaction block: the next statement must work.
+    db.client.batch_execute("DROP INDEX CONCURRENTLY by_concurrently_u").await.unwrap();
+    db.client.batch_execute("UPDATE by_concurrently SET v = 'b'").await.unwrap();
+
+    // Each in one transaction with the write that would fail.
+    for (ddl, write) in [
+        ("DROP INDEX by_index_u", "UPDATE by_index SET v = 'b'"),
+        ("ALTER TABLE by_pkey DROP CONSTRAINT by_pkey_pkey", "DELETE FROM by_pkey"),
+        ("ALTER TABLE by_nothing REPLICA IDENTITY NOTHING", "UPDATE by_nothing SET v = 'c' WHERE id = 1"),
+        ("DROP COLLATION ident_coll CASCADE", "UPDATE by_cascade SET v = 'b'"),
+        ("ALTER TABLE by_default REPLICA IDENTITY DEFAULT", "DELETE FROM by_default"),
+    ] {
+        db.client
+            .batch_execute(&format!("BEGIN; {ddl}; {write}; COMMIT"))
+            .await
+            .unwrap_or_else(|e| panic!("{ddl}; {write}: {}", pgkeep::pg::error_message(&e)));
+    }
+    // And later, in their own transactions.
+    db.client.batch_execute("DELETE FROM by_index; UPDATE by_nothing SET v = 'd'; DELETE FROM by_cascade").await.unwrap();
+    assert_eq!(db.published(&db.name).await, ["goes_unlogged"]);
+    assert_eq!(db.published(&db.insert_only()).await, ["by_cascade", "by_concurrently", "by_default", "by_index", "by_nothing", "by_pkey"]);
+
+    // SET UNLOGGED, refused by PostgreSQL on a published table, works: the table leaves the publications.
+    db.client.batch_execute("ALTER TABLE goes_unlogged SET UNLOGGED; UPDATE goes_unlogged SET v = 'b'").await.unwrap();
+    assert!(db.published(&db.name).await.is_empty());
+    // SET LOGGED puts it back (ALTER TABLE placement of the capture).
+    db.client.batch_execute("ALTER TABLE goes_unlogged SET LOGGED").await.unwrap();
+    assert_eq!(db.published(&db.name).await, ["goes_unlogged"]);
+
+    // Inserts into the moved tables are still archived.
+    db.client.batch_execute("INSERT INTO by_pkey VALUES (7, 'x')").await.unwrap();
+    db.wait_archive("the insert after the move", |a| a.changes_of("by_pkey") == (1, 0, 0)).await;
+    stop(running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_setup_the_stream_moves_a_table_that_lost_its_identity_within_seconds() {
+    let db = Db::new("identnosetup", "CREATE TABLE t (id int NOT NULL, v text); CREATE UNIQUE INDEX t_u ON t (id); \
+        ALTER TABLE t REPLICA IDENTITY USING INDEX t_u; INSERT INTO t VALUES (1, 'a');").await;
+    // The default publication check.
+    let opts = StreamOptions { segment_seconds: 1, ..StreamOptions::new(&db.name, &db.name) };
+    assert_eq!(opts.publication_check, Duration::from_secs(5));
+    let running = start(&db.settings, opts);
+    db.wait_slot_active().await;
+    assert_eq!(db.published(&db.name).await, ["t"]);
+    db.client.batch_execute("DROP INDEX t_u").await.unwrap();
+    let dropped = tokio::time::Instant::now();
+    db.wait_published(&db.insert_only(), "t").await;
+    assert!(dropped.elapsed() < Duration::from_secs(12), "moved after {:?}", dropped.elapsed());
+    assert!(db.published(&db.name).await.is_empty());
+    db.client.batch_execute("UPDATE t SET v = 'b'; DELETE FROM t").await.unwrap();
+    stop(running).await;
 }

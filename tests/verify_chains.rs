@@ -33,6 +33,7 @@ fn heartbeat(stream: &str, start: u64, end: u64) -> Bytes {
         raw_size: 0,
         sequences: Vec::new(),
         inexact: Vec::new(),
+        server_time: None,
     };
     Bytes::from(segment::encode(&ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() }).unwrap())
 }

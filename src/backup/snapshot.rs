@@ -14,7 +14,10 @@
 //!
 //! While open, the holder takes `ACCESS SHARE` locks on every table, with a
 //! `lock_timeout`, so concurrent DDL cannot drop or rewrite a table under the
-//! backup; a timeout names the blocking sessions.
+//! backup; a timeout names the blocking sessions. A rewrite or TRUNCATE that
+//! committed between the snapshot and the locks is detected
+//! ([`SnapshotHolder::rewritten_since_snapshot`]) and the backup takes a new
+//! snapshot.
 
 use std::time::Duration;
 
@@ -157,6 +160,28 @@ impl SnapshotHolder {
             }
         }
         Ok(())
+    }
+
+    /// The tables of `tables` whose storage changed between the snapshot and
+    /// their locks (a rewrite — `ALTER TABLE … TYPE`, `VACUUM FULL`,
+    /// `CLUSTER` — or a `TRUNCATE` committed in between): the snapshot's
+    /// `pg_class.relfilenode` differs from the current one, and the rows
+    /// in the new file are invisible to the snapshot, so a copy would be
+    /// empty or stale. Call after [`lock_tables`](Self::lock_tables).
+    pub async fn rewritten_since_snapshot(&self, tables: &[TableInfo]) -> Result<Vec<String>> {
+        let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+        let rows = self
+            .conn
+            .client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = ANY($1) AND c.relfilenode IS DISTINCT FROM pg_catalog.pg_relation_filenode(c.oid) ORDER BY 1",
+                &[&oids],
+            )
+            .await
+            .map_err(|e| pg_err(e, "cannot compare the tables' storage with the snapshot's"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Describe the sessions holding or awaiting ACCESS EXCLUSIVE locks on

@@ -150,6 +150,10 @@ pub(crate) struct RestoreArgs {
     /// DDL inside a function, … shortly before the next full backup): warn instead of refusing.
     #[arg(long)]
     pub(crate) accept_inexact: bool,
+    /// `backup`: stop at the backup's consistent point. Without it (and without --target-time/--target-lsn),
+    /// BACKUP `latest` restores the latest data: the newest backup plus every change archived after it.
+    #[arg(long, value_name = "backup", value_parser = ["backup"], conflicts_with_all = ["target_time", "target_lsn"])]
+    pub(crate) target: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,

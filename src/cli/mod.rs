@@ -83,6 +83,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     (None, None) => None,
                 },
                 accept_inexact: a.accept_inexact,
+                to_backup: a.target.is_some(),
                 progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
             };
             let started = Instant::now();

@@ -190,8 +190,10 @@ struct Captured {
 /// failure is logged (the database is free from that moment), then returned.
 async fn capture(settings: &Settings, opts: &BackupOptions, facts: &ServerFacts, targets: &Arc<BackupTargets>, backup_id: &BackupId) -> Result<Captured> {
     // 3. Consistent snapshot, held until every COPY and the schema dump finish.
-    let snapshot = take_snapshot(settings, opts, facts).await?;
-    let read = read_under(&snapshot, settings, opts, facts, targets, backup_id).await;
+    // 4a. Under it: tables and their locks (a new snapshot if a table was
+    //     rewritten or truncated in between).
+    let (snapshot, tables) = snapshot_and_locks(settings, opts, facts).await?;
+    let read = read_under(&snapshot, tables, settings, opts, facts, targets, backup_id).await;
     let info = SnapshotInfo { method: snapshot.method, consistent_lsn: snapshot.lsn, slot_name: snapshot.slot_name.clone(), slot_kept: false };
     let released = snapshot.release().await;
     let (tables, results, objects, schema_dump, sequences, lo_count, warnings) = match read {
@@ -215,16 +217,14 @@ type ReadOut = (Arc<Vec<TableInfo>>, Vec<TaskResult>, Vec<ObjectEntry>, SchemaDu
 /// Steps 4–5 under the snapshot.
 async fn read_under(
     snapshot: &SnapshotHolder,
+    tables: Vec<TableInfo>,
     settings: &Settings,
     opts: &BackupOptions,
     facts: &ServerFacts,
     targets: &Arc<BackupTargets>,
     backup_id: &BackupId,
 ) -> Result<ReadOut> {
-    // 4. Under the snapshot: tables, locks, sequences, large objects.
-    let tables = catalog::list_tables(snapshot.client()).await?;
-    check_privileges(&tables, facts)?;
-    snapshot.lock_tables(&tables, opts.lock_timeout).await?;
+    // 4b. Under the snapshot: sequences, large objects.
     let sequences = catalog::sequence_values(snapshot.client()).await?;
     let lo_count = catalog::large_object_count(snapshot.client()).await?;
     if lo_count > 0 {
@@ -387,6 +387,41 @@ async fn take_snapshot(settings: &Settings, opts: &BackupOptions, facts: &Server
         }
     }
     SnapshotHolder::export(&settings.db).await
+}
+
+/// Snapshots taken before giving up when tables keep being rewritten between
+/// a snapshot and its locks.
+const REWRITE_ATTEMPTS: u32 = 3;
+
+/// Steps 3–4: a snapshot, its tables, and their locks — taken again when a
+/// rewrite or TRUNCATE committed between the snapshot and the locks (the
+/// copy would be empty or stale), at most [`REWRITE_ATTEMPTS`] times.
+async fn snapshot_and_locks(settings: &Settings, opts: &BackupOptions, facts: &ServerFacts) -> Result<(SnapshotHolder, Vec<TableInfo>)> {
+    let mut rewritten = Vec::new();
+    for attempt in 1..=REWRITE_ATTEMPTS {
+        let snapshot = take_snapshot(settings, opts, facts).await?;
+        let tables = catalog::list_tables(snapshot.client()).await?;
+        check_privileges(&tables, facts)?;
+        snapshot.lock_tables(&tables, opts.lock_timeout).await?;
+        rewritten = snapshot.rewritten_since_snapshot(&tables).await?;
+        if rewritten.is_empty() {
+            return Ok((snapshot, tables));
+        }
+        tracing::warn!(
+            attempt,
+            tables = %rewritten.join(", "),
+            "tables were rewritten or truncated after the backup's snapshot and before its locks: their rows are invisible to the snapshot; taking a new snapshot"
+        );
+        let _ = snapshot.release().await;
+    }
+    Err(Error::new(
+        ErrorKind::Database,
+        format!(
+            "tables {} were rewritten or truncated between the backup's snapshot and its table locks {REWRITE_ATTEMPTS} times in a row",
+            rewritten.join(", ")
+        ),
+    )
+    .with_hint("a job keeps rewriting them (VACUUM FULL, CLUSTER, ALTER TABLE … TYPE, TRUNCATE): run the backup when it is done"))
 }
 
 fn check_privileges(tables: &[TableInfo], facts: &ServerFacts) -> Result<()> {

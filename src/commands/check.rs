@@ -6,9 +6,9 @@
 //! pgkeep slot, and any slot whose WAL was already removed or that the server
 //! invalidated (17+: `invalidation_reason`; failover and synchronized state
 //! are reported too), because a forgotten slot fills the server's disk; and
-//! leftover `restore_temp_*` databases of interrupted restores. Optionally
-//! writes Prometheus
-//! textfile-collector metrics.
+//! leftover `restore_temp_*` databases of interrupted restores; and any
+//! published table whose UPDATE/DELETE fails for want of a replica identity.
+//! Optionally writes Prometheus textfile-collector metrics.
 
 use std::time::Duration;
 
@@ -117,6 +117,40 @@ async fn leftover_temp_databases(settings: &Settings, report: &mut CheckReport) 
                         settings.db.host,
                         settings.db.port,
                         leftovers.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Published tables whose UPDATE and DELETE fail: a publication that
+/// publishes updates or deletes includes a table without a usable replica
+/// identity (any publication, pgkeep's or not). One ALERT per table.
+async fn replica_identity(client: &tokio_postgres::Client, report: &mut CheckReport) {
+    let sql = format!(
+        "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), string_agg(DISTINCT p.pubname::text, ', ')
+         FROM pg_catalog.pg_publication p
+         JOIN pg_catalog.pg_publication_tables pt ON pt.pubname = p.pubname
+         JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+         WHERE (p.pubupdate OR p.pubdelete) AND c.relkind = 'r' AND NOT {}
+         GROUP BY 1 ORDER BY 1",
+        crate::stream::publication::USABLE_IDENTITY_SQL
+    );
+    match client.query(&sql, &[]).await {
+        Err(e) => report.push("replica-identity", false, format!("cannot check the replica identities of published tables: {}", crate::pg::error_message(&e))),
+        Ok(rows) if rows.is_empty() => report.push("replica-identity", true, "every table published for UPDATE/DELETE has a replica identity".into()),
+        Ok(rows) => {
+            for r in rows {
+                let (table, pubs): (String, String) = (r.get(0), r.get(1));
+                report.push(
+                    "replica-identity",
+                    false,
+                    format!(
+                        "table {table} has no usable replica identity but publication {pubs} publishes its updates and deletes: \
+                         every UPDATE and DELETE on it fails now; fix: ALTER TABLE {table} REPLICA IDENTITY FULL (or add a primary key), \
+                         or let `pgkeep stream` move it to its insert-only publication (`pgkeep setup` does it in the same transaction)"
                     ),
                 );
             }
@@ -263,6 +297,7 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
                     }
                 }
             }
+            replica_identity(&conn.client, &mut report).await;
         }
     }
 

@@ -51,6 +51,8 @@ pub struct RestoreOptions {
     /// schema is complete, other tables stay empty. Never swapped in.
     pub tables: Vec<String>,
     /// Point in time: replay archived changes after the base backup up to this target.
+    /// `None` with backup `latest`: the newest backup plus everything archived
+    /// after it (unless `to_backup`).
     pub point_in_time: Option<RecoveryTarget>,
     /// `--no-owner`: every restored object belongs to the restoring role (pg_restore's semantics).
     pub no_owner: bool,
@@ -58,6 +60,9 @@ pub struct RestoreOptions {
     pub platform_schemas: PlatformSchemas,
     /// Replay across changes the archive cannot reproduce (warned, not refused).
     pub accept_inexact: bool,
+    /// Backup `latest` without a target: stop at the backup's consistent
+    /// point instead of replaying the archive after it (`--target backup`).
+    pub to_backup: bool,
     /// Progress counters.
     pub progress: Arc<ProgressCounters>,
 }
@@ -79,6 +84,7 @@ impl RestoreOptions {
             no_owner: false,
             platform_schemas: PlatformSchemas::Auto,
             accept_inexact: false,
+            to_backup: false,
             progress: Arc::new(ProgressCounters::default()),
         }
     }
@@ -132,9 +138,12 @@ pub struct RestoreReport {
     pub ownership: OwnershipReport,
     /// Verification.
     pub verification: VerifyReport,
-    /// The point-in-time replay, when a target was given.
+    /// The point-in-time replay, when a target was given (or by default for `latest`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub point_in_time: Option<ReplayReport>,
+    /// Why `latest` restored only the backup: no change archive continues it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_replayed: Option<String>,
     /// Timings.
     pub seconds: PhaseTimes,
 }
@@ -161,6 +170,9 @@ impl RestoreReport {
         }
         if !self.ownership.is_empty() {
             s.push_str(&format!("; WARNING: {}", self.ownership.describe()));
+        }
+        if let Some(why) = &self.not_replayed {
+            s.push_str(&format!("; restored to the backup's consistent point: {why}"));
         }
         if let Some(b) = &self.pre_restore_backup {
             s.push_str(&format!("; pre-restore backup {b}"));
@@ -225,6 +237,15 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         (BackupSelector::Latest, None) => latest_of_this_cluster(&repos, server).await.unwrap_or(selector),
         _ => selector,
     };
+    // `latest` without a target: the newest backup plus everything archived after it.
+    let mut not_replayed = None;
+    if point_in_time.is_none() && !opts.to_backup && matches!(selector, BackupSelector::Latest) {
+        match latest_data_plan(&repos, &server.dbname, &keys).await? {
+            Ok(plan) => replay_plan = Some(plan),
+            Err(why) => not_replayed = Some(why),
+        }
+    }
+    let replaying_by_default = point_in_time.is_none();
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
@@ -236,7 +257,10 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             }
             Err(e) => return Err(e),
         },
-        None => BackupSource::find_with_keys(&repos, &selector, &server.dbname, &keys).await,
+        None => match &replay_plan {
+            Some(plan) => BackupSource::find_with_keys(&repos, &BackupSelector::Id(plan.base.backup_id.clone()), &server.dbname, &keys).await,
+            None => BackupSource::find_with_keys(&repos, &selector, &server.dbname, &keys).await,
+        },
     };
     let source = match found {
         Ok(s) => Arc::new(s),
@@ -351,7 +375,11 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             Err(e) if into_platform.is_some() => {
                 return Err(platform::partial_failure(into_platform.as_ref().expect("checked"), e.context(format!("replaying changes after backup {id}"))));
             }
-            Err(e) => return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}"))).await),
+            Err(e) => {
+                // By default (`latest` without a target), say how to get the backup alone.
+                let alone = if replaying_by_default { " (`--target backup` restores the backup alone)" } else { "" };
+                return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}{alone}"))).await);
+            }
         }
         times.replay = t.elapsed().as_secs_f64();
     }
@@ -381,6 +409,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         ownership,
         verification,
         point_in_time,
+        not_replayed,
         seconds: times,
     };
     if !swapping {
@@ -463,6 +492,35 @@ async fn plan_point_in_time(
         }
     };
     replay::plan(repos, candidates, target, explicit, keys).await
+}
+
+/// `restore latest` without a target: the newest backup (an incremental's
+/// full ancestor) with every change archived after it. `Ok(Err(why))` when
+/// no archive continues it: then the backup alone is restored, and the
+/// report says why.
+async fn latest_data_plan(
+    repos: &[Arc<dyn crate::storage::Storage>],
+    database: &str,
+    keys: &Arc<crate::crypto::Keyring>,
+) -> Result<std::result::Result<ReplayPlan, String>> {
+    let newest = match BackupSource::find(repos, &BackupSelector::Latest, database).await {
+        Ok(s) => s.manifest,
+        // Nothing to restore: the usual error comes from the usual lookup.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Err(e.user_line())),
+        Err(e) => return Err(e),
+    };
+    let base = match newest.kind {
+        BackupKind::Incremental => incremental_root(repos, &newest.backup_id).await?.0,
+        _ => newest.backup_id.clone(),
+    };
+    match plan_point_in_time(repos, &BackupSelector::Id(base), database, RecoveryTarget::Latest, keys).await {
+        Ok(plan) => Ok(Ok(plan)),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            tracing::warn!(backup = %newest.backup_id, reason = %e.user_line(), "no change archive continues the newest backup: restoring it alone");
+            Ok(Err(format!("no change archive continues it ({})", e.user_line())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The full backup an incremental builds on, and the incremental's restore point.

@@ -174,6 +174,7 @@ async fn run_archive(settings: &Settings, opts: &RestoreOptions, archive: Legacy
         ownership: Default::default(),
         verification,
         point_in_time: None,
+        not_replayed: None,
         seconds: times,
     };
     if !swapping {

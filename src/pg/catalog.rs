@@ -230,6 +230,31 @@ pub async fn sequence_values(client: &Client) -> Result<Vec<SequenceEntry>> {
     Ok(out)
 }
 
+/// Like [`sequence_values`], but one sequence that cannot be read (no
+/// privilege, dropped meanwhile) costs only its own value: a failed batch is
+/// read again one sequence at a time. Returns the values and, per sequence
+/// left out, `"schema"."name": reason`.
+pub async fn sequence_values_each(client: &Client) -> Result<(Vec<SequenceEntry>, Vec<String>)> {
+    if let Ok(all) = sequence_values(client).await {
+        return Ok((all, Vec::new()));
+    }
+    let sql = format!(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'S' AND {USER_RELATION_FILTER} ORDER BY 1, 2"
+    );
+    let rows = client.query(&sql, &[]).await.map_err(db_err("cannot list sequences"))?;
+    let (mut out, mut failed) = (Vec::new(), Vec::new());
+    for r in rows {
+        let (schema, name): (String, String) = (r.get(0), r.get(1));
+        let q = format!("SELECT last_value::int8, is_called FROM {}", qualified(&schema, &name));
+        match client.query_one(&q, &[]).await {
+            Ok(v) => out.push(SequenceEntry { last_value: v.get(0), is_called: v.get(1), schema, name }),
+            Err(e) => failed.push(format!("{}: {}", qualified(&schema, &name), crate::pg::error_message(&e))),
+        }
+    }
+    Ok((out, failed))
+}
+
 /// Number of large objects.
 pub async fn large_object_count(client: &Client) -> Result<u64> {
     let row = client

@@ -10,7 +10,11 @@
 //! batch is big enough, or before a TRUNCATE, a captured DDL statement or a
 //! changed relation, everything is written in one transaction: per table a
 //! DELETE of the keys that are replaced or gone, UPDATEs of the patched
-//! columns, and one COPY of the new rows. Every DELETE and UPDATE must
+//! columns, and one COPY of the new rows (where in-place UPDATEs could
+//! collide on a unique index besides the key, or may not set a `GENERATED
+//! ALWAYS` identity column, patched rows are deleted and copied back in
+//! whole, their unchanged values read from the database; deferrable
+//! constraints are deferred to the commit). Every DELETE and UPDATE must
 //! touch exactly the rows the archive says existed; anything else means
 //! the replay diverged from its base, and it stops with an error.
 
@@ -50,6 +54,12 @@ struct Target {
     cols: Vec<TargetColumn>,
     /// Key columns (indexes into `cols`), when the table has one.
     key: Option<Vec<usize>>,
+    /// Patched rows are rewritten whole (deleted, then copied back in with
+    /// their unchanged values) instead of updated in place: the table has a
+    /// unique or exclusion index besides its key, whose values a batch of
+    /// in-place UPDATEs could collide on in hash order, or a `GENERATED
+    /// ALWAYS` identity column, which UPDATE may not set (COPY may).
+    rebuild: bool,
 }
 
 /// The pending changes of one relation.
@@ -104,6 +114,8 @@ pub struct Applier {
     last_ddl: Option<(String, usize)>,
     /// Triggers and foreign keys suspended because the session may not be a replica.
     suspended: Option<super::suspend::Suspended>,
+    /// Triggers set `ENABLE ALWAYS`/`REPLICA`, disabled for the replay.
+    quieted: Vec<super::triggers::Quieted>,
     stats: ApplyStats,
 }
 
@@ -129,6 +141,7 @@ impl Applier {
             ddl_key,
             last_ddl: None,
             suspended,
+            quieted: Vec::new(),
             db: db.dbname.clone(),
             relations: HashMap::new(),
             pending: HashMap::new(),
@@ -138,6 +151,21 @@ impl Applier {
             at: Lsn(0),
             stats: ApplyStats::default(),
         })
+    }
+
+    /// Disable the triggers that would fire during the replay ([`super::triggers`]).
+    /// (Only in a replica session: without one, [`super::suspend`] has
+    /// disabled the user triggers of the replayed tables already.)
+    pub async fn quiet_triggers(&mut self) -> Result<()> {
+        if self.suspended.is_some() {
+            return Ok(());
+        }
+        super::triggers::quiet(&self.client, &mut self.quieted).await
+    }
+
+    /// The triggers disabled for the replay, to enable again at its end.
+    pub fn quieted_triggers(&self) -> &[super::triggers::Quieted] {
+        &self.quieted
     }
 
     /// The session (for the steps after the replay).
@@ -381,7 +409,18 @@ impl Applier {
             }
             _ => None,
         };
-        Ok(Target { table: qualified(&r.namespace, &r.name), display, cols, key })
+        let rebuild: bool = self
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisunique OR i.indisexclusion)) > 1 \
+                        OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attidentity = 'a' AND NOT a.attisdropped) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&r.namespace, &r.name],
+            )
+            .await
+            .map_err(crate::pg::query_error(format!("looking up the indexes of table {display} in {}", self.db)))?
+            .get(0);
+        Ok(Target { table: qualified(&r.namespace, &r.name), display, cols, key, rebuild })
     }
 
     /// Write every pending batch in one transaction.
@@ -393,7 +432,8 @@ impl Applier {
         let pending = std::mem::take(&mut self.pending);
         self.pending_changes = 0;
         self.pending_bytes = 0;
-        self.exec("BEGIN").await?;
+        // Deferrable constraints are checked at the commit, on the final state.
+        self.exec("BEGIN; SET CONSTRAINTS ALL DEFERRED").await?;
         for (rel, p) in pending {
             let target = self.relations[&rel].target.clone().expect("resolved before changes");
             match p {
@@ -445,7 +485,15 @@ impl Applier {
             let n = self.run(&sql::delete_by_keys(&t.table, &key_cols), &params, t).await?;
             self.expect(t, "DELETE", n, gone.len() as u64)?;
         }
-        // 2. Patches, one statement per set of changed columns.
+        // 2. Patches, one statement per set of changed columns; or, where
+        //    in-place UPDATEs could collide, whole rows rewritten.
+        if t.rebuild {
+            let list: Vec<(&Key, &Vec<PatchValue>)> = patches.values().flatten().copied().collect();
+            let (rebuilt, n) = self.rebuild_rows(t, &key_cols, &list).await?;
+            rows.extend_from_slice(&rebuilt);
+            new_rows += n;
+            patches.clear();
+        }
         for (mask, list) in &patches {
             let set: Vec<usize> = mask.iter().enumerate().filter(|(i, m)| **m && !b.key_cols().contains(i)).map(|(i, _)| i).collect();
             if set.is_empty() {
@@ -472,6 +520,39 @@ impl Applier {
         Ok(())
     }
 
+    /// Delete the rows at `list`'s keys and return them as COPY rows with
+    /// each patch applied (unchanged values as the database has them).
+    async fn rebuild_rows(&self, t: &Target, key_cols: &[&TargetColumn], list: &[(&Key, &Vec<PatchValue>)]) -> Result<(BytesMut, u64)> {
+        let mut rows = BytesMut::new();
+        if list.is_empty() {
+            return Ok((rows, 0));
+        }
+        let mut params: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(list.len()); key_cols.len()];
+        for (k, _) in list {
+            for (i, v) in k.iter().enumerate() {
+                params[i].push(Some(text(v)?));
+            }
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let current = self
+            .client
+            .query(sql::delete_returning(&t.table, key_cols, &t.cols).as_str(), &refs)
+            .await
+            .map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))?;
+        self.expect(t, "DELETE", current.len() as u64, list.len() as u64)?;
+        for r in &current {
+            let ord: i64 = r.get(0);
+            let (_, patch) = list.get((ord - 1) as usize).ok_or_else(|| Error::internal("a rewritten row's ordinal is out of range"))?;
+            let row: Vec<Value> = patch
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.clone().unwrap_or_else(|| r.get::<_, Option<String>>(i + 1).map(Bytes::from)))
+                .collect();
+            sql::copy_row(&mut rows, &row);
+        }
+        Ok((rows, list.len() as u64))
+    }
+
     /// One table's unkeyed changes, in order: runs of inserts as one COPY.
     async fn write_unkeyed(&self, t: &Target, b: &UnkeyedBatch) -> Result<()> {
         let mut rows = BytesMut::new();
@@ -485,6 +566,21 @@ impl Applier {
             if n_rows > 0 {
                 self.copy(t, std::mem::take(&mut rows).freeze(), n_rows).await?;
                 n_rows = 0;
+            }
+            // Rewritten whole where UPDATE may not set a column (GENERATED ALWAYS identity).
+            if let (true, UnkeyedChange::Update { old, new }) = (t.rebuild, c) {
+                let params: Vec<Option<&str>> = texts(old)?;
+                let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                let n = self
+                    .client
+                    .execute(sql::delete_one_equal(&t.table, &t.cols).as_str(), &refs)
+                    .await
+                    .map_err(crate::pg::query_error(format!("replaying a change of table {} (LSN {})", t.display, self.at)))?;
+                self.expect(t, "DELETE", n, 1)?;
+                let row: Vec<Value> = new.iter().zip(old).map(|(n, o)| n.clone().unwrap_or_else(|| o.clone())).collect();
+                sql::copy_row(&mut rows, &row);
+                n_rows += 1;
+                continue;
             }
             let (stmt, values): (String, Vec<Option<&str>>) = match c {
                 UnkeyedChange::Delete(old) => (sql::delete_one_equal(&t.table, &t.cols), texts(old)?),
@@ -550,8 +646,17 @@ impl Applier {
             Some(Pending::Keyed(b)) => b.key_cols().to_vec(),
             _ => t.key.clone().unwrap_or_default(),
         };
-        let set: Vec<usize> = (0..values.len()).filter(|&i| values[i].is_some()).collect();
         let key_cols: Vec<&TargetColumn> = key_idx.iter().map(|&i| &t.cols[i]).collect();
+        if t.rebuild {
+            // Delete, then copy back in with the new key and values.
+            self.exec("BEGIN").await?;
+            let (rows, n) = self.rebuild_rows(&t, &key_cols, &[(&old_key, &values)]).await?;
+            self.copy(&t, rows.freeze(), n).await?;
+            self.exec("COMMIT").await?;
+            self.stats.changes += 1;
+            return Ok(());
+        }
+        let set: Vec<usize> = (0..values.len()).filter(|&i| values[i].is_some()).collect();
         let set_cols: Vec<&TargetColumn> = set.iter().map(|&i| &t.cols[i]).collect();
         let mut params: Vec<Vec<Option<&str>>> = Vec::new();
         for k in &old_key {
@@ -634,12 +739,15 @@ impl Applier {
         let result = self.exec(&script).await;
         // Whatever the statements set (role, search_path, …), back to the replay's session.
         let replica = if self.suspended.is_some() { "" } else { "SET session_replication_role = replica;" };
-        self.exec(&format!("RESET ROLE; RESET ALL; {SESSION_SETUP}; {replica} {REPLAY_SESSION}")).await?;
+        // Temporary objects a captured string created stay with that statement.
+        self.exec(&format!("RESET ROLE; RESET ALL; DISCARD TEMP; {SESSION_SETUP}; {replica} {REPLAY_SESSION}")).await?;
         result.map_err(fail)?;
         // Triggers and foreign keys the statement created are suspended too.
         if let Some(s) = self.suspended.as_mut() {
             s.catch_up(&self.client, &self.db).await?;
         }
+        // The statement may have created or enabled a trigger that fires in replica mode.
+        self.quiet_triggers().await?;
         // Names and columns may have changed: look every table up again.
         for r in self.relations.values_mut() {
             r.target = None;

@@ -5,9 +5,12 @@
 //!
 //! 1. list this cluster's change streams in every repository;
 //! 2. take the newest full backup that is not after the target and whose
-//!    consistent point an unbroken chain of segments reaches back to;
-//! 3. check that the chain reaches the target, and that the backup holds no
-//!    transaction committed after a target time.
+//!    consistent point an unbroken chain of segments reaches back to; for a
+//!    target time, by the server's clock: the commit time of the last
+//!    archived transaction before its consistent point;
+//! 3. check that the chain reaches the target — for a time, that its newest
+//!    commit or heartbeat (the server's clock) is at or after it; a target
+//!    beyond the archive is an error saying how far it reaches.
 //!
 //! [`run`] replays the plan into a restored database:
 //!
@@ -20,7 +23,9 @@
 //!    replay with an error naming the table and the window, unless accepted;
 //! 4. advance sequences ([`sequences`]);
 //! 5. without `session_replication_role = replica` (not permitted to the
-//!    role), put back the triggers and foreign keys [`suspend`] took away.
+//!    role), put back the triggers and foreign keys [`suspend`] took away;
+//! 6. place every table in pgkeep's publications by its replica identity,
+//!    as on the source (those statements are not archived).
 
 pub mod apply;
 pub mod batch;
@@ -33,6 +38,7 @@ pub mod sequences;
 pub mod sql;
 pub mod suspend;
 pub mod target;
+pub mod triggers;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,6 +112,8 @@ pub struct ReplayReport {
     pub stream_id: String,
     /// Replay started after this LSN (the base's consistent point).
     pub from_lsn: Lsn,
+    /// End of the archived chain.
+    pub archive_end: Lsn,
     /// Segments read.
     pub segments: usize,
     /// Transactions applied.
@@ -121,6 +129,9 @@ pub struct ReplayReport {
     pub inexact_accepted: Vec<String>,
     /// Sequences advanced.
     pub sequences_advanced: usize,
+    /// Tables put into (or moved between) pgkeep's publications after the
+    /// replay, as the source had them at the target.
+    pub publication_placements: Vec<String>,
     /// Seconds spent.
     pub seconds: f64,
     /// Row changes per second.
@@ -150,13 +161,14 @@ impl ReplayReport {
             warn.push_str(&format!("; WARNING: {} captured DDL message(s) not signed by `pgkeep setup` were not run", self.applied.ddl_rejected.len()));
         }
         format!(
-            "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop} ({:.0} changes/s){warn}",
+            "point in time {}: replayed {} transaction(s), {} row change(s), {} DDL statement(s) from {} segment(s) on top of {}; {stop}; the archive ends at LSN {} ({:.0} changes/s){warn}",
             self.target,
             self.transactions,
             self.applied.changes,
             self.applied.ddl_statements,
             self.segments,
             self.base_backup,
+            self.archive_end,
             self.changes_per_second
         )
     }
@@ -191,16 +203,11 @@ pub async fn plan(
             continue;
         }
         let c = m.snapshot.consistent_lsn;
-        match target {
-            RecoveryTarget::Time(t) if m.started_at > t => {
-                why_not.push(format!("{id} started after the target"));
-                continue;
-            }
-            RecoveryTarget::Lsn(l) if c > l => {
-                why_not.push(format!("{id} is consistent at {c}, after the target"));
-                continue;
-            }
-            _ => {}
+        if let RecoveryTarget::Lsn(l) = target
+            && c > l
+        {
+            why_not.push(format!("{id} is consistent at {c}, after the target"));
+            continue;
         }
         // 1. The streams of this backup's cluster.
         let sys = m.server.system_identifier.clone();
@@ -246,26 +253,36 @@ pub async fn plan(
                     .with_hint("choose an earlier target, or `latest`"));
             }
             RecoveryTarget::Time(t) => {
-                let stored = segs.last().and_then(|s| s.stored_at);
-                if stored.is_some_and(|s| s < t) {
+                // The base must not hold a transaction committed after the
+                // target: the server's commit time of its last transaction,
+                // from the archive; the client's clock only when the archive
+                // holds no commit before the base.
+                match last_commit_before_point(repos, stream, c, keys).await? {
+                    Some(late) if late.commit_time.is_none_or(|ct| ct > t) => {
+                        why_not.push(format!(
+                            "{id} already holds a transaction committed at {} (after the target)",
+                            late.commit_time.map(|x| x.to_rfc3339()).unwrap_or_else(|| "?".into())
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None if m.started_at > t => {
+                        why_not.push(format!("{id} started after the target"));
+                        continue;
+                    }
+                    None => {}
+                }
+                // The archive must reach the target, by the server's clock.
+                let reach = reach_time(repos, &plan.segments, keys).await?;
+                if reach.is_none_or(|r| r < t) {
                     return Err(Error::new(
                         ErrorKind::NotFound,
                         format!(
-                            "target time {} is after the end of the change archive (its last segment, ending at {end}, was stored at {}){gap}",
-                            target,
-                            stored.map(|s| s.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default()
+                            "target time {target} is after the end of the change archive: it reaches {} (LSN {end}){gap}",
+                            reach.map(|r| r.format("%Y-%m-%d %H:%M:%S%.6f UTC").to_string()).unwrap_or_else(|| "no known time".into())
                         ),
                     )
-                    .with_hint("wait for `pgkeep stream` to store the next segment, or restore `latest`"));
-                }
-                // The base must not hold a transaction committed after the target.
-                let first = chain::fetch_segment(repos, &plan.segments[0], keys).await?;
-                if let Some(late) = last_commit_before(&first, c).filter(|s| s.commit_time.is_none_or(|ct| ct > t)) {
-                    why_not.push(format!(
-                        "{id} already holds a transaction committed at {} (after the target)",
-                        late.commit_time.map(|x| x.to_rfc3339()).unwrap_or_else(|| "?".into())
-                    ));
-                    continue;
+                    .with_hint("an idle `pgkeep stream` stores a heartbeat segment at least every minute: wait for it, or restore `latest`"));
                 }
             }
             _ => {}
@@ -278,6 +295,37 @@ pub async fn plan(
     );
     err = err.with_hint("a point-in-time restore needs a full backup taken while `pgkeep stream` archives the database, and an unbroken archive after it");
     Err(err)
+}
+
+/// Segments read back from the end of the archive, or from a base's
+/// consistent point, looking for a time (bounded).
+const TIME_SCAN_SEGMENTS: usize = 16;
+
+/// The last transaction committed before `c` (it is in a base consistent
+/// at `c`), from the segments of `stream` that start before `c`, newest
+/// first; `None` when they hold none.
+async fn last_commit_before_point(repos: &[Arc<dyn Storage>], stream: &StreamArchive, c: Lsn, keys: &Arc<Keyring>) -> Result<Option<StopPoint>> {
+    for s in stream.segments.iter().filter(|s| s.start < c).rev().take(TIME_SCAN_SEGMENTS) {
+        let seg = chain::fetch_segment(repos, s, keys).await?;
+        if let Some(p) = last_commit_before(&seg, c) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// How far `segments` reach by the server's clock: the time of the
+/// newest heartbeat (the server's clock when its WAL ended at the
+/// segment's end) or commit in them; `None` when the last segments hold
+/// neither.
+async fn reach_time(repos: &[Arc<dyn Storage>], segments: &[SegmentRef], keys: &Arc<Keyring>) -> Result<Option<DateTime<Utc>>> {
+    for s in segments.iter().rev().take(TIME_SCAN_SEGMENTS) {
+        let seg = chain::fetch_segment(repos, s, keys).await?;
+        if let Some(t) = seg.meta.server_time.max(seg.meta.last_commit_time) {
+            return Ok(Some(t));
+        }
+    }
+    Ok(None)
 }
 
 /// The last transaction of `seg` committed before `c` (it is in the base).
@@ -308,6 +356,7 @@ pub async fn run(
     let started = Instant::now();
     let from = plan.from();
     let mut applier = apply::Applier::connect(work, only.clone()).await?;
+    applier.quiet_triggers().await?;
     // 1. Segments read ahead of the writer.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ChangeSegment>>(2);
     let reader = {
@@ -329,6 +378,7 @@ pub async fn run(
         base_backup: plan.base.backup_id.to_string(),
         stream_id: plan.stream_id.clone(),
         from_lsn: from,
+        archive_end: plan.archive_end(),
         segments: 0,
         transactions: 0,
         stopped_at: None,
@@ -336,6 +386,7 @@ pub async fn run(
         applied: apply::ApplyStats::default(),
         inexact_accepted: Vec::new(),
         sequences_advanced: 0,
+        publication_placements: Vec::new(),
         seconds: 0.0,
         changes_per_second: 0.0,
     };
@@ -409,10 +460,20 @@ pub async fn run(
     .await;
     reader.abort();
     result?;
-    // 4. Sequences.
+    // 4. Sequences, and the triggers quieted for the replay.
     report.sequences_advanced = sequences::advance(applier.client(), &samples).await?;
     // 5. Triggers and foreign keys suspended for a role that may not be a replica: back.
     applier.finish().await?;
+    triggers::restore(applier.client(), applier.quieted_triggers()).await?;
+    // 6. Publication membership as the source had it: pgkeep's own
+    //    placements (new tables, tables that gained or lost their replica
+    //    identity) are not in the archive.
+    applier
+        .client()
+        .batch_execute(&format!("SET {} = 'on'", crate::stream::publication::MAINTENANCE_SETTING))
+        .await
+        .map_err(crate::pg::query_error("cannot set up the session for the publications"))?;
+    report.publication_placements = crate::stream::publication::place_restored(applier.client()).await?;
     report.applied = applier.stats().clone();
     report.seconds = started.elapsed().as_secs_f64();
     report.changes_per_second = report.applied.changes as f64 / report.seconds.max(1e-6);

@@ -82,6 +82,21 @@ fn key_match(key: &[&TargetColumn], first: usize) -> String {
         .join(" AND ")
 }
 
+/// DELETE the rows whose key is in the parameters, returning for each its
+/// 1-based position in the parameters and every column of `cols` as text.
+pub fn delete_returning(table: &str, key: &[&TargetColumn], cols: &[TargetColumn]) -> String {
+    let params: Vec<String> = (0..key.len()).map(|i| format!("${}::text[]", i + 1)).collect();
+    let names: Vec<String> = (0..key.len()).map(|i| format!("p{i}")).collect();
+    let returning: Vec<String> = cols.iter().map(|c| format!("t.{}::text", quote_ident(&c.name))).collect();
+    format!(
+        "DELETE FROM {table} AS t USING unnest({}) WITH ORDINALITY AS d({}, ord) WHERE {} RETURNING d.ord, {}",
+        params.join(", "),
+        names.join(", "),
+        key_match(key, 0),
+        returning.join(", ")
+    )
+}
+
 /// UPDATE the rows whose key is in the first parameters, setting `set`
 /// columns from the parameters after them.
 pub fn update_by_keys(table: &str, key: &[&TargetColumn], set: &[&TargetColumn]) -> String {
@@ -160,6 +175,10 @@ mod tests {
         assert_eq!(
             update_by_keys("t", &[&id], &[&v]),
             "UPDATE t AS t SET \"v\" = d.p1::text FROM unnest($1::text[], $2::text[]) AS d(p0, p1) WHERE t.\"id\" = d.p0::integer"
+        );
+        assert_eq!(
+            delete_returning("t", &[&id], &[id.clone(), v.clone()]),
+            "DELETE FROM t AS t USING unnest($1::text[]) WITH ORDINALITY AS d(p0, ord) WHERE t.\"id\" = d.p0::integer RETURNING d.ord, t.\"id\"::text, t.\"v\"::text"
         );
         assert!(delete_one_equal("t", &[id.clone(), v.clone()]).contains("\"v\"::text IS NOT DISTINCT FROM ($2::text::text)::text"));
         assert!(update_one_equal("t", &[id, v]).starts_with("UPDATE t SET \"id\" = $3::text::integer, \"v\" = $4::text::text WHERE ctid = "));

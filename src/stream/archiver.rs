@@ -21,7 +21,7 @@
 //!    (`flushed` = its end);
 //! 3. keepalives asking for a reply are answered at once and a status goes
 //!    out at least every 10 s, always with `flushed` = the durable end;
-//! 4. every `publication_check` (30 s) tables created since are put into a
+//! 4. every `publication_check` (5 s) tables created since are put into a
 //!    publication ([`super::publication::reconcile`]); a table added late, or
 //!    a schema change without captured DDL, asks [`AutoBackup`] for a new
 //!    full backup; so does every change the archive cannot reproduce
@@ -345,6 +345,7 @@ impl Archiver {
             raw_size: open.bytes + 4,
             sequences: Vec::new(),
             inexact: open.inexact.clone(),
+            server_time: None,
         };
         Some(ChangeSegment {
             meta,
@@ -389,6 +390,7 @@ impl Archiver {
             raw_size: 4,
             sequences: Vec::new(),
             inexact: Vec::new(),
+            server_time: None,
         };
         Some(ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() })
     }
@@ -493,8 +495,10 @@ pub async fn run_session<F: Future<Output = ()>>(
                         store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
                     }
                 }
-                StreamEvent::Keepalive { wal_end, reply_requested, .. } => {
-                    if let Some(segment) = archiver.heartbeat(wal_end, Instant::now()) {
+                StreamEvent::Keepalive { wal_end, reply_requested, server_time } => {
+                    if let Some(mut segment) = archiver.heartbeat(wal_end, Instant::now()) {
+                        // Where the server's WAL ended, and when by its clock.
+                        segment.meta.server_time = server_time.to_utc();
                         store_sealed(&mut stream, archiver, cx, upkeep, totals, segment).await?;
                     } else if reply_requested {
                         send_durable(&mut stream, archiver, false).await?;

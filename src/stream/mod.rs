@@ -79,14 +79,14 @@ pub struct StreamOptions {
 
 impl StreamOptions {
     /// `slot` and `publication` with the default segment limits (10 s,
-    /// 16 MiB), a publication check every 30 s, no automatic backups.
+    /// 16 MiB), a publication check every 5 s, no automatic backups.
     pub fn new(slot: impl Into<String>, publication: impl Into<String>) -> StreamOptions {
         StreamOptions {
             slot: slot.into(),
             publication: publication.into(),
             segment_seconds: 10,
             segment_bytes: 16 << 20,
-            publication_check: Duration::from_secs(30),
+            publication_check: Duration::from_secs(5),
             auto_backup: AutoBackupOptions::default(),
         }
     }

@@ -457,6 +457,28 @@ async fn listed(client: &Client, publication: &str) -> Result<Vec<String>> {
     Ok(rows.iter().map(|r| qualified(&r.get::<_, String>(0), &r.get::<_, String>(1))).collect())
 }
 
+/// In a restored database: every pair of pgkeep publications (a
+/// publication and its `_insert_only` companion) with each table placed by
+/// its replica identity, as `setup`'s capture and `stream` placed them on
+/// the source (their statements are not in the archive). Returns the tables
+/// placed. The session must carry [`MAINTENANCE_SETTING`].
+pub async fn place_restored(client: &Client) -> Result<Vec<String>> {
+    let names: Vec<String> = client
+        .query("SELECT pubname::text FROM pg_catalog.pg_publication ORDER BY 1", &[])
+        .await
+        .map_err(query_error("cannot list the publications"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut placed = Vec::new();
+    for main in names.iter().filter(|n| names.contains(&insert_only_name(n))) {
+        let done = reconcile(client, &PublicationNames::new(main), ReconcileMode { create: false, announce: false }, &HashSet::new()).await?;
+        placed.extend(done.placed.into_iter().map(|(t, _, _)| t));
+        placed.extend(done.failed);
+    }
+    Ok(placed)
+}
+
 /// Drop both publications if they exist; returns what was dropped.
 pub async fn drop_all(client: &Client, names: &PublicationNames) -> Result<Vec<String>> {
     let mut dropped = Vec::new();

@@ -37,7 +37,24 @@
 //! publication changes the capture makes — are skipped. A failure inside
 //! the capture is a warning, never a failed DDL statement: the stream then
 //! notices the schema change without captured DDL and takes a full backup.
-//! `ddl_command_end` also fires for DROP commands; `sql_drop` only tells it what they dropped.
+//! `ddl_command_end` also fires for DROP commands; `sql_drop` only tells it
+//! what they dropped (and whether only temporary objects). Commands on
+//! temporary objects only are not captured: they are session-local and
+//! never restored.
+//!
+//! Production safety, in the same transaction as the application's DDL:
+//!
+//! - after every command `ddl_trigger` also runs `pgkeep.identity_guard`:
+//!   any table the main publication lists that has no usable replica
+//!   identity any more — whatever took it away: `DROP INDEX`, `ALTER TABLE
+//!   … DROP CONSTRAINT`, `REPLICA IDENTITY NOTHING/DEFAULT`, `DROP …
+//!   CASCADE` — moves to the insert-only publication, so its next UPDATE or
+//!   DELETE cannot fail;
+//! - event trigger `pgkeep_ddl_start` (`ddl_command_start`, `ALTER TABLE`)
+//!   runs `pgkeep.unlogged_guard`: PostgreSQL refuses `SET UNLOGGED` on a
+//!   published table, so the caller's own tables that the statement makes
+//!   unlogged leave pgkeep's publications first (an unlogged table is not
+//!   archived; `SET LOGGED` puts it back).
 //!
 //! Creating an event trigger needs a superuser (on managed services the
 //! provider's equivalent role, e.g. `rds_superuser`); without it setup
@@ -59,8 +76,10 @@ pub const SCHEMA: &str = "pgkeep";
 pub const EVENT_TRIGGER: &str = "pgkeep_ddl";
 /// The `table_rewrite` event trigger's name.
 pub const REWRITE_TRIGGER: &str = "pgkeep_rewrite";
-/// The `sql_drop` event trigger's name.
+/// The `sql_drop` event trigger's name (what a DROP dropped; temporary objects only).
 pub const DROP_TRIGGER: &str = "pgkeep_drop";
+/// The `ddl_command_start` event trigger's name (`SET UNLOGGED` guard).
+pub const START_TRIGGER: &str = "pgkeep_ddl_start";
 
 /// What `pgkeep setup` installed.
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +155,11 @@ pub async fn remove(settings: &Settings) -> Result<Vec<String>> {
              DROP EVENT TRIGGER IF EXISTS {DROP_TRIGGER};\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.drop_trigger();\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_trigger();\n\
+             DROP EVENT TRIGGER IF EXISTS {START_TRIGGER};\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.temp_only(text);\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.ddl_start_trigger();\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.identity_guard(text);\n\
+             DROP FUNCTION IF EXISTS {SCHEMA}.unlogged_guard(text, text);\n\
              DROP FUNCTION IF EXISTS {SCHEMA}.ddl_capture(text, text, text);\n\
              DROP TABLE IF EXISTS {SCHEMA}.ddl_key;\n\
              COMMIT;"
@@ -321,21 +345,47 @@ END
 $pgkeep$;
 REVOKE ALL ON FUNCTION {SCHEMA}.ddl_capture(text, text, text) FROM PUBLIC;
 
+-- Whether the command worked on temporary objects only (session-local,
+-- never restored: not captured). sql_drop, which fires first, noted what a
+-- DROP dropped in pgkeep.dropped; cleared here when the command is skipped
+-- (ddl_capture reads and clears it otherwise).
+CREATE OR REPLACE FUNCTION {SCHEMA}.temp_only(tag text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+DECLARE
+    dropped constant jsonb := nullif(current_setting('pgkeep.dropped', true), '')::jsonb;
+BEGIN
+    IF (tag LIKE 'DROP%' AND coalesce((dropped->>'temporary_only')::boolean, false))
+       OR (EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands())
+           AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() d
+                           WHERE d.schema_name IS NULL OR d.schema_name NOT LIKE 'pg\_temp%')) THEN
+        PERFORM set_config('pgkeep.dropped', '', true);
+        RETURN true;
+    END IF;
+    RETURN false;
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.temp_only(text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION {SCHEMA}.ddl_trigger()
 RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
 BEGIN
+    IF {SCHEMA}.temp_only(TG_TAG) THEN
+        RETURN;
+    END IF;
     PERFORM {SCHEMA}.ddl_capture(pg_catalog.current_setting('search_path'), pg_catalog.current_setting('role'), TG_TAG);
+    PERFORM {SCHEMA}.identity_guard(TG_TAG);
 END
 $pgkeep$;
 
 DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
 CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl_trigger();
-{rewrite_sql}"#,
+{rewrite_sql}{guards}"#,
         command_prefix = quote_literal(COMMAND_PREFIX),
         missing_prefix = quote_literal(MISSING_PREFIX),
         partition_prefix = quote_literal(PARTITION_PREFIX),
         command_sql = COMMAND_SQL,
         rewrite_sql = rewrite_sql(),
+        guards = identity_guard_sql(names),
     )
 }
 
@@ -467,6 +517,119 @@ CREATE EVENT TRIGGER {REWRITE_TRIGGER} ON table_rewrite EXECUTE FUNCTION {SCHEMA
     )
 }
 
+/// The production-safety guards (module docs): `identity_guard`, run by
+/// `ddl_trigger` after every command, and `unlogged_guard` with its
+/// `ddl_command_start` trigger.
+fn identity_guard_sql(names: &PublicationNames) -> String {
+    let main = quote_literal(&names.main);
+    let insert_only = quote_literal(&names.insert_only);
+    format!(
+        r#"
+CREATE OR REPLACE FUNCTION {SCHEMA}.identity_guard(tag text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+DECLARE
+    main_pub constant text := {main};
+    insert_only_pub constant text := {insert_only};
+    insert_only_exists boolean;
+    t record;
+BEGIN
+    IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
+        RETURN;
+    END IF;
+    BEGIN
+        insert_only_exists := EXISTS (SELECT 1 FROM pg_publication WHERE pubname = insert_only_pub);
+        -- Every table the main publication lists that has no usable replica
+        -- identity any more, whatever took it away (DROP INDEX, DROP
+        -- CONSTRAINT, REPLICA IDENTITY, DROP … CASCADE): its next UPDATE or
+        -- DELETE would fail. Moved in this transaction.
+        FOR t IN
+            SELECT n.nspname, c.relname, c.relpersistence = 'p' AS permanent,
+                   EXISTS (SELECT 1 FROM pg_publication_rel pr2 JOIN pg_publication p2 ON p2.oid = pr2.prpubid
+                           WHERE p2.pubname = insert_only_pub AND pr2.prrelid = c.oid) AS in_insert_only
+            FROM pg_publication_rel pr
+            JOIN pg_publication p ON p.oid = pr.prpubid
+            JOIN pg_class c ON c.oid = pr.prrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE p.pubname = main_pub AND NOT {USABLE_IDENTITY_SQL}
+        LOOP
+            PERFORM set_config('{MAINTENANCE_SETTING}', 'on', true);
+            IF insert_only_exists AND t.permanent AND NOT t.in_insert_only THEN
+                EXECUTE format('ALTER PUBLICATION %I ADD TABLE ONLY %I.%I', insert_only_pub, t.nspname, t.relname);
+            END IF;
+            EXECUTE format('ALTER PUBLICATION %I DROP TABLE ONLY %I.%I', main_pub, t.nspname, t.relname);
+            PERFORM set_config('{MAINTENANCE_SETTING}', '', true);
+            RAISE WARNING 'pgkeep: table %.% lost its replica identity (%): moved from publication % to %, so its UPDATE and DELETE keep working; only its INSERTs and TRUNCATEs are archived now',
+                quote_ident(t.nspname), quote_ident(t.relname), tag, main_pub, insert_only_pub
+                USING HINT = format('ALTER TABLE %I.%I REPLICA IDENTITY FULL (or add a primary key) and pgkeep moves it back', t.nspname, t.relname);
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgkeep: could not check the replica identities of the tables of publication % after %: %', main_pub, tag, SQLERRM
+            USING HINT = 'pgkeep stream moves a table without a replica identity at its next publication check';
+    END;
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.identity_guard(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {SCHEMA}.unlogged_guard(caller_search_path text, caller_role text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgkeep$
+DECLARE
+    main_pub constant text := {main};
+    insert_only_pub constant text := {insert_only};
+    role_name text;
+    m text[];
+    rel regclass;
+    pub text;
+BEGIN
+    IF coalesce(current_setting('{MAINTENANCE_SETTING}', true), '') = 'on' THEN
+        RETURN;
+    END IF;
+    BEGIN
+        role_name := CASE WHEN coalesce(caller_role, 'none') = 'none' THEN session_user::text ELSE caller_role END;
+        -- PostgreSQL refuses SET UNLOGGED on a published table. An unlogged
+        -- table cannot be archived anyway: the caller's own tables that the
+        -- statement makes unlogged leave pgkeep's publications first.
+        FOR m IN
+            SELECT regexp_matches(coalesce(current_query(), ''),
+                'alter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?((?:"(?:[^"]|"")+"|[^\s".;,]+)(?:\s*\.\s*(?:"(?:[^"]|"")+"|[^\s".;,]+))?)[^;]*\mset\s+unlogged\M', 'gi')
+        LOOP
+            PERFORM set_config('search_path', coalesce(caller_search_path, ''), true);
+            rel := to_regclass(m[1]);
+            PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+            CONTINUE WHEN rel IS NULL;
+            CONTINUE WHEN NOT pg_has_role(role_name, (SELECT c.relowner FROM pg_class c WHERE c.oid = rel), 'USAGE');
+            FOR pub IN
+                SELECT p.pubname::text FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                WHERE pr.prrelid = rel AND p.pubname IN (main_pub, insert_only_pub)
+            LOOP
+                PERFORM set_config('{MAINTENANCE_SETTING}', 'on', true);
+                EXECUTE format('ALTER PUBLICATION %I DROP TABLE ONLY %s', pub, rel);
+                PERFORM set_config('{MAINTENANCE_SETTING}', '', true);
+                RAISE WARNING 'pgkeep: table % becomes UNLOGGED: removed from publication %; its changes are not archived until ALTER TABLE % SET LOGGED', rel, pub, rel;
+            END LOOP;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pgkeep: could not take an UNLOGGED table out of publication %: %', main_pub, SQLERRM
+            USING HINT = format('as a superuser: ALTER PUBLICATION %I DROP TABLE ONLY <table>; then ALTER TABLE <table> SET UNLOGGED', main_pub);
+    END;
+END
+$pgkeep$;
+REVOKE ALL ON FUNCTION {SCHEMA}.unlogged_guard(text, text) FROM PUBLIC;
+
+-- No operator here: this function runs with the caller's search_path (the
+-- event trigger's WHEN clause picks ALTER TABLE).
+CREATE OR REPLACE FUNCTION {SCHEMA}.ddl_start_trigger()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER AS $pgkeep$
+BEGIN
+    PERFORM {SCHEMA}.unlogged_guard(pg_catalog.current_setting('search_path'), pg_catalog.current_setting('role'));
+END
+$pgkeep$;
+
+DROP EVENT TRIGGER IF EXISTS {START_TRIGGER};
+CREATE EVENT TRIGGER {START_TRIGGER} ON ddl_command_start WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION {SCHEMA}.ddl_start_trigger();
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,7 +643,14 @@ mod tests {
         assert!(sql.contains("pg_logical_emit_message(true, 'pgkeep.ddl'"));
         // The outer function runs with the caller's search_path: qualified names only.
         let outer = &sql[sql.find("ddl_trigger()\nRETURNS").unwrap()..];
-        let body = &outer[outer.find("BEGIN").unwrap()..outer.find("END").unwrap()];
+        let body = &outer[outer.find("BEGIN").unwrap()..outer.find("\nEND\n").unwrap()];
+        // No operator may run with the caller's search_path in a SECURITY DEFINER function.
+        for op in [" = ", " LIKE ", " <> "] {
+            assert!(!body.contains(op), "{body}");
+        }
+        let start = &sql[sql.find("ddl_start_trigger()\nRETURNS").unwrap()..];
+        let start = &start[start.find("BEGIN").unwrap()..start.find("\nEND\n").unwrap()];
+        assert!(![" = ", " LIKE "].iter().any(|op| start.contains(op)), "{start}");
         assert!(body.contains("pg_catalog.current_setting('search_path')") && body.contains("pgkeep.ddl_capture("), "{body}");
     }
 }

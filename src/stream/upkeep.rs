@@ -36,6 +36,8 @@ pub struct Upkeep {
     next_attempt: Option<Instant>,
     /// Sampling failed last time (warn once per streak of failures).
     sampling_failed: bool,
+    /// Some sequences could not be read last time (warned once per streak).
+    unreadable_sequences: bool,
     /// Tables whose placement failed before (warned about once).
     failing_tables: HashSet<String>,
 }
@@ -43,7 +45,7 @@ pub struct Upkeep {
 impl Upkeep {
     /// Not connected yet; connects on first use.
     pub fn new(db: DbSettings) -> Upkeep {
-        Upkeep { db, conn: None, next_attempt: None, sampling_failed: false, failing_tables: HashSet::new() }
+        Upkeep { db, conn: None, next_attempt: None, sampling_failed: false, unreadable_sequences: false, failing_tables: HashSet::new() }
     }
 
     /// The client, connecting first if needed (and allowed yet).
@@ -90,13 +92,25 @@ impl Upkeep {
     }
 
     /// Every sequence's `last_value` and `is_called` now. A failure is
-    /// logged and yields no samples: it never stops archiving.
+    /// logged and yields no samples: it never stops archiving. A sequence
+    /// that cannot be read is left out alone (warned once per streak).
     pub async fn sample_sequences(&mut self) -> Vec<SequenceSample> {
         let sampled = async {
             let client = self.client().await?;
-            crate::pg::catalog::sequence_values(client).await
+            crate::pg::catalog::sequence_values_each(client).await
         }
         .await;
+        let sampled = sampled.map(|(values, failed)| {
+            if failed.is_empty() {
+                self.unreadable_sequences = false;
+            } else if !std::mem::replace(&mut self.unreadable_sequences, true) {
+                tracing::warn!(
+                    sequences = %failed.join("; "),
+                    "cannot read some sequences; the others are sampled, these are not restored to their values (the role needs SELECT on every sequence)"
+                );
+            }
+            values
+        });
         match sampled {
             Ok(values) => {
                 if std::mem::take(&mut self.sampling_failed) {

@@ -101,6 +101,11 @@ pub struct SegmentMeta {
     /// segment on (docs/FORMAT.md §5): replay refuses to cross them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inexact: Vec<super::inexact::InexactMark>,
+    /// Heartbeat segments: the server's clock when its WAL ended at
+    /// `end_lsn` (the keepalive's send time). A point-in-time restore
+    /// reaches a target time only up to this or the last commit time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<DateTime<Utc>>,
 }
 
 /// One sequence's state, sampled when a segment is sealed.
@@ -461,6 +466,7 @@ mod tests {
                 raw_size: 0,
                 sequences: Vec::new(),
                 inexact: Vec::new(),
+                server_time: None,
             },
             schema: vec![Bytes::from_static(b"R-not-decoded")],
             transactions: vec![txn(1, 0x1f0, 0x200), txn(2, 0x2f0, 0x300)],
