@@ -32,6 +32,7 @@ fn heartbeat(stream: &str, start: u64, end: u64) -> Bytes {
         compression: "zstd".into(),
         raw_size: 0,
         sequences: Vec::new(),
+        parts: 0,
     };
     Bytes::from(segment::encode(&ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() }).unwrap())
 }

@@ -475,12 +475,8 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
         .filter(|e| !matches!(e, CatalogEntry::Valid(m) if gone.contains(m.backup_id.as_str())))
         .collect();
     let needed = crate::commands::expire_changes::oldest_needed(&kept);
-    let segments: Vec<_> = storage
-        .list(crate::repo::layout::CHANGES_PREFIX)
-        .await?
-        .iter()
-        .filter_map(crate::commands::expire_changes::SegmentObject::from_meta)
-        .collect();
+    let objects = storage.list(crate::repo::layout::CHANGES_PREFIX).await?;
+    let segments: Vec<_> = objects.iter().filter_map(crate::commands::expire_changes::SegmentObject::from_meta).collect();
     for seg in crate::commands::expire_changes::plan(&segments, &needed) {
         if let (Some(lock), Some(at)) = (object_lock, seg.modified)
             && lock.retain_until(at) + chrono::Duration::hours(1) > now
@@ -489,6 +485,18 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
         }
         if !opts.dry_run {
             storage.delete(&seg.key).await?;
+        }
+        r.segments_removed += 1;
+    }
+    // Parts of large transactions no kept backup replays (counted with the segments).
+    for part in crate::commands::expire_changes::stale_parts(&objects, &needed) {
+        if let (Some(lock), Some(at)) = (object_lock, part.modified)
+            && lock.retain_until(at) + chrono::Duration::hours(1) > now
+        {
+            continue;
+        }
+        if !opts.dry_run {
+            storage.delete(&part.key).await?;
         }
         r.segments_removed += 1;
     }
