@@ -232,8 +232,8 @@ impl Archiver {
         if !txn.skip {
             txn.bytes += 4 + data.len();
             txn.memory += data.len() + MESSAGE_OVERHEAD;
-            // A compact copy: `data` may share a larger read buffer.
-            txn.messages.push(Bytes::copy_from_slice(&data));
+            // `data` is a compact copy already (`replication::stream`).
+            txn.messages.push(data);
         }
         if let PgOutputMessage::Commit(commit) = message {
             let txn = self.current.take().unwrap_or_default();
