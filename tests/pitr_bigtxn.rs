@@ -176,6 +176,16 @@ async fn a_transaction_many_times_the_memory_budget_streams_in_bounded_memory_an
     // Before the big transaction: the state then.
     restore(&f.cluster, &f.db, f.repo.path(), &before_time.to_rfc3339(), "bigtxn_before");
     assert_eq!(hashes(&f.cluster.client("bigtxn_before").await).await, before);
+
+    // verify reads every part back; a missing one fails, named.
+    let out = pgkeep(&f.cluster, &f.db, f.repo.path()).args(["verify", "latest"]).output().unwrap();
+    assert!(out.status.success(), "verify: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let gone = part_files(f.repo.path()).into_iter().max().unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let out = pgkeep(&f.cluster, &f.db, f.repo.path()).args(["verify", "latest"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let name = gone.file_name().unwrap().to_string_lossy().to_string();
+    assert!(!out.status.success() && text.contains(&name), "verify without {name}: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

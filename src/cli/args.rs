@@ -202,7 +202,7 @@ pub(crate) struct StreamArgs {
     #[arg(long, default_value = "16MiB")]
     pub(crate) segment_bytes: String,
     /// Keep at most this much of one transaction in memory; a larger one is stored in parts
-    /// as it arrives (e.g. 16MiB; 1MiB to 512MiB).
+    /// as it arrives (e.g. 16MiB; 1MiB to 256MiB).
     #[arg(long, default_value = "16MiB")]
     pub(crate) transaction_memory: String,
     /// Stop using change archiving: drop the slot and both publications, then exit.

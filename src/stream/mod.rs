@@ -127,8 +127,8 @@ pub async fn run(
             "--segment-seconds and --segment-bytes must be at least 1",
         ));
     }
-    if !(1 << 20..=512 << 20).contains(&opts.transaction_memory) || opts.segment_bytes > 512 << 20 {
-        return Err(Error::config("--transaction-memory must be between 1MiB and 512MiB, and --segment-bytes at most 512MiB"));
+    if !(1 << 20..=256 << 20).contains(&opts.transaction_memory) || opts.segment_bytes > 512 << 20 {
+        return Err(Error::config("--transaction-memory must be between 1MiB and 256MiB, and --segment-bytes at most 512MiB"));
     }
     let mut shutdown = std::pin::pin!(shutdown);
     // 1. Repositories.

@@ -114,6 +114,20 @@ pub fn encode(part: &TransactionPart, sealer: Option<&Sealer>) -> Result<Vec<u8>
     Ok(out)
 }
 
+/// Check the trailer and read the metadata line of a part, encrypted or
+/// not, without opening the payload.
+pub fn decode_meta(data: &[u8], what: &str) -> Result<PartMeta> {
+    let bad = |why: &str| Error::corrupt(format!("transaction part {what} is damaged: {why}"));
+    let body_len = data.len().checked_sub(TRAILER_LEN).ok_or_else(|| bad("too short"))?;
+    let (body, trailer) = data.split_at(body_len);
+    if Sha256::digest(body).as_slice() != trailer {
+        return Err(bad("SHA-256 trailer does not match"));
+    }
+    let rest = body.strip_prefix(PART_MAGIC.as_slice()).ok_or_else(|| bad("not a pgkeep transaction part (magic)"))?;
+    let nl = memchr::memchr(b'\n', rest).ok_or_else(|| bad("no metadata line"))?;
+    serde_json::from_slice(&rest[..nl]).map_err(|e| bad(&format!("metadata: {e}")))
+}
+
 /// Decode and verify a stored part; `keys` open an encrypted one. `what`
 /// names it in errors (its key).
 pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<TransactionPart> {
