@@ -635,6 +635,13 @@ mod tests {
         let back = decode_with(&bytes, "k", &keys).unwrap();
         assert_eq!(back.transactions, sample().transactions);
         assert_eq!(back.meta.version, SEALED_FORMAT_VERSION);
+        // Continuing parts, encrypted: version 3 with the encryption section.
+        let mut continued = sample();
+        continued.meta.parts = 2;
+        let sealed = encode_sealed(&continued, Some(&sealer)).unwrap();
+        let back = decode_with(&sealed, "k", &keys).unwrap();
+        assert_eq!((back.meta.version, back.meta.parts), (CONTINUED_FORMAT_VERSION, 2));
+        assert!(decode(&sealed, "k").is_err(), "needs the key");
         // Without a key: one line naming the segment; the metadata stays readable.
         let e = decode(&bytes, "changes/7-s/x.seg").unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Config);
