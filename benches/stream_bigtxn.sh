@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Large-transaction benchmark: one INSERT … SELECT of about N GiB of
-# pgoutput changes (default 2; ~260-byte rows, like a backfill) in a single
+# pgoutput changes (default 2; ~254-byte rows, like a backfill) in a single
 # transaction while `pgkeep stream` (release build, default
 # --transaction-memory 16MiB) archives the database; then a point-in-time
 # restore to `latest` replays it on a full backup taken before it.
@@ -15,7 +15,8 @@
 # - replay rate (row changes/s) and that the restored table equals the source.
 #
 # Usage: benches/stream_bigtxn.sh [--gib N] [--transaction-memory SIZE]
-# Environment: BENCH_DIR (default /tmp/pgkeep-bigtxn-bench), PG_BINDIR, BENCH_PORT.
+# Environment: BENCH_DIR (default /tmp/pgkeep-bigtxn-bench), PG_BINDIR, BENCH_PORT,
+# PGKEEP_BIN (use this binary instead of building a release one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,8 @@ while [ $# -gt 0 ]; do
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
-# One row is about 262 bytes of pgoutput Insert.
-ROWS=$(python3 -c "print(int($GIB * (1 << 30) / 262))")
+# One row is about 254 bytes of pgoutput Insert.
+ROWS=$(python3 -c "print(int($GIB * (1 << 30) / 254))")
 BENCH_DIR=${BENCH_DIR:-/tmp/pgkeep-bigtxn-bench}
 BINDIR=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)}
 PORT=${BENCH_PORT:-54397}
@@ -38,9 +39,13 @@ DB=bigtxn
 export PGHOST=127.0.0.1 PGPORT=$PORT PGUSER=postgres
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-echo "==> building pgkeep (release)" >&2
-cargo build --release --quiet
-PGKEEP=$PWD/target/release/pgkeep
+if [ -n "${PGKEEP_BIN:-}" ]; then
+    PGKEEP=$PGKEEP_BIN   # e.g. a debug build, for a quick check of the script
+else
+    echo "==> building pgkeep (release)" >&2
+    cargo build --release --quiet
+    PGKEEP=$PWD/target/release/pgkeep
+fi
 PGK_ENV=(env DB_HOST=$PGHOST DB_PORT=$PORT DB_USER=postgres DB_NAME=$DB BACKUP_DIR="$OUT/repo")
 
 # A fresh cluster for every run.
