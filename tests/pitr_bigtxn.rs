@@ -44,10 +44,10 @@ fn pgkeep(cluster: &PgCluster, db: &str, repo: &Path) -> Command {
     cmd
 }
 
-fn start_stream(cluster: &PgCluster, db: &str, repo: &Path) -> Child {
+fn start_stream(cluster: &PgCluster, db: &str, repo: &Path, budget_mib: u64) -> Child {
     pgkeep(cluster, db, repo)
         .args(["-q", "stream", "--segment-seconds", "1", "--no-auto-full-backup", "--transaction-memory"])
-        .arg(format!("{BUDGET_MIB}MiB"))
+        .arg(format!("{budget_mib}MiB"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -63,6 +63,20 @@ fn peak_rss_mib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM");
     kb / 1024
+}
+
+/// The parts the stored segments name (their metadata's `parts`).
+fn parts_named(repo: &Path) -> u64 {
+    let mut n = 0;
+    for stream in std::fs::read_dir(repo.join("changes")).unwrap().flatten() {
+        for seg in std::fs::read_dir(stream.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".seg")) {
+            let bytes = std::fs::read(seg.path()).unwrap();
+            let line = &bytes[8..8 + bytes[8..].iter().position(|b| *b == b'\n').unwrap()];
+            let meta: serde_json::Value = serde_json::from_slice(line).unwrap();
+            n += meta["parts"].as_u64().unwrap_or(0);
+        }
+    }
+    n
 }
 
 /// Every transaction part stored in the local repository.
@@ -132,7 +146,7 @@ async fn fixture(prefix: &str) -> (Fixture, Child) {
     let repo = tempfile::tempdir().unwrap();
     let client = cluster.client(&db).await;
     let slot = format!("pgkeep_{db}");
-    let stream = start_stream(&cluster, &db, repo.path());
+    let stream = start_stream(&cluster, &db, repo.path(), BUDGET_MIB);
     harness::streaming::wait_for_slot(&client, &slot, Some(true)).await;
     let out = pgkeep(&cluster, &db, repo.path()).args(["-q", "backup"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -192,9 +206,9 @@ async fn a_transaction_many_times_the_memory_budget_streams_in_bounded_memory_an
 async fn kill_9_while_a_large_transaction_is_stored_in_parts_then_restore_is_exact() {
     let (f, mut stream) = fixture("bigkill").await;
     f.client.batch_execute(&big_transaction(400_000)).await.unwrap();
-    // Kill as soon as some parts are stored, before the transaction's segment.
+    // With an 8 MiB budget, kill once four parts are stored (before the transaction's segment).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while part_files(f.repo.path()).len() < 2 {
+    while part_files(f.repo.path()).len() < 4 {
         assert!(Instant::now() < deadline, "no parts were stored");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -210,11 +224,15 @@ async fn kill_9_while_a_large_transaction_is_stored_in_parts_then_restore_is_exa
     harness::streaming::wait_for_slot(&f.client, &f.slot, Some(false)).await;
     f.client.batch_execute("INSERT INTO small VALUES (2000, 2)").await.unwrap();
 
-    // The restarted stream gets the transaction again and archives it whole.
-    let stream = start_stream(&f.cluster, &f.db, f.repo.path());
+    // The restarted stream gets the transaction again and archives it whole, here with
+    // a larger budget: fewer parts, so the first run's extra ones must be removed.
+    let stream = start_stream(&f.cluster, &f.db, f.repo.path(), 32);
     harness::streaming::wait_for_slot(&f.client, &f.slot, Some(true)).await;
     let rss = stop_caught_up(&f, stream).await;
-    assert!(rss <= MAX_RSS_MIB, "stream peak RSS {rss} MiB above {MAX_RSS_MIB} MiB");
+    assert!(rss <= MAX_RSS_MIB + 48, "stream peak RSS {rss} MiB above {} MiB", MAX_RSS_MIB + 48);
+    let (stored, named) = (part_files(f.repo.path()).len() as u64, parts_named(f.repo.path()));
+    // Fewer than the first run had stored: the second run archived it, and the extra parts went.
+    assert!((1..4).contains(&named) && stored == named, "{stored} parts stored, {named} named by segments");
     let report = restore(&f.cluster, &f.db, f.repo.path(), "latest", "bigkill_latest");
     assert!(report["point_in_time"]["transactions"].as_u64().unwrap() >= 2);
     assert_eq!(hashes(&f.cluster.client("bigkill_latest").await).await, hashes(&f.client).await);
