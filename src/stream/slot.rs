@@ -7,7 +7,8 @@
 //! the common end of the chains (or the slot's `confirmed_flush_lsn` when
 //! there are none), gaps as errors, and segments past the common end (a
 //! crash between puts; never confirmed) to delete, which happens only while
-//! no other walsender consumes the slot.
+//! no other walsender consumes the slot. Parts of transactions committed at
+//! or after the resume point ([`stale_parts`]) are deleted the same way.
 
 use std::sync::Arc;
 
