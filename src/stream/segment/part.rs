@@ -84,12 +84,16 @@ pub fn encode(part: &TransactionPart, sealer: Option<&Sealer>) -> Result<Vec<u8>
     if raw.len() as u64 > MAX_RAW_PAYLOAD {
         return Err(Error::internal(format!(
             "part {} of the transaction committed at {} would hold {} bytes, above the {} byte limit of one object \
-             (a single change larger than that)",
+             (a single row change larger than that)",
             part.meta.index,
             part.meta.commit_lsn,
             raw.len(),
             MAX_RAW_PAYLOAD
-        )));
+        ))
+        .with_hint(
+            "the slot keeps this transaction's WAL until it is archived: stop archiving with `pgkeep stream --remove`, \
+             then start `pgkeep stream` again and take a new full backup (point-in-time restore starts from it)",
+        ));
     }
     let stored = columnar::pack(&raw);
     let mut meta = part.meta.clone();
