@@ -488,7 +488,8 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
         }
         r.segments_removed += 1;
     }
-    // Parts of large transactions no kept backup replays (counted with the segments).
+    // Parts of large transactions no kept backup replays.
+    let mut parts_removed = 0u64;
     for part in crate::commands::expire_changes::stale_parts(&objects, &needed) {
         if let (Some(lock), Some(at)) = (object_lock, part.modified)
             && lock.retain_until(at) + chrono::Duration::hours(1) > now
@@ -498,7 +499,10 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
         if !opts.dry_run {
             storage.delete(&part.key).await?;
         }
-        r.segments_removed += 1;
+        parts_removed += 1;
+    }
+    if parts_removed > 0 {
+        tracing::info!(parts = parts_removed, dry_run = opts.dry_run, "transaction parts older than every kept backup removed");
     }
     if r.segments_removed > 0 {
         tracing::info!(segments = r.segments_removed, dry_run = opts.dry_run, "change segments older than every kept backup removed");

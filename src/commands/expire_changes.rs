@@ -14,7 +14,8 @@
 //! - always the newest segment (it is where `stream` resumes).
 //!
 //! Parts of large transactions ([`stale_parts`]) go once their transaction
-//! committed before the oldest needed point: replay never reads those.
+//! committed before the oldest needed point: replay never reads those (they
+//! are logged, not counted with the segments).
 
 use std::collections::BTreeMap;
 
