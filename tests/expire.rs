@@ -252,7 +252,7 @@ async fn expire_never_touches_a_running_backup() {
 
 #[tokio::test]
 async fn change_segments_go_once_no_kept_backup_replays_them() {
-    use pgkeep::repo::layout::segment_key;
+    use pgkeep::repo::layout::{part_key, segment_key};
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStorage::new(dir.path());
     meta::ensure(&s).await.unwrap();
@@ -269,20 +269,24 @@ async fn change_segments_go_once_no_kept_backup_replays_them() {
     // Cluster 1's stream; cluster 2 has no backup here, so its segments stay.
     let segs: Vec<String> = [(100, 200), (200, 300), (300, 400)].iter().map(|(a, b)| segment_key("1-pgkeep_app", Lsn(*a), Lsn(*b))).collect();
     let other = segment_key("2-pgkeep_app", Lsn(1), Lsn(2));
-    for k in segs.iter().chain([&other]) {
+    // Parts of large transactions: committed at 180 (in the kept backup) and at 260 (replayed).
+    let (old_part, new_part) = (part_key("1-pgkeep_app", Lsn(180), 1), part_key("1-pgkeep_app", Lsn(260), 1));
+    for k in segs.iter().chain([&other, &old_part, &new_part]) {
         s.put(k, Bytes::from_static(b"seg"), PutOptions::default()).await.unwrap();
     }
     let settings = local_settings(dir.path(), 7);
     let dry = expire::run(&settings, &ExpireOptions { dry_run: true, keep_full: 1 }).await.unwrap();
     assert_eq!(dry.repositories[0].segments_removed, 1, "{}", dry.render());
     assert!(s.head(&segs[0]).await.unwrap().is_some(), "a dry run deletes nothing");
+    assert!(s.head(&old_part).await.unwrap().is_some(), "a dry run deletes nothing");
 
     let report = expire::run(&settings, &ExpireOptions { dry_run: false, keep_full: 1 }).await.unwrap();
     assert!(report.render().contains("1 change segment(s) older than every kept backup"), "{}", report.render());
     // The old backup went; its segment (100..200) went with it; 200..300 holds the kept backup's point.
     assert!(!exists(&s, &old.backup_id).await);
     assert!(s.head(&segs[0]).await.unwrap().is_none());
-    for k in segs[1..].iter().chain([&other]) {
+    for k in segs[1..].iter().chain([&other, &new_part]) {
         assert!(s.head(k).await.unwrap().is_some(), "{k} kept");
     }
+    assert!(s.head(&old_part).await.unwrap().is_none(), "the part of a transaction in the kept backup went");
 }

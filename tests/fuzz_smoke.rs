@@ -27,6 +27,8 @@ mod pgoutput_decode;
 mod segment_columnar;
 #[path = "../fuzz/bodies/segment_decode.rs"]
 mod segment_decode;
+#[path = "../fuzz/bodies/part_decode.rs"]
+mod part_decode;
 
 /// Mutations per seed, besides truncations.
 const MUTATIONS: usize = 1500;
@@ -124,6 +126,11 @@ fn segment_columnar_corpus() {
 #[test]
 fn segment_decode_corpus() {
     smoke("segment_decode", segment_decode::run);
+}
+
+#[test]
+fn part_decode_corpus() {
+    smoke("part_decode", part_decode::run);
 }
 
 /// With `PGKEEP_WRITE_FUZZ_SEEDS=1`: an encrypted manifest (version 2,

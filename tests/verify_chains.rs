@@ -34,6 +34,7 @@ fn heartbeat(stream: &str, start: u64, end: u64) -> Bytes {
         sequences: Vec::new(),
         inexact: Vec::new(),
         server_time: None,
+        parts: 0,
     };
     Bytes::from(segment::encode(&ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() }).unwrap())
 }

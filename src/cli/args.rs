@@ -220,6 +220,10 @@ pub(crate) struct StreamArgs {
     /// Close a segment after this many bytes of changes (e.g. 16MiB).
     #[arg(long, default_value = "16MiB")]
     pub(crate) segment_bytes: String,
+    /// Keep at most this much of one transaction in memory; a larger one is stored in parts
+    /// as it arrives (e.g. 16MiB; 1MiB to 256MiB).
+    #[arg(long, default_value = "16MiB")]
+    pub(crate) transaction_memory: String,
     /// Stop using change archiving: drop the slot and both publications, then exit.
     #[arg(long)]
     pub(crate) remove: bool,

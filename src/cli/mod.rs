@@ -243,6 +243,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
             opts.segment_bytes = config::layers::parse_size(&a.segment_bytes)
                 .filter(|n| *n > 0)
                 .ok_or_else(|| pgkeep::Error::config(format!("invalid --segment-bytes `{}`: expected a size such as 16MiB", a.segment_bytes)))?;
+            opts.transaction_memory = config::layers::parse_size(&a.transaction_memory)
+                .ok_or_else(|| pgkeep::Error::config(format!("invalid --transaction-memory `{}`: expected a size such as 16MiB", a.transaction_memory)))?;
             let started = Instant::now();
             let result = pgkeep::stream::run(&settings, &opts, shutdown_signal()).await;
             let report = notified(&settings, Operation::Stream, started, result, |_| Event::new(Operation::Stream, pgkeep::notify::Outcome::Success)).await?;

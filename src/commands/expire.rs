@@ -499,12 +499,8 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
         .filter(|e| !matches!(e, CatalogEntry::Valid(m) if gone.contains(m.backup_id.as_str())))
         .collect();
     let needed = crate::commands::expire_changes::oldest_needed(&kept);
-    let segments: Vec<_> = storage
-        .list(crate::repo::layout::CHANGES_PREFIX)
-        .await?
-        .iter()
-        .filter_map(crate::commands::expire_changes::SegmentObject::from_meta)
-        .collect();
+    let objects = storage.list(crate::repo::layout::CHANGES_PREFIX).await?;
+    let segments: Vec<_> = objects.iter().filter_map(crate::commands::expire_changes::SegmentObject::from_meta).collect();
     for seg in crate::commands::expire_changes::plan(&segments, &needed) {
         if let (Some(lock), Some(at)) = (object_lock, seg.modified)
             && lock.retain_until(at) + chrono::Duration::hours(1) > now
@@ -515,6 +511,22 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
             storage.delete(&seg.key).await?;
         }
         r.segments_removed += 1;
+    }
+    // Parts of large transactions no kept backup replays.
+    let mut parts_removed = 0u64;
+    for part in crate::commands::expire_changes::stale_parts(&objects, &needed) {
+        if let (Some(lock), Some(at)) = (object_lock, part.modified)
+            && lock.retain_until(at) + chrono::Duration::hours(1) > now
+        {
+            continue;
+        }
+        if !opts.dry_run {
+            storage.delete(&part.key).await?;
+        }
+        parts_removed += 1;
+    }
+    if parts_removed > 0 {
+        tracing::info!(parts = parts_removed, dry_run = opts.dry_run, "transaction parts older than every kept backup removed");
     }
     if r.segments_removed > 0 {
         tracing::info!(segments = r.segments_removed, dry_run = opts.dry_run, "change segments older than every kept backup removed");

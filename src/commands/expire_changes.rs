@@ -12,13 +12,17 @@
 //!   change archive continues (nothing says what is still needed);
 //! - every segment ending after the oldest needed point;
 //! - always the newest segment (it is where `stream` resumes).
+//!
+//! Parts of large transactions ([`stale_parts`]) go once their transaction
+//! committed before the oldest needed point: replay never reads those (they
+//! are logged, not counted with the segments).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
 use crate::repo::catalog::CatalogEntry;
-use crate::repo::layout::{Lsn, parse_segment_key};
+use crate::repo::layout::{Lsn, parse_part_key, parse_segment_key};
 use crate::repo::manifest::SnapshotMethod;
 use crate::storage::ObjectMeta;
 
@@ -80,9 +84,33 @@ pub fn plan<'a>(segments: &'a [SegmentObject], needed: &BTreeMap<String, Lsn>) -
         .collect()
 }
 
+/// The transaction parts to remove: those of transactions committed before
+/// the oldest point a kept backup of their cluster replays from.
+pub fn stale_parts<'a>(objects: &'a [ObjectMeta], needed: &BTreeMap<String, Lsn>) -> Vec<&'a ObjectMeta> {
+    objects
+        .iter()
+        .filter(|o| {
+            parse_part_key(&o.key).is_some_and(|(stream, commit, _)| {
+                let system = stream.split_once('-').map_or("", |(s, _)| s);
+                needed.get(system).is_some_and(|from| commit < *from)
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_go_once_their_transaction_is_in_every_kept_backup() {
+        use crate::repo::layout::part_key;
+        let meta = |key: String| ObjectMeta { key, size: 1, modified: None };
+        let objects = vec![meta(part_key("7-s", Lsn(20), 1)), meta(part_key("7-s", Lsn(30), 1)), meta(part_key("9-s", Lsn(1), 1))];
+        let needed = BTreeMap::from([("7".to_string(), Lsn(25))]);
+        let gone: Vec<&str> = stale_parts(&objects, &needed).iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(gone, [part_key("7-s", Lsn(20), 1)]);
+    }
 
     fn seg(stream: &str, a: u64, b: u64) -> SegmentObject {
         SegmentObject { key: format!("{stream}/{a}-{b}"), stream_id: stream.into(), start: Lsn(a), end: Lsn(b), modified: None }

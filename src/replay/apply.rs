@@ -199,6 +199,14 @@ impl Applier {
 
     /// A transaction ended: write the batches when they are big enough.
     pub async fn commit(&mut self) -> Result<()> {
+        self.flush_if_full().await
+    }
+
+    /// Inside a transaction: write the batches when they are big enough, so
+    /// a transaction of any size replays in bounded memory. Nothing reads the
+    /// restored database before the replay ends, and a target never falls
+    /// inside a transaction, so a partly written one is never seen.
+    pub async fn flush_if_full(&mut self) -> Result<()> {
         if self.pending_changes >= BATCH_CHANGES || self.pending_bytes >= BATCH_BYTES {
             self.flush().await?;
         }

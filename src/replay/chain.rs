@@ -1,7 +1,8 @@
 //! Which change segments a point-in-time restore replays: the archive of
 //! this cluster's streams in every repository, the chain that reaches back
 //! to the base backup's consistent point without a gap, and reading its
-//! segments (from any repository that has them) ahead of the replay.
+//! segments and the parts of their large transactions (from any repository
+//! that has them) ahead of the replay.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use chrono::{DateTime, Utc};
 
 use crate::crypto::Keyring;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::layout::{CHANGES_PREFIX, Lsn, parse_segment_key};
+use crate::repo::layout::{CHANGES_PREFIX, Lsn, parse_segment_key, part_key};
 use crate::storage::Storage;
+use crate::stream::segment::part::TransactionPart;
 use crate::stream::segment::{self, ChangeSegment};
 
 /// One segment of a chain, and the repositories holding it.
@@ -146,6 +148,48 @@ pub async fn fetch_segment(repos: &[Arc<dyn Storage>], seg: &SegmentRef, keys: &
         }
     }
     Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::NotFound, format!("change segment {} is in no repository", seg.key))))
+}
+
+/// Read and check part `index` of the transaction of `stream_id` committed
+/// at `commit_lsn`, the last one of segment `seg`, from the first of the
+/// segment's repositories that has a good copy.
+pub async fn fetch_part(
+    repos: &[Arc<dyn Storage>],
+    seg: &SegmentRef,
+    stream_id: &str,
+    commit_lsn: Lsn,
+    index: u32,
+    keys: &Arc<Keyring>,
+) -> Result<TransactionPart> {
+    let key = part_key(stream_id, commit_lsn, index);
+    let mut last_err = None;
+    for &i in &seg.repos {
+        let repo = &repos[i];
+        let what = format!("{key} in {}", repo.location());
+        let bytes = match repo.get(&key, None).await {
+            Ok(b) => b,
+            Err(e) => {
+                last_err = Some(e.context(format!("cannot read transaction part {what} (segment {} needs it)", seg.key)));
+                continue;
+            }
+        };
+        let keys = keys.clone();
+        let w = what.clone();
+        let decoded = tokio::task::spawn_blocking(move || segment::part::decode_with(&bytes, &w, &keys))
+            .await
+            .map_err(|e| Error::internal(format!("part decoder task failed: {e}")))?;
+        match decoded {
+            Ok(p) if p.meta.stream_id == stream_id && p.meta.commit_lsn == commit_lsn && p.meta.index == index => return Ok(p),
+            Ok(p) => {
+                last_err = Some(Error::corrupt(format!(
+                    "transaction part {what} says it is part {} of the transaction committed at {} of stream {}",
+                    p.meta.index, p.meta.commit_lsn, p.meta.stream_id
+                )))
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::NotFound, format!("transaction part {key} is in no repository"))))
 }
 
 #[cfg(test)]

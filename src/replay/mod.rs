@@ -18,9 +18,12 @@
 //! 2. skip transactions the backup already holds (commit before its
 //!    consistent point), stop before the first one past the target;
 //! 3. apply the rest in commit order through the set-based [`apply`]
-//!    writer, running captured DDL where it happened; a transaction that
-//!    made a change the archive cannot reproduce ([`inexact`]) stops the
-//!    replay with an error naming the table and the window, unless accepted;
+//!    writer, running captured DDL where it happened (a large transaction's
+//!    parts are read one at a time where it continues them, and batches are
+//!    written inside a transaction too once they are big enough); a
+//!    transaction that made a change the archive cannot reproduce
+//!    ([`inexact`]) stops the replay with an error naming the table and the
+//!    window, unless accepted;
 //! 4. advance sequences ([`sequences`]);
 //! 5. without `session_replication_role = replica` (not permitted to the
 //!    role), put back the triggers and foreign keys [`suspend`] took away;
@@ -404,12 +407,17 @@ pub async fn run(
             for m in &seg.schema {
                 applier.message(decode(m)?).await?;
             }
-            for txn in &seg.transactions {
+            let seg_ref = &plan.segments[report.segments - 1];
+            let last = seg.transactions.len().saturating_sub(1);
+            for (i, txn) in seg.transactions.iter().enumerate() {
                 let Some(PgOutputMessage::Begin(b)) = txn.messages.first().map(decode).transpose()? else {
                     return Err(Error::corrupt(format!("a transaction of stream {} does not start with Begin", plan.stream_id)));
                 };
                 let point = StopPoint { xid: b.xid, commit_lsn: b.final_lsn, end_lsn: b.final_lsn, commit_time: b.commit_time.to_utc() };
-                // 2. In the base already: only layouts matter.
+                // Parts holding its messages after Begin (only the last transaction has any).
+                let parts = if i == last { seg.meta.parts } else { 0 };
+                // 2. In the base already: only layouts matter (those changed inside parts
+                //    are described again by the next segment's schema record).
                 if b.final_lsn < from {
                     for m in &txn.messages {
                         if let msg @ PgOutputMessage::Relation(_) = decode(m)? {
@@ -431,6 +439,14 @@ pub async fn run(
                 // 3. Apply.
                 applier.begin(b.final_lsn);
                 let mut end = b.final_lsn;
+                for index in 1..=parts {
+                    let part = chain::fetch_part(repos, seg_ref, &plan.stream_id, b.final_lsn, index, keys).await?;
+                    for m in &part.messages {
+                        applier.note_bytes(m.len());
+                        applier.message(decode(m)?).await?;
+                        applier.flush_if_full().await?;
+                    }
+                }
                 for m in &txn.messages[1..] {
                     applier.note_bytes(m.len());
                     let msg = decode(m)?;
@@ -438,6 +454,7 @@ pub async fn run(
                         end = c.end_lsn;
                     }
                     applier.message(msg).await?;
+                    applier.flush_if_full().await?;
                 }
                 applier.commit().await?;
                 report.transactions += 1;

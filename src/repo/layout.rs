@@ -295,9 +295,35 @@ pub fn parse_segment_key(key: &str) -> Option<(String, Lsn, Lsn)> {
     ))
 }
 
+/// Key of part `index` (from 1) of the transaction committed at
+/// `commit_lsn`: the messages of a transaction too large for memory,
+/// stored ahead of the segment that ends with its Commit (docs/FORMAT.md §5.2).
+pub fn part_key(stream_id: &str, commit_lsn: Lsn, index: u32) -> String {
+    format!("{CHANGES_PREFIX}{stream_id}/{:016X}.txn/{index:06}.part", commit_lsn.0)
+}
+
+/// Parse a part key back into (stream id, commit LSN, index).
+pub fn parse_part_key(key: &str) -> Option<(String, Lsn, u32)> {
+    let rest = key.strip_prefix(CHANGES_PREFIX)?;
+    let (dir, file) = rest.rsplit_once('/')?;
+    let (stream, txn) = dir.rsplit_once('/')?;
+    let lsn = txn.strip_suffix(".txn").filter(|l| l.len() == 16)?;
+    let index = file.strip_suffix(".part").filter(|i| i.len() == 6)?;
+    Some((stream.to_string(), Lsn(u64::from_str_radix(lsn, 16).ok()?), index.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn part_keys_round_trip_and_are_not_segments() {
+        let k = part_key("7-s", Lsn(0x1_0000_00A0), 12);
+        assert_eq!(k, "changes/7-s/00000001000000A0.txn/000012.part");
+        assert_eq!(parse_part_key(&k), Some(("7-s".to_string(), Lsn(0x1_0000_00A0), 12)));
+        assert_eq!(parse_segment_key(&k), None);
+        assert_eq!(parse_part_key(&segment_key("7-s", Lsn(1), Lsn(2))), None);
+    }
 
     #[test]
     fn ids_round_trip() {

@@ -13,6 +13,14 @@
 //!    unconfirmed transactions after a restart). Transactional logical
 //!    messages whose prefix starts with `pgkeep.` stay in their
 //!    transaction (captured DDL, `pgkeep.ddl`); other messages are dropped;
+//!    A transaction holding more than `transaction_memory` bytes goes to
+//!    [`TransactionPart`]s as it arrives: the messages after its Begin are
+//!    put to every repository (failpoint `stream.after_part_put`) and
+//!    dropped from memory. Parts are never confirmed by themselves: the slot
+//!    moves past the transaction only once the segment ending with its
+//!    Commit (which names the parts) is stored; after a crash the server
+//!    resends it and the parts are written again under the same keys.
+//!    A transaction already archived is not buffered at all;
 //! 2. the open segment is closed after `segment_seconds` since its first
 //!    transaction, past `segment_bytes`, or on shutdown: every sequence is
 //!    sampled (after the segment's last commit was received), the segment is
@@ -43,13 +51,14 @@ use super::inexact::{
 };
 use super::publication::{PublicationNames, ReconcileMode};
 use super::schema_watch::{SchemaWatch, UncapturedChange};
+use super::segment::part::{PART_FORMAT_VERSION, PartMeta, TransactionPart};
 use super::segment::{self, ChangeSegment, SegmentMeta, SegmentTransaction};
 use super::upkeep::Upkeep;
 use crate::error::{Error, Result};
 use crate::replication::pgoutput::{self, Oid, PgOutputMessage, PgTimestamp};
 use crate::replication::stream::supports_messages;
 use crate::replication::{LogicalStream, ReplicationConnection, StreamEvent};
-use crate::repo::layout::{Lsn, segment_key};
+use crate::repo::layout::{Lsn, part_key, segment_key};
 use crate::storage::{PutOptions, Storage};
 
 #[cfg(test)]
@@ -76,15 +85,33 @@ pub struct SegmentLimits {
     pub max_age: Duration,
     /// Close once the raw payload exceeds this many bytes.
     pub max_bytes: u64,
+    /// Keep at most about this many bytes of one transaction in memory;
+    /// beyond, its messages go to a [`TransactionPart`].
+    pub transaction_memory: u64,
 }
+
+/// Memory a buffered message costs besides its bytes (its `Bytes` handle
+/// and allocation), counted against `transaction_memory`.
+const MESSAGE_OVERHEAD: usize = 48;
 
 /// The transaction being received.
 #[derive(Default)]
 struct OpenTransaction {
     /// Its commit LSN, from Begin.
     final_lsn: Lsn,
+    xid: u32,
+    /// Already archived (the server resends after a restart): not buffered.
+    skip: bool,
+    /// Begin, then the messages not yet in a part.
     messages: Vec<Bytes>,
+    /// Raw size of `messages`.
     bytes: usize,
+    /// Memory `messages` take.
+    memory: usize,
+    /// Parts stored so far.
+    parts: u32,
+    /// `changes` when the last part was taken.
+    changes_in_parts: u64,
     /// Schema entries captured at the first use of each relation.
     schema: Vec<(Oid, Vec<Bytes>)>,
     used: HashSet<Oid>,
@@ -105,6 +132,8 @@ struct OpenSegment {
     first_commit: Option<(Lsn, PgTimestamp)>,
     last_commit: Option<(Lsn, Lsn, PgTimestamp)>,
     inexact: Vec<InexactMark>,
+    /// Parts of the last transaction (it must then be the last).
+    parts: u32,
 }
 
 /// The archiver's state (pure: no I/O).
@@ -181,7 +210,10 @@ impl Archiver {
                 if self.current.is_some() {
                     return Err(Error::internal("pgoutput sent Begin inside a transaction"));
                 }
-                self.current = Some(OpenTransaction { final_lsn: begin.final_lsn, ..OpenTransaction::default() });
+                // Its commit record starts before the end of the last one taken: it is that one or
+                // earlier, so archived already (commit records do not overlap).
+                let skip = begin.final_lsn < self.last_end();
+                self.current = Some(OpenTransaction { final_lsn: begin.final_lsn, xid: begin.xid, skip, ..OpenTransaction::default() });
             }
             PgOutputMessage::Relation(r) => {
                 let types = r.columns.iter().map(|c| c.type_oid).collect();
@@ -232,13 +264,46 @@ impl Archiver {
         let Some(txn) = self.current.as_mut() else {
             return Ok(());
         };
-        txn.bytes += 4 + data.len();
-        txn.messages.push(data);
+        if !txn.skip {
+            txn.bytes += 4 + data.len();
+            txn.memory += data.len() + MESSAGE_OVERHEAD;
+            // `data` is a compact copy already (`replication::stream`).
+            txn.messages.push(data);
+        }
         if let PgOutputMessage::Commit(commit) = message {
             let txn = self.current.take().unwrap_or_default();
             self.finish_transaction(txn, commit.commit_lsn, commit.end_lsn, commit.commit_time);
         }
         Ok(())
+    }
+
+    /// The open transaction's messages after its Begin as the next part, once
+    /// they take more than `budget` bytes of memory. Store it in every
+    /// repository before accepting more.
+    pub fn take_part(&mut self, budget: u64) -> Option<TransactionPart> {
+        let txn = self.current.as_mut()?;
+        if txn.skip || txn.memory as u64 <= budget || txn.messages.len() < 2 {
+            return None;
+        }
+        let messages: Vec<Bytes> = txn.messages.drain(1..).collect();
+        txn.bytes = 4 + txn.messages[0].len();
+        txn.memory = txn.messages[0].len() + MESSAGE_OVERHEAD;
+        txn.parts += 1;
+        let changes = txn.changes - std::mem::replace(&mut txn.changes_in_parts, txn.changes);
+        Some(TransactionPart {
+            meta: PartMeta {
+                version: PART_FORMAT_VERSION,
+                stream_id: self.stream_id.clone(),
+                commit_lsn: txn.final_lsn,
+                xid: txn.xid,
+                index: txn.parts,
+                changes,
+                compression: String::new(),
+                raw_size: 0,
+                encryption: None,
+            },
+            messages,
+        })
     }
 
     /// Note relations used by a change of the open transaction, capturing
@@ -278,6 +343,7 @@ impl Archiver {
         end: Lsn,
         time: PgTimestamp,
     ) {
+        debug_assert!(!txn.skip || end <= self.last_end(), "a skipped transaction was archived already");
         if end <= self.last_end() {
             tracing::debug!(end_lsn = %end, "skipping a transaction already archived");
             return;
@@ -294,6 +360,9 @@ impl Archiver {
         open.last_commit = Some((commit_lsn, end, time));
         open.bytes += 4 + txn.bytes as u64;
         open.changes += txn.changes;
+        // A transaction with parts closes its segment (see `is_due`).
+        debug_assert_eq!(open.parts, 0, "a transaction with parts is always the last of its segment");
+        open.parts = txn.parts;
         open.transactions.push(SegmentTransaction {
             messages: txn.messages,
         });
@@ -315,7 +384,8 @@ impl Archiver {
     /// Whether the open segment is due by size or age.
     pub fn is_due(&self, limits: SegmentLimits, now: Instant) -> bool {
         self.has_open_segment()
-            && (self.open.bytes > limits.max_bytes
+            && (self.open.parts > 0
+                || self.open.bytes > limits.max_bytes
                 || self.close_deadline(limits).is_some_and(|d| now >= d))
     }
 
@@ -346,6 +416,7 @@ impl Archiver {
             sequences: Vec::new(),
             inexact: open.inexact.clone(),
             server_time: None,
+            parts: open.parts,
         };
         Some(ChangeSegment {
             meta,
@@ -391,6 +462,7 @@ impl Archiver {
             sequences: Vec::new(),
             inexact: Vec::new(),
             server_time: None,
+            parts: 0,
         };
         Some(ChangeSegment { meta, schema: Vec::new(), transactions: Vec::new() })
     }
@@ -407,6 +479,8 @@ pub struct SessionTotals {
     pub changes: u64,
     /// Encoded bytes stored (per repository).
     pub bytes: u64,
+    /// Parts of large transactions stored.
+    pub parts: u64,
 }
 
 /// How a session ended without error.
@@ -485,6 +559,9 @@ pub async fn run_session<F: Future<Output = ()>>(
             event = stream.next_event() => match event? {
                 StreamEvent::XLogData { data, .. } => {
                     archiver.accept(data)?;
+                    if let Some(part) = archiver.take_part(cx.limits.transaction_memory) {
+                        store_part(cx, totals, part).await?;
+                    }
                     for change in archiver.take_uncaptured() {
                         schema_changed_without_ddl(cx, &change);
                     }
@@ -575,6 +652,34 @@ async fn store_segment(
     store_sealed(stream, archiver, cx, upkeep, totals, segment).await
 }
 
+/// Put `bytes` at `key` in every repository.
+async fn put_everywhere(cx: &SessionContext<'_>, key: &str, bytes: &Bytes, what: &str) -> Result<()> {
+    let puts = cx.repos.iter().map(|repo| {
+        let bytes = bytes.clone();
+        async move {
+            repo.put(key, bytes, PutOptions::default())
+                .await
+                .map_err(|e| e.context(format!("cannot store {what} {key} in {}", repo.location())))
+        }
+    });
+    futures::future::try_join_all(puts).await?;
+    Ok(())
+}
+
+/// Store one part of the open transaction in every repository. Nothing is
+/// confirmed: the segment ending with the transaction's Commit does that.
+async fn store_part(cx: &SessionContext<'_>, totals: &mut SessionTotals, part: TransactionPart) -> Result<()> {
+    let meta = part.meta.clone();
+    let key = part_key(&meta.stream_id, meta.commit_lsn, meta.index);
+    let bytes = Bytes::from(segment::part::encode(&part, cx.sealer)?);
+    drop(part);
+    put_everywhere(cx, &key, &bytes, "transaction part").await?;
+    crate::failpoint::hit("stream.after_part_put");
+    tracing::info!(commit_lsn = %meta.commit_lsn, xid = meta.xid, part = meta.index, changes = meta.changes, stored_bytes = bytes.len(), "stored a part of a large transaction");
+    totals.parts += 1;
+    Ok(())
+}
+
 /// Sample the sequences into a sealed segment, encode it, put it to every
 /// repository, then confirm its end to the server.
 async fn store_sealed(
@@ -591,21 +696,7 @@ async fn store_sealed(
     let key = segment_key(&segment.meta.stream_id, segment.meta.start_lsn, segment.meta.end_lsn);
     let bytes = Bytes::from(segment::encode_sealed(&segment, cx.sealer)?);
     let meta = &segment.meta;
-    let puts = cx.repos.iter().map(|repo| {
-        let bytes = bytes.clone();
-        let key = key.as_str();
-        async move {
-            repo.put(key, bytes, PutOptions::default())
-                .await
-                .map_err(|e| {
-                    e.context(format!(
-                        "cannot store change segment {key} in {}",
-                        repo.location()
-                    ))
-                })
-        }
-    });
-    futures::future::try_join_all(puts).await?;
+    put_everywhere(cx, &key, &bytes, "change segment").await?;
     crate::failpoint::hit("stream.after_segment_put");
     stream
         .send_status(meta.end_lsn, meta.end_lsn, meta.end_lsn, false)

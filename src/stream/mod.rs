@@ -70,6 +70,9 @@ pub struct StreamOptions {
     pub segment_seconds: u64,
     /// Close a segment once its raw payload exceeds this many bytes.
     pub segment_bytes: u64,
+    /// Keep at most about this many bytes of one transaction in memory;
+    /// a larger one is stored in parts as it arrives (docs/FORMAT.md §5.2).
+    pub transaction_memory: u64,
     /// How often tables that are in neither publication are put into one.
     pub publication_check: Duration,
     /// Full backups the stream takes by itself (all off here; the CLI turns
@@ -86,6 +89,7 @@ impl StreamOptions {
             publication: publication.into(),
             segment_seconds: 10,
             segment_bytes: 16 << 20,
+            transaction_memory: 16 << 20,
             publication_check: Duration::from_secs(5),
             auto_backup: AutoBackupOptions::default(),
         }
@@ -123,6 +127,9 @@ pub async fn run(
         return Err(Error::config(
             "--segment-seconds and --segment-bytes must be at least 1",
         ));
+    }
+    if !(1 << 20..=256 << 20).contains(&opts.transaction_memory) || opts.segment_bytes > 512 << 20 {
+        return Err(Error::config("--transaction-memory must be between 1MiB and 256MiB, and --segment-bytes at most 512MiB"));
     }
     let mut shutdown = std::pin::pin!(shutdown);
     // 1. Repositories.
@@ -269,6 +276,7 @@ impl Stream<'_> {
         let limits = SegmentLimits {
             max_age: Duration::from_secs(opts.segment_seconds),
             max_bytes: opts.segment_bytes,
+            transaction_memory: opts.transaction_memory,
         };
         // Encryption (when configured): one data key for this run's segments.
         let sealer = crate::crypto::Sealer::from_settings(&settings.encryption)?;

@@ -9,13 +9,14 @@
 //! the common end of the chains (or the slot's `confirmed_flush_lsn` when
 //! there are none), gaps as errors, and segments past the common end (a
 //! crash between puts; never confirmed) to delete, which happens only while
-//! no other walsender consumes the slot.
+//! no other walsender consumes the slot. Parts of transactions committed at
+//! or after the resume point ([`stale_parts`]) are deleted the same way.
 
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::replication::{FAILOVER_MIN_SERVER_VERSION, ReplicationConnection, alter_slot_failover_command};
-use crate::repo::layout::{CHANGES_PREFIX, Lsn, parse_segment_key};
+use crate::repo::layout::{CHANGES_PREFIX, Lsn, parse_part_key, parse_segment_key};
 use crate::storage::Storage;
 
 /// Create the permanent pgoutput slot if missing; refuse a slot of another
@@ -117,7 +118,8 @@ pub async fn resume_point(
         listings.push((repo.location(), keys));
     }
     let confirmed = confirmed_flush(db, slot).await?;
-    let plan = plan_resume(stream_id, &listings, confirmed)?;
+    let mut plan = plan_resume(stream_id, &listings, confirmed)?;
+    plan.orphans.extend(stale_parts(stream_id, &listings, plan.resume));
     if !plan.orphans.is_empty() {
         // Segments past the common end may belong to another live streamer
         // between its puts: only remove them when nobody consumes the slot.
@@ -130,7 +132,7 @@ pub async fn resume_point(
         }
     }
     for (index, key) in &plan.orphans {
-        tracing::warn!(key = %key, repository = %repos[*index].location(), "removing a segment stored past the common end (interrupted run)");
+        tracing::warn!(key = %key, repository = %repos[*index].location(), "removing a segment or transaction part stored past the common end (interrupted run)");
         repos[*index].delete(key).await?;
     }
     Ok(plan)
@@ -226,10 +228,34 @@ pub fn plan_resume(
     Ok(ResumePlan { resume, chain_start, orphans })
 }
 
+/// Parts of transactions committed at or after `resume`: no stored segment
+/// refers to them (a crash before the Commit was archived); the server
+/// resends those transactions and their parts are written again.
+pub fn stale_parts(stream_id: &str, listings: &[(String, Vec<String>)], resume: Lsn) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (index, (_, keys)) in listings.iter().enumerate() {
+        for key in keys {
+            if parse_part_key(key).is_some_and(|(s, commit, _)| s == stream_id && commit >= resume) {
+                out.push((index, key.clone()));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::repo::layout::segment_key;
+
+    #[test]
+    fn parts_of_transactions_not_archived_are_stale() {
+        use crate::repo::layout::part_key;
+        let a = vec![segment_key("1-s", Lsn(5), Lsn(10)), part_key("1-s", Lsn(8), 1), part_key("1-s", Lsn(12), 1), part_key("2-s", Lsn(12), 1)];
+        let b = vec![part_key("1-s", Lsn(10), 2)];
+        let stale = stale_parts("1-s", &[("a".into(), a), ("b".into(), b)], Lsn(10));
+        assert_eq!(stale, vec![(0, part_key("1-s", Lsn(12), 1)), (1, part_key("1-s", Lsn(10), 2))]);
+    }
 
     fn keys(ranges: &[(u64, u64)]) -> Vec<String> {
         ranges

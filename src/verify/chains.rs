@@ -8,7 +8,8 @@
 //! their metadata in plaintext (authenticated with the payload), so this
 //! works without a key; with keys ([`check_chains_with_keys`]) each segment
 //! is also decrypted and fully decoded, so a wrong key or an edited segment
-//! fails.
+//! fails. A segment that continues parts of a large transaction has each of
+//! them read back the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -130,7 +131,7 @@ async fn check_segments(repo: &Arc<dyn Storage>, stream: &str, segs: &[(Lsn, Lsn
                 crate::stream::segment::decode_meta(&bytes, &key)
             };
             match checked {
-                Ok(meta) if meta.start_lsn == start && meta.end_lsn == end => None,
+                Ok(meta) if meta.start_lsn == start && meta.end_lsn == end => check_parts(repo, stream, &key, &meta, keys).await,
                 Ok(meta) => Some(format!(
                     "stream {stream}: segment {key} covers {}..{}, its key says {start}..{end}",
                     meta.start_lsn, meta.end_lsn
@@ -142,6 +143,35 @@ async fn check_segments(repo: &Arc<dyn Storage>, stream: &str, segs: &[(Lsn, Lsn
         .collect()
         .await;
     results.into_iter().flatten().collect()
+}
+
+/// The parts a segment continues: each present, intact, and the one it asks for.
+async fn check_parts(
+    repo: &Arc<dyn Storage>,
+    stream: &str,
+    key: &str,
+    meta: &crate::stream::segment::SegmentMeta,
+    keys: &Keyring,
+) -> Option<String> {
+    use crate::stream::segment::part;
+    for index in 1..=meta.parts {
+        let part_key = crate::repo::layout::part_key(stream, meta.last_commit_lsn, index);
+        let bytes = match repo.get(&part_key, None).await {
+            Ok(b) => b,
+            Err(e) => return Some(format!("stream {stream}: segment {key} needs transaction part {part_key}: {}", e.user_line())),
+        };
+        let checked = if keys.is_configured() {
+            part::decode_with(&bytes, &part_key, keys).map(|p| p.meta)
+        } else {
+            part::decode_meta(&bytes, &part_key)
+        };
+        match checked {
+            Ok(p) if p.commit_lsn == meta.last_commit_lsn && p.index == index && p.stream_id == stream => {}
+            Ok(_) => return Some(format!("stream {stream}: transaction part {part_key} is not the part its key names")),
+            Err(e) => return Some(format!("stream {stream}: {}", e.user_line())),
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -143,6 +143,7 @@ fn due_by_size_and_age() {
     let limits = SegmentLimits {
         max_age: Duration::from_secs(60),
         max_bytes: 10_000,
+        transaction_memory: 1 << 20,
     };
     let mut a = Archiver::new("9-s".into(), Lsn(0));
     assert!(!a.is_due(limits, Instant::now()));
@@ -238,4 +239,55 @@ fn a_relation_change_without_ddl_is_reported_with_its_commit_lsn() {
     assert_eq!(changes.len(), 1);
     assert_eq!((changes[0].table.as_str(), changes[0].lsn), (r#""public"."t7""#, Lsn(0x400 - 8)));
     assert!(a.take_uncaptured().is_empty());
+}
+
+#[test]
+fn a_transaction_over_its_memory_goes_to_parts_and_closes_its_segment() {
+    let limits = SegmentLimits { max_age: Duration::from_secs(60), max_bytes: 1 << 20, transaction_memory: 1000 };
+    let mut a = Archiver::new("9-s".into(), Lsn(0x100));
+    txn(&mut a, 1, 7, Some(relation(7, 1)), 0x200);
+    begin(&mut a, 2, 0x300);
+    a.accept(relation(8, 1)).unwrap();
+    let mut parts = Vec::new();
+    for _ in 0..100 {
+        a.accept(insert(8)).unwrap();
+        if let Some(p) = a.take_part(limits.transaction_memory) {
+            parts.push(p);
+        }
+        assert!(a.current.as_ref().unwrap().memory <= 1000 + 100, "memory stays near the budget");
+    }
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    assert!(!a.is_due(limits, Instant::now()), "the first transaction alone is small");
+    commit(&mut a, 0x300);
+    assert!(a.is_due(limits, Instant::now()), "a transaction with parts closes its segment");
+    let seg = stored(a.seal().unwrap());
+    assert_eq!((seg.meta.parts as usize, seg.meta.transactions, seg.meta.changes), (parts.len(), 2, 101));
+    assert_eq!((seg.meta.start_lsn, seg.meta.end_lsn), (Lsn(0x100), Lsn(0x300)));
+    // Parts numbered from 1, keyed by the commit; Begin and Commit stay in the segment.
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!((p.meta.index as usize, p.meta.commit_lsn, p.meta.xid), (i + 1, Lsn(0x2f8), 2));
+        let back = segment::part::decode_with(&segment::part::encode(p, None).unwrap(), "p", &crate::crypto::Keyring::none()).unwrap();
+        assert_eq!(back.messages, p.messages);
+    }
+    let in_parts: usize = parts.iter().map(|p| p.messages.len()).sum();
+    let last = &seg.transactions[1].messages;
+    assert_eq!(in_parts + last.len(), 1 + 1 + 100 + 1, "Begin, Relation, 100 inserts, Commit: each once");
+    assert_eq!(parts.iter().map(|p| p.meta.changes).sum::<u64>() + (last.len() as u64 - 2), 100);
+    assert!(matches!(pgoutput::decode(&last[0]), Ok(PgOutputMessage::Begin(_))));
+    assert_eq!(parts[0].messages[0], relation(8, 1));
+}
+
+#[test]
+fn a_resent_transaction_is_not_buffered() {
+    let mut a = Archiver::new("9-s".into(), Lsn(0x300));
+    begin(&mut a, 2, 0x300);
+    a.accept(relation(8, 1)).unwrap();
+    for _ in 0..100 {
+        a.accept(insert(8)).unwrap();
+        assert!(a.take_part(100).is_none(), "already archived: nothing stored again");
+    }
+    assert!(a.current.as_ref().unwrap().messages.is_empty());
+    commit(&mut a, 0x300);
+    assert!(!a.has_open_segment());
+    assert_eq!(a.relations.len(), 1, "its Relation still fed the cache");
 }

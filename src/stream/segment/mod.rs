@@ -22,6 +22,11 @@
 //! payload) and `none`. The compression name, not the format version,
 //! selects the transform.
 //!
+//! A transaction too large for `stream`'s memory spans several objects: its
+//! messages between Begin and the last ones are stored first as
+//! [`part`]s, and the segment that ends with its Commit (format version 3)
+//! says in `parts` how many precede the rest of its last transaction.
+//!
 //! An encrypted segment (format version 2) has the same layout; its
 //! metadata line (still plaintext, so chains can be checked without a key)
 //! also carries `encryption`, the stream run's wrapped data key, and its
@@ -52,6 +57,7 @@ use crate::repo::layout::Lsn;
 
 pub mod columnar;
 pub mod rekey; // key rotation: a sealed segment under a new envelope
+pub mod part;
 
 /// The first 8 bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"PGKSEG1\n";
@@ -59,6 +65,9 @@ pub const MAGIC: &[u8; 8] = b"PGKSEG1\n";
 pub const FORMAT_VERSION: u32 = 1;
 /// The format version of an encrypted segment.
 pub const SEALED_FORMAT_VERSION: u32 = 2;
+/// The format version of a segment whose last transaction continues parts
+/// stored before it (`parts` > 0), encrypted or not.
+pub const CONTINUED_FORMAT_VERSION: u32 = 3;
 /// Associated-data label of a sealed segment payload (followed by the magic and metadata line).
 const AAD_SEGMENT: &[u8] = b"pgkeep segment payload v2\n";
 /// Largest raw payload a segment may declare (decode refuses more).
@@ -106,6 +115,15 @@ pub struct SegmentMeta {
     /// reaches a target time only up to this or the last commit time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_time: Option<DateTime<Utc>>,
+    /// How many [`part`]s hold the messages of the last transaction
+    /// between its Begin and the messages in this segment (0: none;
+    /// otherwise format version [`CONTINUED_FORMAT_VERSION`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub parts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One sequence's state, sampled when a segment is sealed.
@@ -185,29 +203,31 @@ pub fn encode_sealed(segment: &ChangeSegment, sealer: Option<&Sealer>) -> Result
     for txn in &segment.transactions {
         put_record(&mut raw, &txn.messages)?;
     }
-    // Never write a segment that decode would refuse: a single transaction
-    // that large stops the stream with this error (the slot keeps the WAL, and
-    // `pgkeep check` reports the growing lag) instead of archiving it unreadably.
+    // Never write a segment that decode would refuse. Large transactions go
+    // to parts, so only limits set far above the defaults get here.
     if raw.len() as u64 > MAX_RAW_PAYLOAD {
         return Err(Error::new(
-            crate::error::ErrorKind::Internal,
+            crate::error::ErrorKind::Config,
             format!(
-                "a change segment of stream {} would hold {} bytes, above the {} byte limit (one very large transaction?)",
+                "a change segment of stream {} would hold {} bytes, above the {} byte limit of one object",
                 segment.meta.stream_id,
                 raw.len(),
                 MAX_RAW_PAYLOAD
             ),
         )
-        .with_hint("large single transactions are not archived yet; take a full backup after it"));
+        .with_hint("restart `pgkeep stream` with smaller --segment-bytes and --transaction-memory (defaults 16MiB)"));
     }
     let stored = columnar::pack(&raw);
     let mut meta = segment.meta.clone();
     meta.raw_size = raw.len() as u64;
     meta.compression = columnar::COMPRESSION.to_string();
+    meta.version = if meta.parts > 0 { CONTINUED_FORMAT_VERSION } else { FORMAT_VERSION };
     let json = match sealer {
         None => serde_json::to_vec(&meta),
         Some(s) => {
-            meta.version = SEALED_FORMAT_VERSION;
+            if meta.parts == 0 {
+                meta.version = SEALED_FORMAT_VERSION;
+            }
             serde_json::to_vec(&SealedMetaOut { meta: &meta, encryption: s.envelope() })
         }
     }
@@ -276,9 +296,10 @@ pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegm
         .map_err(|e| bad(&format!("metadata: {e}")))?
         .encryption;
     match (meta.version, &envelope) {
-        (FORMAT_VERSION, None) | (SEALED_FORMAT_VERSION, Some(_)) => {}
-        (FORMAT_VERSION | SEALED_FORMAT_VERSION, _) => {
-            return Err(bad("format version and encryption section disagree"));
+        (FORMAT_VERSION, None) | (SEALED_FORMAT_VERSION, Some(_)) if meta.parts == 0 => {}
+        (CONTINUED_FORMAT_VERSION, _) if meta.parts > 0 => {}
+        (FORMAT_VERSION | SEALED_FORMAT_VERSION | CONTINUED_FORMAT_VERSION, _) => {
+            return Err(bad("format version, parts and encryption section disagree"));
         }
         (v, _) => return Err(bad(&format!("unsupported segment format version {v}"))),
     }
@@ -386,7 +407,7 @@ fn check_transactions(
     if txns.is_empty() {
         // A heartbeat segment: no transaction committed in its range that the
         // publication covers; it only moves the archive (and the slot) forward.
-        return if meta.end_lsn > meta.start_lsn && meta.changes == 0 {
+        return if meta.end_lsn > meta.start_lsn && meta.changes == 0 && meta.parts == 0 {
             Ok(())
         } else {
             Err("an empty segment must cover a non-empty range and hold no changes".to_string())
@@ -467,6 +488,7 @@ mod tests {
                 sequences: Vec::new(),
                 inexact: Vec::new(),
                 server_time: None,
+                parts: 0,
             },
             schema: vec![Bytes::from_static(b"R-not-decoded")],
             transactions: vec![txn(1, 0x1f0, 0x200), txn(2, 0x2f0, 0x300)],
@@ -602,9 +624,12 @@ mod tests {
         one.transactions.truncate(1);
         one.meta.end_lsn = Lsn(0x200);
         one.meta.transactions = 1;
+        let mut continued = sample();
+        continued.meta.parts = 2;
         for (name, seg) in [
             ("col1-two-transactions.seg", sample()),
             ("col1-one-transaction-no-schema.seg", one),
+            ("v3-continued-two-parts.seg", continued),
         ] {
             let bytes = encode(&seg).unwrap();
             decode(&bytes, name).unwrap();
@@ -622,6 +647,13 @@ mod tests {
         let back = decode_with(&bytes, "k", &keys).unwrap();
         assert_eq!(back.transactions, sample().transactions);
         assert_eq!(back.meta.version, SEALED_FORMAT_VERSION);
+        // Continuing parts, encrypted: version 3 with the encryption section.
+        let mut continued = sample();
+        continued.meta.parts = 2;
+        let sealed = encode_sealed(&continued, Some(&sealer)).unwrap();
+        let back = decode_with(&sealed, "k", &keys).unwrap();
+        assert_eq!((back.meta.version, back.meta.parts), (CONTINUED_FORMAT_VERSION, 2));
+        assert!(decode(&sealed, "k").is_err(), "needs the key");
         // Without a key: one line naming the segment; the metadata stays readable.
         let e = decode(&bytes, "changes/7-s/x.seg").unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Config);
@@ -648,6 +680,33 @@ mod tests {
         forged.extend_from_slice(&d);
         let e = decode_with(&forged, "k", &keys).unwrap_err();
         assert!(e.user_line().contains("fails authentication"), "{}", e.user_line());
+    }
+
+    #[test]
+    fn a_segment_with_parts_is_version_3_and_its_version_must_agree() {
+        let mut seg = sample();
+        seg.meta.parts = 4;
+        let bytes = encode(&seg).unwrap();
+        let back = decode(&bytes, "k").unwrap();
+        assert_eq!((back.meta.version, back.meta.parts), (CONTINUED_FORMAT_VERSION, 4));
+        assert_eq!(back.transactions, seg.transactions);
+        // Without parts it stays version 1, readable by earlier pgkeep.
+        assert_eq!(decode(&encode(&sample()).unwrap(), "k").unwrap().meta.version, FORMAT_VERSION);
+        // A version 1 segment claiming parts, or a version 3 one without, is refused.
+        let mut raw = BytesMut::new();
+        put_record(&mut raw, &seg.schema).unwrap();
+        for t in &seg.transactions {
+            put_record(&mut raw, &t.messages).unwrap();
+        }
+        let mut meta = seg.meta.clone();
+        meta.raw_size = raw.len() as u64;
+        meta.compression = "none".into();
+        meta.version = FORMAT_VERSION;
+        assert!(decode(&reseal(&meta, &raw), "k").is_err());
+        meta.version = CONTINUED_FORMAT_VERSION;
+        assert!(decode(&reseal(&meta, &raw), "k").is_ok());
+        meta.parts = 0;
+        assert!(decode(&reseal(&meta, &raw), "k").is_err());
     }
 
     #[test]
