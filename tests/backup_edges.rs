@@ -129,8 +129,9 @@ async fn killed_backup_is_never_visible_and_rerun_succeeds() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(point));
         assert!(catalog::list_backups(&storage).await.unwrap().is_empty(), "{point}: no visible backup");
     }
-    // The run killed before its manifest left complete packs: an incomplete backup, not a backup.
-    assert_eq!(catalog::incomplete_backups(&storage).await.unwrap().len(), 1);
+    // Both killed runs had claimed their ids (docs/FORMAT.md §2.2) and the
+    // second left complete packs: two incomplete backups, not backups.
+    assert_eq!(catalog::incomplete_backups(&storage).await.unwrap().len(), 2);
     // Make sure the rerun gets a new second-resolution id or a suffix.
     let out = run_binary(cluster, &db, repo.path(), None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
