@@ -275,7 +275,8 @@ async fn the_supabase_customer_role_runs_the_whole_workflow() {
     let before = hashes(&cluster, &db, supabase::TABLES).await;
     cluster.execute(&db, "DELETE FROM public.todos; DELETE FROM storage.objects").await; // the accident
     let mut restore = as_customer(&db);
-    restore.args(["restore", "latest", "--yes"]);
+    // `--target backup`: the backup itself (`latest` alone would replay the archive after it too).
+    restore.args(["restore", "latest", "--target", "backup", "--yes"]);
     let out = ok(restore, "restore with swap as the customer");
     assert!(out.contains("pre-restore backup pre_restore_backup_") && out.contains(&format!("previous database kept as {db}_old")), "{out}");
     assert_eq!(hashes(&cluster, &db, supabase::TABLES).await, at_backup, "{db} after the swap is the backup");

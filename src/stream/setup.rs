@@ -204,7 +204,8 @@ fn install_sql(names: &PublicationNames) -> String {
     let insert_only = quote_literal(&names.insert_only);
     let prefix = quote_literal(DDL_PREFIX);
     format!(
-        r#"CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+        r#"DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
 REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC;
 -- The key that authenticates captured DDL (replay runs only messages it
 -- signed: any role may call pg_logical_emit_message). Readable by its owner
@@ -377,9 +378,11 @@ BEGIN
 END
 $pgkeep$;
 
-DROP EVENT TRIGGER IF EXISTS {EVENT_TRIGGER};
+{rewrite_sql}{guards}
+-- Last: the capture fires for the statements above otherwise, before the
+-- functions it calls exist (an upgrade from an older setup, too).
 CREATE EVENT TRIGGER {EVENT_TRIGGER} ON ddl_command_end EXECUTE FUNCTION {SCHEMA}.ddl_trigger();
-{rewrite_sql}{guards}"#,
+"#,
         command_prefix = quote_literal(COMMAND_PREFIX),
         missing_prefix = quote_literal(MISSING_PREFIX),
         partition_prefix = quote_literal(PARTITION_PREFIX),
