@@ -104,7 +104,7 @@ async fn stream_auto_backups_run_expire_after_backup() {
         .env("NOTIFY_ON_SUCCESS", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = tokio::process::Command::from(cmd).spawn().unwrap();
+    let child = tokio::process::Command::from(cmd).kill_on_drop(true).spawn().unwrap();
 
     // Nothing covers the new archive: the stream takes a full backup, then expire runs.
     let deadline = Instant::now() + Duration::from_secs(90);
