@@ -140,6 +140,10 @@ async fn every_verb_refuses_an_unknown_repository_format_version() {
         "created_by": {"os_user": "u", "host": "h", "pgkeep_version": "99.0.0"}
     });
     std::fs::write(repo.path().join("pgkeep.repo.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    // An intact copy of an older version does not overrule it.
+    let mut old = meta.clone();
+    old["version"] = 1.into();
+    std::fs::write(repo.path().join("pgkeep.repo.json.copy"), serde_json::to_vec(&old).unwrap()).unwrap();
     let location = repo.path().display().to_string();
     for args in [
         &["list"][..],
@@ -158,12 +162,13 @@ async fn every_verb_refuses_an_unknown_repository_format_version() {
         assert!(lines[0].contains("format version 99") && lines[0].contains(&location), "{args:?}: {}", lines[0]);
     }
     // Nothing but run logs was written next to the metadata, and the stream left no slot behind.
-    let names: Vec<String> = std::fs::read_dir(repo.path())
+    let mut names: Vec<String> = std::fs::read_dir(repo.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n != "logs")
         .collect();
-    assert_eq!(names, vec!["pgkeep.repo.json".to_string()], "{names:?}");
+    names.sort();
+    assert_eq!(names, vec!["pgkeep.repo.json".to_string(), "pgkeep.repo.json.copy".to_string()], "{names:?}");
     let slots: i64 = cluster.client(&db).await.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0);
     assert_eq!(slots, 0);
 }

@@ -84,6 +84,8 @@ pub async fn load(storage: &dyn Storage) -> Result<Option<RepoMeta>> {
         match storage.get(key, None).await {
             Ok(bytes) => match parse(&bytes, &format!("{key} in {}", storage.location())) {
                 Ok(m) => return Ok(Some(m)),
+                // An unknown version is not damage: the copy does not overrule it.
+                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
                 Err(e) => first_err = first_err.or(Some(e)),
             },
             Err(e) if e.kind() == ErrorKind::NotFound => {}
