@@ -191,10 +191,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 true => commands::verify::run_legacy(&settings, &opts, &a.backup).await,
                 false => commands::verify::run(&settings, &opts).await,
             };
-            let report = notified(&settings, Operation::Verify, started, result, |_| {
-                Event::new(Operation::Verify, pgkeep::notify::Outcome::Success)
-            })
-            .await?;
+            // Exactly one notification: a report whose checks failed is a failure.
+            let report = match result {
+                Ok(report) => report,
+                Err(e) => return notified::<()>(&settings, Operation::Verify, started, Err(e), |_| unreachable!()).await.map(|_| 1),
+            };
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
@@ -209,19 +210,14 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Expire(a) => {
             let opts = commands::expire::ExpireOptions { dry_run: a.dry_run, keep_full: a.keep_full };
-            let started = Instant::now();
-            let report = notified(&settings, Operation::Expire, started, commands::expire::run(&settings, &opts).await, |_| {
-                Event::new(Operation::Expire, pgkeep::notify::Outcome::Success)
-            })
-            .await?;
+            let report = expire_notified(&settings, &opts).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
             } else {
                 print!("{}", report.render());
             }
             if !report.is_complete() {
-                let err = pgkeep::Error::new(pgkeep::ErrorKind::Storage, "expire did not complete in every repository (see above)");
-                return notified::<()>(&settings, Operation::Expire, started, Err(err), |_| unreachable!()).await.map(|_| 1);
+                return Err(expire_incomplete());
             }
             Ok(0)
         }
@@ -240,6 +236,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 false => pgkeep::stream::autobackup::AutoBackupOptions::enabled(),
             };
             opts.auto_backup.every = a.full_backup_every;
+            // Retention after each automatic full backup, as after `pgkeep backup`.
+            opts.auto_backup.after_backup = Some(pgkeep::stream::autobackup::AfterBackup::new(|s: config::Settings| async move {
+                expire_after_backup(&s).await;
+            }));
             opts.segment_bytes = config::layers::parse_size(&a.segment_bytes)
                 .filter(|n| *n > 0)
                 .ok_or_else(|| pgkeep::Error::config(format!("invalid --segment-bytes `{}`: expected a size such as 16MiB", a.segment_bytes)))?;
@@ -321,20 +321,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 bar.finish_and_clear();
             }
             let report = notified(&settings, Operation::Backup, started, result, Event::backup_succeeded).await?;
-            // Retention after each successful backup (EXPIRE_AFTER_BACKUP, default on); its
-            // failure is reported and notified, never turned into a failed backup.
-            if settings.expire_after_backup && pgkeep::interrupt::received().is_none() {
-                let eopts = commands::expire::ExpireOptions { dry_run: false, keep_full: 1 };
-                let expired = notified(&settings, Operation::Expire, Instant::now(), commands::expire::run(&settings, &eopts).await, |_| {
-                    Event::new(Operation::Expire, pgkeep::notify::Outcome::Success)
-                })
-                .await;
-                match expired {
-                    Ok(r) if r.is_complete() => tracing::info!("expire after backup: {}", r.render().lines().next().unwrap_or_default()),
-                    Ok(r) => tracing::warn!("expire after backup did not complete: {}", r.render().replace('\n', "; ")),
-                    Err(e) => tracing::warn!(error = %e.user_line(), "expire after backup failed"),
-                }
-            }
+            expire_after_backup(&settings).await;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap_or_default());
             } else {
@@ -343,6 +330,41 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Retention after each successful full backup (`pgkeep backup` and the ones
+/// `stream` takes by itself; EXPIRE_AFTER_BACKUP, default on). Its failure is
+/// logged and notified, never turned into a failed backup or stream.
+async fn expire_after_backup(settings: &config::Settings) {
+    if !settings.expire_after_backup || pgkeep::interrupt::received().is_some() {
+        return;
+    }
+    let eopts = commands::expire::ExpireOptions { dry_run: false, keep_full: 1 };
+    match expire_notified(settings, &eopts).await {
+        Ok(r) if r.is_complete() => tracing::info!("expire after backup: {}", r.render().lines().next().unwrap_or_default()),
+        Ok(r) => tracing::warn!("expire after backup did not complete: {}", r.render().replace('\n', "; ")),
+        Err(e) => tracing::warn!(error = %e.user_line(), "expire after backup failed"),
+    }
+}
+
+/// Run `expire` and send its one notification: a success only when every
+/// repository completed, otherwise a failure. An incomplete run still
+/// returns its report (the caller prints it and decides the exit).
+async fn expire_notified(settings: &config::Settings, opts: &commands::expire::ExpireOptions) -> Result<commands::expire::ExpireReport> {
+    let started = Instant::now();
+    let (result, incomplete) = match commands::expire::run(settings, opts).await {
+        Ok(r) if !r.is_complete() => (Err(expire_incomplete()), Some(r)),
+        other => (other, None),
+    };
+    let outcome = notified(settings, Operation::Expire, started, result, |_| Event::new(Operation::Expire, pgkeep::notify::Outcome::Success)).await;
+    match incomplete {
+        Some(r) => Ok(r),
+        None => outcome,
+    }
+}
+
+fn expire_incomplete() -> pgkeep::Error {
+    pgkeep::Error::new(pgkeep::ErrorKind::Storage, "expire did not complete in every repository (see above)")
 }
 
 /// Tell the configured channels (Slack, email, webhook) how a command ended:

@@ -33,7 +33,7 @@ use crate::repo::manifest::{
     ServerInfo, SnapshotInfo, TableEntry,
 };
 use crate::repo::meta;
-use crate::storage::{self, Storage};
+use crate::storage::Storage;
 
 /// Options of a backup run.
 #[derive(Debug, Clone)]
@@ -444,10 +444,7 @@ pub(crate) async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn
     }
     let mut repos = Vec::new();
     for spec in &settings.repos {
-        let s = storage::open(spec).await?;
-        s.check_writable().await?;
-        meta::ensure(s.as_ref()).await?;
-        repos.push(s);
+        repos.push(meta::open(spec, meta::Access::Write).await?);
     }
     Ok(repos)
 }

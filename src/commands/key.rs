@@ -30,7 +30,7 @@ use crate::repo::catalog::{self, CatalogEntry};
 use crate::repo::layout::{CHANGES_PREFIX, parse_segment_key};
 use crate::repo::lock::{self, LockMode, LockOptions};
 use crate::repo::rekey::{self, Rewrap, Round};
-use crate::storage::{self, PutOptions, Storage};
+use crate::storage::{PutOptions, Storage};
 use crate::stream::segment::rekey as segment_rekey;
 
 /// Options of a rotation.
@@ -142,7 +142,7 @@ async fn rotate(settings: &Settings, opts: &RotateOptions) -> Result<RotateRepor
     for spec in &settings.repos {
         let mut r = RepoRotateReport { location: spec.display(), ..RepoRotateReport::default() };
         let outcome = async {
-            let storage = storage::open(spec).await?;
+            let storage = crate::repo::meta::open(spec, crate::repo::meta::Access::Read).await?;
             let held = match opts.dry_run {
                 true => None,
                 false => Some(lock::RepoLock::acquire(storage.clone(), "key-rotate", LockMode::Exclusive, &LockOptions::default()).await?),

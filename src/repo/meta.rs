@@ -1,6 +1,7 @@
 //! Repository metadata (`pgkeep.repo.json`, docs/FORMAT.md "Repository
 //! metadata"): the format version and identity of a repository, written once
-//! when the first backup goes into it, and checked before every write.
+//! when the first backup goes into it, and checked by [`open`], the one
+//! repository opener every command uses.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -36,13 +37,43 @@ fn parse(bytes: &[u8], what: &str) -> Result<RepoMeta> {
         return Err(Error::corrupt(format!("{what} is not pgkeep repository metadata")));
     }
     if meta.version != REPO_FORMAT_VERSION {
-        return Err(Error::corrupt(format!(
+        // A usage error (exit 2): the repository is fine, this pgkeep is too old for it.
+        return Err(Error::config(format!(
             "repository {what} has format version {}, this pgkeep supports {REPO_FORMAT_VERSION}",
             meta.version
         ))
         .with_hint("use a pgkeep release that supports this repository format"));
     }
     Ok(meta)
+}
+
+/// How a command uses a repository it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read it, or add to one that exists (`stream`): the format version is
+    /// checked when the metadata exists; an absent metadata file is fine
+    /// and is not created.
+    Read,
+    /// Write backups (`backup`): the repository must be writable, and its
+    /// metadata is checked, or created when the repository is new.
+    Write,
+}
+
+/// Open the repository at `spec`: the one opener, which always checks the
+/// format version (docs/FORMAT.md: an unknown version is refused, naming
+/// the repository and the version).
+pub async fn open(spec: &crate::config::RepoSpec, access: Access) -> Result<std::sync::Arc<dyn Storage>> {
+    let storage = crate::storage::open(spec).await?;
+    match access {
+        Access::Read => {
+            load(storage.as_ref()).await?;
+        }
+        Access::Write => {
+            storage.check_writable().await?;
+            ensure(storage.as_ref()).await?;
+        }
+    }
+    Ok(storage)
 }
 
 /// Read the repository metadata, falling back to its copy; `None` for an empty repository.
@@ -53,6 +84,8 @@ pub async fn load(storage: &dyn Storage) -> Result<Option<RepoMeta>> {
         match storage.get(key, None).await {
             Ok(bytes) => match parse(&bytes, &format!("{key} in {}", storage.location())) {
                 Ok(m) => return Ok(Some(m)),
+                // An unknown version is not damage: the copy does not overrule it.
+                Err(e) if e.kind() == ErrorKind::Config => return Err(e),
                 Err(e) => first_err = first_err.or(Some(e)),
             },
             Err(e) if e.kind() == ErrorKind::NotFound => {}

@@ -23,7 +23,7 @@ use crate::pipeline::process::raw_checksum;
 use crate::repo::catalog::{self, CatalogEntry};
 use crate::repo::layout::{BackupId, BackupKind};
 use crate::repo::manifest::{BackupManifest, ChunkRef};
-use crate::storage::{self, Storage, StorageKind};
+use crate::storage::{Storage, StorageKind};
 use sha2::{Digest, Sha256};
 
 /// A backup chosen for restore, and the repository it is read from.
@@ -42,7 +42,7 @@ pub async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storag
     specs.sort_by_key(|s| matches!(s, RepoSpec::S3(_)));
     let mut out = Vec::new();
     for spec in specs {
-        out.push(storage::open(spec).await?);
+        out.push(crate::repo::meta::open(spec, crate::repo::meta::Access::Read).await?);
     }
     if out.is_empty() {
         return Err(Error::config("no repository configured").with_hint("set BACKUP_DIR, S3_BUCKET or --repo"));

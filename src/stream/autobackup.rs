@@ -18,7 +18,9 @@
 //! options, at most one at a time; requests that come in meanwhile become
 //! one more backup after it (unless it already covers them). A failed
 //! backup never fails the stream: it is logged and notified like a failed
-//! `pgkeep backup`. On shutdown a backup in progress is abandoned: it has
+//! `pgkeep backup`. After a backup that succeeded, the worker runs the
+//! caller's [`AfterBackup`] step (the CLI passes retention, `expire`, when
+//! `expire_after_backup` is on; this module never imports commands). On shutdown a backup in progress is abandoned: it has
 //! no manifest, so it is invisible, and `pgkeep expire` removes its objects
 //! after 24 hours.
 
@@ -49,13 +51,38 @@ pub struct AutoBackupOptions {
     pub on_schema_change: bool,
     /// This long after the newest full backup.
     pub every: Option<Duration>,
+    /// Run after each automatic backup that succeeded (retention); its
+    /// outcome is the step's own business and never fails the stream.
+    pub after_backup: Option<AfterBackup>,
+}
+
+/// A step run after each successful automatic full backup, given the
+/// stream's settings. The caller decides what it is (the CLI: `expire`
+/// when `expire_after_backup` is on), so this capability stays below commands.
+#[derive(Clone)]
+pub struct AfterBackup(Arc<dyn Fn(Settings) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>);
+
+impl AfterBackup {
+    /// Wrap `step`; it logs and notifies its own outcome.
+    pub fn new<F>(step: impl Fn(Settings) -> F + Send + Sync + 'static) -> AfterBackup
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        AfterBackup(Arc::new(move |s| Box::pin(step(s))))
+    }
+}
+
+impl std::fmt::Debug for AfterBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterBackup")
+    }
 }
 
 impl AutoBackupOptions {
     /// What `pgkeep stream` does unless told otherwise: a backup when
     /// nothing covers the archive and after uncaptured schema changes.
     pub fn enabled() -> AutoBackupOptions {
-        AutoBackupOptions { when_uncovered: true, on_schema_change: true, every: None }
+        AutoBackupOptions { when_uncovered: true, on_schema_change: true, every: None, after_backup: None }
     }
 
     fn any(&self) -> bool {
@@ -161,7 +188,7 @@ impl AutoBackup {
         let (tx, task) = if opts.any() {
             let (tx, rx) = mpsc::unbounded_channel();
             let span = tracing::info_span!("auto_backup");
-            let task = tokio::spawn(worker(settings.clone(), opts.every, rx, shared.clone()).instrument(span));
+            let task = tokio::spawn(worker(settings.clone(), opts.every, opts.after_backup.clone(), rx, shared.clone()).instrument(span));
             (Some(tx), Some(task))
         } else {
             (None, None)
@@ -249,7 +276,7 @@ fn coverage(manifests: &[BackupManifest], system_identifier: &str, database: &st
 }
 
 /// Runs backups one at a time as requests and the schedule ask.
-async fn worker(settings: Settings, every: Option<Duration>, mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
+async fn worker(settings: Settings, every: Option<Duration>, after_backup: Option<AfterBackup>, mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
     let notifier = Notifier::from_settings(&settings);
     let mut next_due = every.map(|e| tokio::time::Instant::now() + e);
     let mut pending: Option<BackupReason> = None;
@@ -308,6 +335,10 @@ async fn worker(settings: Settings, every: Option<Duration>, mut rx: mpsc::Unbou
                 }
                 let event = Event::backup_succeeded(&report).with_summary(format!("{} (automatic: {reason})", report.summary_line()));
                 let _ = notifier.send(&event).await;
+                // Retention, like after `pgkeep backup`: the step logs and notifies its own outcome.
+                if let Some(step) = &after_backup {
+                    (step.0)(settings.clone()).await;
+                }
             }
             Err(e) => {
                 shared.failed.fetch_add(1, Ordering::SeqCst);
