@@ -117,6 +117,9 @@ async fn inexact_changes_are_refused_inside_their_window_and_exact_outside() {
         after_first.get_or_insert(mark(&db.client).await.0);
     }
     let (before_mid, _) = mark(&db.client).await;
+    // A commit after that target, so the next base holds a transaction
+    // committed after it and cannot serve it: the replay must cross the marks.
+    db.run("UPDATE t_plain SET v = v WHERE id = 3").await;
     let mid = db.backup().await;
     db.run("UPDATE t_plain SET v = v + 1 WHERE id = 1").await;
     let (after_mid, after_mid_state) = mark(&db.client).await;
@@ -127,6 +130,7 @@ async fn inexact_changes_are_refused_inside_their_window_and_exact_outside() {
     let (after_partition, after_partition_state) = mark(&db.client).await;
     db.run("DO $$ BEGIN EXECUTE 'CREATE TABLE made_in_do (id int PRIMARY KEY)'; END $$; INSERT INTO made_in_do VALUES (1)").await;
     let (after_do, _) = mark(&db.client).await;
+    db.run("UPDATE t_plain SET v = v WHERE id = 4").await; // as above: the last base cannot serve after_do
     db.backup().await;
     db.run("UPDATE t_plain SET v = v + 1 WHERE id = 2").await;
     let (_, final_state) = mark(&db.client).await;
