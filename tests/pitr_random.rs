@@ -218,12 +218,19 @@ async fn random_migrations_restore_exactly_or_are_refused() {
         let (time, state) = mark(&db.client).await;
         targets.push(Target { time, state, refused: open_window.clone() });
         if w.rng.random_bool(if step.inexact.is_some() { 0.5 } else { 0.1 }) {
+            // A commit between the target and the backup: the backup holds a
+            // transaction committed after the target, so it cannot serve it
+            // and the restore must replay across the window (or refuse).
+            db.run("UPDATE t1 SET v = v WHERE id = (SELECT min(id) FROM t1)").await;
             db.backup().await;
-            log.push("-- full backup".into());
+            log.push("-- no-op update, full backup".into());
             open_window = None;
         }
     }
+    // Nothing committed between the last target and this backup: the backup
+    // holds exactly that target's state, and serves it.
     db.backup().await;
+    targets.last_mut().expect("marked").refused = None;
     db.run("UPDATE t0 SET v = v + 1 WHERE id % 2 = 0").await;
     let (_, final_state) = mark(&db.client).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
