@@ -47,7 +47,7 @@ fn manifest(kind: BackupKind, at: DateTime<Utc>, parent: Option<&BackupId>) -> B
         server: ServerInfo { version: "15.18".into(), version_num: 150018, system_identifier: "1".into(), timeline: 1 },
         started_at: at,
         finished_at: at,
-        snapshot: SnapshotInfo { method: SnapshotMethod::ExportedSnapshot, consistent_lsn: Lsn(1), slot_name: None, slot_kept: false },
+        snapshot: SnapshotInfo { method: SnapshotMethod::ExportedSnapshot, consistent_lsn: Lsn(1), slot_name: None, slot_kept: false, server_time: None },
         started_by: RunInfo::current(),
         compression: CompressionInfo { algorithm: "none".into(), level: 0 },
         encryption: None,
@@ -258,7 +258,7 @@ async fn change_segments_go_once_no_kept_backup_replays_them() {
     meta::ensure(&s).await.unwrap();
     let slot_backup = |at, lsn| {
         let mut m = manifest(BackupKind::Full, at, None);
-        m.snapshot = SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: Lsn(lsn), slot_name: None, slot_kept: false };
+        m.snapshot = SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: Lsn(lsn), slot_name: None, slot_kept: false, server_time: None };
         m
     };
     let old = slot_backup(ago(40), 150);

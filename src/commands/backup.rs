@@ -193,8 +193,11 @@ async fn capture(settings: &Settings, opts: &BackupOptions, facts: &ServerFacts,
     // 4a. Under it: tables and their locks (a new snapshot if a table was
     //     rewritten or truncated in between).
     let (snapshot, tables) = snapshot_and_locks(settings, opts, facts).await?;
+    // The server's clock at the snapshot: point-in-time restores choose bases by it.
+    let server_time = snapshot.client().query_one("SELECT now()", &[]).await.ok().and_then(|r| r.try_get::<_, chrono::DateTime<Utc>>(0).ok());
     let read = read_under(&snapshot, tables, settings, opts, facts, targets, backup_id).await;
-    let info = SnapshotInfo { method: snapshot.method, consistent_lsn: snapshot.lsn, slot_name: snapshot.slot_name.clone(), slot_kept: false };
+    let info =
+        SnapshotInfo { method: snapshot.method, consistent_lsn: snapshot.lsn, slot_name: snapshot.slot_name.clone(), slot_kept: false, server_time };
     let released = snapshot.release().await;
     let (tables, results, objects, schema_dump, sequences, lo_count, warnings) = match read {
         Ok(r) => r,

@@ -194,7 +194,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             server: parent.server.clone(),
             started_at,
             finished_at: Utc::now(),
-            snapshot: SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: mark, slot_name: Some(slot.clone()), slot_kept: true },
+            snapshot: SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: mark, slot_name: Some(slot.clone()), slot_kept: true, server_time: None },
             started_by: RunInfo::current(),
             compression: parent.compression.clone(),
             encryption: None,

@@ -256,6 +256,15 @@ pub async fn plan(
                     .with_hint("choose an earlier target, or `latest`"));
             }
             RecoveryTarget::Time(t) => {
+                // A base whose snapshot the server took after the target may
+                // hold changes the archive never saw (a schema change made
+                // without `pgkeep setup`): never a base for it.
+                if let Some(st) = m.snapshot.server_time
+                    && st > t
+                {
+                    why_not.push(format!("{id} was taken at {} by the server's clock, after the target", st.format("%Y-%m-%d %H:%M:%S%.6f UTC")));
+                    continue;
+                }
                 // The base must not hold a transaction committed after the
                 // target: the server's commit time of its last transaction,
                 // from the archive; the client's clock only when the archive

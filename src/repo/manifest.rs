@@ -137,6 +137,11 @@ pub struct SnapshotInfo {
     /// Whether the slot was kept for change archiving.
     #[serde(default)]
     pub slot_kept: bool,
+    /// The server's clock when the snapshot transaction began (`now()` in
+    /// it), at or after the consistent point: a point-in-time restore to an
+    /// earlier time never starts from this backup. Absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Snapshot methods.

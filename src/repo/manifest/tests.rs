@@ -31,7 +31,7 @@ pub(crate) fn sample() -> BackupManifest {
         server: ServerInfo { version: "15.18".into(), version_num: 150018, system_identifier: "7312".into(), timeline: 1 },
         started_at: at,
         finished_at: at,
-        snapshot: SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: Lsn(0x16B3748), slot_name: Some("pgkeep_app".into()), slot_kept: false },
+        snapshot: SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: Lsn(0x16B3748), slot_name: Some("pgkeep_app".into()), slot_kept: false, server_time: None },
         started_by: RunInfo { os_user: "root".into(), host: "h".into(), pgkeep_version: "0.1.0".into() },
         compression: CompressionInfo { algorithm: "zstd".into(), level: 3 },
         encryption: None,
