@@ -279,7 +279,7 @@ async fn chains(repos: &[Arc<dyn crate::storage::Storage>], m: &BackupManifest) 
         return CheckResult::new(Check::Chains, None, Status::Skip, "no incremental backups or change segments");
     }
     // Every ancestor readable, down to a full backup; the range's segments are read by the segment checks.
-    match crate::commands::restore::incremental_root(repos, &m.backup_id).await {
+    match crate::restore::plan::incremental_root(repos, &m.backup_id).await {
         Ok((root, end)) => {
             let range = m.changes.as_ref();
             CheckResult::new(

@@ -107,7 +107,7 @@ pub async fn check_incremental(
     jobs: usize,
 ) -> (CheckResult, Option<String>) {
     let fail = |why: String| (CheckResult::from_problems(Check::Completeness, None, "", vec![why]), None);
-    let (root, end) = match crate::commands::restore::incremental_root(repos, &m.backup_id).await {
+    let (root, end) = match crate::restore::plan::incremental_root(repos, &m.backup_id).await {
         Ok(r) => r,
         Err(e) => return fail(e.user_line()),
     };
