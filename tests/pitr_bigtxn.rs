@@ -229,6 +229,7 @@ async fn kill_9_while_a_large_transaction_is_stored_in_parts_then_restore_is_exa
     let stream = start_stream(&f.cluster, &f.db, f.repo.path(), 32);
     harness::streaming::wait_for_slot(&f.client, &f.slot, Some(true)).await;
     let rss = stop_caught_up(&f, stream).await;
+    eprintln!("restarted stream peak RSS {rss} MiB with a 32 MiB budget");
     assert!(rss <= MAX_RSS_MIB + 48, "stream peak RSS {rss} MiB above {} MiB", MAX_RSS_MIB + 48);
     let (stored, named) = (part_files(f.repo.path()).len() as u64, parts_named(f.repo.path()));
     // Fewer than the first run had stored: the second run archived it, and the extra parts went.

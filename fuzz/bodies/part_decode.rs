@@ -10,7 +10,7 @@ use pgkeep::stream::segment::part;
 /// One fuzz input: must not panic, and must hold the properties above.
 pub fn run(data: &[u8]) {
     if let Ok(p) = part::decode_with(data, "fuzz", &Keyring::none()) {
-        let again = part::encode(&p, None).expect("encode");
+        let again = part::encode(p.clone(), None).expect("encode");
         let back = part::decode_with(&again, "fuzz", &Keyring::none()).expect("decode");
         assert_eq!((back.meta, back.messages), (p.meta, p.messages));
     }

@@ -671,8 +671,7 @@ async fn put_everywhere(cx: &SessionContext<'_>, key: &str, bytes: &Bytes, what:
 async fn store_part(cx: &SessionContext<'_>, totals: &mut SessionTotals, part: TransactionPart) -> Result<()> {
     let meta = part.meta.clone();
     let key = part_key(&meta.stream_id, meta.commit_lsn, meta.index);
-    let bytes = Bytes::from(segment::part::encode(&part, cx.sealer)?);
-    drop(part);
+    let bytes = Bytes::from(segment::part::encode(part, cx.sealer)?);
     put_everywhere(cx, &key, &bytes, "transaction part").await?;
     crate::failpoint::hit("stream.after_part_put");
     tracing::info!(commit_lsn = %meta.commit_lsn, xid = meta.xid, part = meta.index, changes = meta.changes, stored_bytes = bytes.len(), "stored a part of a large transaction");

@@ -266,7 +266,7 @@ fn a_transaction_over_its_memory_goes_to_parts_and_closes_its_segment() {
     // Parts numbered from 1, keyed by the commit; Begin and Commit stay in the segment.
     for (i, p) in parts.iter().enumerate() {
         assert_eq!((p.meta.index as usize, p.meta.commit_lsn, p.meta.xid), (i + 1, Lsn(0x2f8), 2));
-        let back = segment::part::decode_with(&segment::part::encode(p, None).unwrap(), "p", &crate::crypto::Keyring::none()).unwrap();
+        let back = segment::part::decode_with(&segment::part::encode(p.clone(), None).unwrap(), "p", &crate::crypto::Keyring::none()).unwrap();
         assert_eq!(back.messages, p.messages);
     }
     let in_parts: usize = parts.iter().map(|p| p.messages.len()).sum();

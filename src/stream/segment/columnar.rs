@@ -107,6 +107,13 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
     container(&pack::streams(raw), true)
 }
 
+/// [`pack`], freeing `raw` once its streams are built, before compressing.
+pub fn pack_owned(raw: Vec<u8>) -> Vec<u8> {
+    let streams = pack::streams(&raw);
+    drop(raw);
+    container(&streams, true)
+}
+
 /// Invert [`pack`]: the raw payload, at most `max_raw` bytes, or an error
 /// if `packed` is not a valid packed payload.
 pub fn unpack(packed: &[u8], max_raw: u64) -> Result<Vec<u8>> {

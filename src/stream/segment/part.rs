@@ -78,15 +78,22 @@ pub struct TransactionPart {
 
 /// Encode `part`, encrypting the payload with `sealer` when given.
 /// `raw_size`, `compression` and `encryption` are filled in here.
-pub fn encode(part: &TransactionPart, sealer: Option<&Sealer>) -> Result<Vec<u8>> {
-    let mut raw = BytesMut::new();
-    put_record(&mut raw, &part.messages)?;
+///
+/// The part is consumed so that each stage's buffer is freed before the
+/// next is built: a part is as large as the transaction memory budget, and
+/// the stream's peak memory is a small multiple of it only if the
+/// messages, the raw record and the columnar streams never all coexist.
+pub fn encode(part: TransactionPart, sealer: Option<&Sealer>) -> Result<Vec<u8>> {
+    let TransactionPart { meta: part_meta, messages } = part;
+    let mut raw = BytesMut::with_capacity(4 + messages.iter().map(|m| 4 + m.len()).sum::<usize>());
+    put_record(&mut raw, &messages)?;
+    drop(messages);
     if raw.len() as u64 > MAX_RAW_PAYLOAD {
         return Err(Error::internal(format!(
             "part {} of the transaction committed at {} would hold {} bytes, above the {} byte limit of one object \
              (a single row change larger than that)",
-            part.meta.index,
-            part.meta.commit_lsn,
+            part_meta.index,
+            part_meta.commit_lsn,
             raw.len(),
             MAX_RAW_PAYLOAD
         ))
@@ -95,13 +102,12 @@ pub fn encode(part: &TransactionPart, sealer: Option<&Sealer>) -> Result<Vec<u8>
              then start `pgkeep stream` again and take a new full backup (point-in-time restore starts from it)",
         ));
     }
-    let stored = columnar::pack(&raw);
-    let mut meta = part.meta.clone();
+    let mut meta = part_meta;
     meta.version = PART_FORMAT_VERSION;
     meta.raw_size = raw.len() as u64;
     meta.compression = columnar::COMPRESSION.to_string();
     meta.encryption = sealer.map(|s| s.envelope().clone());
-    drop(raw);
+    let stored = columnar::pack_owned(raw.into());
     let json = serde_json::to_vec(&meta).map_err(|e| Error::internal(format!("cannot encode part metadata: {e}")))?;
     let mut out = Vec::with_capacity(PART_MAGIC.len() + json.len() + 9 + stored.len() + TRAILER_LEN + 64);
     out.extend_from_slice(PART_MAGIC);
@@ -227,7 +233,7 @@ mod tests {
     #[test]
     fn round_trip_and_every_damage_is_rejected() {
         let part = sample();
-        let bytes = encode(&part, None).unwrap();
+        let bytes = encode(part.clone(), None).unwrap();
         let back = decode_with(&bytes, "k", &Keyring::none()).unwrap();
         assert_eq!(back.messages, part.messages);
         assert_eq!((back.meta.commit_lsn, back.meta.index, back.meta.xid), (Lsn(0x2f0), 1, 9));
@@ -243,7 +249,7 @@ mod tests {
     fn begin_or_commit_inside_a_part_is_refused() {
         let mut part = sample();
         part.messages.push(Bytes::from_static(b"Cxxxx"));
-        let e = decode_with(&encode(&part, None).unwrap(), "p1", &Keyring::none()).unwrap_err();
+        let e = decode_with(&encode(part.clone(), None).unwrap(), "p1", &Keyring::none()).unwrap_err();
         assert!(e.user_line().contains("p1"), "{}", e.user_line());
     }
 
@@ -253,7 +259,7 @@ mod tests {
         let settings = crate::config::EncryptionSettings { recipients: vec![id.to_public().to_string()], ..Default::default() };
         let sealer = Sealer::from_settings(&settings).unwrap().unwrap();
         let keys = Keyring::with_identities(vec![id], "test");
-        let bytes = encode(&sample(), Some(&sealer)).unwrap();
+        let bytes = encode(sample(), Some(&sealer)).unwrap();
         assert_eq!(decode_with(&bytes, "k", &keys).unwrap().messages, sample().messages);
         assert!(decode_with(&bytes, "k", &Keyring::none()).is_err());
     }
@@ -266,6 +272,6 @@ mod tests {
         }
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/part_decode");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("two-inserts.part"), encode(&sample(), None).unwrap()).unwrap();
+        std::fs::write(dir.join("two-inserts.part"), encode(sample(), None).unwrap()).unwrap();
     }
 }
