@@ -21,12 +21,21 @@ pub struct SchemaDump {
 
 /// Dump the schema of `db` as of `snapshot`. `server_major` picks a compatible
 /// pg_dump. Role password hashes are included only when `role_passwords`
-/// (the role may read `pg_authid`, i.e. is a superuser).
-pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_passwords: bool) -> Result<SchemaDump> {
+/// (the role may read `pg_authid`, i.e. is a superuser). `only`: just these
+/// tables (`(schema, name)`) and what pg_dump dumps with them (their owned
+/// sequences, defaults, indexes, constraints, triggers, comments,
+/// privileges), and no roles — a table image.
+pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_passwords: bool, only: Option<&[(String, String)]>) -> Result<SchemaDump> {
+    if only.is_some_and(|t| t.is_empty()) {
+        return Ok(SchemaDump { pre_data: Vec::new(), post_data: Vec::new(), globals: None });
+    }
     let pg_dump = tools::find_tool("pg_dump", server_major)?;
     let section = |name: &str| {
         let mut cmd = tools::command(&pg_dump, db);
         cmd.arg(format!("--section={name}"));
+        for (schema, table) in only.unwrap_or_default() {
+            cmd.arg(format!("--table={}", exact_pattern(schema, table)));
+        }
         // No snapshot: the schema as it is now (incremental backups).
         if !snapshot.is_empty() {
             cmd.arg(format!("--snapshot={snapshot}"));
@@ -42,6 +51,7 @@ pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_pa
         tools::run_capture(section("post-data"), "pg_dump --section=post-data"),
     )?;
     let globals = match tools::find_tool("pg_dumpall", server_major) {
+        Ok(_) if only.is_some() => None,
         Ok(p) => {
             let mut cmd = tools::command(&p, db);
             cmd.arg("--roles-only").arg("--no-password").arg("-l").arg(&db.dbname);
@@ -59,4 +69,19 @@ pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_pa
         Err(_) => None,
     };
     Ok(SchemaDump { pre_data: pre, post_data: post, globals })
+}
+
+/// A pg_dump `--table` pattern matching exactly `schema.table`: inside
+/// double quotes wildcards are literal, and a quote is doubled.
+fn exact_pattern(schema: &str, table: &str) -> String {
+    format!("\"{}\".\"{}\"", schema.replace('"', "\"\""), table.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn patterns_match_one_table_literally() {
+        assert_eq!(super::exact_pattern("public", "t*"), r#""public"."t*""#);
+        assert_eq!(super::exact_pattern("My \"S\"", "a.b"), r#""My ""S"""."a.b""#);
+    }
 }

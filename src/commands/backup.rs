@@ -29,7 +29,7 @@ use crate::repo::claim;
 use crate::repo::layout::{BackupId, BackupKind};
 use crate::repo::lock::{self, LockMode, LockOptions};
 use crate::repo::manifest::{
-    BackupManifest, BackupStats, ChunkRef, CompressionInfo, ExtensionConfig, LargeObjects, ObjectEntry, RunInfo, SchemaObjects,
+    BackupManifest, BackupStats, ChunkRef, CompressionInfo, ExtensionConfig, ImageInfo, LargeObjects, ObjectEntry, RunInfo, SchemaObjects,
     ServerInfo, SnapshotInfo, TableEntry,
 };
 use crate::repo::meta;
@@ -54,6 +54,9 @@ pub struct BackupOptions {
     pub progress: Arc<ProgressCounters>,
     /// Encryption of this backup; `run` sets it from the settings' recipients or passphrase.
     pub sealer: Option<Arc<crate::crypto::Sealer>>,
+    /// A table image ([`BackupKind::TableImage`]): only this table (or its
+    /// leaf partitions) and its schema are copied.
+    pub image: Option<ImageInfo>,
 }
 
 impl Default for BackupOptions {
@@ -67,6 +70,7 @@ impl Default for BackupOptions {
             kind: BackupKind::Full,
             progress: Arc::new(ProgressCounters::default()),
             sealer: None,
+            image: None,
         }
     }
 }
@@ -227,19 +231,23 @@ async fn read_under(
     targets: &Arc<BackupTargets>,
     backup_id: &BackupId,
 ) -> Result<ReadOut> {
-    // 4b. Under the snapshot: sequences, large objects.
-    let sequences = catalog::sequence_values(snapshot.client()).await?;
-    let lo_count = catalog::large_object_count(snapshot.client()).await?;
+    // 4b. Under the snapshot: sequences, large objects (a table image has
+    //     neither: replay samples sequences from the archive).
+    let image = opts.image.is_some();
+    let sequences = if image { Vec::new() } else { catalog::sequence_values(snapshot.client()).await? };
+    let lo_count = if image { 0 } else { catalog::large_object_count(snapshot.client()).await? };
     if lo_count > 0 {
         tracing::warn!(count = lo_count, "large objects are not covered by this backup");
     }
-    let warnings = identity_warnings(snapshot.client()).await;
+    let warnings = if image { Vec::new() } else { identity_warnings(snapshot.client()).await };
 
-    // 5. Schema (pg_dump, DDL only) and data (parallel COPY workers) at once.
+    // 5. Schema (pg_dump, DDL only) and data (parallel COPY workers) at once;
+    //    for a table image, only its tables' schema.
     let tables = Arc::new(tables);
     let server_major = facts.version_num / 10000;
+    let only: Option<Vec<(String, String)>> = image.then(|| tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect());
     let (schema_dump, (results, objects)) = tokio::try_join!(
-        schema::capture(&settings.db, &snapshot.name, server_major, facts.is_superuser),
+        schema::capture(&settings.db, &snapshot.name, server_major, facts.is_superuser, only.as_deref()),
         copy_all_tables(settings, opts, targets, backup_id, &snapshot.name, tables.clone(), facts),
     )?;
     Ok((tables, results, objects, schema_dump, sequences, lo_count, warnings))
@@ -289,6 +297,7 @@ impl Captured {
             stats,
             warnings: self.warnings,
             changes: None,
+            image: opts.image.clone(),
         };
         if let Some(sealer) = &opts.sealer {
             crate::crypto::manifest_mac::seal(sealer, &mut manifest)?;
@@ -403,7 +412,11 @@ async fn snapshot_and_locks(settings: &Settings, opts: &BackupOptions, facts: &S
     let mut rewritten = Vec::new();
     for attempt in 1..=REWRITE_ATTEMPTS {
         let snapshot = take_snapshot(settings, opts, facts).await?;
-        let tables = catalog::list_tables(snapshot.client()).await?;
+        let mut tables = catalog::list_tables(snapshot.client()).await?;
+        if let Some(image) = &opts.image {
+            let leaves = catalog::leaf_tables_of(snapshot.client(), &image.schema, &image.name).await?;
+            tables.retain(|t| leaves.contains(&t.oid));
+        }
         check_privileges(&tables, facts)?;
         snapshot.lock_tables(&tables, opts.lock_timeout).await?;
         rewritten = snapshot.rewritten_since_snapshot(&tables).await?;

@@ -127,6 +127,9 @@ pub enum KeepReason {
     WithinRetention,
     /// An ancestor of a kept backup.
     NeededBy(BackupId),
+    /// A table image newer than a kept full backup of its database, which
+    /// a point-in-time restore may replay through it.
+    ImageAfter(BackupId),
     /// Its manifest is damaged: never deleted automatically.
     InvalidManifest(String),
     /// Expired, but its objects are under S3 object lock until this time.
@@ -142,6 +145,7 @@ impl std::fmt::Display for KeepReason {
             KeepReason::NewestFull(n) => write!(f, "full backup #{n} of the newest kept"),
             KeepReason::WithinRetention => write!(f, "within retention"),
             KeepReason::NeededBy(id) => write!(f, "needed by {id}"),
+            KeepReason::ImageAfter(id) => write!(f, "table image after kept full backup {id}"),
             KeepReason::InvalidManifest(p) => write!(f, "damaged manifest, not deleted automatically: {p}"),
             KeepReason::ObjectLock(until) => write!(f, "expired, but locked by S3 object lock until {}", until.format("%Y-%m-%d %H:%M:%S UTC")),
             KeepReason::DeletionRefused(why) => write!(f, "expired, but the store refused the deletion (object lock?): {why}"),
@@ -228,6 +232,18 @@ pub fn plan_expire(backups: &[ExpireInput], now: DateTime<Utc>, retention: chron
             }
             keep.entry(parent.clone()).or_insert_with(|| KeepReason::NeededBy(child.clone()));
             child = parent.clone();
+        }
+    }
+
+    // 4a. Table images after the oldest kept full backup of their database:
+    //     replays from it go through them.
+    for b in backups {
+        if let ExpireInput::Valid { id, kind: BackupKind::TableImage, database, started_at, .. } = b
+            && let Some((_, base)) = fulls
+                .get(database.as_str())
+                .and_then(|list| list.iter().filter(|(at, full)| at <= started_at && keep.contains_key(*full)).min_by_key(|(at, _)| *at))
+        {
+            keep.entry(id.clone()).or_insert_with(|| KeepReason::ImageAfter((*base).clone()));
         }
     }
 
@@ -649,6 +665,16 @@ mod tests {
         let p = plan(&all, 400, 7, 0); // keep_full 0 still keeps one
         assert_eq!(deleted(&p), vec![all[0].id()]);
         assert_eq!(reason(&p, &all[1]), &KeepReason::NewestFull(1));
+    }
+
+    #[test]
+    fn table_images_after_a_kept_full_backup_stay() {
+        use BackupKind::TableImage;
+        let all = [b(TableImage, 0, None), b(Full, 1, None), b(TableImage, 2, None), b(TableImage, 3, None), b_db(TableImage, 4, None, "other")];
+        let p = plan(&all, 100, 7, 1);
+        assert_eq!(deleted(&p), vec![all[0].id(), all[4].id()], "before the oldest kept full backup, or of a database without one");
+        assert_eq!(reason(&p, &all[2]), &KeepReason::ImageAfter(all[1].id().clone()));
+        assert_eq!(reason(&p, &all[3]), &KeepReason::ImageAfter(all[1].id().clone()));
     }
 
     #[test]

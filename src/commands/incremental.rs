@@ -158,7 +158,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
 
         // 6. The schema now, against the parent's.
         let server_major = facts.version_num / 10000;
-        let dump = crate::backup::schema::capture(&settings.db, "", server_major, facts.is_superuser).await?;
+        let dump = crate::backup::schema::capture(&settings.db, "", server_major, facts.is_superuser, None).await?;
         let parent_source = crate::restore::source::BackupSource::find_with_keys(
             &repos,
             &crate::restore::source::BackupSelector::Id(parent.backup_id.clone()),
@@ -212,6 +212,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             objects,
             warnings: Vec::new(),
             changes: Some(range),
+            image: None,
         };
         let mut manifest = manifest;
         if let Some(sealer) = &opts.sealer {

@@ -371,7 +371,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         let t = Instant::now();
         let only = (!opts.tables.is_empty() || into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
             .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
-        match crate::interrupt::guard(replay::run(&repos, plan, &work, only, &keys)).await {
+        match crate::interrupt::guard(replay::run(&repos, plan, &work, only, &keys, &crate::restore::image::TableImages::new(&repos, &keys))).await {
             Ok(r) => point_in_time = Some(r),
             Err(e) if into_platform.is_some() => {
                 return Err(platform::partial_failure(into_platform.as_ref().expect("checked"), e.context(format!("replaying changes after backup {id}"))));

@@ -24,6 +24,36 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// `(schema, name)` of a table named `"schema"."name"` (quoted, as
+/// [`qualified`] writes it) or `schema.name` (unquoted: split at the first
+/// dot); `None` for anything else.
+pub fn split_table_name(s: &str) -> Option<(String, String)> {
+    fn quoted(s: &str) -> Option<(String, &str)> {
+        let mut out = String::new();
+        let mut chars = s.strip_prefix('"')?.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if s[1 + i + 1..].starts_with('"') {
+                    out.push('"');
+                    chars.next();
+                } else {
+                    return Some((out, &s[1 + i + 1..]));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        None
+    }
+    if s.starts_with('"') {
+        let (schema, rest) = quoted(s)?;
+        let (name, rest) = quoted(rest.strip_prefix('.')?)?;
+        return (rest.is_empty() && !schema.is_empty() && !name.is_empty()).then_some((schema, name));
+    }
+    let (schema, name) = s.split_once('.')?;
+    (!schema.is_empty() && !name.is_empty()).then(|| (schema.to_string(), name.to_string()))
+}
+
 /// Quote a string literal.
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -154,6 +184,19 @@ const USER_RELATION_FILTER: &str = "n.nspname NOT IN ('pg_catalog', 'information
                      AND d.objid = c.oid AND d.deptype = 'e') \
          OR c.oid IN (SELECT unnest(extconfig) FROM pg_extension))";
 
+/// The OIDs of the leaf tables of `schema.name`: the table itself, or a
+/// partitioned table's leaf partitions; none when it does not exist.
+pub async fn leaf_tables_of(client: &Client, schema: &str, name: &str) -> Result<Vec<u32>> {
+    let rows = client
+        .query(
+            "SELECT relid::oid FROM pg_partition_tree(to_regclass(quote_ident($1) || '.' || quote_ident($2))) WHERE isleaf",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(db_err(format!("cannot list the tables of {}", qualified(schema, name))))?;
+    Ok(rows.iter().map(|r| r.get::<_, u32>(0)).collect())
+}
+
 /// Every table with data to copy: ordinary tables and leaf partitions (not
 /// partitioned parents, views, foreign tables or extension members other
 /// than extension configuration tables), largest first.
@@ -273,5 +316,16 @@ mod tests {
         assert_eq!(quote_ident("My \"T\""), "\"My \"\"T\"\"\"");
         assert_eq!(qualified("s", "t"), "\"s\".\"t\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn table_names_split_quoted_or_not() {
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(split_table_name(&qualified("My \"S\"", "a.b")), pair("My \"S\"", "a.b"));
+        assert_eq!(split_table_name("public.t"), pair("public", "t"));
+        assert_eq!(split_table_name("public.a.b"), pair("public", "a.b"));
+        for bad in ["", "t", "*", "\"s\"", "\"s\".", "\"s\".\"t", "\"s\".\"t\"x", ".t", "s."] {
+            assert_eq!(split_table_name(bad), None, "{bad}");
+        }
     }
 }

@@ -108,6 +108,9 @@ pub struct Applier {
     pending_bytes: u64,
     /// Only these tables (`schema.name`) are replayed, when set.
     only: Option<Vec<(String, String)>>,
+    /// Tables whose row changes are left out for now: a table image puts
+    /// them in place later ([`super::image`]).
+    skipped: Vec<(String, String)>,
     /// Where the current transaction committed (for messages).
     at: Lsn,
     /// The restored database's `pgkeep.ddl_key`, which signs captured DDL.
@@ -150,6 +153,7 @@ impl Applier {
             pending_changes: 0,
             pending_bytes: 0,
             only,
+            skipped: Vec::new(),
             at: Lsn(0),
             stats: ApplyStats::default(),
         })
@@ -320,6 +324,9 @@ impl Applier {
         if let Some(only) = &self.only
             && !only.iter().any(|(s, n)| *s == state.relation.namespace && *n == state.relation.name)
         {
+            return Ok(None);
+        }
+        if self.skipped.iter().any(|(s, n)| *s == state.relation.namespace && *n == state.relation.name) {
             return Ok(None);
         }
         if state.target.is_none() {
@@ -558,23 +565,42 @@ impl Applier {
             let _ = self.client.batch_execute(&format!("SET ROLE {}", crate::pg::catalog::quote_ident(&ddl.role))).await;
         }
         let result = self.exec(&script).await;
-        // Whatever the statements set (role, search_path, …), back to the replay's session.
+        self.after_schema_sql(result.map_err(fail)).await?;
+        self.stats.ddl_statements += 1;
+        Ok(())
+    }
+
+    /// After schema SQL ran on this session (a captured statement, a table
+    /// image put in place) with `result`: back to the replay's session
+    /// whatever it set (role, search_path, …; temporary objects it created
+    /// stay with it), its new triggers and foreign keys suspended or
+    /// quieted too, and every table looked up again.
+    pub async fn after_schema_sql(&mut self, result: Result<()>) -> Result<()> {
         let replica = if self.suspended.is_some() { "" } else { "SET session_replication_role = replica;" };
-        // Temporary objects a captured string created stay with that statement.
         self.exec(&format!("RESET ROLE; RESET ALL; DISCARD TEMP; {SESSION_SETUP}; {replica} {REPLAY_SESSION}")).await?;
-        result.map_err(fail)?;
-        // Triggers and foreign keys the statement created are suspended too.
+        result?;
         if let Some(s) = self.suspended.as_mut() {
             s.catch_up(&self.client, &self.db).await?;
         }
-        // The statement may have created or enabled a trigger that fires in replica mode.
         self.quiet_triggers().await?;
-        // Names and columns may have changed: look every table up again.
         for r in self.relations.values_mut() {
             r.target = None;
         }
-        self.stats.ddl_statements += 1;
         Ok(())
+    }
+
+    /// Leave the row changes of `tables` out until [`Applier::include`].
+    pub fn skip(&mut self, tables: &[(String, String)]) {
+        for t in tables {
+            if !self.skipped.contains(t) {
+                self.skipped.push(t.clone());
+            }
+        }
+    }
+
+    /// Replay the row changes of `tables` again.
+    pub fn include(&mut self, tables: &[(String, String)]) {
+        self.skipped.retain(|t| !tables.contains(t));
     }
 }
 

@@ -55,6 +55,7 @@ mod tests {
             target: RecoveryTarget::Latest,
             later_bases: later.map(|l| (Lsn(l), "full_backup_x".to_string(), chrono::Utc::now())).into_iter().collect(),
             accept_inexact: accept,
+            images: Vec::new(),
         }
     }
 

@@ -35,6 +35,7 @@ pub mod batch;
 pub mod chain;
 pub mod ddl;
 pub mod fast_default;
+pub mod image;
 pub mod inexact;
 pub mod partition;
 pub mod sequences;
@@ -77,6 +78,9 @@ pub struct ReplayPlan {
     /// Replay across changes the archive cannot reproduce, with a warning
     /// (`--accept-inexact`), instead of refusing.
     pub accept_inexact: bool,
+    /// Table images of the base's database and cluster consistent after
+    /// the base ([`image`]), oldest first.
+    pub images: Vec<BackupManifest>,
 }
 
 impl ReplayPlan {
@@ -130,6 +134,8 @@ pub struct ReplayReport {
     /// Changes the archive cannot reproduce that replay crossed because
     /// the user accepted it (`--accept-inexact`), one line each.
     pub inexact_accepted: Vec<String>,
+    /// Table images put in place of their tables, one line each.
+    pub table_images: Vec<String>,
     /// Sequences advanced.
     pub sequences_advanced: usize,
     /// Tables put into (or moved between) pgkeep's publications after the
@@ -246,6 +252,7 @@ pub async fn plan(
             target,
             later_bases,
             accept_inexact: false,
+            images: table_images(repos, &m, c).await,
         };
         // 3. The chain reaches the target.
         let end = plan.archive_end();
@@ -309,6 +316,36 @@ pub async fn plan(
     Err(err)
 }
 
+/// The table images of `base`'s database and cluster consistent after
+/// `after`, oldest first, each once (from the first repository listing it).
+/// A repository that cannot be listed is skipped with a warning: without
+/// its images, a window is refused, never replayed wrongly.
+async fn table_images(repos: &[Arc<dyn Storage>], base: &BackupManifest, after: Lsn) -> Vec<BackupManifest> {
+    let mut out: Vec<BackupManifest> = Vec::new();
+    for repo in repos {
+        match crate::repo::catalog::list_backups(repo.as_ref()).await {
+            Ok(entries) => {
+                for e in entries {
+                    if let crate::repo::catalog::CatalogEntry::Valid(m) = e
+                        && m.kind == BackupKind::TableImage
+                        && m.image.is_some()
+                        && m.database == base.database
+                        && m.server.system_identifier == base.server.system_identifier
+                        && m.snapshot.method == SnapshotMethod::ReplicationSlot
+                        && m.snapshot.consistent_lsn > after
+                        && !out.iter().any(|o| o.backup_id == m.backup_id)
+                    {
+                        out.push(*m);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(repository = %repo.location(), error = %e.user_line(), "cannot list the table images"),
+        }
+    }
+    out.sort_by_key(|m| m.snapshot.consistent_lsn);
+    out
+}
+
 /// Segments read back from the end of the archive, or from a base's
 /// consistent point, looking for a time (bounded).
 const TIME_SCAN_SEGMENTS: usize = 16;
@@ -364,11 +401,16 @@ pub async fn run(
     work: &DbSettings,
     only: Option<Vec<(String, String)>>,
     keys: &Arc<Keyring>,
+    images: &dyn image::ImageHook,
 ) -> Result<ReplayReport> {
     let started = Instant::now();
     let from = plan.from();
     let mut applier = apply::Applier::connect(work, only.clone()).await?;
     applier.quiet_triggers().await?;
+    // Tables a table image stands for from before the base (joined the publications late).
+    let mut windows = image::ImageWindows::new(plan.images.clone());
+    let skip = windows.at_start(from, !plan.accept_inexact);
+    applier.skip(&skip);
     // 1. Segments read ahead of the writer.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ChangeSegment>>(2);
     let reader = {
@@ -397,6 +439,7 @@ pub async fn run(
         next_after_target: None,
         applied: apply::ApplyStats::default(),
         inexact_accepted: Vec::new(),
+        table_images: Vec::new(),
         sequences_advanced: 0,
         publication_placements: Vec::new(),
         seconds: 0.0,
@@ -439,9 +482,14 @@ pub async fn run(
                     report.next_after_target = Some(point);
                     break 'segments;
                 }
-                // A change the archive cannot reproduce: refuse, or warn when accepted.
+                // Table images consistent before this commit go in place first.
+                put_due_images(&mut windows, b.final_lsn, &mut applier, images, &mut report).await?;
+                // A change the archive cannot reproduce: the table waits for its
+                // image, or (no image after it) refuse, or warn when accepted.
                 for mark in seg.meta.inexact.iter().filter(|m| m.lsn == b.final_lsn) {
-                    if let Some(line) = inexact::crossing(plan, mark, only.as_deref())? {
+                    if let Some(skip) = windows.crossing(mark, !plan.accept_inexact) {
+                        applier.skip(&skip);
+                    } else if let Some(line) = inexact::crossing(plan, mark, only.as_deref())? {
                         report.inexact_accepted.push(line);
                     }
                 }
@@ -480,6 +528,11 @@ pub async fn run(
                 plan.stream_id
             )));
         }
+        // Images every transaction before which was applied; a table whose
+        // image the target does not reach is refused (or, accepted, a warning).
+        let position = report.next_after_target.as_ref().map(|n| n.commit_lsn).unwrap_or_else(|| plan.archive_end());
+        put_due_images(&mut windows, position, &mut applier, images, &mut report).await?;
+        report.inexact_accepted.extend(windows.unreached(&plan.target.to_string(), plan.accept_inexact)?);
         applier.flush().await?;
         Ok::<(), Error>(())
     }
@@ -511,6 +564,36 @@ pub async fn run(
         "replay finished"
     );
     Ok(report)
+}
+
+/// Put in place every table image due at `position` (every transaction
+/// committed before it applied), on the writer's session.
+async fn put_due_images(
+    windows: &mut image::ImageWindows,
+    position: Lsn,
+    applier: &mut apply::Applier,
+    hook: &dyn image::ImageHook,
+    report: &mut ReplayReport,
+) -> Result<()> {
+    let due = windows.due(position);
+    if due.is_empty() {
+        return Ok(());
+    }
+    applier.flush().await?;
+    for i in due {
+        let m = windows.image(i);
+        let put = hook.put_in_place(applier.client(), m).await;
+        let line = match put {
+            Ok(line) => line,
+            // Back to the replay's session, then the error.
+            Err(e) => return applier.after_schema_sql(Err(e.context(format!("cannot put table image {} in place", m.backup_id)))).await,
+        };
+        applier.after_schema_sql(Ok(())).await?;
+        applier.include(&windows.tables_of(i));
+        tracing::info!(image = %m.backup_id, consistent_lsn = %m.snapshot.consistent_lsn, "{line}");
+        report.table_images.push(line);
+    }
+    Ok(())
 }
 
 fn decode(m: &bytes::Bytes) -> Result<PgOutputMessage> {

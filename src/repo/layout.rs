@@ -37,6 +37,11 @@ pub enum BackupKind {
     Incremental,
     /// A full backup taken automatically before a restore replaced the database.
     PreRestore,
+    /// One table's definition and rows at a known LSN, taken by `pgkeep
+    /// stream` where the change archive cannot reproduce the table
+    /// (docs/FORMAT.md §5.3). Never restored alone: point-in-time replay
+    /// puts it in place of the table at its consistent point.
+    TableImage,
 }
 
 impl BackupKind {
@@ -46,12 +51,13 @@ impl BackupKind {
             BackupKind::Full => "full_backup_",
             BackupKind::Incremental => "incr_backup_",
             BackupKind::PreRestore => "pre_restore_backup_",
+            BackupKind::TableImage => "table_image_",
         }
     }
 
     /// Whether a backup of this kind can be restored without a parent.
     pub fn is_self_contained(self) -> bool {
-        !matches!(self, BackupKind::Incremental)
+        !matches!(self, BackupKind::Incremental | BackupKind::TableImage)
     }
 }
 
@@ -61,6 +67,7 @@ impl fmt::Display for BackupKind {
             BackupKind::Full => "full",
             BackupKind::Incremental => "incremental",
             BackupKind::PreRestore => "pre-restore",
+            BackupKind::TableImage => "table image",
         })
     }
 }
@@ -166,7 +173,7 @@ fn valid_seq(seq: &str) -> bool {
 }
 
 fn parse_id(s: &str) -> Option<(BackupKind, DateTime<Utc>)> {
-    for kind in [BackupKind::Full, BackupKind::Incremental, BackupKind::PreRestore] {
+    for kind in [BackupKind::Full, BackupKind::Incremental, BackupKind::PreRestore, BackupKind::TableImage] {
         if let Some(rest) = s.strip_prefix(kind.id_prefix()) {
             if rest.len() < 15 || !rest.is_char_boundary(15) {
                 return None;

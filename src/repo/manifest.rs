@@ -81,6 +81,48 @@ pub struct BackupManifest {
     /// Incrementals: the archived changes since the parent that this backup pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changes: Option<ChangeRange>,
+    /// Table images: which table, and the changes it makes exact again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+}
+
+/// What a table image ([`BackupKind::TableImage`]) is for. Its `tables`
+/// hold the table (or, for a partitioned table, its leaf partitions) as
+/// of `snapshot.consistent_lsn`: every transaction committed before that
+/// point and none after. No tables: the table did not exist then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    /// Schema of the table the image was asked for.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// The changes the archive could not reproduce that made it necessary.
+    pub covers: Vec<ImageCover>,
+}
+
+impl ImageInfo {
+    /// `schema.name`, as inexact marks name tables.
+    pub fn table(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// One change a table image makes exact again: replay from a base before
+/// `lsn` to a target at or after the image's consistent point puts the
+/// image in place of the table there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageCover {
+    /// Why the archive could not reproduce the table.
+    pub reason: String,
+    /// Commit LSN of the transaction that made the change (for a table
+    /// that joined the publications late: the archive's end when pgkeep
+    /// found it).
+    pub lsn: Lsn,
+    /// Its commit time, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<DateTime<Utc>>,
 }
 
 /// The change archive an incremental backup stands for: every transaction

@@ -625,7 +625,7 @@ fn schema_changed_without_ddl(cx: &SessionContext<'_>, change: &UncapturedChange
 /// whose consistent point on the table is exact again.
 fn not_reproducible(cx: &SessionContext<'_>, mark: InexactMark) {
     tracing::warn!(table = %mark.table, lsn = %mark.lsn, reason = %mark.reason, "a change the archive cannot reproduce: replay refuses targets after it until a newer full backup");
-    cx.autobackup.request(BackupReason::Inexact { table: mark.table, reason: mark.reason, lsn: mark.lsn });
+    cx.autobackup.request(BackupReason::Inexact { table: mark.table, reason: mark.reason, lsn: mark.lsn, time: mark.time });
 }
 
 /// Status update with every position at the durable end, never beyond.

@@ -14,9 +14,17 @@
 //!   are exact again;
 //! - `--full-backup-every` has passed since the newest such backup.
 //!
+//! Where the archive cannot reproduce one table (an inexact mark naming
+//! it, its definition changed without captured DDL, or it joined the
+//! publications late), the worker takes a *table image* instead: the same
+//! backup engine restricted to that table ([`BackupKind::TableImage`]),
+//! so the cost scales with the table, not the database. An image that
+//! fails is followed by a full backup, which covers the change too.
+//!
 //! One worker task runs [`crate::commands::backup::run`] with the default
-//! options, at most one at a time; requests that come in meanwhile become
-//! one more backup after it (unless it already covers them). A failed
+//! options, at most one at a time, full backups first; requests that come
+//! in meanwhile become one more backup after it (unless it already covers
+//! them). A failed
 //! backup never fails the stream: it is logged and notified like a failed
 //! `pgkeep backup`. After a backup that succeeded, the worker runs the
 //! caller's [`AfterBackup`] step (the CLI passes retention, `expire`, when
@@ -39,7 +47,7 @@ use crate::config::Settings;
 use crate::notify::{Event, Notifier, Operation};
 use crate::repo::catalog::{self, CatalogEntry};
 use crate::repo::layout::{BackupKind, Lsn};
-use crate::repo::manifest::{BackupManifest, SnapshotMethod};
+use crate::repo::manifest::{BackupManifest, ImageCover, ImageInfo, SnapshotMethod};
 use crate::storage::Storage;
 
 /// When `pgkeep stream` takes a full backup by itself.
@@ -114,12 +122,14 @@ pub enum BackupReason {
     Scheduled,
     /// A change the archive cannot reproduce (src/stream/inexact.rs).
     Inexact {
-        /// The table.
+        /// The table (`*`: unknown).
         table: String,
         /// Why.
         reason: String,
         /// Commit LSN of the transaction that made it.
         lsn: Lsn,
+        /// Its commit time.
+        time: Option<DateTime<Utc>>,
     },
 }
 
@@ -134,7 +144,7 @@ impl std::fmt::Display for BackupReason {
             }
             BackupReason::LateTable { table } => write!(f, "table {table} joined a publication late"),
             BackupReason::Scheduled => f.write_str("--full-backup-every"),
-            BackupReason::Inexact { table, reason, lsn } => write!(f, "table {table} cannot be replayed exactly past {lsn}: {reason}"),
+            BackupReason::Inexact { table, reason, lsn, .. } => write!(f, "table {table} cannot be replayed exactly past {lsn}: {reason}"),
         }
     }
 }
@@ -149,19 +159,55 @@ impl BackupReason {
             BackupReason::LateTable { .. } | BackupReason::Scheduled => false,
         }
     }
+
+    /// The table image that takes care of this, when one table is concerned.
+    fn image(&self) -> Option<ImageInfo> {
+        let (table, cover) = match self {
+            BackupReason::SchemaChange { table, lsn } => (
+                table,
+                ImageCover { reason: "its definition changed without captured DDL (no `pgkeep setup`, or a role whose DDL is not captured)".into(), lsn: *lsn, time: None },
+            ),
+            BackupReason::LateTable { table } => (
+                table,
+                // When it was created is unknown: no base before the image holds it exactly.
+                ImageCover { reason: "it joined the publications late (its earlier changes are not archived)".into(), lsn: Lsn(0), time: None },
+            ),
+            BackupReason::Inexact { table, reason, lsn, time } => (table, ImageCover { reason: reason.clone(), lsn: *lsn, time: *time }),
+            BackupReason::NotCovered { .. } | BackupReason::Scheduled => return None,
+        };
+        let (schema, name) = crate::pg::catalog::split_table_name(table)?;
+        Some(ImageInfo { schema, name, covers: vec![cover] })
+    }
+}
+
+/// Queue `image`, merged with a queued image of the same table.
+fn queue_image(images: &mut Vec<ImageInfo>, image: ImageInfo) {
+    match images.iter_mut().find(|i| i.schema == image.schema && i.name == image.name) {
+        Some(queued) => {
+            for c in image.covers {
+                if !queued.covers.contains(&c) {
+                    queued.covers.push(c);
+                }
+            }
+        }
+        None => images.push(image),
+    }
 }
 
 /// What the automatic backups of a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AutoBackupTotals {
-    /// Ids of the backups taken.
+    /// Ids of the full backups taken.
     pub taken: Vec<String>,
+    /// Ids of the table images taken.
+    pub images: Vec<String>,
     /// Backups that failed.
     pub failed: u64,
 }
 
 enum Command {
     Backup(BackupReason),
+    Image(ImageInfo),
     /// The newest full backup that counts finished then (for `every`).
     NewestFull(DateTime<Utc>),
 }
@@ -171,6 +217,7 @@ struct Shared {
     running: AtomicBool,
     failed: AtomicU64,
     taken: Mutex<Vec<String>>,
+    images: Mutex<Vec<String>>,
 }
 
 /// The automatic full backups of one `pgkeep stream` run.
@@ -204,10 +251,16 @@ impl AutoBackup {
             BackupReason::Scheduled => self.opts.every.is_some(),
         };
         match &self.tx {
-            Some(tx) if wanted => {
-                tracing::info!(reason = %reason, "a new full backup is needed; taking one");
-                let _ = tx.send(Command::Backup(reason));
-            }
+            Some(tx) if wanted => match reason.image() {
+                Some(image) => {
+                    tracing::info!(reason = %reason, "a table image is needed; taking one");
+                    let _ = tx.send(Command::Image(image));
+                }
+                None => {
+                    tracing::info!(reason = %reason, "a new full backup is needed; taking one");
+                    let _ = tx.send(Command::Backup(reason));
+                }
+            },
             _ => tracing::warn!(reason = %reason, "a new full backup is needed; automatic full backups are off: run `pgkeep backup`"),
         }
     }
@@ -251,6 +304,7 @@ impl AutoBackup {
         }
         AutoBackupTotals {
             taken: self.shared.taken.lock().map(|t| t.clone()).unwrap_or_default(),
+            images: self.shared.images.lock().map(|t| t.clone()).unwrap_or_default(),
             failed: self.shared.failed.load(Ordering::SeqCst),
         }
     }
@@ -275,35 +329,51 @@ fn coverage(manifests: &[BackupManifest], system_identifier: &str, database: &st
     (covering, newest)
 }
 
-/// Runs backups one at a time as requests and the schedule ask.
+/// What the worker runs next.
+enum Job {
+    Full(BackupReason),
+    Image(ImageInfo),
+}
+
+/// Runs backups one at a time as requests and the schedule ask: a full
+/// backup asked for first, then table images in the order asked.
 async fn worker(settings: Settings, every: Option<Duration>, after_backup: Option<AfterBackup>, mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
     let notifier = Notifier::from_settings(&settings);
     let mut next_due = every.map(|e| tokio::time::Instant::now() + e);
     let mut pending: Option<BackupReason> = None;
+    let mut images: Vec<ImageInfo> = Vec::new();
     let mut open = true;
     loop {
-        let Some(reason) = pending.take() else {
-            if !open {
-                return;
-            }
-            let timer = async {
-                match next_due {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+        let job = match pending.take() {
+            Some(reason) => Job::Full(reason),
+            None if !images.is_empty() => Job::Image(images.remove(0)),
+            None => {
+                if !open {
+                    return;
                 }
-            };
-            tokio::select! {
-                command = rx.recv() => match command {
-                    Some(Command::Backup(reason)) => pending = Some(reason),
-                    Some(Command::NewestFull(at)) => next_due = every.map(|e| due_after(at, e)),
-                    None => open = false,
-                },
-                _ = timer => pending = Some(BackupReason::Scheduled),
+                let timer = async {
+                    match next_due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    command = rx.recv() => match command {
+                        Some(Command::Backup(reason)) => pending = Some(reason),
+                        Some(Command::Image(image)) => queue_image(&mut images, image),
+                        Some(Command::NewestFull(at)) => next_due = every.map(|e| due_after(at, e)),
+                        None => open = false,
+                    },
+                    _ = timer => pending = Some(BackupReason::Scheduled),
+                }
+                continue;
             }
-            continue;
         };
         shared.running.store(true, Ordering::SeqCst);
-        let opts = BackupOptions::default();
+        let opts = match &job {
+            Job::Full(_) => BackupOptions::default(),
+            Job::Image(image) => BackupOptions { kind: BackupKind::TableImage, image: Some(image.clone()), ..BackupOptions::default() },
+        };
         let run = backup::run(&settings, &opts);
         tokio::pin!(run);
         let result = loop {
@@ -311,43 +381,101 @@ async fn worker(settings: Settings, every: Option<Duration>, after_backup: Optio
                 result = &mut run => break result,
                 command = rx.recv(), if open => match command {
                     Some(Command::Backup(next)) => {
-                        tracing::info!(reason = %next, "a full backup is running; another one follows it");
+                        tracing::info!(reason = %next, "a backup is running; a full backup follows it");
                         pending.get_or_insert(next);
                     }
+                    Some(Command::Image(image)) => queue_image(&mut images, image),
                     Some(Command::NewestFull(_)) => {}
                     None => open = false,
                 },
             }
         };
         shared.running.store(false, Ordering::SeqCst);
-        next_due = every.map(|e| tokio::time::Instant::now() + e);
-        match result {
-            Ok(report) => {
-                let lsn = report.manifest.snapshot.consistent_lsn;
-                tracing::info!(backup_id = %report.manifest.backup_id, consistent_lsn = %lsn, reason = %reason, "automatic full backup done");
-                if let Ok(mut taken) = shared.taken.lock() {
-                    taken.push(report.manifest.backup_id.to_string());
-                }
-                if report.manifest.snapshot.method != SnapshotMethod::ReplicationSlot {
-                    tracing::warn!(backup_id = %report.manifest.backup_id, "the automatic full backup has no replication-slot snapshot: the change archive cannot continue it");
-                } else if pending.as_ref().is_some_and(|p| p.covered_by(lsn)) {
-                    pending = None;
-                }
-                let event = Event::backup_succeeded(&report).with_summary(format!("{} (automatic: {reason})", report.summary_line()));
-                let _ = notifier.send(&event).await;
-                // Retention, like after `pgkeep backup`: the step logs and notifies its own outcome.
-                if let Some(step) = &after_backup {
-                    (step.0)(settings.clone()).await;
-                }
+        match job {
+            Job::Full(reason) => {
+                next_due = every.map(|e| tokio::time::Instant::now() + e);
+                full_done(&settings, &notifier, after_backup.as_ref(), &shared, result, reason, &mut pending, &mut images).await;
             }
-            Err(e) => {
-                shared.failed.fetch_add(1, Ordering::SeqCst);
-                tracing::warn!(error = %e.user_line(), reason = %reason, "automatic full backup failed; the stream goes on (run `pgkeep backup`)");
-                let event = Event::failure(Operation::Backup, &e)
-                    .with_database(&settings.db.dbname)
-                    .with_summary(format!("automatic full backup by pgkeep stream ({reason}) failed"));
-                let _ = notifier.send(&event).await;
+            Job::Image(image) => image_done(&shared, result, image, &mut pending),
+        }
+    }
+}
+
+/// After an automatic full backup: record, notify, retention; what it
+/// covers is no longer pending.
+#[allow(clippy::too_many_arguments)]
+async fn full_done(
+    settings: &Settings,
+    notifier: &Notifier,
+    after_backup: Option<&AfterBackup>,
+    shared: &Shared,
+    result: crate::error::Result<backup::BackupReport>,
+    reason: BackupReason,
+    pending: &mut Option<BackupReason>,
+    images: &mut Vec<ImageInfo>,
+) {
+    match result {
+        Ok(report) => {
+            let lsn = report.manifest.snapshot.consistent_lsn;
+            tracing::info!(backup_id = %report.manifest.backup_id, consistent_lsn = %lsn, reason = %reason, "automatic full backup done");
+            if let Ok(mut taken) = shared.taken.lock() {
+                taken.push(report.manifest.backup_id.to_string());
             }
+            if report.manifest.snapshot.method != SnapshotMethod::ReplicationSlot {
+                tracing::warn!(backup_id = %report.manifest.backup_id, "the automatic full backup has no replication-slot snapshot: the change archive cannot continue it");
+            } else {
+                if pending.as_ref().is_some_and(|p| p.covered_by(lsn)) {
+                    *pending = None;
+                }
+                // A base after a change replays it exactly: no image needed.
+                images.retain(|i| i.covers.iter().any(|c| c.lsn >= lsn));
+            }
+            let event = Event::backup_succeeded(&report).with_summary(format!("{} (automatic: {reason})", report.summary_line()));
+            let _ = notifier.send(&event).await;
+            // Retention, like after `pgkeep backup`: the step logs and notifies its own outcome.
+            if let Some(step) = after_backup {
+                (step.0)(settings.clone()).await;
+            }
+        }
+        Err(e) => {
+            shared.failed.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(error = %e.user_line(), reason = %reason, "automatic full backup failed; the stream goes on (run `pgkeep backup`)");
+            let event = Event::failure(Operation::Backup, &e)
+                .with_database(&settings.db.dbname)
+                .with_summary(format!("automatic full backup by pgkeep stream ({reason}) failed"));
+            let _ = notifier.send(&event).await;
+        }
+    }
+}
+
+/// After a table image: record it; a failed one is replaced by a full
+/// backup, which makes the table exact again too.
+fn image_done(shared: &Shared, result: crate::error::Result<backup::BackupReport>, image: ImageInfo, pending: &mut Option<BackupReason>) {
+    let table = image.table();
+    match result {
+        Ok(report) => {
+            tracing::info!(
+                backup_id = %report.manifest.backup_id,
+                table = %table,
+                consistent_lsn = %report.manifest.snapshot.consistent_lsn,
+                rows = report.manifest.stats.rows,
+                stored_bytes = report.manifest.stats.stored_bytes,
+                "table image done: replay puts it in place of the table at its consistent point"
+            );
+            if let Ok(mut taken) = shared.images.lock() {
+                taken.push(report.manifest.backup_id.to_string());
+            }
+        }
+        Err(e) => {
+            shared.failed.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(error = %e.user_line(), table = %table, "table image failed; taking a full backup instead");
+            let first = image.covers.first().cloned();
+            pending.get_or_insert(BackupReason::Inexact {
+                table,
+                reason: first.as_ref().map(|c| c.reason.clone()).unwrap_or_default(),
+                lsn: first.as_ref().map(|c| c.lsn).unwrap_or_default(),
+                time: first.and_then(|c| c.time),
+            });
         }
     }
 }

@@ -53,6 +53,7 @@ pub(crate) fn sample() -> BackupManifest {
         stats: BackupStats::default(),
         warnings: vec![],
         changes: None,
+        image: None,
     }
 }
 

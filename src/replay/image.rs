@@ -1,0 +1,235 @@
+//! Table images in a replay: where the archive cannot reproduce a table,
+//! `pgkeep stream` took a copy of it at a known LSN
+//! ([`BackupKind::TableImage`](crate::repo::layout::BackupKind::TableImage),
+//! docs/FORMAT.md §5.3), and replay puts that copy in place of the table.
+//!
+//! The rule, for a table `T` and an image of it consistent at `C` (it
+//! holds exactly the transactions committed before `C`):
+//!
+//! 1. replay crosses a change to `T` the archive cannot reproduce (an
+//!    inexact mark at `L`, or an image cover from before the base): if an
+//!    image of `T` with `C > L` exists, `T` is *pending*, and its row
+//!    changes are left out from there (they are in the image);
+//! 2. before the first transaction committed at or after `C`, or at the
+//!    end of the replay when every transaction before `C` was applied,
+//!    the image replaces `T` ([`ImageHook`]: its rows, and its definition
+//!    where that differs), and `T`'s changes are replayed again;
+//! 3. a target before `C` leaves `T` pending: the restore is refused,
+//!    naming the table and the window from `L` to `C`, unless the user
+//!    accepted inexact tables (`--accept-inexact`; then `T`'s changes
+//!    were applied as archived, and the line is a warning).
+//!
+//! This module keeps that bookkeeping (pure); [`super::run`] drives it, and
+//! the caller's [`ImageHook`] does the database work (it lives with
+//! restore, which reads backups).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::layout::Lsn;
+use crate::repo::manifest::BackupManifest;
+use crate::stream::inexact::InexactMark;
+
+/// Puts a table image in place of its table, on the replay's session
+/// (outside any transaction; the hook commits or rolls back its own).
+/// Returns one line for the report.
+pub trait ImageHook: Send + Sync {
+    /// Replace the image's table in the database `client` is connected to.
+    fn put_in_place<'a>(&'a self, client: &'a Client, image: &'a BackupManifest) -> Pin<Box<dyn Future<Output = Result<String>> + Send + 'a>>;
+}
+
+/// A table waiting for its image.
+#[derive(Debug, Clone, PartialEq)]
+struct Waiting {
+    /// Index into the plan's images.
+    image: usize,
+    /// The change that made it wait (table, reason, where).
+    mark: InexactMark,
+    /// Its row changes are left out (false when inexact tables are accepted).
+    skipped: bool,
+}
+
+/// The tables of one replay that wait for an image.
+#[derive(Debug, Default)]
+pub struct ImageWindows {
+    images: Vec<BackupManifest>,
+    waiting: Vec<Waiting>,
+}
+
+impl ImageWindows {
+    /// The images of a plan, oldest first (consistent point after the base).
+    pub fn new(mut images: Vec<BackupManifest>) -> ImageWindows {
+        images.sort_by_key(|m| m.snapshot.consistent_lsn);
+        ImageWindows { images, waiting: Vec::new() }
+    }
+
+    /// Changes from before the base (`from`) that images made after it
+    /// cover: a table that joined the publications late is not exact in
+    /// any base older than its image. Returns the tables to skip.
+    pub fn at_start(&mut self, from: Lsn, skip: bool) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for i in 0..self.images.len() {
+            let Some(info) = self.images[i].image.clone() else { continue };
+            if self.images[i].snapshot.consistent_lsn <= from || self.waiting.iter().any(|w| w.mark.table == info.table()) {
+                continue;
+            }
+            if let Some(c) = info.covers.iter().find(|c| c.lsn == Lsn(0)) {
+                let mark = InexactMark { table: info.table(), reason: c.reason.clone(), lsn: c.lsn, time: c.time };
+                out.extend(self.wait(i, mark, skip));
+            }
+        }
+        out
+    }
+
+    /// Replay crosses `mark`: when an image of its table comes later, the
+    /// table waits for it (returns the tables to skip, maybe none); `None`
+    /// when no image closes the window.
+    pub fn crossing(&mut self, mark: &InexactMark, skip: bool) -> Option<Vec<(String, String)>> {
+        if let Some(w) = self.waiting.iter().find(|w| w.mark.table == mark.table) {
+            // Already waiting for an image after this change too?
+            return (self.images[w.image].snapshot.consistent_lsn > mark.lsn).then(Vec::new);
+        }
+        let i = self.images.iter().position(|m| {
+            m.snapshot.consistent_lsn > mark.lsn && m.image.as_ref().is_some_and(|info| info.table() == mark.table || m.tables.iter().any(|t| format!("{}.{}", t.schema, t.name) == mark.table))
+        })?;
+        Some(self.wait(i, mark.clone(), skip))
+    }
+
+    fn wait(&mut self, image: usize, mark: InexactMark, skip: bool) -> Vec<(String, String)> {
+        self.waiting.push(Waiting { image, mark, skipped: skip });
+        if skip { self.tables_of(image) } else { Vec::new() }
+    }
+
+    /// The tables whose changes an image stands for: the table asked for
+    /// and the leaf tables it holds.
+    pub fn tables_of(&self, image: usize) -> Vec<(String, String)> {
+        let m = &self.images[image];
+        let mut out: Vec<(String, String)> = m.tables.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+        if let Some(info) = &m.image
+            && !out.iter().any(|(s, n)| *s == info.schema && *n == info.name)
+        {
+            out.push((info.schema.clone(), info.name.clone()));
+        }
+        out
+    }
+
+    /// Images due once replay has applied every transaction committed
+    /// before `position`: removed from waiting, oldest first.
+    pub fn due(&mut self, position: Lsn) -> Vec<usize> {
+        let mut due: Vec<usize> = self
+            .waiting
+            .iter()
+            .filter(|w| self.images[w.image].snapshot.consistent_lsn <= position)
+            .map(|w| w.image)
+            .collect();
+        due.sort_by_key(|&i| self.images[i].snapshot.consistent_lsn);
+        due.dedup();
+        self.waiting.retain(|w| !due.contains(&w.image));
+        due
+    }
+
+    /// The image at `i`.
+    pub fn image(&self, i: usize) -> &BackupManifest {
+        &self.images[i]
+    }
+
+    /// Whether any table waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// At the end: tables still waiting (the target is before their
+    /// image). Refused, naming table and window, unless `accept`; then
+    /// the warning lines.
+    pub fn unreached(&self, target: &str, accept: bool) -> Result<Vec<String>> {
+        let lines: Vec<String> = self
+            .waiting
+            .iter()
+            .map(|w| {
+                let m = &self.images[w.image];
+                let from = match (w.mark.lsn, w.mark.time) {
+                    (Lsn(0), _) => "its first archived change".to_string(),
+                    (l, Some(t)) => format!("LSN {l} ({})", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
+                    (l, None) => format!("LSN {l}"),
+                };
+                let taken = m.snapshot.server_time.unwrap_or(m.started_at).format("%Y-%m-%d %H:%M:%S%.6f UTC");
+                format!(
+                    "table {} is not exact from {from} until LSN {} (table image {}, taken {taken}): {}",
+                    w.mark.table, m.snapshot.consistent_lsn, m.backup_id, w.mark.reason
+                )
+            })
+            .collect();
+        if lines.is_empty() || accept {
+            return Ok(lines);
+        }
+        Err(Error::new(
+            ErrorKind::CheckFailed,
+            format!("target {target} is inside a window the archive cannot reproduce, so the restore stops (production untouched): {}", lines.join("; ")),
+        )
+        .with_hint("choose a target at or after the table image, or before the change, or pass --accept-inexact to restore it anyway"))
+    }
+
+    /// Whether the waiting table's changes were left out (for the report).
+    pub fn skipped_any(&self) -> bool {
+        self.waiting.iter().any(|w| w.skipped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::layout::{BackupId, BackupKind};
+    use crate::repo::manifest::{ImageCover, ImageInfo};
+
+    fn image(table: &str, at: u64, cover: u64) -> BackupManifest {
+        let mut m = crate::repo::manifest::tests::sample();
+        m.backup_id = BackupId::new(BackupKind::TableImage, chrono::Utc::now(), at as u32);
+        m.kind = BackupKind::TableImage;
+        m.snapshot.consistent_lsn = Lsn(at);
+        let (schema, name) = table.split_once('.').unwrap();
+        m.tables.truncate(1);
+        m.tables[0].schema = schema.into();
+        m.tables[0].name = name.into();
+        m.image = Some(ImageInfo { schema: schema.into(), name: name.into(), covers: vec![ImageCover { reason: "rewrite".into(), lsn: Lsn(cover), time: None }] });
+        m
+    }
+
+    fn mark(table: &str, lsn: u64) -> InexactMark {
+        InexactMark { table: table.into(), reason: "table rewrite".into(), lsn: Lsn(lsn), time: None }
+    }
+
+    #[test]
+    fn a_mark_waits_for_the_next_image_of_its_table() {
+        let mut w = ImageWindows::new(vec![image("public.u", 0x40, 0x10), image("public.t", 0x50, 0x20), image("public.t", 0x18, 0x5)]);
+        assert_eq!(w.crossing(&mark("public.x", 0x20), true), None, "no image of that table");
+        let skip = w.crossing(&mark("public.t", 0x20), true).unwrap();
+        assert_eq!(skip, vec![("public".to_string(), "t".to_string())]);
+        assert!(w.due(Lsn(0x4f)).is_empty(), "the image of 0x18 is before the change");
+        let due = w.due(Lsn(0x50));
+        assert_eq!(w.image(due[0]).snapshot.consistent_lsn, Lsn(0x50));
+        assert!(w.is_empty());
+        assert!(w.unreached("latest", false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_target_before_the_image_is_refused_naming_table_and_window() {
+        let mut w = ImageWindows::new(vec![image("public.t", 0x50, 0x20)]);
+        w.crossing(&mark("public.t", 0x20), true).unwrap();
+        assert!(w.due(Lsn(0x4f)).is_empty());
+        let e = w.unreached("2026-12-04 10:00:00", false).unwrap_err().user_line();
+        assert!(e.contains("public.t") && e.contains("0/20") && e.contains("0/50") && e.contains("table rewrite"), "{e}");
+        assert_eq!(w.unreached("x", true).unwrap().len(), 1, "accepted: a warning line");
+    }
+
+    #[test]
+    fn late_tables_wait_from_the_start_of_any_older_base() {
+        let mut w = ImageWindows::new(vec![image("public.t", 0x50, 0), image("public.u", 0x60, 0x30)]);
+        assert_eq!(w.at_start(Lsn(0x40), true), vec![("public".to_string(), "t".to_string())]);
+        assert!(!w.is_empty());
+        let mut newer = ImageWindows::new(vec![image("public.t", 0x50, 0)]);
+        assert!(newer.at_start(Lsn(0x50), true).is_empty(), "a base at the image needs none");
+    }
+}
