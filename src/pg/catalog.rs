@@ -189,7 +189,9 @@ const USER_RELATION_FILTER: &str = "n.nspname NOT IN ('pg_catalog', 'information
 pub async fn leaf_tables_of(client: &Client, schema: &str, name: &str) -> Result<Vec<u32>> {
     let rows = client
         .query(
-            "SELECT relid::oid FROM pg_partition_tree(to_regclass(quote_ident($1) || '.' || quote_ident($2))) WHERE isleaf",
+            "WITH r AS (SELECT to_regclass(quote_ident($1) || '.' || quote_ident($2)) AS rel) \
+             SELECT c.oid FROM pg_class c, r WHERE c.oid = r.rel AND c.relkind = 'r' \
+             UNION SELECT t.relid::oid FROM r, pg_partition_tree(r.rel) t WHERE t.isleaf",
             &[&schema, &name],
         )
         .await

@@ -28,6 +28,7 @@ use std::pin::Pin;
 
 use tokio_postgres::Client;
 
+use super::RecoveryTarget;
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::layout::Lsn;
 use crate::repo::manifest::BackupManifest;
@@ -57,26 +58,56 @@ struct Waiting {
 pub struct ImageWindows {
     images: Vec<BackupManifest>,
     waiting: Vec<Waiting>,
+    /// Images whose late covers were taken into account (once each).
+    late_seen: Vec<usize>,
 }
 
 impl ImageWindows {
     /// The images of a plan, oldest first (consistent point after the base).
     pub fn new(mut images: Vec<BackupManifest>) -> ImageWindows {
         images.sort_by_key(|m| m.snapshot.consistent_lsn);
-        ImageWindows { images, waiting: Vec::new() }
+        ImageWindows { images, waiting: Vec::new(), late_seen: Vec::new() }
     }
 
-    /// Changes from before the base (`from`) that images made after it
-    /// cover: a table that joined the publications late is not exact in
-    /// any base older than its image. Returns the tables to skip.
+    /// Tables that joined the publications late, from before the base
+    /// (`from`): the base does not hold them exactly (their changes until
+    /// they joined are not archived). Returns the tables to skip.
     pub fn at_start(&mut self, from: Lsn, skip: bool) -> Vec<(String, String)> {
+        self.late_where(|lsn, _| lsn <= from, from, skip)
+    }
+
+    /// Replay is about to apply a transaction committed at `position`:
+    /// tables that joined late and can have existed since before it wait
+    /// for their image from here. Returns the tables to skip.
+    pub fn reach(&mut self, position: Lsn, skip: bool) -> Vec<(String, String)> {
+        self.late_where(|lsn, _| lsn <= position, Lsn(0), skip)
+    }
+
+    /// At the end of a replay to `target`: as [`ImageWindows::reach`], for
+    /// the target itself (a late table whose clock is unknown waits).
+    pub fn reach_at_end(&mut self, target: RecoveryTarget, archive_end: Lsn) {
+        self.late_where(
+            |lsn, time| match target {
+                RecoveryTarget::Latest => lsn <= archive_end,
+                RecoveryTarget::Lsn(l) => lsn <= l,
+                RecoveryTarget::Time(t) => time.is_none_or(|x| x <= t),
+            },
+            Lsn(0),
+            false,
+        );
+    }
+
+    /// Late covers of images after `after` for which `hit(lsn, time)`:
+    /// their tables wait (once).
+    fn late_where(&mut self, hit: impl Fn(Lsn, Option<chrono::DateTime<chrono::Utc>>) -> bool, after: Lsn, skip: bool) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for i in 0..self.images.len() {
             let Some(info) = self.images[i].image.clone() else { continue };
-            if self.images[i].snapshot.consistent_lsn <= from || self.waiting.iter().any(|w| w.mark.table == info.table()) {
+            if self.late_seen.contains(&i) || self.images[i].snapshot.consistent_lsn <= after || self.waiting.iter().any(|w| w.mark.table == info.table()) {
                 continue;
             }
-            if let Some(c) = info.covers.iter().find(|c| c.lsn == Lsn(0)) {
+            if let Some(c) = info.covers.iter().find(|c| c.late && hit(c.lsn, c.time)) {
+                self.late_seen.push(i);
                 let mark = InexactMark { table: info.table(), reason: c.reason.clone(), lsn: c.lsn, time: c.time };
                 out.extend(self.wait(i, mark, skip));
             }
@@ -119,12 +150,31 @@ impl ImageWindows {
     /// Images due once replay has applied every transaction committed
     /// before `position`: removed from waiting, oldest first.
     pub fn due(&mut self, position: Lsn) -> Vec<usize> {
-        let mut due: Vec<usize> = self
-            .waiting
-            .iter()
-            .filter(|w| self.images[w.image].snapshot.consistent_lsn <= position)
-            .map(|w| w.image)
-            .collect();
+        self.due_where(|m| m.snapshot.consistent_lsn <= position)
+    }
+
+    /// Images due at the end of a replay to `target` that stopped at
+    /// `archive_end` (every archived transaction up to the target applied):
+    /// an image holds only transactions at or before the target — for an
+    /// LSN, its consistent point is not after it; for a time, the server
+    /// took its snapshot by then (an image may hold transactions the
+    /// archive never saw, such as those of a table not yet published, so
+    /// the next archived commit proves nothing); for `latest`, the archive
+    /// reaches its consistent point.
+    pub fn due_at_end(&mut self, target: RecoveryTarget, archive_end: Lsn) -> Vec<usize> {
+        self.due_where(|m| {
+            let c = m.snapshot.consistent_lsn;
+            c <= archive_end
+                && match target {
+                    RecoveryTarget::Latest => true,
+                    RecoveryTarget::Lsn(l) => c <= l,
+                    RecoveryTarget::Time(t) => m.snapshot.server_time.is_some_and(|st| st <= t),
+                }
+        })
+    }
+
+    fn due_where(&mut self, ready: impl Fn(&BackupManifest) -> bool) -> Vec<usize> {
+        let mut due: Vec<usize> = self.waiting.iter().filter(|w| ready(&self.images[w.image])).map(|w| w.image).collect();
         due.sort_by_key(|&i| self.images[i].snapshot.consistent_lsn);
         due.dedup();
         self.waiting.retain(|w| !due.contains(&w.image));
@@ -193,7 +243,8 @@ mod tests {
         m.tables.truncate(1);
         m.tables[0].schema = schema.into();
         m.tables[0].name = name.into();
-        m.image = Some(ImageInfo { schema: schema.into(), name: name.into(), covers: vec![ImageCover { reason: "rewrite".into(), lsn: Lsn(cover), time: None }] });
+        let cover = ImageCover { reason: "rewrite".into(), lsn: Lsn(cover), time: None, late: false };
+        m.image = Some(ImageInfo { schema: schema.into(), name: name.into(), covers: vec![cover] });
         m
     }
 
@@ -215,6 +266,25 @@ mod tests {
     }
 
     #[test]
+    fn at_the_end_an_image_is_due_only_when_it_holds_nothing_past_the_target() {
+        let t0 = chrono::Utc::now();
+        let mut m = image("public.t", 0x50, 0x20);
+        m.snapshot.server_time = Some(t0);
+        let waiting = |m: &BackupManifest| {
+            let mut w = ImageWindows::new(vec![m.clone()]);
+            w.crossing(&mark("public.t", 0x20), true).unwrap();
+            w
+        };
+        let second = chrono::Duration::seconds(1);
+        assert!(waiting(&m).due_at_end(RecoveryTarget::Time(t0 - second), Lsn(0x90)).is_empty(), "taken after the target time");
+        assert_eq!(waiting(&m).due_at_end(RecoveryTarget::Time(t0), Lsn(0x90)).len(), 1);
+        assert!(waiting(&m).due_at_end(RecoveryTarget::Lsn(Lsn(0x4f)), Lsn(0x90)).is_empty());
+        assert_eq!(waiting(&m).due_at_end(RecoveryTarget::Lsn(Lsn(0x50)), Lsn(0x90)).len(), 1);
+        assert!(waiting(&m).due_at_end(RecoveryTarget::Latest, Lsn(0x4f)).is_empty(), "the archive does not reach it");
+        assert_eq!(waiting(&m).due_at_end(RecoveryTarget::Latest, Lsn(0x50)).len(), 1);
+    }
+
+    #[test]
     fn a_target_before_the_image_is_refused_naming_table_and_window() {
         let mut w = ImageWindows::new(vec![image("public.t", 0x50, 0x20)]);
         w.crossing(&mark("public.t", 0x20), true).unwrap();
@@ -224,12 +294,35 @@ mod tests {
         assert_eq!(w.unreached("x", true).unwrap().len(), 1, "accepted: a warning line");
     }
 
+    fn late(table: &str, at: u64, since: u64) -> BackupManifest {
+        let mut m = image(table, at, since);
+        m.image.as_mut().unwrap().covers[0].late = true;
+        m
+    }
+
     #[test]
-    fn late_tables_wait_from_the_start_of_any_older_base() {
-        let mut w = ImageWindows::new(vec![image("public.t", 0x50, 0), image("public.u", 0x60, 0x30)]);
-        assert_eq!(w.at_start(Lsn(0x40), true), vec![("public".to_string(), "t".to_string())]);
+    fn late_tables_wait_from_when_they_can_have_existed() {
+        let t = vec![("public".to_string(), "t".to_string())];
+        // A base after the table can have existed: from the start.
+        let mut w = ImageWindows::new(vec![late("public.t", 0x50, 0x20), image("public.u", 0x60, 0x30)]);
+        assert_eq!(w.at_start(Lsn(0x40), true), t);
         assert!(!w.is_empty());
-        let mut newer = ImageWindows::new(vec![image("public.t", 0x50, 0)]);
-        assert!(newer.at_start(Lsn(0x50), true).is_empty(), "a base at the image needs none");
+        // A base before: from that point on.
+        let mut w = ImageWindows::new(vec![late("public.t", 0x50, 0x20)]);
+        assert!(w.at_start(Lsn(0x10), true).is_empty());
+        assert!(w.reach(Lsn(0x1f), true).is_empty());
+        assert_eq!(w.reach(Lsn(0x20), true), t);
+        assert!(w.reach(Lsn(0x30), true).is_empty(), "once");
+        assert_eq!(w.due(Lsn(0x50)).len(), 1);
+        assert!(w.reach(Lsn(0x60), true).is_empty() && w.is_empty(), "put in place: never again");
+        // A target before it: nothing waits.
+        let mut w = ImageWindows::new(vec![late("public.t", 0x50, 0x20)]);
+        w.reach_at_end(RecoveryTarget::Lsn(Lsn(0x1f)), Lsn(0x90));
+        assert!(w.is_empty());
+        w.reach_at_end(RecoveryTarget::Lsn(Lsn(0x20)), Lsn(0x90));
+        assert!(!w.is_empty());
+        // A base at the image needs none; an ordinary cover is a segment mark's business.
+        let mut w = ImageWindows::new(vec![late("public.t", 0x50, 0), image("public.u", 0x60, 0)]);
+        assert!(w.at_start(Lsn(0x50), true).is_empty());
     }
 }

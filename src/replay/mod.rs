@@ -482,8 +482,12 @@ pub async fn run(
                     report.next_after_target = Some(point);
                     break 'segments;
                 }
-                // Table images consistent before this commit go in place first.
-                put_due_images(&mut windows, b.final_lsn, &mut applier, images, &mut report).await?;
+                // Tables that joined the publications late and existed by now wait
+                // for their image; table images consistent before this commit go in place.
+                let skip = windows.reach(b.final_lsn, !plan.accept_inexact);
+                applier.skip(&skip);
+                let due = windows.due(b.final_lsn);
+                put_images(&windows, due, &mut applier, images, &mut report).await?;
                 // A change the archive cannot reproduce: the table waits for its
                 // image, or (no image after it) refuse, or warn when accepted.
                 for mark in seg.meta.inexact.iter().filter(|m| m.lsn == b.final_lsn) {
@@ -530,8 +534,9 @@ pub async fn run(
         }
         // Images every transaction before which was applied; a table whose
         // image the target does not reach is refused (or, accepted, a warning).
-        let position = report.next_after_target.as_ref().map(|n| n.commit_lsn).unwrap_or_else(|| plan.archive_end());
-        put_due_images(&mut windows, position, &mut applier, images, &mut report).await?;
+        windows.reach_at_end(plan.target, plan.archive_end());
+        let due = windows.due_at_end(plan.target, plan.archive_end());
+        put_images(&windows, due, &mut applier, images, &mut report).await?;
         report.inexact_accepted.extend(windows.unreached(&plan.target.to_string(), plan.accept_inexact)?);
         applier.flush().await?;
         Ok::<(), Error>(())
@@ -566,16 +571,14 @@ pub async fn run(
     Ok(report)
 }
 
-/// Put in place every table image due at `position` (every transaction
-/// committed before it applied), on the writer's session.
-async fn put_due_images(
-    windows: &mut image::ImageWindows,
-    position: Lsn,
+/// Put the table images `due` in place, on the writer's session.
+async fn put_images(
+    windows: &image::ImageWindows,
+    due: Vec<usize>,
     applier: &mut apply::Applier,
     hook: &dyn image::ImageHook,
     report: &mut ReplayReport,
 ) -> Result<()> {
-    let due = windows.due(position);
     if due.is_empty() {
         return Ok(());
     }

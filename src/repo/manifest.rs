@@ -116,13 +116,18 @@ impl ImageInfo {
 pub struct ImageCover {
     /// Why the archive could not reproduce the table.
     pub reason: String,
-    /// Commit LSN of the transaction that made the change (for a table
-    /// that joined the publications late: the archive's end when pgkeep
-    /// found it).
+    /// Commit LSN of the transaction that made the change (for a late
+    /// table: the server's WAL position before the publication check
+    /// before the one that found it).
     pub lsn: Lsn,
-    /// Its commit time, when known.
+    /// Its commit time, when known (for a late table: the server's clock at `lsn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<DateTime<Utc>>,
+    /// The table joined the publications late: it was created after `lsn`
+    /// (0/0: unknown), and its changes until it joined are not archived, so
+    /// no base older than the image holds it exactly from `lsn` on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// The change archive an incremental backup stands for: every transaction

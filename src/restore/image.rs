@@ -117,7 +117,7 @@ async fn put(client: &Client, source: &BackupSource) -> Result<String> {
 async fn columns_of(client: &Client, t: &TableEntry) -> Result<Option<Vec<ColumnEntry>>> {
     let rel = qualified(&t.schema, &t.name);
     let exists = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&rel])
+        .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&rel])
         .await
         .map_err(crate::pg::query_error(format!("looking up table {}.{}", t.schema, t.name)))?
         .get::<_, bool>(0);
@@ -127,7 +127,7 @@ async fn columns_of(client: &Client, t: &TableEntry) -> Result<Option<Vec<Column
     let rows = client
         .query(
             "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
-             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
             &[&rel],
         )
         .await
@@ -140,7 +140,7 @@ async fn columns_of(client: &Client, t: &TableEntry) -> Result<Option<Vec<Column
 async fn clear(client: &Client, t: &TableEntry) -> Result<()> {
     let rel = qualified(&t.schema, &t.name);
     let referenced: bool = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = $1::regclass)", &[&rel])
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = $1::text::regclass)", &[&rel])
         .await
         .map_err(crate::pg::query_error(format!("reading the foreign keys of table {}.{}", t.schema, t.name)))?
         .get(0);

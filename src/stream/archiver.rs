@@ -599,7 +599,8 @@ async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep) {
     match upkeep.reconcile(cx.names, ReconcileMode { create: false, announce: false }).await {
         Ok(done) => {
             for table in done.late_additions() {
-                cx.autobackup.request(BackupReason::LateTable { table: table.to_string() });
+                let (since, time) = upkeep.late_since();
+                cx.autobackup.request(BackupReason::LateTable { table: table.to_string(), since, time });
             }
         }
         Err(e) => tracing::warn!(error = %e.user_line(), "cannot check the publications; retrying at the next check"),

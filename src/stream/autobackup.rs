@@ -117,6 +117,11 @@ pub enum BackupReason {
     LateTable {
         /// The table.
         table: String,
+        /// The server's WAL position before the previous publication check
+        /// (it was created after that); 0/0 when unknown.
+        since: Lsn,
+        /// The server's clock then.
+        time: Option<DateTime<Utc>>,
     },
     /// `--full-backup-every` passed.
     Scheduled,
@@ -142,7 +147,7 @@ impl std::fmt::Display for BackupReason {
             BackupReason::SchemaChange { table, lsn } => {
                 write!(f, "table {table} changed without captured DDL at {lsn}")
             }
-            BackupReason::LateTable { table } => write!(f, "table {table} joined a publication late"),
+            BackupReason::LateTable { table, .. } => write!(f, "table {table} joined a publication late"),
             BackupReason::Scheduled => f.write_str("--full-backup-every"),
             BackupReason::Inexact { table, reason, lsn, .. } => write!(f, "table {table} cannot be replayed exactly past {lsn}: {reason}"),
         }
@@ -165,14 +170,18 @@ impl BackupReason {
         let (table, cover) = match self {
             BackupReason::SchemaChange { table, lsn } => (
                 table,
-                ImageCover { reason: "its definition changed without captured DDL (no `pgkeep setup`, or a role whose DDL is not captured)".into(), lsn: *lsn, time: None },
+                ImageCover {
+                    reason: "its definition changed without captured DDL (no `pgkeep setup`, or a role whose DDL is not captured)".into(),
+                    lsn: *lsn,
+                    time: None,
+                    late: false,
+                },
             ),
-            BackupReason::LateTable { table } => (
+            BackupReason::LateTable { table, since, time } => (
                 table,
-                // When it was created is unknown: no base before the image holds it exactly.
-                ImageCover { reason: "it joined the publications late (its earlier changes are not archived)".into(), lsn: Lsn(0), time: None },
+                ImageCover { reason: "it joined the publications late (its earlier changes are not archived)".into(), lsn: *since, time: *time, late: true },
             ),
-            BackupReason::Inexact { table, reason, lsn, time } => (table, ImageCover { reason: reason.clone(), lsn: *lsn, time: *time }),
+            BackupReason::Inexact { table, reason, lsn, time } => (table, ImageCover { reason: reason.clone(), lsn: *lsn, time: *time, late: false }),
             BackupReason::NotCovered { .. } | BackupReason::Scheduled => return None,
         };
         let (schema, name) = crate::pg::catalog::split_table_name(table)?;
@@ -495,7 +504,7 @@ mod tests {
         let r = BackupReason::SchemaChange { table: r#""public"."t""#.into(), lsn: Lsn(0x10) };
         assert_eq!(r.to_string(), r#"table "public"."t" changed without captured DDL at 0/10"#);
         assert!(r.covered_by(Lsn(0x10)) && !r.covered_by(Lsn(0xF)));
-        assert!(!BackupReason::LateTable { table: "t".into() }.covered_by(Lsn(u64::MAX)));
+        assert!(!BackupReason::LateTable { table: "t".into(), since: Lsn(0), time: None }.covered_by(Lsn(u64::MAX)));
         assert!(BackupReason::NotCovered { chain_start: Lsn(5) }.covered_by(Lsn(5)));
     }
 

@@ -268,7 +268,7 @@ impl Stream<'_> {
         let mut resubscribe_at =
             if first.created_insert_only && slot_existed { Some(self.insert_only_from(&mut upkeep, &names).await?) } else { None };
         if !first.created_main {
-            request_late(autobackup, &first);
+            request_late(autobackup, &first, &upkeep);
         }
         let mut insert_only_exists = first.insert_only_exists;
         let tables_without_identity = first.insert_only_tables.clone();
@@ -293,7 +293,7 @@ impl Stream<'_> {
                 // 3 again. Not fatal: the periodic check tries again.
                 match upkeep.reconcile(&names, ReconcileMode { create: true, announce: false }).await {
                     Ok(again) => {
-                        request_late(autobackup, &again);
+                        request_late(autobackup, &again, &upkeep);
                         insert_only_exists = again.insert_only_exists;
                         if again.created_insert_only {
                             // Failing that, pgoutput's refusal is handled below.
@@ -402,9 +402,11 @@ impl Stream<'_> {
 }
 
 /// Tables added to a publication that already existed missed earlier changes.
-fn request_late(autobackup: &AutoBackup, done: &Reconciled) {
+/// `upkeep` made that reconcile: it knows since when they can have existed.
+fn request_late(autobackup: &AutoBackup, done: &Reconciled, upkeep: &Upkeep) {
+    let (since, time) = upkeep.late_since();
     for table in done.late_additions() {
-        autobackup.request(BackupReason::LateTable { table: table.to_string() });
+        autobackup.request(BackupReason::LateTable { table: table.to_string(), since, time });
     }
 }
 

@@ -13,6 +13,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use tokio_postgres::Client;
 
 use super::publication::{self, MAINTENANCE_SETTING, PublicationNames, ReconcileMode, Reconciled};
@@ -40,12 +42,23 @@ pub struct Upkeep {
     unreadable_sequences: bool,
     /// Tables whose placement failed before (warned about once).
     failing_tables: HashSet<String>,
+    /// The server's WAL position and clock before the last reconcile that
+    /// succeeded, and before the one that succeeded before it.
+    checks: [Option<(Lsn, Option<DateTime<Utc>>)>; 2],
 }
 
 impl Upkeep {
     /// Not connected yet; connects on first use.
     pub fn new(db: DbSettings) -> Upkeep {
-        Upkeep { db, conn: None, next_attempt: None, sampling_failed: false, unreadable_sequences: false, failing_tables: HashSet::new() }
+        Upkeep {
+            db,
+            conn: None,
+            next_attempt: None,
+            sampling_failed: false,
+            unreadable_sequences: false,
+            failing_tables: HashSet::new(),
+            checks: [None, None],
+        }
     }
 
     /// The client, connecting first if needed (and allowed yet).
@@ -83,12 +96,29 @@ impl Upkeep {
     pub async fn reconcile(&mut self, names: &PublicationNames, mode: ReconcileMode) -> Result<Reconciled> {
         let quiet = std::mem::take(&mut self.failing_tables);
         let client = self.client().await?;
+        // Where the server was before this check: a table found now that is
+        // in no publication was created after the previous check's point.
+        let point = client
+            .query_one("SELECT pg_current_wal_lsn()::text, now()", &[])
+            .await
+            .ok()
+            .and_then(|r| Some((r.get::<_, String>(0).parse::<Lsn>().ok()?, r.try_get::<_, DateTime<Utc>>(1).ok())));
         let done = publication::reconcile(client, names, mode, &quiet).await;
+        if done.is_ok() {
+            self.checks = [point, self.checks[0]];
+        }
         self.failing_tables = match &done {
             Ok(done) => done.failed.iter().cloned().collect(),
             Err(_) => quiet,
         };
         done
+    }
+
+    /// Since when the tables the last reconcile added late can have
+    /// existed: the server's WAL position (and clock) before the check
+    /// before it; `(0/0, None)` when unknown (the first check of a run).
+    pub fn late_since(&self) -> (Lsn, Option<DateTime<Utc>>) {
+        self.checks[1].unwrap_or((Lsn(0), None))
     }
 
     /// Every sequence's `last_value` and `is_called` now. A failure is

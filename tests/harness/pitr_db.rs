@@ -95,6 +95,62 @@ impl Db {
         streaming::start(&self.settings, StreamOptions { segment_seconds: 1, ..StreamOptions::new(&self.name, &self.name) })
     }
 
+    /// `stream` that takes table images where the archive cannot reproduce
+    /// a table (as the CLI's does), checking publications every second.
+    pub fn stream_with_images(&self) -> streaming::Running {
+        let auto_backup = pgkeep::stream::autobackup::AutoBackupOptions { on_schema_change: true, ..Default::default() };
+        streaming::start(
+            &self.settings,
+            StreamOptions { segment_seconds: 1, publication_check: Duration::from_secs(1), auto_backup, ..StreamOptions::new(&self.name, &self.name) },
+        )
+    }
+
+    /// The local repository.
+    pub fn repo(&self) -> PathBuf {
+        self._dir.path().join("repo")
+    }
+
+    /// Ids of the backups of `kind` (`full-backup`, `table-image`, …, the
+    /// manifest's `kind`) in the repository, with their manifests.
+    pub fn manifests(&self, kind: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(self.repo().join("backups")) else { return out };
+        for d in dirs.flatten() {
+            let Ok(text) = std::fs::read_to_string(d.path().join("manifest.json")) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+            // The envelope keeps the manifest under `body` (docs/FORMAT.md §3).
+            let m = v["body"].clone();
+            if m["kind"] == kind {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Wait until a table image of `schema.name` consistent after `after`
+    /// (an LSN from `pg_current_wal_lsn()`) is complete; its manifest.
+    pub async fn wait_image(&self, table: &str, after: pgkeep::repo::layout::Lsn) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let found = self.manifests("table-image").into_iter().find(|m| {
+                let name = format!("{}.{}", m["image"]["schema"].as_str().unwrap_or(""), m["image"]["name"].as_str().unwrap_or(""));
+                let at: pgkeep::repo::layout::Lsn = serde_json::from_value(m["snapshot"]["consistent_lsn"].clone()).unwrap();
+                name == table && at > after
+            });
+            if let Some(m) = found {
+                return m;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no table image of {table} after {after}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The server's current WAL position.
+    pub async fn lsn(&self) -> pgkeep::repo::layout::Lsn {
+        let text: String = self.client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+        text.parse().unwrap()
+    }
+
     pub async fn backup(&self) -> String {
         let r = backup::run(&self.settings, &BackupOptions::default()).await.unwrap_or_else(|e| panic!("backup: {}", e.user_line()));
         r.manifest.backup_id.to_string()
