@@ -59,6 +59,7 @@ fn manifest(kind: BackupKind, at: DateTime<Utc>, parent: Option<&BackupId>) -> B
         stats: BackupStats::default(),
         warnings: vec![],
         changes: None,
+        image: None,
     }
 }
 
