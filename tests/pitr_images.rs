@@ -102,6 +102,15 @@ async fn with_setup_each_inexact_migration_is_exact_from_its_table_image() {
     for image in db.manifests("table-image") {
         assert!(image["stats"]["rows"].as_u64().unwrap() <= 3000, "an image holds its table only: {}", image["stats"]);
     }
+    // An image is never restored alone.
+    let id: pgkeep::repo::layout::BackupId = serde_json::from_value(db.manifests("table-image")[0]["backup_id"].clone()).unwrap();
+    let opts = pgkeep::commands::restore::RestoreOptions {
+        target_db: Some(format!("{}_alone", db.name)),
+        yes: true,
+        ..pgkeep::commands::restore::RestoreOptions::new(pgkeep::restore::source::BackupSelector::Id(id.clone()))
+    };
+    let alone = pgkeep::commands::restore::run(&db.settings, &opts).await.expect_err("an image alone is refused").user_line();
+    assert!(alone.contains(&id.to_string()) && alone.contains("table image"), "{alone}");
 
     // After each image: exact from the one base, every image before it put in place.
     for (i, (table, (_, after, state))) in points.iter().enumerate() {

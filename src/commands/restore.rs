@@ -225,6 +225,16 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let repos = src::open_repositories(settings).await?;
     let mut replay_plan: Option<ReplayPlan> = None;
     let keys = Arc::new(crate::crypto::Keyring::from_settings(&settings.encryption));
+    // A table image is one table at a point of the change archive: never restored alone.
+    if let BackupSelector::Id(id) = &opts.selector
+        && id.kind() == BackupKind::TableImage
+    {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{id} is a table image, which point-in-time restores put in place of its table; it is not restored alone"),
+        )
+        .with_hint("restore a full backup, or `latest`, with --target-time or --target-lsn at or after the image"));
+    }
     // An incremental backup is its full ancestor brought to the incremental's restore point.
     let (selector, point_in_time) = match (&opts.selector, opts.point_in_time) {
         (BackupSelector::Id(id), target) if id.kind() == BackupKind::Incremental => {
