@@ -160,10 +160,16 @@ impl Error {
         }
         let mut next = std::error::Error::source(self);
         while let Some(e) = next {
-            if let Some(code) = e.downcast_ref::<Error>().and_then(|e| e.inner.sqlstate.as_deref()) {
+            if let Some(code) = e
+                .downcast_ref::<Error>()
+                .and_then(|e| e.inner.sqlstate.as_deref())
+            {
                 return Some(code);
             }
-            if let Some(code) = e.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.code()) {
+            if let Some(code) = e
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(|e| e.code())
+            {
                 return Some(code.code());
             }
             next = e.source();
@@ -264,7 +270,10 @@ mod tests {
         assert_eq!(e.sqlstate(), Some("42P04"));
         assert_eq!(e.kind(), ErrorKind::Database);
         assert_eq!(e.kind().exit_code(), 1);
-        assert_eq!(e.message(), "restore of backup b1: cannot create database x");
+        assert_eq!(
+            e.message(),
+            "restore of backup b1: cannot create database x"
+        );
         // A new error with this one as its source finds the code in the chain.
         let outer = Error::new(ErrorKind::Internal, "step failed").with_source(e);
         assert_eq!(outer.sqlstate(), Some("42P04"));

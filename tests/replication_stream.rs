@@ -541,12 +541,26 @@ async fn decisions_on_server_errors_hold_when_the_server_speaks_german() {
     let dbname = cluster.fresh_db("repl_german").await;
     let db = cluster.superuser_settings(&dbname);
     cluster
-        .execute("postgres", &format!("ALTER ROLE {} SET lc_messages = 'C.UTF-8'", quote_ident(&db.user)))
+        .execute(
+            "postgres",
+            &format!(
+                "ALTER ROLE {} SET lc_messages = 'C.UTF-8'",
+                quote_ident(&db.user)
+            ),
+        )
         .await;
-    cluster.execute(&dbname, "CREATE TABLE t (id int PRIMARY KEY)").await;
+    cluster
+        .execute(&dbname, "CREATE TABLE t (id int PRIMARY KEY)")
+        .await;
     let client = cluster.client(&dbname).await;
-    let german = client.batch_execute("SELECT * FROM no_such_table").await.unwrap_err();
-    let text = german.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let german = client
+        .batch_execute("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    let text = german
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
     assert!(
         text.contains("existiert nicht"),
         "the server does not speak German (are the postgres-{}.mo translations installed?): {text}",
@@ -554,17 +568,26 @@ async fn decisions_on_server_errors_hold_when_the_server_speaks_german() {
     );
 
     // 1. A database name taken (42P04): a restore tries the next name.
-    let taken = pgkeep::restore::target::create_database(&db, &dbname, None).await.unwrap_err();
+    let taken = pgkeep::restore::target::create_database(&db, &dbname, None)
+        .await
+        .unwrap_err();
     assert_eq!(taken.sqlstate(), Some("42P04"), "{}", taken.user_line());
-    assert!(!taken.user_line().contains("already exists"), "{}", taken.user_line());
+    assert!(
+        !taken.user_line().contains("already exists"),
+        "{}",
+        taken.user_line()
+    );
     assert!(pgkeep::restore::target::is_name_taken(&taken));
 
     // 2. A slot another walsender holds (55006): `stream` waits and reconnects.
     let slot = "pgkeep_german";
     let mut holder = connect(&cluster, &dbname).await;
-    let created = bounded("create slot", holder.create_logical_slot(slot, false, false))
-        .await
-        .unwrap();
+    let created = bounded(
+        "create slot",
+        holder.create_logical_slot(slot, false, false),
+    )
+    .await
+    .unwrap();
     let missing = "pgkeep_german_pub";
     let mut stream = bounded(
         "START_REPLICATION",
@@ -584,9 +607,15 @@ async fn decisions_on_server_errors_hold_when_the_server_speaks_german() {
     };
     assert_eq!(busy.kind(), ErrorKind::Database, "{}", busy.user_line());
     assert_eq!(busy.sqlstate(), Some("55006"), "{}", busy.user_line());
-    assert!(!busy.user_line().contains("is active for PID"), "{}", busy.user_line());
+    assert!(
+        !busy.user_line().contains("is active for PID"),
+        "{}",
+        busy.user_line()
+    );
     assert!(pgkeep::stream::slot::is_slot_in_use(&busy));
-    assert!(!pgkeep::stream::publication::is_missing_publication(&busy, missing));
+    assert!(!pgkeep::stream::publication::is_missing_publication(
+        &busy, missing
+    ));
 
     // 3. A publication missing at the decoded position (42704, PostgreSQL
     //    before 18; 18 skips it with a warning): `stream` resubscribes.
@@ -603,12 +632,23 @@ async fn decisions_on_server_errors_hold_when_the_server_speaks_german() {
         })
         .await;
         assert_eq!(gone.sqlstate(), Some("42704"), "{}", gone.user_line());
-        assert!(!gone.user_line().contains("does not exist"), "{}", gone.user_line());
-        assert!(pgkeep::stream::publication::is_missing_publication(&gone, missing));
+        assert!(
+            !gone.user_line().contains("does not exist"),
+            "{}",
+            gone.user_line()
+        );
+        assert!(pgkeep::stream::publication::is_missing_publication(
+            &gone, missing
+        ));
         // The name must be the whole identifier: not a prefix of it.
-        assert!(!pgkeep::stream::publication::is_missing_publication(&gone, "pgkeep_german"));
+        assert!(!pgkeep::stream::publication::is_missing_publication(
+            &gone,
+            "pgkeep_german"
+        ));
         assert!(!pgkeep::stream::slot::is_slot_in_use(&gone));
     }
     bounded("finish", stream.finish()).await.unwrap();
-    bounded("drop slot", holder.drop_slot(slot, true)).await.unwrap();
+    bounded("drop slot", holder.drop_slot(slot, true))
+        .await
+        .unwrap();
 }

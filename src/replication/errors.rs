@@ -427,8 +427,14 @@ mod tests {
             ("42501", Phase::Connect),
             ("28P01", Phase::Connect),
             ("3D000", Phase::Connect),
-            ("55006", Phase::Command("stream changes from replication slot s")),
-            ("42704", Phase::Command("stream changes from replication slot s")),
+            (
+                "55006",
+                Phase::Command("stream changes from replication slot s"),
+            ),
+            (
+                "42704",
+                Phase::Command("stream changes from replication slot s"),
+            ),
         ] {
             let err = server_error(parsed(code, "irrelevant", None), &db, phase);
             assert_eq!(err.sqlstate(), Some(code), "{}", err.message());
@@ -447,7 +453,11 @@ mod tests {
         ));
         assert_eq!(full.hint(), Some(HINT_SLOTS));
         let low = slot_creation_error(server_error(
-            parsed("55000", "logische Dekodierung erfordert wal_level >= logical", None),
+            parsed(
+                "55000",
+                "logische Dekodierung erfordert wal_level >= logical",
+                None,
+            ),
             &db,
             phase,
         ));
