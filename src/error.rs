@@ -3,7 +3,12 @@
 //! An [`Error`] is a boxed inner struct: a [`ErrorKind`] that says what class of
 //! failure happened (and so which exit code and whether a retry can help), a
 //! one-line message that names the thing involved (host, bucket, object key,
-//! backup id), an optional hint for the user, and the source chain.
+//! backup id), an optional hint for the user, the SQLSTATE when a PostgreSQL
+//! server answered with an error, and the source chain.
+//!
+//! Code that reacts to a server error decides on [`Error::sqlstate`], never
+//! on the message: servers word their messages in their `lc_messages`
+//! language.
 //!
 //! Messages are built by pgkeep itself, never from user secrets: callers pass
 //! host names, keys and ids, never passwords or URLs with credentials.
@@ -64,6 +69,7 @@ struct Inner {
     kind: ErrorKind,
     message: String,
     hint: Option<String>,
+    sqlstate: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -83,6 +89,7 @@ impl Error {
                 kind,
                 message: message.into(),
                 hint: None,
+                sqlstate: None,
                 source: None,
             }),
         }
@@ -106,6 +113,13 @@ impl Error {
     /// Attach a hint telling the user what to do.
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.inner.hint = Some(hint.into());
+        self
+    }
+
+    /// Attach the SQLSTATE of the server error behind this one (five
+    /// characters, e.g. `55006`).
+    pub fn with_sqlstate(mut self, code: impl Into<String>) -> Self {
+        self.inner.sqlstate = Some(code.into());
         self
     }
 
@@ -134,6 +148,33 @@ impl Error {
     /// The hint, if any.
     pub fn hint(&self) -> Option<&str> {
         self.inner.hint.as_deref()
+    }
+
+    /// The SQLSTATE of the server error behind this one: the code attached
+    /// with [`with_sqlstate`](Self::with_sqlstate), else the first one in the
+    /// source chain (a pgkeep [`Error`] or a `tokio_postgres::Error`). `None`
+    /// when no server answered with an error (I/O, storage, pgkeep's own checks).
+    pub fn sqlstate(&self) -> Option<&str> {
+        if let Some(code) = &self.inner.sqlstate {
+            return Some(code);
+        }
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            if let Some(code) = e
+                .downcast_ref::<Error>()
+                .and_then(|e| e.inner.sqlstate.as_deref())
+            {
+                return Some(code);
+            }
+            if let Some(code) = e
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(|e| e.code())
+            {
+                return Some(code.code());
+            }
+            next = e.source();
+        }
+        None
     }
 
     /// Whether a retry may help.
@@ -187,6 +228,7 @@ impl fmt::Debug for Error {
             .field("kind", &self.inner.kind)
             .field("message", &self.inner.message)
             .field("hint", &self.inner.hint)
+            .field("sqlstate", &self.inner.sqlstate)
             .field("source", &self.inner.source.as_ref().map(|s| s.to_string()))
             .finish()
     }
@@ -217,6 +259,30 @@ mod tests {
             "cannot write object backups/x: disk full (hint: free some space)"
         );
         assert_eq!(e.kind().exit_code(), 1);
+    }
+
+    #[test]
+    fn sqlstate_survives_context_hint_and_wrapping() {
+        let e = Error::new(ErrorKind::Database, "cannot create database x")
+            .with_sqlstate("42P04")
+            .with_hint("pick another name")
+            .context("restore of backup b1");
+        assert_eq!(e.sqlstate(), Some("42P04"));
+        assert_eq!(e.kind(), ErrorKind::Database);
+        assert_eq!(e.kind().exit_code(), 1);
+        assert_eq!(
+            e.message(),
+            "restore of backup b1: cannot create database x"
+        );
+        // A new error with this one as its source finds the code in the chain.
+        let outer = Error::new(ErrorKind::Internal, "step failed").with_source(e);
+        assert_eq!(outer.sqlstate(), Some("42P04"));
+        // Its own code wins over the chain's.
+        assert_eq!(outer.with_sqlstate("55006").sqlstate(), Some("55006"));
+        // No server error, no code.
+        let io = Error::new(ErrorKind::Storage, "x").with_source(std::io::Error::other("disk"));
+        assert_eq!(io.sqlstate(), None);
+        assert!(format!("{:?}", Error::internal("y").with_sqlstate("XX000")).contains("XX000"));
     }
 
     #[test]

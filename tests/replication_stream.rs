@@ -4,7 +4,9 @@
 //! deletes, a cascading truncate and a logical message, decoded in order;
 //! keepalives with reply requests answered; the slot's `confirmed_flush_lsn`
 //! following our status update; leaving the stream to drop the slot; and
-//! server errors at and after the start leaving the connection usable.
+//! server errors at and after the start leaving the connection usable; and
+//! on a server speaking German, the decisions on a busy slot, a missing
+//! publication and a taken database name read the SQLSTATE, not the words.
 //!
 //! With `PGKEEP_WRITE_FUZZ_SEEDS=1` the main test also writes the small
 //! payloads it receives to `fuzz/corpus/pgoutput_decode/`.
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use harness::postgres::{PgCluster, quote_ident};
+use harness::postgres::{PgCluster, PgOptions, quote_ident};
 use pgkeep::ErrorKind;
 use pgkeep::replication::pgoutput::{self, OldTuple, PgOutputMessage, TupleValue};
 use pgkeep::replication::{LogicalStream, ReplicationConnection, StreamEvent};
@@ -521,6 +523,132 @@ async fn server_error_while_streaming_ends_the_stream_and_finish_recovers() {
     );
     bounded("finish", stream.finish()).await.unwrap();
     bounded("drop slot", conn.drop_slot(slot, false))
+        .await
+        .unwrap();
+}
+
+/// A server speaking German (`LANGUAGE=de` for its processes and
+/// `lc_messages = 'C.UTF-8'` for the role, which gettext needs no generated
+/// locale for): the decisions pgkeep takes on server errors read the
+/// SQLSTATE, so they come out the same whatever the wording.
+#[tokio::test]
+async fn decisions_on_server_errors_hold_when_the_server_speaks_german() {
+    // Its own cluster: the role setting would change every other test's messages.
+    let cluster = PgCluster::start_with(PgOptions {
+        server_env: vec![("LANGUAGE".into(), "de".into())],
+        ..PgOptions::default()
+    });
+    let dbname = cluster.fresh_db("repl_german").await;
+    let db = cluster.superuser_settings(&dbname);
+    cluster
+        .execute(
+            "postgres",
+            &format!(
+                "ALTER ROLE {} SET lc_messages = 'C.UTF-8'",
+                quote_ident(&db.user)
+            ),
+        )
+        .await;
+    cluster
+        .execute(&dbname, "CREATE TABLE t (id int PRIMARY KEY)")
+        .await;
+    let client = cluster.client(&dbname).await;
+    let german = client
+        .batch_execute("SELECT * FROM no_such_table")
+        .await
+        .unwrap_err();
+    let text = german
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        text.contains("existiert nicht"),
+        "the server does not speak German (are the postgres-{}.mo translations installed?): {text}",
+        cluster.major()
+    );
+
+    // 1. A database name taken (42P04): a restore tries the next name.
+    let taken = pgkeep::restore::target::create_database(&db, &dbname, None)
+        .await
+        .unwrap_err();
+    assert_eq!(taken.sqlstate(), Some("42P04"), "{}", taken.user_line());
+    assert!(
+        !taken.user_line().contains("already exists"),
+        "{}",
+        taken.user_line()
+    );
+    assert!(pgkeep::restore::target::is_name_taken(&taken));
+
+    // 2. A slot another walsender holds (55006): `stream` waits and reconnects.
+    let slot = "pgkeep_german";
+    let mut holder = connect(&cluster, &dbname).await;
+    let created = bounded(
+        "create slot",
+        holder.create_logical_slot(slot, false, false),
+    )
+    .await
+    .unwrap();
+    let missing = "pgkeep_german_pub";
+    let mut stream = bounded(
+        "START_REPLICATION",
+        holder.start_logical_replication(slot, created.consistent_point, &[missing], false),
+    )
+    .await
+    .unwrap();
+    let mut second = connect(&cluster, &dbname).await;
+    let busy = match bounded(
+        "second START_REPLICATION",
+        second.start_logical_replication(slot, created.consistent_point, &[missing], false),
+    )
+    .await
+    {
+        Ok(_) => panic!("two walsenders stream from one slot"),
+        Err(e) => e,
+    };
+    assert_eq!(busy.kind(), ErrorKind::Database, "{}", busy.user_line());
+    assert_eq!(busy.sqlstate(), Some("55006"), "{}", busy.user_line());
+    assert!(
+        !busy.user_line().contains("is active for PID"),
+        "{}",
+        busy.user_line()
+    );
+    assert!(pgkeep::stream::slot::is_slot_in_use(&busy));
+    assert!(!pgkeep::stream::publication::is_missing_publication(
+        &busy, missing
+    ));
+
+    // 3. A publication missing at the decoded position (42704, PostgreSQL
+    //    before 18; 18 skips it with a warning): `stream` resubscribes.
+    if cluster.major() < 18 {
+        cluster.execute(&dbname, "INSERT INTO t VALUES (1)").await;
+        let gone = bounded("the server error", async {
+            loop {
+                match stream.next_event().await {
+                    Ok(StreamEvent::End) => panic!("the stream ended without an error"),
+                    Ok(_) => {}
+                    Err(e) => break e,
+                }
+            }
+        })
+        .await;
+        assert_eq!(gone.sqlstate(), Some("42704"), "{}", gone.user_line());
+        assert!(
+            !gone.user_line().contains("does not exist"),
+            "{}",
+            gone.user_line()
+        );
+        assert!(pgkeep::stream::publication::is_missing_publication(
+            &gone, missing
+        ));
+        // The name must be the whole identifier: not a prefix of it.
+        assert!(!pgkeep::stream::publication::is_missing_publication(
+            &gone,
+            "pgkeep_german"
+        ));
+        assert!(!pgkeep::stream::slot::is_slot_in_use(&gone));
+    }
+    bounded("finish", stream.finish()).await.unwrap();
+    bounded("drop slot", holder.drop_slot(slot, true))
         .await
         .unwrap();
 }

@@ -202,10 +202,10 @@ fn classify(err: tokio_postgres::Error, db: &DbSettings, phase: Phase<'_>) -> Er
 fn classify_db_error(e: &DbError, db: &DbSettings, phase: Phase<'_>) -> Error {
     let code = e.code().code();
     if let Some(error) = classify_server_error(code, e.message(), db, phase, Client::Regular) {
-        return error;
+        return error.with_sqlstate(code);
     }
     let text = server_error_text(e.severity(), e.message(), code, e.detail());
-    let mut error = Error::new(sqlstate_kind(code), format!("{}: {text}", phase.prefix(db)));
+    let mut error = Error::new(sqlstate_kind(code), format!("{}: {text}", phase.prefix(db))).with_sqlstate(code);
     if let Some(hint) = e.hint() {
         error = error.with_hint(hint);
     }

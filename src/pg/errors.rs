@@ -4,7 +4,8 @@
 //! Both name the server the same way ([`server_label`], [`target_label`],
 //! [`Phase::prefix`]), give the same hints, classify the server's
 //! ErrorResponse by SQLSTATE ([`classify_server_error`], [`sqlstate_kind`],
-//! [`server_error_text`]), map rustls certificate failures
+//! [`server_error_text`]), keep that SQLSTATE on the [`Error`] so callers
+//! decide on it ([`keep_sqlstate`]), map rustls certificate failures
 //! ([`certificate_error`]) and explain unreachable servers and timeouts
 //! ([`unreachable_reason`], [`timeout_error`]). What differs between the two
 //! clients is chosen by [`Client`]; replication-only cases (walsender
@@ -123,10 +124,26 @@ pub(crate) fn server_error_text(
     one_line(&text)
 }
 
+/// `error` carrying the SQLSTATE of `e` when the server answered with an
+/// error; unchanged for client-side failures (I/O, TLS, closed connection).
+pub(crate) fn keep_sqlstate(error: Error, e: &tokio_postgres::Error) -> Error {
+    match e.code() {
+        Some(code) => error.with_sqlstate(code.code()),
+        None => error,
+    }
+}
+
 /// The errors both clients word the same way, by SQLSTATE `code`, with the
 /// server's primary `message`: bad password, pg_hba rejections, unknown role
 /// or database, and (while connecting) missing CONNECT privilege. `None` for
-/// anything else; the caller words that with [`sqlstate_kind`].
+/// anything else; the caller words that with [`sqlstate_kind`]. The caller
+/// attaches `code` to the result.
+///
+/// The code alone decides; the server's text only picks a more precise
+/// wording within `28000` (pg_hba entry, unknown role), which the server
+/// sends in its own `lc_messages` language before any session setting
+/// applies. A server speaking another language gets the generic `28000`
+/// wording with its own text (the exit code is the same).
 pub(crate) fn classify_server_error(
     code: &str,
     message: &str,

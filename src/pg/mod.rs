@@ -18,9 +18,10 @@ pub fn error_message(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
 }
 
-/// Map a failed query to a one-line `Database` error `<what>: <message>`.
+/// Map a failed query to a one-line `Database` error `<what>: <message>`
+/// carrying the server's SQLSTATE ([`Error::sqlstate`]).
 /// Use as `.map_err(query_error("cannot list tables"))`, or `.map_err(&f)`
 /// to reuse one mapper.
 pub fn query_error(what: impl std::fmt::Display) -> impl Fn(tokio_postgres::Error) -> Error {
-    move |e| Error::new(ErrorKind::Database, format!("{what}: {}", error_message(&e)))
+    move |e| errors::keep_sqlstate(Error::new(ErrorKind::Database, format!("{what}: {}", error_message(&e))), &e)
 }

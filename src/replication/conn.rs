@@ -18,7 +18,7 @@ use super::commands::{
     CreatedSlot, SystemIdentity, create_logical_slot_command_with, drop_slot_command,
     parse_server_version,
 };
-use super::errors::{ServerError, io_error, protocol_error, server_error};
+use super::errors::{ServerError, io_error, protocol_error, server_error, slot_creation_error};
 use super::simple_query::{QueryCollector, QueryResponse, Step, Violation};
 use super::transport::{self, Transport};
 use super::wire::{BackendMessage, MessageStream};
@@ -355,7 +355,7 @@ impl ReplicationConnection {
     ) -> Result<CreatedSlot> {
         let command = create_logical_slot_command_with(name, temporary, export_snapshot, failover, self.server_version_num)?;
         let what = format!("create logical replication slot {name}");
-        let response = self.run(&command, &what).await?;
+        let response = self.run(&command, &what).await.map_err(slot_creation_error)?;
         let slot = CreatedSlot::from_response(&response)
             .map_err(|text| protocol_error(&self.db, &text))?;
         tracing::info!(

@@ -5,10 +5,12 @@
 //! messages, kinds and hints as `crate::pg::connect` does for regular
 //! connections (Auth for a bad password or unknown role, Connect for refused
 //! or timed-out connections, Tls, Database for SQLSTATE errors), through the
-//! shared `crate::pg::errors`, plus the replication-specific cases checked
-//! first: a role without REPLICATION, a server whose `wal_level` is too low
-//! for logical slots, and no free replication slot. Messages name
-//! `host:port`, user and database, never the password.
+//! shared `crate::pg::errors`, plus the replication-specific case checked
+//! first: a role without REPLICATION. Every error built from an
+//! ErrorResponse carries its SQLSTATE ([`Error::sqlstate`]).
+//! [`slot_creation_error`] adds what to change when a logical slot cannot be
+//! created (`wal_level` too low, no free replication slot), by SQLSTATE.
+//! Messages name `host:port`, user and database, never the password.
 
 use std::fmt;
 use std::io;
@@ -23,8 +25,8 @@ use crate::pg::errors::{
     server_error_text, server_label, sqlstate_kind, unreachable_reason,
 };
 
-const HINT_WAL_LEVEL: &str =
-    "set wal_level = logical in postgresql.conf or with ALTER SYSTEM, then restart PostgreSQL";
+const HINT_WAL_LEVEL: &str = "logical slots need wal_level = logical and max_replication_slots above 0: \
+     set them in postgresql.conf or with ALTER SYSTEM, then restart PostgreSQL";
 const HINT_SLOTS: &str = "drop unused slots (see pg_replication_slots) or raise max_replication_slots and restart PostgreSQL";
 
 /// An ErrorResponse from the server.
@@ -123,9 +125,27 @@ pub(crate) fn sql_identifier(name: &str) -> String {
     }
 }
 
-/// An ErrorResponse: the replication-only cases first, then by SQLSTATE as
-/// on regular connections.
+/// An ErrorResponse, carrying its SQLSTATE: the replication-only cases
+/// first, then by SQLSTATE as on regular connections.
 pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) -> Error {
+    let code = e.code().to_string();
+    classify(e, db, phase).with_sqlstate(code)
+}
+
+/// A failed `CREATE_REPLICATION_SLOT … LOGICAL`, with what to change, by
+/// SQLSTATE: `55000` (object_not_in_prerequisite_state: `wal_level` below
+/// logical, or `max_replication_slots` = 0) and `53400`
+/// (configuration_limit_exceeded: every replication slot is in use). The
+/// server's own text stays in the message; it is never matched.
+pub(crate) fn slot_creation_error(e: Error) -> Error {
+    match e.sqlstate() {
+        Some("55000") => e.with_hint(HINT_WAL_LEVEL),
+        Some("53400") => e.with_hint(HINT_SLOTS),
+        _ => e,
+    }
+}
+
+fn classify(e: ServerError, db: &DbSettings, phase: Phase<'_>) -> Error {
     let user = &db.user;
     let dbname = &db.dbname;
     match e.code() {
@@ -145,21 +165,6 @@ pub(crate) fn server_error(e: ServerError, db: &DbSettings, phase: Phase<'_>) ->
                 "grant the role replication rights: ALTER ROLE {} REPLICATION",
                 sql_identifier(user)
             ));
-        }
-        "55000" if e.message().contains("wal_level") => {
-            return Error::new(
-                ErrorKind::Database,
-                format!(
-                    "{}: the server's wal_level is below logical ({})",
-                    phase.prefix(db),
-                    one_line(e.message())
-                ),
-            )
-            .with_hint(HINT_WAL_LEVEL);
-        }
-        "53400" if e.message().contains("replication slots") => {
-            return Error::new(ErrorKind::Database, format!("{}: {}", phase.prefix(db), e))
-                .with_hint(HINT_SLOTS);
         }
         _ => {}
     }
@@ -291,12 +296,13 @@ mod tests {
             "logical decoding requires wal_level >= logical",
             None,
         );
-        let err = server_error(
+        let err = slot_creation_error(server_error(
             e,
             &settings(),
             Phase::Command("create logical replication slot s"),
-        );
+        ));
         assert_eq!(err.kind(), ErrorKind::Database);
+        assert_eq!(err.sqlstate(), Some("55000"));
         assert!(err.message().contains("wal_level"), "{}", err.message());
         assert!(err.hint().unwrap().contains("wal_level = logical"));
         assert!(
@@ -412,6 +418,57 @@ mod tests {
             "{}",
             missing.message()
         );
+    }
+
+    #[test]
+    fn every_server_error_carries_its_sqlstate() {
+        let db = settings();
+        for (code, phase) in [
+            ("42501", Phase::Connect),
+            ("28P01", Phase::Connect),
+            ("3D000", Phase::Connect),
+            (
+                "55006",
+                Phase::Command("stream changes from replication slot s"),
+            ),
+            (
+                "42704",
+                Phase::Command("stream changes from replication slot s"),
+            ),
+        ] {
+            let err = server_error(parsed(code, "irrelevant", None), &db, phase);
+            assert_eq!(err.sqlstate(), Some(code), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn slot_creation_hints_follow_the_code_in_any_language() {
+        let db = settings();
+        let phase = Phase::Command("create logical replication slot s");
+        // The German server's words; the code decides.
+        let full = slot_creation_error(server_error(
+            parsed("53400", "alle Replikations-Slots sind in Benutzung", None),
+            &db,
+            phase,
+        ));
+        assert_eq!(full.hint(), Some(HINT_SLOTS));
+        let low = slot_creation_error(server_error(
+            parsed(
+                "55000",
+                "logische Dekodierung erfordert wal_level >= logical",
+                None,
+            ),
+            &db,
+            phase,
+        ));
+        assert_eq!(low.hint(), Some(HINT_WAL_LEVEL));
+        // English text under another code gets no such hint.
+        let other = slot_creation_error(server_error(
+            parsed("42710", "all replication slots are in use; wal_level", None),
+            &db,
+            phase,
+        ));
+        assert_eq!(other.hint(), None);
     }
 
     #[test]

@@ -442,6 +442,11 @@ pub async fn load(pg_restore: &Path, unpacked: &UnpackedArchive, work: &DbSettin
     cmd.args(["--exit-on-error", "-j", &jobs.max(1).to_string(), "-d", &conninfo_dbname(&work.dbname)]).arg(&unpacked.path).kill_on_drop(true);
     output(cmd).await.map(|_| ()).map_err(|line| {
         let err = Error::new(ErrorKind::Database, format!("pg_restore of {} into database {} failed: {line}", unpacked.what, work.dbname));
+        // Tool output, not a server error we hold: pg_restore relays the
+        // server's message without its SQLSTATE (libpq's default verbosity),
+        // so only the English wording can be recognised here. It picks a
+        // hint and nothing else; in another language the error reads the
+        // same, without the hint.
         if line.contains("role") && line.contains("does not exist") {
             err.with_hint("legacy archives carry no roles: create the missing role on the server, then restore again")
         } else {

@@ -32,13 +32,20 @@ pub async fn create_unique_database(server: &DbSettings, base: &str, info: Optio
         }
         match create_database(server, &name, info).await {
             Ok(()) => return Ok(name),
-            // Two concurrent CREATE DATABASE of one name: "already exists", or a
-            // unique violation on pg_database when both passed the existence check.
-            Err(e) if e.message().contains("already exists") || e.message().contains("duplicate key") => continue,
+            Err(e) if is_name_taken(&e) => continue,
             Err(e) => return Err(e),
         }
     }
     Err(Error::internal(format!("cannot find a free database name like {base}")))
+}
+
+/// Whether a failed CREATE DATABASE means another session took the name
+/// first, by SQLSTATE: `42P04` duplicate_database, or `23505`
+/// unique_violation on pg_database when both passed the existence check at
+/// once (the only unique index CREATE DATABASE inserts into). Never the
+/// wording, which follows the server's `lc_messages`.
+pub fn is_name_taken(e: &Error) -> bool {
+    matches!(e.sqlstate(), Some("42P04" | "23505"))
 }
 
 use crate::pg::query_error as db_error;
@@ -357,6 +364,16 @@ pub async fn rollback(server: &DbSettings, target: &str) -> Result<(String, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_name_is_known_by_its_code_in_any_language() {
+        let failed = |text: &str| Error::new(ErrorKind::Database, format!("cannot create database x on h:5432: {text}"));
+        assert!(is_name_taken(&failed("Datenbank »x« existiert bereits").with_sqlstate("42P04")));
+        assert!(is_name_taken(&failed("doppelter Schlüsselwert verletzt Unique-Constraint").with_sqlstate("23505")));
+        // The English words without the code (or under another one) are not enough.
+        assert!(!is_name_taken(&failed("database \"x\" already exists")));
+        assert!(!is_name_taken(&failed("database \"x\" already exists").with_sqlstate("42501")));
+    }
 
     #[test]
     fn database_grants_become_grant_statements() {

@@ -357,7 +357,7 @@ impl Stream<'_> {
                     resubscribe_at = Some(self.insert_only_from(&mut upkeep, &names).await?);
                     continue;
                 }
-                Err(e) if e.is_retryable() || e.message().contains("is active for PID") => {
+                Err(e) if e.is_retryable() || slot::is_slot_in_use(&e) => {
                     // A slot still held by a killed predecessor's walsender is
                     // released once the server notices; a live second streamer
                     // keeps us waiting here, warned every attempt.

@@ -500,12 +500,43 @@ pub async fn drop_all(client: &Client, names: &PublicationNames) -> Result<Vec<S
     Ok(dropped)
 }
 
+/// SQLSTATE undefined_object: pgoutput's "publication … does not exist".
+pub const UNDEFINED_OBJECT: &str = "42704";
+
 /// Whether `e` is pgoutput refusing to stream because `publication` did not
 /// exist yet at the position being decoded (it was created after the slot's
 /// confirmed position; PostgreSQL before 18 stops the stream then).
+///
+/// Decided on the SQLSTATE, never the wording (servers speak their
+/// `lc_messages` language). The code does not say which publication is
+/// missing, so the server's message must name `publication` itself, as a
+/// whole identifier (the main publication's name is a prefix of the
+/// insert-only one's).
 pub fn is_missing_publication(e: &Error, publication: &str) -> bool {
-    let m = e.message();
-    m.contains(&format!("publication \"{publication}\" does not exist"))
+    e.sqlstate() == Some(UNDEFINED_OBJECT) && names_identifier(&server_message(e), publication)
+}
+
+/// The server's own message behind `e` (its ErrorResponse in the source
+/// chain), or `e`'s message when there is none.
+fn server_message(e: &Error) -> String {
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        if let Some(server) = cause.downcast_ref::<crate::replication::ServerError>() {
+            return server.message().to_string();
+        }
+        next = cause.source();
+    }
+    e.message().to_string()
+}
+
+/// Whether `text` holds `name` with no identifier character right before or
+/// after it, whatever quotes the server's language puts around it.
+fn names_identifier(text: &str, name: &str) -> bool {
+    let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    !name.is_empty()
+        && text.match_indices(name).any(|(at, _)| {
+            !ident(text[..at].chars().next_back()) && !ident(text[at + name.len()..].chars().next())
+        })
 }
 
 #[cfg(test)]
@@ -566,12 +597,28 @@ mod tests {
     }
 
     #[test]
-    fn missing_publication_errors_are_recognised() {
-        let e = Error::new(
-            crate::error::ErrorKind::Database,
-            "cannot stream changes from replication slot s: publication \"p_insert_only\" does not exist",
-        );
-        assert!(is_missing_publication(&e, "p_insert_only"));
-        assert!(!is_missing_publication(&e, "p"));
+    fn missing_publication_errors_are_recognised_by_code_and_name() {
+        let error = |text: &str, code: &str| {
+            Error::new(crate::error::ErrorKind::Database, format!("cannot stream changes from replication slot s: {text}"))
+                .with_sqlstate(code)
+        };
+        let english = error("publication \"p_insert_only\" does not exist", UNDEFINED_OBJECT);
+        assert!(is_missing_publication(&english, "p_insert_only"));
+        assert!(!is_missing_publication(&english, "p"), "the main name is only a prefix");
+        // Another language, other quotes: the code and the name decide.
+        let german = error("Publikation »p_insert_only« existiert nicht", UNDEFINED_OBJECT);
+        assert!(is_missing_publication(&german, "p_insert_only"));
+        let french = error("la publication « p » n'existe pas", UNDEFINED_OBJECT);
+        assert!(is_missing_publication(&french, "p"));
+        assert!(!is_missing_publication(&french, "p_insert_only"));
+        // The English words under another code (or none) are not it.
+        assert!(!is_missing_publication(&error("publication \"p_insert_only\" does not exist", "XX000"), "p_insert_only"));
+        assert!(!is_missing_publication(
+            &Error::new(crate::error::ErrorKind::Database, "publication \"p_insert_only\" does not exist"),
+            "p_insert_only"
+        ));
+        assert!(names_identifier("x »a$b« y", "a$b"));
+        assert!(!names_identifier("ab_c", "ab"));
+        assert!(!names_identifier("anything", ""));
     }
 }

@@ -128,6 +128,7 @@ pub async fn resume_point(
                 ErrorKind::Database,
                 format!("replication slot {slot} is active for PID {pid}; not touching segments past the common end"),
             )
+            .with_sqlstate(SLOT_IN_USE)
             .with_hint("run one `pgkeep stream` per slot"));
         }
     }
@@ -136,6 +137,18 @@ pub async fn resume_point(
         repos[*index].delete(key).await?;
     }
     Ok(plan)
+}
+
+/// SQLSTATE object_in_use: the server's refusal to stream from a slot
+/// another walsender holds ("replication slot … is active for PID …"), and
+/// [`resume_point`]'s own refusal in that case.
+pub const SLOT_IN_USE: &str = "55006";
+
+/// Whether `e` says another process holds the slot. That passes once the
+/// server notices a killed predecessor's walsender is gone. Decided on the
+/// SQLSTATE, so a server speaking another language is read the same.
+pub fn is_slot_in_use(e: &Error) -> bool {
+    e.sqlstate() == Some(SLOT_IN_USE)
 }
 
 /// The pid of the walsender consuming `slot`, if any.
@@ -247,6 +260,14 @@ pub fn stale_parts(stream_id: &str, listings: &[(String, Vec<String>)], resume: 
 mod tests {
     use super::*;
     use crate::repo::layout::segment_key;
+
+    #[test]
+    fn a_busy_slot_is_known_by_its_code_in_any_language() {
+        let busy = |text: &str| Error::new(ErrorKind::Database, format!("cannot stream changes from replication slot s: {text}"));
+        assert!(is_slot_in_use(&busy("Replikations-Slot »s« ist aktiv für PID 42").with_sqlstate("55006")));
+        assert!(!is_slot_in_use(&busy("replication slot \"s\" is active for PID 42")));
+        assert!(!is_slot_in_use(&busy("replication slot \"s\" is active for PID 42").with_sqlstate("42704")));
+    }
 
     #[test]
     fn parts_of_transactions_not_archived_are_stale() {

@@ -87,6 +87,9 @@ pub struct PgOptions {
     pub wal_level: WalLevel,
     /// The server's major version; `None` is the default ([`bindir`]).
     pub major: Option<u32>,
+    /// Extra environment of the server processes, e.g. `LANGUAGE=de`, which
+    /// gettext honours with `lc_messages = 'C.UTF-8'` (no generated locale needed).
+    pub server_env: Vec<(String, String)>,
 }
 
 /// A running throwaway cluster.
@@ -96,6 +99,7 @@ pub struct PgCluster {
     port: u16,
     tls: Option<TlsMode>,
     ca_cert: Option<PathBuf>,
+    server_env: Vec<(String, String)>,
 }
 
 impl PgCluster {
@@ -131,6 +135,7 @@ impl PgCluster {
             port: 0,
             tls: options.tls,
             ca_cert: None,
+            server_env: options.server_env.clone(),
         };
         write_owned(&cluster.dir.join(BINDIR_FILE), bindir.as_os_str().as_encoded_bytes(), 0o644);
         cluster.init();
@@ -398,7 +403,9 @@ impl PgCluster {
 
     /// A command for a server binary, run as the `postgres` user when we are root.
     fn server_command(&self, name: &str) -> Command {
-        server_command(&self.bindir, &self.dir, name)
+        let mut cmd = server_command(&self.bindir, &self.dir, name);
+        cmd.envs(self.server_env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 }
 
