@@ -170,3 +170,54 @@ async fn without_setup_uncaptured_changes_and_late_tables_are_exact_from_their_i
     assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
     db.restore_exact("latest", RecoveryTarget::Latest, &after_late_state).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_killed_while_taking_an_image_takes_it_again_when_restarted() {
+    let db = Db::new("images_kill", SCHEMA).await;
+    pgkeep::stream::setup::install(&db.settings, &db.name).await.unwrap_or_else(|e| panic!("setup: {}", e.user_line()));
+    // The slot, and a base the archive continues.
+    let first = db.stream_with_images();
+    streaming::wait_for_slot(&db.client, &db.name, Some(true)).await;
+    let base = db.backup().await;
+    settle(&db, "UPDATE t_plain SET v = v WHERE id = 1").await;
+    streaming::stop(first).await;
+
+    // The CLI's stream, aborting (as kill -9) just before an image's manifest.
+    let cli = |failpoint: &str| {
+        streaming::pgkeep_cli(db.cluster, &db.name, &db.repo())
+            .args(["-q", "stream", "--segment-seconds", "1", "--slot", &db.name, "--publication", &db.name])
+            .env("PGKEEP_FAILPOINT", failpoint)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut killed = cli("image.before_manifest");
+    streaming::wait_for_slot(&db.client, &db.name, Some(true)).await;
+    db.run(MIGRATIONS[0].0).await;
+    db.run("UPDATE t_plain SET v = -v WHERE id = 7").await;
+    let status = tokio::task::spawn_blocking(move || killed.wait().unwrap()).await.unwrap();
+    assert!(!status.success(), "the stream aborted at the failpoint: {status:?}");
+    let journal = || std::fs::read_dir(db.repo().join("changes")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".images-pending.json"));
+    assert!(journal(), "the image asked for is recorded before it is taken");
+    assert!(db.manifests("table-image").is_empty(), "the unfinished image is invisible");
+
+    // Restarted: the image is taken, and the journal emptied.
+    streaming::wait_for_slot(&db.client, &db.name, Some(false)).await;
+    let mut again = cli("");
+    db.wait_image("public.t_clock", pgkeep::repo::layout::Lsn(0)).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while journal() {
+        assert!(tokio::time::Instant::now() < deadline, "the journal is removed once the image is taken");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    db.run(MIGRATIONS[0].2).await;
+    let (after, state) = mark(&db.client).await;
+    db.run("UPDATE t_plain SET v = v WHERE id = 2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
+    assert!(tokio::task::spawn_blocking(move || again.wait().unwrap()).await.unwrap().success());
+    let r = db.restore_exact("after", RecoveryTarget::Time(after), &state).await;
+    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
+    assert!(!r.point_in_time.as_ref().unwrap().table_images.is_empty());
+}

@@ -166,6 +166,9 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     let captured = crate::interrupt::guard(capture(settings, opts, &facts, &targets, &backup_id)).instrument(span.clone()).await;
 
     // 6. Manifest last, in every repository still healthy, once every object is durable there.
+    if opts.kind == BackupKind::TableImage {
+        crate::failpoint::hit("image.before_manifest");
+    }
     let result = match captured.and_then(|c| c.into_manifest(settings, opts, &facts, &backup_id, started, started_at)) {
         Ok(manifest) => write_manifests(&targets, manifest).instrument(span).await,
         Err(e) => Err(e),

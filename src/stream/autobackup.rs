@@ -21,6 +21,12 @@
 //! so the cost scales with the table, not the database. An image that
 //! fails is followed by a full backup, which covers the change too.
 //!
+//! The queue of table images is kept in every repository
+//! ([`ImageJournal`], `changes/<system_identifier>-<slot>.images-pending.json`)
+//! until each is taken: a stream killed before an image finished asks for
+//! it again when it starts (the transaction that needed it may be archived
+//! already, so the server would not send it again).
+//!
 //! One worker task runs [`crate::commands::backup::run`] with the default
 //! options, at most one at a time, full backups first; requests that come
 //! in meanwhile become one more backup after it (unless it already covers
@@ -50,6 +56,59 @@ use crate::repo::layout::{BackupKind, Lsn};
 use crate::repo::manifest::{BackupManifest, ImageCover, ImageInfo, SnapshotMethod};
 use crate::storage::Storage;
 
+/// The table images asked for and not taken yet, kept in every repository.
+#[derive(Clone)]
+pub struct ImageJournal {
+    repos: Vec<Arc<dyn Storage>>,
+    key: String,
+}
+
+impl ImageJournal {
+    /// The journal of the stream `base` (`<system_identifier>-<slot>`, the
+    /// same for every epoch) in `repos`.
+    pub fn new(repos: &[Arc<dyn Storage>], base: &str) -> ImageJournal {
+        ImageJournal { repos: repos.to_vec(), key: format!("{}{base}.images-pending.json", crate::repo::layout::CHANGES_PREFIX) }
+    }
+
+    /// The images still to take: from the first repository with a
+    /// readable journal (none: nothing pending).
+    async fn load(&self) -> Vec<ImageInfo> {
+        for repo in &self.repos {
+            match repo.get(&self.key, None).await {
+                Ok(bytes) => match serde_json::from_slice::<Vec<ImageInfo>>(&bytes) {
+                    Ok(images) => return images,
+                    Err(e) => tracing::warn!(key = %self.key, repository = %repo.location(), error = %e, "unreadable list of pending table images; ignored"),
+                },
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(key = %self.key, repository = %repo.location(), error = %e.user_line(), "cannot read the pending table images"),
+            }
+        }
+        Vec::new()
+    }
+
+    /// Record `images` as pending in every repository (none: remove the
+    /// journal). A failure is a warning: the images are still taken.
+    async fn save(&self, images: &[ImageInfo]) {
+        let body = match serde_json::to_vec(images) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(_) => return,
+        };
+        for repo in &self.repos {
+            let done = if images.is_empty() {
+                match repo.delete(&self.key).await {
+                    Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                }
+            } else {
+                repo.put(&self.key, body.clone(), crate::storage::PutOptions::default()).await.map(|_| ())
+            };
+            if let Err(e) = done {
+                tracing::warn!(key = %self.key, repository = %repo.location(), error = %e.user_line(), "cannot record the pending table images");
+            }
+        }
+    }
+}
+
 /// When `pgkeep stream` takes a full backup by itself.
 #[derive(Debug, Clone, Default)]
 pub struct AutoBackupOptions {
@@ -62,6 +121,8 @@ pub struct AutoBackupOptions {
     /// Run after each automatic backup that succeeded (retention); its
     /// outcome is the step's own business and never fails the stream.
     pub after_backup: Option<AfterBackup>,
+    /// Where pending table images are recorded (none: only in memory).
+    pub journal: Option<ImageJournal>,
 }
 
 /// A step run after each successful automatic full backup, given the
@@ -80,6 +141,12 @@ impl AfterBackup {
     }
 }
 
+impl std::fmt::Debug for ImageJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ImageJournal({})", self.key)
+    }
+}
+
 impl std::fmt::Debug for AfterBackup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AfterBackup")
@@ -90,7 +157,7 @@ impl AutoBackupOptions {
     /// What `pgkeep stream` does unless told otherwise: a backup when
     /// nothing covers the archive and after uncaptured schema changes.
     pub fn enabled() -> AutoBackupOptions {
-        AutoBackupOptions { when_uncovered: true, on_schema_change: true, every: None, after_backup: None }
+        AutoBackupOptions { when_uncovered: true, on_schema_change: true, every: None, after_backup: None, journal: None }
     }
 
     fn any(&self) -> bool {
@@ -244,7 +311,7 @@ impl AutoBackup {
         let (tx, task) = if opts.any() {
             let (tx, rx) = mpsc::unbounded_channel();
             let span = tracing::info_span!("auto_backup");
-            let task = tokio::spawn(worker(settings.clone(), opts.every, opts.after_backup.clone(), rx, shared.clone()).instrument(span));
+            let task = tokio::spawn(worker(settings.clone(), opts.clone(), rx, shared.clone()).instrument(span));
             (Some(tx), Some(task))
         } else {
             (None, None)
@@ -346,16 +413,33 @@ enum Job {
 
 /// Runs backups one at a time as requests and the schedule ask: a full
 /// backup asked for first, then table images in the order asked.
-async fn worker(settings: Settings, every: Option<Duration>, after_backup: Option<AfterBackup>, mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
+async fn worker(settings: Settings, opts: AutoBackupOptions, mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
+    let (every, after_backup) = (opts.every, opts.after_backup.clone());
     let notifier = Notifier::from_settings(&settings);
     let mut next_due = every.map(|e| tokio::time::Instant::now() + e);
     let mut pending: Option<BackupReason> = None;
+    // Images a stream before this one asked for and did not take.
     let mut images: Vec<ImageInfo> = Vec::new();
+    if let Some(journal) = &opts.journal {
+        images = journal.load().await;
+        if !images.is_empty() {
+            tracing::info!(tables = %images.iter().map(ImageInfo::table).collect::<Vec<_>>().join(", "), "table images asked for before this run are taken first");
+        }
+    }
+    let mut recorded = images.clone();
     let mut open = true;
     loop {
+        // The queue as it is now, in every repository, before anything runs.
+        if let Some(journal) = &opts.journal
+            && recorded != images
+        {
+            journal.save(&images).await;
+            recorded = images.clone();
+        }
         let job = match pending.take() {
             Some(reason) => Job::Full(reason),
-            None if !images.is_empty() => Job::Image(images.remove(0)),
+            // Taken off the queue (and the journal) only once it is done.
+            None if !images.is_empty() => Job::Image(images[0].clone()),
             None => {
                 if !open {
                     return;
@@ -405,7 +489,21 @@ async fn worker(settings: Settings, every: Option<Duration>, after_backup: Optio
                 next_due = every.map(|e| tokio::time::Instant::now() + e);
                 full_done(&settings, &notifier, after_backup.as_ref(), &shared, result, reason, &mut pending, &mut images).await;
             }
-            Job::Image(image) => image_done(&shared, result, image, &mut pending),
+            Job::Image(image) => {
+                let table = (image.schema.clone(), image.name.clone());
+                let at = image_done(&shared, result, image, &mut pending);
+                // Off the queue once done (a change asked for meanwhile, after the
+                // image's snapshot, stays), or once a full backup replaces it.
+                if let Some(i) = images.iter().position(|i| (i.schema.clone(), i.name.clone()) == table) {
+                    match at {
+                        Some(c) => images[i].covers.retain(|cv| cv.lsn >= c && !cv.late),
+                        None => images[i].covers.clear(),
+                    }
+                    if images[i].covers.is_empty() {
+                        images.remove(i);
+                    }
+                }
+            }
         }
     }
 }
@@ -457,9 +555,10 @@ async fn full_done(
     }
 }
 
-/// After a table image: record it; a failed one is replaced by a full
-/// backup, which makes the table exact again too.
-fn image_done(shared: &Shared, result: crate::error::Result<backup::BackupReport>, image: ImageInfo, pending: &mut Option<BackupReason>) {
+/// After a table image: record it and return its consistent point; a
+/// failed one is replaced by a full backup, which makes the table exact
+/// again too (`None`).
+fn image_done(shared: &Shared, result: crate::error::Result<backup::BackupReport>, image: ImageInfo, pending: &mut Option<BackupReason>) -> Option<Lsn> {
     let table = image.table();
     match result {
         Ok(report) => {
@@ -474,6 +573,7 @@ fn image_done(shared: &Shared, result: crate::error::Result<backup::BackupReport
             if let Ok(mut taken) = shared.images.lock() {
                 taken.push(report.manifest.backup_id.to_string());
             }
+            Some(report.manifest.snapshot.consistent_lsn)
         }
         Err(e) => {
             shared.failed.fetch_add(1, Ordering::SeqCst);
@@ -485,6 +585,7 @@ fn image_done(shared: &Shared, result: crate::error::Result<backup::BackupReport
                 lsn: first.as_ref().map(|c| c.lsn).unwrap_or_default(),
                 time: first.and_then(|c| c.time),
             });
+            None
         }
     }
 }

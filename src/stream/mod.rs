@@ -137,9 +137,12 @@ pub async fn run(
     // 2. Stream id.
     let mut repl = ReplicationConnection::connect(&settings.db).await?;
     let identity = repl.identify_system().await?;
-    let stream_id = stream_epoch(settings, &repos, &format!("{}-{}", identity.systemid, opts.slot), &opts.slot).await?;
+    let base = format!("{}-{}", identity.systemid, opts.slot);
+    let stream_id = stream_epoch(settings, &repos, &base, &opts.slot).await?;
     let span = tracing::info_span!("stream", stream_id = %stream_id, slot = %opts.slot, lsn = tracing::field::Empty);
-    let autobackup = AutoBackup::start(settings, opts.auto_backup.clone());
+    // Table images asked for are recorded in the repositories until taken.
+    let journal = opts.auto_backup.on_schema_change.then(|| autobackup::ImageJournal::new(&repos, &base));
+    let autobackup = AutoBackup::start(settings, AutoBackupOptions { journal, ..opts.auto_backup.clone() });
     let stream = Stream { settings, opts, repos, stream_id, system_identifier: identity.systemid.to_string(), span: span.clone() };
     let result = stream.archive(repl, &autobackup, &mut shutdown).instrument(span.clone()).await;
     let auto_backups = autobackup.stop().instrument(span).await;
