@@ -27,6 +27,10 @@ ALTER TABLE t_ident REPLICA IDENTITY FULL;
 INSERT INTO t_ident SELECT 'r' || g FROM generate_series(1, 300) g ORDER BY random();
 CREATE TABLE child (id int PRIMARY KEY, clock_id int REFERENCES t_clock (id));
 INSERT INTO child SELECT g, g FROM generate_series(1, 50) g;
+CREATE TABLE events (id int, day date, v text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+CREATE TABLE events_a PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2026-07-01');
+CREATE TABLE events_b PARTITION OF events FOR VALUES FROM ('2026-07-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, DATE '2026-01-01' + g, 'e' || g FROM generate_series(1, 300) g;
 CREATE FUNCTION widen() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE 'ALTER TABLE t_plain ADD COLUMN w int';
@@ -54,6 +58,8 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ),
     ("CREATE TABLE t_ctas AS SELECT id, random() AS r FROM t_plain", "public.t_ctas", "INSERT INTO t_ctas VALUES (-1, 0.5)"),
     ("DO $$ BEGIN EXECUTE 'CREATE TABLE made_in_do (id int PRIMARY KEY, v text)'; END $$; INSERT INTO made_in_do VALUES (1, 'a')", "public.made_in_do", "UPDATE made_in_do SET v = 'b' WHERE id = 1"),
+    // A rewrite of a partitioned table: every partition's rows.
+    ("ALTER TABLE events ADD COLUMN at timestamptz DEFAULT clock_timestamp()", "public.events_b", "UPDATE events SET v = 'x' WHERE id IN (1, 299)"),
     // A column added by a function: its definition too comes from the image.
     ("SELECT widen()", "public.t_plain", "UPDATE t_plain SET w = 0 WHERE id = 5"),
 ];
