@@ -13,6 +13,10 @@
 //! the target — be refused naming that migration's table. Never silently
 //! wrong.
 //!
+//! A second run of the workload has `stream` take table images (as the CLI's
+//! does): with the window of every inexact step closed by its table's
+//! image, every restore is exact from the first base alone.
+//!
 //! The seed is fixed (`PGKEEP_PITR_SEED`, default 1412) and so is the
 //! number of steps (`PGKEEP_PITR_STEPS`, default 24); `scripts/pitr-random.sh`
 //! runs many seeds with longer workloads.
@@ -259,6 +263,57 @@ async fn random_migrations_restore_exactly_or_are_refused() {
             (None, Err(e)) => panic!("restore after step {i} failed: {}; {context}", e.user_line()),
             (Some(table), Ok(_)) => panic!("restore after step {i} crossed the inexact change of {table} without refusing; {context}"),
         }
+    }
+    db.restore_exact("latest", RecoveryTarget::Latest, &final_state).await;
+}
+
+/// The same workload with `stream` taking table images (as the CLI's does):
+/// after each inexact step the image of its table closes the window, so a
+/// restore to the time after every step is exact from the first base alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_migrations_with_table_images_restore_exactly_from_one_base() {
+    let seed = env_or("PGKEEP_PITR_SEED", 1412) + 1;
+    let steps = env_or("PGKEEP_PITR_STEPS", 24);
+    let db = Db::new("pitr_random_images", SCHEMA).await;
+    pgkeep::stream::setup::install(&db.settings, &db.name).await.unwrap_or_else(|e| panic!("setup: {}", e.user_line()));
+    let running = db.stream_with_images();
+    streaming::wait_for_slot(&db.client, &db.name, Some(true)).await;
+    let base = db.backup().await;
+    let table = |name: &str| Table { name: name.into(), partitioned: false, extra: Vec::new(), v_bigint: false, next_id: 31, indexes: Vec::new(), keys: 0 };
+    let p0 = Table { partitioned: true, next_id: 10, keys: 2, ..table("p0") };
+    let mut w = Workload { rng: StdRng::seed_from_u64(seed), tables: vec![table("t0"), table("t1"), p0], n: 0 };
+
+    let mut log = Vec::new();
+    let mut targets = Vec::new();
+    let mut images = 0;
+    for _ in 0..steps {
+        let step = w.next();
+        let before = db.lsn().await;
+        db.run(&step.sql).await;
+        log.push(step.sql.clone());
+        if let Some(table) = &step.inexact {
+            db.wait_image(table, before).await;
+            images += 1;
+        }
+        targets.push(mark(&db.client).await);
+    }
+    db.run("UPDATE t0 SET v = v + 1 WHERE id % 2 = 0").await;
+    let (_, final_state) = mark(&db.client).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    streaming::stop(running).await;
+    let context = format!("seed {seed}, workload:\n{}", log.join("\n"));
+    if seed == 1413 && steps == 24 {
+        assert!(images > 0, "the fixed workload has inexact steps; {context}");
+    }
+    assert_eq!(db.manifests("full").len(), 1, "no full backup but the base; {context}");
+
+    for (i, (time, state)) in targets.iter().enumerate() {
+        let (name, result) = db.restore(&format!("s{i}"), RecoveryTarget::Time(*time), false).await;
+        let report = result.unwrap_or_else(|e| panic!("restore after step {i} failed: {}; {context}", e.user_line()));
+        assert_eq!(report.point_in_time.as_ref().unwrap().base_backup, base);
+        let got = harness::pitr_db::state(&db.cluster.client(&name).await).await;
+        assert_eq!(got.schema, state.schema, "schema after step {i}; {context}");
+        assert_eq!(got.rows, state.rows, "rows after step {i}; {context}");
     }
     db.restore_exact("latest", RecoveryTarget::Latest, &final_state).await;
 }
