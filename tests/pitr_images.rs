@@ -7,9 +7,12 @@
 //!
 //! With `pgkeep setup` (rows a DDL statement made: volatile defaults, an
 //! identity added and used as the key, SET LOGGED after a load, CTAS, a
-//! table made in a DO block, a column added by a function), and without
-//! it (an uncaptured ALTER TABLE, a table that joined the publications
-//! late). Every comparison covers every table's rows and the schema.
+//! table made in a DO block, a column added by a function, a rewrite of a
+//! partitioned table), and without it (an uncaptured ALTER TABLE, a table
+//! that joined the publications late, and a definition change no archived
+//! row change shows, found in the catalog). Every comparison covers every
+//! table's rows and the schema. A stream killed while taking an image takes
+//! it again when restarted.
 
 mod harness;
 
@@ -166,6 +169,13 @@ async fn without_setup_uncaptured_changes_and_late_tables_are_exact_from_their_i
     db.wait_image("public.late", before).await;
     db.run("UPDATE late SET v = 'changed' WHERE id = 7").await;
     let (after_late, after_late_state) = mark(&db.client).await;
+
+    // A definition change with no row change after it: only the catalog shows it.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let before = db.lsn().await;
+    db.run("ALTER TABLE late ADD COLUMN z int NOT NULL DEFAULT 5; CREATE INDEX late_z ON late (z)").await;
+    db.wait_image("public.late", before).await;
+    let (after_unseen, after_unseen_state) = mark(&db.client).await;
     settle(&db, "UPDATE t SET v = v WHERE id = 1").await;
     let _ = streaming::stop(running).await;
     assert_eq!(db.manifests("full").len(), 1, "no full backup was needed");
@@ -174,7 +184,9 @@ async fn without_setup_uncaptured_changes_and_late_tables_are_exact_from_their_i
     assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
     let r = db.restore_exact("after_late", RecoveryTarget::Time(after_late), &after_late_state).await;
     assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
-    db.restore_exact("latest", RecoveryTarget::Latest, &after_late_state).await;
+    let r = db.restore_exact("after_unseen", RecoveryTarget::Time(after_unseen), &after_unseen_state).await;
+    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
+    db.restore_exact("latest", RecoveryTarget::Latest, &after_unseen_state).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ struct Waiting {
 pub struct ImageWindows {
     images: Vec<BackupManifest>,
     waiting: Vec<Waiting>,
-    /// Images whose late covers were taken into account (once each).
+    /// Images whose unseen covers were taken into account (once each).
     late_seen: Vec<usize>,
 }
 
@@ -106,7 +106,7 @@ impl ImageWindows {
             if self.late_seen.contains(&i) || self.images[i].snapshot.consistent_lsn <= after || self.waiting.iter().any(|w| w.mark.table == info.table()) {
                 continue;
             }
-            if let Some(c) = info.covers.iter().find(|c| c.late && hit(c.lsn, c.time)) {
+            if let Some(c) = info.covers.iter().find(|c| c.unseen && hit(c.lsn, c.time)) {
                 self.late_seen.push(i);
                 let mark = InexactMark { table: info.table(), reason: c.reason.clone(), lsn: c.lsn, time: c.time };
                 out.extend(self.wait(i, mark, skip));
@@ -243,7 +243,7 @@ mod tests {
         m.tables.truncate(1);
         m.tables[0].schema = schema.into();
         m.tables[0].name = name.into();
-        let cover = ImageCover { reason: "rewrite".into(), lsn: Lsn(cover), time: None, late: false };
+        let cover = ImageCover { reason: "rewrite".into(), lsn: Lsn(cover), time: None, unseen: false };
         m.image = Some(ImageInfo { schema: schema.into(), name: name.into(), covers: vec![cover] });
         m
     }
@@ -296,7 +296,7 @@ mod tests {
 
     fn late(table: &str, at: u64, since: u64) -> BackupManifest {
         let mut m = image(table, at, since);
-        m.image.as_mut().unwrap().covers[0].late = true;
+        m.image.as_mut().unwrap().covers[0].unseen = true;
         m
     }
 

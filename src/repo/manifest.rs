@@ -123,11 +123,13 @@ pub struct ImageCover {
     /// Its commit time, when known (for a late table: the server's clock at `lsn`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<DateTime<Utc>>,
-    /// The table joined the publications late: it was created after `lsn`
-    /// (0/0: unknown), and its changes until it joined are not archived, so
-    /// no base older than the image holds it exactly from `lsn` on.
+    /// A change the archive never saw, made after `lsn` (0/0: unknown): a
+    /// table that joined the publications late (its changes until then
+    /// are not archived), or a definition change found only in the
+    /// catalog. No base older than the image holds the table exactly from
+    /// `lsn` on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub late: bool,
+    pub unseen: bool,
 }
 
 /// The change archive an incremental backup stands for: every transaction

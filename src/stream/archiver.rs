@@ -149,6 +149,8 @@ pub struct Archiver {
     uncaptured: Vec<UncapturedChange>,
     /// Marks of transactions taken since the last [`Archiver::take_inexact`].
     inexact: Vec<InexactMark>,
+    /// Tables (`schema.name`) captured DDL commands named, and when they came.
+    captured: HashMap<String, Instant>,
 }
 
 impl Archiver {
@@ -165,7 +167,13 @@ impl Archiver {
             watch: SchemaWatch::default(),
             uncaptured: Vec::new(),
             inexact: Vec::new(),
+            captured: HashMap::new(),
         }
+    }
+
+    /// Whether a captured DDL command named `table` (`schema.name`) after `after`.
+    pub fn captured_since(&self, table: &str, after: Instant) -> bool {
+        self.captured.get(table).is_some_and(|at| *at >= after)
     }
 
     /// The end of the last segment stored in every repository.
@@ -246,7 +254,13 @@ impl Archiver {
                 let ddl = &mut self.current.as_mut().expect("checked above").ddl;
                 match m.prefix.as_str() {
                     DDL_PREFIX => ddl.ddl(&DdlMessage::parse(&m.content).map(|d| d.sql).unwrap_or_default()),
-                    COMMAND_PREFIX => ddl.command(CommandMessage::parse(&m.content).unwrap_or_default()),
+                    COMMAND_PREFIX => {
+                        let command = CommandMessage::parse(&m.content).unwrap_or_default();
+                        for t in &command.tables {
+                            self.captured.insert(t.clone(), Instant::now());
+                        }
+                        ddl.command(command);
+                    }
                     PARTITION_PREFIX => {
                         if let Some(p) = PartitionMessage::parse(&m.content) {
                             ddl.partition(&p);
@@ -555,7 +569,7 @@ pub async fn run_session<F: Future<Output = ()>>(
             }
             _ = sleep, if deadline.is_some() => store_segment(&mut stream, archiver, cx, upkeep, totals).await?,
             _ = status.tick() => send_durable(&mut stream, archiver, false).await?,
-            _ = check.tick() => check_publications(cx, upkeep).await,
+            _ = check.tick() => check_publications(cx, upkeep, archiver).await,
             event = stream.next_event() => match event? {
                 StreamEvent::XLogData { data, .. } => {
                     archiver.accept(data)?;
@@ -594,8 +608,10 @@ pub async fn run_session<F: Future<Output = ()>>(
 }
 
 /// Step 4: tables created since go into a publication; a table added this
-/// late misses its earlier changes, so a new full backup is asked for.
-async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep) {
+/// late misses its earlier changes, and a definition that changed with
+/// nothing in the archive showing it ([`super::catalog_watch`]) cannot be
+/// replayed: a table image is asked for each.
+async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep, archiver: &Archiver) {
     match upkeep.reconcile(cx.names, ReconcileMode { create: false, announce: false }).await {
         Ok(done) => {
             for table in done.late_additions() {
@@ -604,6 +620,11 @@ async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep) {
             }
         }
         Err(e) => tracing::warn!(error = %e.user_line(), "cannot check the publications; retrying at the next check"),
+    }
+    for s in upkeep.watch_catalog(cx.publication_check, |t, after| archiver.captured_since(t, after)).await {
+        let table = crate::pg::catalog::qualified(&s.table.0, &s.table.1);
+        tracing::warn!(table = %table, since = %s.since.0, "the table's definition changed without captured DDL (found in the catalog)");
+        cx.autobackup.request(BackupReason::UnseenChange { table, since: s.since.0, time: s.since.1 });
     }
 }
 

@@ -190,6 +190,16 @@ pub enum BackupReason {
         /// The server's clock then.
         time: Option<DateTime<Utc>>,
     },
+    /// A table's definition changed in the catalog with no captured DDL and
+    /// nothing in the archive showing it (src/stream/catalog_watch.rs).
+    UnseenChange {
+        /// The table.
+        table: String,
+        /// The server's WAL position before the check before (it changed after).
+        since: Lsn,
+        /// The server's clock then.
+        time: Option<DateTime<Utc>>,
+    },
     /// `--full-backup-every` passed.
     Scheduled,
     /// A change the archive cannot reproduce (src/stream/inexact.rs).
@@ -215,6 +225,7 @@ impl std::fmt::Display for BackupReason {
                 write!(f, "table {table} changed without captured DDL at {lsn}")
             }
             BackupReason::LateTable { table, .. } => write!(f, "table {table} joined a publication late"),
+            BackupReason::UnseenChange { table, since, .. } => write!(f, "table {table} changed without captured DDL after {since}"),
             BackupReason::Scheduled => f.write_str("--full-backup-every"),
             BackupReason::Inexact { table, reason, lsn, .. } => write!(f, "table {table} cannot be replayed exactly past {lsn}: {reason}"),
         }
@@ -228,7 +239,7 @@ impl BackupReason {
             BackupReason::NotCovered { chain_start } => lsn >= *chain_start,
             BackupReason::SchemaChange { lsn: at, .. } => lsn >= *at,
             BackupReason::Inexact { lsn: at, .. } => lsn > *at,
-            BackupReason::LateTable { .. } | BackupReason::Scheduled => false,
+            BackupReason::LateTable { .. } | BackupReason::UnseenChange { .. } | BackupReason::Scheduled => false,
         }
     }
 
@@ -241,14 +252,23 @@ impl BackupReason {
                     reason: "its definition changed without captured DDL (no `pgkeep setup`, or a role whose DDL is not captured)".into(),
                     lsn: *lsn,
                     time: None,
-                    late: false,
+                    unseen: false,
                 },
             ),
             BackupReason::LateTable { table, since, time } => (
                 table,
-                ImageCover { reason: "it joined the publications late (its earlier changes are not archived)".into(), lsn: *since, time: *time, late: true },
+                ImageCover { reason: "it joined the publications late (its earlier changes are not archived)".into(), lsn: *since, time: *time, unseen: true },
             ),
-            BackupReason::Inexact { table, reason, lsn, time } => (table, ImageCover { reason: reason.clone(), lsn: *lsn, time: *time, late: false }),
+            BackupReason::UnseenChange { table, since, time } => (
+                table,
+                ImageCover {
+                    reason: "its definition changed without captured DDL, and no archived change shows it".into(),
+                    lsn: *since,
+                    time: *time,
+                    unseen: true,
+                },
+            ),
+            BackupReason::Inexact { table, reason, lsn, time } => (table, ImageCover { reason: reason.clone(), lsn: *lsn, time: *time, unseen: false }),
             BackupReason::NotCovered { .. } | BackupReason::Scheduled => return None,
         };
         let (schema, name) = crate::pg::catalog::split_table_name(table)?;
@@ -323,7 +343,9 @@ impl AutoBackup {
     pub fn request(&self, reason: BackupReason) {
         let wanted = match reason {
             BackupReason::NotCovered { .. } => self.opts.when_uncovered,
-            BackupReason::SchemaChange { .. } | BackupReason::LateTable { .. } | BackupReason::Inexact { .. } => self.opts.on_schema_change,
+            BackupReason::SchemaChange { .. } | BackupReason::LateTable { .. } | BackupReason::UnseenChange { .. } | BackupReason::Inexact { .. } => {
+                self.opts.on_schema_change
+            }
             BackupReason::Scheduled => self.opts.every.is_some(),
         };
         match &self.tx {
@@ -496,7 +518,7 @@ async fn worker(settings: Settings, opts: AutoBackupOptions, mut rx: mpsc::Unbou
                 // image's snapshot, stays), or once a full backup replaces it.
                 if let Some(i) = images.iter().position(|i| (i.schema.clone(), i.name.clone()) == table) {
                     match at {
-                        Some(c) => images[i].covers.retain(|cv| cv.lsn >= c && !cv.late),
+                        Some(c) => images[i].covers.retain(|cv| cv.lsn >= c && !cv.unseen),
                         None => images[i].covers.clear(),
                     }
                     if images[i].covers.is_empty() {

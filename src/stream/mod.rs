@@ -28,6 +28,7 @@
 
 pub mod archiver;
 pub mod autobackup;
+pub mod catalog_watch;
 pub mod ddl;
 pub mod inexact;
 pub mod publication;

@@ -45,6 +45,8 @@ pub struct Upkeep {
     /// The server's WAL position and clock before the last reconcile that
     /// succeeded, and before the one that succeeded before it.
     checks: [Option<(Lsn, Option<DateTime<Utc>>)>; 2],
+    /// Table definitions as the last check saw them ([`super::catalog_watch`]).
+    catalog: super::catalog_watch::CatalogWatch,
 }
 
 impl Upkeep {
@@ -58,6 +60,7 @@ impl Upkeep {
             unreadable_sequences: false,
             failing_tables: HashSet::new(),
             checks: [None, None],
+            catalog: Default::default(),
         }
     }
 
@@ -119,6 +122,33 @@ impl Upkeep {
     /// before it; `(0/0, None)` when unknown (the first check of a run).
     pub fn late_since(&self) -> (Lsn, Option<DateTime<Utc>>) {
         self.checks[1].unwrap_or((Lsn(0), None))
+    }
+
+    /// Compare every table's definition with the last check's; return the
+    /// changes found a check ago (`settle`) that no captured DDL command
+    /// explains (`captured(schema.name, after)`). Call right after
+    /// [`Upkeep::reconcile`]. A failure is a warning and finds nothing.
+    pub async fn watch_catalog(&mut self, settle: Duration, captured: impl Fn(&str, Instant) -> bool) -> Vec<super::catalog_watch::Suspect> {
+        let since = self.late_since();
+        let rows = match self.client().await {
+            Ok(client) => client.query(super::catalog_watch::SHAPES_SQL, &[]).await.map_err(crate::pg::query_error("cannot read the table definitions")),
+            Err(e) => Err(e),
+        };
+        match rows {
+            Ok(rows) => {
+                let now = rows
+                    .iter()
+                    .map(|r| {
+                        let ancestors: String = r.get(4);
+                        let ancestors = ancestors.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect();
+                        (r.get::<_, u32>(0), (r.get(1), r.get(2), r.get(3), ancestors))
+                    })
+                    .collect();
+                self.catalog.observe(now, Instant::now(), since);
+            }
+            Err(e) => tracing::warn!(error = %e.user_line(), "cannot compare the table definitions; retrying at the next check"),
+        }
+        self.catalog.confirm(Instant::now(), settle, captured)
     }
 
     /// Every sequence's `last_value` and `is_called` now. A failure is

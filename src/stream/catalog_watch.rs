@@ -1,0 +1,141 @@
+//! Schema changes found in the catalog (pure, but for the query text).
+//!
+//! A table's definition can change with nothing in the archive showing it:
+//! DDL without `pgkeep setup`, or by a role whose event triggers do not
+//! fire (a provider's reserved roles run the platform's migrations), and no
+//! row change of the table afterwards to carry a new Relation message
+//! ([`super::schema_watch`] catches those that have one). Replay would
+//! then restore the old definition for every target after it: silently
+//! wrong.
+//!
+//! So at every publication check the stream reads a fingerprint of every
+//! table's definition ([`SHAPES_SQL`]: columns with types, defaults,
+//! identity and generation, constraints, indexes, persistence, replica
+//! identity) and compares it with the previous check's. A change becomes a
+//! *suspect*, dated from the check before (it happened after that); one
+//! check later, when no captured DDL command named the table meanwhile
+//! (its message may lag behind the catalog), it is confirmed: the stream
+//! takes a table image, whose `unseen` cover makes replay refuse targets
+//! from that point until the image and put the image in place after it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::repo::layout::Lsn;
+
+/// One row per ordinary table or leaf partition outside the system and
+/// pgkeep's schemas: oid, schema, name, an md5 of its definition, and its
+/// ancestors (`schema.name`, comma-separated: a captured command on a
+/// parent changes its partitions and inheritance children too).
+pub const SHAPES_SQL: &str = "\
+SELECT c.oid, n.nspname::text, c.relname::text, md5(concat_ws('|', c.relpersistence, c.relreplident, \
+  (SELECT string_agg(concat_ws(':', a.attnum, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                               a.attidentity, a.attgenerated, a.attisdropped, pg_get_expr(d.adbin, d.adrelid)), ',' ORDER BY a.attnum) \
+     FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+    WHERE a.attrelid = c.oid AND a.attnum > 0), \
+  (SELECT string_agg(pg_get_constraintdef(x.oid), ',' ORDER BY x.conname) FROM pg_constraint x WHERE x.conrelid = c.oid), \
+  (SELECT string_agg(pg_get_indexdef(i.indexrelid), ',' ORDER BY 1) FROM pg_index i WHERE i.indrelid = c.oid))), \
+  coalesce((WITH RECURSIVE up(oid) AS (SELECT inhparent FROM pg_inherits WHERE inhrelid = c.oid \
+                                       UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.oid) \
+            SELECT string_agg(pn.nspname || '.' || p.relname, ',') FROM up JOIN pg_class p ON p.oid = up.oid \
+              JOIN pg_namespace pn ON pn.oid = p.relnamespace), '') \
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgkeep') AND n.nspname NOT LIKE 'pg\\_toast%' \
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')";
+
+/// A table's definition as the catalog shows it: `(schema, name,
+/// fingerprint, ancestors)`, the ancestors as `schema.name`.
+pub type Shape = (String, String, String, Vec<String>);
+
+/// A definition change found in the catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Suspect {
+    /// `(schema, name)`.
+    pub table: (String, String),
+    /// Its ancestors (`schema.name`): a captured command naming one explains it.
+    ancestors: Vec<String>,
+    /// When it was found.
+    found: Instant,
+    /// The server's WAL position (and clock) before the check before: it happened after.
+    pub since: (Lsn, Option<DateTime<Utc>>),
+}
+
+impl Suspect {
+    /// `schema.name`, as captured commands name tables.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.table.0, self.table.1)
+    }
+}
+
+/// The last shapes and the suspects not yet confirmed.
+#[derive(Debug, Default)]
+pub struct CatalogWatch {
+    shapes: Option<HashMap<u32, Shape>>,
+    suspects: Vec<Suspect>,
+}
+
+impl CatalogWatch {
+    /// The shapes of a check at `at`; `since` is where the server was
+    /// before the previous check. A table whose fingerprint changed
+    /// becomes a suspect (a new or dropped table is the publications'
+    /// business, not this).
+    pub fn observe(&mut self, now: HashMap<u32, Shape>, at: Instant, since: (Lsn, Option<DateTime<Utc>>)) {
+        if let Some(before) = &self.shapes {
+            for (oid, (schema, name, print, ancestors)) in &now {
+                let changed = before.get(oid).is_some_and(|(_, _, old, _)| old != print);
+                let table = (schema.clone(), name.clone());
+                if changed && !self.suspects.iter().any(|s| s.table == table) {
+                    self.suspects.push(Suspect { table, ancestors: ancestors.clone(), found: at, since });
+                }
+            }
+        }
+        self.shapes = Some(now);
+    }
+
+    /// Suspects found at least `settle` before `at`: those a captured DDL
+    /// command explains (`captured(schema.name, after)`: one named the
+    /// table after that instant, here `settle` before it was found) are
+    /// dropped; the others are returned, confirmed.
+    pub fn confirm(&mut self, at: Instant, settle: Duration, captured: impl Fn(&str, Instant) -> bool) -> Vec<Suspect> {
+        let (ready, waiting): (Vec<Suspect>, Vec<Suspect>) =
+            std::mem::take(&mut self.suspects).into_iter().partition(|s| at.saturating_duration_since(s.found) >= settle);
+        self.suspects = waiting;
+        ready
+            .into_iter()
+            .filter(|s| {
+                let after = s.found.checked_sub(settle).unwrap_or(s.found);
+                !std::iter::once(s.name()).chain(s.ancestors.iter().cloned()).any(|t| captured(&t, after))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes(list: &[(u32, &str, &str)]) -> HashMap<u32, Shape> {
+        let parent = |name: &str| if name == "part" { vec!["public.parent".to_string()] } else { Vec::new() };
+        list.iter().map(|(oid, name, print)| (*oid, ("public".to_string(), name.to_string(), print.to_string(), parent(name)))).collect()
+    }
+
+    #[test]
+    fn a_changed_definition_is_confirmed_unless_captured_ddl_named_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(5);
+        let since = (Lsn(0x10), None);
+        let mut w = CatalogWatch::default();
+        w.observe(shapes(&[(1, "a", "x"), (2, "b", "y"), (4, "part", "p")]), t0, since);
+        assert!(w.confirm(t0, s, |_, _| false).is_empty(), "the first check only learns");
+        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + s, (Lsn(0x20), None));
+        assert!(w.confirm(t0 + s, s, |_, _| false).is_empty(), "not settled yet");
+        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + 2 * s, (Lsn(0x30), None));
+        let confirmed = w.confirm(t0 + 2 * s, s, |t, _| t == "public.b" || t == "public.parent");
+        assert_eq!(confirmed.iter().map(Suspect::name).collect::<Vec<_>>(), ["public.a"], "b and part's parent were captured; c is new");
+        assert_eq!(confirmed[0].since, (Lsn(0x20), None));
+        assert!(w.confirm(t0 + 3 * s, s, |_, _| false).is_empty(), "once");
+    }
+}
