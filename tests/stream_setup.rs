@@ -90,21 +90,10 @@ impl Db {
         }
     }
 
+    /// Wait until the stream's slot is created (writes from now on are
+    /// decoded, see `streaming::SLOT_READY`) and in use.
     async fn wait_slot_active(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let n: i64 = self
-                .client
-                .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&self.name])
-                .await
-                .unwrap()
-                .get(0);
-            if n == 1 {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "stream never started");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        streaming::wait_for_slot(&self.client, &self.name, Some(true)).await
     }
 
     async fn archive(&self) -> Archive {
@@ -303,6 +292,26 @@ async fn a_role_that_may_not_change_publications_still_streams_and_setup_adds_ne
     assert_eq!(db.published(&db.name).await, ["born", "items"]);
     let report = stop(running).await;
     assert!(report.tables_without_identity.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_right_after_the_slot_is_ready_is_archived_while_another_transaction_delays_its_creation() {
+    // On a busy cluster the slot is listed, and active, while its creation
+    // still waits for running transactions: a write then is never decoded.
+    let db = Db::new("slotready", "CREATE TABLE items (id int PRIMARY KEY);").await;
+    let holder = db.cluster.client(&db.name).await;
+    holder.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let running = start(&db.settings, db.options());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    });
+    db.wait_slot_active().await;
+    assert!(started.elapsed() >= Duration::from_secs(2), "the slot was ready before the running transaction ended");
+    db.client.batch_execute("INSERT INTO items VALUES (1)").await.unwrap();
+    db.wait_archive("the row written once the slot was ready", |a| a.changes_of("items").0 == 1).await;
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

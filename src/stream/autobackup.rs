@@ -22,9 +22,10 @@
 //! caller's [`AfterBackup`] step (the CLI passes retention, `expire`, when
 //! `expire_after_backup` is on; this module never imports commands). On shutdown a backup in progress is abandoned: it has
 //! no manifest, so it is invisible, and `pgkeep expire` removes its objects
-//! after 24 hours.
+//! after 24 hours. One that had written its manifest when it was abandoned
+//! is complete: the repositories are checked, and it counts as taken.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -168,7 +169,8 @@ enum Command {
 
 #[derive(Default)]
 struct Shared {
-    running: AtomicBool,
+    /// When the backup in progress started (none running: `None`).
+    running_since: Mutex<Option<DateTime<Utc>>>,
     failed: AtomicU64,
     taken: Mutex<Vec<String>>,
 }
@@ -176,6 +178,7 @@ struct Shared {
 /// The automatic full backups of one `pgkeep stream` run.
 pub struct AutoBackup {
     opts: AutoBackupOptions,
+    settings: Settings,
     tx: Option<mpsc::UnboundedSender<Command>>,
     task: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -193,7 +196,7 @@ impl AutoBackup {
         } else {
             (None, None)
         };
-        AutoBackup { opts, tx, task, shared }
+        AutoBackup { opts, settings: settings.clone(), tx, task, shared }
     }
 
     /// Ask for a full backup; ignored (and said so) when that kind is off.
@@ -239,21 +242,64 @@ impl AutoBackup {
     /// Stop the worker, abandoning a backup in progress; what was done.
     pub async fn stop(mut self) -> AutoBackupTotals {
         self.tx = None;
+        let mut abandoned = None;
         if let Some(task) = self.task.take() {
-            if self.shared.running.load(Ordering::SeqCst) {
+            task.abort();
+            let _ = task.await;
+            // Set while `backup::run` runs, cleared where its outcome is recorded (no await between).
+            abandoned = self.shared.running_since.lock().ok().and_then(|s| *s);
+        }
+        let mut taken = self.shared.taken.lock().map(|t| t.clone()).unwrap_or_default();
+        if let Some(since) = abandoned {
+            // The abort may have come after its manifest was written: then it is complete.
+            let finished = finished_since(&self.settings, since, &taken).await;
+            if finished.is_empty() {
                 tracing::warn!(
                     "stream stopping: the automatic full backup in progress is abandoned \
                      (it stays invisible; `pgkeep expire` removes its objects after 24 hours)"
                 );
             }
-            task.abort();
-            let _ = task.await;
+            for id in finished {
+                tracing::info!(backup_id = %id, "stream stopping: the automatic full backup in progress had finished");
+                taken.push(id);
+            }
         }
-        AutoBackupTotals {
-            taken: self.shared.taken.lock().map(|t| t.clone()).unwrap_or_default(),
-            failed: self.shared.failed.load(Ordering::SeqCst),
+        AutoBackupTotals { taken, failed: self.shared.failed.load(Ordering::SeqCst) }
+    }
+}
+
+/// Full backups of the stream's database, taken on this host, started at or
+/// after `since` and valid in a repository, that are not in `taken`: the
+/// one abandoned at stop, if it had written its manifest.
+async fn finished_since(settings: &Settings, since: DateTime<Utc>, taken: &[String]) -> Vec<String> {
+    let repos = match crate::restore::source::open_repositories(settings).await {
+        Ok(repos) => repos,
+        Err(e) => {
+            tracing::warn!(error = %e.user_line(), "cannot check whether the abandoned automatic full backup finished");
+            return Vec::new();
+        }
+    };
+    let host = crate::repo::manifest::RunInfo::current().host;
+    let mut found: Vec<String> = Vec::new();
+    for repo in &repos {
+        let Ok(entries) = catalog::list_backups(repo.as_ref()).await else { continue };
+        for m in entries.into_iter().filter_map(|e| match e {
+            CatalogEntry::Valid(m) => Some(m),
+            CatalogEntry::Invalid(..) => None,
+        }) {
+            let id = m.backup_id.to_string();
+            if m.kind == BackupKind::Full
+                && m.database == settings.db.dbname
+                && m.started_at >= since
+                && m.started_by.host == host
+                && !taken.contains(&id)
+                && !found.contains(&id)
+            {
+                found.push(id);
+            }
         }
     }
+    found
 }
 
 /// The id of a backup covering the chain from `chain_start`, and when the
@@ -302,7 +348,9 @@ async fn worker(settings: Settings, every: Option<Duration>, after_backup: Optio
             }
             continue;
         };
-        shared.running.store(true, Ordering::SeqCst);
+        if let Ok(mut since) = shared.running_since.lock() {
+            *since = Some(Utc::now());
+        }
         let opts = BackupOptions::default();
         let run = backup::run(&settings, &opts);
         tokio::pin!(run);
@@ -319,7 +367,9 @@ async fn worker(settings: Settings, every: Option<Duration>, after_backup: Optio
                 },
             }
         };
-        shared.running.store(false, Ordering::SeqCst);
+        if let Ok(mut since) = shared.running_since.lock() {
+            *since = None;
+        }
         next_due = every.map(|e| tokio::time::Instant::now() + e);
         match result {
             Ok(report) => {
