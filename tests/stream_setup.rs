@@ -315,6 +315,21 @@ async fn a_write_right_after_the_slot_is_ready_is_archived_while_another_transac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_right_after_commits_archives_them() {
+    let db = Db::new("stopflush", "CREATE TABLE items (id int PRIMARY KEY);").await;
+    // No segment closes by age: the stop stores the last one.
+    let opts = StreamOptions { segment_seconds: 600, ..db.options() };
+    let running = start(&db.settings, opts);
+    db.wait_slot_active().await;
+    for i in 1..=3 {
+        db.client.batch_execute(&format!("INSERT INTO items VALUES ({i})")).await.unwrap();
+    }
+    let report = stop(running).await;
+    assert_eq!(report.totals.transactions, 3, "{:?}", report.totals);
+    assert_eq!(db.archive().await.changes_of("items"), (3, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_created_while_streaming_are_archived_without_setup() {
     let db = Db::new("latetables", "CREATE TABLE items (id int PRIMARY KEY);").await;
     let running = start(&db.settings, db.options());
