@@ -13,7 +13,9 @@
 //!   automatic backup; setup is idempotent, `--remove` cleans up, and a
 //!   role that is not a superuser gets one line naming what is missing;
 //! - sequences appear in segment metadata at least at the values used;
-//! - an ALTER TABLE without setup makes the stream take a full backup.
+//! - an ALTER TABLE without setup makes the stream take a full backup;
+//! - a stop right after commits archives them; a write made once the slot
+//!   is ready is archived while another transaction delays its creation.
 //!
 //! Segments are read with `segment::decode` and `pgoutput::decode`.
 

@@ -22,7 +22,8 @@
 //!    resends it and the parts are written again under the same keys.
 //!    A transaction already archived is not buffered at all;
 //! 2. the open segment is closed after `segment_seconds` since its first
-//!    transaction, past `segment_bytes`, or on shutdown: every sequence is
+//!    transaction, past `segment_bytes`, or on shutdown (after receiving
+//!    what the server had committed then, [`SHUTDOWN_CATCH_UP`] at most): every sequence is
 //!    sampled (after the segment's last commit was received), the segment is
 //!    encoded, put to **every** repository, failpoint
 //!    `stream.after_segment_put`, and only then confirmed to the server
