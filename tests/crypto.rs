@@ -226,7 +226,7 @@ async fn stream_writes_encrypted_segments_only_the_identity_opens() {
 
     let client = cluster.client(&db).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgkeep_crypto_test' AND active", &[]).await.unwrap().is_empty() {
+    while client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgkeep_crypto_test' AND active AND confirmed_flush_lsn IS NOT NULL", &[]).await.unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "the stream never started");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

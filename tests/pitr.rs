@@ -156,7 +156,7 @@ async fn restores_exactly_the_transactions_committed_up_to_the_target() {
         client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         marks.push(mark(&client).await);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     stop_stream(running).await;
 
     // `list` shows how far a point-in-time restore of the base can go.
@@ -234,7 +234,7 @@ async fn an_uncaptured_schema_change_stops_the_replay_with_a_clear_error() {
     client.batch_execute("UPDATE t SET v = 100 WHERE id = 1").await.unwrap();
     let before = mark_one(&client).await;
     client.batch_execute("ALTER TABLE t ADD COLUMN w int; UPDATE t SET w = 1 WHERE id = 2").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     stop_stream(running).await;
 
     let e = restore_to(&s, "pitr_ddl_latest", RecoveryTarget::Latest).await.unwrap_err().user_line();
@@ -316,7 +316,7 @@ async fn captured_ddl_replays_in_place() {
         .batch_execute(r#"SELECT pg_logical_emit_message(true, 'pgkeep.ddl', '{"sql": "DROP TABLE t2", "search_path": "", "tag": "DROP TABLE", "role": "postgres"}')"#)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     stop_stream(running).await;
 
     restore_to(&s, "ddl_mid", RecoveryTarget::Time(after_create)).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
@@ -346,7 +346,7 @@ async fn encrypted_archives_replay_with_the_key_and_not_without() {
     wait_for_slot(&client, "pitr_enc").await;
     backup::run(&s.settings, &BackupOptions::default()).await.unwrap();
     client.batch_execute("UPDATE t SET v = 'changed secret' WHERE id = 1; DELETE FROM t WHERE id = 2").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     stop_stream(running).await;
 
     // Segments hold no readable row.
@@ -421,7 +421,7 @@ async fn point_in_time_restore_from_an_s3_only_archive() {
     let at = mark_one(&client).await;
     let want = hashes(&client, &["t"]).await;
     client.batch_execute("DELETE FROM t").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     stop_stream(running).await;
 
     let opts = RestoreOptions {

@@ -196,7 +196,7 @@ async fn a_slot_that_lost_its_wal_starts_a_new_covered_chain() {
     let out = pgkeep(&cluster, &db, repo.path()).args(["-q", "backup"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     client.batch_execute("UPDATE t SET v = 'streamed' WHERE id = 1").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
     assert!(stream.wait().unwrap().success());
     assert!(std::fs::read_dir(repo.path().join("changes")).unwrap().count() == 1, "the first chain exists");
@@ -256,7 +256,7 @@ async fn after_a_restore_swap_archiving_continues_for_the_live_database() {
         let out = pgkeep(&cluster, &db, repo.path()).args(["-q", "backup"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         client.batch_execute("INSERT INTO t VALUES (2, 'two')").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // No wait: a stop archives every transaction committed before it.
         unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
         assert!(stream.wait().unwrap().success());
     }
@@ -280,7 +280,7 @@ async fn after_a_restore_swap_archiving_continues_for_the_live_database() {
     assert_eq!(on, db, "the slot follows the live database");
     wait_backups(&cluster, &db, repo.path(), 2).await;
     client.batch_execute("INSERT INTO t VALUES (3, 'three')").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // No wait: a stop archives every transaction committed before it.
     unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
     assert!(stream.wait().unwrap().success());
     let out = pgkeep(&cluster, &db, repo.path())

@@ -216,7 +216,7 @@ async fn a_stream_killed_while_taking_an_image_takes_it_again_when_restarted() {
     db.run("UPDATE t_plain SET v = -v WHERE id = 7").await;
     let status = tokio::task::spawn_blocking(move || killed.wait().unwrap()).await.unwrap();
     assert!(!status.success(), "the stream aborted at the failpoint: {status:?}");
-    let journal = || std::fs::read_dir(db.repo().join("changes")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".images-pending.json"));
+    let journal = || std::fs::read_dir(db.repo().join("stream-state")).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".images-pending.json"));
     assert!(journal(), "the image asked for is recorded before it is taken");
     assert!(db.manifests("table-image").is_empty(), "the unfinished image is invisible");
 

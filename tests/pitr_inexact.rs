@@ -23,7 +23,6 @@
 
 mod harness;
 
-use std::time::Duration;
 
 use harness::pitr_db::{Db, mark};
 use harness::streaming;
@@ -134,7 +133,7 @@ async fn inexact_changes_are_refused_inside_their_window_and_exact_outside() {
     db.backup().await;
     db.run("UPDATE t_plain SET v = v + 1 WHERE id = 2").await;
     let (_, final_state) = mark(&db.client).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     streaming::stop(running).await;
 
     // Exact migrations replay exactly from the first base.
@@ -187,7 +186,7 @@ async fn without_setup_a_schema_change_is_refused_until_the_next_full_backup() {
     db.backup().await;
     db.run("UPDATE t SET v = 2 WHERE id = 3").await;
     let (_, final_state) = mark(&db.client).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     streaming::stop(running).await;
 
     db.restore_exact("before", RecoveryTarget::Time(before), &before_state).await;

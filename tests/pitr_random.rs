@@ -23,7 +23,6 @@
 
 mod harness;
 
-use std::time::Duration;
 
 use harness::pitr_db::{Db, State, mark};
 use harness::streaming;
@@ -237,7 +236,7 @@ async fn random_migrations_restore_exactly_or_are_refused() {
     db.backup().await;
     db.run("UPDATE t0 SET v = v + 1 WHERE id % 2 = 0").await;
     let (_, final_state) = mark(&db.client).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     streaming::stop(running).await;
     let context = format!("seed {seed}, workload:\n{}", log.join("\n"));
     let refused = targets.iter().filter(|t| t.refused.is_some()).count();
@@ -299,7 +298,6 @@ async fn random_migrations_with_table_images_restore_exactly_from_one_base() {
     }
     db.run("UPDATE t0 SET v = v + 1 WHERE id % 2 = 0").await;
     let (_, final_state) = mark(&db.client).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     streaming::stop(running).await;
     let context = format!("seed {seed}, workload:\n{}", log.join("\n"));
     if seed == 1413 && steps == 24 {

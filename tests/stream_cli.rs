@@ -30,7 +30,7 @@ async fn stream_daemon_flushes_on_sigterm_and_remove_cleans_up() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let active: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&format!("pgkeep_{db}")])
+            .query_one(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active AND {}", harness::streaming::SLOT_READY), &[&format!("pgkeep_{db}")])
             .await
             .unwrap()
             .get(0);
@@ -42,7 +42,7 @@ async fn stream_daemon_flushes_on_sigterm_and_remove_cleans_up() {
     }
     // One simple-query batch: one implicit transaction with 109 row changes.
     client.batch_execute("INSERT INTO t SELECT i, 'x' FROM generate_series(1, 100) i; UPDATE t SET v = 'y' WHERE id < 10;").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // No wait: a stop archives every transaction committed before it.
     // SIGTERM: the open segment (60 s limit not reached) must be flushed before exit.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
@@ -84,7 +84,7 @@ async fn idle_stream_still_advances_the_slot_with_heartbeat_segments() {
     let slot = format!("pgkeep_{db}");
     let confirmed = || async {
         let r = client
-            .query_opt("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&slot])
+            .query_opt(&format!("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1 AND active AND {}", harness::streaming::SLOT_READY), &[&slot])
             .await
             .unwrap();
         r.map(|r| r.get::<_, i64>(0))

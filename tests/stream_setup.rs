@@ -13,7 +13,9 @@
 //!   automatic backup; setup is idempotent, `--remove` cleans up, and a
 //!   role that is not a superuser gets one line naming what is missing;
 //! - sequences appear in segment metadata at least at the values used;
-//! - an ALTER TABLE without setup makes the stream take a full backup.
+//! - an ALTER TABLE without setup makes the stream take a full backup;
+//! - a stop right after commits archives them; a write made once the slot
+//!   is ready is archived while another transaction delays its creation.
 //!
 //! Segments are read with `segment::decode` and `pgoutput::decode`.
 
@@ -90,21 +92,10 @@ impl Db {
         }
     }
 
+    /// Wait until the stream's slot is created (writes from now on are
+    /// decoded, see `streaming::SLOT_READY`) and in use.
     async fn wait_slot_active(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let n: i64 = self
-                .client
-                .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active", &[&self.name])
-                .await
-                .unwrap()
-                .get(0);
-            if n == 1 {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "stream never started");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        streaming::wait_for_slot(&self.client, &self.name, Some(true)).await
     }
 
     async fn archive(&self) -> Archive {
@@ -306,6 +297,41 @@ async fn a_role_that_may_not_change_publications_still_streams_and_setup_adds_ne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_right_after_the_slot_is_ready_is_archived_while_another_transaction_delays_its_creation() {
+    // On a busy cluster the slot is listed, and active, while its creation
+    // still waits for running transactions: a write then is never decoded.
+    let db = Db::new("slotready", "CREATE TABLE items (id int PRIMARY KEY);").await;
+    let holder = db.cluster.client(&db.name).await;
+    holder.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let running = start(&db.settings, db.options());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    });
+    db.wait_slot_active().await;
+    assert!(started.elapsed() >= Duration::from_secs(2), "the slot was ready before the running transaction ended");
+    db.client.batch_execute("INSERT INTO items VALUES (1)").await.unwrap();
+    db.wait_archive("the row written once the slot was ready", |a| a.changes_of("items").0 == 1).await;
+    stop(running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_right_after_commits_archives_them() {
+    let db = Db::new("stopflush", "CREATE TABLE items (id int PRIMARY KEY);").await;
+    // No segment closes by age: the stop stores the last one.
+    let opts = StreamOptions { segment_seconds: 600, ..db.options() };
+    let running = start(&db.settings, opts);
+    db.wait_slot_active().await;
+    for i in 1..=3 {
+        db.client.batch_execute(&format!("INSERT INTO items VALUES ({i})")).await.unwrap();
+    }
+    let report = stop(running).await;
+    assert_eq!(report.totals.transactions, 3, "{:?}", report.totals);
+    assert_eq!(db.archive().await.changes_of("items"), (3, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_created_while_streaming_are_archived_without_setup() {
     let db = Db::new("latetables", "CREATE TABLE items (id int PRIMARY KEY);").await;
     let running = start(&db.settings, db.options());
@@ -453,7 +479,7 @@ async fn sequences_are_sampled_into_segment_metadata() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_uncaptured_alter_table_makes_the_stream_take_a_full_backup() {
+async fn an_uncaptured_alter_table_makes_the_stream_take_a_table_image() {
     let db = Db::new("uncaptured", "CREATE TABLE items (id int PRIMARY KEY, v text);").await;
     let opts = StreamOptions { auto_backup: AutoBackupOptions { on_schema_change: true, ..Default::default() }, ..db.options() };
     let running = start(&db.settings, opts);
@@ -463,7 +489,7 @@ async fn an_uncaptured_alter_table_makes_the_stream_take_a_full_backup() {
     db.client.batch_execute("ALTER TABLE items ADD COLUMN extra int; INSERT INTO items VALUES (2, 'b', 3)").await.unwrap();
     let archive = db.wait_archive("the row after the ALTER", |a| a.changes_of("items").0 == 2).await;
     assert!(archive.ddl().is_empty());
-    // The backup starts after the stream received the changed definition.
+    // The image (of that table alone) starts after the stream received the changed definition.
     let change_lsn = archive
         .transactions()
         .last()
@@ -477,19 +503,23 @@ async fn an_uncaptured_alter_table_makes_the_stream_take_a_full_backup() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let manifest = loop {
         let found = catalog::list_backups(storage.as_ref()).await.unwrap().into_iter().find_map(|e| match e {
-            CatalogEntry::Valid(m) => Some(m),
-            CatalogEntry::Invalid(..) => None,
+            CatalogEntry::Valid(m) if m.kind == pgkeep::repo::layout::BackupKind::TableImage => Some(m),
+            _ => None,
         });
         if let Some(m) = found {
             break m;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no full backup was taken");
+        assert!(tokio::time::Instant::now() < deadline, "no table image was taken");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(manifest.database, db.name);
     assert!(manifest.snapshot.consistent_lsn >= change_lsn, "{} < {change_lsn}", manifest.snapshot.consistent_lsn);
+    let image = manifest.image.as_ref().expect("image section");
+    assert_eq!((image.schema.as_str(), image.name.as_str()), ("public", "items"));
+    assert_eq!(manifest.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["items"], "that table alone");
     let report = stop(running).await;
-    assert_eq!(report.auto_backups.taken, [manifest.backup_id.to_string()]);
+    assert_eq!(report.auto_backups.images, [manifest.backup_id.to_string()]);
+    assert!(report.auto_backups.taken.is_empty(), "no full backup: {:?}", report.auto_backups);
 }
 
 /// Every way the application can take a table's replica identity away; each

@@ -390,20 +390,26 @@ async fn notified<T>(
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C): `stream` then flushes its open segment and exits.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// The handlers are installed at once, not when first polled, so a signal
+/// during the stream's start-up stops it cleanly too.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let (term, int) = (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok());
+    let received = |s: Option<Signal>| async move {
+        match s {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    async move {
+        tokio::select! {
+            _ = received(int) => {}
+            _ = received(term) => {}
+        }
+        tracing::info!("shutdown requested: closing the open segment");
     }
-    tracing::info!("shutdown requested: closing the open segment");
 }
 
 /// A progress bar on stderr when it is a terminal: tables done of total, bytes and rows.

@@ -18,6 +18,9 @@ pub const REPO_META_KEY: &str = "pgkeep.repo.json";
 pub const BACKUPS_PREFIX: &str = "backups/";
 /// Prefix of change segments.
 pub const CHANGES_PREFIX: &str = "changes/";
+/// Prefix of what `pgkeep stream` keeps between runs besides the archive
+/// (the table images it still has to take).
+pub const STREAM_STATE_PREFIX: &str = "stream-state/";
 /// Prefix of locks.
 pub const LOCKS_PREFIX: &str = "locks/";
 /// Prefix of audit records.

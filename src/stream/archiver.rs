@@ -22,7 +22,8 @@
 //!    resends it and the parts are written again under the same keys.
 //!    A transaction already archived is not buffered at all;
 //! 2. the open segment is closed after `segment_seconds` since its first
-//!    transaction, past `segment_bytes`, or on shutdown: every sequence is
+//!    transaction, past `segment_bytes`, or on shutdown (after receiving
+//!    what the server had committed then, [`SHUTDOWN_CATCH_UP`] at most): every sequence is
 //!    sampled (after the segment's last commit was received), the segment is
 //!    encoded, put to **every** repository, failpoint
 //!    `stream.after_segment_put`, and only then confirmed to the server
@@ -66,6 +67,10 @@ mod tests;
 
 /// A status update goes out at least this often.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// On shutdown, how long to wait for the server to send what it had
+/// committed when the stop came ([`catch_up`]); the rest stays in the slot.
+pub const SHUTDOWN_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// When idle (nothing received waiting to be stored), a heartbeat segment
 /// moves the archive and the slot to the server's sent position once this
@@ -171,9 +176,18 @@ impl Archiver {
         }
     }
 
-    /// Whether a captured DDL command named `table` (`schema.name`) after `after`.
+    /// Whether a captured DDL command, or a changed Relation message the
+    /// stream answered already, named `table` (`schema.name`) after `after`.
     pub fn captured_since(&self, table: &str, after: Instant) -> bool {
         self.captured.get(table).is_some_and(|at| *at >= after)
+    }
+
+    /// `table` (`"schema"."name"`) changed, and the stream answered it from
+    /// its Relation message: the catalog comparison need not.
+    pub fn note_answered(&mut self, table: &str) {
+        if let Some((schema, name)) = crate::pg::catalog::split_table_name(table) {
+            self.captured.insert(format!("{schema}.{name}"), Instant::now());
+        }
     }
 
     /// The end of the last segment stored in every repository.
@@ -564,6 +578,7 @@ pub async fn run_session<F: Future<Output = ()>>(
         tokio::select! {
             biased;
             _ = shutdown.as_mut() => {
+                catch_up(&mut stream, archiver, cx, upkeep, totals).await?;
                 store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
                 break SessionEnd::Shutdown;
             }
@@ -571,21 +586,7 @@ pub async fn run_session<F: Future<Output = ()>>(
             _ = status.tick() => send_durable(&mut stream, archiver, false).await?,
             _ = check.tick() => check_publications(cx, upkeep, archiver).await,
             event = stream.next_event() => match event? {
-                StreamEvent::XLogData { data, .. } => {
-                    archiver.accept(data)?;
-                    if let Some(part) = archiver.take_part(cx.limits.transaction_memory) {
-                        store_part(cx, totals, part).await?;
-                    }
-                    for change in archiver.take_uncaptured() {
-                        schema_changed_without_ddl(cx, &change);
-                    }
-                    for mark in archiver.take_inexact() {
-                        not_reproducible(cx, mark);
-                    }
-                    if archiver.is_due(cx.limits, Instant::now()) {
-                        store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
-                    }
-                }
+                StreamEvent::XLogData { data, .. } => take_data(&mut stream, archiver, cx, upkeep, totals, data).await?,
                 StreamEvent::Keepalive { wal_end, reply_requested, server_time } => {
                     if let Some(mut segment) = archiver.heartbeat(wal_end, Instant::now()) {
                         // Where the server's WAL ended, and when by its clock.
@@ -605,6 +606,78 @@ pub async fn run_session<F: Future<Output = ()>>(
     };
     stream.finish().await?;
     Ok(end)
+}
+
+/// Step 1 for one XLogData payload, then step 2 when the segment is due.
+async fn take_data(
+    stream: &mut LogicalStream<'_>,
+    archiver: &mut Archiver,
+    cx: &SessionContext<'_>,
+    upkeep: &mut Upkeep,
+    totals: &mut SessionTotals,
+    data: Bytes,
+) -> Result<()> {
+    archiver.accept(data)?;
+    if let Some(part) = archiver.take_part(cx.limits.transaction_memory) {
+        store_part(cx, totals, part).await?;
+    }
+    for change in archiver.take_uncaptured() {
+        schema_changed_without_ddl(cx, &change);
+        archiver.note_answered(&change.table);
+    }
+    for mark in archiver.take_inexact() {
+        not_reproducible(cx, mark);
+    }
+    if archiver.is_due(cx.limits, Instant::now()) {
+        store_segment(stream, archiver, cx, upkeep, totals).await?;
+    }
+    Ok(())
+}
+
+/// On shutdown, before the last segment is stored: receive every
+/// transaction the server had committed when the stop came, so that a stop
+/// right after a commit archives it. The target is the end of the server's
+/// last WAL record then; a walsender that has decoded past it and waits for
+/// more sends a keepalive with its position (each status we send lets it
+/// send one more). At most [`SHUTDOWN_CATCH_UP`]: what it has not sent by
+/// then stays in the slot for the next run.
+async fn catch_up(
+    stream: &mut LogicalStream<'_>,
+    archiver: &mut Archiver,
+    cx: &SessionContext<'_>,
+    upkeep: &mut Upkeep,
+    totals: &mut SessionTotals,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_CATCH_UP;
+    let target = match tokio::time::timeout_at(deadline, upkeep.last_record_end()).await {
+        Ok(Ok(lsn)) => lsn,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e.user_line(), "stopping without waiting for the server: cannot read its WAL position");
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
+    };
+    tracing::debug!(target_lsn = %target, received_to = %archiver.last_end(), "stopping: receiving what the server committed before the stop");
+    if archiver.last_end() >= target {
+        return Ok(());
+    }
+    send_durable(stream, archiver, false).await?;
+    loop {
+        let Ok(event) = tokio::time::timeout_at(deadline, stream.next_event()).await else {
+            tracing::warn!(target_lsn = %target, received_to = %archiver.last_end(), "stopping before the server sent everything committed before the stop; the rest stays in the slot for the next run");
+            return Ok(());
+        };
+        match event? {
+            StreamEvent::XLogData { data, .. } => take_data(stream, archiver, cx, upkeep, totals, data).await?,
+            StreamEvent::Keepalive { wal_end, .. } if wal_end >= target => return Ok(()),
+            StreamEvent::Keepalive { .. } => {
+                // Not there yet (WAL not flushed yet): ask again shortly.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                send_durable(stream, archiver, false).await?;
+            }
+            StreamEvent::End => return Ok(()),
+        }
+    }
 }
 
 /// Step 4: tables created since go into a publication; a table added this

@@ -22,7 +22,7 @@
 //! fails is followed by a full backup, which covers the change too.
 //!
 //! The queue of table images is kept in every repository
-//! ([`ImageJournal`], `changes/<system_identifier>-<slot>.images-pending.json`)
+//! ([`ImageJournal`], `stream-state/<system_identifier>-<slot>.images-pending.json`)
 //! until each is taken: a stream killed before an image finished asks for
 //! it again when it starts (the transaction that needed it may be archived
 //! already, so the server would not send it again).
@@ -36,9 +36,10 @@
 //! caller's [`AfterBackup`] step (the CLI passes retention, `expire`, when
 //! `expire_after_backup` is on; this module never imports commands). On shutdown a backup in progress is abandoned: it has
 //! no manifest, so it is invisible, and `pgkeep expire` removes its objects
-//! after 24 hours.
+//! after 24 hours. One that had written its manifest when it was abandoned
+//! is complete: the repositories are checked, and it counts as taken.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ impl ImageJournal {
     /// The journal of the stream `base` (`<system_identifier>-<slot>`, the
     /// same for every epoch) in `repos`.
     pub fn new(repos: &[Arc<dyn Storage>], base: &str) -> ImageJournal {
-        ImageJournal { repos: repos.to_vec(), key: format!("{}{base}.images-pending.json", crate::repo::layout::CHANGES_PREFIX) }
+        ImageJournal { repos: repos.to_vec(), key: format!("{}{base}.images-pending.json", crate::repo::layout::STREAM_STATE_PREFIX) }
     }
 
     /// The images still to take: from the first repository with a
@@ -310,7 +311,8 @@ enum Command {
 
 #[derive(Default)]
 struct Shared {
-    running: AtomicBool,
+    /// When the backup in progress started (none running: `None`).
+    running_since: Mutex<Option<DateTime<Utc>>>,
     failed: AtomicU64,
     taken: Mutex<Vec<String>>,
     images: Mutex<Vec<String>>,
@@ -319,6 +321,7 @@ struct Shared {
 /// The automatic full backups of one `pgkeep stream` run.
 pub struct AutoBackup {
     opts: AutoBackupOptions,
+    settings: Settings,
     tx: Option<mpsc::UnboundedSender<Command>>,
     task: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -336,7 +339,7 @@ impl AutoBackup {
         } else {
             (None, None)
         };
-        AutoBackup { opts, tx, task, shared }
+        AutoBackup { opts, settings: settings.clone(), tx, task, shared }
     }
 
     /// Ask for a full backup; ignored (and said so) when that kind is off.
@@ -390,22 +393,69 @@ impl AutoBackup {
     /// Stop the worker, abandoning a backup in progress; what was done.
     pub async fn stop(mut self) -> AutoBackupTotals {
         self.tx = None;
+        let mut abandoned = None;
         if let Some(task) = self.task.take() {
-            if self.shared.running.load(Ordering::SeqCst) {
+            task.abort();
+            let _ = task.await;
+            // Set while `backup::run` runs, cleared where its outcome is recorded (no await between).
+            abandoned = self.shared.running_since.lock().ok().and_then(|s| *s);
+        }
+        let mut taken = self.shared.taken.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut images = self.shared.images.lock().map(|t| t.clone()).unwrap_or_default();
+        if let Some(since) = abandoned {
+            // The abort may have come after its manifest was written: then it is complete.
+            let known: Vec<String> = taken.iter().chain(&images).cloned().collect();
+            let finished = finished_since(&self.settings, since, &known).await;
+            if finished.is_empty() {
                 tracing::warn!(
-                    "stream stopping: the automatic full backup in progress is abandoned \
+                    "stream stopping: the automatic backup in progress is abandoned \
                      (it stays invisible; `pgkeep expire` removes its objects after 24 hours)"
                 );
             }
-            task.abort();
-            let _ = task.await;
+            for (id, kind) in finished {
+                tracing::info!(backup_id = %id, "stream stopping: the automatic {kind} in progress had finished");
+                match kind {
+                    BackupKind::TableImage => images.push(id),
+                    _ => taken.push(id),
+                }
+            }
         }
-        AutoBackupTotals {
-            taken: self.shared.taken.lock().map(|t| t.clone()).unwrap_or_default(),
-            images: self.shared.images.lock().map(|t| t.clone()).unwrap_or_default(),
-            failed: self.shared.failed.load(Ordering::SeqCst),
+        AutoBackupTotals { taken, images, failed: self.shared.failed.load(Ordering::SeqCst) }
+    }
+}
+
+/// Full backups and table images of the stream's database, taken on this
+/// host, started at or after `since` and valid in a repository, that are
+/// not in `taken`: the one abandoned at stop, if it had written its manifest.
+async fn finished_since(settings: &Settings, since: DateTime<Utc>, taken: &[String]) -> Vec<(String, BackupKind)> {
+    let repos = match crate::restore::source::open_repositories(settings).await {
+        Ok(repos) => repos,
+        Err(e) => {
+            tracing::warn!(error = %e.user_line(), "cannot check whether the abandoned automatic full backup finished");
+            return Vec::new();
+        }
+    };
+    let host = crate::repo::manifest::RunInfo::current().host;
+    let mut found: Vec<(String, BackupKind)> = Vec::new();
+    for repo in &repos {
+        let Ok(entries) = catalog::list_backups(repo.as_ref()).await else { continue };
+        for m in entries.into_iter().filter_map(|e| match e {
+            CatalogEntry::Valid(m) => Some(m),
+            CatalogEntry::Invalid(..) => None,
+        }) {
+            let id = m.backup_id.to_string();
+            if matches!(m.kind, BackupKind::Full | BackupKind::TableImage)
+                && m.database == settings.db.dbname
+                && m.started_at >= since
+                && m.started_by.host == host
+                && !taken.contains(&id)
+                && !found.iter().any(|(f, _)| *f == id)
+            {
+                found.push((id, m.kind));
+            }
         }
     }
+    found
 }
 
 /// The id of a backup covering the chain from `chain_start`, and when the
@@ -484,7 +534,9 @@ async fn worker(settings: Settings, opts: AutoBackupOptions, mut rx: mpsc::Unbou
                 continue;
             }
         };
-        shared.running.store(true, Ordering::SeqCst);
+        if let Ok(mut since) = shared.running_since.lock() {
+            *since = Some(Utc::now());
+        }
         let opts = match &job {
             Job::Full(_) => BackupOptions::default(),
             Job::Image(image) => BackupOptions { kind: BackupKind::TableImage, image: Some(image.clone()), ..BackupOptions::default() },
@@ -505,7 +557,10 @@ async fn worker(settings: Settings, opts: AutoBackupOptions, mut rx: mpsc::Unbou
                 },
             }
         };
-        shared.running.store(false, Ordering::SeqCst);
+        // Cleared with no await before its outcome is recorded (see `stop`).
+        if let Ok(mut since) = shared.running_since.lock() {
+            *since = None;
+        }
         match job {
             Job::Full(reason) => {
                 next_due = every.map(|e| tokio::time::Instant::now() + e);

@@ -18,8 +18,9 @@
 //!    between puts) are removed — the slot was never confirmed past them.
 //!    Once per run, [`autobackup`] checks that a full backup covers the
 //!    chain, and takes one if not;
-//! 5. run the [`archiver`] until `shutdown` resolves (the open segment is
-//!    then stored and confirmed) or a fatal error, reconnecting with
+//! 5. run the [`archiver`] until `shutdown` resolves (what the server had
+//!    committed by then is received, then the open segment is stored and
+//!    confirmed) or a fatal error, reconnecting with
 //!    backoff (1 s, 2 s, … 30 s) and going back to step 3 after connection
 //!    and transient storage errors. While it runs, new tables join a
 //!    publication within `publication_check`, each segment carries

@@ -196,6 +196,24 @@ impl Upkeep {
         }
     }
 
+    /// The end of the last WAL record written so far: every transaction
+    /// committed by now ends there or before (with `synchronous_commit =
+    /// off` too, whose commits a walsender sends once the WAL writer flushed
+    /// them). On a standby, where 16+ decodes too, the replay position.
+    pub async fn last_record_end(&mut self) -> Result<Lsn> {
+        let client = self.client().await?;
+        let text: String = client
+            .query_one(
+                "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+                 ELSE pg_catalog.pg_current_wal_insert_lsn() END)::text",
+                &[],
+            )
+            .await
+            .map_err(crate::pg::query_error("cannot read the WAL position"))?
+            .get(0);
+        text.parse()
+    }
+
     /// The server's current WAL insert position.
     pub async fn current_wal_lsn(&mut self) -> Result<Lsn> {
         let client = self.client().await?;

@@ -45,13 +45,22 @@ pub async fn stop(running: Running) -> StreamReport {
         .unwrap_or_else(|e| panic!("stream: {}", e.user_line()))
 }
 
-/// Wait until slot `slot` exists (and, with `active`, is in use).
+/// SQL condition: the slot's creation finished. While `CREATE_REPLICATION_SLOT`
+/// waits for the transactions running on the cluster (other tests' too), the
+/// slot is already listed, and active, with no `confirmed_flush_lsn`: a
+/// transaction committed then lies before its consistent point and is never
+/// decoded. Once it is set, every later commit is.
+pub const SLOT_READY: &str = "confirmed_flush_lsn IS NOT NULL";
+
+/// Wait until slot `slot` exists, created (see [`SLOT_READY`]), and, with
+/// `active`, is in use or not.
 pub async fn wait_for_slot(client: &tokio_postgres::Client, slot: &str, active: Option<bool>) {
     let deadline = tokio::time::Instant::now() + WAIT;
+    let sql = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND {SLOT_READY} AND ($2::bool IS NULL OR active = $2)");
     loop {
         let n: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND ($2::bool IS NULL OR active = $2)",
+                &sql,
                 &[&slot, &active],
             )
             .await
