@@ -176,13 +176,42 @@ async fn drop_table(client: &Client, rel: &str, name: &str) -> Result<()> {
     }
 }
 
-/// One of the image's schema scripts, on this session (the caller resets it after).
+/// One of the image's schema scripts, on this session (the caller resets
+/// it after). A role that may not give objects to their owners (not a
+/// member of the owning role, as on managed services) runs it again
+/// without the `OWNER TO` statements: the objects are then its own, and
+/// the warning says so.
 async fn run_schema(client: &Client, source: &BackupSource, chunk: &crate::repo::manifest::ChunkRef, what: &str) -> Result<()> {
+    let id = &source.manifest.backup_id;
     let raw = source.read_chunk(chunk).await?;
-    let sql = String::from_utf8(raw.to_vec()).map_err(|_| Error::corrupt(format!("the {what} script of table image {} is not UTF-8", source.manifest.backup_id)))?;
+    let sql = String::from_utf8(raw.to_vec()).map_err(|_| Error::corrupt(format!("the {what} script of table image {id} is not UTF-8")))?;
     let sql = session_settings::for_server(client, &strip_psql_guards(&sql)).await?;
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(crate::pg::query_error(format!("the {what} script of table image {}", source.manifest.backup_id)))
+    let fail = || crate::pg::query_error(format!("the {what} script of table image {id}"));
+    client.batch_execute("SAVEPOINT pgkeep_image_schema").await.map_err(fail())?;
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) && sql.lines().any(is_owner_statement) => {
+            client.batch_execute("ROLLBACK TO SAVEPOINT pgkeep_image_schema").await.map_err(fail())?;
+            tracing::warn!(image = %id, "the restoring role may not give the table to its owner; it owns what the image creates");
+            let without: Vec<&str> = sql.lines().filter(|l| !is_owner_statement(l)).collect();
+            client.batch_execute(&without.join("\n")).await.map_err(fail())
+        }
+        Err(e) => Err(fail()(e)),
+    }
+}
+
+/// A pg_dump `ALTER … OWNER TO …;` line.
+fn is_owner_statement(line: &str) -> bool {
+    line.starts_with("ALTER ") && line.contains(" OWNER TO ") && line.ends_with(';')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn owner_statements_are_pg_dump_lines() {
+        assert!(super::is_owner_statement("ALTER TABLE public.t OWNER TO app;"));
+        assert!(super::is_owner_statement("ALTER SEQUENCE public.t_id_seq OWNER TO app;"));
+        assert!(!super::is_owner_statement("ALTER TABLE ONLY public.t ALTER COLUMN id SET DEFAULT nextval('public.t_id_seq'::regclass);"));
+        assert!(!super::is_owner_statement("-- ALTER TABLE x OWNER TO y"));
+    }
 }
