@@ -18,6 +18,7 @@ pub mod error;
 pub mod failpoint;
 pub mod interrupt;
 pub mod logging;
+pub mod lsn;
 pub mod notify;
 pub mod pg;
 pub mod pipeline;
