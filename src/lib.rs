@@ -26,6 +26,7 @@ pub mod progress;
 pub mod replication;
 pub mod replay;
 pub mod repo;
+pub mod secret;
 pub mod restore;
 pub mod storage;
 pub mod stream;
