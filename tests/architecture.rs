@@ -48,7 +48,7 @@ const LAYERS: &[(&str, u8)] = &[
 
 /// Edges (file, imported top-level module) that break the layering today.
 /// Each is an upward import or the back edge of a cycle; remove the entry
-/// with the edge.
+/// with the edge. A file ending in `/` stands for every file under it.
 const ALLOWED: &[(&str, &str, &str)] = &[
     // config → crypto: config sits in layer 1 because pg and replication take its
     // `DbSettings`; it resolves crypto's `EncryptionSettings` and checks recipients with
@@ -66,7 +66,7 @@ const ALLOWED: &[(&str, &str, &str)] = &[
     // stream → notify → restore → replay → stream: stream opens repositories through
     // restore's opener (issue 13: one opener, in repo) and notifies its own automatic
     // backups (issue 13: exactly one notification per command, from cli).
-    ("src/stream/mod.rs", "restore", "restore::source::open_repositories"),
+    ("src/stream/", "restore", "restore::source::open_repositories (stream/mod.rs, and autobackup.rs on main)"),
     ("src/stream/autobackup.rs", "notify", "automatic backups send their own notifications"),
 ];
 
@@ -184,8 +184,12 @@ fn layer(module: &str) -> Option<u8> {
     LAYERS.iter().find(|(m, _)| *m == module).map(|(_, l)| *l)
 }
 
+fn covers(allowed_file: &str, file: &str) -> bool {
+    allowed_file == file || (allowed_file.ends_with('/') && file.starts_with(allowed_file))
+}
+
 fn allowed(e: &Edge) -> bool {
-    ALLOWED.iter().any(|(f, to, _)| *f == e.file && *to == e.to)
+    ALLOWED.iter().any(|(f, to, _)| covers(f, &e.file) && *to == e.to)
 }
 
 fn show(e: &Edge) -> String {
@@ -247,7 +251,7 @@ fn every_allowed_edge_still_exists() {
     let all = edges();
     let stale: Vec<String> = ALLOWED
         .iter()
-        .filter(|(f, to, _)| !all.iter().any(|e| e.file == *f && e.to == *to))
+        .filter(|(f, to, _)| !all.iter().any(|e| covers(f, &e.file) && e.to == *to))
         .map(|(f, to, why)| format!("  {f} → {to} ({why})"))
         .collect();
     assert!(stale.is_empty(), "allowed edges that are gone: remove them from ALLOWED in tests/architecture.rs:\n{}", stale.join("\n"));
