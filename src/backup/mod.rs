@@ -1,8 +1,11 @@
-//! The pieces of a full backup, called in order by `commands::backup::run`:
-//! the consistent [`snapshot`], the copy [`plan`] (tables split into block
-//! ranges), the parallel COPY [`worker`]s, and [`schema`] capture.
+//! The backup capability: the [`engine`] ([`run`]) and the pieces it calls
+//! in order: the consistent [`snapshot`], the copy [`plan`] (tables split
+//! into block ranges), the parallel COPY [`worker`]s, and [`schema`] capture.
 
+pub mod engine;
 pub mod plan;
 pub mod schema;
 pub mod snapshot;
 pub mod worker;
+
+pub use engine::{BackupOptions, BackupReport, human_bytes, run};

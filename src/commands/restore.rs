@@ -23,13 +23,15 @@ use crate::pg::connect;
 use crate::progress::ProgressCounters;
 use crate::repo::layout::BackupKind;
 use crate::restore::source::{self as src, BackupSelector, BackupSource};
-use crate::restore::target::{self, SwapOutcome};
-use crate::restore::verify::{self, VerifyReport};
+use crate::restore::target;
 use crate::restore::platform::{self, PlatformSchemas, PlatformTarget};
-use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport, RoleAccess};
+use crate::restore::privileges;
 use crate::restore::plan::{incremental_root, latest_data_plan, latest_of_this_cluster, plan_point_in_time};
-use crate::restore::{approve, load, schema};
-use crate::replay::{self, RecoveryTarget, ReplayPlan, ReplayReport};
+use crate::restore::approve;
+use crate::replay::{self, RecoveryTarget, ReplayPlan};
+
+pub use crate::restore::report::{PhaseTimes, RestoreReport};
+pub(crate) use crate::restore::phases::load_and_verify_as;
 
 /// Options of a restore.
 #[derive(Debug, Clone)]
@@ -88,111 +90,6 @@ impl RestoreOptions {
             to_backup: false,
             progress: Arc::new(ProgressCounters::default()),
         }
-    }
-}
-
-/// Seconds spent in each phase.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PhaseTimes {
-    /// Pre-restore backup.
-    pub pre_backup: f64,
-    /// Roles and pre-data schema.
-    pub schema: f64,
-    /// Parallel COPY of the data.
-    pub data: f64,
-    /// Post-data (indexes, constraints, triggers…) and sequences.
-    pub indexes: f64,
-    /// Verification.
-    pub verify: f64,
-    /// Replay of archived changes (point in time).
-    pub replay: f64,
-    /// Swap.
-    pub swap: f64,
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RestoreReport {
-    /// The backup restored.
-    pub backup_id: String,
-    /// Repository read from.
-    pub repository: String,
-    /// The database that now holds the restored data.
-    pub restored_into: String,
-    /// The pre-restore backup taken, if any.
-    pub pre_restore_backup: Option<String>,
-    /// The swap, if one happened.
-    pub swap: Option<SwapOutcome>,
-    /// Rows and raw bytes loaded.
-    pub rows: u64,
-    /// Raw bytes loaded.
-    pub bytes: u64,
-    /// Roles created on the server.
-    pub roles_created: usize,
-    /// Tables whose data was restored (all, or those asked for with --table).
-    pub tables_restored: usize,
-    /// Foreign keys skipped by a table-level restore, and event triggers and publications a non-superuser could not create.
-    pub foreign_keys_skipped: Vec<String>,
-    /// Objects whose owner the restoring role could not restore (it owns them
-    /// instead), and default privileges it could not set.
-    #[serde(default, skip_serializing_if = "OwnershipReport::is_empty")]
-    pub ownership: OwnershipReport,
-    /// Verification.
-    pub verification: VerifyReport,
-    /// The point-in-time replay, when a target was given (or by default for `latest`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub point_in_time: Option<ReplayReport>,
-    /// Why `latest` restored only the backup: no change archive continues it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub not_replayed: Option<String>,
-    /// Timings.
-    pub seconds: PhaseTimes,
-}
-
-impl RestoreReport {
-    /// Whether this restored a legacy archive (its repository names the `.dump.gz` object).
-    pub fn is_legacy(&self) -> bool {
-        crate::restore::legacy::archive_id(&self.repository).is_some()
-    }
-
-    /// Human summary.
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "restored {} from {} into database {}: {} rows, {} tables verified ({})",
-            self.backup_id,
-            self.repository,
-            self.restored_into,
-            self.rows,
-            self.verification.tables_checked,
-            if self.is_legacy() { "row counts equal the archive's" } else { "rows and fingerprints equal" }
-        );
-        if let Some(p) = &self.point_in_time {
-            s.push_str(&format!("; {}", p.summary()));
-        }
-        if !self.ownership.is_empty() {
-            s.push_str(&format!("; WARNING: {}", self.ownership.describe()));
-        }
-        if let Some(why) = &self.not_replayed {
-            s.push_str(&format!("; restored to the backup's consistent point: {why}"));
-        }
-        if let Some(b) = &self.pre_restore_backup {
-            s.push_str(&format!("; pre-restore backup {b}"));
-        }
-        if let Some(sw) = &self.swap {
-            s.push_str(&format!("; {} session(s) terminated", sw.sessions_terminated));
-            if let Some(old) = &sw.previous_renamed_to {
-                s.push_str(&format!("; previous database kept as {old}"));
-            }
-            if let Some(older) = &sw.older_kept_as {
-                s.push_str(&format!("; earlier {older} kept"));
-            }
-        }
-        let t = &self.seconds;
-        s.push_str(&format!(
-            "; times: pre-backup {:.1}s, schema {:.1}s, data {:.1}s, indexes {:.1}s, verify {:.1}s, replay {:.1}s, swap {:.1}s",
-            t.pre_backup, t.schema, t.data, t.indexes, t.verify, t.replay, t.swap
-        ));
-        s
     }
 }
 
@@ -538,119 +435,6 @@ async fn check_objects(source: &BackupSource) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Roles, pre-data, parallel load of `selected` tables, post-data,
-/// sequences, then verification, into the empty database `work`. Returns
-/// (roles created, foreign keys skipped, verification). Shared by restore,
-/// `verify --deep` and drills.
-pub(crate) async fn load_and_verify(
-    source: &Arc<BackupSource>,
-    work: &crate::config::DbSettings,
-    selected: &[usize],
-    jobs: usize,
-    critical_tables: &[String],
-    progress: &Arc<ProgressCounters>,
-    times: &mut PhaseTimes,
-) -> Result<(usize, Vec<String>, VerifyReport)> {
-    let (roles, skipped, report, _) = load_and_verify_as(source, work, selected, jobs, critical_tables, progress, times, false, None).await?;
-    Ok((roles, skipped, report))
-}
-
-/// [`load_and_verify`] as the connecting role, which may not be a
-/// superuser: owners it cannot become are replaced by itself (all owners
-/// with `no_owner`), and extensions it cannot create stop the restore
-/// before the schema runs, listed. Also returns what differs in ownership.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn load_and_verify_as(
-    source: &Arc<BackupSource>,
-    work: &crate::config::DbSettings,
-    selected: &[usize],
-    jobs: usize,
-    critical_tables: &[String],
-    progress: &Arc<ProgressCounters>,
-    times: &mut PhaseTimes,
-    no_owner: bool,
-    into_platform: Option<&PlatformTarget>,
-) -> Result<(usize, Vec<String>, VerifyReport, OwnershipReport)> {
-    let m = &source.manifest;
-    let text = async |c: &crate::repo::manifest::ChunkRef| -> Result<String> {
-        let bytes = source.read_chunk(c).await?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| Error::corrupt(format!("schema chunk {} is not UTF-8", c.object)))
-    };
-    let t = Instant::now();
-    let roles_created = match &m.schema.globals {
-        Some(g) => schema::apply_globals(work, &text(g).await?).await?,
-        None => 0,
-    };
-    let pre_data = text(&m.schema.pre_data).await?;
-    let policy = {
-        let conn = connect(work).await?;
-        let access = RoleAccess::load(&conn.client).await?;
-        // Extensions the role cannot create: all of them named, before any schema.
-        if !access.superuser {
-            // Into a database the platform set up, its extensions are there already.
-            let mut wanted = privileges::extensions_created(&pre_data);
-            if into_platform.is_some() {
-                let installed: Vec<String> = conn
-                    .client
-                    .query("SELECT extname::text FROM pg_extension", &[])
-                    .await
-                    .map_err(crate::pg::query_error("cannot list installed extensions"))?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                wanted.retain(|e| !installed.contains(e));
-            }
-            let refused = privileges::probe_extensions(&conn.client, &wanted).await?;
-            if !refused.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::AccessDenied,
-                    format!("role {} cannot create extension(s) of backup {}: {}", access.current, m.backup_id, privileges::list_extensions(&refused)),
-                )
-                .with_hint("ask the provider to allow them (or restore as a superuser); nothing was restored"));
-            }
-        }
-        OwnerPolicy { access, no_owner }
-    };
-    let mut ownership = schema::run_pre_data_as(work, &pre_data, &policy, into_platform).await?;
-    times.schema = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    match into_platform {
-        // The platform's tables have their foreign keys already: referenced tables first.
-        Some(_) => {
-            for wave in platform::load_waves(work, m, selected).await? {
-                load::load_tables(source.clone(), work, &wave, jobs, progress.clone()).await?;
-            }
-        }
-        None => load::load_tables(source.clone(), work, selected, jobs, progress.clone()).await?,
-    }
-    times.data = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let partial = selected.len() < m.tables.len();
-    let (post_data, post_ownership) = schema::post_data_as(&text(&m.schema.post_data).await?, &policy);
-    ownership.merge(post_ownership);
-    ownership.restoring_role = policy.access.current.clone();
-    if !ownership.is_empty() {
-        tracing::warn!(role = %policy.access.current, "{}", ownership.describe());
-    }
-    let mut fk_skipped = schema::run_post_data_into(work, &post_data, jobs, partial, into_platform).await?;
-    if into_platform.is_some() {
-        // Post-data objects of the platform's schemas that were already there.
-        let (kept, other): (Vec<String>, Vec<String>) = fk_skipped.into_iter().partition(|b| !b.starts_with("FK CONSTRAINT") && !b.starts_with("EVENT TRIGGER") && !b.starts_with("PUBLICATION"));
-        ownership.kept_by_platform.extend(kept);
-        fk_skipped = other;
-    }
-    schema::set_sequences(work, &m.sequences).await?;
-    times.indexes = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let report = verify::verify_tables(m, work, selected, critical_tables, jobs).await?;
-    times.verify = t.elapsed().as_secs_f64();
-    Ok((roles_created, fk_skipped, report, ownership))
 }
 
 /// Extensions of the backup's schema that, by the server's catalog, the

@@ -10,7 +10,7 @@ pub mod encryption;
 pub mod layers;
 pub mod notify;
 mod s3_security;
-pub mod secret;
+pub use crate::secret; // a leaf type; re-exported so `config::secret` keeps working
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,8 @@ use layers::{FileLayer, Layers, Raw, parse_as, parse_bool, parse_size};
 
 use crate::error::{Error, Result};
 use crate::storage::s3::S3Settings;
+pub use crate::logging::LogFormat; // re-exported: logging is a leaf
+pub use crate::storage::RepoSpec; // a storage location; re-exported
 
 /// The local repository directory used when neither `--repo` nor `BACKUP_DIR` says otherwise.
 pub const DEFAULT_BACKUP_DIR: &str = "pgkeep-backups";
@@ -85,37 +87,6 @@ pub const FILE_KEYS: &[&str] = &[
     "critical_tables",
     "expire_after_backup",
 ];
-
-/// A repository location.
-// One value per configured repository: boxing the S3 settings would save nothing that matters.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum RepoSpec {
-    /// A directory on the local filesystem.
-    Local(PathBuf),
-    /// A bucket and prefix on S3 or an S3-compatible store.
-    S3(S3Settings),
-}
-
-impl RepoSpec {
-    /// `/path` or `s3://bucket/prefix`, for messages.
-    pub fn display(&self) -> String {
-        match self {
-            RepoSpec::Local(p) => p.display().to_string(),
-            RepoSpec::S3(s) if s.prefix.is_empty() => format!("s3://{}", s.bucket),
-            RepoSpec::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
-        }
-    }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// The effective configuration.
 #[derive(Debug, Clone)]

@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 use super::chunk::DataCipher;
 use super::data_key::{self, UnwrapError};
 use super::{EncryptionMode, KeyEnvelope, SCHEME};
-use crate::config::{EncryptionSettings, Secret};
+use super::settings::EncryptionSettings;
+use crate::secret::Secret;
 use crate::error::{Error, ErrorKind, Result};
 
 type Identities = Vec<Box<dyn age::Identity + Send + Sync>>;

@@ -97,7 +97,7 @@ pub fn check(cipher: &DataCipher, m: &BackupManifest) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EncryptionSettings;
+    use crate::crypto::settings::EncryptionSettings;
     use crate::crypto::Keyring;
     use crate::repo::manifest::{self, tests::sample};
 

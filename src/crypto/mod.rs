@@ -11,6 +11,7 @@
 //!   envelopes (cached), with one-line errors naming the backup and key source.
 //! - [`manifest_mac`]: the HMAC that makes an encrypted manifest tamper-evident.
 //! - [`rewrap`]: key rotation, the same data key wrapped for other recipients.
+//! - [`settings`]: [`settings::EncryptionSettings`], resolved by `config`.
 //!
 //! Why not age for every chunk: age derives a fresh file key per file, so a
 //! passphrase would cost one scrypt (about a second) per chunk on both ends,
@@ -24,6 +25,7 @@ pub mod keyring;
 pub mod manifest_mac;
 pub mod rewrap; // key rotation: re-wrap a data key, re-sign its manifest
 pub mod sealer;
+pub mod settings; // EncryptionSettings
 
 use serde::{Deserialize, Serialize};
 

@@ -9,7 +9,7 @@ use base64::Engine;
 use super::chunk::{AAD_BACKUP_CHUNK, DataCipher};
 use super::data_key::{self, DataKey, Wrapping};
 use super::{EncryptionMode, KeyEnvelope, SCHEME};
-use crate::config::EncryptionSettings;
+use super::settings::EncryptionSettings;
 use crate::error::{Error, Result};
 
 /// Encrypts the chunks of one backup, or the segments of one `stream` run.
@@ -87,7 +87,7 @@ pub fn parse_recipients(values: &[String], origin: &str) -> Result<Vec<age::x255
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     #[test]
     fn modes_from_settings() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::commands::backup::{BackupReport, human_bytes};
-use crate::commands::restore::RestoreReport;
+use crate::backup::{BackupReport, human_bytes};
+use crate::restore::report::RestoreReport;
 use crate::error::Error;
 
 /// The pgkeep operation an event is about.

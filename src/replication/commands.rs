@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use super::simple_query::QueryResponse;
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::layout::Lsn;
+use crate::lsn::Lsn;
 
 /// The output plugin of every slot pgkeep creates.
 pub const OUTPUT_PLUGIN: &str = "pgoutput";

@@ -36,7 +36,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-use crate::repo::layout::Lsn;
+use crate::lsn::Lsn;
 
 mod decode;
 mod encode;

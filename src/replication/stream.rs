@@ -57,7 +57,7 @@ use super::pgoutput::PgTimestamp;
 use super::wire::BackendMessage;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::errors::{Phase, target_label};
-use crate::repo::layout::Lsn;
+use crate::lsn::Lsn;
 
 #[cfg(test)]
 mod tests;

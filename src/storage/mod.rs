@@ -10,6 +10,7 @@
 
 pub mod deadline;
 pub mod local;
+pub mod location; // RepoSpec
 pub mod s3;
 
 use std::fmt;
@@ -22,6 +23,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, ErrorKind, Result};
+pub use location::RepoSpec;
 
 /// What is known of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,11 +193,11 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// wrapper bounds each small operation end to end on top, without retrying:
 /// one layer owns attempts. Local operations are neither retried nor bounded:
 /// local errors are not transient.
-pub async fn open(spec: &crate::config::RepoSpec) -> Result<std::sync::Arc<dyn Storage>> {
+pub async fn open(spec: &RepoSpec) -> Result<std::sync::Arc<dyn Storage>> {
     use std::sync::Arc;
     match spec {
-        crate::config::RepoSpec::Local(path) => Ok(Arc::new(local::LocalStorage::new(path.clone()))),
-        crate::config::RepoSpec::S3(settings) => {
+        RepoSpec::Local(path) => Ok(Arc::new(local::LocalStorage::new(path.clone()))),
+        RepoSpec::S3(settings) => {
             let s3 = s3::S3Storage::connect(settings.clone()).await?;
             // A little past the SDK's own deadline, so its error (naming the operation) wins.
             let backstop = settings.request_timeout + std::time::Duration::from_secs(2);

@@ -27,7 +27,7 @@
 //! it again when it starts (the transaction that needed it may be archived
 //! already, so the server would not send it again).
 //!
-//! One worker task runs [`crate::commands::backup::run`] with the default
+//! One worker task runs [`crate::backup::run`] with the default
 //! options, at most one at a time, full backups first; requests that come
 //! in meanwhile become one more backup after it (unless it already covers
 //! them). A failed
@@ -49,7 +49,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::commands::backup::{self, BackupOptions};
+use crate::backup::{self, BackupOptions};
 use crate::config::Settings;
 use crate::notify::{Event, Notifier, Operation};
 use crate::repo::catalog::{self, CatalogEntry};

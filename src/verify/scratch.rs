@@ -52,8 +52,8 @@ async fn create_scratch_database(server: &DbSettings, info: Option<&DatabaseInfo
 pub(crate) async fn restore_and_verify(source: &Arc<BackupSource>, work: &DbSettings, jobs: usize) -> Result<VerifyReport> {
     let all: Vec<usize> = (0..source.manifest.tables.len()).collect();
     let progress = Arc::new(ProgressCounters::default());
-    let mut times = crate::commands::restore::PhaseTimes::default();
-    let (_, _, report) = crate::commands::restore::load_and_verify(source, work, &all, jobs, &[], &progress, &mut times).await?;
+    let mut times = crate::restore::report::PhaseTimes::default();
+    let (_, _, report) = crate::restore::phases::load_and_verify(source, work, &all, jobs, &[], &progress, &mut times).await?;
     Ok(report)
 }
 

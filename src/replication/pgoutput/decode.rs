@@ -11,7 +11,7 @@ use super::{
     Begin, Column, Commit, DataType, Delete, Insert, LogicalMessage, OldTuple, Origin,
     PgOutputMessage, PgTimestamp, Relation, ReplicaIdentity, Truncate, TupleValue, Update,
 };
-use crate::repo::layout::Lsn;
+use crate::lsn::Lsn;
 
 /// Why a payload is not a valid protocol-version-1 pgoutput message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -50,7 +50,7 @@ use self::errors::{Place, Target};
 use super::{
     ObjectMeta, ObjectReader, ObjectWriter, PutIfAbsent, PutOptions, Storage, StorageKind, validate_key,
 };
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::error::{Error, ErrorKind, Result};
 pub use protection::{LockMode, ObjectLock, S3Security, Sse};
 
