@@ -134,7 +134,7 @@ impl Workload {
                 t.next_id - 1
             })),
             69..=72 => match t.indexes.pop() {
-                Some(ix) if n % 2 == 0 => exact(format!("DROP INDEX {ix}")),
+                Some(ix) if n.is_multiple_of(2) => exact(format!("DROP INDEX {ix}")),
                 other => {
                     t.indexes.extend(other);
                     let ix = format!("{name}_i{n}");

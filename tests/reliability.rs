@@ -169,7 +169,9 @@ async fn password_errors_name_where_the_password_came_from() {
     let base = env(&[("BACKUP_DIR", repo.path().display().to_string()), ("DB_SSLMODE", "disable".into())]);
     let url = format!("postgresql://postgres:wrong-from-url@127.0.0.1:{port}/{db}");
     let fields = env(&[("DB_HOST", "127.0.0.1".into()), ("DB_PORT", port.to_string()), ("DB_USER", "postgres".into()), ("DB_NAME", db.clone())]);
-    let cases: Vec<(&str, Vec<&str>, Vec<(String, String)>)> = vec![
+    // (where the wrong password comes from, the command, its environment)
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(String, String)>);
+    let cases: Vec<Case> = vec![
         ("DB_PASSWORD", vec!["backup"], [fields.clone(), env(&[("DB_PASSWORD", "wrong-from-db-password".into())])].concat()),
         ("PGPASSWORD", vec!["backup"], [fields.clone(), env(&[("PGPASSWORD", "wrong-from-pgpassword".into())])].concat()),
         ("DATABASE_URL", vec!["backup"], env(&[("DATABASE_URL", url.clone())])),

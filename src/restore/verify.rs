@@ -51,7 +51,7 @@ async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result
     while let Some(piece) = reader.next_piece().await? {
         fp.push(&piece);
     }
-    fp.finish().map_err(|()| Error::new(ErrorKind::Database, format!("reading back table {}.{} ended in the middle of a row", t.schema, t.name)))
+    fp.finish().ok_or_else(|| Error::new(ErrorKind::Database, format!("reading back table {}.{} ended in the middle of a row", t.schema, t.name)))
 }
 
 /// Verify `tables` (indexes into the manifest) in `db` with `jobs` connections.

@@ -130,7 +130,10 @@ pub struct AutoBackupOptions {
 /// stream's settings. The caller decides what it is (the CLI: `expire`
 /// when `expire_after_backup` is on), so this capability stays below commands.
 #[derive(Clone)]
-pub struct AfterBackup(Arc<dyn Fn(Settings) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>);
+pub struct AfterBackup(Arc<AfterBackupFn>);
+
+/// The step of [`AfterBackup`]: settings in, a future that runs it.
+type AfterBackupFn = dyn Fn(Settings) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync;
 
 impl AfterBackup {
     /// Wrap `step`; it logs and notifies its own outcome.
