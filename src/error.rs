@@ -84,15 +84,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a message that names the thing involved.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            inner: Box::new(Inner {
-                kind,
-                message: message.into(),
-                hint: None,
-                sqlstate: None,
-                source: None,
-            }),
-        }
+        Error { inner: Box::new(Inner { kind, message: message.into(), hint: None, sqlstate: None, source: None }) }
     }
 
     /// Shorthand for a configuration error (exit code 2).
@@ -160,16 +152,10 @@ impl Error {
         }
         let mut next = std::error::Error::source(self);
         while let Some(e) = next {
-            if let Some(code) = e
-                .downcast_ref::<Error>()
-                .and_then(|e| e.inner.sqlstate.as_deref())
-            {
+            if let Some(code) = e.downcast_ref::<Error>().and_then(|e| e.inner.sqlstate.as_deref()) {
                 return Some(code);
             }
-            if let Some(code) = e
-                .downcast_ref::<tokio_postgres::Error>()
-                .and_then(|e| e.code())
-            {
+            if let Some(code) = e.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.code()) {
                 return Some(code.code());
             }
             next = e.source();
@@ -236,10 +222,7 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_ref()
-            .map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
+        self.inner.source.as_ref().map(|s| s.as_ref() as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -250,30 +233,20 @@ mod tests {
     #[test]
     fn user_line_is_one_line_with_cause_and_hint() {
         let io = std::io::Error::other("disk\nfull");
-        let e = Error::new(ErrorKind::Storage, "cannot write object backups/x")
-            .with_source(io)
-            .with_hint("free some space");
+        let e = Error::new(ErrorKind::Storage, "cannot write object backups/x").with_source(io).with_hint("free some space");
         let line = e.user_line();
-        assert_eq!(
-            line,
-            "cannot write object backups/x: disk full (hint: free some space)"
-        );
+        assert_eq!(line, "cannot write object backups/x: disk full (hint: free some space)");
         assert_eq!(e.kind().exit_code(), 1);
     }
 
     #[test]
     fn sqlstate_survives_context_hint_and_wrapping() {
-        let e = Error::new(ErrorKind::Database, "cannot create database x")
-            .with_sqlstate("42P04")
-            .with_hint("pick another name")
-            .context("restore of backup b1");
+        let e =
+            Error::new(ErrorKind::Database, "cannot create database x").with_sqlstate("42P04").with_hint("pick another name").context("restore of backup b1");
         assert_eq!(e.sqlstate(), Some("42P04"));
         assert_eq!(e.kind(), ErrorKind::Database);
         assert_eq!(e.kind().exit_code(), 1);
-        assert_eq!(
-            e.message(),
-            "restore of backup b1: cannot create database x"
-        );
+        assert_eq!(e.message(), "restore of backup b1: cannot create database x");
         // A new error with this one as its source finds the code in the chain.
         let outer = Error::new(ErrorKind::Internal, "step failed").with_source(e);
         assert_eq!(outer.sqlstate(), Some("42P04"));

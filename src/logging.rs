@@ -38,11 +38,7 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<&Path>) -> LogGua
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let stderr_layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_target(false)
-            .with_ansi(ansi)
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi).with_writer(std::io::stderr).boxed(),
     }
     .with_filter(filter);
     let file = log_file.and_then(|p| {

@@ -204,11 +204,7 @@ fn every_module_has_a_layer() {
 
 #[test]
 fn no_import_runs_up_a_layer() {
-    let bad: Vec<String> = edges()
-        .iter()
-        .filter(|e| matches!((layer(&e.from), layer(&e.to)), (Some(f), Some(t)) if t > f) && !allowed(e))
-        .map(show)
-        .collect();
+    let bad: Vec<String> = edges().iter().filter(|e| matches!((layer(&e.from), layer(&e.to)), (Some(f), Some(t)) if t > f) && !allowed(e)).map(show).collect();
     assert!(bad.is_empty(), "imports that run up the layering (ARCHITECTURE.md, \"Layering\"):\n{}", bad.join("\n"));
 }
 

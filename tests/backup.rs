@@ -63,12 +63,7 @@ async fn backup_covers_awkward_schemas_and_checks_out() {
     assert_eq!(m.snapshot.method, pgkeep::repo::manifest::SnapshotMethod::ReplicationSlot);
     let slot = m.snapshot.slot_name.clone().expect("slot name recorded");
     assert!(m.snapshot.consistent_lsn.0 > 0);
-    let left = cluster
-        .client("postgres")
-        .await
-        .query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .unwrap();
+    let left = cluster.client("postgres").await.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap();
     assert!(left.is_empty(), "the temporary slot {slot} must not outlive the backup");
 
     let names: Vec<String> = m.tables.iter().map(|t| format!("{}.{}", t.schema, t.name)).collect();
@@ -173,9 +168,7 @@ async fn backup_is_one_snapshot_under_concurrent_transfers() {
 async fn failed_backup_leaves_nothing_visible_and_rerun_succeeds() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("bk_fail").await;
-    cluster
-        .execute(&db, "CREATE TABLE ok (id int); INSERT INTO ok SELECT generate_series(1, 1000); CREATE TABLE secret_t (id int);")
-        .await;
+    cluster.execute(&db, "CREATE TABLE ok (id int); INSERT INTO ok SELECT generate_series(1, 1000); CREATE TABLE secret_t (id int);").await;
     cluster.create_role("bk_limited", "limited-pw", "").await;
     cluster.execute(&db, "GRANT SELECT ON ok TO bk_limited;").await;
     let repo = tempfile::tempdir().unwrap();

@@ -24,9 +24,9 @@ use harness::fake_s3::FakeS3;
 use harness::garage::Garage;
 use harness::postgres::PgCluster;
 use pgkeep::repo::catalog::{self, CatalogEntry};
+use pgkeep::storage::Storage;
 use pgkeep::storage::local::LocalStorage;
 use pgkeep::storage::s3::S3Storage;
-use pgkeep::storage::Storage;
 use sinks::{HttpSink, Reply};
 use tokio::io::AsyncBufReadExt;
 
@@ -58,7 +58,14 @@ fn pgkeep(cluster: &PgCluster, db: &str) -> Command {
     let s = cluster.superuser_settings(db);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("PG") || k.starts_with("DB_") || k.starts_with("S3_") || k.starts_with("AWS_") || k.starts_with("NOTIFY") || k == "DATABASE_URL" || k == "BACKUP_DIR" {
+        if k.starts_with("PG")
+            || k.starts_with("DB_")
+            || k.starts_with("S3_")
+            || k.starts_with("AWS_")
+            || k.starts_with("NOTIFY")
+            || k == "DATABASE_URL"
+            || k == "BACKUP_DIR"
+        {
             cmd.env_remove(k);
         }
     }
@@ -85,29 +92,18 @@ fn empty_dir() -> &'static Path {
 
 /// S3 environment for `bucket` at `endpoint`.
 fn s3_env(cmd: &mut Command, endpoint: &str, bucket: &str, key: &str, secret: &str, region: &str) {
-    cmd.env("S3_BUCKET", bucket)
-        .env("S3_ENDPOINT", endpoint)
-        .env("S3_REGION", region)
-        .env("AWS_ACCESS_KEY_ID", key)
-        .env("AWS_SECRET_ACCESS_KEY", secret);
+    cmd.env("S3_BUCKET", bucket).env("S3_ENDPOINT", endpoint).env("S3_REGION", region).env("AWS_ACCESS_KEY_ID", key).env("AWS_SECRET_ACCESS_KEY", secret);
 }
 
 /// pgkeep's and pg_dump's sessions on `db`, and its temporary slots.
 async fn held(cluster: &PgCluster, db: &str) -> (i64, i64) {
     let c = cluster.client("postgres").await;
     let sessions: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name IN ('pgkeep', 'pg_dump') AND pid <> pg_backend_pid()",
-            &[&db],
-        )
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name IN ('pgkeep', 'pg_dump') AND pid <> pg_backend_pid()", &[&db])
         .await
         .unwrap()
         .get(0);
-    let slots: i64 = c
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND temporary", &[&db])
-        .await
-        .unwrap()
-        .get(0);
+    let slots: i64 = c.query_one("SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND temporary", &[&db]).await.unwrap().get(0);
     (sessions, slots)
 }
 
@@ -302,7 +298,10 @@ async fn a_full_local_disk_keeps_the_garage_copy() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     let line = error_line(&run.stderr);
     let local = disk.path().display().to_string();
-    assert!(line.contains("failed in 1 of 2 repositories") && line.contains(&local) && line.contains(&format!("complete and listed in s3://{bucket}")), "{line}");
+    assert!(
+        line.contains("failed in 1 of 2 repositories") && line.contains(&local) && line.contains(&format!("complete and listed in s3://{bucket}")),
+        "{line}"
+    );
     assert!(run.released_at.is_none(), "the backup was not doomed: {}", run.stderr);
     eprintln!("{line}");
 

@@ -26,9 +26,7 @@ async fn thousands_of_tables() {
     }
     cluster.execute(&db, &sql).await;
     let repo = tempfile::tempdir().unwrap();
-    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default())
-        .await
-        .unwrap();
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default()).await.unwrap();
     let m = &report.manifest;
     assert_eq!(m.tables.len(), 2000);
     assert!(m.tables.iter().all(|t| t.rows == 1 && t.chunks.len() == 1));
@@ -41,12 +39,13 @@ async fn single_value_over_100_mb() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("bk_toast").await;
     cluster
-        .execute(&db, "CREATE TABLE big (id int PRIMARY KEY, payload text); INSERT INTO big SELECT 1, repeat(md5('x'), 3300000); INSERT INTO big VALUES (2, 'small');")
+        .execute(
+            &db,
+            "CREATE TABLE big (id int PRIMARY KEY, payload text); INSERT INTO big SELECT 1, repeat(md5('x'), 3300000); INSERT INTO big VALUES (2, 'small');",
+        )
         .await;
     let repo = tempfile::tempdir().unwrap();
-    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default())
-        .await
-        .unwrap();
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default()).await.unwrap();
     let t = report.manifest.tables.iter().find(|t| t.name == "big").unwrap();
     assert_eq!(t.rows, 2);
     assert!(t.raw_bytes > 100_000_000, "{}", t.raw_bytes);
@@ -63,9 +62,7 @@ async fn single_value_over_100_mb() {
 async fn non_superuser_role_with_read_all_data() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("bk_role").await;
-    cluster
-        .execute(&db, "CREATE TABLE a (id int); INSERT INTO a SELECT generate_series(1, 100); CREATE SEQUENCE s; SELECT nextval('s');")
-        .await;
+    cluster.execute(&db, "CREATE TABLE a (id int); INSERT INTO a SELECT generate_series(1, 100); CREATE SEQUENCE s; SELECT nextval('s');").await;
     cluster.create_role("bk_reader", "reader-pw", "REPLICATION").await;
     cluster.execute("postgres", "GRANT pg_read_all_data TO bk_reader;").await;
     let mut db_settings = cluster.superuser_settings(&db);
@@ -84,9 +81,7 @@ async fn wal_level_replica_falls_back_to_exported_snapshot() {
     let db = cluster.fresh_db("bk_replica").await;
     cluster.execute(&db, "CREATE TABLE a (id int); INSERT INTO a SELECT generate_series(1, 10);").await;
     let repo = tempfile::tempdir().unwrap();
-    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default())
-        .await
-        .unwrap();
+    let report = backup::run(&settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]), &BackupOptions::default()).await.unwrap();
     assert_eq!(report.manifest.snapshot.method, SnapshotMethod::ExportedSnapshot);
     assert_eq!(report.manifest.snapshot.slot_name, None);
     assert_eq!(report.manifest.tables[0].rows, 10);
@@ -118,9 +113,7 @@ fn run_binary(cluster: &PgCluster, db: &str, repo: &Path, failpoint: Option<&str
 async fn killed_backup_is_never_visible_and_rerun_succeeds() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("bk_kill").await;
-    cluster
-        .execute(&db, "CREATE TABLE a (id int, v text); INSERT INTO a SELECT i, md5(i::text) FROM generate_series(1, 50000) i;")
-        .await;
+    cluster.execute(&db, "CREATE TABLE a (id int, v text); INSERT INTO a SELECT i, md5(i::text) FROM generate_series(1, 50000) i;").await;
     let repo = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(repo.path());
     for point in ["backup.after_chunk", "backup.before_manifest"] {
@@ -143,9 +136,7 @@ async fn killed_backup_is_never_visible_and_rerun_succeeds() {
 async fn lost_database_connection_fails_cleanly() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("bk_lost").await;
-    cluster
-        .execute(&db, "CREATE TABLE a (id int, v text); INSERT INTO a SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 1500000) i;")
-        .await;
+    cluster.execute(&db, "CREATE TABLE a (id int, v text); INSERT INTO a SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 1500000) i;").await;
     let repo = tempfile::tempdir().unwrap();
     let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]);
     let opts = BackupOptions { chunk_size: 64 << 10, ..BackupOptions::default() };

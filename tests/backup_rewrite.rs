@@ -34,11 +34,8 @@ async fn a_rewrite_between_snapshot_and_locks_makes_the_backup_take_a_new_snapsh
     let watcher = cluster.client(&db).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let waiting: bool = watcher
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 't'::regclass AND NOT granted)", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let waiting: bool =
+            watcher.query_one("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 't'::regclass AND NOT granted)", &[]).await.unwrap().get(0);
         if waiting {
             break;
         }

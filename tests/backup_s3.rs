@@ -38,10 +38,7 @@ async fn backup_goes_to_local_and_garage_at_once() {
     let db = sample_db(cluster, "bk_s3").await;
     let bucket = garage.unique_bucket("bks3");
     let local = tempfile::tempdir().unwrap();
-    let s = settings(
-        cluster.superuser_settings(&db),
-        vec![RepoSpec::Local(local.path().into()), RepoSpec::S3(garage.settings(&bucket, "prod/db"))],
-    );
+    let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(local.path().into()), RepoSpec::S3(garage.settings(&bucket, "prod/db"))]);
     let report = backup::run(&s, &BackupOptions::default()).await.unwrap();
     assert_eq!(report.repositories.len(), 2);
 
@@ -70,10 +67,7 @@ async fn failing_store_mid_backup_leaves_nothing_there_but_the_local_copy_comple
     s3.endpoint = Some(proxy.endpoint());
     s3.max_attempts = 2;
     let local = tempfile::tempdir().unwrap();
-    let s = settings(
-        cluster.superuser_settings(&db),
-        vec![RepoSpec::Local(local.path().into()), RepoSpec::S3(s3.clone())],
-    );
+    let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(local.path().into()), RepoSpec::S3(s3.clone())]);
 
     // Every part upload fails: the store breaks once data is flowing. The
     // backup completes in the local repository and fails, naming the bucket.

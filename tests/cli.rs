@@ -91,7 +91,14 @@ fn unreachable_database_and_bad_password_fail_cleanly() {
     let port_s = cluster.port().to_string();
     let o = pgkeep(
         &["backup"],
-        &[("DB_HOST", "127.0.0.1"), ("DB_PORT", &port_s), ("DB_USER", "postgres"), ("DB_PASSWORD", "wrong-pw-xyz"), ("DB_NAME", "postgres"), ("BACKUP_DIR", dir.path().to_str().unwrap())],
+        &[
+            ("DB_HOST", "127.0.0.1"),
+            ("DB_PORT", &port_s),
+            ("DB_USER", "postgres"),
+            ("DB_PASSWORD", "wrong-pw-xyz"),
+            ("DB_NAME", "postgres"),
+            ("BACKUP_DIR", dir.path().to_str().unwrap()),
+        ],
     );
     assert_eq!(o.status.code(), Some(1));
     let lines = error_lines(&o);
@@ -145,10 +152,7 @@ fn backup_through_seed_env_vars_into_an_unwritable_dir_and_then_a_good_one() {
     assert_eq!(report["stats"]["rows"].as_u64(), Some(5000));
     assert!(good.path().join("backups").join(id).join("manifest.json").is_file());
     // Retention ran after the successful backup (EXPIRE_AFTER_BACKUP defaults to on) and was audited.
-    let audited: Vec<String> = std::fs::read_dir(good.path().join("audit"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let audited: Vec<String> = std::fs::read_dir(good.path().join("audit")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(audited.iter().any(|n| n.contains("_expire_")), "{audited:?}");
     assert!(good.path().join("logs").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("backup_")));
     assert!(!stderr(&o).contains(&pw));

@@ -148,9 +148,12 @@ async fn missing_or_wrong_key_fails_in_one_line_before_any_database_step() {
     assert_eq!(temp_databases().await, before, "no temporary or target database was created");
 
     // verify reports it as a failed check naming the backup.
-    let v = verify::run(&Settings { encryption: wrong_keys, ..s.clone() }, &VerifyOptions { selector: BackupSelector::Id(m.backup_id.clone()), ..Default::default() })
-        .await
-        .unwrap();
+    let v = verify::run(
+        &Settings { encryption: wrong_keys, ..s.clone() },
+        &VerifyOptions { selector: BackupSelector::Id(m.backup_id.clone()), ..Default::default() },
+    )
+    .await
+    .unwrap();
     assert!(!v.passed);
     let files = v.checks.iter().find(|c| c.check == Check::FileIntegrity).unwrap();
     assert!(files.line().contains(&id), "{}", files.line());
@@ -170,7 +173,11 @@ async fn forge(storage: &dyn Storage, m: &BackupManifest, edit: impl Fn(&mut Bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passphrase_backups_and_tampered_manifests() {
     let (db, mut s, dir) = database("crypt_pass").await;
-    s.encryption = EncryptionSettings { passphrase: Some(Secret::new("correct horse battery")), passphrase_origin: Some("PGKEEP_PASSPHRASE".into()), ..Default::default() };
+    s.encryption = EncryptionSettings {
+        passphrase: Some(Secret::new("correct horse battery")),
+        passphrase_origin: Some("PGKEEP_PASSPHRASE".into()),
+        ..Default::default()
+    };
     let m = backup::run(&s, &BackupOptions::default()).await.unwrap().manifest;
     let info = m.encryption.as_ref().unwrap();
     assert_eq!(info.mode, EncryptionMode::Passphrase);
@@ -180,7 +187,11 @@ async fn passphrase_backups_and_tampered_manifests() {
 
     // A wrong passphrase names its source, never the passphrase.
     let wrong = Settings {
-        encryption: EncryptionSettings { passphrase: Some(Secret::new("wrong horse")), passphrase_origin: Some("PGKEEP_PASSPHRASE".into()), ..Default::default() },
+        encryption: EncryptionSettings {
+            passphrase: Some(Secret::new("wrong horse")),
+            passphrase_origin: Some("PGKEEP_PASSPHRASE".into()),
+            ..Default::default()
+        },
         ..s.clone()
     };
     let opts = RestoreOptions { target_db: Some(format!("{db}_target")), yes: true, ..RestoreOptions::new(BackupSelector::Id(m.backup_id.clone())) };
@@ -222,11 +233,21 @@ async fn stream_writes_encrypted_segments_only_the_identity_opens() {
     };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let run_settings = s.clone();
-    let task = tokio::spawn(async move { pgkeep::stream::run(&run_settings, &opts, async { let _ = rx.await; }).await });
+    let task = tokio::spawn(async move {
+        pgkeep::stream::run(&run_settings, &opts, async {
+            let _ = rx.await;
+        })
+        .await
+    });
 
     let client = cluster.client(&db).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgkeep_crypto_test' AND active AND confirmed_flush_lsn IS NOT NULL", &[]).await.unwrap().is_empty() {
+    while client
+        .query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgkeep_crypto_test' AND active AND confirmed_flush_lsn IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(std::time::Instant::now() < deadline, "the stream never started");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

@@ -22,7 +22,11 @@ async fn drill_restores_asserts_drops_and_records() {
 
     let ok = drill::run(
         &s,
-        &DrillOptions { recent: 3, assert_sql: Some("SELECT count(*) = 300 FROM users;\nSELECT bool_and(email LIKE '%@x') FROM users;".into()), ..Default::default() },
+        &DrillOptions {
+            recent: 3,
+            assert_sql: Some("SELECT count(*) = 300 FROM users;\nSELECT bool_and(email LIKE '%@x') FROM users;".into()),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -36,9 +40,7 @@ async fn drill_restores_asserts_drops_and_records() {
 
     // A false assertion fails the drill, and the failure is recorded.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let bad = drill::run(&s, &DrillOptions { recent: 1, assert_sql: Some("SELECT count(*) = 999 FROM users".into()), ..Default::default() })
-        .await
-        .unwrap();
+    let bad = drill::run(&s, &DrillOptions { recent: 1, assert_sql: Some("SELECT count(*) = 999 FROM users".into()), ..Default::default() }).await.unwrap();
     assert!(!bad.passed);
     assert!(bad.problems.iter().any(|p| p.contains("assertion 1")), "{:?}", bad.problems);
     assert_eq!(list_dbs(cluster).await, dbs_before, "dropped after a failed drill too");

@@ -217,9 +217,7 @@ async fn expire_refuses_while_a_backup_holds_its_lock_and_skips_empty_repositori
 async fn expire_never_touches_a_running_backup() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("expire_running").await;
-    cluster
-        .execute(&db, "CREATE TABLE big (id bigint, pad text); INSERT INTO big SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 400000) i;")
-        .await;
+    cluster.execute(&db, "CREATE TABLE big (id bigint, pad text); INSERT INTO big SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 400000) i;").await;
     let repo = tempfile::tempdir().unwrap();
     let s = LocalStorage::new(repo.path());
     let bs = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]);

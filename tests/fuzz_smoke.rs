@@ -13,33 +13,30 @@ use std::path::{Path, PathBuf};
 
 #[path = "../fuzz/bodies/conninfo_parse.rs"]
 mod conninfo_parse;
-#[path = "../fuzz/bodies/ddl_split.rs"]
-mod ddl_split;
 #[path = "../fuzz/bodies/copy_chunker.rs"]
 mod copy_chunker;
 #[path = "../fuzz/bodies/copy_out_frame.rs"]
 mod copy_out_frame;
+#[path = "../fuzz/bodies/ddl_split.rs"]
+mod ddl_split;
 #[path = "../fuzz/bodies/manifest_decode.rs"]
 mod manifest_decode;
+#[path = "../fuzz/bodies/part_decode.rs"]
+mod part_decode;
 #[path = "../fuzz/bodies/pgoutput_decode.rs"]
 mod pgoutput_decode;
 #[path = "../fuzz/bodies/segment_columnar.rs"]
 mod segment_columnar;
 #[path = "../fuzz/bodies/segment_decode.rs"]
 mod segment_decode;
-#[path = "../fuzz/bodies/part_decode.rs"]
-mod part_decode;
 
 /// Mutations per seed, besides truncations.
 const MUTATIONS: usize = 1500;
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let mut seeds: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("fuzz corpus {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
+    let mut seeds: Vec<PathBuf> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("fuzz corpus {}: {e}", dir.display())).map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
     seeds.sort();
     assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
     seeds

@@ -65,11 +65,7 @@ fn pgkeep(cluster: &PgCluster, db: &str, repo: &Path, args: &[&str]) -> Run {
 
 fn assert_bounded(what: &str, run: &Run) {
     assert_eq!(run.code, 0, "{what} failed: {}", run.stderr);
-    assert!(
-        run.peak_rss_kib < PEAK_RSS_LIMIT_KIB,
-        "{what} peaked at {} MiB, the limit is 200 MiB",
-        run.peak_rss_kib / 1024
-    );
+    assert!(run.peak_rss_kib < PEAK_RSS_LIMIT_KIB, "{what} peaked at {} MiB, the limit is 200 MiB", run.peak_rss_kib / 1024);
     eprintln!("{what}: peak RSS {} MiB", run.peak_rss_kib / 1024);
 }
 
@@ -153,11 +149,8 @@ async fn rows_split_across_small_chunks_round_trip_encrypted() {
     let original = values(cluster, &db).await;
     let repo = tempfile::tempdir().unwrap();
     let mut s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]);
-    s.encryption = EncryptionSettings {
-        passphrase: Some(Secret::new("split rows")),
-        passphrase_origin: Some("PGKEEP_PASSPHRASE".into()),
-        ..Default::default()
-    };
+    s.encryption =
+        EncryptionSettings { passphrase: Some(Secret::new("split rows")), passphrase_origin: Some("PGKEEP_PASSPHRASE".into()), ..Default::default() };
     let opts = BackupOptions { chunk_size: 64 << 10, ..BackupOptions::default() };
     let m = backup::run(&s, &opts).await.unwrap().manifest;
     assert_eq!(pgkeep::repo::manifest::version_of(&m), 3);

@@ -93,7 +93,10 @@ async fn rotate_rewraps_backups_and_survives_a_kill_in_the_middle() {
     // A dry run names what would change and writes nothing.
     let o = pgkeep(&s, &repo, &["--identity-file", key_a.to_str().unwrap(), "key", "rotate", "--add-recipient", &rec_b, "--dry-run"], &[]);
     let text = out(&o);
-    assert!(o.status.success() && text.contains(&format!("would re-wrap backup {}", ids[0])) && text.contains(&format!("would re-wrap backup {}", ids[1])), "{text}");
+    assert!(
+        o.status.success() && text.contains(&format!("would re-wrap backup {}", ids[0])) && text.contains(&format!("would re-wrap backup {}", ids[1])),
+        "{text}"
+    );
     assert!(!opens(&s, &repo, &ids[0], &key_b), "a dry run writes nothing");
 
     // kill -9 in the union round, right after the first manifest is replaced: A still opens everything.
@@ -181,10 +184,20 @@ async fn rotate_rewraps_change_segments() {
     };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let run_settings = s.clone();
-    let task = tokio::spawn(async move { pgkeep::stream::run(&run_settings, &opts, async { let _ = rx.await; }).await });
+    let task = tokio::spawn(async move {
+        pgkeep::stream::run(&run_settings, &opts, async {
+            let _ = rx.await;
+        })
+        .await
+    });
     let client = cluster.client(&db).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while client.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgkeep_rotate_test' AND active AND confirmed_flush_lsn IS NOT NULL", &[]).await.unwrap().is_empty() {
+    while client
+        .query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgkeep_rotate_test' AND active AND confirmed_flush_lsn IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(std::time::Instant::now() < deadline, "the stream never started");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }

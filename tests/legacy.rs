@@ -202,9 +202,7 @@ async fn restore_by_id_swaps_in_and_target_db_works() {
 
     // From Garage only, naming the archive by its key.
     let (s3_spec, s3) = garage_repo("lgrestore", "legacy").await;
-    s3.put(&format!("backups/{FILE}"), Bytes::from(std::fs::read(repo.path().join("backups").join(FILE)).unwrap()), PutOptions::default())
-        .await
-        .unwrap();
+    s3.put(&format!("backups/{FILE}"), Bytes::from(std::fs::read(repo.path().join("backups").join(FILE)).unwrap()), PutOptions::default()).await.unwrap();
     let s3_settings = settings(cluster.superuser_settings(&db), vec![s3_spec]);
     let from_s3 = format!("{db}_s3");
     let o = RestoreOptions { target_db: Some(from_s3.clone()), ..opts(BackupSelector::Latest) };
@@ -278,7 +276,10 @@ async fn no_terminal_and_no_yes_refuses() {
     legacy_dump(cluster, &db, repo.path());
     let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().into())]);
     let before = databases(cluster).await;
-    for attempt in [restore::run(&s, &RestoreOptions { yes: false, ..opts(by_id()) }).await, restore_legacy::run_legacy(&s, &RestoreOptions { yes: false, ..opts(by_id()) }, FILE).await] {
+    for attempt in [
+        restore::run(&s, &RestoreOptions { yes: false, ..opts(by_id()) }).await,
+        restore_legacy::run_legacy(&s, &RestoreOptions { yes: false, ..opts(by_id()) }, FILE).await,
+    ] {
         let err = attempt.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{}", err.user_line());
         assert!(err.user_line().contains("--yes") && err.user_line().contains(FILE), "{}", err.user_line());

@@ -222,8 +222,14 @@ async fn the_supabase_customer_role_runs_the_whole_workflow() {
     let one = async |sql: &str| -> String { p.query_one(sql, &[]).await.unwrap().get(0) };
     assert_eq!(one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'auth'").await, "supabase_admin", "the platform's schema stays its own");
     assert_eq!(one("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'realtime.schema_migrations'::regclass").await, "supabase_admin");
-    assert_eq!(one("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal").await, "on_auth_user_created");
-    assert_eq!(one("SELECT string_agg(pubname, ',' ORDER BY pubname) FROM pg_publication_tables WHERE tablename = 'messages'").await, "pgkeep_sb,supabase_realtime");
+    assert_eq!(
+        one("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal").await,
+        "on_auth_user_created"
+    );
+    assert_eq!(
+        one("SELECT string_agg(pubname, ',' ORDER BY pubname) FROM pg_publication_tables WHERE tablename = 'messages'").await,
+        "pgkeep_sb,supabase_realtime"
+    );
     drop(p);
     // Not a new project any more: refused, naming a table, nothing touched.
     let mut again = as_customer(&db);

@@ -18,14 +18,7 @@ use sinks::{HttpSink, LogCapture, Reply, SmtpSink, base64};
 const SLACK_PATH: &str = "/services/T0SLACKSECRET/B0SLACKSECRET/slacktoken0123456789";
 const HOOK_PATH: &str = "/hooks/pgkeep/hooktoken-abcdef987?key=querysecret42";
 const SMTP_PASSWORD: &str = "sm7p-pa55-w0rd";
-const SECRETS: &[&str] = &[
-    "T0SLACKSECRET",
-    "B0SLACKSECRET",
-    "slacktoken0123456789",
-    "hooktoken-abcdef987",
-    "querysecret42",
-    SMTP_PASSWORD,
-];
+const SECRETS: &[&str] = &["T0SLACKSECRET", "B0SLACKSECRET", "slacktoken0123456789", "hooktoken-abcdef987", "querysecret42", SMTP_PASSWORD];
 
 fn settings(pairs: &[(&str, String)]) -> Settings {
     let mut env: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
@@ -147,10 +140,7 @@ async fn email_goes_through_the_smtp_sink_with_auth() {
     assert_eq!(m.rcpt_to, vec!["ops@example.com", "dba@example.com"]);
     // Unfold folded headers and quoted-printable soft line breaks.
     let data = m.data.replace("\r\n ", " ").replace("=\r\n", "");
-    assert!(
-        data.contains("Subject: [pgkeep] backup FAILED on shop: cannot connect to db.internal:5432: connection refused"),
-        "{data}"
-    );
+    assert!(data.contains("Subject: [pgkeep] backup FAILED on shop: cannot connect to db.internal:5432: connection refused"), "{data}");
     assert!(data.contains("To: ops@example.com, dba@example.com"), "{data}");
     for needle in [
         "Backup id: 20250102T030405Z",
@@ -212,11 +202,7 @@ async fn failing_and_hanging_endpoints_fail_within_the_timeout() {
     let (logs, _guard) = LogCapture::install();
     let broken = HttpSink::start(Reply::Status(500)).await;
     let hanging = HttpSink::start(Reply::Hang).await;
-    let s = settings(&[
-        ("NOTIFY_WEBHOOK_URL", broken.url(HOOK_PATH)),
-        ("SLACK_WEBHOOK_URL", hanging.url(SLACK_PATH)),
-        ("NOTIFY_TIMEOUT", "1s".into()),
-    ]);
+    let s = settings(&[("NOTIFY_WEBHOOK_URL", broken.url(HOOK_PATH)), ("SLACK_WEBHOOK_URL", hanging.url(SLACK_PATH)), ("NOTIFY_TIMEOUT", "1s".into())]);
     let started = Instant::now();
     let mut failures = Notifier::from_settings(&s).send(&failure_event()).await;
     let took = started.elapsed();
@@ -267,10 +253,7 @@ async fn successes_are_sent_only_with_on_success() {
     assert!(quiet.send(&success_event()).await.is_empty());
     assert!(hook.received().is_empty(), "success sent without on_success");
 
-    let loud = Notifier::from_settings(&settings(&[
-        ("NOTIFY_WEBHOOK_URL", hook.url(HOOK_PATH)),
-        ("NOTIFY_ON_SUCCESS", "true".into()),
-    ]));
+    let loud = Notifier::from_settings(&settings(&[("NOTIFY_WEBHOOK_URL", hook.url(HOOK_PATH)), ("NOTIFY_ON_SUCCESS", "true".into())]));
     assert!(loud.send(&success_event()).await.is_empty());
     let got = hook.received();
     assert_eq!(got.len(), 1);

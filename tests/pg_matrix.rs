@@ -93,11 +93,8 @@ async fn stream_and_point_in_time_restore_to_latest() {
     assert!(report.totals.transactions >= 8, "{report:?}");
 
     // 17+: the slot is a failover slot, and `check` says whether it is.
-    let failover: Option<bool> = client
-        .query_one("SELECT (to_jsonb(s) ->> 'failover')::bool FROM pg_replication_slots s WHERE slot_name = $1", &[&slot])
-        .await
-        .unwrap()
-        .get(0);
+    let failover: Option<bool> =
+        client.query_one("SELECT (to_jsonb(s) ->> 'failover')::bool FROM pg_replication_slots s WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
     let check = pgkeep(cluster, &db, repo.path()).arg("check").output().unwrap();
     let check_out = String::from_utf8_lossy(&check.stdout);
     if cluster.major() >= 17 {
@@ -133,10 +130,7 @@ async fn restore_by_a_role_with_createdb_but_not_superuser() {
 
     let target = format!("{db}_restored");
     run_ok(
-        pgkeep(cluster, &db, repo.path())
-            .env("DB_USER", &role)
-            .env("DB_PASSWORD", "owner-pw")
-            .args(["restore", "latest", "--target-db", &target, "--yes"]),
+        pgkeep(cluster, &db, repo.path()).env("DB_USER", &role).env("DB_PASSWORD", "owner-pw").args(["restore", "latest", "--target-db", &target, "--yes"]),
         "restore as a CREATEDB role",
     );
     assert_eq!(schema_dump(cluster, &db), schema_dump(cluster, &target));

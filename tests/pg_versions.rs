@@ -59,11 +59,7 @@ async fn a_backup_of_15_restores_onto_17_and_not_the_other_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_18_an_idle_timeout_invalidation_starts_a_new_epoch() {
-    let cluster = PgCluster::start_with(PgOptions {
-        major: Some(18),
-        extra_conf: vec!["idle_replication_slot_timeout = 1".into()],
-        ..PgOptions::default()
-    });
+    let cluster = PgCluster::start_with(PgOptions { major: Some(18), extra_conf: vec!["idle_replication_slot_timeout = 1".into()], ..PgOptions::default() });
     cluster.execute("postgres", "CREATE DATABASE app").await;
     cluster.execute("app", "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     let repo = tempfile::tempdir().unwrap();
@@ -94,11 +90,8 @@ async fn on_18_an_idle_timeout_invalidation_starts_a_new_epoch() {
     loop {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         client.batch_execute("CHECKPOINT").await.unwrap();
-        let reason: Option<String> = client
-            .query_one("SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = 'pgkeep_app'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let reason: Option<String> =
+            client.query_one("SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = 'pgkeep_app'", &[]).await.unwrap().get(0);
         if reason.as_deref() == Some("idle_timeout") {
             break;
         }
@@ -115,11 +108,8 @@ async fn on_18_an_idle_timeout_invalidation_starts_a_new_epoch() {
     client.batch_execute("INSERT INTO t VALUES (2, 'b')").await.unwrap();
     let second = streaming::stop(running).await;
     assert_eq!(second.stream_id, format!("{}.1", first.stream_id));
-    let reason: Option<String> = client
-        .query_one("SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = 'pgkeep_app'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let reason: Option<String> =
+        client.query_one("SELECT invalidation_reason FROM pg_replication_slots WHERE slot_name = 'pgkeep_app'", &[]).await.unwrap().get(0);
     assert_eq!(reason, None, "a fresh slot");
 }
 
@@ -130,9 +120,7 @@ async fn on_17_an_existing_slot_becomes_a_failover_slot() {
     cluster.execute("app", "CREATE TABLE t (id int PRIMARY KEY)").await;
     let client = cluster.client("app").await;
     client.batch_execute("SELECT pg_create_logical_replication_slot('pgkeep_app', 'pgoutput')").await.unwrap();
-    let failover = async || -> bool {
-        client.query_one("SELECT failover FROM pg_replication_slots WHERE slot_name = 'pgkeep_app'", &[]).await.unwrap().get(0)
-    };
+    let failover = async || -> bool { client.query_one("SELECT failover FROM pg_replication_slots WHERE slot_name = 'pgkeep_app'", &[]).await.unwrap().get(0) };
     assert!(!failover().await, "made without failover");
 
     let repo = tempfile::tempdir().unwrap();

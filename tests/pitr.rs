@@ -134,12 +134,7 @@ async fn setup(schema: &str) -> Setup {
 }
 
 async fn restore_to(s: &Setup, name: &str, target: RecoveryTarget) -> pgkeep::Result<restore::RestoreReport> {
-    let opts = RestoreOptions {
-        target_db: Some(name.to_string()),
-        yes: true,
-        point_in_time: Some(target),
-        ..RestoreOptions::new(BackupSelector::Latest)
-    };
+    let opts = RestoreOptions { target_db: Some(name.to_string()), yes: true, point_in_time: Some(target), ..RestoreOptions::new(BackupSelector::Latest) };
     restore::run(&s.settings, &opts).await
 }
 
@@ -169,9 +164,8 @@ async fn restores_exactly_the_transactions_committed_up_to_the_target() {
     // By time, after several transactions, including the one that moved the TOASTed row.
     for i in [1usize, 4, 8, 10] {
         let name = format!("pitr_t{i}");
-        let report = restore_to(&s, &name, RecoveryTarget::Time(marks[i].time))
-            .await
-            .unwrap_or_else(|e| panic!("restore to after transaction {i}: {}", e.user_line()));
+        let report =
+            restore_to(&s, &name, RecoveryTarget::Time(marks[i].time)).await.unwrap_or_else(|e| panic!("restore to after transaction {i}: {}", e.user_line()));
         let pit = report.point_in_time.as_ref().expect("a replay report");
         assert_eq!(pit.base_backup, base.manifest.backup_id.to_string());
         assert_eq!(pit.transactions, i as u64 + 1, "transactions replayed up to {i}");
@@ -313,7 +307,9 @@ async fn captured_ddl_replays_in_place() {
     client.batch_execute("ALTER TABLE t2 DROP COLUMN w; UPDATE t2 SET v = -2 WHERE id = 4").await.unwrap();
     // Any role may emit a message with pgkeep's prefix: an unsigned one is never run.
     client
-        .batch_execute(r#"SELECT pg_logical_emit_message(true, 'pgkeep.ddl', '{"sql": "DROP TABLE t2", "search_path": "", "tag": "DROP TABLE", "role": "postgres"}')"#)
+        .batch_execute(
+            r#"SELECT pg_logical_emit_message(true, 'pgkeep.ddl', '{"sql": "DROP TABLE t2", "search_path": "", "tag": "DROP TABLE", "role": "postgres"}')"#,
+        )
         .await
         .unwrap();
     // No wait: a stop archives every transaction committed before it.
@@ -336,11 +332,8 @@ async fn captured_ddl_replays_in_place() {
 async fn encrypted_archives_replay_with_the_key_and_not_without() {
     use pgkeep::config::{EncryptionSettings, Secret};
     let mut s = setup("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'secret row ' || g FROM generate_series(1, 20) g;").await;
-    s.settings.encryption = EncryptionSettings {
-        passphrase: Some(Secret::new("pitr passphrase")),
-        passphrase_origin: Some("test".into()),
-        ..Default::default()
-    };
+    s.settings.encryption =
+        EncryptionSettings { passphrase: Some(Secret::new("pitr passphrase")), passphrase_origin: Some("test".into()), ..Default::default() };
     let client = s.cluster.client(&s.db).await;
     let running = start_stream(&s.settings, "pitr_enc");
     wait_for_slot(&client, "pitr_enc").await;
@@ -361,7 +354,12 @@ async fn encrypted_archives_replay_with_the_key_and_not_without() {
     assert_eq!(hashes(&s.cluster.client("enc_latest").await, &["t"]).await, hashes(&client, &["t"]).await);
     // Without the passphrase: a clear error, nothing restored.
     let no_key = Settings { encryption: EncryptionSettings::default(), ..s.settings.clone() };
-    let opts = RestoreOptions { target_db: Some("enc_nokey".into()), yes: true, point_in_time: Some(RecoveryTarget::Latest), ..RestoreOptions::new(BackupSelector::Latest) };
+    let opts = RestoreOptions {
+        target_db: Some("enc_nokey".into()),
+        yes: true,
+        point_in_time: Some(RecoveryTarget::Latest),
+        ..RestoreOptions::new(BackupSelector::Latest)
+    };
     let e = restore::run(&no_key, &opts).await.unwrap_err().user_line();
     assert!(e.contains("full_backup_"), "names the backup: {e}");
 }

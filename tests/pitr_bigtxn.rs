@@ -57,11 +57,7 @@ fn start_stream(cluster: &PgCluster, db: &str, repo: &Path, budget_mib: u64) -> 
 /// Peak resident set of a live process, in MiB.
 fn peak_rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmHWM");
     kb / 1024
 }
 
@@ -122,10 +118,7 @@ async fn hashes(client: &tokio_postgres::Client) -> Vec<(String, i64, String)> {
 
 /// `restore latest` to `target` ("latest" or a time) into `into`; returns the JSON report.
 fn restore(cluster: &PgCluster, db: &str, repo: &Path, target: &str, into: &str) -> serde_json::Value {
-    let out = pgkeep(cluster, db, repo)
-        .args(["restore", "latest", "--target-time", target, "--target-db", into, "--yes", "--json"])
-        .output()
-        .unwrap();
+    let out = pgkeep(cluster, db, repo).args(["restore", "latest", "--target-time", target, "--target-db", into, "--yes", "--json"]).output().unwrap();
     assert!(out.status.success(), "restore to {target}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -155,7 +155,10 @@ async fn server_restarts_mid_stream_lose_nothing() {
     for (round, mode) in [(0, "fast"), (1, "immediate"), (2, "")] {
         let client = cluster.client(&db).await;
         for i in 0..20 {
-            client.batch_execute(&format!("UPDATE t SET v = v + 1 WHERE id = {}; INSERT INTO t VALUES ({}, {round})", i + 1, 1000 + round * 100 + i)).await.unwrap();
+            client
+                .batch_execute(&format!("UPDATE t SET v = v + 1 WHERE id = {}; INSERT INTO t VALUES ({}, {round})", i + 1, 1000 + round * 100 + i))
+                .await
+                .unwrap();
         }
         drop(client);
         if !mode.is_empty() {
@@ -215,12 +218,8 @@ async fn a_slot_that_lost_its_wal_starts_a_new_covered_chain() {
     }
 
     // Started again (with its automatic full backup): a new chain, covered by a new backup.
-    let mut stream = pgkeep(&cluster, &db, repo.path())
-        .args(["-q", "stream", "--segment-seconds", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut stream =
+        pgkeep(&cluster, &db, repo.path()).args(["-q", "stream", "--segment-seconds", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_active(&client, &slot, true).await;
     wait_backups(&cluster, &db, repo.path(), 2).await;
     client.batch_execute("UPDATE t SET v = 'after' WHERE id = 1").await.unwrap();
@@ -268,12 +267,8 @@ async fn after_a_restore_swap_archiving_continues_for_the_live_database() {
     assert_eq!(on, format!("{db}_old"));
 
     // stream again (with its automatic backup): a new slot and chain for the live database.
-    let mut stream = pgkeep(&cluster, &db, repo.path())
-        .args(["-q", "stream", "--segment-seconds", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut stream =
+        pgkeep(&cluster, &db, repo.path()).args(["-q", "stream", "--segment-seconds", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let client = cluster.client(&db).await;
     wait_active(&client, &slot, true).await;
     let on: String = admin.query_one("SELECT database::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);

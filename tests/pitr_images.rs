@@ -45,7 +45,11 @@ END $$;
 /// is of and a change to that table after the image.
 const MIGRATIONS: &[(&str, &str, &str)] = &[
     // A rewrite with a volatile default, on a table a foreign key references.
-    ("ALTER TABLE t_clock ADD COLUMN at timestamptz DEFAULT clock_timestamp(), ADD COLUMN u uuid DEFAULT gen_random_uuid()", "public.t_clock", "UPDATE t_clock SET v = 0 WHERE id = 9"),
+    (
+        "ALTER TABLE t_clock ADD COLUMN at timestamptz DEFAULT clock_timestamp(), ADD COLUMN u uuid DEFAULT gen_random_uuid()",
+        "public.t_clock",
+        "UPDATE t_clock SET v = 0 WHERE id = 9",
+    ),
     // An identity added to rows in no particular order, then the key.
     (
         "ALTER TABLE t_ident ADD COLUMN id bigint GENERATED ALWAYS AS IDENTITY; ALTER TABLE t_ident ADD PRIMARY KEY (id); \
@@ -60,7 +64,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         "DELETE FROM t_unlogged WHERE id < 100",
     ),
     ("CREATE TABLE t_ctas AS SELECT id, random() AS r FROM t_plain", "public.t_ctas", "INSERT INTO t_ctas VALUES (-1, 0.5)"),
-    ("DO $$ BEGIN EXECUTE 'CREATE TABLE made_in_do (id int PRIMARY KEY, v text)'; END $$; INSERT INTO made_in_do VALUES (1, 'a')", "public.made_in_do", "UPDATE made_in_do SET v = 'b' WHERE id = 1"),
+    (
+        "DO $$ BEGIN EXECUTE 'CREATE TABLE made_in_do (id int PRIMARY KEY, v text)'; END $$; INSERT INTO made_in_do VALUES (1, 'a')",
+        "public.made_in_do",
+        "UPDATE made_in_do SET v = 'b' WHERE id = 1",
+    ),
     // A rewrite of a partitioned table: every partition's rows.
     ("ALTER TABLE events ADD COLUMN at timestamptz DEFAULT clock_timestamp()", "public.events_b", "UPDATE events SET v = 'x' WHERE id IN (1, 299)"),
     // A column added by a function: its definition too comes from the image.
@@ -216,7 +224,13 @@ async fn a_stream_killed_while_taking_an_image_takes_it_again_when_restarted() {
     db.run("UPDATE t_plain SET v = -v WHERE id = 7").await;
     let status = tokio::task::spawn_blocking(move || killed.wait().unwrap()).await.unwrap();
     assert!(!status.success(), "the stream aborted at the failpoint: {status:?}");
-    let journal = || std::fs::read_dir(db.repo().join("stream-state")).into_iter().flatten().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".images-pending.json"));
+    let journal = || {
+        std::fs::read_dir(db.repo().join("stream-state"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".images-pending.json"))
+    };
     assert!(journal(), "the image asked for is recorded before it is taken");
     assert!(db.manifests("table-image").is_empty(), "the unfinished image is invisible");
 

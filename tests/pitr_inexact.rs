@@ -23,7 +23,6 @@
 
 mod harness;
 
-
 use harness::pitr_db::{Db, mark};
 use harness::streaming;
 use pgkeep::replay::RecoveryTarget;

@@ -70,13 +70,7 @@ async fn contents(client: &tokio_postgres::Client) -> Vec<String> {
 
 /// `publication: table` for every table of every publication.
 async fn membership(client: &tokio_postgres::Client) -> Vec<String> {
-    client
-        .query("SELECT pubname || ': ' || tablename FROM pg_publication_tables ORDER BY 1", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    client.query("SELECT pubname || ': ' || tablename FROM pg_publication_tables ORDER BY 1", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,6 @@
 
 mod harness;
 
-
 use harness::pitr_db::{Db, State, mark};
 use harness::streaming;
 use pgkeep::replay::RecoveryTarget;
@@ -145,7 +144,15 @@ impl Workload {
             73..=75 => exact(format!("ALTER TABLE {name} ADD CONSTRAINT {name}_chk{n} CHECK (v > -1000000000)")),
             76..=80 => {
                 let new = format!("n{n}");
-                self.tables.push(Table { name: new.clone(), partitioned: false, extra: Vec::new(), v_bigint: false, next_id: 11, indexes: Vec::new(), keys: 0 });
+                self.tables.push(Table {
+                    name: new.clone(),
+                    partitioned: false,
+                    extra: Vec::new(),
+                    v_bigint: false,
+                    next_id: 11,
+                    indexes: Vec::new(),
+                    keys: 0,
+                });
                 exact(format!(
                     "CREATE TABLE {new} (id int PRIMARY KEY, v int NOT NULL DEFAULT 0, s text); \
                      INSERT INTO {new} SELECT g, g, md5(g::text) FROM generate_series(1, 10) g"

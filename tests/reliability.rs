@@ -184,7 +184,12 @@ async fn password_errors_name_where_the_password_came_from() {
         let lines = error_lines(&o);
         assert_eq!(lines.len(), 1, "{origin}: {}", stderr(&o));
         assert!(lines[0].contains("password authentication failed"), "{origin}: {}", lines[0]);
-        assert!(lines[0].contains(&format!("the password came from {origin}")) || (origin == ".pgpass" && lines[0].contains(&format!("came from {}", pgpass.display()))), "{origin}: {}", lines[0]);
+        assert!(
+            lines[0].contains(&format!("the password came from {origin}"))
+                || (origin == ".pgpass" && lines[0].contains(&format!("came from {}", pgpass.display()))),
+            "{origin}: {}",
+            lines[0]
+        );
         assert!(!stderr(&o).contains("wrong-from"), "{origin}: a password was printed");
     }
 }
@@ -229,7 +234,13 @@ async fn eight_concurrent_backups_of_four_databases_share_no_id_and_each_restore
     for i in 0..4 {
         let db = cluster.fresh_db(&format!("ids_db{i}")).await;
         cluster
-            .execute(&db, &format!("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5('{db}' || g) FROM generate_series(1, {}) g;", 2000 * (i + 1)))
+            .execute(
+                &db,
+                &format!(
+                    "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5('{db}' || g) FROM generate_series(1, {}) g;",
+                    2000 * (i + 1)
+                ),
+            )
             .await;
         dbs.push(db);
     }
@@ -238,11 +249,8 @@ async fn eight_concurrent_backups_of_four_databases_share_no_id_and_each_restore
     let children: Vec<(String, Child)> = (0..8)
         .map(|k| {
             let db = dbs[k % 4].clone();
-            let child = pgkeep(&["backup", "--json"], &[db_env(cluster, &db), repos.clone()].concat())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let child =
+                pgkeep(&["backup", "--json"], &[db_env(cluster, &db), repos.clone()].concat()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
             (db, child)
         })
         .collect();
@@ -322,7 +330,10 @@ async fn sigterm_during_backup_stops_cleanly_and_a_dead_holders_lock_is_taken_ov
     let lines = error_lines(&o);
     assert_eq!(lines.len(), 1, "{}", stderr(&o));
     assert!(lines[0].contains("interrupted by SIGTERM") && lines[0].contains("full_backup_"), "{}", lines[0]);
-    let objects: Vec<_> = walkdir(repo.path()).into_iter().filter(|p| !p.starts_with(repo.path().join("logs")) && !p.file_name().unwrap().to_string_lossy().starts_with("pgkeep.repo.json")).collect();
+    let objects: Vec<_> = walkdir(repo.path())
+        .into_iter()
+        .filter(|p| !p.starts_with(repo.path().join("logs")) && !p.file_name().unwrap().to_string_lossy().starts_with("pgkeep.repo.json"))
+        .collect();
     assert!(objects.is_empty(), "left behind: {objects:?}");
     // The server ends pgkeep's sessions once the blocker is gone: a walsender still
     // building a slot's snapshot waits for the blocker's transaction before it notices the
@@ -333,7 +344,9 @@ async fn sigterm_during_backup_stops_cleanly_and_a_dead_holders_lock_is_taken_ov
     let start = Instant::now();
     while scalar(cluster, "postgres", &sessions).await != "0" {
         if start.elapsed() > Duration::from_secs(10) {
-            let detail = format!("SELECT string_agg(format('%s %s %s %s', pid, datname, state, left(query, 60)), '; ') FROM pg_stat_activity WHERE application_name = 'pgkeep' AND pid NOT IN (pg_backend_pid(), {blocker_pid})");
+            let detail = format!(
+                "SELECT string_agg(format('%s %s %s %s', pid, datname, state, left(query, 60)), '; ') FROM pg_stat_activity WHERE application_name = 'pgkeep' AND pid NOT IN (pg_backend_pid(), {blocker_pid})"
+            );
             panic!("pgkeep sessions remain: {}", scalar(cluster, "postgres", &detail).await);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -503,7 +516,9 @@ async fn two_clusters_with_one_database_name_share_a_repository_and_latest_means
     let digest = "SELECT count(*)::text || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
     for (cluster, rows) in [(&a, 300), (&b, 700)] {
         cluster.execute("postgres", "CREATE DATABASE shop").await;
-        cluster.execute("shop", &format!("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;")).await;
+        cluster
+            .execute("shop", &format!("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, {rows}) g;"))
+            .await;
     }
     let e = |c: &PgCluster| [db_env(c, "shop"), env(&[("BACKUP_DIR", repo.path().display().to_string())])].concat();
     // B, then A twice: A's are the newest of the repository.

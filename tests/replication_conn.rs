@@ -23,22 +23,13 @@ const FAIL_FAST: Duration = Duration::from_secs(5);
 /// TLS required (`hostssl` only); the certificate names `localhost` and `127.0.0.1`.
 fn hostssl_cluster() -> &'static PgCluster {
     static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        PgCluster::start_with(PgOptions {
-            tls: Some(TlsMode::Required),
-            ..PgOptions::default()
-        })
-    })
+    CLUSTER.get_or_init(|| PgCluster::start_with(PgOptions { tls: Some(TlsMode::Required), ..PgOptions::default() }))
 }
 
 async fn connect(db: &DbSettings) -> ReplicationConnection {
     match ReplicationConnection::connect(db).await {
         Ok(conn) => conn,
-        Err(e) => panic!(
-            "replication connect to {}: {}",
-            db.display_target(),
-            e.user_line()
-        ),
+        Err(e) => panic!("replication connect to {}: {}", db.display_target(), e.user_line()),
     }
 }
 
@@ -50,18 +41,7 @@ async fn connect_err(db: &DbSettings) -> Error {
 
 /// Names of the replication slots that exist on `cluster`.
 async fn slot_names(cluster: &PgCluster) -> Vec<String> {
-    cluster
-        .client("postgres")
-        .await
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    cluster.client("postgres").await.query("SELECT slot_name::text FROM pg_replication_slots ORDER BY 1", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
 }
 
 /// Wait up to [`FAIL_FAST`] for `slot` to disappear (the walsender drops
@@ -69,10 +49,7 @@ async fn slot_names(cluster: &PgCluster) -> Vec<String> {
 async fn wait_until_slot_gone(cluster: &PgCluster, slot: &str) {
     let started = Instant::now();
     while slot_names(cluster).await.iter().any(|s| s == slot) {
-        assert!(
-            started.elapsed() < FAIL_FAST,
-            "slot {slot} still exists after {FAIL_FAST:?}"
-        );
+        assert!(started.elapsed() < FAIL_FAST, "slot {slot} still exists after {FAIL_FAST:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -102,44 +79,20 @@ async fn identify_system_matches_the_control_file() {
     assert_eq!(id.timeline, 1);
     assert_eq!(id.dbname.as_deref(), Some(dbname.as_str()));
     let now: Lsn = row.get::<_, String>(2).parse().unwrap();
-    assert!(
-        id.xlogpos > Lsn(0) && id.xlogpos <= now,
-        "{} vs {now}",
-        id.xlogpos
-    );
+    assert!(id.xlogpos > Lsn(0) && id.xlogpos <= now, "{} vs {now}", id.xlogpos);
     assert_eq!(conn.server_version_num(), row.get::<_, i32>(1) as u32);
 
     // The walsender is ours: its pid, application_name and backend type.
-    let row = client
-        .query_one(
-            "SELECT application_name, backend_type FROM pg_stat_activity WHERE pid = $1",
-            &[&conn.backend_pid()],
-        )
-        .await
-        .unwrap();
+    let row = client.query_one("SELECT application_name, backend_type FROM pg_stat_activity WHERE pid = $1", &[&conn.backend_pid()]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "pgkeep");
     assert_eq!(row.get::<_, String>(1), "walsender");
 
     // SQL works on a replication=database connection, NULLs included; an
     // error leaves the connection usable.
-    let rows = conn
-        .simple_query("SELECT 'a', NULL::text UNION ALL SELECT 'b', 'c'")
-        .await
-        .unwrap();
-    assert_eq!(
-        rows,
-        vec![
-            vec![Some("a".to_string()), None],
-            vec![Some("b".to_string()), Some("c".to_string())]
-        ]
-    );
+    let rows = conn.simple_query("SELECT 'a', NULL::text UNION ALL SELECT 'b', 'c'").await.unwrap();
+    assert_eq!(rows, vec![vec![Some("a".to_string()), None], vec![Some("b".to_string()), Some("c".to_string())]]);
     let err = conn.simple_query("SELECT 1/0").await.unwrap_err();
-    assert_error(
-        &err,
-        ErrorKind::Database,
-        &db,
-        &["division by zero", "SQLSTATE 22012", &dbname],
-    );
+    assert_error(&err, ErrorKind::Database, &db, &["division by zero", "SQLSTATE 22012", &dbname]);
     let again = conn.query_response("SELECT 42 AS answer").await.unwrap();
     assert_eq!(again.columns, vec!["answer".to_string()]);
     assert_eq!(again.command_tags, vec!["SELECT 1".to_string()]);
@@ -150,18 +103,10 @@ async fn identify_system_matches_the_control_file() {
 async fn exported_snapshot_hides_later_commits() {
     let cluster = PgCluster::shared();
     let dbname = cluster.fresh_db("repl_snapshot").await;
-    cluster
-        .execute(
-            &dbname,
-            "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
-        )
-        .await;
+    cluster.execute(&dbname, "CREATE TABLE t (id int); INSERT INTO t VALUES (1);").await;
     let db = cluster.superuser_settings(&dbname);
     let mut conn = connect(&db).await;
-    let slot = conn
-        .create_logical_slot("pgkeep_snapshot_test", true, true)
-        .await
-        .expect("create temporary slot");
+    let slot = conn.create_logical_slot("pgkeep_snapshot_test", true, true).await.expect("create temporary slot");
     assert_eq!(slot.slot_name, "pgkeep_snapshot_test");
     assert_eq!(slot.output_plugin, "pgoutput");
     let snapshot = slot.snapshot_name.clone().expect("an exported snapshot");
@@ -170,31 +115,12 @@ async fn exported_snapshot_hides_later_commits() {
     cluster.execute(&dbname, "INSERT INTO t VALUES (2)").await;
 
     // A regular connection importing the snapshot does not see it.
-    let reader = pgkeep::pg::connect(&db)
-        .await
-        .expect("regular connection")
-        .client;
-    reader
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'"
-        ))
-        .await
-        .expect("import the exported snapshot");
-    let seen: i64 = reader
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        seen, 1,
-        "the snapshot sees only rows committed before the slot"
-    );
+    let reader = pgkeep::pg::connect(&db).await.expect("regular connection").client;
+    reader.batch_execute(&format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'")).await.expect("import the exported snapshot");
+    let seen: i64 = reader.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(seen, 1, "the snapshot sees only rows committed before the slot");
     reader.batch_execute("COMMIT").await.unwrap();
-    let now: i64 = reader
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let now: i64 = reader.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
     assert_eq!(now, 2);
 
     // The slot is listed, temporary, held by our walsender, while we live.
@@ -225,54 +151,22 @@ async fn permanent_slot_is_created_and_dropped() {
     let dbname = cluster.fresh_db("repl_permanent").await;
     let db = cluster.superuser_settings(&dbname);
     let mut conn = connect(&db).await;
-    let slot = conn
-        .create_logical_slot("pgkeep_permanent_test", false, false)
-        .await
-        .expect("create permanent slot");
+    let slot = conn.create_logical_slot("pgkeep_permanent_test", false, false).await.expect("create permanent slot");
     assert_eq!(slot.snapshot_name, None, "no snapshot asked for");
 
     let client = cluster.client("postgres").await;
-    let temporary: bool = client
-        .query_one(
-            "SELECT temporary FROM pg_replication_slots WHERE slot_name = 'pgkeep_permanent_test'",
-            &[],
-        )
-        .await
-        .expect("the slot is listed")
-        .get(0);
+    let temporary: bool =
+        client.query_one("SELECT temporary FROM pg_replication_slots WHERE slot_name = 'pgkeep_permanent_test'", &[]).await.expect("the slot is listed").get(0);
     assert!(!temporary);
 
     // The same name again: a Database error naming the slot.
-    let err = conn
-        .create_logical_slot("pgkeep_permanent_test", false, false)
-        .await
-        .unwrap_err();
-    assert_error(
-        &err,
-        ErrorKind::Database,
-        &db,
-        &["pgkeep_permanent_test", "already exists", "42710"],
-    );
+    let err = conn.create_logical_slot("pgkeep_permanent_test", false, false).await.unwrap_err();
+    assert_error(&err, ErrorKind::Database, &db, &["pgkeep_permanent_test", "already exists", "42710"]);
 
-    conn.drop_slot("pgkeep_permanent_test", false)
-        .await
-        .expect("drop slot");
-    assert!(
-        !slot_names(cluster)
-            .await
-            .iter()
-            .any(|s| s == "pgkeep_permanent_test")
-    );
-    let err = conn
-        .drop_slot("pgkeep_permanent_test", true)
-        .await
-        .unwrap_err();
-    assert_error(
-        &err,
-        ErrorKind::Database,
-        &db,
-        &["pgkeep_permanent_test", "42704"],
-    );
+    conn.drop_slot("pgkeep_permanent_test", false).await.expect("drop slot");
+    assert!(!slot_names(cluster).await.iter().any(|s| s == "pgkeep_permanent_test"));
+    let err = conn.drop_slot("pgkeep_permanent_test", true).await.unwrap_err();
+    assert_error(&err, ErrorKind::Database, &db, &["pgkeep_permanent_test", "42704"]);
     conn.close().await.unwrap();
 }
 
@@ -282,44 +176,21 @@ async fn scram_role_needs_the_replication_attribute() {
     let dbname = cluster.fresh_db("repl_roles").await;
     let base = cluster.superuser_settings(&dbname);
 
-    cluster
-        .create_role("repl_backup", "repl-role-pw-4821", "REPLICATION")
-        .await;
-    cluster
-        .execute(
-            &dbname,
-            &format!("GRANT CONNECT ON DATABASE {dbname} TO repl_backup"),
-        )
-        .await;
-    let db = DbSettings {
-        user: "repl_backup".into(),
-        password: Some(Secret::new("repl-role-pw-4821")),
-        ..base.clone()
-    };
+    cluster.create_role("repl_backup", "repl-role-pw-4821", "REPLICATION").await;
+    cluster.execute(&dbname, &format!("GRANT CONNECT ON DATABASE {dbname} TO repl_backup")).await;
+    let db = DbSettings { user: "repl_backup".into(), password: Some(Secret::new("repl-role-pw-4821")), ..base.clone() };
     let mut conn = connect(&db).await;
     assert_eq!(conn.auth_method(), AuthMethod::ScramSha256);
     let id = conn.identify_system().await.unwrap();
     assert_eq!(id.dbname.as_deref(), Some(dbname.as_str()));
-    let slot = conn
-        .create_logical_slot("pgkeep_role_test", true, true)
-        .await
-        .unwrap();
+    let slot = conn.create_logical_slot("pgkeep_role_test", true, true).await.unwrap();
     assert!(slot.snapshot_name.is_some());
     conn.close().await.unwrap();
 
     cluster.create_role("no_repl", "no-repl-pw-7730", "").await;
-    let db = DbSettings {
-        user: "no_repl".into(),
-        password: Some(Secret::new("no-repl-pw-7730")),
-        ..base
-    };
+    let db = DbSettings { user: "no_repl".into(), password: Some(Secret::new("no-repl-pw-7730")), ..base };
     let err = connect_err(&db).await;
-    assert_error(
-        &err,
-        ErrorKind::Auth,
-        &db,
-        &["no_repl", &dbname, "replication"],
-    );
+    assert_error(&err, ErrorKind::Auth, &db, &["no_repl", &dbname, "replication"]);
     assert_hint(&err, "ALTER ROLE no_repl REPLICATION");
 
     // A regular connection (the backup's COPY reader) needs no REPLICATION;
@@ -336,36 +207,16 @@ async fn scram_role_needs_the_replication_attribute() {
 #[tokio::test]
 async fn wrong_password_and_closed_port() {
     let cluster = PgCluster::shared();
-    let db = DbSettings {
-        password: Some(Secret::new("definitely-wrong-pw-3317")),
-        ..cluster.superuser_settings("postgres")
-    };
+    let db = DbSettings { password: Some(Secret::new("definitely-wrong-pw-3317")), ..cluster.superuser_settings("postgres") };
     let err = connect_err(&db).await;
     let server = format!("127.0.0.1:{}", cluster.port());
-    assert_error(
-        &err,
-        ErrorKind::Auth,
-        &db,
-        &["password authentication failed", "postgres", &server],
-    );
+    assert_error(&err, ErrorKind::Auth, &db, &["password authentication failed", "postgres", &server]);
     assert_hint(&err, "PGPASSWORD");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let db = DbSettings {
-        port,
-        ..cluster.superuser_settings("postgres")
-    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let db = DbSettings { port, ..cluster.superuser_settings("postgres") };
     let err = connect_err(&db).await;
-    assert_error(
-        &err,
-        ErrorKind::Connect,
-        &db,
-        &["connection refused", &format!("127.0.0.1:{port}")],
-    );
+    assert_error(&err, ErrorKind::Connect, &db, &["connection refused", &format!("127.0.0.1:{port}")]);
 }
 
 #[tokio::test]
@@ -381,10 +232,7 @@ async fn unix_socket_connection_uses_no_tls() {
     let mut conn = connect(&db).await;
     assert!(!conn.is_tls());
     assert_eq!(conn.auth_method(), AuthMethod::Trust);
-    let rows = conn
-        .simple_query("SELECT inet_server_addr() IS NULL")
-        .await
-        .unwrap();
+    let rows = conn.simple_query("SELECT inet_server_addr() IS NULL").await.unwrap();
     assert_eq!(rows, vec![vec![Some("t".to_string())]]);
     conn.close().await.unwrap();
 }
@@ -393,31 +241,15 @@ async fn unix_socket_connection_uses_no_tls() {
 async fn tls_modes_and_scram_channel_binding() {
     let cluster = hostssl_cluster();
     let ca = cluster.ca_cert_path().unwrap().to_path_buf();
-    let tls_db = |sslmode, ca: Option<std::path::PathBuf>| DbSettings {
-        sslmode,
-        sslrootcert: ca,
-        ..cluster.superuser_settings("postgres")
-    };
+    let tls_db = |sslmode, ca: Option<std::path::PathBuf>| DbSettings { sslmode, sslrootcert: ca, ..cluster.superuser_settings("postgres") };
 
     // verify-full against the cluster's CA: TLS, and SCRAM bound to the channel.
     let db = tls_db(SslMode::VerifyFull, Some(ca.clone()));
     let mut conn = connect(&db).await;
     assert!(conn.is_tls());
     assert_eq!(conn.auth_method(), AuthMethod::ScramSha256Plus);
-    let ssl: bool = cluster
-        .client("postgres")
-        .await
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = $1",
-            &[&conn.backend_pid()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(
-        ssl,
-        "pg_stat_ssl says the walsender's connection is not encrypted"
-    );
+    let ssl: bool = cluster.client("postgres").await.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = $1", &[&conn.backend_pid()]).await.unwrap().get(0);
+    assert!(ssl, "pg_stat_ssl says the walsender's connection is not encrypted");
     conn.identify_system().await.unwrap();
 
     // The cancel request goes over TLS too (plain TCP is refused here).
@@ -431,11 +263,7 @@ async fn tls_modes_and_scram_channel_binding() {
     cancelled.expect("send the cancel request over TLS");
     let err = slept.expect_err("pg_sleep should have been cancelled");
     assert_error(&err, ErrorKind::Database, &db, &["57014"]);
-    assert!(
-        started.elapsed() < FAIL_FAST,
-        "cancel took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < FAIL_FAST, "cancel took {:?}", started.elapsed());
     conn.close().await.unwrap();
 
     // require: no verification, still TLS.
@@ -446,12 +274,7 @@ async fn tls_modes_and_scram_channel_binding() {
     // disable against a hostssl-only server.
     let db = tls_db(SslMode::Disable, None);
     let err = connect_err(&db).await;
-    assert_error(
-        &err,
-        ErrorKind::Tls,
-        &db,
-        &["unencrypted", "sslmode=disable"],
-    );
+    assert_error(&err, ErrorKind::Tls, &db, &["unencrypted", "sslmode=disable"]);
 
     // verify-full against the wrong CA.
     let dir = tempfile::tempdir().unwrap();
@@ -459,33 +282,17 @@ async fn tls_modes_and_scram_channel_binding() {
     harness::postgres::TestCa::generate("some other CA").write_cert(&other);
     let db = tls_db(SslMode::VerifyFull, Some(other));
     let err = connect_err(&db).await;
-    assert_error(
-        &err,
-        ErrorKind::Tls,
-        &db,
-        &["not signed by a CA", "other-ca.crt"],
-    );
+    assert_error(&err, ErrorKind::Tls, &db, &["not signed by a CA", "other-ca.crt"]);
 
     // The cluster without TLS: prefer falls back to plain, require refuses.
     let plain = PgCluster::shared();
-    let db = DbSettings {
-        sslmode: SslMode::Prefer,
-        ..plain.superuser_settings("postgres")
-    };
+    let db = DbSettings { sslmode: SslMode::Prefer, ..plain.superuser_settings("postgres") };
     let conn = connect(&db).await;
     assert!(!conn.is_tls());
     conn.close().await.unwrap();
-    let db = DbSettings {
-        sslmode: SslMode::Require,
-        ..plain.superuser_settings("postgres")
-    };
+    let db = DbSettings { sslmode: SslMode::Require, ..plain.superuser_settings("postgres") };
     let err = connect_err(&db).await;
-    assert_error(
-        &err,
-        ErrorKind::Tls,
-        &db,
-        &["does not support TLS", "sslmode=require"],
-    );
+    assert_error(&err, ErrorKind::Tls, &db, &["does not support TLS", "sslmode=require"]);
 }
 
 #[tokio::test]
@@ -497,53 +304,25 @@ async fn invalid_slot_name_is_rejected_before_the_server() {
     let cluster = PgCluster::shared();
     let db = cluster.superuser_settings("postgres");
     let mut conn = connect(&db).await;
-    let err = conn
-        .create_logical_slot("Bad-Name", true, true)
-        .await
-        .unwrap_err();
-    assert_error(
-        &err,
-        ErrorKind::Config,
-        &db,
-        &["Bad-Name", "lower-case letters"],
-    );
+    let err = conn.create_logical_slot("Bad-Name", true, true).await.unwrap_err();
+    assert_error(&err, ErrorKind::Config, &db, &["Bad-Name", "lower-case letters"]);
     let err = conn.drop_slot("x\"; DROP", false).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     // Nothing was sent: the connection is idle and usable, and no such slot exists.
-    conn.identify_system()
-        .await
-        .expect("connection still usable");
-    assert!(
-        !slot_names(cluster)
-            .await
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case("bad-name"))
-    );
+    conn.identify_system().await.expect("connection still usable");
+    assert!(!slot_names(cluster).await.iter().any(|s| s.eq_ignore_ascii_case("bad-name")));
     conn.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn replica_wal_level_refuses_logical_slots() {
-    let cluster = PgCluster::start_with(PgOptions {
-        wal_level: WalLevel::Replica,
-        ..PgOptions::default()
-    });
+    let cluster = PgCluster::start_with(PgOptions { wal_level: WalLevel::Replica, ..PgOptions::default() });
     let db = cluster.superuser_settings("postgres");
     let mut conn = connect(&db).await;
-    let err = conn
-        .create_logical_slot("pgkeep_replica_test", true, true)
-        .await
-        .unwrap_err();
-    assert_error(
-        &err,
-        ErrorKind::Database,
-        &db,
-        &["wal_level", "pgkeep_replica_test"],
-    );
+    let err = conn.create_logical_slot("pgkeep_replica_test", true, true).await.unwrap_err();
+    assert_error(&err, ErrorKind::Database, &db, &["wal_level", "pgkeep_replica_test"]);
     assert_hint(&err, "wal_level = logical");
-    conn.identify_system()
-        .await
-        .expect("connection still usable");
+    conn.identify_system().await.expect("connection still usable");
     conn.close().await.unwrap();
 }
 
@@ -557,22 +336,12 @@ async fn slot_creation_waiting_for_a_transaction_can_be_cancelled() {
     // 1. A transaction with an xid stays open.
     let blocker = cluster.client("postgres").await;
     blocker.batch_execute("BEGIN").await.unwrap();
-    blocker
-        .query_one("SELECT txid_current()", &[])
-        .await
-        .unwrap();
+    blocker.query_one("SELECT txid_current()", &[]).await.unwrap();
 
     // 2. Dropping the future gives up, and leaves that connection unusable.
     let mut abandoned = connect(&db).await;
-    let timed_out = tokio::time::timeout(
-        Duration::from_millis(700),
-        abandoned.create_logical_slot("pgkeep_abandoned", true, true),
-    )
-    .await;
-    assert!(
-        timed_out.is_err(),
-        "slot creation did not wait for the open transaction"
-    );
+    let timed_out = tokio::time::timeout(Duration::from_millis(700), abandoned.create_logical_slot("pgkeep_abandoned", true, true)).await;
+    assert!(timed_out.is_err(), "slot creation did not wait for the open transaction");
     let err = abandoned.identify_system().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal, "{}", err.user_line());
     assert!(err.message().contains("unusable"), "{}", err.message());
@@ -588,31 +357,18 @@ async fn slot_creation_waiting_for_a_transaction_can_be_cancelled() {
         ReplicationConnection::cancel(&token, &db).await
     };
     // Bounded, so that a cancel that does not work fails instead of hanging.
-    let (created, cancelled) = tokio::time::timeout(FAIL_FAST, async {
-        tokio::join!(
-            conn.create_logical_slot("pgkeep_cancel_test", true, true),
-            canceller
-        )
-    })
-    .await
-    .expect("the cancel request did not end the slot creation");
+    let (created, cancelled) = tokio::time::timeout(FAIL_FAST, async { tokio::join!(conn.create_logical_slot("pgkeep_cancel_test", true, true), canceller) })
+        .await
+        .expect("the cancel request did not end the slot creation");
     let elapsed = started.elapsed();
     cancelled.expect("send the cancel request");
     let err = created.expect_err("slot creation should have been cancelled");
-    assert_error(
-        &err,
-        ErrorKind::Database,
-        &db,
-        &["57014", "pgkeep_cancel_test"],
-    );
+    assert_error(&err, ErrorKind::Database, &db, &["57014", "pgkeep_cancel_test"]);
     assert!(elapsed < FAIL_FAST, "cancel took {elapsed:?}");
 
     // 4. Commit the blocker; the cancelled connection is usable again.
     blocker.batch_execute("COMMIT").await.unwrap();
-    let slot = conn
-        .create_logical_slot("pgkeep_cancel_test", true, true)
-        .await
-        .expect("create the slot once nothing blocks it");
+    let slot = conn.create_logical_slot("pgkeep_cancel_test", true, true).await.expect("create the slot once nothing blocks it");
     assert!(slot.snapshot_name.is_some());
     conn.close().await.unwrap();
 }
@@ -625,11 +381,8 @@ async fn slot_creation_waiting_for_a_transaction_can_be_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regular_connection_reads_copy_out_in_pieces() {
     let cluster = hostssl_cluster();
-    let db = DbSettings {
-        sslmode: SslMode::VerifyFull,
-        sslrootcert: Some(cluster.ca_cert_path().unwrap().to_path_buf()),
-        ..cluster.superuser_settings("postgres")
-    };
+    let db =
+        DbSettings { sslmode: SslMode::VerifyFull, sslrootcert: Some(cluster.ca_cert_path().unwrap().to_path_buf()), ..cluster.superuser_settings("postgres") };
     let mut conn = ReplicationConnection::connect_regular(&db).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
     assert!(conn.is_tls());
     assert_eq!(conn.auth_method(), AuthMethod::ScramSha256Plus);

@@ -94,20 +94,12 @@ async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
 
 async fn connect(cluster: &PgCluster, dbname: &str) -> ReplicationConnection {
     let db = cluster.superuser_settings(dbname);
-    bounded("replication connect", ReplicationConnection::connect(&db))
-        .await
-        .unwrap_or_else(|e| panic!("replication connect: {}", e.user_line()))
+    bounded("replication connect", ReplicationConnection::connect(&db)).await.unwrap_or_else(|e| panic!("replication connect: {}", e.user_line()))
 }
 
 /// The slot's `confirmed_flush_lsn`.
 async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn {
-    let row = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap();
+    let row = client.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap();
     row.get::<_, String>(0).parse().unwrap()
 }
 
@@ -138,12 +130,7 @@ fn old(old: &OldTuple) -> String {
 /// One line per message, relations and types by name (`names` maps oids
 /// to names as Relation and Type messages arrive).
 fn describe(message: &PgOutputMessage, names: &mut HashMap<u32, String>) -> String {
-    let name = |names: &HashMap<u32, String>, id: &u32| {
-        names
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| format!("oid {id}"))
-    };
+    let name = |names: &HashMap<u32, String>, id: &u32| names.get(id).cloned().unwrap_or_else(|| format!("oid {id}"));
     match message {
         PgOutputMessage::Begin(_) => "Begin".into(),
         PgOutputMessage::Commit(_) => "Commit".into(),
@@ -173,31 +160,14 @@ fn describe(message: &PgOutputMessage, names: &mut HashMap<u32, String>) -> Stri
                 pgoutput::ReplicaIdentity::Full => "f",
                 pgoutput::ReplicaIdentity::Index => "i",
             };
-            format!(
-                "Relation {}.{} {identity} [{}]",
-                r.namespace,
-                r.name,
-                columns.join(", ")
-            )
+            format!("Relation {}.{} {identity} [{}]", r.namespace, r.name, columns.join(", "))
         }
         PgOutputMessage::Insert(i) => {
-            format!(
-                "Insert {} {}",
-                name(names, &i.relation_id),
-                tuple(&i.new_tuple)
-            )
+            format!("Insert {} {}", name(names, &i.relation_id), tuple(&i.new_tuple))
         }
         PgOutputMessage::Update(u) => {
-            let old = u
-                .old
-                .as_ref()
-                .map(|o| format!("{} ", old(o)))
-                .unwrap_or_default();
-            format!(
-                "Update {} {old}new {}",
-                name(names, &u.relation_id),
-                tuple(&u.new_tuple)
-            )
+            let old = u.old.as_ref().map(|o| format!("{} ", old(o))).unwrap_or_default();
+            format!("Update {} {old}new {}", name(names, &u.relation_id), tuple(&u.new_tuple))
         }
         PgOutputMessage::Delete(d) => {
             format!("Delete {} {}", name(names, &d.relation_id), old(&d.old))
@@ -213,16 +183,9 @@ fn describe(message: &PgOutputMessage, names: &mut HashMap<u32, String>) -> Stri
             let relations: Vec<String> = t.relation_ids.iter().map(|id| name(names, id)).collect();
             format!("Truncate{flags} [{}]", relations.join(", "))
         }
-        PgOutputMessage::Message(m) => format!(
-            "Message {} {}: {}",
-            if m.transactional {
-                "transactional"
-            } else {
-                "non-transactional"
-            },
-            m.prefix,
-            String::from_utf8_lossy(&m.content)
-        ),
+        PgOutputMessage::Message(m) => {
+            format!("Message {} {}: {}", if m.transactional { "transactional" } else { "non-transactional" }, m.prefix, String::from_utf8_lossy(&m.content))
+        }
     }
 }
 
@@ -236,10 +199,7 @@ struct Received {
 
 impl Received {
     fn commits(&self) -> usize {
-        self.messages
-            .iter()
-            .filter(|m| matches!(m, PgOutputMessage::Commit(_)))
-            .count()
+        self.messages.iter().filter(|m| matches!(m, PgOutputMessage::Commit(_))).count()
     }
 }
 
@@ -248,26 +208,16 @@ impl Received {
 async fn receive(stream: &mut LogicalStream<'_>, commits: usize, confirmed: Lsn) -> Received {
     let mut received = Received::default();
     while received.commits() < commits || received.reply_requests == 0 {
-        let event = stream
-            .next_event()
-            .await
-            .unwrap_or_else(|e| panic!("{}", e.user_line()));
+        let event = stream.next_event().await.unwrap_or_else(|e| panic!("{}", e.user_line()));
         match event {
             StreamEvent::XLogData { data, .. } => {
-                let message = pgoutput::decode_shared(&data)
-                    .unwrap_or_else(|e| panic!("undecodable payload {data:?}: {e}"));
+                let message = pgoutput::decode_shared(&data).unwrap_or_else(|e| panic!("undecodable payload {data:?}: {e}"));
                 received.messages.push(message);
                 received.payloads.push(data);
             }
-            StreamEvent::Keepalive {
-                reply_requested: true,
-                ..
-            } => {
+            StreamEvent::Keepalive { reply_requested: true, .. } => {
                 received.reply_requests += 1;
-                stream
-                    .send_status(confirmed, confirmed, confirmed, false)
-                    .await
-                    .unwrap();
+                stream.send_status(confirmed, confirmed, confirmed, false).await.unwrap();
             }
             StreamEvent::Keepalive { .. } => {}
             StreamEvent::End => panic!("the server ended the stream"),
@@ -329,39 +279,22 @@ async fn workload_is_streamed_decoded_and_confirmed() {
     let cluster = PgCluster::shared();
     let dbname = cluster.fresh_db("repl_stream").await;
     // Keepalives ask for a reply after half of this without one.
-    cluster
-        .execute(
-            "postgres",
-            &format!(
-                "ALTER DATABASE {} SET wal_sender_timeout = '3s'",
-                quote_ident(&dbname)
-            ),
-        )
-        .await;
+    cluster.execute("postgres", &format!("ALTER DATABASE {} SET wal_sender_timeout = '3s'", quote_ident(&dbname))).await;
     cluster.execute(&dbname, SCHEMA).await;
     let client = cluster.client(&dbname).await;
     let oid = |table: &'static str| {
         let client = &client;
         async move {
-            let row = client
-                .query_one("SELECT $1::text::regclass::oid", &[&table])
-                .await
-                .unwrap();
+            let row = client.query_one("SELECT $1::text::regclass::oid", &[&table]).await.unwrap();
             row.get::<_, u32>(0)
         }
     };
-    let (items, item_notes, audit) = (
-        oid("items").await,
-        oid("item_notes").await,
-        oid("audit").await,
-    );
+    let (items, item_notes, audit) = (oid("items").await, oid("item_notes").await, oid("audit").await);
 
     // 1. A permanent slot, then the workload it must hold on to.
     let slot = "pgkeep_stream_test";
     let mut conn = connect(cluster, &dbname).await;
-    let created = bounded("create slot", conn.create_logical_slot(slot, false, false))
-        .await
-        .unwrap();
+    let created = bounded("create slot", conn.create_logical_slot(slot, false, false)).await.unwrap();
     for sql in WORKLOAD {
         client.batch_execute(sql).await.unwrap();
     }
@@ -370,32 +303,16 @@ async fn workload_is_streamed_decoded_and_confirmed() {
     //    and a keepalive asked for a reply (answered with "nothing stored").
     let start = created.consistent_point;
     let publications = ["p", "It's \"odd\", really"];
-    let mut stream = bounded(
-        "START_REPLICATION",
-        conn.start_logical_replication(slot, start, &publications, true),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}", e.user_line()));
-    let received = bounded(
-        "the workload and a reply request",
-        receive(&mut stream, WORKLOAD.len(), start),
-    )
-    .await;
+    let mut stream =
+        bounded("START_REPLICATION", conn.start_logical_replication(slot, start, &publications, true)).await.unwrap_or_else(|e| panic!("{}", e.user_line()));
+    let received = bounded("the workload and a reply request", receive(&mut stream, WORKLOAD.len(), start)).await;
     write_fuzz_seeds(&received);
 
     // 3. The exact messages, in order.
     let mut names = HashMap::new();
-    let lines: Vec<String> = received
-        .messages
-        .iter()
-        .map(|m| describe(m, &mut names))
-        .collect();
+    let lines: Vec<String> = received.messages.iter().map(|m| describe(m, &mut names)).collect();
     assert_eq!(lines, EXPECTED);
-    for (id, table) in [
-        (items, "items"),
-        (item_notes, "item_notes"),
-        (audit, "audit"),
-    ] {
+    for (id, table) in [(items, "items"), (item_notes, "item_notes"), (audit, "audit")] {
         assert_eq!(names.get(&id).map(String::as_str), Some(table));
     }
     let last_end = check_transactions(&received.messages);
@@ -408,10 +325,7 @@ async fn workload_is_streamed_decoded_and_confirmed() {
 
     // 4. Confirm the last transaction; the slot follows. Keep serving the
     //    stream while polling, dropping `next_event` on every tick.
-    stream
-        .send_status(last_end, last_end, last_end, false)
-        .await
-        .unwrap();
+    stream.send_status(last_end, last_end, last_end, false).await.unwrap();
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     bounded("confirmed_flush_lsn to advance", async {
         loop {
@@ -435,17 +349,8 @@ async fn workload_is_streamed_decoded_and_confirmed() {
 
     // 5. Leave the stream; the connection runs commands again.
     bounded("finish", stream.finish()).await.unwrap();
-    bounded("drop slot", conn.drop_slot(slot, false))
-        .await
-        .unwrap();
-    let left: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    bounded("drop slot", conn.drop_slot(slot, false)).await.unwrap();
+    let left: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap().get(0);
     assert_eq!(left, 0);
     bounded("close", conn.close()).await.unwrap();
 }
@@ -455,24 +360,13 @@ async fn unknown_slot_fails_at_start_and_the_connection_stays_usable() {
     let cluster = PgCluster::shared();
     let dbname = cluster.fresh_db("repl_stream_noslot").await;
     let mut conn = connect(cluster, &dbname).await;
-    let err = match bounded(
-        "START_REPLICATION",
-        conn.start_logical_replication("pgkeep_no_such_slot", Lsn(0), &["p"], false),
-    )
-    .await
-    {
+    let err = match bounded("START_REPLICATION", conn.start_logical_replication("pgkeep_no_such_slot", Lsn(0), &["p"], false)).await {
         Ok(_) => panic!("streaming from a missing slot started"),
         Err(e) => e,
     };
     assert_eq!(err.kind(), ErrorKind::Database, "{}", err.user_line());
-    assert!(
-        err.user_line().contains("pgkeep_no_such_slot"),
-        "{}",
-        err.user_line()
-    );
-    let id = bounded("IDENTIFY_SYSTEM", conn.identify_system())
-        .await
-        .unwrap();
+    assert!(err.user_line().contains("pgkeep_no_such_slot"), "{}", err.user_line());
+    let id = bounded("IDENTIFY_SYSTEM", conn.identify_system()).await.unwrap();
     assert_eq!(id.dbname.as_deref(), Some(dbname.as_str()));
 }
 
@@ -480,9 +374,7 @@ async fn unknown_slot_fails_at_start_and_the_connection_stays_usable() {
 async fn server_error_while_streaming_ends_the_stream_and_finish_recovers() {
     let cluster = PgCluster::shared();
     let dbname = cluster.fresh_db("repl_stream_nopub").await;
-    cluster
-        .execute(&dbname, "CREATE TABLE t (id int PRIMARY KEY)")
-        .await;
+    cluster.execute(&dbname, "CREATE TABLE t (id int PRIMARY KEY)").await;
     let mut conn = connect(cluster, &dbname).await;
     if conn.server_version_num() >= 180_000 {
         // PostgreSQL 18 skips missing publications with a warning.
@@ -490,16 +382,9 @@ async fn server_error_while_streaming_ends_the_stream_and_finish_recovers() {
     }
     let slot = "pgkeep_stream_nopub";
     // Permanent: the server drops a temporary slot on any error.
-    let created = bounded("create slot", conn.create_logical_slot(slot, false, false))
-        .await
-        .unwrap();
+    let created = bounded("create slot", conn.create_logical_slot(slot, false, false)).await.unwrap();
     cluster.execute(&dbname, "INSERT INTO t VALUES (1)").await;
-    let mut stream = bounded(
-        "START_REPLICATION",
-        conn.start_logical_replication(slot, created.consistent_point, &["missing_pub"], false),
-    )
-    .await
-    .unwrap();
+    let mut stream = bounded("START_REPLICATION", conn.start_logical_replication(slot, created.consistent_point, &["missing_pub"], false)).await.unwrap();
     // pgoutput looks the publication up when the first change arrives.
     let err = bounded("the server error", async {
         loop {
@@ -512,19 +397,10 @@ async fn server_error_while_streaming_ends_the_stream_and_finish_recovers() {
     })
     .await;
     assert_eq!(err.kind(), ErrorKind::Database, "{}", err.user_line());
-    assert!(
-        err.user_line().contains("missing_pub"),
-        "{}",
-        err.user_line()
-    );
-    assert!(
-        stream.next_event().await.is_err(),
-        "a failed stream stays failed"
-    );
+    assert!(err.user_line().contains("missing_pub"), "{}", err.user_line());
+    assert!(stream.next_event().await.is_err(), "a failed stream stays failed");
     bounded("finish", stream.finish()).await.unwrap();
-    bounded("drop slot", conn.drop_slot(slot, false))
-        .await
-        .unwrap();
+    bounded("drop slot", conn.drop_slot(slot, false)).await.unwrap();
 }
 
 /// A server speaking German (`LANGUAGE=de` for its processes and
@@ -534,88 +410,38 @@ async fn server_error_while_streaming_ends_the_stream_and_finish_recovers() {
 #[tokio::test]
 async fn decisions_on_server_errors_hold_when_the_server_speaks_german() {
     // Its own cluster: the role setting would change every other test's messages.
-    let cluster = PgCluster::start_with(PgOptions {
-        server_env: vec![("LANGUAGE".into(), "de".into())],
-        ..PgOptions::default()
-    });
+    let cluster = PgCluster::start_with(PgOptions { server_env: vec![("LANGUAGE".into(), "de".into())], ..PgOptions::default() });
     let dbname = cluster.fresh_db("repl_german").await;
     let db = cluster.superuser_settings(&dbname);
-    cluster
-        .execute(
-            "postgres",
-            &format!(
-                "ALTER ROLE {} SET lc_messages = 'C.UTF-8'",
-                quote_ident(&db.user)
-            ),
-        )
-        .await;
-    cluster
-        .execute(&dbname, "CREATE TABLE t (id int PRIMARY KEY)")
-        .await;
+    cluster.execute("postgres", &format!("ALTER ROLE {} SET lc_messages = 'C.UTF-8'", quote_ident(&db.user))).await;
+    cluster.execute(&dbname, "CREATE TABLE t (id int PRIMARY KEY)").await;
     let client = cluster.client(&dbname).await;
-    let german = client
-        .batch_execute("SELECT * FROM no_such_table")
-        .await
-        .unwrap_err();
-    let text = german
-        .as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_default();
-    assert!(
-        text.contains("existiert nicht"),
-        "the server does not speak German (are the postgres-{}.mo translations installed?): {text}",
-        cluster.major()
-    );
+    let german = client.batch_execute("SELECT * FROM no_such_table").await.unwrap_err();
+    let text = german.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(text.contains("existiert nicht"), "the server does not speak German (are the postgres-{}.mo translations installed?): {text}", cluster.major());
 
     // 1. A database name taken (42P04): a restore tries the next name.
-    let taken = pgkeep::restore::target::create_database(&db, &dbname, None)
-        .await
-        .unwrap_err();
+    let taken = pgkeep::restore::target::create_database(&db, &dbname, None).await.unwrap_err();
     assert_eq!(taken.sqlstate(), Some("42P04"), "{}", taken.user_line());
-    assert!(
-        !taken.user_line().contains("already exists"),
-        "{}",
-        taken.user_line()
-    );
+    assert!(!taken.user_line().contains("already exists"), "{}", taken.user_line());
     assert!(pgkeep::restore::target::is_name_taken(&taken));
 
     // 2. A slot another walsender holds (55006): `stream` waits and reconnects.
     let slot = "pgkeep_german";
     let mut holder = connect(&cluster, &dbname).await;
-    let created = bounded(
-        "create slot",
-        holder.create_logical_slot(slot, false, false),
-    )
-    .await
-    .unwrap();
+    let created = bounded("create slot", holder.create_logical_slot(slot, false, false)).await.unwrap();
     let missing = "pgkeep_german_pub";
-    let mut stream = bounded(
-        "START_REPLICATION",
-        holder.start_logical_replication(slot, created.consistent_point, &[missing], false),
-    )
-    .await
-    .unwrap();
+    let mut stream = bounded("START_REPLICATION", holder.start_logical_replication(slot, created.consistent_point, &[missing], false)).await.unwrap();
     let mut second = connect(&cluster, &dbname).await;
-    let busy = match bounded(
-        "second START_REPLICATION",
-        second.start_logical_replication(slot, created.consistent_point, &[missing], false),
-    )
-    .await
-    {
+    let busy = match bounded("second START_REPLICATION", second.start_logical_replication(slot, created.consistent_point, &[missing], false)).await {
         Ok(_) => panic!("two walsenders stream from one slot"),
         Err(e) => e,
     };
     assert_eq!(busy.kind(), ErrorKind::Database, "{}", busy.user_line());
     assert_eq!(busy.sqlstate(), Some("55006"), "{}", busy.user_line());
-    assert!(
-        !busy.user_line().contains("is active for PID"),
-        "{}",
-        busy.user_line()
-    );
+    assert!(!busy.user_line().contains("is active for PID"), "{}", busy.user_line());
     assert!(pgkeep::stream::slot::is_slot_in_use(&busy));
-    assert!(!pgkeep::stream::publication::is_missing_publication(
-        &busy, missing
-    ));
+    assert!(!pgkeep::stream::publication::is_missing_publication(&busy, missing));
 
     // 3. A publication missing at the decoded position (42704, PostgreSQL
     //    before 18; 18 skips it with a warning): `stream` resubscribes.
@@ -632,23 +458,12 @@ async fn decisions_on_server_errors_hold_when_the_server_speaks_german() {
         })
         .await;
         assert_eq!(gone.sqlstate(), Some("42704"), "{}", gone.user_line());
-        assert!(
-            !gone.user_line().contains("does not exist"),
-            "{}",
-            gone.user_line()
-        );
-        assert!(pgkeep::stream::publication::is_missing_publication(
-            &gone, missing
-        ));
+        assert!(!gone.user_line().contains("does not exist"), "{}", gone.user_line());
+        assert!(pgkeep::stream::publication::is_missing_publication(&gone, missing));
         // The name must be the whole identifier: not a prefix of it.
-        assert!(!pgkeep::stream::publication::is_missing_publication(
-            &gone,
-            "pgkeep_german"
-        ));
+        assert!(!pgkeep::stream::publication::is_missing_publication(&gone, "pgkeep_german"));
         assert!(!pgkeep::stream::slot::is_slot_in_use(&gone));
     }
     bounded("finish", stream.finish()).await.unwrap();
-    bounded("drop slot", holder.drop_slot(slot, true))
-        .await
-        .unwrap();
+    bounded("drop slot", holder.drop_slot(slot, true)).await.unwrap();
 }

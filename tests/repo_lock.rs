@@ -20,12 +20,7 @@ fn repo() -> (tempfile::TempDir, Arc<dyn Storage>) {
 }
 
 fn fast() -> LockOptions {
-    LockOptions {
-        stale_after: Duration::from_secs(600),
-        heartbeat: Duration::from_secs(60),
-        wait: Duration::from_millis(300),
-        poll: Duration::from_millis(50),
-    }
+    LockOptions { stale_after: Duration::from_secs(600), heartbeat: Duration::from_secs(60), wait: Duration::from_millis(300), poll: Duration::from_millis(50) }
 }
 
 async fn lock_keys(s: &dyn Storage) -> Vec<String> {

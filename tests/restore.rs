@@ -78,20 +78,13 @@ fn pg_dump_schema(cluster: &PgCluster, db: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The \restrict key is random per run.
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")).collect::<Vec<_>>().join("\n")
 }
 
 async fn table_fingerprints(cluster: &PgCluster, db: &str) -> Vec<(String, u64, String)> {
     // Compare through the same path a restore verifies with: the backup's own manifest of each side.
     let repo = tempfile::tempdir().unwrap();
-    let r = backup::run(&settings(cluster.superuser_settings(db), vec![RepoSpec::Local(repo.path().to_path_buf())]), &BackupOptions::default())
-        .await
-        .unwrap();
+    let r = backup::run(&settings(cluster.superuser_settings(db), vec![RepoSpec::Local(repo.path().to_path_buf())]), &BackupOptions::default()).await.unwrap();
     let mut v: Vec<_> = r.manifest.tables.iter().map(|t| (format!("{}.{}", t.schema, t.name), t.rows, t.fingerprint.clone())).collect();
     v.sort();
     v
@@ -245,7 +238,12 @@ async fn databases(cluster: &PgCluster) -> Vec<String> {
 async fn temp_only_and_restore_to_another_cluster() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("rs_dr").await;
-    cluster.execute("postgres", "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dr_owner') THEN CREATE ROLE dr_owner LOGIN PASSWORD 'x'; END IF; END $$;").await;
+    cluster
+        .execute(
+            "postgres",
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dr_owner') THEN CREATE ROLE dr_owner LOGIN PASSWORD 'x'; END IF; END $$;",
+        )
+        .await;
     cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 500); ALTER TABLE t OWNER TO dr_owner;").await;
     let repo = tempfile::tempdir().unwrap();
     let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().to_path_buf())]);
@@ -315,10 +313,7 @@ async fn restore_from_garage_when_no_local_copy_exists() {
     cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 30000) i;").await;
     let bucket = garage.unique_bucket("rss3");
     let local = tempfile::tempdir().unwrap();
-    let both = settings(
-        cluster.superuser_settings(&db),
-        vec![RepoSpec::Local(local.path().to_path_buf()), RepoSpec::S3(garage.settings(&bucket, "db"))],
-    );
+    let both = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(local.path().to_path_buf()), RepoSpec::S3(garage.settings(&bucket, "db"))]);
     backup::run(&both, &BackupOptions::default()).await.unwrap();
     // The local copy is lost: the restore reads from S3.
     std::fs::remove_dir_all(local.path().join("backups")).unwrap();
@@ -335,9 +330,7 @@ async fn database_level_privileges_are_restored() {
     let cluster = PgCluster::shared();
     let db = cluster.fresh_db("rs_grants").await;
     cluster.execute(&db, "DROP ROLE IF EXISTS grants_app; CREATE ROLE grants_app LOGIN; CREATE TABLE t (id int);").await;
-    cluster
-        .execute(&db, &format!("REVOKE CONNECT, TEMPORARY ON DATABASE \"{db}\" FROM PUBLIC; GRANT CONNECT ON DATABASE \"{db}\" TO grants_app"))
-        .await;
+    cluster.execute(&db, &format!("REVOKE CONNECT, TEMPORARY ON DATABASE \"{db}\" FROM PUBLIC; GRANT CONNECT ON DATABASE \"{db}\" TO grants_app")).await;
     let repo = tempfile::tempdir().unwrap();
     let s = settings(cluster.superuser_settings(&db), vec![RepoSpec::Local(repo.path().to_path_buf())]);
     backup::run(&s, &BackupOptions::default()).await.unwrap();

@@ -55,7 +55,8 @@ fn locked(days: u32) -> S3Security {
 fn manifest(days_ago: i64) -> BackupManifest {
     let at = Utc::now() - chrono::Duration::days(days_ago);
     let id = BackupId::new(BackupKind::Full, at, 0);
-    let chunk = serde_json::json!({"object": "data/w01-000001.pack", "offset": 0, "stored_size": 4, "raw_size": 4, "stored_sha256": "aa", "raw_xxh3": "bb", "rows": 1});
+    let chunk =
+        serde_json::json!({"object": "data/w01-000001.pack", "offset": 0, "stored_size": 4, "raw_size": 4, "stored_sha256": "aa", "raw_xxh3": "bb", "rows": 1});
     serde_json::from_value(serde_json::json!({
         "backup_id": id.to_string(), "kind": "full", "database": "app",
         "server": {"version": "15.18", "version_num": 150018, "system_identifier": "1", "timeline": 1},
@@ -77,7 +78,16 @@ async fn store(s: &dyn Storage, m: &BackupManifest) {
 }
 
 fn expire_settings(spec: S3Settings) -> Settings {
-    let db = DbSettings { host: "localhost".into(), port: 1, user: "unused".into(), password: None, dbname: "app".into(), sslmode: pgkeep::config::SslMode::Disable, sslrootcert: None, connect_timeout: Duration::from_secs(1) };
+    let db = DbSettings {
+        host: "localhost".into(),
+        port: 1,
+        user: "unused".into(),
+        password: None,
+        dbname: "app".into(),
+        sslmode: pgkeep::config::SslMode::Disable,
+        sslrootcert: None,
+        connect_timeout: Duration::from_secs(1),
+    };
     let mut s = settings(db, vec![RepoSpec::S3(spec)]);
     s.retention_days = 7;
     s
@@ -100,7 +110,8 @@ async fn every_write_carries_sse_and_backup_objects_carry_the_retention() {
 
     let log = fake.log();
     let expected_until = Utc::now() + chrono::Duration::days(30);
-    let writes: Vec<_> = log.iter().filter(|r| (r.method == "PUT" && !r.query.contains("partNumber")) || (r.method == "POST" && r.query.contains("uploads"))).collect();
+    let writes: Vec<_> =
+        log.iter().filter(|r| (r.method == "PUT" && !r.query.contains("partNumber")) || (r.method == "POST" && r.query.contains("uploads"))).collect();
     assert_eq!(writes.len(), 3, "{log:#?}");
     for w in &writes {
         assert_eq!(w.header("x-amz-server-side-encryption"), Some("aws:kms"), "{w:?}");
@@ -117,7 +128,10 @@ async fn every_write_carries_sse_and_backup_objects_carry_the_retention() {
     // The parts of a locked multipart upload carry checksums too.
     let parts: Vec<_> = log.iter().filter(|r| r.query.contains("partNumber")).collect();
     assert!(!parts.is_empty());
-    assert!(parts.iter().all(|p| p.headers.keys().any(|h| h.starts_with("x-amz-checksum") || h == "x-amz-sdk-checksum-algorithm" || h == "x-amz-trailer")), "{parts:#?}");
+    assert!(
+        parts.iter().all(|p| p.headers.keys().any(|h| h.starts_with("x-amz-checksum") || h == "x-amz-sdk-checksum-algorithm" || h == "x-amz-trailer")),
+        "{parts:#?}"
+    );
     assert!(near(fake.retain_until("pg/backups/full_backup_20260101_000000/manifest.json").unwrap(), expected_until));
     assert!(fake.retain_until("pg/locks/backup-0123456789abcdef.json").is_none());
     // Locks stay deletable; locked backup objects do not.
@@ -179,15 +193,11 @@ async fn plain_http_to_a_remote_endpoint_is_refused_unless_allowed() {
     assert!(S3Storage::connect(allowed).await.is_ok());
 
     // The same through configuration, naming the endpoint.
-    let env: std::collections::BTreeMap<String, String> = [
-        ("S3_BUCKET", "b"),
-        ("S3_ENDPOINT", "http://minio.internal:9000"),
-        ("HOME", "/nonexistent-home"),
-        ("PGKEEP_CONFIG", "/dev/null"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let env: std::collections::BTreeMap<String, String> =
+        [("S3_BUCKET", "b"), ("S3_ENDPOINT", "http://minio.internal:9000"), ("HOME", "/nonexistent-home"), ("PGKEEP_CONFIG", "/dev/null")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     let e = pgkeep::config::load(&Default::default(), &env).unwrap_err();
     assert!(e.user_line().contains("http://minio.internal:9000"), "{}", e.user_line());
     let mut env = env;

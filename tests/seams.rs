@@ -162,11 +162,8 @@ async fn every_verb_refuses_an_unknown_repository_format_version() {
         assert!(lines[0].contains("format version 99") && lines[0].contains(&location), "{args:?}: {}", lines[0]);
     }
     // Nothing but run logs was written next to the metadata, and the stream left no slot behind.
-    let mut names: Vec<String> = std::fs::read_dir(repo.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "logs")
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(repo.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != "logs").collect();
     names.sort();
     assert_eq!(names, vec!["pgkeep.repo.json".to_string(), "pgkeep.repo.json.copy".to_string()], "{names:?}");
     let slots: i64 = cluster.client(&db).await.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap().get(0);

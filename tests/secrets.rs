@@ -128,11 +128,7 @@ async fn no_secret_appears_in_any_output_log_config_or_stored_object() {
 
     for (what, bytes) in &seen {
         for secret in &secrets {
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "secret {:?}… found in {what}",
-                &secret[..4]
-            );
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret {:?}… found in {what}", &secret[..4]);
         }
     }
 }

@@ -17,15 +17,10 @@ use tokio::io::AsyncReadExt;
 #[tokio::test]
 async fn local_backend_meets_the_storage_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = pgkeep::storage::open(&RepoSpec::Local(dir.path().join("repo")))
-        .await
-        .unwrap();
+    let storage = pgkeep::storage::open(&RepoSpec::Local(dir.path().join("repo"))).await.unwrap();
     conformance(storage.as_ref()).await;
     // Nothing but the objects themselves is left on disk.
-    let leftovers = LocalStorage::new(dir.path().join("repo"))
-        .clean_incomplete("", Duration::ZERO)
-        .await
-        .unwrap();
+    let leftovers = LocalStorage::new(dir.path().join("repo")).clean_incomplete("", Duration::ZERO).await.unwrap();
     assert_eq!(leftovers, 0);
 }
 
@@ -34,10 +29,7 @@ async fn large_object_streams_in_uneven_writes() {
     let dir = tempfile::tempdir().unwrap();
     let storage = LocalStorage::new(dir.path());
     let data = Bytes::from(pseudo_random(20 << 20, 3));
-    let mut w = storage
-        .writer("big/object", PutOptions::default())
-        .await
-        .unwrap();
+    let mut w = storage.writer("big/object", PutOptions::default()).await.unwrap();
     let mut at = 0;
     for size in [1usize, 65_537, 3 << 20, 7].iter().cycle() {
         if at == data.len() {
@@ -65,21 +57,10 @@ async fn repository_under_a_regular_file_is_a_clear_error() {
     let storage = LocalStorage::new(&root);
 
     let err = storage.check_writable().await.unwrap_err();
-    assert!(
-        err.user_line().contains(&root.display().to_string()),
-        "message names the directory: {}",
-        err.user_line()
-    );
+    assert!(err.user_line().contains(&root.display().to_string()), "message names the directory: {}", err.user_line());
     assert!(!err.is_retryable());
 
-    let err = storage
-        .put("a/b", Bytes::from_static(b"x"), PutOptions::default())
-        .await
-        .unwrap_err();
-    assert!(
-        err.user_line().contains(&file.display().to_string()),
-        "message names the path: {}",
-        err.user_line()
-    );
+    let err = storage.put("a/b", Bytes::from_static(b"x"), PutOptions::default()).await.unwrap_err();
+    assert!(err.user_line().contains(&file.display().to_string()), "message names the path: {}", err.user_line());
     assert_ne!(err.kind(), ErrorKind::Internal);
 }

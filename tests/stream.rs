@@ -31,10 +31,7 @@ const PUBLICATION: &str = "pgkeep_stream_test";
 type Archived = (u32, Lsn);
 
 fn options() -> StreamOptions {
-    StreamOptions {
-        segment_seconds: 1,
-        ..StreamOptions::new(SLOT, PUBLICATION)
-    }
+    StreamOptions { segment_seconds: 1, ..StreamOptions::new(SLOT, PUBLICATION) }
 }
 
 fn start(settings: &Settings) -> streaming::Running {
@@ -54,17 +51,8 @@ async fn workload(client: &mut tokio_postgres::Client, table: &str, n: usize) ->
     let mut xids = Vec::new();
     for i in 0..n {
         let txn = client.transaction().await.unwrap();
-        txn.execute(
-            &format!("INSERT INTO {table} (v) VALUES ($1)"),
-            &[&format!("row {i}")],
-        )
-        .await
-        .unwrap();
-        let xid: String = txn
-            .query_one("SELECT pg_current_xact_id()::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        txn.execute(&format!("INSERT INTO {table} (v) VALUES ($1)"), &[&format!("row {i}")]).await.unwrap();
+        let xid: String = txn.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
         txn.commit().await.unwrap();
         xids.push(xid.parse::<u64>().unwrap() as u32);
     }
@@ -77,26 +65,14 @@ async fn workload(client: &mut tokio_postgres::Client, table: &str, n: usize) ->
 async fn read_archive(repos: &[PathBuf]) -> (Vec<Archived>, Option<(Lsn, Lsn)>) {
     let mut per_repo = Vec::new();
     for dir in repos {
-        let storage = pgkeep::storage::open(&RepoSpec::Local(dir.clone()))
-            .await
-            .unwrap();
-        let keys: Vec<String> = storage
-            .list("changes/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
+        let storage = pgkeep::storage::open(&RepoSpec::Local(dir.clone())).await.unwrap();
+        let keys: Vec<String> = storage.list("changes/").await.unwrap().into_iter().map(|m| m.key).collect();
         let mut txns = Vec::new();
         let mut chain: Option<(Lsn, Lsn)> = None;
         for key in &keys {
             let (_, start, end) = parse_segment_key(key).unwrap_or_else(|| panic!("bad key {key}"));
             let seg = segment::decode(&storage.get(key, None).await.unwrap(), key).unwrap();
-            assert_eq!(
-                (seg.meta.start_lsn, seg.meta.end_lsn),
-                (start, end),
-                "{key}"
-            );
+            assert_eq!((seg.meta.start_lsn, seg.meta.end_lsn), (start, end), "{key}");
             if let Some((_, prev_end)) = chain {
                 assert_eq!(prev_end, start, "gap before {key}");
             }
@@ -104,24 +80,15 @@ async fn read_archive(repos: &[PathBuf]) -> (Vec<Archived>, Option<(Lsn, Lsn)>) 
             // Heartbeat segments (no transactions) carry no relations.
             assert!(seg.transactions.is_empty() || !seg.schema.is_empty(), "{key} carries its relations");
             for t in &seg.transactions {
-                let Ok(PgOutputMessage::Begin(begin)) = pgoutput::decode(&t.messages[0]) else {
-                    panic!("no Begin")
-                };
-                let Ok(PgOutputMessage::Commit(commit)) =
-                    pgoutput::decode(t.messages.last().unwrap())
-                else {
-                    panic!("no Commit")
-                };
+                let Ok(PgOutputMessage::Begin(begin)) = pgoutput::decode(&t.messages[0]) else { panic!("no Begin") };
+                let Ok(PgOutputMessage::Commit(commit)) = pgoutput::decode(t.messages.last().unwrap()) else { panic!("no Commit") };
                 txns.push((begin.xid, commit.end_lsn));
             }
         }
         per_repo.push((keys, txns, chain));
     }
     if per_repo.len() > 1 {
-        assert_eq!(
-            per_repo[0].0, per_repo[1].0,
-            "both repositories hold the same segments"
-        );
+        assert_eq!(per_repo[0].0, per_repo[1].0, "both repositories hold the same segments");
     }
     let (_, txns, chain) = per_repo.swap_remove(0);
     (txns, chain)
@@ -136,22 +103,13 @@ async fn wait_archived(repos: &[PathBuf], n: usize) {
         if read_archive(&repos[..1]).await.0.len() >= n {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never archived {n} transactions"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "never archived {n} transactions");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 async fn confirmed_flush(client: &tokio_postgres::Client) -> Lsn {
-    let row = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&SLOT],
-        )
-        .await
-        .unwrap();
+    let row = client.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&SLOT]).await.unwrap();
     row.get::<_, String>(0).parse().unwrap()
 }
 
@@ -172,17 +130,8 @@ async fn setup(schema: &str) -> Setup {
     for r in &repos {
         std::fs::create_dir_all(r).unwrap();
     }
-    let settings = settings(
-        cluster.superuser_settings(&db),
-        repos.iter().cloned().map(RepoSpec::Local).collect(),
-    );
-    Setup {
-        cluster,
-        db,
-        _dirs: dirs,
-        repos,
-        settings,
-    }
+    let settings = settings(cluster.superuser_settings(&db), repos.iter().cloned().map(RepoSpec::Local).collect());
+    Setup { cluster, db, _dirs: dirs, repos, settings }
 }
 
 const SCHEMA: &str = "CREATE TABLE items (id serial PRIMARY KEY, v text)";
@@ -254,10 +203,7 @@ async fn child_streamer() {
         sslrootcert: None,
         connect_timeout: Duration::from_secs(10),
     };
-    let repos = parts[2..]
-        .iter()
-        .map(|p| RepoSpec::Local(PathBuf::from(p)))
-        .collect();
+    let repos = parts[2..].iter().map(|p| RepoSpec::Local(PathBuf::from(p))).collect();
     let settings = settings(db, repos);
     let _ = pgkeep::stream::run(&settings, &options(), std::future::pending()).await;
 }
@@ -272,36 +218,20 @@ async fn kill_after_put_before_confirm_leaves_no_duplicate() {
     let first = stop(running).await;
     let expected = workload(&mut client, "items", 5).await;
 
-    let spec = format!(
-        "{} {} {} {}",
-        s.cluster.port(),
-        s.db,
-        path(&s.repos[0]),
-        path(&s.repos[1])
-    );
+    let spec = format!("{} {} {} {}", s.cluster.port(), s.db, path(&s.repos[0]), path(&s.repos[1]));
     let status = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_streamer", "--ignored", "--nocapture"])
         .env("PGKEEP_STREAM_CHILD", spec)
         .env("PGKEEP_FAILPOINT", "stream.after_segment_put")
         .status();
-    let status = tokio::time::timeout(WAIT, status)
-        .await
-        .expect("child ends")
-        .unwrap();
+    let status = tokio::time::timeout(WAIT, status).await.expect("child ends").unwrap();
     assert!(!status.success(), "the child must die at the failpoint");
 
     let (archived, chain) = read_archive(&s.repos).await;
-    assert_eq!(
-        xids(&archived),
-        expected,
-        "the segment was stored before the crash"
-    );
+    assert_eq!(xids(&archived), expected, "the segment was stored before the crash");
     let end = chain.unwrap().1;
     let confirmed = confirmed_flush(&client).await;
-    assert!(
-        confirmed >= first.durable_end && confirmed < end,
-        "confirmed {confirmed}, segment end {end}"
-    );
+    assert!(confirmed >= first.durable_end && confirmed < end, "confirmed {confirmed}, segment end {end}");
 
     // The server resends the five transactions; they are dropped.
     let running = start(&s.settings);
@@ -319,38 +249,20 @@ fn path(p: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_without_identity_stay_out_and_keep_working() {
-    let s = setup(&format!(
-        "{SCHEMA}; CREATE TABLE loose (a int, b text); INSERT INTO loose VALUES (1, 'x'), (2, 'y')"
-    ))
-    .await;
+    let s = setup(&format!("{SCHEMA}; CREATE TABLE loose (a int, b text); INSERT INTO loose VALUES (1, 'x'), (2, 'y')")).await;
     let mut client = s.cluster.client(&s.db).await;
     let running = start(&s.settings);
     wait_for_slot(&client).await;
     let published: Vec<String> = client
-        .query(
-            "SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1",
-            &[&PUBLICATION],
-        )
+        .query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", &[&PUBLICATION])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(published, ["items"]);
-    assert_eq!(
-        client
-            .execute("UPDATE loose SET b = 'z' WHERE a = 1", &[])
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        client
-            .execute("DELETE FROM loose WHERE a = 2", &[])
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(client.execute("UPDATE loose SET b = 'z' WHERE a = 1", &[]).await.unwrap(), 1);
+    assert_eq!(client.execute("DELETE FROM loose WHERE a = 2", &[]).await.unwrap(), 1);
     let expected = workload(&mut client, "items", 2).await;
     wait_archived(&s.repos, 2).await;
     let report = stop(running).await;

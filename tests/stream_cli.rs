@@ -19,18 +19,16 @@ async fn stream_daemon_flushes_on_sigterm_and_remove_cleans_up() {
     let db = cluster.fresh_db("streamcli").await;
     cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text);").await;
     let repo = tempfile::tempdir().unwrap();
-    let child = pgkeep(&cluster, &db, repo.path())
-        .args(["stream", "--segment-seconds", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = pgkeep(&cluster, &db, repo.path()).args(["stream", "--segment-seconds", "60"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until the slot is active, then write.
     let client = cluster.client(&db).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let active: i64 = client
-            .query_one(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active AND {}", harness::streaming::SLOT_READY), &[&format!("pgkeep_{db}")])
+            .query_one(
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active AND {}", harness::streaming::SLOT_READY),
+                &[&format!("pgkeep_{db}")],
+            )
             .await
             .unwrap()
             .get(0);
@@ -84,7 +82,13 @@ async fn idle_stream_still_advances_the_slot_with_heartbeat_segments() {
     let slot = format!("pgkeep_{db}");
     let confirmed = || async {
         let r = client
-            .query_opt(&format!("SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1 AND active AND {}", harness::streaming::SLOT_READY), &[&slot])
+            .query_opt(
+                &format!(
+                    "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, '0/0')::int8 FROM pg_replication_slots WHERE slot_name = $1 AND active AND {}",
+                    harness::streaming::SLOT_READY
+                ),
+                &[&slot],
+            )
             .await
             .unwrap();
         r.map(|r| r.get::<_, i64>(0))

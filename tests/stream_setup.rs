@@ -62,11 +62,7 @@ impl Db {
 
     /// Slot and publication are named after the database (slots are cluster-wide).
     fn options(&self) -> StreamOptions {
-        StreamOptions {
-            segment_seconds: 1,
-            publication_check: Duration::from_secs(1),
-            ..StreamOptions::new(&self.name, &self.name)
-        }
+        StreamOptions { segment_seconds: 1, publication_check: Duration::from_secs(1), ..StreamOptions::new(&self.name, &self.name) }
     }
 
     fn insert_only(&self) -> String {
@@ -143,11 +139,7 @@ struct Archive {
 impl Archive {
     /// Every archived transaction, decoded.
     fn transactions(&self) -> Vec<Vec<PgOutputMessage>> {
-        self.segments
-            .iter()
-            .flat_map(|s| &s.transactions)
-            .map(|t| t.messages.iter().map(|m| pgoutput::decode(m).unwrap()).collect())
-            .collect()
+        self.segments.iter().flat_map(|s| &s.transactions).map(|t| t.messages.iter().map(|m| pgoutput::decode(m).unwrap()).collect()).collect()
     }
 
     /// Relation names by oid, from schema records and inline Relation messages.
@@ -255,10 +247,7 @@ async fn a_slot_older_than_the_insert_only_publication_streams_it_once_past_its_
     // The same when someone else made the publication anew: pgoutput's
     // refusal is noticed and the stream carries on the same way.
     db.client.batch_execute(&format!("DROP PUBLICATION \"{}\"; INSERT INTO items VALUES (3)", db.insert_only())).await.unwrap();
-    db.client
-        .batch_execute(&format!("CREATE PUBLICATION \"{}\" FOR TABLE loose WITH (publish = 'insert, truncate')", db.insert_only()))
-        .await
-        .unwrap();
+    db.client.batch_execute(&format!("CREATE PUBLICATION \"{}\" FOR TABLE loose WITH (publish = 'insert, truncate')", db.insert_only())).await.unwrap();
     let running = start(&db.settings, db.options());
     db.wait_archive("the change made before the restart", |a| a.changes_of("items").0 == 3).await;
     db.client.batch_execute("INSERT INTO items VALUES (4)").await.unwrap();
@@ -384,7 +373,10 @@ async fn with_setup_a_new_table_is_archived_from_its_creating_transaction() {
 async fn with_setup_an_alter_table_is_archived_as_a_ddl_message_and_needs_no_backup() {
     let db = Db::new("setupalter", "CREATE TABLE items (id int PRIMARY KEY, v text);").await;
     let owner = format!("{}_owner", db.name);
-    db.client.batch_execute(&format!("CREATE ROLE \"{owner}\"; GRANT ALL ON SCHEMA public TO \"{owner}\"; ALTER TABLE items OWNER TO \"{owner}\"")).await.unwrap();
+    db.client
+        .batch_execute(&format!("CREATE ROLE \"{owner}\"; GRANT ALL ON SCHEMA public TO \"{owner}\"; ALTER TABLE items OWNER TO \"{owner}\""))
+        .await
+        .unwrap();
     db.install_setup().await;
     let opts = StreamOptions { auto_backup: AutoBackupOptions { on_schema_change: true, ..Default::default() }, ..db.options() };
     let running = start(&db.settings, opts);
@@ -455,7 +447,12 @@ async fn setup_is_idempotent_removable_and_names_missing_privileges() {
 
 async fn event_triggers(client: &tokio_postgres::Client) -> i64 {
     client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgkeep_ddl'", &[]).await.unwrap().get::<_, i64>(0)
-        + client.query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('pgkeep_ddl_start', 'pgkeep_drop', 'pgkeep_rewrite')", &[]).await.unwrap().get::<_, i64>(0) * 10
+        + client
+            .query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('pgkeep_ddl_start', 'pgkeep_drop', 'pgkeep_rewrite')", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            * 10
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,8 +582,12 @@ async fn with_setup_losing_the_replica_identity_never_breaks_update_or_delete() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_setup_the_stream_moves_a_table_that_lost_its_identity_within_seconds() {
-    let db = Db::new("identnosetup", "CREATE TABLE t (id int NOT NULL, v text); CREATE UNIQUE INDEX t_u ON t (id); \
-        ALTER TABLE t REPLICA IDENTITY USING INDEX t_u; INSERT INTO t VALUES (1, 'a');").await;
+    let db = Db::new(
+        "identnosetup",
+        "CREATE TABLE t (id int NOT NULL, v text); CREATE UNIQUE INDEX t_u ON t (id); \
+        ALTER TABLE t REPLICA IDENTITY USING INDEX t_u; INSERT INTO t VALUES (1, 'a');",
+    )
+    .await;
     // The default publication check.
     let opts = StreamOptions { segment_seconds: 1, ..StreamOptions::new(&db.name, &db.name) };
     assert_eq!(opts.publication_check, Duration::from_secs(5));

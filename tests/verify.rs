@@ -74,12 +74,7 @@ async fn databases() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_backup_passes_deep_and_the_scratch_database_is_dropped() {
     let (_db, _dir, s, m) = backed_up("vf_clean", |p| vec![RepoSpec::Local(p.to_path_buf())]).await;
-    let opts = VerifyOptions {
-        deep: true,
-        compare_production: true,
-        critical_tables: vec!["users".into(), "public.tasks".into()],
-        ..VerifyOptions::default()
-    };
+    let opts = VerifyOptions { deep: true, compare_production: true, critical_tables: vec!["users".into(), "public.tasks".into()], ..VerifyOptions::default() };
     let v = verify::run(&s, &opts).await.unwrap();
     eprintln!("{}", v.render());
     assert!(v.passed, "{}", v.render());
@@ -274,9 +269,7 @@ async fn failed_scratch_restore_still_drops_the_scratch_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_critical_table_and_old_backup_fail() {
     let (_db, _dir, s, m) = backed_up("vf_meta", |p| vec![RepoSpec::Local(p.to_path_buf())]).await;
-    let v = verify::run(&s, &VerifyOptions { critical_tables: vec!["users".into(), "empty_one".into(), "nope".into()], ..by_id(&m) })
-        .await
-        .unwrap();
+    let v = verify::run(&s, &VerifyOptions { critical_tables: vec!["users".into(), "empty_one".into(), "nope".into()], ..by_id(&m) }).await.unwrap();
     assert_fails(&v, Check::CriticalTables, None, &["public.empty_one is empty", "public.nope is not in backup"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let v = verify::run(&s, &VerifyOptions { max_age: Duration::from_secs(1), ..by_id(&m) }).await.unwrap();
@@ -287,14 +280,8 @@ async fn empty_critical_table_and_old_backup_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_exit_codes() {
     let (db, dir, s, m) = backed_up("vf_bin", |p| vec![RepoSpec::Local(p.to_path_buf())]).await;
-    let url = format!(
-        "postgres://{}:{}@{}:{}/{db}?sslmode={}",
-        s.db.user,
-        s.db.password.as_ref().unwrap().expose(),
-        s.db.host,
-        s.db.port,
-        s.db.sslmode.as_str()
-    );
+    let url =
+        format!("postgres://{}:{}@{}:{}/{db}?sslmode={}", s.db.user, s.db.password.as_ref().unwrap().expose(), s.db.host, s.db.port, s.db.sslmode.as_str());
     let repo = dir.path().display().to_string();
     let run = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));

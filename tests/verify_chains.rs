@@ -64,7 +64,11 @@ async fn segment_gaps_fail_and_contiguous_chains_pass() {
     let chains: Vec<_> = v.checks.iter().filter(|c| c.check == Check::Chains).collect();
     assert_eq!(chains.len(), 1, "{chains:?}");
     assert_eq!(chains[0].status, Status::Pass, "{chains:?}");
-    assert!(chains[0].summary.contains("3 contiguous segment(s)") && chains[0].summary.contains("covers this backup's consistent point"), "{}", chains[0].summary);
+    assert!(
+        chains[0].summary.contains("3 contiguous segment(s)") && chains[0].summary.contains("covers this backup's consistent point"),
+        "{}",
+        chains[0].summary
+    );
 
     // A flipped byte in a segment after the consistent point fails, naming it.
     let middle = segment_key(&stream, Lsn(bounds[1]), Lsn(bounds[2]));

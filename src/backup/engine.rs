@@ -14,17 +14,17 @@ use chrono::Utc;
 use futures::future::join_all;
 use tracing::Instrument;
 
+use crate::backup::plan;
 use crate::backup::schema::{self, SchemaDump};
 use crate::backup::snapshot::SnapshotHolder;
 use crate::backup::worker::{self, TaskResult, WorkerShared};
-use crate::backup::plan;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{self, ServerFacts, TableInfo};
 use crate::pg::connect;
 use crate::pipeline::pack::PackSink;
-use crate::pipeline::targets::BackupTargets;
 use crate::pipeline::process;
+use crate::pipeline::targets::BackupTargets;
 use crate::pipeline::{Compression, TableFingerprint};
 use crate::progress::ProgressCounters;
 use crate::repo::catalog as repo_catalog;
@@ -32,8 +32,8 @@ use crate::repo::claim;
 use crate::repo::layout::{BackupId, BackupKind};
 use crate::repo::lock::{self, LockMode, LockOptions};
 use crate::repo::manifest::{
-    BackupManifest, BackupStats, ChunkRef, CompressionInfo, ExtensionConfig, ImageInfo, LargeObjects, ObjectEntry, RunInfo, SchemaObjects,
-    ServerInfo, SnapshotInfo, TableEntry,
+    BackupManifest, BackupStats, ChunkRef, CompressionInfo, ExtensionConfig, ImageInfo, LargeObjects, ObjectEntry, RunInfo, SchemaObjects, ServerInfo,
+    SnapshotInfo, TableEntry,
 };
 use crate::repo::meta;
 use crate::storage::Storage;
@@ -206,8 +206,7 @@ async fn capture(settings: &Settings, opts: &BackupOptions, facts: &ServerFacts,
     // The server's clock at the snapshot: point-in-time restores choose bases by it.
     let server_time = snapshot.client().query_one("SELECT now()", &[]).await.ok().and_then(|r| r.try_get::<_, chrono::DateTime<Utc>>(0).ok());
     let read = read_under(&snapshot, tables, settings, opts, facts, targets, backup_id).await;
-    let info =
-        SnapshotInfo { method: snapshot.method, consistent_lsn: snapshot.lsn, slot_name: snapshot.slot_name.clone(), slot_kept: false, server_time };
+    let info = SnapshotInfo { method: snapshot.method, consistent_lsn: snapshot.lsn, slot_name: snapshot.slot_name.clone(), slot_kept: false, server_time };
     let released = snapshot.release().await;
     let (tables, results, objects, schema_dump, sequences, lo_count, warnings) = match read {
         Ok(r) => r,
@@ -401,7 +400,9 @@ async fn take_snapshot(settings: &Settings, opts: &BackupOptions, facts: &Server
     } else {
         match SnapshotHolder::from_slot(&settings.db, opts.lock_timeout).await {
             Ok(s) => return Ok(s),
-            Err(e) => tracing::warn!(error = %e.user_line(), "no replication-slot snapshot; falling back to an exported snapshot (consistent, but no point to continue change archiving from)"),
+            Err(e) => {
+                tracing::warn!(error = %e.user_line(), "no replication-slot snapshot; falling back to an exported snapshot (consistent, but no point to continue change archiving from)")
+            }
         }
     }
     SnapshotHolder::export(&settings.db).await
@@ -453,11 +454,8 @@ fn check_privileges(tables: &[TableInfo], facts: &ServerFacts) -> Result<()> {
     }
     let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
     let more = if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() };
-    Err(Error::new(
-        ErrorKind::Config,
-        format!("role {} may not SELECT from {} table(s): {}{more}", facts.current_user, missing.len(), shown.join(", ")),
-    )
-    .with_hint(format!("GRANT pg_read_all_data TO {} (PostgreSQL 14+), or GRANT SELECT on those tables", facts.current_user)))
+    Err(Error::new(ErrorKind::Config, format!("role {} may not SELECT from {} table(s): {}{more}", facts.current_user, missing.len(), shown.join(", ")))
+        .with_hint(format!("GRANT pg_read_all_data TO {} (PostgreSQL 14+), or GRANT SELECT on those tables", facts.current_user)))
 }
 
 pub(crate) async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storage>>> {
@@ -510,9 +508,7 @@ async fn copy_all_tables(
     // so no worker writes into a backup that is being removed.
     let mut outcomes = Vec::with_capacity(jobs);
     while let Some(joined) = workers.join_next().await {
-        let outcome = joined
-            .map_err(|e| Error::internal(format!("copy worker crashed: {e}")))
-            .and_then(|r| r);
+        let outcome = joined.map_err(|e| Error::internal(format!("copy worker crashed: {e}"))).and_then(|r| r);
         match outcome {
             Ok(o) => outcomes.push(o),
             Err(e) => {
@@ -613,7 +609,8 @@ async fn identity_warnings(client: &tokio_postgres::Client) -> Vec<String> {
 /// that stalls is not waited on request after request); leftovers have no
 /// manifest, are never listed, and `expire` removes them.
 pub(crate) async fn remove_prefix(storage: &dyn Storage, prefix: &str) {
-    let failed = |e: Error| tracing::warn!(repo = %storage.location(), prefix, error = %e.user_line(), "cannot remove the unfinished backup; `expire` removes it later");
+    let failed =
+        |e: Error| tracing::warn!(repo = %storage.location(), prefix, error = %e.user_line(), "cannot remove the unfinished backup; `expire` removes it later");
     if let Err(e) = storage.clean_incomplete(prefix, Duration::ZERO).await {
         return failed(e);
     }

@@ -40,10 +40,7 @@ pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_pa
         if !snapshot.is_empty() {
             cmd.arg(format!("--snapshot={snapshot}"));
         }
-        cmd.arg("--no-password")
-            .arg("--format=plain")
-            .arg("--dbname")
-            .arg(&db.dbname);
+        cmd.arg("--no-password").arg("--format=plain").arg("--dbname").arg(&db.dbname);
         cmd
     };
     let (pre, post) = tokio::try_join!(

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pg::catalog::{SESSION_SETUP, TableInfo};
 use crate::pg::catalog::quote_literal;
+use crate::pg::catalog::{SESSION_SETUP, TableInfo};
 use crate::pg::{Connection, connect};
 use crate::replication::ReplicationConnection;
 use crate::repo::layout::Lsn;
@@ -51,34 +51,17 @@ impl SnapshotHolder {
     pub async fn export(db: &DbSettings) -> Result<SnapshotHolder> {
         let conn = connect(db).await?;
         let client = &conn.client;
-        client
-            .batch_execute(SESSION_SETUP)
-            .await
-            .map_err(|e| pg_err(e, "cannot configure the snapshot session"))?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(|e| pg_err(e, "cannot start the snapshot transaction"))?;
+        client.batch_execute(SESSION_SETUP).await.map_err(|e| pg_err(e, "cannot configure the snapshot session"))?;
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await.map_err(|e| pg_err(e, "cannot start the snapshot transaction"))?;
         let row = client
-            .query_one(
-                "SELECT pg_export_snapshot(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text",
-                &[],
-            )
+            .query_one("SELECT pg_export_snapshot(), CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text", &[])
             .await
             .map_err(|e| pg_err(e, "cannot export a snapshot"))?;
         let name: String = row.get(0);
         let lsn: Option<String> = row.get(1);
         let lsn = lsn.and_then(|l| l.parse().ok()).unwrap_or_default();
         tracing::info!(snapshot = %name, lsn = %lsn, "exported snapshot");
-        Ok(SnapshotHolder {
-            conn,
-            db: db.clone(),
-            replication: None,
-            slot_name: None,
-            name,
-            lsn,
-            method: SnapshotMethod::ExportedSnapshot,
-        })
+        Ok(SnapshotHolder { conn, db: db.clone(), replication: None, slot_name: None, name, lsn, method: SnapshotMethod::ExportedSnapshot })
     }
 
     /// Create a temporary logical slot with an exported snapshot, waiting at
@@ -104,18 +87,10 @@ impl SnapshotHolder {
                 .with_hint("slot creation needs every transaction that was running to finish; end or wait for them"));
             }
         };
-        let name = created
-            .snapshot_name
-            .ok_or_else(|| Error::internal("CREATE_REPLICATION_SLOT returned no snapshot"))?;
+        let name = created.snapshot_name.ok_or_else(|| Error::internal("CREATE_REPLICATION_SLOT returned no snapshot"))?;
         let conn = connect(db).await?;
-        let import = format!(
-            "{SESSION_SETUP}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(&name)
-        );
-        conn.client
-            .batch_execute(&import)
-            .await
-            .map_err(|e| pg_err(e, "cannot import the slot's snapshot"))?;
+        let import = format!("{SESSION_SETUP}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(&name));
+        conn.client.batch_execute(&import).await.map_err(|e| pg_err(e, "cannot import the slot's snapshot"))?;
         tracing::info!(slot = %created.slot_name, snapshot = %name, lsn = %created.consistent_point, "created temporary replication slot with exported snapshot");
         Ok(SnapshotHolder {
             conn,
@@ -136,10 +111,7 @@ impl SnapshotHolder {
     /// Take ACCESS SHARE locks on `tables`, waiting at most `timeout` for each batch.
     pub async fn lock_tables(&self, tables: &[TableInfo], timeout: Duration) -> Result<()> {
         let client = &self.conn.client;
-        client
-            .batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", timeout.as_millis()))
-            .await
-            .map_err(|e| pg_err(e, "cannot set lock_timeout"))?;
+        client.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", timeout.as_millis())).await.map_err(|e| pg_err(e, "cannot set lock_timeout"))?;
         for batch in tables.chunks(500) {
             let names: Vec<String> = batch.iter().map(TableInfo::qualified).collect();
             let sql = format!("LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", "));

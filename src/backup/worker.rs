@@ -23,9 +23,9 @@ use crate::pg::catalog::{SESSION_SETUP, TableInfo, quote_literal};
 use crate::pipeline::chunker::{Chunker, CutChunk};
 use crate::pipeline::pack::PackSink;
 use crate::pipeline::process::{self, ProcessedChunk, SpanningRow};
-use crate::replication::ReplicationConnection;
 use crate::pipeline::{Compression, TableFingerprint};
 use crate::progress::ProgressCounters;
+use crate::replication::ReplicationConnection;
 use crate::repo::manifest::{ChunkRef, ObjectEntry};
 
 /// Chunks being compressed per worker while the next one is read.
@@ -71,20 +71,13 @@ pub async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Re
     let span = tracing::info_span!("copy_worker", worker = id);
     let result = async {
         let mut conn = ReplicationConnection::connect_regular(&shared.db).await?;
-        let setup = format!(
-            "{SESSION_SETUP}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(&shared.snapshot)
-        );
-        conn.simple_query(&setup)
-            .await
-            .map_err(|e| e.context(format!("worker {id} cannot import snapshot {}", shared.snapshot)))?;
+        let setup = format!("{SESSION_SETUP}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}", quote_literal(&shared.snapshot));
+        conn.simple_query(&setup).await.map_err(|e| e.context(format!("worker {id} cannot import snapshot {}", shared.snapshot)))?;
         let mut results = Vec::new();
         loop {
             let Some(task) = shared.queue.lock().await.pop_front() else { break };
             let table = &shared.tables[task.table];
-            let r = copy_task(&mut conn, &shared, table, task, &mut sink)
-                .instrument(tracing::debug_span!("table", table = %table.display()))
-                .await?;
+            let r = copy_task(&mut conn, &shared, table, task, &mut sink).instrument(tracing::debug_span!("table", table = %table.display())).await?;
             results.push(r);
         }
         let _ = conn.simple_query("COMMIT").await;
@@ -105,13 +98,7 @@ pub async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Re
     }
 }
 
-async fn copy_task(
-    conn: &mut ReplicationConnection,
-    shared: &WorkerShared,
-    table: &TableInfo,
-    task: CopyTask,
-    sink: &mut PackSink,
-) -> Result<TaskResult> {
+async fn copy_task(conn: &mut ReplicationConnection, shared: &WorkerShared, table: &TableInfo, task: CopyTask, sink: &mut PackSink) -> Result<TaskResult> {
     let started = std::time::Instant::now();
     let sql = copy_sql(table, &task);
     let what = format!("copy table {}", table.display());
@@ -135,10 +122,7 @@ async fn copy_task(
         Ok(Some(last)) => in_flight.push_back(spawn(last, &mut span, shared)),
         Ok(None) => {}
         Err(len) => {
-            return Err(Error::new(
-                ErrorKind::Database,
-                format!("COPY output of table {} ended in the middle of a row ({len} bytes)", table.display()),
-            ));
+            return Err(Error::new(ErrorKind::Database, format!("COPY output of table {} ended in the middle of a row ({len} bytes)", table.display())));
         }
     }
     while let Some(chunk) = in_flight.pop_front() {

@@ -333,7 +333,6 @@ pub(crate) struct ConfigArgs {
     pub(crate) json: bool,
 }
 
-
 #[derive(Debug, Args)]
 pub(crate) struct KeyArgs {
     #[command(subcommand)]

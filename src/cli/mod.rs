@@ -113,9 +113,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Drill(a) => {
             let assert_sql = match &a.assert_sql {
-                Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                    pgkeep::Error::config(format!("cannot read --assert-sql file {}", p.display())).with_source(e)
-                })?),
+                Some(p) => Some(
+                    std::fs::read_to_string(p).map_err(|e| pgkeep::Error::config(format!("cannot read --assert-sql file {}", p.display())).with_source(e))?,
+                ),
                 None => None,
             };
             let opts = commands::drill::DrillOptions {
@@ -202,10 +202,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 print!("{}", report.render());
             }
             // A failed check: the report above, then one error line and exit 3.
-            notified(&settings, Operation::Verify, started, report.into_result(), |_| {
-                Event::new(Operation::Verify, pgkeep::notify::Outcome::Success)
-            })
-            .await?;
+            notified(&settings, Operation::Verify, started, report.into_result(), |_| Event::new(Operation::Verify, pgkeep::notify::Outcome::Success)).await?;
             Ok(0)
         }
         Command::Expire(a) => {
@@ -273,10 +270,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Key(KeyArgs { action: KeyAction::Rotate(a) }) => {
-            let opts = commands::key::RotateOptions {
-                change: pgkeep::crypto::rewrap::RecipientChange { add: a.add, remove: a.remove },
-                dry_run: a.dry_run,
-            };
+            let opts = commands::key::RotateOptions { change: pgkeep::crypto::rewrap::RecipientChange { add: a.add, remove: a.remove }, dry_run: a.dry_run };
             let report = commands::key::run(&settings, &opts).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
@@ -305,11 +299,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 CompressArg::Gzip => pgkeep::pipeline::Compression::gzip(a.compress_level.unwrap_or(6))?,
                 CompressArg::None => pgkeep::pipeline::Compression::None,
             };
-            let opts = commands::backup::BackupOptions {
-                compression,
-                chunk_size: chunk_size as usize,
-                ..commands::backup::BackupOptions::default()
-            };
+            let opts = commands::backup::BackupOptions { compression, chunk_size: chunk_size as usize, ..commands::backup::BackupOptions::default() };
             let bar = (!g.quiet).then(|| progress_bar(opts.progress.clone())).flatten();
             let started = Instant::now();
             let result = match a.incremental {
@@ -370,13 +360,7 @@ fn expire_incomplete() -> pgkeep::Error {
 /// Tell the configured channels (Slack, email, webhook) how a command ended:
 /// failures always, successes when `notify.on_success`. A notification that
 /// fails is logged by the notifier and never changes the command's outcome.
-async fn notified<T>(
-    settings: &config::Settings,
-    op: Operation,
-    started: Instant,
-    result: Result<T>,
-    success: impl FnOnce(&T) -> Event,
-) -> Result<T> {
+async fn notified<T>(settings: &config::Settings, op: Operation, started: Instant, result: Result<T>, success: impl FnOnce(&T) -> Event) -> Result<T> {
     let notifier = Notifier::from_settings(settings);
     if notifier.is_empty() {
         return result;

@@ -69,10 +69,7 @@ impl CheckReport {
 
     /// `OK …` / `ALERT …` lines.
     pub fn render(&self) -> String {
-        self.findings
-            .iter()
-            .map(|f| format!("{} {}: {}\n", if f.ok { "OK   " } else { "ALERT" }, f.check, f.message))
-            .collect()
+        self.findings.iter().map(|f| format!("{} {}: {}\n", if f.ok { "OK   " } else { "ALERT" }, f.check, f.message)).collect()
     }
 
     /// Prometheus textfile-collector format.
@@ -275,7 +272,11 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
                         let too_big = retained > opts.max_slot_lag;
                         let idle_ours = ours && !active;
                         let ok = !lost && !too_big && !idle_ours;
-                        let mut msg = format!("{kind} slot {name} retains {} of WAL ({}, wal_status {status})", human_bytes(retained), if active { "active" } else { "inactive" });
+                        let mut msg = format!(
+                            "{kind} slot {name} retains {} of WAL ({}, wal_status {status})",
+                            human_bytes(retained),
+                            if active { "active" } else { "inactive" }
+                        );
                         if let Some(failover) = failover {
                             let yes_no = |b: bool| if b { "yes" } else { "no" };
                             msg.push_str(&format!("; failover {}, synchronized {}", yes_no(failover), yes_no(synced.unwrap_or(false))));
@@ -286,7 +287,10 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
                         } else if lost {
                             msg.push_str("; its WAL was removed: a new full backup is needed and the slot should be dropped");
                         } else if too_big {
-                            msg.push_str(&format!("; above the {} limit: consume or drop it before the disk fills (see max_slot_wal_keep_size)", human_bytes(opts.max_slot_lag)));
+                            msg.push_str(&format!(
+                                "; above the {} limit: consume or drop it before the disk fills (see max_slot_wal_keep_size)",
+                                human_bytes(opts.max_slot_lag)
+                            ));
                         } else if idle_ours {
                             msg.push_str("; nothing is consuming this pgkeep slot: start `pgkeep stream` or drop the slot");
                         }

@@ -189,9 +189,7 @@ pub async fn last_record(storage: &dyn crate::storage::Storage) -> Result<Option
         return Ok(None);
     };
     let bytes = storage.get(&last.key, None).await?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::corrupt(format!("drill record {} cannot be parsed: {e}", last.key)))
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::corrupt(format!("drill record {} cannot be parsed: {e}", last.key)))
 }
 
 #[cfg(test)]

@@ -101,13 +101,7 @@ pub enum ExpireInput {
 impl ExpireInput {
     /// The plan input of a manifest.
     pub fn of(m: &BackupManifest) -> ExpireInput {
-        ExpireInput::Valid {
-            id: m.backup_id.clone(),
-            kind: m.kind,
-            parent: m.parent.clone(),
-            database: m.database.clone(),
-            started_at: m.started_at,
-        }
+        ExpireInput::Valid { id: m.backup_id.clone(), kind: m.kind, parent: m.parent.clone(), database: m.database.clone(), started_at: m.started_at }
     }
 
     fn id(&self) -> &BackupId {
@@ -417,11 +411,7 @@ async fn expire_repository(
     }
 
     // 2. Exclusive lock: no backup runs here until we are done. A dry run deletes nothing and takes none.
-    let held = if opts.dry_run {
-        None
-    } else {
-        Some(lock::RepoLock::acquire(storage.clone(), "expire", LockMode::Exclusive, lock_opts).await?)
-    };
+    let held = if opts.dry_run { None } else { Some(lock::RepoLock::acquire(storage.clone(), "expire", LockMode::Exclusive, lock_opts).await?) };
     let result = apply(storage.as_ref(), opts, now, object_lock, r).await;
     if let Some(l) = held {
         l.release().await?;
@@ -436,9 +426,7 @@ async fn expire_repository(
 async fn locked_until(storage: &dyn Storage, prefix: &str, lock: Option<ObjectLock>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
     let Some(lock) = lock else { return Ok(None) };
     let newest = storage.list(prefix).await?.iter().filter_map(|o| o.modified).max();
-    Ok(newest
-        .map(|t| lock.retain_until(t) + chrono::Duration::hours(1))
-        .filter(|until| *until > now))
+    Ok(newest.map(|t| lock.retain_until(t) + chrono::Duration::hours(1)).filter(|until| *until > now))
 }
 
 async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, object_lock: Option<ObjectLock>, r: &mut RepoExpireReport) -> Result<()> {
@@ -509,11 +497,8 @@ async fn apply(storage: &dyn Storage, opts: &ExpireOptions, now: DateTime<Utc>, 
     // 6. Change segments no kept backup of this repository replays (never the newest of a
     //    stream, never one under object lock).
     let gone: BTreeSet<&str> = r.deleted.iter().map(|b| b.backup_id.as_str()).collect();
-    let kept: Vec<CatalogEntry> = catalog::list_backups(storage)
-        .await?
-        .into_iter()
-        .filter(|e| !matches!(e, CatalogEntry::Valid(m) if gone.contains(m.backup_id.as_str())))
-        .collect();
+    let kept: Vec<CatalogEntry> =
+        catalog::list_backups(storage).await?.into_iter().filter(|e| !matches!(e, CatalogEntry::Valid(m) if gone.contains(m.backup_id.as_str()))).collect();
     let needed = crate::commands::expire_changes::oldest_needed(&kept);
     let objects = storage.list(crate::repo::layout::CHANGES_PREFIX).await?;
     let segments: Vec<_> = objects.iter().filter_map(crate::commands::expire_changes::SegmentObject::from_meta).collect();
@@ -769,7 +754,13 @@ mod tests {
         // A parent cycle (impossible in practice) terminates and is reported.
         let x = BackupId::new(Incremental, day(1), 0);
         let y = BackupId::new(Incremental, day(2), 0);
-        let mk = |id: &BackupId, parent: &BackupId, d| ExpireInput::Valid { id: id.clone(), kind: Incremental, parent: Some(parent.clone()), database: "app".into(), started_at: day(d) };
+        let mk = |id: &BackupId, parent: &BackupId, d| ExpireInput::Valid {
+            id: id.clone(),
+            kind: Incremental,
+            parent: Some(parent.clone()),
+            database: "app".into(),
+            started_at: day(d),
+        };
         let p = plan(&[mk(&x, &y, 99), mk(&y, &x, 99)], 100, 7, 1);
         assert!(p.delete.is_empty());
         assert!(p.problems.iter().any(|m| m.contains("cycle")));

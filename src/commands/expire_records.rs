@@ -42,12 +42,7 @@ pub fn plan(objects: &[ObjectMeta], now: DateTime<Utc>, days: u32) -> Vec<String
         return Vec::new();
     }
     let cutoff = now - chrono::Duration::days(days.into());
-    objects
-        .iter()
-        .filter(|o| !o.key.ends_with('/'))
-        .filter(|o| written_at(o).is_some_and(|t| t < cutoff))
-        .map(|o| o.key.clone())
-        .collect()
+    objects.iter().filter(|o| !o.key.ends_with('/')).filter(|o| written_at(o).is_some_and(|t| t < cutoff)).map(|o| o.key.clone()).collect()
 }
 
 #[cfg(test)]
@@ -68,10 +63,7 @@ mod tests {
             obj("logs/odd-name.log", Some(now - chrono::Duration::days(100))),
             obj("logs/no-date.log", None),
         ];
-        assert_eq!(
-            plan(&objects, now, 90),
-            vec!["logs/backup_20260101_020000.log", "audit/20250101_000000_restore_abcdef.json", "logs/odd-name.log"]
-        );
+        assert_eq!(plan(&objects, now, 90), vec!["logs/backup_20260101_020000.log", "audit/20250101_000000_restore_abcdef.json", "logs/odd-name.log"]);
         assert!(plan(&objects, now, 0).is_empty());
         assert_eq!(plan(&objects, now, 400), vec!["audit/20250101_000000_restore_abcdef.json"]);
     }

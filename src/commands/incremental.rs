@@ -124,9 +124,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             .filter_map(|s| stream::epoch_of(&s.stream_id, &stream_id).map(|e| (e, s)))
             .max_by_key(|(e, _)| *e)
             .map(|(_, s)| s)
-            .ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("no change segments of stream {stream_id} in any repository"))
-        })?;
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no change segments of stream {stream_id} in any repository")))?;
         let segs = archive.chain_from(parent_end);
         let Some(last) = segs.iter().position(|s| s.end >= mark) else {
             return Ok(None);
@@ -159,13 +157,9 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         // 6. The schema now, against the parent's.
         let server_major = facts.version_num / 10000;
         let dump = crate::backup::schema::capture(&settings.db, "", server_major, facts.is_superuser, None).await?;
-        let parent_source = crate::restore::source::BackupSource::find_with_keys(
-            &repos,
-            &crate::restore::source::BackupSelector::Id(parent.backup_id.clone()),
-            db,
-            &keys,
-        )
-        .await;
+        let parent_source =
+            crate::restore::source::BackupSource::find_with_keys(&repos, &crate::restore::source::BackupSelector::Id(parent.backup_id.clone()), db, &keys)
+                .await;
         let parent_pre = match parent_source {
             Ok(src) => src.read_chunk(&parent.schema.pre_data).await.ok(),
             Err(_) => None,
@@ -194,7 +188,13 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             server: parent.server.clone(),
             started_at,
             finished_at: Utc::now(),
-            snapshot: SnapshotInfo { method: SnapshotMethod::ReplicationSlot, consistent_lsn: mark, slot_name: Some(slot.clone()), slot_kept: true, server_time: None },
+            snapshot: SnapshotInfo {
+                method: SnapshotMethod::ReplicationSlot,
+                consistent_lsn: mark,
+                slot_name: Some(slot.clone()),
+                slot_kept: true,
+                server_time: None,
+            },
             started_by: RunInfo::current(),
             compression: parent.compression.clone(),
             encryption: None,

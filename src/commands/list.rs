@@ -87,10 +87,8 @@ fn listed(m: &BackupManifest) -> ListedBackup {
 /// when no database is configured (the name would only be the default, the
 /// OS user), so every backup is listed.
 pub fn configured_database(settings: &Settings) -> Option<&str> {
-    let defaulted = settings
-        .provenance
-        .iter()
-        .any(|(k, _, src)| k == "db.name" && matches!(src, crate::config::Source::Derived(d) if d.starts_with("default")));
+    let defaulted =
+        settings.provenance.iter().any(|(k, _, src)| k == "db.name" && matches!(src, crate::config::Source::Derived(d) if d.starts_with("default")));
     (!defaulted).then_some(settings.db.dbname.as_str())
 }
 
@@ -113,9 +111,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<ListedBackup>> {
         for entry in catalog::list_backups(repo.as_ref()).await? {
             match entry {
                 CatalogEntry::Valid(m) => {
-                    if m.kind == crate::repo::layout::BackupKind::Full
-                        && m.snapshot.method == crate::repo::manifest::SnapshotMethod::ReplicationSlot
-                    {
+                    if m.kind == crate::repo::layout::BackupKind::Full && m.snapshot.method == crate::repo::manifest::SnapshotMethod::ReplicationSlot {
                         continuable.insert(m.backup_id.to_string(), (m.server.system_identifier.clone(), m.snapshot.consistent_lsn));
                     }
                     let key = (m.started_at.to_rfc3339(), m.backup_id.to_string());

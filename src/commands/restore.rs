@@ -21,17 +21,17 @@ use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::connect;
 use crate::progress::ProgressCounters;
+use crate::replay::{self, RecoveryTarget, ReplayPlan};
 use crate::repo::layout::BackupKind;
-use crate::restore::source::{self as src, BackupSelector, BackupSource};
-use crate::restore::target;
+use crate::restore::approve;
+use crate::restore::plan::{incremental_root, latest_data_plan, latest_of_this_cluster, plan_point_in_time};
 use crate::restore::platform::{self, PlatformSchemas, PlatformTarget};
 use crate::restore::privileges;
-use crate::restore::plan::{incremental_root, latest_data_plan, latest_of_this_cluster, plan_point_in_time};
-use crate::restore::approve;
-use crate::replay::{self, RecoveryTarget, ReplayPlan};
+use crate::restore::source::{self as src, BackupSelector, BackupSource};
+use crate::restore::target;
 
-pub use crate::restore::report::{PhaseTimes, RestoreReport};
 pub(crate) use crate::restore::phases::load_and_verify_as;
+pub use crate::restore::report::{PhaseTimes, RestoreReport};
 
 /// Options of a restore.
 #[derive(Debug, Clone)]
@@ -173,7 +173,10 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let source = match found {
         Ok(s) => Arc::new(s),
         // Legacy archives: an id no repository has a pgkeep backup of.
-        Err(e) if e.kind() == ErrorKind::NotFound && let BackupSelector::Id(id) = &opts.selector => {
+        Err(e)
+            if e.kind() == ErrorKind::NotFound
+                && let BackupSelector::Id(id) = &opts.selector =>
+        {
             return restore_legacy::run_if_archive(settings, opts, &repos, id, e).await;
         }
         Err(e) => return Err(e),
@@ -251,16 +254,26 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let work = server.with_dbname(&work_db);
 
     // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
-    let loaded = crate::interrupt::guard(load_and_verify_as(&source, &work, &selected, settings.jobs, &opts.critical_tables, &opts.progress, &mut times, opts.no_owner, into_platform.as_ref())).await;
+    let loaded = crate::interrupt::guard(load_and_verify_as(
+        &source,
+        &work,
+        &selected,
+        settings.jobs,
+        &opts.critical_tables,
+        &opts.progress,
+        &mut times,
+        opts.no_owner,
+        into_platform.as_ref(),
+    ))
+    .await;
     let (roles_created, fk_skipped, verification, mut ownership) = match loaded {
         Ok(v) if v.2.passed() => v,
         other => {
             let err = match other {
                 Err(e) => e,
-                Ok((_, _, report, _)) => Error::new(
-                    ErrorKind::CheckFailed,
-                    format!("restored data does not match backup {id}: {}", report.problems.join("; ")),
-                ),
+                Ok((_, _, report, _)) => {
+                    Error::new(ErrorKind::CheckFailed, format!("restored data does not match backup {id}: {}", report.problems.join("; ")))
+                }
             };
             if let Some(p) = &into_platform {
                 return Err(platform::partial_failure(p, err));
@@ -383,8 +396,16 @@ pub(crate) async fn abandon(server: &crate::config::DbSettings, opts: &RestoreOp
 }
 
 /// The SWAP gate, then the swap; records it in `report`.
-pub(crate) async fn swap_in(server: &crate::config::DbSettings, opts: &RestoreOptions, target_name: &str, work_db: &str, report: &mut RestoreReport) -> Result<()> {
-    if let Err(e) = crate::interrupt::guard(approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes)).await {
+pub(crate) async fn swap_in(
+    server: &crate::config::DbSettings,
+    opts: &RestoreOptions,
+    target_name: &str,
+    work_db: &str,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    if let Err(e) =
+        crate::interrupt::guard(approve::gate("SWAP", format!("replace database {target_name} with the verified restore {work_db}"), opts.yes)).await
+    {
         // Interrupted at the prompt: the caller drops the work database like any interrupted step.
         if crate::interrupt::received().is_some() {
             return Err(e);
@@ -422,12 +443,7 @@ async fn check_objects(source: &BackupSource) -> Result<()> {
         match source.storage.head(&key).await? {
             Some(m) if m.size == o.size => {}
             Some(m) => {
-                return Err(Error::corrupt(format!(
-                    "object {key} in {} has {} bytes, the manifest says {}",
-                    source.storage.location(),
-                    m.size,
-                    o.size
-                )));
+                return Err(Error::corrupt(format!("object {key} in {} has {} bytes, the manifest says {}", source.storage.location(), m.size, o.size)));
             }
             None => {
                 return Err(Error::corrupt(format!("object {key} is missing from {}", source.storage.location())));
@@ -484,12 +500,7 @@ pub async fn rollback(settings: &Settings, yes: bool) -> Result<String> {
 
 async fn rollback_steps(settings: &Settings, yes: bool) -> Result<String> {
     let name = &settings.db.dbname;
-    approve::gate(
-        "SWAP",
-        format!("put database {name}_old back as {name} on {}:{}", settings.db.host, settings.db.port),
-        yes,
-    )
-    .await?;
+    approve::gate("SWAP", format!("put database {name}_old back as {name} on {}:{}", settings.db.host, settings.db.port), yes).await?;
     let (aside, terminated) = target::rollback(&settings.db, name).await?;
     Ok(format!("rolled back: {name}_old is {name} again; the replaced database is kept as {aside}; {terminated} session(s) terminated"))
 }

@@ -27,11 +27,11 @@ use crate::commands::restore::{self, PhaseTimes, RestoreOptions, RestoreReport};
 use crate::config::{DbSettings, Settings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::layout::BackupId;
+use crate::restore::approve;
 use crate::restore::legacy::{self, ArchiveSelector, ArchiveToc, LegacyArchive, TableRows, UnpackedArchive};
 use crate::restore::source::open_repositories;
 use crate::restore::target;
 use crate::restore::verify::VerifyReport;
-use crate::restore::approve;
 use crate::storage::Storage;
 
 /// Whether a restore argument names a legacy archive file (`….dump.gz`).
@@ -68,7 +68,13 @@ async fn run_legacy_steps(settings: &Settings, opts: &RestoreOptions, name: &str
 /// restore the legacy archive with that id, or return `not_found`. A pgkeep
 /// backup folder `backups/<id>/` (a damaged or unfinished backup) is never
 /// replaced by an archive silently: then `not_found` is returned too.
-pub(crate) async fn run_if_archive(settings: &Settings, opts: &RestoreOptions, repos: &[std::sync::Arc<dyn Storage>], id: &BackupId, not_found: Error) -> Result<RestoreReport> {
+pub(crate) async fn run_if_archive(
+    settings: &Settings,
+    opts: &RestoreOptions,
+    repos: &[std::sync::Arc<dyn Storage>],
+    id: &BackupId,
+    not_found: Error,
+) -> Result<RestoreReport> {
     for repo in repos {
         if !repo.list(&id.prefix()).await.map(|o| o.is_empty()).unwrap_or(true) {
             return Err(not_found);

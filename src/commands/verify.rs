@@ -76,12 +76,14 @@ pub async fn run_legacy(settings: &Settings, opts: &VerifyOptions, name: &str) -
     let which = crate::restore::legacy::ArchiveSelector::Name(name.to_string());
     let Some(archive) = crate::restore::legacy::find_archive(&repos, &which).await? else {
         let where_ = repos.iter().map(|r| r.location()).collect::<Vec<_>>().join(", ");
-        return Err(Error::new(ErrorKind::NotFound, format!("legacy archive {name} not found in {where_}"))
-            .with_hint("run `pgkeep list --legacy` to see the archives"));
+        return Err(
+            Error::new(ErrorKind::NotFound, format!("legacy archive {name} not found in {where_}")).with_hint("run `pgkeep list --legacy` to see the archives")
+        );
     };
     let v = crate::verify::legacy::verify_archive(&archive, &legacy_checks(settings, opts)).await;
     let failed: Vec<&str> = v.failures().map(|c| c.check.name()).collect();
-    let details = serde_json::json!({ "backup_id": v.backup_id, "legacy_archive": archive.location(), "passed": v.passed, "failed_checks": failed, "deep": opts.deep });
+    let details =
+        serde_json::json!({ "backup_id": v.backup_id, "legacy_archive": archive.location(), "passed": v.passed, "failed_checks": failed, "deep": opts.deep });
     crate::repo::audit::record(&repos, "verify", v.passed, details).await;
     Ok(v)
 }
@@ -150,8 +152,9 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
             return Ok(crate::verify::legacy::verify_archive(&archive, &legacy_checks(settings, opts)).await);
         }
         let where_ = repos.iter().map(|r| r.location()).collect::<Vec<_>>().join(", ");
-        return Err(Error::new(ErrorKind::NotFound, format!("backup {id} not found in {where_}"))
-            .with_hint("run `pgkeep list` to see the backups in each repository"));
+        return Err(
+            Error::new(ErrorKind::NotFound, format!("backup {id} not found in {where_}")).with_hint("run `pgkeep list` to see the backups in each repository")
+        );
     }
     let Some(m) = manifest else {
         // No readable manifest anywhere: nothing else can be checked.

@@ -81,10 +81,7 @@ impl DbSettings {
 
     /// The same server with another database.
     pub fn with_dbname(&self, dbname: &str) -> DbSettings {
-        DbSettings {
-            dbname: dbname.to_string(),
-            ..self.clone()
-        }
+        DbSettings { dbname: dbname.to_string(), ..self.clone() }
     }
 }
 
@@ -94,16 +91,7 @@ pub struct ConnFields {
     fields: BTreeMap<&'static str, String>,
 }
 
-const CONN_KEYS: &[&str] = &[
-    "host",
-    "port",
-    "user",
-    "password",
-    "dbname",
-    "sslmode",
-    "sslrootcert",
-    "connect_timeout",
-];
+const CONN_KEYS: &[&str] = &["host", "port", "user", "password", "dbname", "sslmode", "sslrootcert", "connect_timeout"];
 
 fn canonical_key(k: &str) -> Option<&'static str> {
     let k = match k {
@@ -124,19 +112,14 @@ impl ConnFields {
         } else if s.contains('=') {
             Self::parse_conninfo(s, origin)
         } else {
-            Err(Error::config(format!(
-                "{origin} is not a postgres:// URL or a key=value connection string"
-            )))
+            Err(Error::config(format!("{origin} is not a postgres:// URL or a key=value connection string")))
         }
     }
 
     fn parse_url(s: &str, origin: &str) -> Result<ConnFields> {
-        let url = url::Url::parse(s)
-            .map_err(|e| Error::config(format!("{origin} is not a valid postgres:// URL: {e}")))?;
+        let url = url::Url::parse(s).map_err(|e| Error::config(format!("{origin} is not a valid postgres:// URL: {e}")))?;
         let mut f = ConnFields::default();
-        let dec = |v: &str| {
-            percent_decode(v).ok_or_else(|| Error::config(format!("{origin} has invalid percent-encoding")))
-        };
+        let dec = |v: &str| percent_decode(v).ok_or_else(|| Error::config(format!("{origin} has invalid percent-encoding")));
         if let Some(h) = url.host_str().filter(|h| !h.is_empty()) {
             let h = h.trim_start_matches('[').trim_end_matches(']');
             f.fields.insert("host", dec(h)?);
@@ -161,9 +144,7 @@ impl ConnFields {
                 }
                 None if k == "application_name" || k == "options" => {}
                 None => {
-                    return Err(Error::config(format!(
-                        "{origin} has unsupported parameter `{k}`"
-                    )));
+                    return Err(Error::config(format!("{origin} has unsupported parameter `{k}`")));
                 }
             }
         }
@@ -240,9 +221,7 @@ impl ConnFields {
                 }
                 None if key == "application_name" || key == "options" => {}
                 None => {
-                    return Err(Error::config(format!(
-                        "{origin} has unsupported parameter `{key}`"
-                    )));
+                    return Err(Error::config(format!("{origin} has unsupported parameter `{key}`")));
                 }
             }
         }
@@ -332,28 +311,15 @@ fn password_origin(source: &Source) -> String {
 /// Resolve database settings. `record` receives (key, shown value, source) for `pgkeep config`.
 pub fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<DbSettings> {
     // URL-like sources: --db flag (highest), DATABASE_URL (below DB_*), file db.url.
-    let flag_url = layers
-        .flags
-        .get("db.url")
-        .map(|(flag, v)| (ConnFields::parse(v, flag), Source::Flag(flag.clone())));
-    let env_url = layers
-        .env
-        .var("DATABASE_URL")
-        .map(|v| (ConnFields::parse(&v, "DATABASE_URL"), Source::Env("DATABASE_URL".into())));
-    let file_url = layers
-        .file_value("db.url")
-        .map(|r| (ConnFields::parse(&r.value, &r.origin("db.url")), r.source));
+    let flag_url = layers.flags.get("db.url").map(|(flag, v)| (ConnFields::parse(v, flag), Source::Flag(flag.clone())));
+    let env_url = layers.env.var("DATABASE_URL").map(|v| (ConnFields::parse(&v, "DATABASE_URL"), Source::Env("DATABASE_URL".into())));
+    let file_url = layers.file_value("db.url").map(|r| (ConnFields::parse(&r.value, &r.origin("db.url")), r.source));
     let flag_url = flag_url.map(|(r, s)| r.map(|f| (f, s))).transpose()?;
     let env_url = env_url.map(|(r, s)| r.map(|f| (f, s))).transpose()?;
     let file_url = file_url.map(|(r, s)| r.map(|f| (f, s))).transpose()?;
 
     let from_url = |u: &Option<(ConnFields, Source)>, field: &str| -> Option<Raw> {
-        u.as_ref().and_then(|(f, src)| {
-            f.get(field).map(|v| Raw {
-                value: v.to_string(),
-                source: Source::Derived(format!("{src}")),
-            })
-        })
+        u.as_ref().and_then(|(f, src)| f.get(field).map(|v| Raw { value: v.to_string(), source: Source::Derived(format!("{src}")) }))
     };
 
     let pick = |field: &'static str, key: &str, seed_env: &[&str], pg_env: &[&str]| -> Option<Raw> {
@@ -393,20 +359,14 @@ pub fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     };
     let sslmode_src = sslmode.map(|r| r.source).unwrap_or(Source::Default);
     let timeout_v = match &timeout {
-        Some(r) => parse_as(r, "db.connect_timeout", "a number of seconds", |s| {
-            s.parse::<u64>().ok().map(|n| Duration::from_secs(n.max(1)))
-        })?,
+        Some(r) => parse_as(r, "db.connect_timeout", "a number of seconds", |s| s.parse::<u64>().ok().map(|n| Duration::from_secs(n.max(1))))?,
         None => Duration::from_secs(10),
     };
     let timeout_src = timeout.map(|r| r.source).unwrap_or(Source::Default);
     let (sslrootcert_v, sslrootcert_src) = match sslrootcert {
         Some(r) => (Some(PathBuf::from(r.value)), r.source),
         None => {
-            let default = layers
-                .env
-                .var("HOME")
-                .map(|h| Path::new(&h).join(".postgresql/root.crt"))
-                .filter(|p| p.exists());
+            let default = layers.env.var("HOME").map(|h| Path::new(&h).join(".postgresql/root.crt")).filter(|p| p.exists());
             (default, Source::Default)
         }
     };
@@ -427,37 +387,17 @@ pub fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     record("db.host", host.clone(), host_src);
     record("db.port", port_v.to_string(), port_src);
     record("db.user", user.clone(), user_src);
-    record(
-        "db.password",
-        if password.is_some() { super::secret::REDACTED.to_string() } else { "(none)".into() },
-        password_src,
-    );
+    record("db.password", if password.is_some() { super::secret::REDACTED.to_string() } else { "(none)".into() }, password_src);
     record("db.name", dbname.clone(), dbname_src);
     record("db.sslmode", sslmode_v.as_str().to_string(), sslmode_src);
-    record(
-        "db.sslrootcert",
-        sslrootcert_v.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(system roots)".into()),
-        sslrootcert_src,
-    );
+    record("db.sslrootcert", sslrootcert_v.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(system roots)".into()), sslrootcert_src);
     record("db.connect_timeout", format!("{}s", timeout_v.as_secs()), timeout_src);
 
-    Ok(DbSettings {
-        host,
-        port: port_v,
-        user,
-        password,
-        dbname,
-        sslmode: sslmode_v,
-        sslrootcert: sslrootcert_v,
-        connect_timeout: timeout_v,
-    })
+    Ok(DbSettings { host, port: port_v, user, password, dbname, sslmode: sslmode_v, sslrootcert: sslrootcert_v, connect_timeout: timeout_v })
 }
 
 fn env_raw(env: &dyn Env, name: &str) -> Option<Raw> {
-    env.var(name).map(|v| Raw {
-        value: v,
-        source: Source::Env(name.to_string()),
-    })
+    env.var(name).map(|v| Raw { value: v, source: Source::Env(name.to_string()) })
 }
 
 fn value_or(raw: Option<Raw>, default: &str) -> (String, Source) {

@@ -22,7 +22,11 @@ pub use crate::crypto::settings::EncryptionSettings; // the type lives in crypto
 pub(super) fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<EncryptionSettings> {
     let mut out = EncryptionSettings::default();
     let recipients = match layers.get("encryption.recipients", &["PGKEEP_ENCRYPT_RECIPIENTS"]) {
-        Some(r) => Some((r.value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>(), r.source.clone(), r.origin("encryption.recipients"))),
+        Some(r) => Some((
+            r.value.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+            r.source.clone(),
+            r.origin("encryption.recipients"),
+        )),
         None => layers.file_list("encryption.recipients").map(|(l, src)| {
             let origin = match &src {
                 Source::File(p) => format!("encryption.recipients in {}", p.display()),
@@ -46,12 +50,8 @@ pub(super) fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, 
     let passphrase_file = layers.get("encryption.passphrase_file", &["PGKEEP_PASSPHRASE_FILE"]);
     match (passphrase, passphrase_file) {
         (Some(p), Some(f)) => {
-            return Err(Error::config(format!(
-                "both {} and {} set a passphrase",
-                p.origin("encryption.passphrase"),
-                f.origin("encryption.passphrase_file")
-            ))
-            .with_hint("set one of them"));
+            return Err(Error::config(format!("both {} and {} set a passphrase", p.origin("encryption.passphrase"), f.origin("encryption.passphrase_file")))
+                .with_hint("set one of them"));
         }
         (Some(p), None) => {
             record("encryption.passphrase", secret::REDACTED.into(), p.source.clone());

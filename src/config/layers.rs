@@ -96,17 +96,10 @@ impl FileLayer {
     pub fn parse(path: &Path, text: &str, known: &BTreeSet<&'static str>) -> Result<Self> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let msg = e.message().replace('\n', " ");
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .map(|l| format!(" at line {l}"))
-                .unwrap_or_default();
+            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).map(|l| format!(" at line {l}")).unwrap_or_default();
             Error::config(format!("cannot parse config file {}{line}: {msg}", path.display()))
         })?;
-        let mut layer = FileLayer {
-            path: Some(path.to_path_buf()),
-            ..Default::default()
-        };
+        let mut layer = FileLayer { path: Some(path.to_path_buf()), ..Default::default() };
         flatten(path, "", &table, known, &mut layer)?;
         Ok(layer)
     }
@@ -117,13 +110,7 @@ impl FileLayer {
     }
 }
 
-fn flatten(
-    path: &Path,
-    prefix: &str,
-    table: &toml::Table,
-    known: &BTreeSet<&'static str>,
-    out: &mut FileLayer,
-) -> Result<()> {
+fn flatten(path: &Path, prefix: &str, table: &toml::Table, known: &BTreeSet<&'static str>, out: &mut FileLayer) -> Result<()> {
     for (k, v) in table {
         let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         if let toml::Value::Table(t) = v {
@@ -131,11 +118,8 @@ fn flatten(
             continue;
         }
         if !known.contains(key.as_str()) {
-            return Err(Error::config(format!(
-                "unknown key `{key}` in config file {}",
-                path.display()
-            ))
-            .with_hint("run `pgkeep config --help` or see the configuration table in the README"));
+            return Err(Error::config(format!("unknown key `{key}` in config file {}", path.display()))
+                .with_hint("run `pgkeep config --help` or see the configuration table in the README"));
         }
         let text = match v {
             toml::Value::String(s) => s.clone(),
@@ -160,11 +144,7 @@ fn flatten(
                 continue;
             }
             other => {
-                return Err(Error::config(format!(
-                    "`{key}` in config file {} has unsupported type {}",
-                    path.display(),
-                    other.type_str()
-                )));
+                return Err(Error::config(format!("`{key}` in config file {} has unsupported type {}", path.display(), other.type_str())));
             }
         };
         out.values.insert(key, text);
@@ -186,17 +166,11 @@ impl<'a> Layers<'a> {
     /// Look up `key`: flag, then each of `env_names` in order, then the file.
     pub fn get(&self, key: &str, env_names: &[&str]) -> Option<Raw> {
         if let Some((flag, v)) = self.flags.get(key) {
-            return Some(Raw {
-                value: v.clone(),
-                source: Source::Flag(flag.clone()),
-            });
+            return Some(Raw { value: v.clone(), source: Source::Flag(flag.clone()) });
         }
         for name in env_names {
             if let Some(v) = self.env.var(name) {
-                return Some(Raw {
-                    value: v,
-                    source: Source::Env((*name).to_string()),
-                });
+                return Some(Raw { value: v, source: Source::Env((*name).to_string()) });
             }
         }
         self.file_value(key)
@@ -204,29 +178,18 @@ impl<'a> Layers<'a> {
 
     /// Look up `key` in the config file only.
     pub fn file_value(&self, key: &str) -> Option<Raw> {
-        self.file.values.get(key).map(|v| Raw {
-            value: v.clone(),
-            source: Source::File(self.file.path.clone().unwrap_or_default()),
-        })
+        self.file.values.get(key).map(|v| Raw { value: v.clone(), source: Source::File(self.file.path.clone().unwrap_or_default()) })
     }
 
     /// A list from the config file.
     pub fn file_list(&self, key: &str) -> Option<(Vec<String>, Source)> {
-        self.file
-            .lists
-            .get(key)
-            .map(|l| (l.clone(), Source::File(self.file.path.clone().unwrap_or_default())))
+        self.file.lists.get(key).map(|l| (l.clone(), Source::File(self.file.path.clone().unwrap_or_default())))
     }
 }
 
 /// Parse a value with `parse`, or fail naming where the value came from.
 pub fn parse_as<T>(raw: &Raw, key: &str, expected: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T> {
-    parse(raw.value.trim()).ok_or_else(|| {
-        Error::config(format!(
-            "invalid value for {}: expected {expected}",
-            raw.origin(key)
-        ))
-    })
+    parse(raw.value.trim()).ok_or_else(|| Error::config(format!("invalid value for {}: expected {expected}", raw.origin(key))))
 }
 
 /// Parse a boolean the way people write them in env vars.

@@ -25,9 +25,9 @@ pub use secret::Secret;
 use layers::{FileLayer, Layers, Raw, parse_as, parse_bool, parse_size};
 
 use crate::error::{Error, Result};
-use crate::storage::s3::S3Settings;
 pub use crate::logging::LogFormat; // re-exported: logging is a leaf
-pub use crate::storage::RepoSpec; // a storage location; re-exported
+pub use crate::storage::RepoSpec;
+use crate::storage::s3::S3Settings; // a storage location; re-exported
 
 /// The local repository directory used when neither `--repo` nor `BACKUP_DIR` says otherwise.
 pub const DEFAULT_BACKUP_DIR: &str = "pgkeep-backups";
@@ -160,16 +160,11 @@ pub struct FlagValues {
 pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
     // 1. The config file: --config, else PGKEEP_CONFIG, else ./pgkeep.toml if present.
     let known: BTreeSet<&'static str> = FILE_KEYS.iter().copied().collect();
-    let explicit = flags
-        .config
-        .clone()
-        .map(|p| (p, "--config"))
-        .or_else(|| env.var("PGKEEP_CONFIG").map(|p| (PathBuf::from(p), "PGKEEP_CONFIG")));
+    let explicit = flags.config.clone().map(|p| (p, "--config")).or_else(|| env.var("PGKEEP_CONFIG").map(|p| (PathBuf::from(p), "PGKEEP_CONFIG")));
     let file = match explicit {
         Some((path, origin)) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::config(format!("cannot read config file {} (from {origin})", path.display())).with_source(e)
-            })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::config(format!("cannot read config file {} (from {origin})", path.display())).with_source(e))?;
             FileLayer::parse(&path, &text, &known)?
         }
         None => {
@@ -201,10 +196,8 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
     if !flags.encrypt_recipients.is_empty() {
         flag_map.insert("encryption.recipients", ("--encrypt-recipient".to_string(), flags.encrypt_recipients.join(",")));
     }
-    let path_flags = [
-        ("encryption.identity_file", "--identity-file", &flags.identity_file),
-        ("encryption.passphrase_file", "--passphrase-file", &flags.passphrase_file),
-    ];
+    let path_flags =
+        [("encryption.identity_file", "--identity-file", &flags.identity_file), ("encryption.passphrase_file", "--passphrase-file", &flags.passphrase_file)];
     for (key, flag, value) in path_flags {
         if let Some(p) = value {
             flag_map.insert(key, (flag.to_string(), p.display().to_string()));
@@ -222,11 +215,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             flag_map.insert(key, (flag.to_string(), v));
         }
     }
-    let layers = Layers {
-        flags: flag_map,
-        env,
-        file,
-    };
+    let layers = Layers { flags: flag_map, env, file };
 
     let mut provenance: Vec<(String, String, Source)> = Vec::new();
     let mut record = |k: &'static str, v: String, s: Source| provenance.push((k.to_string(), v, s));
@@ -308,9 +297,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
     });
     let notification_email = match layers.get("notify.email", &["NOTIFICATION_EMAIL"]) {
         Some(r) => {
-            let v = parse_as(&r, "notify.email", "an email address", |s| {
-                (s.contains('@') && !s.contains(char::is_whitespace)).then(|| s.to_string())
-            })?;
+            let v = parse_as(&r, "notify.email", "an email address", |s| (s.contains('@') && !s.contains(char::is_whitespace)).then(|| s.to_string()))?;
             record("notify.email", v.clone(), r.source);
             Some(v)
         }
@@ -379,13 +366,7 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
     })
 }
 
-fn days(
-    layers: &Layers<'_>,
-    key: &'static str,
-    env: &str,
-    default: u32,
-    record: &mut dyn FnMut(&'static str, String, Source),
-) -> Result<u32> {
+fn days(layers: &Layers<'_>, key: &'static str, env: &str, default: u32, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<u32> {
     match layers.get(key, &[env]) {
         Some(r) => {
             let d = parse_as(&r, key, "a whole number of days", |s| s.parse::<u32>().ok())?;
@@ -441,15 +422,11 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
         None => 16 << 20,
     };
     let upload_concurrency = match &concurrency {
-        Some(r) => parse_as(r, "s3.upload_concurrency", "a number from 1 to 64", |s| {
-            s.parse::<usize>().ok().filter(|n| (1..=64).contains(n))
-        })?,
+        Some(r) => parse_as(r, "s3.upload_concurrency", "a number from 1 to 64", |s| s.parse::<usize>().ok().filter(|n| (1..=64).contains(n)))?,
         None => 4,
     };
     let max_attempts = match &attempts {
-        Some(r) => parse_as(r, "s3.max_attempts", "a number from 1 to 20", |s| {
-            s.parse::<u32>().ok().filter(|n| (1..=20).contains(n))
-        })?,
+        Some(r) => parse_as(r, "s3.max_attempts", "a number from 1 to 20", |s| s.parse::<u32>().ok().filter(|n| (1..=20).contains(n)))?,
         None => 5,
     };
     let at_least_1s = |s: &str| humantime::parse_duration(s).ok().filter(|d| *d >= Duration::from_secs(1));
@@ -470,16 +447,9 @@ fn s3_settings(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     record("s3.upload_concurrency", upload_concurrency.to_string(), src(&concurrency, "default"));
     record("s3.max_attempts", max_attempts.to_string(), src(&attempts, "default"));
     record("s3.timeout", humantime::format_duration(stall_timeout).to_string(), src(&timeout, "default"));
-    record(
-        "s3.request_timeout",
-        humantime::format_duration(request_timeout_v).to_string(),
-        src(&request_timeout, "default: 20s, at most s3.timeout"),
-    );
+    record("s3.request_timeout", humantime::format_duration(request_timeout_v).to_string(), src(&request_timeout, "default: 20s, at most s3.timeout"));
     if bucket.value.contains('/') || bucket.value.trim().is_empty() {
-        return Err(Error::config(format!(
-            "invalid bucket name in {}: use S3_PREFIX for the path inside the bucket",
-            bucket.origin("s3.bucket")
-        )));
+        return Err(Error::config(format!("invalid bucket name in {}: use S3_PREFIX for the path inside the bucket", bucket.origin("s3.bucket"))));
     }
     Ok(Some(S3Settings {
         bucket: bucket.value,
@@ -522,16 +492,10 @@ pub fn parse_repo(value: &str, origin: &str, s3_base: &Option<S3Settings>) -> Re
             connect_timeout: Duration::from_secs(10),
             security: Default::default(),
         });
-        return Ok(RepoSpec::S3(S3Settings {
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
-            ..base
-        }));
+        return Ok(RepoSpec::S3(S3Settings { bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string(), ..base }));
     }
     if value.contains("://") && !value.starts_with("file://") {
-        return Err(Error::config(format!(
-            "{origin} `{value}`: unsupported repository URL (use a path, file:///path or s3://bucket/prefix)"
-        )));
+        return Err(Error::config(format!("{origin} `{value}`: unsupported repository URL (use a path, file:///path or s3://bucket/prefix)")));
     }
     let path = value.strip_prefix("file://").unwrap_or(value);
     if path.is_empty() {
@@ -541,11 +505,7 @@ pub fn parse_repo(value: &str, origin: &str, s3_base: &Option<S3Settings>) -> Re
 }
 
 fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
-    }
+    if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) }
 }
 
 /// Replace the password in a postgres URL or conninfo string with `********`.
@@ -568,13 +528,7 @@ pub fn redact_url(s: &str) -> String {
     }
     // conninfo: blank out password=...
     s.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                format!("password={}", secret::REDACTED)
-            } else {
-                kv.to_string()
-            }
-        })
+        .map(|kv| if kv.starts_with("password=") { format!("password={}", secret::REDACTED) } else { kv.to_string() })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -596,11 +550,8 @@ impl Settings {
 
     /// The effective configuration as JSON.
     pub fn render_json(&self) -> serde_json::Value {
-        let items: Vec<serde_json::Value> = self
-            .provenance
-            .iter()
-            .map(|(k, v, s)| serde_json::json!({"key": k, "value": v, "source": s.to_string()}))
-            .collect();
+        let items: Vec<serde_json::Value> =
+            self.provenance.iter().map(|(k, v, s)| serde_json::json!({"key": k, "value": v, "source": s.to_string()})).collect();
         serde_json::json!({
             "config_file": self.config_file.as_ref().map(|p| p.display().to_string()),
             "settings": items,

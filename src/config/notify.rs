@@ -77,38 +77,28 @@ pub struct NotifySettings {
 
 impl Default for NotifySettings {
     fn default() -> Self {
-        NotifySettings {
-            on_success: false,
-            webhook_url: None,
-            smtp: None,
-            timeout: Duration::from_secs(10),
-        }
+        NotifySettings { on_success: false, webhook_url: None, smtp: None, timeout: Duration::from_secs(10) }
     }
 }
 
 /// Whether `host` is a loopback name or address (`localhost`, `127.0.0.0/8`, `::1`).
 pub fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost")
-        || h.to_ascii_lowercase().ends_with(".localhost")
-        || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    h.eq_ignore_ascii_case("localhost") || h.to_ascii_lowercase().ends_with(".localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Check that a webhook URL is an absolute http(s) URL; `https_only` also
 /// refuses plain http to anything but loopback. The value is never echoed.
 pub fn check_webhook_url(raw: &Raw, key: &str, https_only: bool) -> Result<()> {
-    let url = url::Url::parse(raw.value.trim()).map_err(|_| {
-        Error::config(format!("invalid value for {}: expected an http(s) URL", raw.origin(key)))
-    })?;
+    let url = url::Url::parse(raw.value.trim()).map_err(|_| Error::config(format!("invalid value for {}: expected an http(s) URL", raw.origin(key))))?;
     let host = url.host_str().unwrap_or_default();
     match url.scheme() {
         "https" if !host.is_empty() => Ok(()),
         "http" if !host.is_empty() && (!https_only || is_loopback_host(host)) => Ok(()),
-        "http" if !host.is_empty() => Err(Error::config(format!(
-            "{} is a plain http URL to {host}: the webhook token would travel unencrypted",
-            raw.origin(key)
-        ))
-        .with_hint("use the https:// URL the service gave you")),
+        "http" if !host.is_empty() => {
+            Err(Error::config(format!("{} is a plain http URL to {host}: the webhook token would travel unencrypted", raw.origin(key)))
+                .with_hint("use the https:// URL the service gave you"))
+        }
         _ => Err(Error::config(format!("invalid value for {}: expected an http(s) URL", raw.origin(key)))),
     }
 }
@@ -143,9 +133,7 @@ pub fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     let timeout = match layers.get("notify.timeout", &["NOTIFY_TIMEOUT"]) {
         Some(r) => {
             let t = parse_as(&r, "notify.timeout", "a duration from 1s to 5m, such as 10s", |s| {
-                humantime::parse_duration(s)
-                    .ok()
-                    .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(300))
+                humantime::parse_duration(s).ok().filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(300))
             })?;
             record("notify.timeout", humantime::format_duration(t).to_string(), r.source);
             t
@@ -156,19 +144,10 @@ pub fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String,
     // 3. SMTP, needed exactly when an email address is configured.
     let email = layers.get("notify.email", &["NOTIFICATION_EMAIL"]);
     let smtp = smtp(layers, record, email.as_ref())?;
-    Ok(NotifySettings {
-        on_success,
-        webhook_url,
-        smtp,
-        timeout,
-    })
+    Ok(NotifySettings { on_success, webhook_url, smtp, timeout })
 }
 
-fn smtp(
-    layers: &Layers<'_>,
-    record: &mut dyn FnMut(&'static str, String, Source),
-    email: Option<&Raw>,
-) -> Result<Option<SmtpSettings>> {
+fn smtp(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source), email: Option<&Raw>) -> Result<Option<SmtpSettings>> {
     let host = layers.get("smtp.host", &["SMTP_HOST"]);
     let port = layers.get("smtp.port", &["SMTP_PORT"]);
     let user = layers.get("smtp.user", &["SMTP_USER"]);
@@ -181,11 +160,8 @@ fn smtp(
         return Ok(None);
     };
     let Some(host) = host else {
-        return Err(Error::config(format!(
-            "{} is set but no SMTP server is configured",
-            email.origin("notify.email")
-        ))
-        .with_hint("set SMTP_HOST (and SMTP_PORT, SMTP_USER, SMTP_PASSWORD as needed), or unset the address"));
+        return Err(Error::config(format!("{} is set but no SMTP server is configured", email.origin("notify.email")))
+            .with_hint("set SMTP_HOST (and SMTP_PORT, SMTP_USER, SMTP_PASSWORD as needed), or unset the address"));
     };
     let host_name = host.value.trim().to_string();
     if host_name.is_empty() || host_name.contains(['/', ' ', '@']) {
@@ -211,10 +187,8 @@ fn smtp(
     };
     if mode == SmtpTls::None && !allow_insecure && !is_loopback_host(&host_name) {
         let origin = tls.as_ref().map(|r| r.origin("smtp.tls")).unwrap_or_else(|| "smtp.tls".into());
-        return Err(Error::config(format!(
-            "{origin} = none sends mail and credentials to {host_name} unencrypted"
-        ))
-        .with_hint("use SMTP_TLS=starttls or tls, or set SMTP_ALLOW_INSECURE=true if the network is trusted"));
+        return Err(Error::config(format!("{origin} = none sends mail and credentials to {host_name} unencrypted"))
+            .with_hint("use SMTP_TLS=starttls or tls, or set SMTP_ALLOW_INSECURE=true if the network is trusted"));
     }
     record("smtp.tls", mode.as_str().into(), mode_src);
     if let Some(r) = &insecure {
@@ -245,16 +219,13 @@ fn smtp(
                 .with_hint("set SMTP_PASSWORD too, or unset SMTP_USER to send without AUTH"));
         }
         (None, Some(p)) => {
-            return Err(Error::config(format!("{} is set but no SMTP user is", p.origin("smtp.password")))
-                .with_hint("set SMTP_USER too"));
+            return Err(Error::config(format!("{} is set but no SMTP user is", p.origin("smtp.password"))).with_hint("set SMTP_USER too"));
         }
     }
 
     let from = match from {
         Some(r) => {
-            let v = parse_as(&r, "smtp.from", "an email address", |s| {
-                (s.contains('@') && !s.contains(['\r', '\n'])).then(|| s.to_string())
-            })?;
+            let v = parse_as(&r, "smtp.from", "an email address", |s| (s.contains('@') && !s.contains(['\r', '\n'])).then(|| s.to_string()))?;
             record("smtp.from", v.clone(), r.source);
             Some(v)
         }
@@ -264,23 +235,12 @@ fn smtp(
         }
     };
 
-    Ok(Some(SmtpSettings {
-        host: host_name,
-        port: port_num,
-        tls: mode,
-        user: user.map(|u| u.value),
-        password: password.map(|p| Secret::new(p.value)),
-        from,
-    }))
+    Ok(Some(SmtpSettings { host: host_name, port: port_num, tls: mode, user: user.map(|u| u.value), password: password.map(|p| Secret::new(p.value)), from }))
 }
 
 /// This machine's host name, or `localhost` when it cannot be read.
 pub fn local_hostname() -> String {
-    hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    hostname::get().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

@@ -47,7 +47,10 @@ pub(super) fn resolve(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, 
             out.object_lock = Some(ObjectLock { mode, days });
         }
         (Some(r), None) | (None, Some(r)) => {
-            return Err(Error::config(format!("object lock needs both S3_OBJECT_LOCK_MODE and S3_OBJECT_LOCK_DAYS; only {} is set", r.origin("s3.object_lock_*"))));
+            return Err(Error::config(format!(
+                "object lock needs both S3_OBJECT_LOCK_MODE and S3_OBJECT_LOCK_DAYS; only {} is set",
+                r.origin("s3.object_lock_*")
+            )));
         }
         (None, None) => {}
     }

@@ -25,11 +25,7 @@ fn source_of(s: &Settings, key: &str) -> String {
 fn precedence_flag_env_file_default() {
     let (_d, path) = write_file("jobs = 3\nretention_days = 10\nlocal_retention_days = 5\n[db]\nhost = 'filehost'\nport = 7000\nname = 'filedb'\n");
     let e = env(&[("DB_HOST", "envhost"), ("PGHOST", "pghost"), ("RETENTION_DAYS", "40")]);
-    let flags = FlagValues {
-        config: Some(path.clone()),
-        jobs: Some(9),
-        ..Default::default()
-    };
+    let flags = FlagValues { config: Some(path.clone()), jobs: Some(9), ..Default::default() };
     let s = load(&flags, &e).unwrap();
     assert_eq!(s.jobs, 9);
     assert_eq!(source_of(&s, "jobs"), "flag --jobs");
@@ -44,12 +40,7 @@ fn precedence_flag_env_file_default() {
     assert_eq!(source_of(&s, "db.sslmode"), "default");
 
     // --db beats DB_*; DB_* beats DATABASE_URL; DATABASE_URL beats PG*.
-    let e = env(&[
-        ("DB_HOST", "envhost"),
-        ("DATABASE_URL", "postgres://urluser@urlhost:6000/urldb"),
-        ("PGUSER", "pguser"),
-        ("PGPORT", "5999"),
-    ]);
+    let e = env(&[("DB_HOST", "envhost"), ("DATABASE_URL", "postgres://urluser@urlhost:6000/urldb"), ("PGUSER", "pguser"), ("PGPORT", "5999")]);
     let s = load(&FlagValues { db: Some("postgres://flaghost/flagdb".into()), ..Default::default() }, &e).unwrap();
     assert_eq!(s.db.host, "flaghost");
     assert_eq!(s.db.dbname, "flagdb");
@@ -62,12 +53,7 @@ fn precedence_flag_env_file_default() {
 
 #[test]
 fn seed_env_builds_local_and_s3_repos() {
-    let e = env(&[
-        ("BACKUP_DIR", "/srv/backups"),
-        ("S3_BUCKET", "my-bucket"),
-        ("S3_PREFIX", "/prod/db/"),
-        ("S3_ENDPOINT", "http://127.0.0.1:3900"),
-    ]);
+    let e = env(&[("BACKUP_DIR", "/srv/backups"), ("S3_BUCKET", "my-bucket"), ("S3_PREFIX", "/prod/db/"), ("S3_ENDPOINT", "http://127.0.0.1:3900")]);
     let s = load(&FlagValues::default(), &e).unwrap();
     assert_eq!(s.repos.len(), 2);
     assert!(matches!(&s.repos[0], RepoSpec::Local(p) if p == Path::new("/srv/backups")));
@@ -132,12 +118,7 @@ fn pgpass_is_used_when_no_password_given() {
     let dir = tempfile::tempdir().unwrap();
     let pass = dir.path().join("pgpass");
     std::fs::write(&pass, "dbhost:5432:app:alice:from-pgpass\n").unwrap();
-    let e = env(&[
-        ("PGPASSFILE", pass.to_str().unwrap()),
-        ("DB_HOST", "dbhost"),
-        ("DB_USER", "alice"),
-        ("DB_NAME", "app"),
-    ]);
+    let e = env(&[("PGPASSFILE", pass.to_str().unwrap()), ("DB_HOST", "dbhost"), ("DB_USER", "alice"), ("DB_NAME", "app")]);
     let s = load(&FlagValues::default(), &e).unwrap();
     assert_eq!(s.db.password.as_ref().unwrap().expose(), "from-pgpass");
     assert!(source_of(&s, "db.password").starts_with("passfile"));
@@ -181,7 +162,8 @@ fn encryption_settings_layer_and_never_show_the_passphrase() {
     assert!(!shown.contains("hunter2-passphrase"), "{shown}");
     assert!(shown.contains("encryption.passphrase"));
 
-    let flags = FlagValues { config: Some(path.clone()), encrypt_recipients: vec![other.into(), id.into()], identity_file: Some("/k".into()), ..Default::default() };
+    let flags =
+        FlagValues { config: Some(path.clone()), encrypt_recipients: vec![other.into(), id.into()], identity_file: Some("/k".into()), ..Default::default() };
     let s = load(&flags, &e).unwrap();
     assert_eq!(s.encryption.recipients.len(), 2);
     assert_eq!(source_of(&s, "encryption.identity_file"), "flag --identity-file");
@@ -200,7 +182,8 @@ fn encryption_settings_layer_and_never_show_the_passphrase() {
 
 #[test]
 fn s3_protections_apply_to_every_s3_repository_and_are_checked() {
-    let base = [("S3_BUCKET", "b"), ("S3_SSE", "aws:kms"), ("S3_SSE_KMS_KEY_ID", "key-1"), ("S3_OBJECT_LOCK_MODE", "compliance"), ("S3_OBJECT_LOCK_DAYS", "14")];
+    let base =
+        [("S3_BUCKET", "b"), ("S3_SSE", "aws:kms"), ("S3_SSE_KMS_KEY_ID", "key-1"), ("S3_OBJECT_LOCK_MODE", "compliance"), ("S3_OBJECT_LOCK_DAYS", "14")];
     let s = load(&FlagValues { repos: vec!["s3://other/p".into(), "/tmp/x".into()], ..Default::default() }, &env(&base)).unwrap();
     let RepoSpec::S3(s3) = &s.repos[0] else { panic!("{:?}", s.repos) };
     assert_eq!(s3.security.sse, Some(crate::storage::s3::Sse::Kms { key_id: Some("key-1".into()) }));
@@ -209,7 +192,12 @@ fn s3_protections_apply_to_every_s3_repository_and_are_checked() {
     let flags = FlagValues { s3_sse: Some("AES256".into()), s3_sse_kms_key_id: None, ..Default::default() };
     let e = load(&flags, &env(&base)).unwrap_err();
     assert!(e.user_line().contains("S3_SSE_KMS_KEY_ID"), "{}", e.user_line());
-    for bad in [&[("S3_SSE", "rot13")][..], &[("S3_OBJECT_LOCK_MODE", "GOVERNANCE")], &[("S3_OBJECT_LOCK_MODE", "GOVERNANCE"), ("S3_OBJECT_LOCK_DAYS", "0")], &[("S3_SSE_KMS_KEY_ID", "k")]] {
+    for bad in [
+        &[("S3_SSE", "rot13")][..],
+        &[("S3_OBJECT_LOCK_MODE", "GOVERNANCE")],
+        &[("S3_OBJECT_LOCK_MODE", "GOVERNANCE"), ("S3_OBJECT_LOCK_DAYS", "0")],
+        &[("S3_SSE_KMS_KEY_ID", "k")],
+    ] {
         let e = load(&FlagValues::default(), &env(bad)).unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad:?}");
     }

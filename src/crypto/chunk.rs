@@ -89,9 +89,7 @@ impl DataCipher {
         let mut out = body.to_vec();
         self.aead
             .decrypt_in_place_detached(nonce, aad, &mut out, Tag::from_slice(tag))
-            .map_err(|_| {
-                Error::corrupt(format!("{what} fails authentication: damaged, modified, or sealed with another key"))
-            })?;
+            .map_err(|_| Error::corrupt(format!("{what} fails authentication: damaged, modified, or sealed with another key")))?;
         Ok(out)
     }
 }

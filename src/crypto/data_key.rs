@@ -92,11 +92,7 @@ pub enum UnwrapError {
 
 /// Open a wrapped data key with identities, or with a passphrase when the
 /// file is passphrase-wrapped.
-pub fn unwrap(
-    wrapped: &[u8],
-    identities: &[Box<dyn age::Identity + Send + Sync>],
-    passphrase: Option<&str>,
-) -> std::result::Result<DataKey, UnwrapError> {
+pub fn unwrap(wrapped: &[u8], identities: &[Box<dyn age::Identity + Send + Sync>], passphrase: Option<&str>) -> std::result::Result<DataKey, UnwrapError> {
     let decryptor = age::Decryptor::new(wrapped).map_err(|e| UnwrapError::Damaged(e.to_string()))?;
     let reader = if decryptor.is_scrypt() {
         let Some(p) = passphrase else {

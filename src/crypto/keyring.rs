@@ -17,10 +17,10 @@ use sha2::{Digest, Sha256};
 
 use super::chunk::DataCipher;
 use super::data_key::{self, UnwrapError};
-use super::{EncryptionMode, KeyEnvelope, SCHEME};
 use super::settings::EncryptionSettings;
-use crate::secret::Secret;
+use super::{EncryptionMode, KeyEnvelope, SCHEME};
 use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
 
 type Identities = Vec<Box<dyn age::Identity + Send + Sync>>;
 
@@ -101,8 +101,9 @@ impl Keyring {
     /// damaged envelope).
     pub fn cipher(&self, envelope: &KeyEnvelope, subject: &str) -> Result<Arc<DataCipher>> {
         if envelope.scheme != SCHEME {
-            return Err(Error::corrupt(format!("{subject} uses unknown encryption scheme `{}`", envelope.scheme))
-                .with_hint("use a pgkeep release that supports it"));
+            return Err(
+                Error::corrupt(format!("{subject} uses unknown encryption scheme `{}`", envelope.scheme)).with_hint("use a pgkeep release that supports it")
+            );
         }
         let wrapped = base64::engine::general_purpose::STANDARD
             .decode(&envelope.wrapped_key)
@@ -121,8 +122,9 @@ impl Keyring {
     /// Same errors as [`Keyring::cipher`]; not cached.
     pub fn data_key(&self, envelope: &KeyEnvelope, subject: &str) -> Result<data_key::DataKey> {
         if envelope.scheme != SCHEME {
-            return Err(Error::corrupt(format!("{subject} uses unknown encryption scheme `{}`", envelope.scheme))
-                .with_hint("use a pgkeep release that supports it"));
+            return Err(
+                Error::corrupt(format!("{subject} uses unknown encryption scheme `{}`", envelope.scheme)).with_hint("use a pgkeep release that supports it")
+            );
         }
         let wrapped = base64::engine::general_purpose::STANDARD
             .decode(&envelope.wrapped_key)
@@ -142,20 +144,22 @@ impl Keyring {
             }
             EncryptionMode::Passphrase => {
                 let Some((p, _)) = &self.passphrase else {
-                    return Err(missing("no passphrase is configured", "set PGKEEP_PASSPHRASE (or encryption.passphrase_file) to the passphrase it was written with"));
+                    return Err(missing(
+                        "no passphrase is configured",
+                        "set PGKEEP_PASSPHRASE (or encryption.passphrase_file) to the passphrase it was written with",
+                    ));
                 };
                 data_key::unwrap(&wrapped, &[], Some(p.expose()))
             }
         };
         let key = key.map_err(|e| match e {
-            UnwrapError::NoMatchingKey | UnwrapError::WrongKind { .. } => Error::new(
-                ErrorKind::Config,
-                format!("cannot decrypt {subject} with {}: it is encrypted with {}", self.sources(), envelope.describe()),
-            )
-            .with_hint(match envelope.mode {
-                EncryptionMode::Recipients => "use the identity file of one of those recipients",
-                EncryptionMode::Passphrase => "use the passphrase the backup was written with",
-            }),
+            UnwrapError::NoMatchingKey | UnwrapError::WrongKind { .. } => {
+                Error::new(ErrorKind::Config, format!("cannot decrypt {subject} with {}: it is encrypted with {}", self.sources(), envelope.describe()))
+                    .with_hint(match envelope.mode {
+                        EncryptionMode::Recipients => "use the identity file of one of those recipients",
+                        EncryptionMode::Passphrase => "use the passphrase the backup was written with",
+                    })
+            }
             UnwrapError::Damaged(why) => Error::corrupt(format!("{subject}: its wrapped data key is damaged: {why}")),
         })?;
         Ok(key)
@@ -210,7 +214,8 @@ mod tests {
         let sealer = Sealer::from_settings(&s).unwrap().unwrap();
         let e = Keyring::none().cipher(sealer.envelope(), "backup b").unwrap_err();
         assert!(e.user_line().contains("no passphrase"), "{}", e.user_line());
-        let wrong = EncryptionSettings { passphrase: Some(Secret::new("wrong one")), passphrase_origin: Some("PGKEEP_PASSPHRASE".into()), ..Default::default() };
+        let wrong =
+            EncryptionSettings { passphrase: Some(Secret::new("wrong one")), passphrase_origin: Some("PGKEEP_PASSPHRASE".into()), ..Default::default() };
         let e = Keyring::from_settings(&wrong).cipher(sealer.envelope(), "backup b").unwrap_err();
         assert!(e.user_line().contains("PGKEEP_PASSPHRASE") && !e.user_line().contains("wrong one"), "{}", e.user_line());
         assert!(Keyring::from_settings(&s).cipher(sealer.envelope(), "backup b").is_ok());

@@ -74,11 +74,8 @@ fn compute(cipher: &DataCipher, m: &BackupManifest) -> Result<String> {
 pub fn check(cipher: &DataCipher, m: &BackupManifest) -> Result<()> {
     let Some(info) = &m.encryption else { return Ok(()) };
     let tampered = || {
-        Error::corrupt(format!(
-            "manifest of backup {} fails its authentication code: it was modified after pgkeep wrote it",
-            m.backup_id
-        ))
-        .with_hint("do not restore it; compare with the manifest in another repository")
+        Error::corrupt(format!("manifest of backup {} fails its authentication code: it was modified after pgkeep wrote it", m.backup_id))
+            .with_hint("do not restore it; compare with the manifest in another repository")
     };
     let Some(stored) = info.manifest_mac.strip_prefix(MAC_PREFIX).and_then(|h| hex::decode(h).ok()) else {
         return Err(tampered());
@@ -97,8 +94,8 @@ pub fn check(cipher: &DataCipher, m: &BackupManifest) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::settings::EncryptionSettings;
     use crate::crypto::Keyring;
+    use crate::crypto::settings::EncryptionSettings;
     use crate::repo::manifest::{self, tests::sample};
 
     #[test]

@@ -8,8 +8,8 @@ use base64::Engine;
 
 use super::chunk::{AAD_BACKUP_CHUNK, DataCipher};
 use super::data_key::{self, DataKey, Wrapping};
-use super::{EncryptionMode, KeyEnvelope, SCHEME};
 use super::settings::EncryptionSettings;
+use super::{EncryptionMode, KeyEnvelope, SCHEME};
 use crate::error::{Error, Result};
 
 /// Encrypts the chunks of one backup, or the segments of one `stream` run.
@@ -45,12 +45,7 @@ impl Sealer {
         let wrapped = data_key::wrap(&key, wrapping)?;
         Ok(Sealer {
             cipher: DataCipher::new(&key),
-            envelope: KeyEnvelope {
-                scheme: SCHEME.to_string(),
-                mode,
-                recipients,
-                wrapped_key: base64::engine::general_purpose::STANDARD.encode(wrapped),
-            },
+            envelope: KeyEnvelope { scheme: SCHEME.to_string(), mode, recipients, wrapped_key: base64::engine::general_purpose::STANDARD.encode(wrapped) },
         })
     }
 

@@ -37,34 +37,20 @@ impl EmailChannel {
     }
 
     pub(super) fn secrets(&self) -> Vec<String> {
-        self.smtp
-            .as_ref()
-            .and_then(|s| s.password.as_ref())
-            .map(|p| vec![p.expose().to_string()])
-            .unwrap_or_default()
+        self.smtp.as_ref().and_then(|s| s.password.as_ref()).map(|p| vec![p.expose().to_string()]).unwrap_or_default()
     }
 
     pub(super) async fn deliver(&self, event: &Event) -> Result<(), String> {
-        let smtp = self
-            .smtp
-            .as_ref()
-            .ok_or_else(|| "no SMTP server is configured (set SMTP_HOST)".to_string())?;
+        let smtp = self.smtp.as_ref().ok_or_else(|| "no SMTP server is configured (set SMTP_HOST)".to_string())?;
         let message = message(event, &self.to, smtp)?;
         let transport = transport(smtp, self.timeout)?;
-        transport
-            .send(message)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("SMTP: {}", error_chain(&e)))
+        transport.send(message).await.map(|_| ()).map_err(|e| format!("SMTP: {}", error_chain(&e)))
     }
 }
 
 /// The message: sender, every recipient, subject and plain-text body.
 fn message(event: &Event, to: &str, smtp: &SmtpSettings) -> Result<Message, String> {
-    let from = smtp
-        .from
-        .clone()
-        .unwrap_or_else(|| format!("pgkeep@{}", crate::config::notify::local_hostname()));
+    let from = smtp.from.clone().unwrap_or_else(|| format!("pgkeep@{}", crate::config::notify::local_hostname()));
     let from: Mailbox = from.parse().map_err(|e| format!("invalid sender address {from:?}: {e}"))?;
     let mut builder = Message::builder().from(from).subject(event.subject());
     let mut recipients = 0;
@@ -76,30 +62,20 @@ fn message(event: &Event, to: &str, smtp: &SmtpSettings) -> Result<Message, Stri
     if recipients == 0 {
         return Err("no recipient address".into());
     }
-    builder
-        .header(ContentType::TEXT_PLAIN)
-        .body(event.text_body())
-        .map_err(|e| format!("cannot build the message: {e}"))
+    builder.header(ContentType::TEXT_PLAIN).body(event.text_body()).map_err(|e| format!("cannot build the message: {e}"))
 }
 
 /// A transport for `smtp`, TLS and AUTH as configured.
 fn transport(smtp: &SmtpSettings, timeout: Duration) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-    let tls_params = || {
-        TlsParameters::new(smtp.host.clone()).map_err(|e| format!("cannot set up TLS for {}: {}", smtp.host, error_chain(&e)))
-    };
+    let tls_params = || TlsParameters::new(smtp.host.clone()).map_err(|e| format!("cannot set up TLS for {}: {}", smtp.host, error_chain(&e)));
     let tls = match smtp.tls {
         SmtpTls::StartTls => Tls::Required(tls_params()?),
         SmtpTls::Tls => Tls::Wrapper(tls_params()?),
         SmtpTls::None => Tls::None,
     };
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str())
-        .port(smtp.port)
-        .tls(tls)
-        .timeout(Some(timeout));
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.as_str()).port(smtp.port).tls(tls).timeout(Some(timeout));
     if let (Some(user), Some(password)) = (&smtp.user, &smtp.password) {
-        builder = builder
-            .credentials(Credentials::new(user.clone(), password.expose().to_string()))
-            .authentication(vec![Mechanism::Plain, Mechanism::Login]);
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string())).authentication(vec![Mechanism::Plain, Mechanism::Login]);
     }
     Ok(builder.build())
 }
@@ -110,14 +86,7 @@ mod tests {
     use crate::notify::{Operation, Outcome};
 
     fn smtp() -> SmtpSettings {
-        SmtpSettings {
-            host: "mail.example.com".into(),
-            port: 587,
-            tls: SmtpTls::StartTls,
-            user: None,
-            password: None,
-            from: Some("backup@example.com".into()),
-        }
+        SmtpSettings { host: "mail.example.com".into(), port: 587, tls: SmtpTls::StartTls, user: None, password: None, from: Some("backup@example.com".into()) }
     }
 
     #[test]

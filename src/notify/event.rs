@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::backup::{BackupReport, human_bytes};
-use crate::restore::report::RestoreReport;
 use crate::error::Error;
+use crate::restore::report::RestoreReport;
 
 /// The pgkeep operation an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -184,13 +184,8 @@ impl Event {
 
     /// The duration as text, e.g. `3m 2s`, rounded to whole seconds above a minute.
     pub fn duration_text(&self) -> Option<String> {
-        self.duration_ms.map(|ms| {
-            if ms < 60_000 {
-                format!("{:.1}s", ms as f64 / 1000.0)
-            } else {
-                humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
-            }
-        })
+        self.duration_ms
+            .map(|ms| if ms < 60_000 { format!("{:.1}s", ms as f64 / 1000.0) } else { humantime::format_duration(Duration::from_secs(ms / 1000)).to_string() })
     }
 
     /// The size as text, e.g. `1.2 GiB`.

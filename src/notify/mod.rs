@@ -120,11 +120,7 @@ pub struct Notifier {
 impl fmt::Debug for Notifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let channels: Vec<String> = self.channels.iter().map(|c| format!("{}:{}", c.kind(), c.target())).collect();
-        f.debug_struct("Notifier")
-            .field("channels", &channels)
-            .field("on_success", &self.on_success)
-            .field("timeout", &self.timeout)
-            .finish()
+        f.debug_struct("Notifier").field("channels", &channels).field("on_success", &self.on_success).field("timeout", &self.timeout).finish()
     }
 }
 
@@ -143,17 +139,9 @@ impl Notifier {
             channels.push(Arc::new(Channel::Webhook(webhook::WebhookChannel::new(url.clone(), http.clone()))));
         }
         if let Some(to) = &settings.notification_email {
-            channels.push(Arc::new(Channel::Email(email::EmailChannel::new(
-                to.clone(),
-                settings.notify.smtp.clone(),
-                timeout,
-            ))));
+            channels.push(Arc::new(Channel::Email(email::EmailChannel::new(to.clone(), settings.notify.smtp.clone(), timeout))));
         }
-        Notifier {
-            channels,
-            on_success: settings.notify.on_success,
-            timeout,
-        }
+        Notifier { channels, on_success: settings.notify.on_success, timeout }
     }
 
     /// The same notifier with a different per-channel timeout.
@@ -212,11 +200,7 @@ impl Notifier {
                 Err(message) => {
                     let message = scrub(&message, &channel.secrets());
                     tracing::warn!(channel = %kind, target = %target, operation = %event.operation, error = %message, "notification failed");
-                    failures.push(NotifyFailure {
-                        channel: kind,
-                        target,
-                        message,
-                    });
+                    failures.push(NotifyFailure { channel: kind, target, message });
                 }
             }
         }
@@ -294,20 +278,13 @@ mod tests {
         assert_eq!(url_target(&u), "hooks.slack.com");
         assert_eq!(url_target(&Secret::new("http://127.0.0.1:8080/x")), "127.0.0.1:8080");
         assert_eq!(url_target(&Secret::new("nonsense")), "(invalid URL)");
-        let msg = scrub(
-            "error for https://hooks.slack.com/services/T0001/B0002/XXSECRETXX?token=qwerty123 and XXSECRETXX, qwerty123\nnext",
-            &url_secrets(&u),
-        );
+        let msg = scrub("error for https://hooks.slack.com/services/T0001/B0002/XXSECRETXX?token=qwerty123 and XXSECRETXX, qwerty123\nnext", &url_secrets(&u));
         assert!(!msg.contains("XXSECRETXX") && !msg.contains("qwerty123") && !msg.contains('\n'), "{msg}");
     }
 
     #[test]
     fn failures_print_channel_and_host() {
-        let f = NotifyFailure {
-            channel: ChannelKind::Email,
-            target: "mail.example.com:587".into(),
-            message: "timed out after 10s".into(),
-        };
+        let f = NotifyFailure { channel: ChannelKind::Email, target: "mail.example.com:587".into(), message: "timed out after 10s".into() };
         assert_eq!(f.to_string(), "email notification to mail.example.com:587 failed: timed out after 10s");
     }
 }

@@ -30,12 +30,7 @@ pub(super) fn http_client(connect_timeout: Duration) -> HttpClient {
 /// POST `body` as JSON to `url`; any non-2xx status is a failure.
 pub(super) async fn post_json(client: &HttpClient, url: &Secret, body: &impl Serialize) -> Result<(), String> {
     let client = client.as_ref().map_err(Clone::clone)?;
-    let response = client
-        .post(url.expose())
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| describe(e.without_url()))?;
+    let response = client.post(url.expose()).json(body).send().await.map_err(|e| describe(e.without_url()))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -43,11 +38,7 @@ pub(super) async fn post_json(client: &HttpClient, url: &Secret, body: &impl Ser
     // A little of the body helps ("invalid_payload", "no_service"); never the URL.
     let text = response.text().await.unwrap_or_default();
     let text = super::event::truncate(text.trim(), 200);
-    if text.is_empty() {
-        Err(format!("HTTP {status}"))
-    } else {
-        Err(format!("HTTP {status}: {text}"))
-    }
+    if text.is_empty() { Err(format!("HTTP {status}")) } else { Err(format!("HTTP {status}: {text}")) }
 }
 
 fn describe(e: reqwest::Error) -> String {
@@ -94,13 +85,7 @@ impl WebhookChannel {
     }
 
     pub(super) async fn deliver(&self, event: &Event) -> Result<(), String> {
-        let body = WebhookBody {
-            source: "pgkeep",
-            event,
-            headline: event.headline(),
-            size: event.size_text(),
-            duration: event.duration_text(),
-        };
+        let body = WebhookBody { source: "pgkeep", event, headline: event.headline(), size: event.size_text(), duration: event.duration_text() };
         post_json(&self.client, &self.url, &body).await
     }
 }

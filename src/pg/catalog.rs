@@ -105,10 +105,7 @@ pub async fn server_facts(client: &Client) -> Result<ServerFacts> {
         .map_err(db_err("cannot read server settings"))?;
     // pg_control_* may be restricted; these are informational.
     let control = client
-        .query_opt(
-            "SELECT s.system_identifier::text, c.timeline_id::int4 FROM pg_control_system() s, pg_control_checkpoint() c",
-            &[],
-        )
+        .query_opt("SELECT s.system_identifier::text, c.timeline_id::int4 FROM pg_control_system() s, pg_control_checkpoint() c", &[])
         .await
         .ok()
         .flatten();
@@ -237,11 +234,7 @@ pub async fn list_tables(client: &Client) -> Result<Vec<TableInfo>> {
     for r in rows {
         let oid: u32 = r.get(0);
         if let Some(&i) = index.get(&oid) {
-            tables[i].columns.push(ColumnEntry {
-                name: r.get(1),
-                type_name: r.get(2),
-                not_null: r.get(3),
-            });
+            tables[i].columns.push(ColumnEntry { name: r.get(1), type_name: r.get(2), not_null: r.get(3) });
         }
     }
     Ok(tables)
@@ -257,15 +250,9 @@ pub async fn sequence_values(client: &Client) -> Result<Vec<SequenceEntry>> {
     let names: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut out = Vec::with_capacity(names.len());
     for batch in names.chunks(200) {
-        let parts: Vec<String> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, (s, n))| format!("SELECT {i} AS i, last_value::int8, is_called FROM {}", qualified(s, n)))
-            .collect();
-        let rows = client
-            .query(&parts.join(" UNION ALL "), &[])
-            .await
-            .map_err(db_err("cannot read sequence values"))?;
+        let parts: Vec<String> =
+            batch.iter().enumerate().map(|(i, (s, n))| format!("SELECT {i} AS i, last_value::int8, is_called FROM {}", qualified(s, n))).collect();
+        let rows = client.query(&parts.join(" UNION ALL "), &[]).await.map_err(db_err("cannot read sequence values"))?;
         for r in rows {
             let i: i32 = r.get(0);
             let (schema, name) = batch[i as usize].clone();
@@ -302,10 +289,7 @@ pub async fn sequence_values_each(client: &Client) -> Result<(Vec<SequenceEntry>
 
 /// Number of large objects.
 pub async fn large_object_count(client: &Client) -> Result<u64> {
-    let row = client
-        .query_one("SELECT count(*)::int8 FROM pg_largeobject_metadata", &[])
-        .await
-        .map_err(db_err("cannot count large objects"))?;
+    let row = client.query_one("SELECT count(*)::int8 FROM pg_largeobject_metadata", &[]).await.map_err(db_err("cannot count large objects"))?;
     Ok(row.get::<_, i64>(0) as u64)
 }
 

@@ -16,9 +16,8 @@ use tokio_postgres::error::DbError;
 use tokio_postgres::tls::{MakeTlsConnect, NoTls};
 
 use super::errors::{
-    Client, HINT_ADDRESS, HINT_PASSWORD, Phase, certificate_error, classify_server_error, closed_during_startup,
-    is_unix_socket, server_error_text, server_label, sqlstate_kind, timed_out, timeout_error,
-    unreachable_reason,
+    Client, HINT_ADDRESS, HINT_PASSWORD, Phase, certificate_error, classify_server_error, closed_during_startup, is_unix_socket, server_error_text,
+    server_label, sqlstate_kind, timed_out, timeout_error, unreachable_reason,
 };
 use super::tls::RustlsConnector;
 use crate::config::{DbSettings, SslMode};
@@ -60,10 +59,7 @@ where
     T: MakeTlsConnect<Socket>,
     T::Stream: Send + 'static,
 {
-    let (client, connection) = config
-        .connect(tls)
-        .await
-        .map_err(|e| classify(e, db, Phase::Connect))?;
+    let (client, connection) = config.connect(tls).await.map_err(|e| classify(e, db, Phase::Connect))?;
     let target = db.display_target();
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -100,9 +96,7 @@ fn pg_config(db: &DbSettings) -> tokio_postgres::Config {
             _ if !uses_tls(db) => tokio_postgres::config::SslMode::Disable,
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                tokio_postgres::config::SslMode::Require
-            }
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         });
     if let Some(password) = &db.password {
         config.password(password.expose());
@@ -139,39 +133,17 @@ fn classify(err: tokio_postgres::Error, db: &DbSettings, phase: Phase<'_>) -> Er
                 Some(io::ErrorKind::TimedOut) => timed_out(db),
                 _ => unreachable_reason(io_kind, &cause, db).unwrap_or(cause),
             };
-            Error::new(
-                ErrorKind::Connect,
-                format!("{}: {reason}", phase.prefix(db)),
-            )
-            .with_hint(HINT_ADDRESS)
+            Error::new(ErrorKind::Connect, format!("{}: {reason}", phase.prefix(db))).with_hint(HINT_ADDRESS)
         }
-        "error performing TLS handshake" if cause.contains("does not support TLS") => Error::new(
-            ErrorKind::Tls,
-            format!(
-                "server {server} does not support TLS but sslmode={}",
-                db.sslmode.as_str()
-            ),
-        )
-        .with_hint("enable ssl on the server, or set sslmode=prefer or disable"),
-        "error performing TLS handshake" => Error::new(
-            ErrorKind::Tls,
-            format!("TLS handshake with {server} failed: {cause}"),
-        ),
-        "invalid configuration" if cause.contains("password missing") => Error::new(
-            ErrorKind::Auth,
-            format!(
-                "server {server} asks for a password for user {} but none is set",
-                db.user
-            ),
-        )
-        .with_hint(HINT_PASSWORD),
-        "authentication error" => Error::new(
-            ErrorKind::Auth,
-            format!(
-                "authentication failed for user {} at {server}: {cause}",
-                db.user
-            ),
-        ),
+        "error performing TLS handshake" if cause.contains("does not support TLS") => {
+            Error::new(ErrorKind::Tls, format!("server {server} does not support TLS but sslmode={}", db.sslmode.as_str()))
+                .with_hint("enable ssl on the server, or set sslmode=prefer or disable")
+        }
+        "error performing TLS handshake" => Error::new(ErrorKind::Tls, format!("TLS handshake with {server} failed: {cause}")),
+        "invalid configuration" if cause.contains("password missing") => {
+            Error::new(ErrorKind::Auth, format!("server {server} asks for a password for user {} but none is set", db.user)).with_hint(HINT_PASSWORD)
+        }
+        "authentication error" => Error::new(ErrorKind::Auth, format!("authentication failed for user {} at {server}: {cause}", db.user)),
         _ if matches!(phase, Phase::Connect) || err.is_closed() || io_kind.is_some() => {
             // The server hung up (or sent something that is not the protocol and then
             // hung up: the codec's "bytes remaining on stream"): say so in words.
@@ -228,15 +200,11 @@ fn chain(err: &tokio_postgres::Error) -> Vec<&(dyn std::error::Error + 'static)>
 }
 
 fn find_io_error(err: &tokio_postgres::Error) -> Option<&io::Error> {
-    chain(err)
-        .into_iter()
-        .find_map(|e| e.downcast_ref::<io::Error>())
+    chain(err).into_iter().find_map(|e| e.downcast_ref::<io::Error>())
 }
 
 fn find_rustls_error(err: &tokio_postgres::Error) -> Option<&rustls::Error> {
-    chain(err)
-        .into_iter()
-        .find_map(|e| e.downcast_ref::<rustls::Error>())
+    chain(err).into_iter().find_map(|e| e.downcast_ref::<rustls::Error>())
 }
 
 /// The text of the deepest cause, for messages.
@@ -246,11 +214,7 @@ trait SourceText {
 
 impl SourceText for tokio_postgres::Error {
     fn source_text(&self) -> String {
-        chain(self)
-            .last()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-            .replace(['\n', '\r'], " ")
+        chain(self).last().map(|e| e.to_string()).unwrap_or_default().replace(['\n', '\r'], " ")
     }
 }
 
@@ -270,9 +234,7 @@ mod tests {
         assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(7)));
         assert!(c.get_keepalives());
         assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
-        assert!(
-            matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db.example.com")
-        );
+        assert!(matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "db.example.com"));
 
         let c = pg_config(&settings("db", SslMode::Prefer));
         assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer);
@@ -284,9 +246,7 @@ mod tests {
     fn unix_socket_hosts_never_use_tls() {
         let db = settings("/var/run/postgresql", SslMode::VerifyFull);
         let c = pg_config(&db);
-        assert!(
-            matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Unix(p) if p.as_os_str() == "/var/run/postgresql")
-        );
+        assert!(matches!(&c.get_hosts()[0], tokio_postgres::config::Host::Unix(p) if p.as_os_str() == "/var/run/postgresql"));
         assert_eq!(c.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
         assert!(!uses_tls(&db));
         assert_eq!(server_label(&db), "/var/run/postgresql/.s.PGSQL.6543");

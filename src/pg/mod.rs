@@ -8,7 +8,7 @@ pub(crate) mod errors;
 pub mod tls;
 pub mod tools;
 
-pub use connect::{classify_pg_error, connect, Connection};
+pub use connect::{Connection, classify_pg_error, connect};
 pub use tls::RustlsConnector;
 
 use crate::error::{Error, ErrorKind};

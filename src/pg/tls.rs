@@ -40,9 +40,7 @@ const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// The crypto provider every pgkeep TLS configuration uses.
 fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
 }
 
 /// The rustls client configuration for `db.sslmode`.
@@ -55,16 +53,10 @@ pub fn client_config(db: &DbSettings) -> Result<Arc<ClientConfig>> {
     let provider = provider();
     let algorithms = provider.signature_verification_algorithms;
     let verifier = match db.sslmode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => PgCertVerifier {
-            roots: None,
-            check_name: false,
-            algorithms,
-        },
-        SslMode::VerifyCa | SslMode::VerifyFull => PgCertVerifier {
-            roots: Some(root_store(db.sslrootcert.as_deref())?),
-            check_name: db.sslmode == SslMode::VerifyFull,
-            algorithms,
-        },
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => PgCertVerifier { roots: None, check_name: false, algorithms },
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            PgCertVerifier { roots: Some(root_store(db.sslrootcert.as_deref())?), check_name: db.sslmode == SslMode::VerifyFull, algorithms }
+        }
     };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -84,9 +76,7 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(ServerName::IpAddress(ip.into()));
     }
-    ServerName::try_from(host.to_string()).map_err(|e| {
-        Error::config(format!("`{host}` is not a valid host name for TLS")).with_source(e)
-    })
+    ServerName::try_from(host.to_string()).map_err(|e| Error::config(format!("`{host}` is not a valid host name for TLS")).with_source(e))
 }
 
 /// `tls-server-end-point` channel-binding data (RFC 5929) for a server
@@ -116,29 +106,16 @@ fn root_store(sslrootcert: Option<&Path>) -> Result<Arc<RootCertStore>> {
 fn load_pem_roots(path: &Path) -> Result<RootCertStore> {
     let shown = path.display();
     let hint = "check sslrootcert (PGSSLROOTCERT, ?sslrootcert= in --db, or db.sslrootcert)";
-    let pem = std::fs::read(path).map_err(|e| {
-        Error::config(format!("cannot read TLS root certificate file {shown}"))
-            .with_source(e)
-            .with_hint(hint)
-    })?;
+    let pem = std::fs::read(path).map_err(|e| Error::config(format!("cannot read TLS root certificate file {shown}")).with_source(e).with_hint(hint))?;
     let mut certs = Vec::new();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| {
-            Error::config(format!(
-                "TLS root certificate file {shown} is not valid PEM"
-            ))
-            .with_source(e)
-            .with_hint(hint)
-        })?;
+        let cert = cert.map_err(|e| Error::config(format!("TLS root certificate file {shown} is not valid PEM")).with_source(e).with_hint(hint))?;
         certs.push(cert);
     }
     let mut store = RootCertStore::empty();
     let (added, _ignored) = store.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(Error::config(format!(
-            "TLS root certificate file {shown} contains no usable certificates"
-        ))
-        .with_hint(hint));
+        return Err(Error::config(format!("TLS root certificate file {shown} contains no usable certificates")).with_hint(hint));
     }
     Ok(store)
 }
@@ -153,11 +130,7 @@ fn system_roots() -> Arc<RootCertStore> {
             let mut store = RootCertStore::empty();
             let (added, ignored) = store.add_parsable_certificates(native.certs);
             if added == 0 {
-                tracing::debug!(
-                    ignored,
-                    errors = native.errors.len(),
-                    "no system TLS roots found; using the bundled webpki roots"
-                );
+                tracing::debug!(ignored, errors = native.errors.len(), "no system TLS roots found; using the bundled webpki roots");
                 store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             }
             Arc::new(store)
@@ -187,13 +160,7 @@ impl ServerCertVerifier for PgCertVerifier {
             return Ok(ServerCertVerified::assertion());
         };
         let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algorithms.all)?;
         if self.check_name {
             verify_server_name(&cert, server_name)?;
         }
@@ -236,10 +203,7 @@ pub struct RustlsConnector {
 impl RustlsConnector {
     /// A connector for `db` (loads the root store for verify-*).
     pub fn new(db: &DbSettings) -> Result<RustlsConnector> {
-        Ok(RustlsConnector {
-            config: client_config(db)?,
-            check_name: db.sslmode == SslMode::VerifyFull,
-        })
+        Ok(RustlsConnector { config: client_config(db)?, check_name: db.sslmode == SslMode::VerifyFull })
     }
 }
 
@@ -255,19 +219,13 @@ where
         let name = match server_name(domain) {
             Ok(name) => name,
             Err(e) if self.check_name => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    e.message().to_string(),
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, e.message().to_string()));
             }
             // Without a host-name check the name only feeds SNI, and an IP
             // address name sends none.
             Err(_) => ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into()),
         };
-        Ok(RustlsConnect {
-            connector: tokio_rustls::TlsConnector::from(self.config.clone()),
-            name,
-        })
+        Ok(RustlsConnect { connector: tokio_rustls::TlsConnector::from(self.config.clone()), name })
     }
 }
 
@@ -314,29 +272,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
@@ -420,9 +366,7 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         }
         let (digits, tail) = rest.split_at(count);
         rest = tail;
-        digits
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+        digits.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
     };
     if rest.len() < len {
         return None;
@@ -451,18 +395,9 @@ mod tests {
 
     #[test]
     fn server_names_accept_dns_and_ip() {
-        assert!(matches!(
-            server_name("127.0.0.1").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name("[::1]").unwrap(),
-            ServerName::IpAddress(_)
-        ));
-        assert!(matches!(
-            server_name("db.example.com").unwrap(),
-            ServerName::DnsName(_)
-        ));
+        assert!(matches!(server_name("127.0.0.1").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(server_name("[::1]").unwrap(), ServerName::IpAddress(_)));
+        assert!(matches!(server_name("db.example.com").unwrap(), ServerName::DnsName(_)));
         let e = server_name("bad host!").unwrap_err();
         assert!(e.message().contains("bad host!"), "{}", e.message());
     }
@@ -479,11 +414,7 @@ mod tests {
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let e = client_config(&settings(SslMode::VerifyCa, Some(&empty))).unwrap_err();
         assert!(e.message().contains("empty.crt"), "{}", e.message());
-        assert!(
-            e.message().contains("no usable certificates"),
-            "{}",
-            e.message()
-        );
+        assert!(e.message().contains("no usable certificates"), "{}", e.message());
 
         // Modes without verification never read the file.
         client_config(&settings(SslMode::Require, Some(&missing))).unwrap();
@@ -504,34 +435,19 @@ mod tests {
     #[test]
     fn end_point_hash_of_a_generated_certificate() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
         let der = cert.der().as_ref();
         // rcgen signs with ECDSA P-256 / SHA-256 by default.
-        assert_eq!(
-            tls_server_end_point(der),
-            Some(sha2::Sha256::digest(der).to_vec())
-        );
+        assert_eq!(tls_server_end_point(der), Some(sha2::Sha256::digest(der).to_vec()));
     }
 
     #[test]
     fn der_reader_rejects_malformed_input() {
         assert_eq!(tls_server_end_point(&[]), None);
         assert_eq!(tls_server_end_point(&[0x30]), None);
-        assert_eq!(
-            tls_server_end_point(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x00]),
-            None
-        );
+        assert_eq!(tls_server_end_point(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x00]), None);
         assert_eq!(tls_server_end_point(&[0x30, 0x80]), None);
-        assert_eq!(
-            der_element(&[0x04, 0x02, 0xaa, 0xbb, 0xcc]),
-            Some((0x04, &[0xaa, 0xbb][..], &[0xcc][..]))
-        );
-        assert_eq!(
-            der_element(&[0x04, 0x81, 0x01, 0xaa]),
-            Some((0x04, &[0xaa][..], &[][..]))
-        );
+        assert_eq!(der_element(&[0x04, 0x02, 0xaa, 0xbb, 0xcc]), Some((0x04, &[0xaa, 0xbb][..], &[0xcc][..])));
+        assert_eq!(der_element(&[0x04, 0x81, 0x01, 0xaa]), Some((0x04, &[0xaa][..], &[][..])));
     }
 }

@@ -17,10 +17,8 @@ fn candidate_dirs() -> Vec<PathBuf> {
     }
     // Versioned Debian/Ubuntu install dirs, newest first.
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
-        let mut versions: Vec<(u32, PathBuf)> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok().map(|v| (v, e.path().join("bin"))))
-            .collect();
+        let mut versions: Vec<(u32, PathBuf)> =
+            entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok().map(|v| (v, e.path().join("bin")))).collect();
         versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, p)| p));
     }
@@ -59,10 +57,7 @@ pub fn find_tool(name: &str, server_major: u32) -> Result<PathBuf> {
     }
     Err(Error::new(
         ErrorKind::Config,
-        format!(
-            "no {name} of version {server_major} or later found{}",
-            if seen.is_empty() { String::new() } else { format!(" (found {})", seen.join(", ")) }
-        ),
+        format!("no {name} of version {server_major} or later found{}", if seen.is_empty() { String::new() } else { format!(" (found {})", seen.join(", ")) }),
     )
     .with_hint(format!("install the PostgreSQL {server_major} client programs or set PG_BINDIR")))
 }
@@ -96,10 +91,7 @@ pub fn command(program: &Path, db: &DbSettings) -> Command {
 /// Run a command and return its stdout; failures name the program and its last stderr line.
 pub async fn run_capture(mut cmd: Command, what: &str) -> Result<Vec<u8>> {
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot run {what}")).with_source(e))?;
+    let out = cmd.output().await.map_err(|e| Error::new(ErrorKind::Internal, format!("cannot run {what}")).with_source(e))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no error output");

@@ -37,11 +37,7 @@ pub struct Chunker {
 impl Chunker {
     /// A chunker producing chunks of about `chunk_size` raw bytes.
     pub fn new(chunk_size: usize) -> Self {
-        Chunker {
-            buf: BytesMut::with_capacity(chunk_size + (chunk_size >> 3)),
-            chunk_size: chunk_size.max(1),
-            inside_row: false,
-        }
+        Chunker { buf: BytesMut::with_capacity(chunk_size + (chunk_size >> 3)), chunk_size: chunk_size.max(1), inside_row: false }
     }
 
     /// Add a piece of the stream; returns a chunk when one is ready.

@@ -20,9 +20,7 @@ impl Compression {
     /// zstd at `level`, checked.
     pub fn zstd(level: i32) -> Result<Self> {
         if !(-7..=19).contains(&level) || level == 0 {
-            return Err(Error::config(format!(
-                "invalid --compress-level {level} for zstd: expected 1-19, or -1 to -7 for zstd's fast levels"
-            )));
+            return Err(Error::config(format!("invalid --compress-level {level} for zstd: expected 1-19, or -1 to -7 for zstd's fast levels")));
         }
         Ok(Compression::Zstd(level))
     }
@@ -67,13 +65,10 @@ impl Compression {
     pub fn compress(self, raw: &[u8]) -> Result<Vec<u8>> {
         match self {
             Compression::None => Ok(raw.to_vec()),
-            Compression::Zstd(level) => zstd::bulk::compress(raw, level)
-                .map_err(|e| Error::internal(format!("zstd compression failed: {e}"))),
+            Compression::Zstd(level) => zstd::bulk::compress(raw, level).map_err(|e| Error::internal(format!("zstd compression failed: {e}"))),
             Compression::Gzip(level) => {
                 let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 3), flate2::Compression::new(level));
-                enc.write_all(raw)
-                    .and_then(|_| enc.finish())
-                    .map_err(|e| Error::internal(format!("gzip compression failed: {e}")))
+                enc.write_all(raw).and_then(|_| enc.finish()).map_err(|e| Error::internal(format!("gzip compression failed: {e}")))
             }
         }
     }
@@ -91,17 +86,12 @@ impl Compression {
             }
             Compression::Gzip(_) => {
                 let mut out = Vec::with_capacity(raw_size);
-                flate2::read::GzDecoder::new(stored)
-                    .read_to_end(&mut out)
-                    .map_err(|e| Error::corrupt(format!("{what} is not a valid gzip stream: {e}")))?;
+                flate2::read::GzDecoder::new(stored).read_to_end(&mut out).map_err(|e| Error::corrupt(format!("{what} is not a valid gzip stream: {e}")))?;
                 out
             }
         };
         if out.len() != raw_size {
-            return Err(Error::corrupt(format!(
-                "{what} decompressed to {} bytes, manifest says {raw_size}",
-                out.len()
-            )));
+            return Err(Error::corrupt(format!("{what} decompressed to {} bytes, manifest says {raw_size}", out.len())));
         }
         Ok(out)
     }

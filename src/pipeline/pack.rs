@@ -43,15 +43,7 @@ pub struct PackSink {
 impl PackSink {
     /// A sink for one worker. `name` is a relative folder + stem, e.g. `data/w01`.
     pub fn new(targets: Arc<BackupTargets>, backup_id: BackupId, name: impl Into<String>, max_pack_size: u64) -> Self {
-        PackSink {
-            targets,
-            backup_id,
-            name: name.into(),
-            seq: 0,
-            max_pack_size,
-            open: None,
-            finished: Vec::new(),
-        }
+        PackSink { targets, backup_id, name: name.into(), seq: 0, max_pack_size, open: None, finished: Vec::new() }
     }
 
     /// Append a processed chunk; returns where it lives.
@@ -115,10 +107,7 @@ impl PackSink {
                     self.targets.fail(i, e)?;
                 }
             }
-            self.finished.push(ObjectEntry {
-                key: pack.rel_key,
-                size: pack.size,
-            });
+            self.finished.push(ObjectEntry { key: pack.rel_key, size: pack.size });
         }
         Ok(())
     }

@@ -187,14 +187,7 @@ fn process_with(raw: &[u8], fingerprint: TableFingerprint, continues: bool, comp
         None => compressed,
     };
     let stored_sha256 = hex::encode(Sha256::digest(&stored));
-    Ok(ProcessedChunk {
-        stored: Bytes::from(stored),
-        raw_size: raw.len() as u64,
-        raw_xxh3,
-        stored_sha256,
-        fingerprint,
-        continues,
-    })
+    Ok(ProcessedChunk { stored: Bytes::from(stored), raw_size: raw.len() as u64, raw_xxh3, stored_sha256, fingerprint, continues })
 }
 
 /// Process a chunk of COPY rows cut by the chunker on the rayon pool:
@@ -220,12 +213,7 @@ pub fn spawn_process(raw: Bytes, compression: Compression, rows: bool) -> onesho
 }
 
 /// Run [`process_chunk_sealed`] on the rayon pool.
-pub fn spawn_process_sealed(
-    raw: Bytes,
-    compression: Compression,
-    rows: bool,
-    sealer: Option<Arc<Sealer>>,
-) -> oneshot::Receiver<Result<ProcessedChunk>> {
+pub fn spawn_process_sealed(raw: Bytes, compression: Compression, rows: bool, sealer: Option<Arc<Sealer>>) -> oneshot::Receiver<Result<ProcessedChunk>> {
     let (tx, rx) = oneshot::channel();
     rayon::spawn(move || {
         let _ = tx.send(process_chunk_sealed(&raw, compression, rows, sealer.as_deref()));
@@ -272,7 +260,10 @@ mod tests {
         for round in 0..20 {
             let mut all = Vec::new();
             for i in 0..(next() % 30) {
-                let len = match next() % 4 { 0 => next() % 5000, _ => next() % 40 } as usize;
+                let len = match next() % 4 {
+                    0 => next() % 5000,
+                    _ => next() % 40,
+                } as usize;
                 all.extend((0..len).map(|j| b'a' + ((i as usize + j) % 26) as u8));
                 all.push(b'\n');
             }

@@ -257,19 +257,15 @@ impl Applier {
             }
             PgOutputMessage::Truncate(t) => self.truncate(t).await,
             PgOutputMessage::Message(m) if m.transactional && m.prefix == DDL_PREFIX => {
-                let ddl = DdlMessage::parse(&m.content).ok_or_else(|| {
-                    Error::corrupt(format!("a captured DDL message at LSN {} is not readable", m.lsn))
-                })?;
+                let ddl = DdlMessage::parse(&m.content).ok_or_else(|| Error::corrupt(format!("a captured DDL message at LSN {} is not readable", m.lsn)))?;
                 self.ddl(ddl, m.lsn).await
             }
             PgOutputMessage::Message(m) if m.transactional && m.prefix == MISSING_PREFIX => {
-                let v = MissingValue::parse(&m.content)
-                    .ok_or_else(|| Error::corrupt(format!("a captured default value at LSN {} is not readable", m.lsn)))?;
+                let v = MissingValue::parse(&m.content).ok_or_else(|| Error::corrupt(format!("a captured default value at LSN {} is not readable", m.lsn)))?;
                 self.missing_value(v, m.lsn).await
             }
             PgOutputMessage::Message(m) if m.transactional && m.prefix == PARTITION_PREFIX => {
-                let p = PartitionMessage::parse(&m.content)
-                    .ok_or_else(|| Error::corrupt(format!("a captured partition at LSN {} is not readable", m.lsn)))?;
+                let p = PartitionMessage::parse(&m.content).ok_or_else(|| Error::corrupt(format!("a captured partition at LSN {} is not readable", m.lsn)))?;
                 self.partition(p, m.lsn).await
             }
             // Begin, Commit, Origin, Type and other messages change no data.
@@ -292,10 +288,7 @@ impl Applier {
     }
 
     fn display(&self, rel: Oid) -> String {
-        self.relations
-            .get(&rel)
-            .map(|r| format!("{}.{}", r.relation.namespace, r.relation.name))
-            .unwrap_or_else(|| format!("oid {rel}"))
+        self.relations.get(&rel).map(|r| format!("{}.{}", r.relation.namespace, r.relation.name)).unwrap_or_else(|| format!("oid {rel}"))
     }
 
     /// A Relation message: new, the same as before, or changed.
@@ -368,10 +361,7 @@ impl Applier {
         let schema_change = |why: String| {
             Error::new(
                 ErrorKind::CheckFailed,
-                format!(
-                    "table {display} changed at LSN {} without a captured DDL statement: {why}; the archive cannot be replayed past this point",
-                    self.at
-                ),
+                format!("table {display} changed at LSN {} without a captured DDL statement: {why}; the archive cannot be replayed past this point", self.at),
             )
             .with_hint("restore to a point before this change, or from a full backup taken after it; `pgkeep setup` captures DDL so that it replays")
         };
@@ -401,7 +391,10 @@ impl Applier {
                 return Err(schema_change(format!("the archive has column {} that the restored table lacks", c.name)));
             };
             if c.type_oid < FIRST_NORMAL_OID && c.type_oid != h.type_oid {
-                return Err(schema_change(format!("column {} has type oid {} in the archive and {} ({}) in the restored table", c.name, c.type_oid, h.type_oid, h.type_sql)));
+                return Err(schema_change(format!(
+                    "column {} has type oid {} in the archive and {} ({}) in the restored table",
+                    c.name, c.type_oid, h.type_oid, h.type_sql
+                )));
             }
             cols.push(TargetColumn { name: c.name.clone(), type_sql: h.type_sql.clone() });
         }
@@ -414,13 +407,7 @@ impl Applier {
         let key = match r.replica_identity {
             ReplicaIdentity::Default | ReplicaIdentity::Index if !flagged.is_empty() => Some(flagged),
             ReplicaIdentity::Full => {
-                let pk: Vec<usize> = r
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| have.iter().any(|h| h.name == c.name && h.primary))
-                    .map(|(i, _)| i)
-                    .collect();
+                let pk: Vec<usize> = r.columns.iter().enumerate().filter(|(_, c)| have.iter().any(|h| h.name == c.name && h.primary)).map(|(i, _)| i).collect();
                 let pk_cols = have.iter().filter(|h| h.primary).count();
                 (!pk.is_empty() && pk.len() == pk_cols).then_some(pk)
             }
@@ -550,9 +537,7 @@ impl Applier {
         };
         // Only the first words: statements may carry secrets (e.g. user mapping options).
         let preview: String = script.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
-        let fail = |e: Error| {
-            e.context(format!("the DDL statement captured at LSN {lsn} ({}) failed on the restore: {preview} …", ddl.tag))
-        };
+        let fail = |e: Error| e.context(format!("the DDL statement captured at LSN {lsn} ({}) failed on the restore: {preview} …", ddl.tag));
         if !ddl.search_path.is_empty() {
             self.client
                 .execute("SELECT set_config('search_path', $1, false)", &[&ddl.search_path])

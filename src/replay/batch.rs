@@ -378,14 +378,10 @@ mod tests {
         assert_eq!(b.entries()[&k("1")], Entry { state: RowState::Delete, existed: true });
         assert_eq!(b.entries()[&k("9")], Entry { state: RowState::Upsert(vec![v("9"), v("a")]), existed: false });
         // Moving a row whose TOASTed value only the database has: direct.
-        let out = b
-            .update(Some(&OldTuple::Key(vec![t("5"), TupleValue::Null])), &[t("6"), TupleValue::UnchangedToast])
-            .unwrap();
+        let out = b.update(Some(&OldTuple::Key(vec![t("5"), TupleValue::Null])), &[t("6"), TupleValue::UnchangedToast]).unwrap();
         assert_eq!(out, Outcome::Direct { old_key: k("5"), values: vec![Some(v("6")), None] });
         // With REPLICA IDENTITY FULL the old row fills it in.
-        let out = b
-            .update(Some(&OldTuple::Full(vec![t("7"), t("old")])), &[t("8"), TupleValue::UnchangedToast])
-            .unwrap();
+        let out = b.update(Some(&OldTuple::Full(vec![t("7"), t("old")])), &[t("8"), TupleValue::UnchangedToast]).unwrap();
         assert_eq!(out, Outcome::Done);
         assert_eq!(b.entries()[&k("8")].state, RowState::Upsert(vec![v("8"), v("old")]));
     }

@@ -53,10 +53,7 @@ impl StreamArchive {
         // A segment that ends exactly at `from` holds nothing after it; start with the next
         // one when it continues the chain.
         let mut first = first;
-        while first + 1 < self.segments.len()
-            && self.segments[first].end == from
-            && self.segments[first + 1].start == from
-        {
+        while first + 1 < self.segments.len() && self.segments[first].end == from && self.segments[first + 1].start == from {
             first += 1;
         }
         let mut last = first;
@@ -107,10 +104,7 @@ pub async fn list_streams(repos: &[Arc<dyn Storage>], system_identifier: &str) -
     if streams.is_empty() && !problems.is_empty() {
         return Err(Error::new(ErrorKind::Storage, format!("cannot list change segments: {}", problems.join("; "))));
     }
-    Ok(streams
-        .into_iter()
-        .map(|(stream_id, segs)| StreamArchive { stream_id, segments: segs.into_values().collect() })
-        .collect())
+    Ok(streams.into_iter().map(|(stream_id, segs)| StreamArchive { stream_id, segments: segs.into_values().collect() }).collect())
 }
 
 /// Read and check one segment, from the first repository that has a good

@@ -164,11 +164,7 @@ pub fn scripts_by_transaction(sql: &str) -> Vec<String> {
         }
     }
     groups.push(current);
-    groups
-        .into_iter()
-        .filter(|g| g.iter().any(|s| !matches!(first_word(s).as_str(), "SET" | "RESET")))
-        .map(|g| g.join(";\n"))
-        .collect()
+    groups.into_iter().filter(|g| g.iter().any(|s| !matches!(first_word(s).as_str(), "SET" | "RESET"))).map(|g| g.join(";\n")).collect()
 }
 
 #[cfg(test)]

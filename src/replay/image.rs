@@ -124,7 +124,8 @@ impl ImageWindows {
             return (self.images[w.image].snapshot.consistent_lsn > mark.lsn).then(Vec::new);
         }
         let i = self.images.iter().position(|m| {
-            m.snapshot.consistent_lsn > mark.lsn && m.image.as_ref().is_some_and(|info| info.table() == mark.table || m.tables.iter().any(|t| format!("{}.{}", t.schema, t.name) == mark.table))
+            m.snapshot.consistent_lsn > mark.lsn
+                && m.image.as_ref().is_some_and(|info| info.table() == mark.table || m.tables.iter().any(|t| format!("{}.{}", t.schema, t.name) == mark.table))
         })?;
         Some(self.wait(i, mark.clone(), skip))
     }

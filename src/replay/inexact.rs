@@ -36,8 +36,11 @@ pub fn crossing(plan: &ReplayPlan, mark: &InexactMark, only: Option<&[(String, S
         tracing::warn!(table = %mark.table, lsn = %mark.lsn, "replaying across a change the archive cannot reproduce (accepted)");
         return Ok(Some(line));
     }
-    Err(Error::new(ErrorKind::CheckFailed, format!("target {} is inside a window the archive cannot reproduce, so the restore stops (production untouched): {line}", plan.target))
-        .with_hint("choose a target before the change or after the next full backup, or pass --accept-inexact to restore it anyway"))
+    Err(Error::new(
+        ErrorKind::CheckFailed,
+        format!("target {} is inside a window the archive cannot reproduce, so the restore stops (production untouched): {line}", plan.target),
+    )
+    .with_hint("choose a target before the change or after the next full backup, or pass --accept-inexact to restore it anyway"))
 }
 
 #[cfg(test)]

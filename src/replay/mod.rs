@@ -193,10 +193,7 @@ pub async fn plan(
     explicit: bool,
     keys: &Arc<Keyring>,
 ) -> Result<ReplayPlan> {
-    let mut candidates: Vec<BackupManifest> = candidates
-        .into_iter()
-        .filter(|m| m.kind == BackupKind::Full || explicit)
-        .collect();
+    let mut candidates: Vec<BackupManifest> = candidates.into_iter().filter(|m| m.kind == BackupKind::Full || explicit).collect();
     candidates.sort_by(|a, b| b.snapshot.consistent_lsn.cmp(&a.snapshot.consistent_lsn).then(b.started_at.cmp(&a.started_at)));
     let bases: Vec<(String, Lsn, String, DateTime<Utc>)> = candidates
         .iter()
@@ -225,11 +222,7 @@ pub async fn plan(
         }
         let streams = &streams_by_system.iter().find(|(s, _)| *s == sys).expect("listed").1;
         // 2. The stream whose unbroken chain from the consistent point reaches furthest.
-        let best = streams
-            .iter()
-            .map(|s| (s, s.chain_from(c)))
-            .filter(|(_, chain)| !chain.is_empty())
-            .max_by_key(|(_, chain)| chain.last().map(|s| s.end));
+        let best = streams.iter().map(|s| (s, s.chain_from(c))).filter(|(_, chain)| !chain.is_empty()).max_by_key(|(_, chain)| chain.last().map(|s| s.end));
         let Some((stream, segs)) = best else {
             let span = streams
                 .iter()
@@ -242,8 +235,7 @@ pub async fn plan(
             });
             continue;
         };
-        let mut later_bases: Vec<_> =
-            bases.iter().filter(|b| b.0 == sys && b.1 > c).map(|b| (b.1, b.2.clone(), b.3)).collect();
+        let mut later_bases: Vec<_> = bases.iter().filter(|b| b.0 == sys && b.1 > c).map(|b| (b.1, b.2.clone(), b.3)).collect();
         later_bases.sort();
         let plan = ReplayPlan {
             base: m.clone(),
@@ -310,7 +302,10 @@ pub async fn plan(
     }
     let mut err = Error::new(
         ErrorKind::NotFound,
-        format!("no full backup can be brought to {target}: {}", if why_not.is_empty() { "there are no full backups of this database".into() } else { why_not.join("; ") }),
+        format!(
+            "no full backup can be brought to {target}: {}",
+            if why_not.is_empty() { "there are no full backups of this database".into() } else { why_not.join("; ") }
+        ),
     );
     err = err.with_hint("a point-in-time restore needs a full backup taken while `pgkeep stream` archives the database, and an unbroken archive after it");
     Err(err)
@@ -379,18 +374,12 @@ async fn reach_time(repos: &[Arc<dyn Storage>], segments: &[SegmentRef], keys: &
 
 /// The last transaction of `seg` committed before `c` (it is in the base).
 fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
-    seg.transactions
-        .iter()
-        .rev()
-        .find_map(|t| match pgoutput::decode(t.messages.first()?) {
-            Ok(PgOutputMessage::Begin(b)) if b.final_lsn < c => Some(StopPoint {
-                xid: b.xid,
-                commit_lsn: b.final_lsn,
-                end_lsn: b.final_lsn,
-                commit_time: b.commit_time.to_utc(),
-            }),
-            _ => None,
-        })
+    seg.transactions.iter().rev().find_map(|t| match pgoutput::decode(t.messages.first()?) {
+        Ok(PgOutputMessage::Begin(b)) if b.final_lsn < c => {
+            Some(StopPoint { xid: b.xid, commit_lsn: b.final_lsn, end_lsn: b.final_lsn, commit_time: b.commit_time.to_utc() })
+        }
+        _ => None,
+    })
 }
 
 /// Replay `plan` into the restored database `work` (steps 1–4). `only`

@@ -35,8 +35,7 @@ pub async fn advance(client: &Client, samples: &[SequenceSample]) -> Result<usiz
         )
         .await
         .map_err(fail())?;
-    let sampled: HashMap<(&str, &str), &SequenceSample> =
-        samples.iter().map(|s| ((s.schema.as_str(), s.name.as_str()), s)).collect();
+    let sampled: HashMap<(&str, &str), &SequenceSample> = samples.iter().map(|s| ((s.schema.as_str(), s.name.as_str()), s)).collect();
     let mut moved = 0;
     for r in rows {
         let (schema, name): (String, String) = (r.get(0), r.get(1));
@@ -51,11 +50,8 @@ pub async fn advance(client: &Client, samples: &[SequenceSample]) -> Result<usiz
         }
         if let (Some(ts), Some(tn), Some(col)) = (r.get::<_, Option<String>>(4), r.get::<_, Option<String>>(5), r.get::<_, Option<String>>(6)) {
             let agg = if ascending { "max" } else { "min" };
-            let max: Option<i64> = client
-                .query_one(&format!("SELECT {agg}({})::int8 FROM {}", quote_ident(&col), qualified(&ts, &tn)), &[])
-                .await
-                .ok()
-                .and_then(|row| row.get(0));
+            let max: Option<i64> =
+                client.query_one(&format!("SELECT {agg}({})::int8 FROM {}", quote_ident(&col), qualified(&ts, &tn)), &[]).await.ok().and_then(|row| row.get(0));
             if let Some(m) = max
                 && (further(m, value) || (m == value && !called))
             {
@@ -64,10 +60,7 @@ pub async fn advance(client: &Client, samples: &[SequenceSample]) -> Result<usiz
         }
         if (value, called) != (r.get::<_, i64>(2), r.get::<_, bool>(3)) {
             client
-                .batch_execute(&format!(
-                    "SELECT pg_catalog.setval({}, {value}, {called})",
-                    quote_literal(&qualified(&schema, &name))
-                ))
+                .batch_execute(&format!("SELECT pg_catalog.setval({}, {value}, {called})", quote_literal(&qualified(&schema, &name))))
                 .await
                 .map_err(fail())?;
             moved += 1;

@@ -64,22 +64,14 @@ fn unnest(first_param: usize, n: usize) -> String {
 /// DELETE the rows whose key is in the parameters (one `text[]` per key column).
 pub fn delete_by_keys(table: &str, key: &[&TargetColumn]) -> String {
     if let [k] = key {
-        return format!(
-            "DELETE FROM {table} WHERE {} = ANY($1::text[]::{}[])",
-            quote_ident(&k.name),
-            k.type_sql
-        );
+        return format!("DELETE FROM {table} WHERE {} = ANY($1::text[]::{}[])", quote_ident(&k.name), k.type_sql);
     }
     format!("DELETE FROM {table} AS t USING {} WHERE {}", unnest(1, key.len()), key_match(key, 0))
 }
 
 /// `t.k0 = d.p0::type AND …` for key columns whose parameters start at `p{first}`.
 fn key_match(key: &[&TargetColumn], first: usize) -> String {
-    key.iter()
-        .enumerate()
-        .map(|(i, k)| format!("t.{} = d.p{}::{}", quote_ident(&k.name), first + i, k.type_sql))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+    key.iter().enumerate().map(|(i, k)| format!("t.{} = d.p{}::{}", quote_ident(&k.name), first + i, k.type_sql)).collect::<Vec<_>>().join(" AND ")
 }
 
 /// DELETE the rows whose key is in the parameters, returning for each its
@@ -100,28 +92,16 @@ pub fn delete_returning(table: &str, key: &[&TargetColumn], cols: &[TargetColumn
 /// UPDATE the rows whose key is in the first parameters, setting `set`
 /// columns from the parameters after them.
 pub fn update_by_keys(table: &str, key: &[&TargetColumn], set: &[&TargetColumn]) -> String {
-    let assignments: Vec<String> = set
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = d.p{}::{}", quote_ident(&c.name), key.len() + i, c.type_sql))
-        .collect();
-    format!(
-        "UPDATE {table} AS t SET {} FROM {} WHERE {}",
-        assignments.join(", "),
-        unnest(1, key.len() + set.len()),
-        key_match(key, 0)
-    )
+    let assignments: Vec<String> = set.iter().enumerate().map(|(i, c)| format!("{} = d.p{}::{}", quote_ident(&c.name), key.len() + i, c.type_sql)).collect();
+    format!("UPDATE {table} AS t SET {} FROM {} WHERE {}", assignments.join(", "), unnest(1, key.len() + set.len()), key_match(key, 0))
 }
 
 /// `ctid` of one row equal to the parameters `$1…$n` (compared through the
 /// same output function on both sides, so types without an equality
 /// operator, such as json, compare too).
 fn one_row_equal_to(table: &str, cols: &[TargetColumn]) -> String {
-    let conds: Vec<String> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{}::text IS NOT DISTINCT FROM (${}::text::{})::text", quote_ident(&c.name), i + 1, c.type_sql))
-        .collect();
+    let conds: Vec<String> =
+        cols.iter().enumerate().map(|(i, c)| format!("{}::text IS NOT DISTINCT FROM (${}::text::{})::text", quote_ident(&c.name), i + 1, c.type_sql)).collect();
     let conds = if conds.is_empty() { "true".to_string() } else { conds.join(" AND ") };
     format!("(SELECT ctid FROM {table} WHERE {conds} LIMIT 1)")
 }
@@ -134,11 +114,7 @@ pub fn delete_one_equal(table: &str, cols: &[TargetColumn]) -> String {
 /// UPDATE one row equal to the first `cols.len()` parameters with the next ones.
 pub fn update_one_equal(table: &str, cols: &[TargetColumn]) -> String {
     let n = cols.len();
-    let assignments: Vec<String> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ${}::text::{}", quote_ident(&c.name), n + i + 1, c.type_sql))
-        .collect();
+    let assignments: Vec<String> = cols.iter().enumerate().map(|(i, c)| format!("{} = ${}::text::{}", quote_ident(&c.name), n + i + 1, c.type_sql)).collect();
     format!("UPDATE {table} SET {} WHERE ctid = {}", assignments.join(", "), one_row_equal_to(table, cols))
 }
 

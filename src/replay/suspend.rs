@@ -210,17 +210,11 @@ impl Suspended {
 
 /// The table's current qualified name, `None` when it no longer exists.
 async fn current_name(client: &Client, oid: u32) -> Result<Option<String>> {
-    let row = client
-        .query_opt("SELECT oid::regclass::text FROM pg_class WHERE oid = $1", &[&oid])
-        .await
-        .map_err(query_error("cannot look a table up"))?;
+    let row = client.query_opt("SELECT oid::regclass::text FROM pg_class WHERE oid = $1", &[&oid]).await.map_err(query_error("cannot look a table up"))?;
     Ok(row.map(|r| r.get(0)))
 }
 
 fn missing(db: &str, what: &str) -> Error {
-    Error::new(
-        ErrorKind::AccessDenied,
-        format!("replaying changes into {db} without session_replication_role = replica needs {what}"),
-    )
-    .with_hint("restore as the owner of every table, or GRANT SET ON PARAMETER session_replication_role TO the restoring role (PostgreSQL 15+)")
+    Error::new(ErrorKind::AccessDenied, format!("replaying changes into {db} without session_replication_role = replica needs {what}"))
+        .with_hint("restore as the owner of every table, or GRANT SET ON PARAMETER session_replication_role TO the restoring role (PostgreSQL 15+)")
 }

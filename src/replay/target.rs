@@ -91,11 +91,7 @@ pub fn parse_time(input: &str) -> Result<DateTime<Utc>> {
         .find_map(|f| NaiveDateTime::parse_from_str(datetime.trim(), f).ok())
         .ok_or_else(bad)?;
     let offset = parse_offset(zone.trim()).ok_or_else(bad)?;
-    offset
-        .from_local_datetime(&naive)
-        .single()
-        .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(bad)
+    offset.from_local_datetime(&naive).single().map(|t| t.with_timezone(&Utc)).ok_or_else(bad)
 }
 
 /// Split `2026-11-24 10:15:00+01:00` / `… UTC` / `…Z` into date-time and zone.
@@ -158,10 +154,7 @@ mod tests {
         ] {
             assert_eq!(parse_time(s).unwrap(), want, "{s}");
         }
-        assert_eq!(
-            parse_time("2026-11-24 10:15:00.123456").unwrap(),
-            utc("2026-11-24T10:15:00.123456Z")
-        );
+        assert_eq!(parse_time("2026-11-24 10:15:00.123456").unwrap(), utc("2026-11-24T10:15:00.123456Z"));
     }
 
     #[test]

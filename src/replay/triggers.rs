@@ -34,10 +34,10 @@ pub async fn quiet(client: &Client, quieted: &mut Vec<Quieted>) -> Result<()> {
         .map_err(crate::pg::query_error("cannot list the triggers that fire during replay"))?;
     for r in rows {
         let (oid, mode, table, name): (i64, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
-        client
-            .batch_execute(&format!("ALTER TABLE {table} DISABLE TRIGGER {}", quote_ident(&name)))
-            .await
-            .map_err(crate::pg::query_error(format!("cannot disable trigger {name} of table {table} for the replay (it is set ENABLE {})", if mode == "A" { "ALWAYS" } else { "REPLICA" })))?;
+        client.batch_execute(&format!("ALTER TABLE {table} DISABLE TRIGGER {}", quote_ident(&name))).await.map_err(crate::pg::query_error(format!(
+            "cannot disable trigger {name} of table {table} for the replay (it is set ENABLE {})",
+            if mode == "A" { "ALWAYS" } else { "REPLICA" }
+        )))?;
         tracing::info!(table = %table, trigger = %name, "trigger set ENABLE ALWAYS/REPLICA disabled during the replay (its effects are in the archive)");
         quieted.push(Quieted { oid: oid as u32, mode });
     }

@@ -51,24 +51,15 @@ pub fn validate_slot_name(name: &str) -> Result<()> {
     let problem = if name.is_empty() {
         Some("is empty".to_string())
     } else if name.len() > MAX_SLOT_NAME_LEN {
-        Some(format!(
-            "is {} characters long (at most {MAX_SLOT_NAME_LEN})",
-            name.len()
-        ))
-    } else if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
+        Some(format!("is {} characters long (at most {MAX_SLOT_NAME_LEN})", name.len()))
+    } else if !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         Some("may contain only lower-case letters, digits and underscores".to_string())
     } else {
         None
     };
     match problem {
         None => Ok(()),
-        Some(problem) => Err(
-            Error::config(format!("replication slot name {name:?} {problem}"))
-                .with_hint("choose a slot name like pgkeep_backup_1"),
-        ),
+        Some(problem) => Err(Error::config(format!("replication slot name {name:?} {problem}")).with_hint("choose a slot name like pgkeep_backup_1")),
     }
 }
 
@@ -85,25 +76,14 @@ pub const FAILOVER_MIN_SERVER_VERSION: u32 = 170_000;
 /// `CREATE_REPLICATION_SLOT` for a `pgoutput` slot in the syntax of
 /// `server_version_num`: the option list `(SNAPSHOT '…')` from 15 on, the
 /// `EXPORT_SNAPSHOT` / `NOEXPORT_SNAPSHOT` keywords on 10 to 14.
-pub fn create_logical_slot_command(
-    name: &str,
-    temporary: bool,
-    export_snapshot: bool,
-    server_version_num: u32,
-) -> Result<String> {
+pub fn create_logical_slot_command(name: &str, temporary: bool, export_snapshot: bool, server_version_num: u32) -> Result<String> {
     create_logical_slot_command_with(name, temporary, export_snapshot, false, server_version_num)
 }
 
 /// [`create_logical_slot_command`] with `FAILOVER` in the option list when
 /// `failover` and the server has failover slots (17+; never temporary ones,
 /// which the server refuses to make failover slots).
-pub fn create_logical_slot_command_with(
-    name: &str,
-    temporary: bool,
-    export_snapshot: bool,
-    failover: bool,
-    server_version_num: u32,
-) -> Result<String> {
+pub fn create_logical_slot_command_with(name: &str, temporary: bool, export_snapshot: bool, failover: bool, server_version_num: u32) -> Result<String> {
     validate_slot_name(name)?;
     let failover = failover && !temporary && server_version_num >= FAILOVER_MIN_SERVER_VERSION;
     let temporary = if temporary { " TEMPORARY" } else { "" };
@@ -124,10 +104,7 @@ pub fn create_logical_slot_command_with(
             ),
         ));
     }
-    Ok(format!(
-        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL {OUTPUT_PLUGIN} {snapshot}",
-        quote_identifier(name)
-    ))
+    Ok(format!("CREATE_REPLICATION_SLOT {}{temporary} LOGICAL {OUTPUT_PLUGIN} {snapshot}", quote_identifier(name)))
 }
 
 /// `ALTER_REPLICATION_SLOT "name" (FAILOVER true)` (PostgreSQL 17+): make an
@@ -141,22 +118,15 @@ pub fn alter_slot_failover_command(name: &str) -> Result<String> {
 pub fn drop_slot_command(name: &str, wait: bool) -> Result<String> {
     validate_slot_name(name)?;
     let wait = if wait { " WAIT" } else { "" };
-    Ok(format!(
-        "DROP_REPLICATION_SLOT {}{wait}",
-        quote_identifier(name)
-    ))
+    Ok(format!("DROP_REPLICATION_SLOT {}{wait}", quote_identifier(name)))
 }
 
 /// `server_version_num` from the `server_version` parameter: `15.4 (Debian …)`
 /// gives 150004, `16beta1` 160000, `9.6.3` 90603. `None` if it is not a version.
 pub fn parse_server_version(text: &str) -> Option<u32> {
     let version: &str = text.split_whitespace().next()?;
-    let numeric_end = version
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(version.len());
-    let mut parts = version[..numeric_end]
-        .split('.')
-        .map(|p| p.parse::<u32>().ok());
+    let numeric_end = version.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(version.len());
+    let mut parts = version[..numeric_end].split('.').map(|p| p.parse::<u32>().ok());
     let major = parts.next()??;
     let minor = parts.next().flatten().unwrap_or(0);
     if major >= 10 {
@@ -169,11 +139,7 @@ pub fn parse_server_version(text: &str) -> Option<u32> {
 
 /// `150004` as `15.4`, for messages.
 fn version_text(num: u32) -> String {
-    if num >= 100_000 {
-        format!("{}.{}", num / 10_000, num % 10_000)
-    } else {
-        format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100)
-    }
+    if num >= 100_000 { format!("{}.{}", num / 10_000, num % 10_000) } else { format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100) }
 }
 
 /// The single row a replication command returns, with its columns by name.
@@ -183,10 +149,7 @@ struct OneRow<'a> {
 }
 
 impl<'a> OneRow<'a> {
-    fn new(
-        response: &'a QueryResponse,
-        command: &'static str,
-    ) -> std::result::Result<Self, String> {
+    fn new(response: &'a QueryResponse, command: &'static str) -> std::result::Result<Self, String> {
         match response.rows.len() {
             1 => Ok(OneRow { response, command }),
             n => Err(format!("{command} returned {n} rows instead of 1")),
@@ -194,25 +157,18 @@ impl<'a> OneRow<'a> {
     }
 
     fn get(&self, column: &str) -> std::result::Result<Option<&'a str>, String> {
-        let index = self
-            .response
-            .column(column)
-            .ok_or_else(|| format!("{} returned no column {column}", self.command))?;
-        let value = self.response.rows[0]
-            .get(index)
-            .ok_or_else(|| format!("{} returned a short row", self.command))?;
+        let index = self.response.column(column).ok_or_else(|| format!("{} returned no column {column}", self.command))?;
+        let value = self.response.rows[0].get(index).ok_or_else(|| format!("{} returned a short row", self.command))?;
         Ok(value.as_deref())
     }
 
     fn required(&self, column: &str) -> std::result::Result<&'a str, String> {
-        self.get(column)?
-            .ok_or_else(|| format!("{} returned NULL {column}", self.command))
+        self.get(column)?.ok_or_else(|| format!("{} returned NULL {column}", self.command))
     }
 
     fn parsed<T: FromStr>(&self, column: &str) -> std::result::Result<T, String> {
         let text = self.required(column)?;
-        text.parse()
-            .map_err(|_| format!("{} returned an invalid {column} {text:?}", self.command))
+        text.parse().map_err(|_| format!("{} returned an invalid {column} {text:?}", self.command))
     }
 }
 
@@ -250,15 +206,7 @@ mod tests {
     fn slot_names_are_validated() {
         validate_slot_name("pgkeep_backup_1").unwrap();
         validate_slot_name(&"a".repeat(63)).unwrap();
-        for bad in [
-            "Bad-Name",
-            "",
-            "with space",
-            "dash-ed",
-            "UPPER",
-            "quote\"",
-            "é",
-        ] {
+        for bad in ["Bad-Name", "", "with space", "dash-ed", "UPPER", "quote\"", "é"] {
             let e = validate_slot_name(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
             assert!(e.message().contains(&format!("{bad:?}")), "{}", e.message());
@@ -276,22 +224,10 @@ mod tests {
     #[test]
     fn create_command_follows_the_server_version() {
         let cmd = |temp, export, v| create_logical_slot_command("s_1", temp, export, v).unwrap();
-        assert_eq!(
-            cmd(true, true, 150_004),
-            "CREATE_REPLICATION_SLOT \"s_1\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
-        );
-        assert_eq!(
-            cmd(false, false, 170_000),
-            "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput (SNAPSHOT 'nothing')"
-        );
-        assert_eq!(
-            cmd(true, true, 140_009),
-            "CREATE_REPLICATION_SLOT \"s_1\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
-        );
-        assert_eq!(
-            cmd(false, false, 130_000),
-            "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput NOEXPORT_SNAPSHOT"
-        );
+        assert_eq!(cmd(true, true, 150_004), "CREATE_REPLICATION_SLOT \"s_1\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')");
+        assert_eq!(cmd(false, false, 170_000), "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput (SNAPSHOT 'nothing')");
+        assert_eq!(cmd(true, true, 140_009), "CREATE_REPLICATION_SLOT \"s_1\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT");
+        assert_eq!(cmd(false, false, 130_000), "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput NOEXPORT_SNAPSHOT");
         // Failover slots from 17 on, permanent ones only.
         let with = |temp, failover, v| create_logical_slot_command_with("s_1", temp, false, failover, v).unwrap();
         assert_eq!(with(false, true, 170_000), "CREATE_REPLICATION_SLOT \"s_1\" LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)");
@@ -313,23 +249,14 @@ mod tests {
 
     #[test]
     fn drop_command() {
-        assert_eq!(
-            drop_slot_command("s", true).unwrap(),
-            "DROP_REPLICATION_SLOT \"s\" WAIT"
-        );
-        assert_eq!(
-            drop_slot_command("s", false).unwrap(),
-            "DROP_REPLICATION_SLOT \"s\""
-        );
+        assert_eq!(drop_slot_command("s", true).unwrap(), "DROP_REPLICATION_SLOT \"s\" WAIT");
+        assert_eq!(drop_slot_command("s", false).unwrap(), "DROP_REPLICATION_SLOT \"s\"");
         assert!(drop_slot_command("S", false).is_err());
     }
 
     #[test]
     fn server_versions_parse() {
-        assert_eq!(
-            parse_server_version("15.4 (Debian 15.4-2.pgdg120+1)"),
-            Some(150_004)
-        );
+        assert_eq!(parse_server_version("15.4 (Debian 15.4-2.pgdg120+1)"), Some(150_004));
         assert_eq!(parse_server_version("16beta1"), Some(160_000));
         assert_eq!(parse_server_version("17devel"), Some(170_000));
         assert_eq!(parse_server_version("13.12"), Some(130_012));
@@ -349,63 +276,30 @@ mod tests {
 
     #[test]
     fn identify_system_row_is_read_by_column_name() {
-        let r = response(
-            &["systemid", "timeline", "xlogpos", "dbname"],
-            &[
-                Some("7301234567890123456"),
-                Some("1"),
-                Some("0/1A2B3C8"),
-                Some("app"),
-            ],
-        );
+        let r = response(&["systemid", "timeline", "xlogpos", "dbname"], &[Some("7301234567890123456"), Some("1"), Some("0/1A2B3C8"), Some("app")]);
         let id = SystemIdentity::from_response(&r).unwrap();
         assert_eq!(id.systemid, "7301234567890123456");
         assert_eq!(id.timeline, 1);
         assert_eq!(id.xlogpos, Lsn(0x1A2B3C8));
         assert_eq!(id.dbname.as_deref(), Some("app"));
 
-        let bad = response(
-            &["systemid", "timeline", "xlogpos", "dbname"],
-            &[Some("1"), Some("1"), Some("not-an-lsn"), None],
-        );
+        let bad = response(&["systemid", "timeline", "xlogpos", "dbname"], &[Some("1"), Some("1"), Some("not-an-lsn"), None]);
         let e = SystemIdentity::from_response(&bad).unwrap_err();
         assert!(e.contains("xlogpos"), "{e}");
         let empty = QueryResponse::default();
-        assert!(
-            SystemIdentity::from_response(&empty)
-                .unwrap_err()
-                .contains("0 rows")
-        );
+        assert!(SystemIdentity::from_response(&empty).unwrap_err().contains("0 rows"));
     }
 
     #[test]
     fn created_slot_row_is_read() {
         let r = response(
-            &[
-                "slot_name",
-                "consistent_point",
-                "snapshot_name",
-                "output_plugin",
-            ],
-            &[
-                Some("s"),
-                Some("16/B374D848"),
-                Some("00000003-00000002-1"),
-                Some("pgoutput"),
-            ],
+            &["slot_name", "consistent_point", "snapshot_name", "output_plugin"],
+            &[Some("s"), Some("16/B374D848"), Some("00000003-00000002-1"), Some("pgoutput")],
         );
         let slot = CreatedSlot::from_response(&r).unwrap();
         assert_eq!(slot.consistent_point, Lsn(0x16_B374_D848));
         assert_eq!(slot.snapshot_name.as_deref(), Some("00000003-00000002-1"));
-        let r = response(
-            &[
-                "slot_name",
-                "consistent_point",
-                "snapshot_name",
-                "output_plugin",
-            ],
-            &[Some("s"), Some("0/1"), None, Some("pgoutput")],
-        );
+        let r = response(&["slot_name", "consistent_point", "snapshot_name", "output_plugin"], &[Some("s"), Some("0/1"), None, Some("pgoutput")]);
         assert_eq!(CreatedSlot::from_response(&r).unwrap().snapshot_name, None);
     }
 }

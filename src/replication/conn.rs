@@ -14,10 +14,7 @@ use postgres_protocol::message::backend::{Message, NoticeResponseBody, Parameter
 use postgres_protocol::message::frontend;
 
 use super::auth::{self, AuthMethod};
-use super::commands::{
-    CreatedSlot, SystemIdentity, create_logical_slot_command_with, drop_slot_command,
-    parse_server_version,
-};
+use super::commands::{CreatedSlot, SystemIdentity, create_logical_slot_command_with, drop_slot_command, parse_server_version};
 use super::errors::{ServerError, io_error, protocol_error, server_error, slot_creation_error};
 use super::simple_query::{QueryCollector, QueryResponse, Step, Violation};
 use super::transport::{self, Transport};
@@ -87,12 +84,7 @@ pub(crate) fn startup_parameters(db: &DbSettings) -> [(&str, &str); 6] {
 /// The startup parameters of a regular (non-replication) connection: the
 /// caller sets its session (`SESSION_SETUP`) with a query.
 pub(crate) fn regular_startup_parameters(db: &DbSettings) -> [(&str, &str); 4] {
-    [
-        ("user", db.user.as_str()),
-        ("database", db.dbname.as_str()),
-        ("application_name", APPLICATION_NAME),
-        ("client_encoding", "UTF8"),
-    ]
+    [("user", db.user.as_str()), ("database", db.dbname.as_str()), ("application_name", APPLICATION_NAME), ("client_encoding", "UTF8")]
 }
 
 impl ReplicationConnection {
@@ -133,18 +125,10 @@ impl ReplicationConnection {
         let mut stream = MessageStream::new(transport);
 
         // 2. Startup message.
-        let parameters: Vec<(&str, &str)> =
-            if replication { startup_parameters(db).to_vec() } else { regular_startup_parameters(db).to_vec() };
-        frontend::startup_message(parameters, stream.write_buf()).map_err(|_| {
-            Error::config(format!(
-                "the user or database name for {} contains a NUL byte",
-                server_label(db)
-            ))
-        })?;
-        stream
-            .flush()
-            .await
-            .map_err(|e| io_error(e, db, Phase::Connect))?;
+        let parameters: Vec<(&str, &str)> = if replication { startup_parameters(db).to_vec() } else { regular_startup_parameters(db).to_vec() };
+        frontend::startup_message(parameters, stream.write_buf())
+            .map_err(|_| Error::config(format!("the user or database name for {} contains a NUL byte", server_label(db))))?;
+        stream.flush().await.map_err(|e| io_error(e, db, Phase::Connect))?;
 
         // 3. Authentication.
         let auth_method = auth::authenticate(&mut stream, db, binding).await?;
@@ -185,27 +169,17 @@ impl ReplicationConnection {
                 }
                 BackendMessage::Protocol(Message::ReadyForQuery(_)) => break,
                 BackendMessage::Protocol(Message::ErrorResponse(body)) => {
-                    let e = ServerError::parse(body.fields())
-                        .map_err(|e| io_error(e, &self.db, Phase::Connect))?;
+                    let e = ServerError::parse(body.fields()).map_err(|e| io_error(e, &self.db, Phase::Connect))?;
                     // A regular backend's refusal (no CONNECT privilege) is
                     // not about replication rights: no replication hint.
                     let phase = if self.replication { Phase::Connect } else { Phase::Command("open a connection") };
                     return Err(server_error(e, &self.db, phase));
                 }
-                BackendMessage::NegotiateProtocolVersion {
-                    unrecognized_options,
-                    ..
-                } => {
-                    tracing::debug!(
-                        ?unrecognized_options,
-                        "server negotiated the protocol version down"
-                    );
+                BackendMessage::NegotiateProtocolVersion { unrecognized_options, .. } => {
+                    tracing::debug!(?unrecognized_options, "server negotiated the protocol version down");
                 }
                 other => {
-                    return Err(protocol_error(
-                        &self.db,
-                        &format!("unexpected {} during startup", other.name()),
-                    ));
+                    return Err(protocol_error(&self.db, &format!("unexpected {} during startup", other.name())));
                 }
             }
         }
@@ -213,9 +187,7 @@ impl ReplicationConnection {
             .parameters
             .get("server_version")
             .and_then(|v| parse_server_version(v))
-            .ok_or_else(|| {
-                protocol_error(&self.db, "the server did not report a valid server_version")
-            })?;
+            .ok_or_else(|| protocol_error(&self.db, "the server did not report a valid server_version"))?;
         self.busy = false;
         Ok(())
     }
@@ -224,16 +196,10 @@ impl ReplicationConnection {
     /// are logged or stored here.
     pub(super) async fn next_message(&mut self, phase: Phase<'_>) -> Result<BackendMessage> {
         loop {
-            let msg = self
-                .stream
-                .read_message()
-                .await
-                .map_err(|e| io_error(e, &self.db, phase))?;
+            let msg = self.stream.read_message().await.map_err(|e| io_error(e, &self.db, phase))?;
             match msg {
                 BackendMessage::Protocol(Message::NoticeResponse(body)) => log_notice(&body),
-                BackendMessage::Protocol(Message::ParameterStatus(body)) => {
-                    self.store_parameter(&body)
-                }
+                BackendMessage::Protocol(Message::ParameterStatus(body)) => self.store_parameter(&body),
                 BackendMessage::Protocol(Message::NotificationResponse(_)) => {}
                 other => return Ok(other),
             }
@@ -270,14 +236,9 @@ impl ReplicationConnection {
     /// put into errors (it may hold secrets).
     async fn run(&mut self, sql: &str, what: &str) -> Result<QueryResponse> {
         self.ensure_usable()?;
-        frontend::query(sql, self.stream.write_buf()).map_err(|_| {
-            Error::config(format!("cannot {what}: the command contains a NUL byte"))
-        })?;
+        frontend::query(sql, self.stream.write_buf()).map_err(|_| Error::config(format!("cannot {what}: the command contains a NUL byte")))?;
         self.busy = true;
-        self.stream
-            .flush()
-            .await
-            .map_err(|e| io_error(e, &self.db, Phase::Command(what)))?;
+        self.stream.flush().await.map_err(|e| io_error(e, &self.db, Phase::Command(what)))?;
         let mut collector = QueryCollector::default();
         loop {
             let msg = self.next_message(Phase::Command(what)).await?;
@@ -285,28 +246,20 @@ impl ReplicationConnection {
                 Ok(Step::More) => {}
                 Ok(Step::Done) => break,
                 Err(Violation::Unexpected(name)) => {
-                    return Err(protocol_error(
-                        &self.db,
-                        &format!("the server answered {name} to a simple query"),
-                    ));
+                    return Err(protocol_error(&self.db, &format!("the server answered {name} to a simple query")));
                 }
                 Err(Violation::Malformed(text)) => return Err(protocol_error(&self.db, &text)),
             }
         }
         self.busy = false;
-        collector
-            .finish()
-            .map_err(|e| server_error(e, &self.db, Phase::Command(what)))
+        collector.finish().map_err(|e| server_error(e, &self.db, Phase::Command(what)))
     }
 
     pub(super) fn ensure_usable(&self) -> Result<()> {
         if self.busy {
             return Err(Error::new(
                 ErrorKind::Internal,
-                format!(
-                    "the replication connection to {} is unusable: an earlier command was interrupted or failed",
-                    server_label(&self.db)
-                ),
+                format!("the replication connection to {} is unusable: an earlier command was interrupted or failed", server_label(&self.db)),
             )
             .with_hint("open a new replication connection"));
         }
@@ -335,29 +288,17 @@ impl ReplicationConnection {
     /// [`cancel`](Self::cancel) with [`cancel_token`](Self::cancel_token)
     /// from elsewhere, which makes this return a `57014` error and leaves the
     /// connection usable.
-    pub async fn create_logical_slot(
-        &mut self,
-        name: &str,
-        temporary: bool,
-        export_snapshot: bool,
-    ) -> Result<CreatedSlot> {
+    pub async fn create_logical_slot(&mut self, name: &str, temporary: bool, export_snapshot: bool) -> Result<CreatedSlot> {
         self.create_logical_slot_with(name, temporary, export_snapshot, false).await
     }
 
     /// [`create_logical_slot`](Self::create_logical_slot), as a failover
     /// slot when `failover` and the server has them (17+, permanent slots).
-    pub async fn create_logical_slot_with(
-        &mut self,
-        name: &str,
-        temporary: bool,
-        export_snapshot: bool,
-        failover: bool,
-    ) -> Result<CreatedSlot> {
+    pub async fn create_logical_slot_with(&mut self, name: &str, temporary: bool, export_snapshot: bool, failover: bool) -> Result<CreatedSlot> {
         let command = create_logical_slot_command_with(name, temporary, export_snapshot, failover, self.server_version_num)?;
         let what = format!("create logical replication slot {name}");
         let response = self.run(&command, &what).await.map_err(slot_creation_error)?;
-        let slot = CreatedSlot::from_response(&response)
-            .map_err(|text| protocol_error(&self.db, &text))?;
+        let slot = CreatedSlot::from_response(&response).map_err(|text| protocol_error(&self.db, &text))?;
         tracing::info!(
             slot = %slot.slot_name,
             temporary,
@@ -408,12 +349,7 @@ impl ReplicationConnection {
     /// What [`cancel`](Self::cancel) needs to interrupt this connection's
     /// running command from another task.
     pub fn cancel_token(&self) -> CancelInfo {
-        CancelInfo {
-            host: self.db.host.clone(),
-            port: self.db.port,
-            process_id: self.process_id,
-            secret_key: self.secret_key,
-        }
+        CancelInfo { host: self.db.host.clone(), port: self.db.port, process_id: self.process_id, secret_key: self.secret_key }
     }
 
     /// Ask the server to cancel the command running on the connection
@@ -422,11 +358,7 @@ impl ReplicationConnection {
     /// a request: the command ends with SQLSTATE 57014 if it was still
     /// running, and nothing happens if it was not.
     pub async fn cancel(info: &CancelInfo, db: &DbSettings) -> Result<()> {
-        let target = DbSettings {
-            host: info.host.clone(),
-            port: info.port,
-            ..db.clone()
-        };
+        let target = DbSettings { host: info.host.clone(), port: info.port, ..db.clone() };
         let attempt = transport::send_cancel_request(&target, info.process_id, info.secret_key);
         match tokio::time::timeout(target.connect_timeout, attempt).await {
             Ok(result) => result,
@@ -441,13 +373,7 @@ impl ReplicationConnection {
     pub async fn close(mut self) -> Result<()> {
         if !self.busy {
             frontend::terminate(self.stream.write_buf());
-            self.stream.flush().await.map_err(|e| {
-                io_error(
-                    e,
-                    &self.db,
-                    Phase::Command("close the replication connection"),
-                )
-            })?;
+            self.stream.flush().await.map_err(|e| io_error(e, &self.db, Phase::Command("close the replication connection")))?;
         }
         // The server may already have closed its end; nothing is lost then.
         let _ = self.stream.shutdown().await;
@@ -475,12 +401,9 @@ impl ReplicationConnection {
 /// Log a NoticeResponse (severity, SQLSTATE, message) at debug level.
 pub(super) fn log_notice(body: &NoticeResponseBody) {
     match ServerError::parse(body.fields()) {
-        Ok(notice) => tracing::debug!(
-            severity = notice.severity(),
-            code = notice.code(),
-            message = notice.message(),
-            "server notice on replication connection"
-        ),
+        Ok(notice) => {
+            tracing::debug!(severity = notice.severity(), code = notice.code(), message = notice.message(), "server notice on replication connection")
+        }
         Err(e) => tracing::debug!(error = %e, "malformed server notice on replication connection"),
     }
 }
@@ -515,12 +438,7 @@ mod tests {
 
     #[test]
     fn cancel_info_hides_the_secret_key() {
-        let info = CancelInfo {
-            host: "db".into(),
-            port: 5432,
-            process_id: 42,
-            secret_key: 987_654_321,
-        };
+        let info = CancelInfo { host: "db".into(), port: 5432, process_id: 42, secret_key: 987_654_321 };
         let shown = format!("{info:?}");
         assert!(shown.contains("42"), "{shown}");
         assert!(!shown.contains("987654321"), "{shown}");

@@ -97,8 +97,7 @@ impl ReplicationConnection {
     /// {what} on host:port/db"); the SQL text is never put into errors.
     pub async fn copy_out(&mut self, sql: &str, what: &str) -> Result<CopyOutReader<'_>> {
         self.ensure_usable()?;
-        frontend::query(sql, self.message_stream().write_buf())
-            .map_err(|_| Error::config(format!("cannot {what}: the command contains a NUL byte")))?;
+        frontend::query(sql, self.message_stream().write_buf()).map_err(|_| Error::config(format!("cannot {what}: the command contains a NUL byte")))?;
         self.set_busy(true);
         let db = self.settings().clone();
         self.message_stream().flush().await.map_err(|e| io_error(e, &db, Phase::Command(what)))?;

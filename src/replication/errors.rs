@@ -21,8 +21,7 @@ use tokio_postgres::fallible_iterator::FallibleIterator;
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind};
 use crate::pg::errors::{
-    Client, HINT_ADDRESS, Phase, certificate_error, classify_server_error, one_line,
-    server_error_text, server_label, sqlstate_kind, unreachable_reason,
+    Client, HINT_ADDRESS, Phase, certificate_error, classify_server_error, one_line, server_error_text, server_label, sqlstate_kind, unreachable_reason,
 };
 
 const HINT_WAL_LEVEL: &str = "logical slots need wal_level = logical and max_replication_slots above 0: \
@@ -61,9 +60,7 @@ impl ServerError {
             }
         }
         Ok(ServerError {
-            severity: severity
-                .or(localized_severity)
-                .unwrap_or_else(|| "ERROR".into()),
+            severity: severity.or(localized_severity).unwrap_or_else(|| "ERROR".into()),
             code: code.unwrap_or_else(|| "XX000".into()),
             message: message.unwrap_or_default(),
             detail,
@@ -100,12 +97,7 @@ impl ServerError {
 /// "ERROR: message (SQLSTATE 42P01): detail", on one line.
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&server_error_text(
-            &self.severity,
-            &self.message,
-            &self.code,
-            self.detail(),
-        ))
+        f.write_str(&server_error_text(&self.severity, &self.message, &self.code, self.detail()))
     }
 }
 
@@ -114,15 +106,9 @@ impl std::error::Error for ServerError {}
 /// `name` as it would be typed in SQL: bare when it is a plain lower-case
 /// identifier, double-quoted otherwise.
 pub(crate) fn sql_identifier(name: &str) -> String {
-    let plain = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    let plain =
+        name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 /// An ErrorResponse, carrying its SQLSTATE: the replication-only cases
@@ -161,16 +147,11 @@ fn classify(e: ServerError, db: &DbSettings, phase: Phase<'_>) -> Error {
                     server_label(db)
                 ),
             )
-            .with_hint(format!(
-                "grant the role replication rights: ALTER ROLE {} REPLICATION",
-                sql_identifier(user)
-            ));
+            .with_hint(format!("grant the role replication rights: ALTER ROLE {} REPLICATION", sql_identifier(user)));
         }
         _ => {}
     }
-    if let Some(error) =
-        classify_server_error(e.code(), e.message(), db, phase, Client::Replication)
-    {
+    if let Some(error) = classify_server_error(e.code(), e.message(), db, phase, Client::Replication) {
         return error;
     }
     let kind = sqlstate_kind(e.code());
@@ -188,10 +169,7 @@ fn classify(e: ServerError, db: &DbSettings, phase: Phase<'_>) -> Error {
 
 /// An I/O failure on the socket: refused, timed out, unknown host, lost connection.
 pub(crate) fn io_error(e: io::Error, db: &DbSettings, phase: Phase<'_>) -> Error {
-    if let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         return certificate_error(tls, db, Client::Replication);
     }
     let text = e.to_string();
@@ -200,42 +178,22 @@ pub(crate) fn io_error(e: io::Error, db: &DbSettings, phase: Phase<'_>) -> Error
         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
             return protocol_error(db, &text);
         }
-        io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe => {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
             if matches!(phase, Phase::Connect) {
                 tracing::debug!(error = %text, "connection closed during startup");
                 return crate::pg::errors::closed_during_startup(db);
             }
-            return Error::new(
-                ErrorKind::Connect,
-                format!("{}: lost connection to the server", phase.prefix(db)),
-            )
-            .with_source(e);
+            return Error::new(ErrorKind::Connect, format!("{}: lost connection to the server", phase.prefix(db))).with_source(e);
         }
         kind => unreachable_reason(Some(kind), &text, db).unwrap_or_else(|| one_line(&text)),
     };
-    let error = Error::new(
-        ErrorKind::Connect,
-        format!("{}: {reason}", phase.prefix(db)),
-    );
-    if matches!(phase, Phase::Connect) {
-        error.with_hint(HINT_ADDRESS)
-    } else {
-        error
-    }
+    let error = Error::new(ErrorKind::Connect, format!("{}: {reason}", phase.prefix(db)));
+    if matches!(phase, Phase::Connect) { error.with_hint(HINT_ADDRESS) } else { error }
 }
 
 /// The server broke the protocol (or pgkeep did).
 pub(crate) fn protocol_error(db: &DbSettings, what: &str) -> Error {
-    Error::new(
-        ErrorKind::Internal,
-        format!(
-            "protocol error on the replication connection to {}: {what}",
-            server_label(db)
-        ),
-    )
+    Error::new(ErrorKind::Internal, format!("protocol error on the replication connection to {}: {what}", server_label(db)))
 }
 
 #[cfg(test)]
@@ -254,9 +212,7 @@ mod tests {
         let bytes = test_messages::error_response(b'E', "FATAL", code, message, hint);
         let mut buf = BytesMut::from(&bytes[..]);
         match parse_backend_message(&mut buf).unwrap().unwrap() {
-            BackendMessage::Protocol(Message::ErrorResponse(body)) => {
-                ServerError::parse(body.fields()).unwrap()
-            }
+            BackendMessage::Protocol(Message::ErrorResponse(body)) => ServerError::parse(body.fields()).unwrap(),
             other => panic!("got {}", other.name()),
         }
     }
@@ -267,19 +223,12 @@ mod tests {
         assert_eq!(e.code(), "42P01");
         assert_eq!(e.severity(), "FATAL");
         assert_eq!(e.hint(), Some("create it"));
-        assert_eq!(
-            e.to_string(),
-            "FATAL: relation \"x\" does not exist (SQLSTATE 42P01)"
-        );
+        assert_eq!(e.to_string(), "FATAL: relation \"x\" does not exist (SQLSTATE 42P01)");
     }
 
     #[test]
     fn missing_replication_attribute_is_auth_with_alter_role_hint() {
-        let e = parsed(
-            "42501",
-            "must be superuser or replication role to start walsender",
-            None,
-        );
+        let e = parsed("42501", "must be superuser or replication role to start walsender", None);
         let err = server_error(e, &settings(), Phase::Connect);
         assert_eq!(err.kind(), ErrorKind::Auth);
         let line = err.user_line();
@@ -291,49 +240,21 @@ mod tests {
 
     #[test]
     fn low_wal_level_names_the_setting() {
-        let e = parsed(
-            "55000",
-            "logical decoding requires wal_level >= logical",
-            None,
-        );
-        let err = slot_creation_error(server_error(
-            e,
-            &settings(),
-            Phase::Command("create logical replication slot s"),
-        ));
+        let e = parsed("55000", "logical decoding requires wal_level >= logical", None);
+        let err = slot_creation_error(server_error(e, &settings(), Phase::Command("create logical replication slot s")));
         assert_eq!(err.kind(), ErrorKind::Database);
         assert_eq!(err.sqlstate(), Some("55000"));
         assert!(err.message().contains("wal_level"), "{}", err.message());
         assert!(err.hint().unwrap().contains("wal_level = logical"));
-        assert!(
-            err.message()
-                .starts_with("cannot create logical replication slot s on db.example.com:6543/app"),
-            "{}",
-            err.message()
-        );
+        assert!(err.message().starts_with("cannot create logical replication slot s on db.example.com:6543/app"), "{}", err.message());
     }
 
     #[test]
     fn password_and_unknown_database_follow_regular_connections() {
-        let err = server_error(
-            parsed(
-                "28P01",
-                "password authentication failed for user \"alice\"",
-                None,
-            ),
-            &settings(),
-            Phase::Connect,
-        );
+        let err = server_error(parsed("28P01", "password authentication failed for user \"alice\"", None), &settings(), Phase::Connect);
         assert_eq!(err.kind(), ErrorKind::Auth);
-        assert_eq!(
-            err.message(),
-            "password authentication failed for user alice at db.example.com:6543"
-        );
-        let err = server_error(
-            parsed("3D000", "database \"app\" does not exist", None),
-            &settings(),
-            Phase::Connect,
-        );
+        assert_eq!(err.message(), "password authentication failed for user alice at db.example.com:6543");
+        let err = server_error(parsed("3D000", "database \"app\" does not exist", None), &settings(), Phase::Connect);
         assert_eq!(err.kind(), ErrorKind::Database);
         assert!(err.message().contains("database app does not exist"));
     }
@@ -341,41 +262,18 @@ mod tests {
     #[test]
     fn generic_errors_keep_sqlstate_and_server_hint() {
         let err = server_error(
-            parsed(
-                "57014",
-                "canceling statement due to user request",
-                Some("try again"),
-            ),
+            parsed("57014", "canceling statement due to user request", Some("try again")),
             &settings(),
             Phase::Command("create logical replication slot s"),
         );
         assert_eq!(err.kind(), ErrorKind::Database);
-        assert!(
-            err.message().contains("SQLSTATE 57014"),
-            "{}",
-            err.message()
-        );
+        assert!(err.message().contains("SQLSTATE 57014"), "{}", err.message());
         assert_eq!(err.hint(), Some("try again"));
         let source = std::error::Error::source(&err).unwrap();
-        assert_eq!(
-            source.downcast_ref::<ServerError>().unwrap().code(),
-            "57014"
-        );
-        let err = server_error(
-            parsed(
-                "57P01",
-                "terminating connection due to administrator command",
-                None,
-            ),
-            &settings(),
-            Phase::Command("x"),
-        );
+        assert_eq!(source.downcast_ref::<ServerError>().unwrap().code(), "57014");
+        let err = server_error(parsed("57P01", "terminating connection due to administrator command", None), &settings(), Phase::Command("x"));
         assert_eq!(err.kind(), ErrorKind::Connect);
-        let err = server_error(
-            parsed("53300", "sorry, too many clients already", None),
-            &settings(),
-            Phase::Connect,
-        );
+        let err = server_error(parsed("53300", "sorry, too many clients already", None), &settings(), Phase::Connect);
         assert_eq!(err.kind(), ErrorKind::Connect);
         assert_eq!(
             err.message(),
@@ -389,35 +287,16 @@ mod tests {
         let db = settings();
         let refused = io_error(io::ErrorKind::ConnectionRefused.into(), &db, Phase::Connect);
         assert_eq!(refused.kind(), ErrorKind::Connect);
-        assert_eq!(
-            refused.message(),
-            "cannot connect to PostgreSQL at db.example.com:6543: connection refused"
-        );
-        let lost = io_error(
-            io::ErrorKind::UnexpectedEof.into(),
-            &db,
-            Phase::Command("run a query"),
-        );
-        assert!(
-            lost.message().contains("lost connection"),
-            "{}",
-            lost.message()
-        );
-        let bad = io_error(
-            io::Error::new(io::ErrorKind::InvalidData, "bad tag"),
-            &db,
-            Phase::Connect,
-        );
+        assert_eq!(refused.message(), "cannot connect to PostgreSQL at db.example.com:6543: connection refused");
+        let lost = io_error(io::ErrorKind::UnexpectedEof.into(), &db, Phase::Command("run a query"));
+        assert!(lost.message().contains("lost connection"), "{}", lost.message());
+        let bad = io_error(io::Error::new(io::ErrorKind::InvalidData, "bad tag"), &db, Phase::Connect);
         assert_eq!(bad.kind(), ErrorKind::Internal);
         let mut unix = settings();
         unix.host = "/run/postgresql/".into();
         assert_eq!(server_label(&unix), "/run/postgresql/.s.PGSQL.6543");
         let missing = io_error(io::ErrorKind::NotFound.into(), &unix, Phase::Connect);
-        assert!(
-            missing.message().ends_with("no such socket"),
-            "{}",
-            missing.message()
-        );
+        assert!(missing.message().ends_with("no such socket"), "{}", missing.message());
     }
 
     #[test]
@@ -427,14 +306,8 @@ mod tests {
             ("42501", Phase::Connect),
             ("28P01", Phase::Connect),
             ("3D000", Phase::Connect),
-            (
-                "55006",
-                Phase::Command("stream changes from replication slot s"),
-            ),
-            (
-                "42704",
-                Phase::Command("stream changes from replication slot s"),
-            ),
+            ("55006", Phase::Command("stream changes from replication slot s")),
+            ("42704", Phase::Command("stream changes from replication slot s")),
         ] {
             let err = server_error(parsed(code, "irrelevant", None), &db, phase);
             assert_eq!(err.sqlstate(), Some(code), "{}", err.message());
@@ -446,28 +319,12 @@ mod tests {
         let db = settings();
         let phase = Phase::Command("create logical replication slot s");
         // The German server's words; the code decides.
-        let full = slot_creation_error(server_error(
-            parsed("53400", "alle Replikations-Slots sind in Benutzung", None),
-            &db,
-            phase,
-        ));
+        let full = slot_creation_error(server_error(parsed("53400", "alle Replikations-Slots sind in Benutzung", None), &db, phase));
         assert_eq!(full.hint(), Some(HINT_SLOTS));
-        let low = slot_creation_error(server_error(
-            parsed(
-                "55000",
-                "logische Dekodierung erfordert wal_level >= logical",
-                None,
-            ),
-            &db,
-            phase,
-        ));
+        let low = slot_creation_error(server_error(parsed("55000", "logische Dekodierung erfordert wal_level >= logical", None), &db, phase));
         assert_eq!(low.hint(), Some(HINT_WAL_LEVEL));
         // English text under another code gets no such hint.
-        let other = slot_creation_error(server_error(
-            parsed("42710", "all replication slots are in use; wal_level", None),
-            &db,
-            phase,
-        ));
+        let other = slot_creation_error(server_error(parsed("42710", "all replication slots are in use; wal_level", None), &db, phase));
         assert_eq!(other.hint(), None);
     }
 

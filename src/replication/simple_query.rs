@@ -66,33 +66,25 @@ impl QueryCollector {
         match msg {
             Message::RowDescription(body) => {
                 self.response.columns =
-                    body.fields()
-                        .map(|f| Ok(f.name().to_string()))
-                        .collect()
-                        .map_err(|e| Violation::Malformed(format!("RowDescription: {e}")))?;
+                    body.fields().map(|f| Ok(f.name().to_string())).collect().map_err(|e| Violation::Malformed(format!("RowDescription: {e}")))?;
             }
             Message::DataRow(body) => {
                 let row = text_row(&body).map_err(Violation::Malformed)?;
                 self.response.rows.push(row);
             }
             Message::CommandComplete(body) => {
-                let tag = body
-                    .tag()
-                    .map_err(|e| Violation::Malformed(format!("CommandComplete: {e}")))?;
+                let tag = body.tag().map_err(|e| Violation::Malformed(format!("CommandComplete: {e}")))?;
                 self.response.command_tags.push(tag.to_string());
             }
             Message::EmptyQueryResponse => {}
             Message::ErrorResponse(body) => {
-                let e = ServerError::parse(body.fields())
-                    .map_err(|e| Violation::Malformed(format!("ErrorResponse: {e}")))?;
+                let e = ServerError::parse(body.fields()).map_err(|e| Violation::Malformed(format!("ErrorResponse: {e}")))?;
                 // The first error ends the query string; keep it.
                 self.error.get_or_insert(e);
             }
             Message::ReadyForQuery(_) => return Ok(Step::Done),
             other => {
-                return Err(Violation::Unexpected(
-                    BackendMessage::Protocol(other).name(),
-                ));
+                return Err(Violation::Unexpected(BackendMessage::Protocol(other).name()));
             }
         }
         Ok(Step::More)
@@ -117,8 +109,7 @@ fn text_row(body: &DataRowBody) -> Result<Vec<Option<String>>, String> {
             None => None,
             Some(r) => {
                 let bytes = buf.get(r).ok_or("DataRow: a value is out of bounds")?;
-                let text =
-                    std::str::from_utf8(bytes).map_err(|_| "DataRow: a value is not UTF-8")?;
+                let text = std::str::from_utf8(bytes).map_err(|_| "DataRow: a value is not UTF-8")?;
                 Some(text.to_string())
             }
         };
@@ -151,12 +142,7 @@ mod tests {
     #[test]
     fn rows_columns_and_tags_are_collected() {
         let (steps, collector) = run(&[
-            row_description(&[
-                "slot_name",
-                "consistent_point",
-                "snapshot_name",
-                "output_plugin",
-            ]),
+            row_description(&["slot_name", "consistent_point", "snapshot_name", "output_plugin"]),
             data_row(&[Some("s1"), Some("0/15D6A28"), None, Some("pgoutput")]),
             command_complete("CREATE_REPLICATION_SLOT"),
             ready_for_query(),
@@ -166,19 +152,8 @@ mod tests {
         let response = collector.finish().unwrap();
         assert_eq!(response.column("snapshot_name"), Some(2));
         assert_eq!(response.column("nope"), None);
-        assert_eq!(
-            response.rows,
-            vec![vec![
-                Some("s1".to_string()),
-                Some("0/15D6A28".to_string()),
-                None,
-                Some("pgoutput".to_string())
-            ]]
-        );
-        assert_eq!(
-            response.command_tags,
-            vec!["CREATE_REPLICATION_SLOT".to_string()]
-        );
+        assert_eq!(response.rows, vec![vec![Some("s1".to_string()), Some("0/15D6A28".to_string()), None, Some("pgoutput".to_string())]]);
+        assert_eq!(response.command_tags, vec!["CREATE_REPLICATION_SLOT".to_string()]);
     }
 
     #[test]
@@ -197,29 +172,13 @@ mod tests {
         ]);
         let response = collector.finish().unwrap();
         assert_eq!(response.columns, vec!["b".to_string()]);
-        assert_eq!(
-            response.rows,
-            vec![
-                vec![Some("1".into())],
-                vec![Some(String::new())],
-                vec![None]
-            ]
-        );
+        assert_eq!(response.rows, vec![vec![Some("1".into())], vec![Some(String::new())], vec![None]]);
         assert_eq!(response.command_tags, vec!["SELECT 1", "SET", "SELECT 2"]);
     }
 
     #[test]
     fn an_error_is_kept_until_ready_for_query() {
-        let (steps, collector) = run(&[
-            error_response(
-                b'E',
-                "ERROR",
-                "57014",
-                "canceling statement due to user request",
-                None,
-            ),
-            ready_for_query(),
-        ]);
+        let (steps, collector) = run(&[error_response(b'E', "ERROR", "57014", "canceling statement due to user request", None), ready_for_query()]);
         assert_eq!(steps, vec![Step::More, Step::Done]);
         let e = collector.finish().unwrap_err();
         assert_eq!(e.code(), "57014");
@@ -231,16 +190,10 @@ mod tests {
         let mut collector = QueryCollector::default();
         let mut buf = BytesMut::from(&frame(b'W', &[0, 0, 0])[..]);
         let msg = parse_backend_message(&mut buf).unwrap().unwrap();
-        assert_eq!(
-            collector.accept(msg),
-            Err(Violation::Unexpected("CopyBothResponse"))
-        );
+        assert_eq!(collector.accept(msg), Err(Violation::Unexpected("CopyBothResponse")));
         let mut buf = BytesMut::from(&frame(b'H', &[0, 0, 0])[..]);
         let msg = parse_backend_message(&mut buf).unwrap().unwrap();
-        assert_eq!(
-            collector.accept(msg),
-            Err(Violation::Unexpected("CopyOutResponse"))
-        );
+        assert_eq!(collector.accept(msg), Err(Violation::Unexpected("CopyOutResponse")));
     }
 
     #[test]
@@ -249,15 +202,9 @@ mod tests {
         // Two columns announced, one present.
         let mut buf = BytesMut::from(&frame(b'D', &[0, 2, 0, 0, 0, 1, b'x'])[..]);
         let msg = parse_backend_message(&mut buf).unwrap().unwrap();
-        assert!(matches!(
-            collector.accept(msg),
-            Err(Violation::Malformed(_))
-        ));
+        assert!(matches!(collector.accept(msg), Err(Violation::Malformed(_))));
         let mut buf = BytesMut::from(&frame(b'D', &[0, 1, 0, 0, 0, 1, 0xff])[..]);
         let msg = parse_backend_message(&mut buf).unwrap().unwrap();
-        assert!(matches!(
-            collector.accept(msg),
-            Err(Violation::Malformed(_))
-        ));
+        assert!(matches!(collector.accept(msg), Err(Violation::Malformed(_))));
     }
 }

@@ -56,8 +56,8 @@ use super::errors::{ServerError, io_error, protocol_error, server_error};
 use super::pgoutput::PgTimestamp;
 use super::wire::BackendMessage;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pg::errors::{Phase, target_label};
 use crate::lsn::Lsn;
+use crate::pg::errors::{Phase, target_label};
 
 #[cfg(test)]
 mod tests;
@@ -148,30 +148,13 @@ impl ReplicationConnection {
     /// `ErrorKind::Database` and leaves the connection usable. Publications
     /// are only looked up when the first change is decoded, so a missing
     /// one shows up as an error from [`LogicalStream::next_event`].
-    pub async fn start_logical_replication(
-        &mut self,
-        slot: &str,
-        start_lsn: Lsn,
-        publication_names: &[&str],
-        messages: bool,
-    ) -> Result<LogicalStream<'_>> {
-        let command = start_logical_replication_command(
-            slot,
-            start_lsn,
-            publication_names,
-            messages,
-            self.server_version_num(),
-        )?;
+    pub async fn start_logical_replication(&mut self, slot: &str, start_lsn: Lsn, publication_names: &[&str], messages: bool) -> Result<LogicalStream<'_>> {
+        let command = start_logical_replication_command(slot, start_lsn, publication_names, messages, self.server_version_num())?;
         self.ensure_usable()?;
         let what = format!("stream changes from replication slot {slot}");
-        frontend::query(&command, self.message_stream().write_buf()).map_err(|_| {
-            Error::config(format!("cannot {what}: the command contains a NUL byte"))
-        })?;
+        frontend::query(&command, self.message_stream().write_buf()).map_err(|_| Error::config(format!("cannot {what}: the command contains a NUL byte")))?;
         self.set_busy(true);
-        self.message_stream()
-            .flush()
-            .await
-            .map_err(|e| io_error(e, self.settings(), Phase::Command(&what)))?;
+        self.message_stream().flush().await.map_err(|e| io_error(e, self.settings(), Phase::Command(&what)))?;
         match self.next_message(Phase::Command(&what)).await? {
             BackendMessage::CopyBothResponse { .. } => {}
             BackendMessage::Protocol(Message::ErrorResponse(body)) => {
@@ -182,10 +165,7 @@ impl ReplicationConnection {
                 return Err(server_error(error, self.settings(), Phase::Command(&what)));
             }
             other => {
-                return Err(protocol_error(
-                    self.settings(),
-                    &format!("the server answered {} to START_REPLICATION", other.name()),
-                ));
+                return Err(protocol_error(self.settings(), &format!("the server answered {} to START_REPLICATION", other.name())));
             }
         }
         tracing::info!(
@@ -195,11 +175,7 @@ impl ReplicationConnection {
             messages,
             "started logical replication"
         );
-        Ok(LogicalStream {
-            conn: self,
-            state: StreamState::Streaming,
-            what,
-        })
+        Ok(LogicalStream { conn: self, state: StreamState::Streaming, what })
     }
 }
 
@@ -230,11 +206,10 @@ impl LogicalStream<'_> {
             }
         };
         match message {
-            BackendMessage::Protocol(Message::CopyData(body)) => parse_copy_data(body.into_bytes())
-                .map_err(|problem| {
-                    self.state = StreamState::Broken;
-                    protocol_error(self.conn.settings(), &problem)
-                }),
+            BackendMessage::Protocol(Message::CopyData(body)) => parse_copy_data(body.into_bytes()).map_err(|problem| {
+                self.state = StreamState::Broken;
+                protocol_error(self.conn.settings(), &problem)
+            }),
             // A server shutting down may end the command without a CopyDone first.
             BackendMessage::Protocol(Message::CopyDone | Message::CommandComplete(_)) => {
                 self.state = StreamState::ServerDone;
@@ -245,18 +220,11 @@ impl LogicalStream<'_> {
                 let error = parse_error(self.conn, &body, &self.what).inspect_err(|_| {
                     self.state = StreamState::Broken;
                 })?;
-                Err(server_error(
-                    error,
-                    self.conn.settings(),
-                    Phase::Command(&self.what),
-                ))
+                Err(server_error(error, self.conn.settings(), Phase::Command(&self.what)))
             }
             other => {
                 self.state = StreamState::Broken;
-                Err(protocol_error(
-                    self.conn.settings(),
-                    &format!("unexpected {} while streaming", other.name()),
-                ))
+                Err(protocol_error(self.conn.settings(), &format!("unexpected {} while streaming", other.name())))
             }
         }
     }
@@ -270,34 +238,18 @@ impl LogicalStream<'_> {
     ///
     /// Dropping the future part-way loses nothing: unsent bytes stay
     /// buffered and go out with the next status update or [`finish`](Self::finish).
-    pub async fn send_status(
-        &mut self,
-        written: Lsn,
-        flushed: Lsn,
-        applied: Lsn,
-        reply_requested: bool,
-    ) -> Result<()> {
+    pub async fn send_status(&mut self, written: Lsn, flushed: Lsn, applied: Lsn, reply_requested: bool) -> Result<()> {
         match self.state {
             StreamState::Streaming | StreamState::ServerDone => {}
             StreamState::ServerFailed | StreamState::Broken => return Err(self.ended_error()),
         }
-        let update = encode_standby_status(
-            written,
-            flushed,
-            applied,
-            PgTimestamp::now(),
-            reply_requested,
-        );
+        let update = encode_standby_status(written, flushed, applied, PgTimestamp::now(), reply_requested);
         frontend::CopyData::new(&update[..])
             .map_err(|e| Error::internal(format!("cannot encode a status update: {e}")))?
             .write(self.conn.message_stream().write_buf());
         if let Err(e) = self.conn.message_stream().flush().await {
             self.state = StreamState::Broken;
-            return Err(io_error(
-                e,
-                self.conn.settings(),
-                Phase::Command(&self.what),
-            ));
+            return Err(io_error(e, self.conn.settings(), Phase::Command(&self.what)));
         }
         tracing::trace!(
             written = %written,
@@ -321,10 +273,7 @@ impl LogicalStream<'_> {
         match state {
             StreamState::Streaming | StreamState::ServerDone => {
                 frontend::copy_done(conn.message_stream().write_buf());
-                conn.message_stream()
-                    .flush()
-                    .await
-                    .map_err(|e| io_error(e, conn.settings(), Phase::Command(&what)))?;
+                conn.message_stream().flush().await.map_err(|e| io_error(e, conn.settings(), Phase::Command(&what)))?;
             }
             StreamState::ServerFailed => {}
             StreamState::Broken => {
@@ -349,31 +298,17 @@ impl LogicalStream<'_> {
 
 /// The stream already failed; `next_event` and `send_status` cannot go on.
 fn ended_error(conn: &ReplicationConnection, what: &str) -> Error {
-    Error::new(
-        ErrorKind::Internal,
-        format!(
-            "cannot {what} on {}: the stream already ended with an error",
-            target_label(conn.settings())
-        ),
-    )
-    .with_hint("call finish() after a server error, or open a new replication connection")
+    Error::new(ErrorKind::Internal, format!("cannot {what} on {}: the stream already ended with an error", target_label(conn.settings())))
+        .with_hint("call finish() after a server error, or open a new replication connection")
 }
 
-fn parse_error(
-    conn: &ReplicationConnection,
-    body: &ErrorResponseBody,
-    what: &str,
-) -> Result<ServerError> {
-    ServerError::parse(body.fields())
-        .map_err(|e| io_error(e, conn.settings(), Phase::Command(what)))
+fn parse_error(conn: &ReplicationConnection, body: &ErrorResponseBody, what: &str) -> Result<ServerError> {
+    ServerError::parse(body.fields()).map_err(|e| io_error(e, conn.settings(), Phase::Command(what)))
 }
 
 /// Read to ReadyForQuery, discarding what is left of the copy, and return
 /// the first server error on the way.
-async fn read_to_ready(
-    conn: &mut ReplicationConnection,
-    what: &str,
-) -> Result<Option<ServerError>> {
+async fn read_to_ready(conn: &mut ReplicationConnection, what: &str) -> Result<Option<ServerError>> {
     let mut error = None;
     let mut discarded = 0u64;
     loop {
@@ -386,18 +321,12 @@ async fn read_to_ready(
             }
             BackendMessage::Protocol(Message::ReadyForQuery(_)) => break,
             other => {
-                return Err(protocol_error(
-                    conn.settings(),
-                    &format!("unexpected {} while leaving CopyBoth", other.name()),
-                ));
+                return Err(protocol_error(conn.settings(), &format!("unexpected {} while leaving CopyBoth", other.name())));
             }
         }
     }
     if discarded > 0 {
-        tracing::debug!(
-            discarded,
-            "discarded CopyData in flight when the stream ended"
-        );
+        tracing::debug!(discarded, "discarded CopyData in flight when the stream ended");
     }
     Ok(error)
 }
@@ -410,27 +339,14 @@ async fn read_to_ready(
 /// [`validate_slot_name`]; an empty list, an empty or NUL-containing
 /// publication name, or `messages` on a server before 14 is an
 /// `ErrorKind::Config` error.
-pub fn start_logical_replication_command(
-    slot: &str,
-    start_lsn: Lsn,
-    publication_names: &[&str],
-    messages: bool,
-    server_version_num: u32,
-) -> Result<String> {
+pub fn start_logical_replication_command(slot: &str, start_lsn: Lsn, publication_names: &[&str], messages: bool, server_version_num: u32) -> Result<String> {
     validate_slot_name(slot)?;
     if publication_names.is_empty() {
-        return Err(Error::config(format!(
-            "cannot stream from replication slot {slot}: no publication given"
-        ))
-        .with_hint("name a publication, e.g. one made with CREATE PUBLICATION … FOR ALL TABLES"));
+        return Err(Error::config(format!("cannot stream from replication slot {slot}: no publication given"))
+            .with_hint("name a publication, e.g. one made with CREATE PUBLICATION … FOR ALL TABLES"));
     }
-    if let Some(bad) = publication_names
-        .iter()
-        .find(|name| name.is_empty() || name.contains('\0'))
-    {
-        return Err(Error::config(format!(
-            "publication name {bad:?} is empty or contains a NUL byte"
-        )));
+    if let Some(bad) = publication_names.iter().find(|name| name.is_empty() || name.contains('\0')) {
+        return Err(Error::config(format!("publication name {bad:?} is empty or contains a NUL byte")));
     }
     if messages && !supports_messages(server_version_num) {
         return Err(Error::config(format!(
@@ -439,23 +355,12 @@ pub fn start_logical_replication_command(
             server_version_num / 10_000
         )));
     }
-    let list = publication_names
-        .iter()
-        .map(|name| quote_identifier(name))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut options = vec![
-        format!("proto_version '{PGOUTPUT_PROTO_VERSION}'"),
-        format!("publication_names '{}'", list.replace('\'', "''")),
-    ];
+    let list = publication_names.iter().map(|name| quote_identifier(name)).collect::<Vec<_>>().join(",");
+    let mut options = vec![format!("proto_version '{PGOUTPUT_PROTO_VERSION}'"), format!("publication_names '{}'", list.replace('\'', "''"))];
     if messages {
         options.push("messages 'true'".to_string());
     }
-    Ok(format!(
-        "START_REPLICATION SLOT {} LOGICAL {start_lsn} ({})",
-        quote_identifier(slot),
-        options.join(", ")
-    ))
+    Ok(format!("START_REPLICATION SLOT {} LOGICAL {start_lsn} ({})", quote_identifier(slot), options.join(", ")))
 }
 
 /// The big-endian u64 at `at`, if `buf` holds it.
@@ -470,9 +375,7 @@ pub fn parse_copy_data(data: Bytes) -> std::result::Result<StreamEvent, String> 
     match data.first() {
         Some(b'w') => parse_xlog_data(data),
         Some(b'k') => parse_keepalive(&data),
-        Some(&tag) => Err(format!(
-            "unknown CopyData message type 0x{tag:02x} from the server"
-        )),
+        Some(&tag) => Err(format!("unknown CopyData message type 0x{tag:02x} from the server")),
         None => Err("empty CopyData message from the server".to_string()),
     }
 }
@@ -483,12 +386,7 @@ pub fn parse_xlog_data(data: Bytes) -> std::result::Result<StreamEvent, String> 
     if data.first() != Some(&b'w') {
         return Err("not an XLogData message".to_string());
     }
-    let short = || {
-        format!(
-            "XLogData message of {} bytes is shorter than its {XLOG_DATA_HEADER_LEN}-byte header",
-            data.len()
-        )
-    };
+    let short = || format!("XLogData message of {} bytes is shorter than its {XLOG_DATA_HEADER_LEN}-byte header", data.len());
     let wal_start = read_u64(&data, 1).ok_or_else(short)?;
     let wal_end = read_u64(&data, 9).ok_or_else(short)?;
     let server_time = read_u64(&data, 17).ok_or_else(short)?;
@@ -509,31 +407,16 @@ pub fn parse_keepalive(data: &[u8]) -> std::result::Result<StreamEvent, String> 
     if data.first() != Some(&b'k') {
         return Err("not a keepalive message".to_string());
     }
-    let short = || {
-        format!(
-            "keepalive message of {} bytes is shorter than {KEEPALIVE_LEN}",
-            data.len()
-        )
-    };
+    let short = || format!("keepalive message of {} bytes is shorter than {KEEPALIVE_LEN}", data.len());
     let wal_end = read_u64(data, 1).ok_or_else(short)?;
     let server_time = read_u64(data, 9).ok_or_else(short)?;
     let reply = *data.get(17).ok_or_else(short)?;
-    Ok(StreamEvent::Keepalive {
-        wal_end: Lsn(wal_end),
-        server_time: PgTimestamp(server_time as i64),
-        reply_requested: reply != 0,
-    })
+    Ok(StreamEvent::Keepalive { wal_end: Lsn(wal_end), server_time: PgTimestamp(server_time as i64), reply_requested: reply != 0 })
 }
 
 /// Standby status update: `r`, Int64 written, Int64 flushed, Int64 applied,
 /// Int64 client time (microseconds since 2000-01-01), Byte1 reply requested.
-pub fn encode_standby_status(
-    written: Lsn,
-    flushed: Lsn,
-    applied: Lsn,
-    now: PgTimestamp,
-    reply_requested: bool,
-) -> [u8; STANDBY_STATUS_LEN] {
+pub fn encode_standby_status(written: Lsn, flushed: Lsn, applied: Lsn, now: PgTimestamp, reply_requested: bool) -> [u8; STANDBY_STATUS_LEN] {
     let mut out = [0u8; STANDBY_STATUS_LEN];
     out[0] = b'r';
     let fields = [written.0, flushed.0, applied.0, now.0 as u64];

@@ -43,15 +43,11 @@ impl Transport {
     pub async fn open(db: &DbSettings) -> Result<Transport> {
         if is_unix_socket(db) {
             let path = format!("{}/.s.PGSQL.{}", db.host.trim_end_matches('/'), db.port);
-            let socket = UnixStream::connect(&path)
-                .await
-                .map_err(|e| io_error(e, db, Phase::Connect))?;
+            let socket = UnixStream::connect(&path).await.map_err(|e| io_error(e, db, Phase::Connect))?;
             return Ok(Transport::Unix(socket));
         }
         let host = db.host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = TcpStream::connect((host, db.port))
-            .await
-            .map_err(|e| io_error(e, db, Phase::Connect))?;
+        let tcp = TcpStream::connect((host, db.port)).await.map_err(|e| io_error(e, db, Phase::Connect))?;
         // Small protocol messages: send each at once.
         let _ = tcp.set_nodelay(true);
         set_keepalive(&tcp);
@@ -102,32 +98,19 @@ fn set_keepalive(tcp: &TcpStream) {
 async fn negotiate_tls(mut tcp: TcpStream, db: &DbSettings) -> Result<Transport> {
     let mut request = BytesMut::new();
     frontend::ssl_request(&mut request);
-    tcp.write_all(&request)
-        .await
-        .map_err(|e| io_error(e, db, Phase::Connect))?;
+    tcp.write_all(&request).await.map_err(|e| io_error(e, db, Phase::Connect))?;
     // Read exactly one byte: anything after it must come through TLS.
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer)
-        .await
-        .map_err(|e| io_error(e, db, Phase::Connect))?;
+    tcp.read_exact(&mut answer).await.map_err(|e| io_error(e, db, Phase::Connect))?;
     let server = server_label(db);
     match answer[0] {
         b'S' => handshake(tcp, db).await,
         b'N' if db.sslmode == SslMode::Prefer => Ok(Transport::Tcp(tcp)),
-        b'N' => Err(Error::new(
-            ErrorKind::Tls,
-            format!(
-                "server {server} does not support TLS but sslmode={}",
-                db.sslmode.as_str()
-            ),
-        )
-        .with_hint("enable ssl on the server, or set sslmode=prefer or disable")),
+        b'N' => Err(Error::new(ErrorKind::Tls, format!("server {server} does not support TLS but sslmode={}", db.sslmode.as_str()))
+            .with_hint("enable ssl on the server, or set sslmode=prefer or disable")),
         other => Err(Error::new(
             ErrorKind::Connect,
-            format!(
-                "cannot connect to PostgreSQL at {server}: unexpected answer {:?} to the TLS request",
-                char::from(other)
-            ),
+            format!("cannot connect to PostgreSQL at {server}: unexpected answer {:?} to the TLS request", char::from(other)),
         )
         .with_hint("check that the port belongs to a PostgreSQL server")),
     }
@@ -141,20 +124,13 @@ async fn handshake(tcp: TcpStream, db: &DbSettings) -> Result<Transport> {
         // Without a host-name check the name only feeds SNI; an IP address sends none.
         Err(_) => ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into()),
     };
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| {
-            if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                io_error(e, db, Phase::Connect)
-            } else {
-                Error::new(
-                    ErrorKind::Tls,
-                    format!("TLS handshake with {} failed", server_label(db)),
-                )
-                .with_source(e)
-            }
-        })?;
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| {
+        if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            io_error(e, db, Phase::Connect)
+        } else {
+            Error::new(ErrorKind::Tls, format!("TLS handshake with {} failed", server_label(db))).with_source(e)
+        }
+    })?;
     Ok(Transport::Tls(Box::new(tls)))
 }
 
@@ -169,8 +145,7 @@ pub async fn send_cancel_request(db: &DbSettings, process_id: i32, secret_key: i
         transport.write_all(&request).await?;
         transport.flush().await
     };
-    sent.await
-        .map_err(|e| io_error(e, db, Phase::Command(&what)))?;
+    sent.await.map_err(|e| io_error(e, db, Phase::Command(&what)))?;
     // The server answers nothing and closes the connection once it has
     // signalled the backend; waiting for that makes the cancel synchronous.
     let mut sink = [0u8; 64];
@@ -184,11 +159,7 @@ pub async fn send_cancel_request(db: &DbSettings, process_id: i32, secret_key: i
 }
 
 impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -198,11 +169,7 @@ impl AsyncRead for Transport {
 }
 
 impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),

@@ -111,16 +111,10 @@ pub fn parse_backend_message(buf: &mut BytesMut) -> io::Result<Option<BackendMes
     let tag = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len < 4 {
-        return Err(invalid(format!(
-            "message {:?} has invalid length {len}",
-            char::from(tag)
-        )));
+        return Err(invalid(format!("message {:?} has invalid length {len}", char::from(tag))));
     }
     if len + 1 > MAX_MESSAGE_LEN {
-        return Err(invalid(format!(
-            "message {:?} is too long ({len} bytes)",
-            char::from(tag)
-        )));
+        return Err(invalid(format!("message {:?} is too long ({len} bytes)", char::from(tag))));
     }
     if buf.len() < len + 1 {
         buf.reserve(len + 1 - buf.len());
@@ -151,16 +145,12 @@ fn parse_copy_both_response(body: &mut BytesMut) -> io::Result<BackendMessage> {
     }
     let format = body.get_u8();
     let columns = body.get_i16();
-    let columns = usize::try_from(columns)
-        .map_err(|_| invalid("CopyBothResponse has a negative column count"))?;
+    let columns = usize::try_from(columns).map_err(|_| invalid("CopyBothResponse has a negative column count"))?;
     if body.remaining() != columns * 2 {
         return Err(short());
     }
     let column_formats = (0..columns).map(|_| body.get_i16()).collect();
-    Ok(BackendMessage::CopyBothResponse {
-        format,
-        column_formats,
-    })
+    Ok(BackendMessage::CopyBothResponse { format, column_formats })
 }
 
 /// NegotiateProtocolVersion body: Int32 newest minor version, Int32 count,
@@ -172,8 +162,7 @@ fn parse_negotiate_protocol_version(body: &mut BytesMut) -> io::Result<BackendMe
     }
     let newest_minor = body.get_i32();
     let count = body.get_i32();
-    let count = usize::try_from(count)
-        .map_err(|_| invalid("NegotiateProtocolVersion has a negative option count"))?;
+    let count = usize::try_from(count).map_err(|_| invalid("NegotiateProtocolVersion has a negative option count"))?;
     let mut unrecognized_options = Vec::new();
     for _ in 0..count {
         let end = body.iter().position(|&b| b == 0).ok_or_else(short)?;
@@ -184,10 +173,7 @@ fn parse_negotiate_protocol_version(body: &mut BytesMut) -> io::Result<BackendMe
     if body.has_remaining() {
         return Err(invalid("NegotiateProtocolVersion has trailing bytes"));
     }
-    Ok(BackendMessage::NegotiateProtocolVersion {
-        newest_minor,
-        unrecognized_options,
-    })
+    Ok(BackendMessage::NegotiateProtocolVersion { newest_minor, unrecognized_options })
 }
 
 /// A byte stream framed into protocol messages.
@@ -200,11 +186,7 @@ pub struct MessageStream<S> {
 impl<S> MessageStream<S> {
     /// Frame `io`.
     pub fn new(io: S) -> MessageStream<S> {
-        MessageStream {
-            io,
-            read_buf: BytesMut::with_capacity(8 * 1024),
-            write_buf: BytesMut::with_capacity(1024),
-        }
+        MessageStream { io, read_buf: BytesMut::with_capacity(8 * 1024), write_buf: BytesMut::with_capacity(1024) }
     }
 
     /// The buffer frontend messages are encoded into; [`flush`](Self::flush) sends it.
@@ -232,10 +214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MessageStream<S> {
         while self.write_buf.has_remaining() {
             let n = self.io.write_buf(&mut self.write_buf).await?;
             if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "the server stopped accepting data",
-                ));
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "the server stopped accepting data"));
             }
         }
         self.io.flush().await
@@ -252,10 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MessageStream<S> {
             }
             self.read_buf.reserve(8 * 1024);
             if self.io.read_buf(&mut self.read_buf).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
             }
         }
     }
@@ -347,20 +323,9 @@ pub(crate) mod test_messages {
     }
 
     /// ErrorResponse (or NoticeResponse with tag `N`) with the usual fields.
-    pub fn error_response(
-        tag: u8,
-        severity: &str,
-        code: &str,
-        message: &str,
-        hint: Option<&str>,
-    ) -> Vec<u8> {
+    pub fn error_response(tag: u8, severity: &str, code: &str, message: &str, hint: Option<&str>) -> Vec<u8> {
         let mut body = BytesMut::new();
-        for (field, value) in [
-            (b'S', severity),
-            (b'V', severity),
-            (b'C', code),
-            (b'M', message),
-        ] {
+        for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
             body.put_u8(field);
             cstr(&mut body, value);
         }
@@ -400,10 +365,7 @@ mod tests {
         let whole = command_complete("SELECT 1");
         for cut in 0..whole.len() {
             let mut b = BytesMut::from(&whole[..cut]);
-            assert!(
-                parse_backend_message(&mut b).unwrap().is_none(),
-                "cut at {cut}"
-            );
+            assert!(parse_backend_message(&mut b).unwrap().is_none(), "cut at {cut}");
             assert_eq!(&b[..], &whole[..cut]);
         }
         let mut b = BytesMut::from(&whole[..]);
@@ -414,10 +376,7 @@ mod tests {
 
     #[test]
     fn messages_are_taken_one_at_a_time() {
-        let mut b = buf(&[
-            parameter_status("server_version", "15.4"),
-            ready_for_query(),
-        ]);
+        let mut b = buf(&[parameter_status("server_version", "15.4"), ready_for_query()]);
         let first = parse_backend_message(&mut b).unwrap().unwrap();
         match first {
             BackendMessage::Protocol(Message::ParameterStatus(p)) => {
@@ -435,10 +394,7 @@ mod tests {
     fn copy_both_response_is_parsed() {
         let mut b = BytesMut::from(&frame(b'W', &[0, 0, 2, 0, 0, 0, 1])[..]);
         match parse_backend_message(&mut b).unwrap().unwrap() {
-            BackendMessage::CopyBothResponse {
-                format,
-                column_formats,
-            } => {
+            BackendMessage::CopyBothResponse { format, column_formats } => {
                 assert_eq!(format, 0);
                 assert_eq!(column_formats, vec![0, 1]);
             }
@@ -454,10 +410,7 @@ mod tests {
         body.extend_from_slice(b"_pq_.x\0");
         let mut b = BytesMut::from(&frame(b'v', &body)[..]);
         match parse_backend_message(&mut b).unwrap().unwrap() {
-            BackendMessage::NegotiateProtocolVersion {
-                newest_minor,
-                unrecognized_options,
-            } => {
+            BackendMessage::NegotiateProtocolVersion { newest_minor, unrecognized_options } => {
                 assert_eq!(newest_minor, 0);
                 assert_eq!(unrecognized_options, vec!["_pq_.x".to_string()]);
             }
@@ -480,9 +433,7 @@ mod tests {
         assert!(parse_backend_message(&mut b).is_err());
         // DataRow claiming more columns than it holds.
         let mut b = BytesMut::from(&frame(b'D', &[0, 2, 0, 0, 0, 1, b'x'])[..]);
-        if let Ok(Some(BackendMessage::Protocol(Message::DataRow(row)))) =
-            parse_backend_message(&mut b)
-        {
+        if let Ok(Some(BackendMessage::Protocol(Message::DataRow(row)))) = parse_backend_message(&mut b) {
             use tokio_postgres::fallible_iterator::FallibleIterator;
             assert!(row.ranges().collect::<Vec<_>>().is_err());
         }
@@ -491,12 +442,7 @@ mod tests {
     #[tokio::test]
     async fn stream_reassembles_messages_split_across_reads() {
         let (client, mut server) = tokio::io::duplex(64);
-        let bytes = buf(&[
-            row_description(&["a"]),
-            data_row(&[Some("hello"), None]),
-            command_complete("SELECT 1"),
-            ready_for_query(),
-        ]);
+        let bytes = buf(&[row_description(&["a"]), data_row(&[Some("hello"), None]), command_complete("SELECT 1"), ready_for_query()]);
         let writer = tokio::spawn(async move {
             for chunk in bytes.chunks(3) {
                 server.write_all(chunk).await.unwrap();
@@ -509,15 +455,7 @@ mod tests {
         for _ in 0..4 {
             names.push(stream.read_message().await.unwrap().name());
         }
-        assert_eq!(
-            names,
-            [
-                "RowDescription",
-                "DataRow",
-                "CommandComplete",
-                "ReadyForQuery"
-            ]
-        );
+        assert_eq!(names, ["RowDescription", "DataRow", "CommandComplete", "ReadyForQuery"]);
         drop(writer.await.unwrap());
         let eof = stream.read_message().await.err().unwrap();
         assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);

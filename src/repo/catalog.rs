@@ -15,9 +15,7 @@ use crate::storage::{PutOptions, Storage};
 pub async fn write_manifest(storage: &dyn Storage, m: &BackupManifest) -> Result<()> {
     let bytes = Bytes::from(manifest::encode(m)?);
     let key = m.backup_id.manifest_key();
-    let opts = PutOptions {
-        metadata: vec![("pgkeep-kind".into(), m.kind.to_string())],
-    };
+    let opts = PutOptions { metadata: vec![("pgkeep-kind".into(), m.kind.to_string())] };
     storage.put(&key, bytes.clone(), opts.clone()).await?;
     storage.put(&format!("{key}{COPY_SUFFIX}"), bytes, opts).await?;
     Ok(())
@@ -31,26 +29,18 @@ pub async fn load_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Backu
     let main = read_manifest(storage, &key).await;
     match main {
         Ok(m) if &m.backup_id == id => Ok(m),
-        Ok(_) => Err(Error::corrupt(format!(
-            "manifest {key} in {} describes another backup",
-            storage.location()
-        ))),
-        Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::NotFound => {
-            match read_manifest(storage, &copy).await {
-                Ok(m) if &m.backup_id == id => {
-                    if e.kind() == ErrorKind::Corrupt {
-                        tracing::warn!(key = %key, error = %e.user_line(), "manifest damaged, using its copy");
-                    }
-                    Ok(m)
+        Ok(_) => Err(Error::corrupt(format!("manifest {key} in {} describes another backup", storage.location()))),
+        Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::NotFound => match read_manifest(storage, &copy).await {
+            Ok(m) if &m.backup_id == id => {
+                if e.kind() == ErrorKind::Corrupt {
+                    tracing::warn!(key = %key, error = %e.user_line(), "manifest damaged, using its copy");
                 }
-                _ if e.kind() == ErrorKind::NotFound => Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("backup {id} not found in {}", storage.location()),
-                )
-                .with_hint("run `pgkeep list` to see the backups in each repository")),
-                _ => Err(e),
+                Ok(m)
             }
-        }
+            _ if e.kind() == ErrorKind::NotFound => Err(Error::new(ErrorKind::NotFound, format!("backup {id} not found in {}", storage.location()))
+                .with_hint("run `pgkeep list` to see the backups in each repository")),
+            _ => Err(e),
+        },
         Err(e) => Err(e),
     }
 }
@@ -73,13 +63,8 @@ pub enum CatalogEntry {
 /// (interrupted runs) are not listed.
 pub async fn list_backups(storage: &dyn Storage) -> Result<Vec<CatalogEntry>> {
     let objects = storage.list(layout::BACKUPS_PREFIX).await?;
-    let mut ids: Vec<BackupId> = objects
-        .iter()
-        .filter_map(|o| {
-            layout::manifest_key_id(&o.key)
-                .or_else(|| o.key.strip_suffix(COPY_SUFFIX).and_then(layout::manifest_key_id))
-        })
-        .collect();
+    let mut ids: Vec<BackupId> =
+        objects.iter().filter_map(|o| layout::manifest_key_id(&o.key).or_else(|| o.key.strip_suffix(COPY_SUFFIX).and_then(layout::manifest_key_id))).collect();
     ids.sort_by_key(|id| (id.timestamp(), id.clone()));
     ids.dedup();
     let mut out = Vec::with_capacity(ids.len());

@@ -122,9 +122,7 @@ pub async fn claim_id_using(repos: &[Arc<dyn Storage>], methods: &[ClaimMethod],
 }
 
 fn encode(record: &ClaimRecord) -> Result<Bytes> {
-    serde_json::to_vec_pretty(record)
-        .map(Bytes::from)
-        .map_err(|e| Error::internal(format!("cannot serialize claim: {e}")))
+    serde_json::to_vec_pretty(record).map(Bytes::from).map_err(|e| Error::internal(format!("cannot serialize claim: {e}")))
 }
 
 /// Exclusive create of `claim.json`. `Some(key)` if we own the id here.
@@ -233,7 +231,8 @@ mod tests {
         for i in 0..8 {
             let (r, id) = (r.clone(), id.clone());
             tasks.push(tokio::spawn(async move {
-                let rec = ClaimRecord { backup_id: id.to_string(), database: "app".into(), token: format!("{i:016x}"), pid: 1, host: "h".into(), claimed_at: at() };
+                let rec =
+                    ClaimRecord { backup_id: id.to_string(), database: "app".into(), token: format!("{i:016x}"), pid: 1, host: "h".into(), claimed_at: at() };
                 claim_sole(r.as_ref(), &id, &rec).await.unwrap().is_some()
             }));
         }

@@ -208,10 +208,7 @@ impl FromStr for BackupId {
         if parse_id(s).is_some() {
             Ok(BackupId(s.to_string()))
         } else {
-            Err(Error::new(
-                ErrorKind::Config,
-                format!("`{s}` is not a backup id (expected e.g. full_backup_20260101_020000)"),
-            ))
+            Err(Error::new(ErrorKind::Config, format!("`{s}` is not a backup id (expected e.g. full_backup_20260101_020000)")))
         }
     }
 }
@@ -261,11 +258,7 @@ pub fn parse_segment_key(key: &str) -> Option<(String, Lsn, Lsn)> {
     if a.len() != 16 || b.len() != 16 {
         return None;
     }
-    Some((
-        stream.to_string(),
-        Lsn(u64::from_str_radix(a, 16).ok()?),
-        Lsn(u64::from_str_radix(b, 16).ok()?),
-    ))
+    Some((stream.to_string(), Lsn(u64::from_str_radix(a, 16).ok()?), Lsn(u64::from_str_radix(b, 16).ok()?)))
 }
 
 /// Key of part `index` (from 1) of the transaction committed at
@@ -310,7 +303,14 @@ mod tests {
         let id2 = BackupId::new(BackupKind::Incremental, at, 2);
         assert_eq!(id2.as_str(), "incr_backup_20261124_020005_2");
         assert_eq!(id2.as_str().parse::<BackupId>().unwrap(), id2);
-        for bad in ["full_backup_2026", "full_backup_20261324_020005", "x_backup_20261124_020005", "full_backup_20261124_020005_", "full_backup_20261124_020005_01", "../etc"] {
+        for bad in [
+            "full_backup_2026",
+            "full_backup_20261324_020005",
+            "x_backup_20261124_020005",
+            "full_backup_20261124_020005_",
+            "full_backup_20261124_020005_01",
+            "../etc",
+        ] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
         assert!(manifest_key_id("backups/full_backup_20261124_020005/data/1.pack").is_none());
@@ -336,7 +336,13 @@ mod tests {
             let id = BackupId::for_database(BackupKind::Full, at, db, 0);
             assert!(id.as_str().parse::<BackupId>().is_ok(), "{id}");
         }
-        for bad in ["full_backup_20261124_020005_Orders", "full_backup_20261124_020005_a_b_1", "full_backup_20261124_020005_orders_", "full_backup_20261124_020005_orders-", "full_backup_20261124_020005_a/b"] {
+        for bad in [
+            "full_backup_20261124_020005_Orders",
+            "full_backup_20261124_020005_a_b_1",
+            "full_backup_20261124_020005_orders_",
+            "full_backup_20261124_020005_orders-",
+            "full_backup_20261124_020005_a/b",
+        ] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
     }

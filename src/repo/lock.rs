@@ -286,11 +286,7 @@ async fn put_record(storage: &dyn Storage, record: &LockRecord) -> Result<()> {
 }
 
 fn locked_error(storage: &dyn Storage, other: &ListedLock, opts: &LockOptions) -> Error {
-    Error::new(
-        ErrorKind::Locked,
-        format!("repository {} is locked by {}", storage.location(), other.describe()),
-    )
-    .with_hint(format!(
+    Error::new(ErrorKind::Locked, format!("repository {} is locked by {}", storage.location(), other.describe())).with_hint(format!(
         "wait for it to finish; if no pgkeep runs there, the lock turns stale {} min after its last heartbeat and is removed, or delete {}",
         opts.stale_after.as_secs().div_ceil(60),
         other.key

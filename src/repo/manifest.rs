@@ -220,9 +220,7 @@ impl RunInfo {
     pub fn current() -> RunInfo {
         RunInfo {
             os_user: whoami::username().unwrap_or_else(|_| "unknown".into()),
-            host: hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "unknown".into()),
+            host: hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into()),
             pgkeep_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -443,21 +441,15 @@ pub fn encode(manifest: &BackupManifest) -> Result<Vec<u8>> {
     let sha256 = hex::encode(Sha256::digest(body.as_bytes()));
     let raw = RawValue::from_string(body).map_err(|e| Error::internal(format!("manifest body: {e}")))?;
     let version = version_of(manifest);
-    let mut out = serde_json::to_vec(&EnvelopeOut {
-        format: MANIFEST_FORMAT,
-        version,
-        sha256,
-        body: &raw,
-    })
-    .map_err(|e| Error::internal(format!("cannot serialize manifest: {e}")))?;
+    let mut out = serde_json::to_vec(&EnvelopeOut { format: MANIFEST_FORMAT, version, sha256, body: &raw })
+        .map_err(|e| Error::internal(format!("cannot serialize manifest: {e}")))?;
     out.push(b'\n');
     Ok(out)
 }
 
 /// Parse and check a manifest. `what` names it in errors (the object key).
 pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
-    let env: EnvelopeIn<'_> = serde_json::from_slice(bytes)
-        .map_err(|e| Error::corrupt(format!("manifest {what} is not a pgkeep manifest: {e}")))?;
+    let env: EnvelopeIn<'_> = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("manifest {what} is not a pgkeep manifest: {e}")))?;
     if env.format != MANIFEST_FORMAT {
         return Err(Error::corrupt(format!("manifest {what} has unknown format `{}`", env.format)));
     }
@@ -470,13 +462,9 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BackupManifest> {
     }
     let actual = hex::encode(Sha256::digest(env.body.get().as_bytes()));
     if actual != env.sha256 {
-        return Err(Error::corrupt(format!(
-            "manifest {what} fails its checksum (stored {}, computed {actual})",
-            env.sha256
-        )));
+        return Err(Error::corrupt(format!("manifest {what} fails its checksum (stored {}, computed {actual})", env.sha256)));
     }
-    let m: BackupManifest = serde_json::from_str(env.body.get())
-        .map_err(|e| Error::corrupt(format!("manifest {what} has an invalid body: {e}")))?;
+    let m: BackupManifest = serde_json::from_str(env.body.get()).map_err(|e| Error::corrupt(format!("manifest {what} has an invalid body: {e}")))?;
     if has_split_rows(&m) != (env.version == MANIFEST_VERSION_SPLIT_ROWS) {
         return Err(Error::corrupt(format!(
             "manifest {what} has format version {} but {} row split across chunks",

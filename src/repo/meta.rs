@@ -31,18 +31,14 @@ pub struct RepoMeta {
 }
 
 fn parse(bytes: &[u8], what: &str) -> Result<RepoMeta> {
-    let meta: RepoMeta = serde_json::from_slice(bytes)
-        .map_err(|e| Error::corrupt(format!("repository metadata {what} cannot be parsed: {e}")))?;
+    let meta: RepoMeta = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("repository metadata {what} cannot be parsed: {e}")))?;
     if meta.format != "pgkeep-repository" {
         return Err(Error::corrupt(format!("{what} is not pgkeep repository metadata")));
     }
     if meta.version != REPO_FORMAT_VERSION {
         // A usage error (exit 2): the repository is fine, this pgkeep is too old for it.
-        return Err(Error::config(format!(
-            "repository {what} has format version {}, this pgkeep supports {REPO_FORMAT_VERSION}",
-            meta.version
-        ))
-        .with_hint("use a pgkeep release that supports this repository format"));
+        return Err(Error::config(format!("repository {what} has format version {}, this pgkeep supports {REPO_FORMAT_VERSION}", meta.version))
+            .with_hint("use a pgkeep release that supports this repository format"));
     }
     Ok(meta)
 }
@@ -112,9 +108,7 @@ pub async fn ensure(storage: &dyn Storage) -> Result<RepoMeta> {
     };
     let bytes = Bytes::from(serde_json::to_vec_pretty(&meta).map_err(|e| Error::internal(e.to_string()))?);
     storage.put(REPO_META_KEY, bytes.clone(), PutOptions::default()).await?;
-    storage
-        .put(&format!("{REPO_META_KEY}{COPY_SUFFIX}"), bytes, PutOptions::default())
-        .await?;
+    storage.put(&format!("{REPO_META_KEY}{COPY_SUFFIX}"), bytes, PutOptions::default()).await?;
     tracing::info!(repo = %storage.location(), id = %meta.repository_id, "initialized repository");
     Ok(meta)
 }

@@ -13,8 +13,7 @@ pub async fn gate(word: &'static str, what: String, yes: bool) -> Result<()> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::config(format!("refusing to {what} without approval: no terminal to ask on"))
-            .with_hint("pass --yes to approve in automation"));
+        return Err(Error::config(format!("refusing to {what} without approval: no terminal to ask on")).with_hint("pass --yes to approve in automation"));
     }
     let answer = tokio::task::spawn_blocking(move || {
         let mut err = std::io::stderr();

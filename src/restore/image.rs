@@ -169,7 +169,10 @@ async fn drop_table(client: &Client, rel: &str, name: &str) -> Result<()> {
             let detail = e.as_db_error().and_then(|d| d.detail().map(str::to_string)).unwrap_or_default();
             Err(Error::new(
                 ErrorKind::CheckFailed,
-                format!("table {name} changed its definition, and replay cannot create it again from its table image: other objects depend on it ({})", detail.replace('\n', "; ")),
+                format!(
+                    "table {name} changed its definition, and replay cannot create it again from its table image: other objects depend on it ({})",
+                    detail.replace('\n', "; ")
+                ),
             ))
         }
         Err(e) => Err(crate::pg::query_error(format!("dropping table {name} to create it again from its image"))(e)),

@@ -286,7 +286,8 @@ impl Read for PieceReader {
 /// streamed from the repository and decompressed on a blocking thread.
 pub async fn unpack(archive: &LegacyArchive, dir: &Path, progress: Arc<ProgressCounters>) -> Result<UnpackedArchive> {
     let what = format!("legacy archive {}", archive.location());
-    let damaged = |detail: String| Error::corrupt(format!("{what} is damaged: {detail}")).with_hint("restore another archive; `pgkeep list --legacy` lists them");
+    let damaged =
+        |detail: String| Error::corrupt(format!("{what} is damaged: {detail}")).with_hint("restore another archive; `pgkeep list --legacy` lists them");
     if archive.size < GZIP_MIN {
         return Err(damaged(format!("{} bytes is too short for a gzip file", archive.size)));
     }
@@ -377,9 +378,9 @@ async fn output(mut cmd: Command) -> std::result::Result<Vec<u8>, String> {
 pub async fn read_toc(pg_restore: &Path, unpacked: &UnpackedArchive) -> Result<ArchiveToc> {
     let mut cmd = offline(pg_restore);
     cmd.arg("--list").arg(&unpacked.path);
-    let out = output(cmd)
-        .await
-        .map_err(|line| Error::corrupt(format!("{} does not hold a pg_dump custom-format archive that {} can read: {line}", unpacked.what, pg_restore.display())))?;
+    let out = output(cmd).await.map_err(|line| {
+        Error::corrupt(format!("{} does not hold a pg_dump custom-format archive that {} can read: {line}", unpacked.what, pg_restore.display()))
+    })?;
     Ok(script::parse_toc(&String::from_utf8_lossy(&out)))
 }
 

@@ -46,10 +46,7 @@ fn table_tasks(t: &TableEntry, table: usize) -> Result<Vec<LoadTask>> {
         }
     }
     if first < t.chunks.len() {
-        return Err(Error::corrupt(format!(
-            "table {}.{}: its last chunk ends inside a row that no chunk continues",
-            t.schema, t.name
-        )));
+        return Err(Error::corrupt(format!("table {}.{}: its last chunk ends inside a row that no chunk continues", t.schema, t.name)));
     }
     Ok(tasks)
 }
@@ -65,13 +62,7 @@ pub fn copy_in_sql(t: &TableEntry) -> String {
 }
 
 /// Load `tables` (indexes into the manifest's tables) into `db`.
-pub async fn load_tables(
-    source: Arc<BackupSource>,
-    db: &DbSettings,
-    tables: &[usize],
-    jobs: usize,
-    progress: Arc<ProgressCounters>,
-) -> Result<()> {
+pub async fn load_tables(source: Arc<BackupSource>, db: &DbSettings, tables: &[usize], jobs: usize, progress: Arc<ProgressCounters>) -> Result<()> {
     let mut tasks = Vec::new();
     for &t in tables {
         tasks.extend(table_tasks(&source.manifest.tables[t], t)?);
@@ -97,13 +88,7 @@ pub async fn load_tables(
     Ok(())
 }
 
-async fn worker(
-    id: usize,
-    source: Arc<BackupSource>,
-    queue: Arc<Mutex<VecDeque<LoadTask>>>,
-    db: DbSettings,
-    progress: Arc<ProgressCounters>,
-) -> Result<()> {
+async fn worker(id: usize, source: Arc<BackupSource>, queue: Arc<Mutex<VecDeque<LoadTask>>>, db: DbSettings, progress: Arc<ProgressCounters>) -> Result<()> {
     let conn = connect(&db).await?;
     // synchronous_commit off: a crash mid-load fails the restore anyway, and
     // the loaded data is verified before anything uses it.

@@ -10,8 +10,8 @@
 
 pub mod approve;
 pub mod compat; // which server versions a backup restores onto
-pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod image; // table images put in place during a point-in-time replay
+pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod load;
 pub mod phases; // load_and_verify: schema, data, post-data, verification
 pub mod plan; // base and change chain: `latest`, point in time, incremental ancestors

@@ -116,7 +116,8 @@ pub(crate) async fn load_and_verify_as(
     let mut fk_skipped = schema::run_post_data_into(work, &post_data, jobs, partial, into_platform).await?;
     if into_platform.is_some() {
         // Post-data objects of the platform's schemas that were already there.
-        let (kept, other): (Vec<String>, Vec<String>) = fk_skipped.into_iter().partition(|b| !b.starts_with("FK CONSTRAINT") && !b.starts_with("EVENT TRIGGER") && !b.starts_with("PUBLICATION"));
+        let (kept, other): (Vec<String>, Vec<String>) =
+            fk_skipped.into_iter().partition(|b| !b.starts_with("FK CONSTRAINT") && !b.starts_with("EVENT TRIGGER") && !b.starts_with("PUBLICATION"));
         ownership.kept_by_platform.extend(kept);
         fk_skipped = other;
     }

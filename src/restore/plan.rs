@@ -84,11 +84,7 @@ pub(crate) async fn plan_point_in_time(
 /// full ancestor) with every change archived after it. `Ok(Err(why))` when
 /// no archive continues it: then the backup alone is restored, and the
 /// report says why.
-pub(crate) async fn latest_data_plan(
-    repos: &[Arc<dyn Storage>],
-    database: &str,
-    keys: &Arc<Keyring>,
-) -> Result<std::result::Result<ReplayPlan, String>> {
+pub(crate) async fn latest_data_plan(repos: &[Arc<dyn Storage>], database: &str, keys: &Arc<Keyring>) -> Result<std::result::Result<ReplayPlan, String>> {
     let newest = match BackupSource::find(repos, &BackupSelector::Latest, database).await {
         Ok(s) => s.manifest,
         // Nothing to restore: the usual error comes from the usual lookup.
@@ -122,20 +118,13 @@ pub(crate) async fn incremental_root(repos: &[Arc<dyn Storage>], id: &BackupId) 
         Err(last.unwrap_or_else(|| Error::new(ErrorKind::NotFound, format!("backup {id} not found"))))
     };
     let incr = load(id).await?;
-    let end = incr
-        .changes
-        .as_ref()
-        .map(|c| c.end_lsn)
-        .ok_or_else(|| Error::corrupt(format!("incremental backup {id} records no change range")))?;
+    let end = incr.changes.as_ref().map(|c| c.end_lsn).ok_or_else(|| Error::corrupt(format!("incremental backup {id} records no change range")))?;
     let mut at = incr;
     for _ in 0..10_000 {
         if at.kind == BackupKind::Full {
             return Ok((at.backup_id, end));
         }
-        let parent = at
-            .parent
-            .clone()
-            .ok_or_else(|| Error::corrupt(format!("backup {} has no parent", at.backup_id)))?;
+        let parent = at.parent.clone().ok_or_else(|| Error::corrupt(format!("backup {} has no parent", at.backup_id)))?;
         at = load(&parent).await.map_err(|e| e.context(format!("incremental backup {id} needs its ancestor {parent}")))?;
     }
     Err(Error::corrupt(format!("incremental backup {id} has a parent cycle")))

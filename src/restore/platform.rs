@@ -87,11 +87,7 @@ pub async fn inspect(db: &DbSettings, m: &BackupManifest, mode: PlatformSchemas)
         )
         .await
         .map_err(query_error(format!("cannot list the schemas of {}", db.dbname)))?;
-    let schemas: BTreeSet<String> = rows
-        .iter()
-        .filter(|r| mode == PlatformSchemas::Keep || !r.get::<_, bool>(1))
-        .map(|r| r.get(0))
-        .collect();
+    let schemas: BTreeSet<String> = rows.iter().filter(|r| mode == PlatformSchemas::Keep || !r.get::<_, bool>(1)).map(|r| r.get(0)).collect();
     if schemas.is_empty() {
         return Err(exists_error());
     }
@@ -194,8 +190,7 @@ pub async fn load_waves(db: &DbSettings, m: &BackupManifest, selected: &[usize])
         )
         .await
         .map_err(query_error(format!("cannot list the foreign keys of {}", db.dbname)))?;
-    let index: BTreeMap<(String, String), usize> =
-        selected.iter().map(|&i| ((m.tables[i].schema.clone(), m.tables[i].name.clone()), i)).collect();
+    let index: BTreeMap<(String, String), usize> = selected.iter().map(|&i| ((m.tables[i].schema.clone(), m.tables[i].name.clone()), i)).collect();
     let mut needs: BTreeMap<usize, BTreeSet<usize>> = selected.iter().map(|&i| (i, BTreeSet::new())).collect();
     for r in &rows {
         let (from, to) = ((r.get::<_, String>(0), r.get::<_, String>(1)), (r.get::<_, String>(2), r.get::<_, String>(3)));
@@ -242,11 +237,8 @@ mod tests {
 
     #[test]
     fn blocks_of_platform_schemas_are_recognised() {
-        let p = PlatformTarget {
-            database: "postgres".into(),
-            schemas: ["auth".to_string(), "storage".to_string()].into_iter().collect(),
-            tables_kept: Vec::new(),
-        };
+        let p =
+            PlatformTarget { database: "postgres".into(), schemas: ["auth".to_string(), "storage".to_string()].into_iter().collect(), tables_kept: Vec::new() };
         assert!(p.touches(&block("TABLE", "users; Type: TABLE; Schema: auth; Owner: supabase_auth_admin")));
         assert!(p.touches(&block("SCHEMA", "auth; Type: SCHEMA; Schema: -; Owner: supabase_admin")));
         assert!(p.touches(&block("ACL", "SCHEMA storage; Type: ACL; Schema: -; Owner: supabase_admin")));
@@ -260,8 +252,7 @@ mod tests {
 
     #[test]
     fn waves_follow_foreign_keys() {
-        let needs: BTreeMap<usize, BTreeSet<usize>> =
-            [(0, [1].into()), (1, BTreeSet::new()), (2, [0, 1].into()), (3, BTreeSet::new())].into_iter().collect();
+        let needs: BTreeMap<usize, BTreeSet<usize>> = [(0, [1].into()), (1, BTreeSet::new()), (2, [0, 1].into()), (3, BTreeSet::new())].into_iter().collect();
         assert_eq!(waves(needs), vec![vec![1, 3], vec![0], vec![2]]);
         let cycle: BTreeMap<usize, BTreeSet<usize>> = [(0, [1].into()), (1, [0].into())].into_iter().collect();
         assert_eq!(waves(cycle), vec![vec![0, 1]]);

@@ -53,12 +53,7 @@ impl RoleAccess {
         // an object away needs SET on the new owner; before 16, membership.
         let give = if pg16 { "SET" } else { "MEMBER" };
         let rows = client
-            .query(
-                &format!(
-                    "SELECT rolname::text, pg_has_role(current_user, oid, '{give}'), pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles"
-                ),
-                &[],
-            )
+            .query(&format!("SELECT rolname::text, pg_has_role(current_user, oid, '{give}'), pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles"), &[])
             .await
             .map_err(query_error("cannot list the roles the restoring role belongs to"))?;
         let mut access = RoleAccess { current, superuser, can_give_to: BTreeSet::new(), member_of: BTreeSet::new() };
@@ -146,11 +141,8 @@ impl OwnershipReport {
 
     /// One line for the warning and the summary.
     pub fn describe(&self) -> String {
-        let mut parts: Vec<String> = self
-            .reassigned
-            .iter()
-            .map(|(role, objects)| format!("{} object(s) of {role} ({})", objects.len(), objects.join(", ")))
-            .collect();
+        let mut parts: Vec<String> =
+            self.reassigned.iter().map(|(role, objects)| format!("{} object(s) of {role} ({})", objects.len(), objects.join(", "))).collect();
         let mut s = String::new();
         if !parts.is_empty() {
             s = format!("owned by {} instead of their owner: {}", self.restoring_role, parts.join("; "));

@@ -19,9 +19,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{qualified, quote_literal};
 use crate::pg::connect;
 use crate::repo::manifest::SequenceEntry;
-use crate::restore::session_settings;
 use crate::restore::platform::{self, PlatformTarget};
 use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport};
+use crate::restore::session_settings;
 
 fn sql_error(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |e| {
@@ -182,11 +182,7 @@ pub async fn run_post_data_into(db: &DbSettings, sql: &str, jobs: usize, partial
             Err(e) if platform.as_ref().is_some_and(|p| p.touches(&block)) && platform::kept_by_platform(&e) => {
                 skipped.push(block_name(&block));
             }
-            Err(e)
-                if partial
-                    && block.kind == "FK CONSTRAINT"
-                    && e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) =>
-            {
+            Err(e) if partial && block.kind == "FK CONSTRAINT" && e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
                 tracing::warn!(constraint = %block_name(&block), "foreign key skipped: it refers to a table this table-level restore leaves empty");
                 skipped.push(block_name(&block));
             }
@@ -215,11 +211,7 @@ pub async fn run_post_data_into(db: &DbSettings, sql: &str, jobs: usize, partial
 
 /// "INDEX t_v_idx" from a block's header, for messages.
 fn block_name(b: &Block) -> String {
-    let name = b
-        .sql
-        .lines()
-        .find_map(|l| l.strip_prefix("-- Name: ").and_then(|r| r.split(';').next()))
-        .unwrap_or("?");
+    let name = b.sql.lines().find_map(|l| l.strip_prefix("-- Name: ").and_then(|r| r.split(';').next())).unwrap_or("?");
     format!("{} {name}", b.kind)
 }
 
@@ -246,14 +238,7 @@ pub async fn set_sequences(db: &DbSettings, seqs: &[SequenceEntry]) -> Result<()
     for batch in seqs.chunks(200) {
         let sql: Vec<String> = batch
             .iter()
-            .map(|s| {
-                format!(
-                    "SELECT pg_catalog.setval({}, {}, {});",
-                    quote_literal(&qualified(&s.schema, &s.name)),
-                    s.last_value,
-                    s.is_called
-                )
-            })
+            .map(|s| format!("SELECT pg_catalog.setval({}, {}, {});", quote_literal(&qualified(&s.schema, &s.name)), s.last_value, s.is_called))
             .collect();
         conn.client.batch_execute(&sql.join("\n")).await.map_err(sql_error("setting sequence values"))?;
     }
@@ -348,10 +333,7 @@ pub fn missing_role_statements(globals: &str, existing: &BTreeSet<String>) -> Ve
     let mut out = Vec::new();
     for line in globals.lines() {
         let stmt = line.trim();
-        let name = stmt
-            .strip_prefix("CREATE ROLE ")
-            .or_else(|| stmt.strip_prefix("ALTER ROLE "))
-            .map(role_name);
+        let name = stmt.strip_prefix("CREATE ROLE ").or_else(|| stmt.strip_prefix("ALTER ROLE ")).map(role_name);
         if let Some(Some(name)) = name
             && !existing.contains(&name)
         {

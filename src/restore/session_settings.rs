@@ -25,10 +25,7 @@ use crate::restore::schema::split_blocks;
 /// Custom parameters (`ext.name`) are never unknown to a server, and other
 /// `SET` forms (`SET ROLE`, `SET SESSION AUTHORIZATION`) set no parameter.
 pub fn set_parameter(line: &str) -> Option<&str> {
-    let is_name = |n: &str| {
-        n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
+    let is_name = |n: &str| n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if let Some(rest) = line.strip_prefix("SET ") {
         let (name, after) = rest.split_once(' ')?;
         let valid = is_name(name) && (after.starts_with("= ") || after.starts_with("TO ")) && line.trim_end().ends_with(';');
@@ -43,12 +40,7 @@ pub fn set_parameter(line: &str) -> Option<&str> {
 pub fn preamble_parameters(script: &str) -> Vec<String> {
     let (preamble, _) = split_blocks(script);
     let mut seen = BTreeSet::new();
-    preamble
-        .lines()
-        .filter_map(set_parameter)
-        .filter(|p| seen.insert(p.to_string()))
-        .map(str::to_string)
-        .collect()
+    preamble.lines().filter_map(set_parameter).filter(|p| seen.insert(p.to_string())).map(str::to_string).collect()
 }
 
 /// `script` without the preamble lines that set a parameter in `unknown`.
@@ -102,10 +94,7 @@ mod tests {
 
     #[test]
     fn finds_parameters_of_preamble_settings_only() {
-        assert_eq!(
-            preamble_parameters(SCRIPT),
-            vec!["statement_timeout", "transaction_timeout", "client_encoding", "search_path"]
-        );
+        assert_eq!(preamble_parameters(SCRIPT), vec!["statement_timeout", "transaction_timeout", "client_encoding", "search_path"]);
         assert_eq!(set_parameter("SET search_path TO 'a';"), Some("search_path"));
         assert_eq!(set_parameter("SET TIME ZONE 'UTC';"), None);
         assert_eq!(set_parameter("    SET search_path TO 'a'"), None);

@@ -79,11 +79,7 @@ pub enum BackupSelector {
 impl BackupSelector {
     /// Parse `latest` or a backup id.
     pub fn parse(s: &str) -> Result<Self> {
-        if s.eq_ignore_ascii_case("latest") {
-            Ok(BackupSelector::Latest)
-        } else {
-            Ok(BackupSelector::Id(s.parse()?))
-        }
+        if s.eq_ignore_ascii_case("latest") { Ok(BackupSelector::Latest) } else { Ok(BackupSelector::Id(s.parse()?)) }
     }
 }
 
@@ -195,19 +191,15 @@ impl BackupSource {
     pub async fn read_chunk(&self, chunk: &ChunkRef) -> Result<Bytes> {
         let key = self.manifest.backup_id.key(&chunk.object);
         let what = format!("chunk {}@{} of backup {} in {}", chunk.object, chunk.offset, self.manifest.backup_id, self.storage.location());
-        let stored = self
-            .storage
-            .get(&key, Some(chunk.offset..chunk.offset + chunk.stored_size))
-            .await
-            .map_err(|e| e.context(format!("cannot read {what}")))?;
+        let stored =
+            self.storage.get(&key, Some(chunk.offset..chunk.offset + chunk.stored_size)).await.map_err(|e| e.context(format!("cannot read {what}")))?;
         if stored.len() as u64 != chunk.stored_size {
             return Err(Error::corrupt(format!("{what} is truncated: {} of {} bytes", stored.len(), chunk.stored_size)));
         }
         let compression = self.compression;
         let cipher = self.cipher.clone();
         if self.manifest.encryption.is_some() && cipher.is_none() {
-            return Err(Error::config(format!("{what} is encrypted and was not opened with a key"))
-                .with_hint("set PGKEEP_IDENTITY_FILE or PGKEEP_PASSPHRASE"));
+            return Err(Error::config(format!("{what} is encrypted and was not opened with a key")).with_hint("set PGKEEP_IDENTITY_FILE or PGKEEP_PASSPHRASE"));
         }
         let expected_stored = chunk.stored_sha256.clone();
         let expected_raw = chunk.raw_xxh3.clone();

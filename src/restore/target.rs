@@ -107,10 +107,7 @@ async fn maintenance(server: &DbSettings) -> Result<tokio_postgres::Client> {
 /// Whether database `name` exists on the server.
 pub async fn database_exists(server: &DbSettings, name: &str) -> Result<bool> {
     let client = maintenance(server).await?;
-    let row = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await
-        .map_err(db_error(format!("cannot look up database {name}")))?;
+    let row = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.map_err(db_error(format!("cannot look up database {name}")))?;
     Ok(row.is_some())
 }
 
@@ -119,17 +116,9 @@ pub async fn create_database(server: &DbSettings, name: &str, info: Option<&Data
     let client = maintenance(server).await?;
     let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
     if let Some(i) = info {
-        sql.push_str(&format!(
-            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-            quote_literal(&i.encoding),
-            quote_literal(&i.lc_collate),
-            quote_literal(&i.lc_ctype)
-        ));
+        sql.push_str(&format!(" ENCODING {} LC_COLLATE {} LC_CTYPE {}", quote_literal(&i.encoding), quote_literal(&i.lc_collate), quote_literal(&i.lc_ctype)));
     }
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(db_error(format!("cannot create database {name} on {}:{}", server.host, server.port)))
+    client.batch_execute(&sql).await.map_err(db_error(format!("cannot create database {name} on {}:{}", server.host, server.port)))
 }
 
 /// Give database `name` the backed-up database's owner and database-level
@@ -147,10 +136,7 @@ pub async fn apply_database_properties(server: &DbSettings, name: &str, info: Op
     }
     for setting in &info.settings {
         let Some(sql) = alter_database_set(name, setting) else { continue };
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(db_error(format!("cannot apply database setting {} to {name}", setting.split('=').next().unwrap_or(""))))?;
+        client.batch_execute(&sql).await.map_err(db_error(format!("cannot apply database setting {} to {name}", setting.split('=').next().unwrap_or(""))))?;
     }
     // Privileges on the database: the defaults of CREATE DATABASE go, the recorded ones come.
     if let Some(grants) = &info.grants {
@@ -186,8 +172,7 @@ pub fn grant_on_database(db: &str, entry: &str) -> Option<String> {
 /// List-valued settings (search_path and the like) are split into quoted
 /// elements, as pg_dump does; one quoted literal would become one element.
 pub fn alter_database_set(db: &str, setting: &str) -> Option<String> {
-    const LIST_SETTINGS: &[&str] =
-        &["search_path", "temp_tablespaces", "session_preload_libraries", "shared_preload_libraries", "local_preload_libraries"];
+    const LIST_SETTINGS: &[&str] = &["search_path", "temp_tablespaces", "session_preload_libraries", "shared_preload_libraries", "local_preload_libraries"];
     let (key, value) = setting.split_once('=')?;
     if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
         return None;
@@ -230,10 +215,7 @@ pub fn alter_database_set(db: &str, setting: &str) -> Option<String> {
 /// Drop database `name`, closing its sessions first.
 pub async fn drop_database(server: &DbSettings, name: &str) -> Result<()> {
     let client = maintenance(server).await?;
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
-        .await
-        .map_err(db_error(format!("cannot drop database {name}")))
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))).await.map_err(db_error(format!("cannot drop database {name}")))
 }
 
 /// What a swap did.
@@ -343,10 +325,7 @@ pub async fn rollback(server: &DbSettings, target: &str) -> Result<(String, u64)
     let client = maintenance(server).await?;
     let old = format!("{target}_old");
     if !database_exists(server, &old).await? {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            format!("there is no database {old} on {}:{} to roll back to", server.host, server.port),
-        ));
+        return Err(Error::new(ErrorKind::NotFound, format!("there is no database {old} on {}:{} to roll back to", server.host, server.port)));
     }
     let aside = format!("{target}_rolled_back_{}", Utc::now().format("%Y%m%d_%H%M%S"));
     let mut terminated = 0;
@@ -378,10 +357,7 @@ mod tests {
     #[test]
     fn database_grants_become_grant_statements() {
         assert_eq!(grant_on_database("app", "PUBLIC:TEMPORARY:false").unwrap(), "GRANT TEMPORARY ON DATABASE \"app\" TO PUBLIC");
-        assert_eq!(
-            grant_on_database("app", "we:ird:CONNECT:true").unwrap(),
-            "GRANT CONNECT ON DATABASE \"app\" TO \"we:ird\" WITH GRANT OPTION"
-        );
+        assert_eq!(grant_on_database("app", "we:ird:CONNECT:true").unwrap(), "GRANT CONNECT ON DATABASE \"app\" TO \"we:ird\" WITH GRANT OPTION");
         assert!(grant_on_database("app", "bob:DROP TABLE x:false").is_none());
         assert!(grant_on_database("app", "garbage").is_none());
     }
@@ -392,10 +368,7 @@ mod tests {
             alter_database_set("app", "search_path=\"$user\", public, \"My Schema\"").unwrap(),
             "ALTER DATABASE \"app\" SET search_path = '$user', 'public', 'My Schema'"
         );
-        assert_eq!(
-            alter_database_set("app", "statement_timeout=5min").unwrap(),
-            "ALTER DATABASE \"app\" SET statement_timeout = '5min'"
-        );
+        assert_eq!(alter_database_set("app", "statement_timeout=5min").unwrap(), "ALTER DATABASE \"app\" SET statement_timeout = '5min'");
         assert_eq!(alter_database_set("app", "work_mem=it's").unwrap(), "ALTER DATABASE \"app\" SET work_mem = 'it''s'");
         assert!(alter_database_set("app", "bad key;=x").is_none());
     }

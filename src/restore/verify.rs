@@ -55,13 +55,7 @@ async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result
 }
 
 /// Verify `tables` (indexes into the manifest) in `db` with `jobs` connections.
-pub async fn verify_tables(
-    manifest: &BackupManifest,
-    db: &DbSettings,
-    tables: &[usize],
-    critical: &[String],
-    jobs: usize,
-) -> Result<VerifyReport> {
+pub async fn verify_tables(manifest: &BackupManifest, db: &DbSettings, tables: &[usize], critical: &[String], jobs: usize) -> Result<VerifyReport> {
     let manifest = Arc::new(manifest.clone());
     let queue = Arc::new(Mutex::new(tables.iter().copied().collect::<VecDeque<_>>()));
     let report = Arc::new(Mutex::new(VerifyReport::default()));
@@ -105,8 +99,7 @@ pub async fn verify_tables(
         )
         .await
         .map_err(|e| Error::new(ErrorKind::Database, format!("cannot read NOT NULL columns: {e}")))?;
-    let not_null: std::collections::HashSet<(String, String, String)> =
-        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let not_null: std::collections::HashSet<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     for &i in tables {
         let t = &manifest.tables[i];
         for c in t.columns.iter().filter(|c| c.not_null) {

@@ -44,12 +44,7 @@ impl DeadlineStorage {
             Ok(r) => r,
             Err(_) => Err(Error::new(
                 ErrorKind::StorageTransient,
-                format!(
-                    "{what} {key} in {} did not finish within {}s (endpoint {})",
-                    self.inner.location(),
-                    self.deadline.as_secs(),
-                    self.endpoint
-                ),
+                format!("{what} {key} in {} did not finish within {}s (endpoint {})", self.inner.location(), self.deadline.as_secs(), self.endpoint),
             )),
         }
     }

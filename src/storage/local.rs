@@ -60,23 +60,15 @@ fn to_utc(t: SystemTime) -> DateTime<Utc> {
 }
 
 fn temp_name(final_path: &Path) -> PathBuf {
-    let name = final_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let nonce: u64 = rand::random();
-    final_path.with_file_name(format!(
-        "{TEMP_PREFIX}{name}.{}.{nonce:016x}",
-        std::process::id()
-    ))
+    final_path.with_file_name(format!("{TEMP_PREFIX}{name}.{}.{nonce:016x}", std::process::id()))
 }
 
 /// fsync a directory so a rename inside it is durable.
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-        .await
-        .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all()).await.map_err(std::io::Error::other)?
 }
 
 struct LocalWriter {
@@ -107,10 +99,7 @@ impl Drop for LocalWriter {
 #[async_trait]
 impl ObjectWriter for LocalWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::internal("write after finish"))?;
+        let file = self.file.as_mut().ok_or_else(|| Error::internal("write after finish"))?;
         if let Err(e) = file.write_all(&data).await {
             let err = self.storage.io_error("write", &self.temp_path, e);
             self.discard().await;
@@ -121,10 +110,7 @@ impl ObjectWriter for LocalWriter {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| Error::internal("finish called twice"))?;
+        let mut file = self.file.take().ok_or_else(|| Error::internal("finish called twice"))?;
         let synced = async {
             file.flush().await?;
             file.sync_all().await
@@ -140,15 +126,9 @@ impl ObjectWriter for LocalWriter {
             return Err(self.storage.io_error("rename into", &self.final_path, e));
         }
         if let Some(dir) = self.final_path.parent() {
-            sync_dir(dir)
-                .await
-                .map_err(|e| self.storage.io_error("sync directory", dir, e))?;
+            sync_dir(dir).await.map_err(|e| self.storage.io_error("sync directory", dir, e))?;
         }
-        Ok(ObjectMeta {
-            key: self.key.clone(),
-            size: self.written,
-            modified: Some(Utc::now()),
-        })
+        Ok(ObjectMeta { key: self.key.clone(), size: self.written, modified: Some(Utc::now()) })
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
@@ -170,21 +150,10 @@ impl Storage for LocalStorage {
     async fn writer(&self, key: &str, _opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
         let final_path = self.path_of(key)?;
         let dir = final_path.parent().expect("key has a parent: the root");
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| self.io_error("create directory", dir, e))?;
+        tokio::fs::create_dir_all(dir).await.map_err(|e| self.io_error("create directory", dir, e))?;
         let temp_path = temp_name(&final_path);
-        let file = tokio::fs::File::create(&temp_path)
-            .await
-            .map_err(|e| self.io_error("create", &temp_path, e))?;
-        Ok(Box::new(LocalWriter {
-            storage: self.clone(),
-            key: key.to_string(),
-            final_path,
-            temp_path,
-            file: Some(file),
-            written: 0,
-        }))
+        let file = tokio::fs::File::create(&temp_path).await.map_err(|e| self.io_error("create", &temp_path, e))?;
+        Ok(Box::new(LocalWriter { storage: self.clone(), key: key.to_string(), final_path, temp_path, file: Some(file), written: 0 }))
     }
 
     async fn reader(&self, key: &str, range: Option<Range<u64>>) -> Result<ObjectReader> {
@@ -199,9 +168,7 @@ impl Storage for LocalStorage {
         match range {
             None => Ok(Box::pin(file)),
             Some(r) => {
-                file.seek(SeekFrom::Start(r.start))
-                    .await
-                    .map_err(|e| self.io_error("seek in", &path, e))?;
+                file.seek(SeekFrom::Start(r.start)).await.map_err(|e| self.io_error("seek in", &path, e))?;
                 Ok(Box::pin(file.take(r.end.saturating_sub(r.start))))
             }
         }
@@ -210,11 +177,7 @@ impl Storage for LocalStorage {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let path = self.path_of(key)?;
         match tokio::fs::metadata(&path).await {
-            Ok(m) if m.is_file() => Ok(Some(ObjectMeta {
-                key: key.to_string(),
-                size: m.len(),
-                modified: m.modified().ok().map(to_utc),
-            })),
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { key: key.to_string(), size: m.len(), modified: m.modified().ok().map(to_utc) })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io_error("stat", &path, e)),
@@ -228,9 +191,7 @@ impl Storage for LocalStorage {
         tokio::task::spawn_blocking(move || walk(&root, &prefix, false))
             .await
             .map_err(|e| Error::internal(format!("listing task failed: {e}")))?
-            .map_err(|e| {
-                Error::new(ErrorKind::Storage, format!("cannot list {location}")).with_source(e)
-            })
+            .map_err(|e| Error::new(ErrorKind::Storage, format!("cannot list {location}")).with_source(e))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -314,13 +275,10 @@ impl Storage for LocalStorage {
         // A file where the directory (or one of its parents) should be: say so in words.
         if let Some(file) = self.root.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
             let which = if file == self.root { String::new() } else { format!(": {} is a file", file.display()) };
-            return Err(Error::config(format!("{what} is not a directory{which}"))
-                .with_hint("set BACKUP_DIR or --repo to a directory"));
+            return Err(Error::config(format!("{what} is not a directory{which}")).with_hint("set BACKUP_DIR or --repo to a directory"));
         }
         tokio::fs::create_dir_all(&self.root).await.map_err(|e| {
-            self.io_error("create", &self.root, e)
-                .context(format!("{what} cannot be created"))
-                .with_hint("set BACKUP_DIR or --repo to a writable directory")
+            self.io_error("create", &self.root, e).context(format!("{what} cannot be created")).with_hint("set BACKUP_DIR or --repo to a writable directory")
         })?;
         let probe = self.root.join(format!("{TEMP_PREFIX}probe.{}", std::process::id()));
         let res = async {
@@ -331,16 +289,12 @@ impl Storage for LocalStorage {
         .await;
         let _ = tokio::fs::remove_file(&probe).await;
         res.map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::PermissionDenied
-                || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
-            {
+            let kind = if e.kind() == std::io::ErrorKind::PermissionDenied || e.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
                 ErrorKind::AccessDenied
             } else {
                 ErrorKind::Storage
             };
-            Error::new(kind, format!("{what} is not writable"))
-                .with_source(e)
-                .with_hint("set BACKUP_DIR or --repo to a writable directory")
+            Error::new(kind, format!("{what} is not writable")).with_source(e).with_hint("set BACKUP_DIR or --repo to a writable directory")
         })
     }
 }
@@ -384,11 +338,7 @@ fn walk(root: &Path, prefix: &str, temps: bool) -> std::io::Result<Vec<ObjectMet
                 continue;
             }
             let md = entry.metadata()?;
-            out.push(ObjectMeta {
-                key: rel,
-                size: md.len(),
-                modified: md.modified().ok().map(to_utc),
-            });
+            out.push(ObjectMeta { key: rel, size: md.len(), modified: md.modified().ok().map(to_utc) });
         }
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));

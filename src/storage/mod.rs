@@ -148,9 +148,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
         let mut r = self.reader(key, range).await?;
         let mut buf = Vec::new();
-        r.read_to_end(&mut buf)
-            .await
-            .map_err(|e| read_error(self.location(), key, e))?;
+        r.read_to_end(&mut buf).await.map_err(|e| read_error(self.location(), key, e))?;
         Ok(Bytes::from(buf))
     }
 }

@@ -47,9 +47,7 @@ use bytes::Bytes;
 
 use super::autobackup::{AutoBackup, BackupReason};
 use super::ddl::{DDL_PREFIX, DdlMessage};
-use super::inexact::{
-    COMMAND_PREFIX, CommandMessage, INEXACT_PREFIX, InexactMark, InexactMessage, PARTITION_PREFIX, PartitionMessage, TransactionDdl,
-};
+use super::inexact::{COMMAND_PREFIX, CommandMessage, INEXACT_PREFIX, InexactMark, InexactMessage, PARTITION_PREFIX, PartitionMessage, TransactionDdl};
 use super::publication::{PublicationNames, ReconcileMode};
 use super::schema_watch::{SchemaWatch, UncapturedChange};
 use super::segment::part::{PART_FORMAT_VERSION, PartMeta, TransactionPart};
@@ -218,15 +216,12 @@ impl Archiver {
 
     /// The end of the last transaction taken, durable or not.
     fn last_end(&self) -> Lsn {
-        self.open
-            .last_commit
-            .map_or(self.durable_end, |(_, end, _)| end)
+        self.open.last_commit.map_or(self.durable_end, |(_, end, _)| end)
     }
 
     /// Take one pgoutput message (an XLogData payload).
     pub fn accept(&mut self, data: Bytes) -> Result<()> {
-        let message = pgoutput::decode_shared(&data)
-            .map_err(|e| Error::internal(format!("cannot decode a pgoutput message: {e}")))?;
+        let message = pgoutput::decode_shared(&data).map_err(|e| Error::internal(format!("cannot decode a pgoutput message: {e}")))?;
         match &message {
             PgOutputMessage::Begin(begin) => {
                 if self.current.is_some() {
@@ -280,10 +275,10 @@ impl Archiver {
                             ddl.partition(&p);
                         }
                     }
-                    INEXACT_PREFIX => ddl.inexact(InexactMessage::parse(&m.content).unwrap_or_else(|| InexactMessage {
-                        table: "*".into(),
-                        reason: "an unreadable pgkeep.inexact message".into(),
-                    })),
+                    INEXACT_PREFIX => ddl.inexact(
+                        InexactMessage::parse(&m.content)
+                            .unwrap_or_else(|| InexactMessage { table: "*".into(), reason: "an unreadable pgkeep.inexact message".into() }),
+                    ),
                     _ => {}
                 }
             }
@@ -338,9 +333,7 @@ impl Archiver {
     /// their Type and Relation messages as they are now.
     fn use_relations(&mut self, ids: &[Oid], row: bool) -> Result<()> {
         let Some(txn) = self.current.as_mut() else {
-            return Err(Error::internal(
-                "pgoutput sent a change outside a transaction",
-            ));
+            return Err(Error::internal("pgoutput sent a change outside a transaction"));
         };
         if row {
             txn.changes += 1;
@@ -349,28 +342,16 @@ impl Archiver {
             if !txn.used.insert(*id) {
                 continue;
             }
-            let (relation, type_oids) = self.relations.get(id).ok_or_else(|| {
-                Error::internal(format!(
-                    "pgoutput sent a change of relation {id} before its Relation message"
-                ))
-            })?;
-            let mut entry: Vec<Bytes> = type_oids
-                .iter()
-                .filter_map(|t| self.types.get(t).cloned())
-                .collect();
+            let (relation, type_oids) =
+                self.relations.get(id).ok_or_else(|| Error::internal(format!("pgoutput sent a change of relation {id} before its Relation message")))?;
+            let mut entry: Vec<Bytes> = type_oids.iter().filter_map(|t| self.types.get(t).cloned()).collect();
             entry.push(relation.clone());
             txn.schema.push((*id, entry));
         }
         Ok(())
     }
 
-    fn finish_transaction(
-        &mut self,
-        txn: OpenTransaction,
-        commit_lsn: Lsn,
-        end: Lsn,
-        time: PgTimestamp,
-    ) {
+    fn finish_transaction(&mut self, txn: OpenTransaction, commit_lsn: Lsn, end: Lsn, time: PgTimestamp) {
         debug_assert!(!txn.skip || end <= self.last_end(), "a skipped transaction was archived already");
         if end <= self.last_end() {
             tracing::debug!(end_lsn = %end, "skipping a transaction already archived");
@@ -391,9 +372,7 @@ impl Archiver {
         // A transaction with parts closes its segment (see `is_due`).
         debug_assert_eq!(open.parts, 0, "a transaction with parts is always the last of its segment");
         open.parts = txn.parts;
-        open.transactions.push(SegmentTransaction {
-            messages: txn.messages,
-        });
+        open.transactions.push(SegmentTransaction { messages: txn.messages });
         let marks = txn.ddl.finish(commit_lsn, time.to_utc());
         open.inexact.extend(marks.iter().cloned());
         self.inexact.extend(marks);
@@ -411,10 +390,7 @@ impl Archiver {
 
     /// Whether the open segment is due by size or age.
     pub fn is_due(&self, limits: SegmentLimits, now: Instant) -> bool {
-        self.has_open_segment()
-            && (self.open.parts > 0
-                || self.open.bytes > limits.max_bytes
-                || self.close_deadline(limits).is_some_and(|d| now >= d))
+        self.has_open_segment() && (self.open.parts > 0 || self.open.bytes > limits.max_bytes || self.close_deadline(limits).is_some_and(|d| now >= d))
     }
 
     /// The open segment, covering `[durable_end, last commit end)`, not yet
@@ -422,9 +398,7 @@ impl Archiver {
     /// until [`confirm`](Self::confirm).
     pub fn seal(&self) -> Option<ChangeSegment> {
         let open = &self.open;
-        let (Some((first_lsn, first_time)), Some((last_lsn, end, last_time))) =
-            (open.first_commit, open.last_commit)
-        else {
+        let (Some((first_lsn, first_time)), Some((last_lsn, end, last_time))) = (open.first_commit, open.last_commit) else {
             return None;
         };
         let meta = SegmentMeta {
@@ -446,11 +420,7 @@ impl Archiver {
             server_time: None,
             parts: open.parts,
         };
-        Some(ChangeSegment {
-            meta,
-            schema: open.schema.clone(),
-            transactions: open.transactions.clone(),
-        })
+        Some(ChangeSegment { meta, schema: open.schema.clone(), transactions: open.transactions.clone() })
     }
 
     /// The sealed segment ending at `end` is stored everywhere.
@@ -564,9 +534,7 @@ pub async fn run_session<F: Future<Output = ()>>(
         publications.push(cx.names.insert_only.as_str());
     }
     let messages = supports_messages(conn.server_version_num());
-    let mut stream = conn
-        .start_logical_replication(cx.slot, archiver.durable_end(), &publications, messages)
-        .await?;
+    let mut stream = conn.start_logical_replication(cx.slot, archiver.durable_end(), &publications, messages).await?;
     let mut status = tokio::time::interval(STATUS_INTERVAL);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval_at(tokio::time::Instant::now() + cx.publication_check, cx.publication_check);
@@ -724,11 +692,7 @@ fn not_reproducible(cx: &SessionContext<'_>, mark: InexactMark) {
 }
 
 /// Status update with every position at the durable end, never beyond.
-async fn send_durable(
-    stream: &mut LogicalStream<'_>,
-    archiver: &Archiver,
-    reply: bool,
-) -> Result<()> {
+async fn send_durable(stream: &mut LogicalStream<'_>, archiver: &Archiver, reply: bool) -> Result<()> {
     let at = archiver.durable_end();
     stream.send_status(at, at, at, reply).await
 }
@@ -751,11 +715,7 @@ async fn store_segment(
 async fn put_everywhere(cx: &SessionContext<'_>, key: &str, bytes: &Bytes, what: &str) -> Result<()> {
     let puts = cx.repos.iter().map(|repo| {
         let bytes = bytes.clone();
-        async move {
-            repo.put(key, bytes, PutOptions::default())
-                .await
-                .map_err(|e| e.context(format!("cannot store {what} {key} in {}", repo.location())))
-        }
+        async move { repo.put(key, bytes, PutOptions::default()).await.map_err(|e| e.context(format!("cannot store {what} {key} in {}", repo.location()))) }
     });
     futures::future::try_join_all(puts).await?;
     Ok(())
@@ -792,14 +752,9 @@ async fn store_sealed(
     let meta = &segment.meta;
     put_everywhere(cx, &key, &bytes, "change segment").await?;
     crate::failpoint::hit("stream.after_segment_put");
-    stream
-        .send_status(meta.end_lsn, meta.end_lsn, meta.end_lsn, false)
-        .await?;
+    stream.send_status(meta.end_lsn, meta.end_lsn, meta.end_lsn, false).await?;
     archiver.confirm(meta.end_lsn);
-    let lag_ms = meta
-        .last_commit_time
-        .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0))
-        .unwrap_or(0);
+    let lag_ms = meta.last_commit_time.map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0)).unwrap_or(0);
     tracing::info!(
         start_lsn = %meta.start_lsn,
         end_lsn = %meta.end_lsn,

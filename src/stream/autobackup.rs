@@ -470,12 +470,8 @@ fn coverage(manifests: &[BackupManifest], system_identifier: &str, database: &st
             && m.server.system_identifier == system_identifier
             && m.snapshot.method == SnapshotMethod::ReplicationSlot
     };
-    let covering = manifests
-        .iter()
-        .filter(counts)
-        .filter(|m| m.snapshot.consistent_lsn >= chain_start)
-        .max_by_key(|m| m.finished_at)
-        .map(|m| m.backup_id.to_string());
+    let covering =
+        manifests.iter().filter(counts).filter(|m| m.snapshot.consistent_lsn >= chain_start).max_by_key(|m| m.finished_at).map(|m| m.backup_id.to_string());
     let newest = manifests.iter().filter(counts).map(|m| m.finished_at).max();
     (covering, newest)
 }

@@ -289,11 +289,7 @@ fn leading_words(stmt: &str, n: usize) -> Vec<String> {
             break;
         }
     }
-    s.split(|c: char| !c.is_ascii_alphabetic() && c != '_')
-        .filter(|w| !w.is_empty())
-        .take(n)
-        .map(str::to_ascii_uppercase)
-        .collect()
+    s.split(|c: char| !c.is_ascii_alphabetic() && c != '_').filter(|w| !w.is_empty()).take(n).map(str::to_ascii_uppercase).collect()
 }
 
 #[cfg(test)]

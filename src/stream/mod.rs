@@ -47,10 +47,10 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::config::Settings;
-use crate::repo::layout::{CHANGES_PREFIX, parse_segment_key};
 use crate::error::{Error, ErrorKind, Result};
 use crate::replication::{ReplicationConnection, validate_slot_name};
 use crate::repo::layout::Lsn;
+use crate::repo::layout::{CHANGES_PREFIX, parse_segment_key};
 use crate::storage::Storage;
 use archiver::{Archiver, SegmentLimits, SessionContext, SessionEnd, SessionTotals};
 use autobackup::{AutoBackup, AutoBackupOptions, AutoBackupTotals, BackupReason};
@@ -119,16 +119,10 @@ pub struct StreamReport {
 }
 
 /// Archive changes until `shutdown` resolves or a fatal error.
-pub async fn run(
-    settings: &Settings,
-    opts: &StreamOptions,
-    shutdown: impl Future<Output = ()>,
-) -> Result<StreamReport> {
+pub async fn run(settings: &Settings, opts: &StreamOptions, shutdown: impl Future<Output = ()>) -> Result<StreamReport> {
     validate_slot_name(&opts.slot)?;
     if opts.segment_seconds == 0 || opts.segment_bytes == 0 {
-        return Err(Error::config(
-            "--segment-seconds and --segment-bytes must be at least 1",
-        ));
+        return Err(Error::config("--segment-seconds and --segment-bytes must be at least 1"));
     }
     if !(1 << 20..=256 << 20).contains(&opts.transaction_memory) || opts.segment_bytes > 512 << 20 {
         return Err(Error::config("--transaction-memory must be between 1MiB and 256MiB, and --segment-bytes at most 512MiB"));
@@ -202,9 +196,15 @@ async fn stream_epoch(settings: &Settings, repos: &[Arc<dyn Storage>], base: &st
             return Err(Error::new(ErrorKind::Locked, format!("replication slot {slot} lost its WAL and is still in use by another process")));
         }
         match reason.as_deref() {
-            Some("idle_timeout") => tracing::error!(slot = %slot, "replication slot was invalidated after idle_replication_slot_timeout: the archive has a gap; dropping it and starting a new chain that a new full backup must cover"),
-            Some(other) => tracing::error!(slot = %slot, reason = %other, "replication slot was invalidated: the archive has a gap; dropping it and starting a new chain that a new full backup must cover"),
-            None => tracing::error!(slot = %slot, "replication slot lost WAL it had not sent (max_slot_wal_keep_size): the archive has a gap; dropping it and starting a new chain that a new full backup must cover"),
+            Some("idle_timeout") => {
+                tracing::error!(slot = %slot, "replication slot was invalidated after idle_replication_slot_timeout: the archive has a gap; dropping it and starting a new chain that a new full backup must cover")
+            }
+            Some(other) => {
+                tracing::error!(slot = %slot, reason = %other, "replication slot was invalidated: the archive has a gap; dropping it and starting a new chain that a new full backup must cover")
+            }
+            None => {
+                tracing::error!(slot = %slot, "replication slot lost WAL it had not sent (max_slot_wal_keep_size): the archive has a gap; dropping it and starting a new chain that a new full backup must cover")
+            }
         }
         conn.client
             .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
@@ -270,19 +270,15 @@ impl Stream<'_> {
         let mut repl = Some(repl);
         // A slot older than the insert-only publication cannot stream it
         // until its position passes the publication's creation.
-        let mut resubscribe_at =
-            if first.created_insert_only && slot_existed { Some(self.insert_only_from(&mut upkeep, &names).await?) } else { None };
+        let mut resubscribe_at = if first.created_insert_only && slot_existed { Some(self.insert_only_from(&mut upkeep, &names).await?) } else { None };
         if !first.created_main {
             request_late(autobackup, &first, &upkeep);
         }
         let mut insert_only_exists = first.insert_only_exists;
         let tables_without_identity = first.insert_only_tables.clone();
 
-        let limits = SegmentLimits {
-            max_age: Duration::from_secs(opts.segment_seconds),
-            max_bytes: opts.segment_bytes,
-            transaction_memory: opts.transaction_memory,
-        };
+        let limits =
+            SegmentLimits { max_age: Duration::from_secs(opts.segment_seconds), max_bytes: opts.segment_bytes, transaction_memory: opts.transaction_memory };
         // Encryption (when configured): one data key for this run's segments.
         let sealer = crate::crypto::Sealer::from_settings(&settings.encryption)?;
         let mut totals = SessionTotals::default();
@@ -418,10 +414,7 @@ fn request_late(autobackup: &AutoBackup, done: &Reconciled, upkeep: &Upkeep) {
 /// The default slot and publication name for a database: `pgkeep_<db>`,
 /// lower-cased, anything but `[a-z0-9_]` replaced by `_`, at most 63 bytes.
 pub fn default_name(dbname: &str) -> String {
-    let mut n: String = format!("pgkeep_{dbname}")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .collect();
+    let mut n: String = format!("pgkeep_{dbname}").chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
     n.truncate(63);
     n
 }
@@ -433,16 +426,10 @@ pub async fn remove(settings: &Settings, slot: &str, publication: &str) -> Resul
     let conn = crate::pg::connect(&settings.db).await?;
     let mut removed = Vec::new();
     let fail = crate::pg::query_error;
-    conn.client
-        .batch_execute(&format!("SET {MAINTENANCE_SETTING} = 'on'"))
-        .await
-        .map_err(fail("cannot set up the session".to_string()))?;
+    conn.client.batch_execute(&format!("SET {MAINTENANCE_SETTING} = 'on'")).await.map_err(fail("cannot set up the session".to_string()))?;
     let dropped = conn
         .client
-        .query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-            &[&slot],
-        )
+        .query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", &[&slot])
         .await
         .map_err(fail(format!("cannot drop replication slot {slot}")))?;
     if !dropped.is_empty() {

@@ -366,9 +366,11 @@ async fn create(client: &Client, name: &str, tables: &[String], with: &str) -> R
         sql.push_str(&list.join(", "));
     }
     sql.push_str(with);
-    client.batch_execute(&sql).await.map_err(query_error(format!("cannot create publication {name}"))).map_err(|e| {
-        e.with_hint("the role needs CREATE on the database and ownership of the tables; or create the publication as their owner")
-    })
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(query_error(format!("cannot create publication {name}")))
+        .map_err(|e| e.with_hint("the role needs CREATE on the database and ownership of the tables; or create the publication as their owner"))
 }
 
 /// Apply `placements` in one transaction: each table added before it is dropped.
@@ -424,10 +426,7 @@ async fn table_states(client: &Client, names: &PublicationNames) -> Result<Vec<T
          WHERE {ARCHIVABLE_TABLE_SQL}
          ORDER BY 1, 2"
     );
-    let rows = client
-        .query(&sql, &[&names.main, &names.insert_only])
-        .await
-        .map_err(query_error("cannot list tables for the publications"))?;
+    let rows = client.query(&sql, &[&names.main, &names.insert_only]).await.map_err(query_error("cannot list tables for the publications"))?;
     Ok(rows
         .iter()
         .map(|r| TableState {
@@ -533,10 +532,7 @@ fn server_message(e: &Error) -> String {
 /// after it, whatever quotes the server's language puts around it.
 fn names_identifier(text: &str, name: &str) -> bool {
     let ident = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
-    !name.is_empty()
-        && text.match_indices(name).any(|(at, _)| {
-            !ident(text[..at].chars().next_back()) && !ident(text[at + name.len()..].chars().next())
-        })
+    !name.is_empty() && text.match_indices(name).any(|(at, _)| !ident(text[..at].chars().next_back()) && !ident(text[at + name.len()..].chars().next()))
 }
 
 #[cfg(test)]
@@ -544,13 +540,7 @@ mod tests {
     use super::*;
 
     fn t(name: &str, usable: bool, in_main: bool, listed: bool, io: bool) -> TableState {
-        TableState {
-            table: name.into(),
-            usable_identity: usable,
-            in_main,
-            listed_in_main: listed,
-            in_insert_only: io,
-        }
+        TableState { table: name.into(), usable_identity: usable, in_main, listed_in_main: listed, in_insert_only: io }
     }
 
     #[test]
@@ -566,8 +556,7 @@ mod tests {
             t("fine_main", true, true, true, false),
             t("fine_io", false, false, false, true),
         ]);
-        let got: Vec<(&str, Option<Target>, Option<Target>, Reason)> =
-            plan.iter().map(|p| (p.table.as_str(), p.add, p.drop, p.reason)).collect();
+        let got: Vec<(&str, Option<Target>, Option<Target>, Reason)> = plan.iter().map(|p| (p.table.as_str(), p.add, p.drop, p.reason)).collect();
         use Target::*;
         assert_eq!(
             got,
@@ -599,8 +588,7 @@ mod tests {
     #[test]
     fn missing_publication_errors_are_recognised_by_code_and_name() {
         let error = |text: &str, code: &str| {
-            Error::new(crate::error::ErrorKind::Database, format!("cannot stream changes from replication slot s: {text}"))
-                .with_sqlstate(code)
+            Error::new(crate::error::ErrorKind::Database, format!("cannot stream changes from replication slot s: {text}")).with_sqlstate(code)
         };
         let english = error("publication \"p_insert_only\" does not exist", UNDEFINED_OBJECT);
         assert!(is_missing_publication(&english, "p_insert_only"));
@@ -613,10 +601,7 @@ mod tests {
         assert!(!is_missing_publication(&french, "p_insert_only"));
         // The English words under another code (or none) are not it.
         assert!(!is_missing_publication(&error("publication \"p_insert_only\" does not exist", "XX000"), "p_insert_only"));
-        assert!(!is_missing_publication(
-            &Error::new(crate::error::ErrorKind::Database, "publication \"p_insert_only\" does not exist"),
-            "p_insert_only"
-        ));
+        assert!(!is_missing_publication(&Error::new(crate::error::ErrorKind::Database, "publication \"p_insert_only\" does not exist"), "p_insert_only"));
         assert!(names_identifier("x »a$b« y", "a$b"));
         assert!(!names_identifier("ab_c", "ab"));
         assert!(!names_identifier("anything", ""));

@@ -72,12 +72,7 @@ impl SchemaWatch {
             return None;
         }
         let renamed = (old.namespace != shape.namespace || old.name != shape.name).then(|| qualified(&old.namespace, &old.name));
-        Some(UncapturedChange {
-            table: qualified(&shape.namespace, &shape.name),
-            previous_name: renamed,
-            columns_changed: old.columns != shape.columns,
-            lsn,
-        })
+        Some(UncapturedChange { table: qualified(&shape.namespace, &shape.name), previous_name: renamed, columns_changed: old.columns != shape.columns, lsn })
     }
 }
 

@@ -116,10 +116,7 @@ pub async fn install(settings: &Settings, publication: &str) -> Result<SetupRepo
         .map_err(crate::pg::query_error("cannot read the server version"))?
         .get(0);
     let names = PublicationNames::new(publication);
-    let sql = format!(
-        "BEGIN;\nSET LOCAL {MAINTENANCE_SETTING} = 'on';\nSET LOCAL client_min_messages = warning;\n{}\nCOMMIT;",
-        install_sql(&names)
-    );
+    let sql = format!("BEGIN;\nSET LOCAL {MAINTENANCE_SETTING} = 'on';\nSET LOCAL client_min_messages = warning;\n{}\nCOMMIT;", install_sql(&names));
     run_privileged(client, &sql, &db.dbname, &db.user, "install DDL capture").await?;
     let messages_streamed = crate::replication::stream::supports_messages(version as u32);
     if !messages_streamed {

@@ -21,12 +21,7 @@ use crate::storage::Storage;
 
 /// Create the permanent pgoutput slot if missing; refuse a slot of another
 /// kind, plugin or database. Returns whether the slot existed already.
-pub async fn ensure_slot(
-    client: &tokio_postgres::Client,
-    repl: &mut ReplicationConnection,
-    slot: &str,
-    dbname: &str,
-) -> Result<bool> {
+pub async fn ensure_slot(client: &tokio_postgres::Client, repl: &mut ReplicationConnection, slot: &str, dbname: &str) -> Result<bool> {
     let row = client
         .query_opt(
             "SELECT slot_type, coalesce(plugin, ''), coalesce(database, ''), active, (to_jsonb(s) ->> 'failover')::bool \
@@ -42,8 +37,7 @@ pub async fn ensure_slot(
             Ok(false)
         }
         Some(row) => {
-            let (kind, plugin, database): (String, String, String) =
-                (row.get(0), row.get(1), row.get(2));
+            let (kind, plugin, database): (String, String, String) = (row.get(0), row.get(1), row.get(2));
             if kind != "logical" || plugin != "pgoutput" || database != dbname {
                 return Err(Error::config(format!(
                     "replication slot {slot} is a {kind} slot with plugin `{plugin}` on database `{database}`, \
@@ -56,7 +50,9 @@ pub async fn ensure_slot(
             if failover == Some(false) && !active && repl.server_version_num() >= FAILOVER_MIN_SERVER_VERSION {
                 match repl.simple_query(&alter_slot_failover_command(slot)?).await {
                     Ok(_) => tracing::info!(slot = %slot, "replication slot is now a failover slot"),
-                    Err(e) => tracing::warn!(slot = %slot, error = %e.user_line(), "could not make the replication slot a failover slot; a failover of the server will lose it"),
+                    Err(e) => {
+                        tracing::warn!(slot = %slot, error = %e.user_line(), "could not make the replication slot a failover slot; a failover of the server will lose it")
+                    }
                 }
             }
             Ok(true)
@@ -69,52 +65,21 @@ async fn confirmed_flush(db: &crate::config::DbSettings, slot: &str) -> Result<L
     let conn = crate::pg::connect::connect(db).await?;
     let row = conn
         .client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
+        .query_opt("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
         .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Database,
-                format!("cannot read replication slot {slot}: {e}"),
-            )
-        })?;
-    let text: Option<String> = row
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Database,
-                format!("replication slot {slot} no longer exists"),
-            )
-        })?
-        .get(0);
-    text.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Database,
-            format!("replication slot {slot} has no confirmed position"),
-        )
-    })?
-    .parse()
+        .map_err(|e| Error::new(ErrorKind::Database, format!("cannot read replication slot {slot}: {e}")))?;
+    let text: Option<String> = row.ok_or_else(|| Error::new(ErrorKind::Database, format!("replication slot {slot} no longer exists")))?.get(0);
+    text.ok_or_else(|| Error::new(ErrorKind::Database, format!("replication slot {slot} has no confirmed position")))?.parse()
 }
 
 /// Step 4: list the stream's segments in every repository, remove orphans
 /// past the common end, and return where to resume and where the chain
 /// starts.
-pub async fn resume_point(
-    db: &crate::config::DbSettings,
-    slot: &str,
-    stream_id: &str,
-    repos: &[Arc<dyn Storage>],
-) -> Result<ResumePlan> {
+pub async fn resume_point(db: &crate::config::DbSettings, slot: &str, stream_id: &str, repos: &[Arc<dyn Storage>]) -> Result<ResumePlan> {
     let prefix = format!("{CHANGES_PREFIX}{stream_id}/");
     let mut listings = Vec::new();
     for repo in repos {
-        let keys = repo
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .map(|m| m.key)
-            .collect();
+        let keys = repo.list(&prefix).await?.into_iter().map(|m| m.key).collect();
         listings.push((repo.location(), keys));
     }
     let confirmed = confirmed_flush(db, slot).await?;
@@ -124,12 +89,9 @@ pub async fn resume_point(
         // Segments past the common end may belong to another live streamer
         // between its puts: only remove them when nobody consumes the slot.
         if let Some(pid) = slot_active_pid(db, slot).await? {
-            return Err(Error::new(
-                ErrorKind::Database,
-                format!("replication slot {slot} is active for PID {pid}; not touching segments past the common end"),
-            )
-            .with_sqlstate(SLOT_IN_USE)
-            .with_hint("run one `pgkeep stream` per slot"));
+            return Err(Error::new(ErrorKind::Database, format!("replication slot {slot} is active for PID {pid}; not touching segments past the common end"))
+                .with_sqlstate(SLOT_IN_USE)
+                .with_hint("run one `pgkeep stream` per slot"));
         }
     }
     for (index, key) in &plan.orphans {
@@ -176,21 +138,11 @@ pub struct ResumePlan {
 }
 
 /// Pure part of [`resume_point`]: `listings` are `(location, keys)` per repository.
-pub fn plan_resume(
-    stream_id: &str,
-    listings: &[(String, Vec<String>)],
-    confirmed: Lsn,
-) -> Result<ResumePlan> {
+pub fn plan_resume(stream_id: &str, listings: &[(String, Vec<String>)], confirmed: Lsn) -> Result<ResumePlan> {
     let mut chains = Vec::new();
     for (location, keys) in listings {
-        let mut segs: Vec<(Lsn, Lsn, &String)> = keys
-            .iter()
-            .filter_map(|k| {
-                parse_segment_key(k)
-                    .filter(|(s, _, _)| s == stream_id)
-                    .map(|(_, a, b)| (a, b, k))
-            })
-            .collect();
+        let mut segs: Vec<(Lsn, Lsn, &String)> =
+            keys.iter().filter_map(|k| parse_segment_key(k).filter(|(s, _, _)| s == stream_id).map(|(_, a, b)| (a, b, k))).collect();
         segs.sort();
         for pair in segs.windows(2) {
             let (prev_end, next_start) = (pair[0].1, pair[1].0);
@@ -205,19 +157,11 @@ pub fn plan_resume(
         chains.push(segs);
     }
     let Some(resume) = chains.iter().filter_map(|c| c.last().map(|s| s.1)).min() else {
-        return Ok(ResumePlan {
-            resume: confirmed,
-            chain_start: confirmed,
-            orphans: Vec::new(),
-        });
+        return Ok(ResumePlan { resume: confirmed, chain_start: confirmed, orphans: Vec::new() });
     };
     let chain_start = chains.iter().filter_map(|c| c.first().map(|s| s.0)).max().unwrap_or(resume).min(resume);
     if confirmed > resume {
-        let location = chains
-            .iter()
-            .zip(listings)
-            .find(|(c, _)| c.last().is_some_and(|s| s.1 == resume))
-            .map(|(_, l)| l.0.clone());
+        let location = chains.iter().zip(listings).find(|(c, _)| c.last().is_some_and(|s| s.1 == resume)).map(|(_, l)| l.0.clone());
         return Err(Error::corrupt(format!(
             "repository {} ends stream {stream_id} at {resume} but the slot already confirmed {confirmed}: \
              changes [{resume}, {confirmed}) are missing",
@@ -279,53 +223,31 @@ mod tests {
     }
 
     fn keys(ranges: &[(u64, u64)]) -> Vec<String> {
-        ranges
-            .iter()
-            .map(|(a, b)| segment_key("1-s", Lsn(*a), Lsn(*b)))
-            .collect()
+        ranges.iter().map(|(a, b)| segment_key("1-s", Lsn(*a), Lsn(*b))).collect()
     }
 
     #[test]
     fn no_segments_resume_at_the_slot() {
-        let plan = plan_resume(
-            "1-s",
-            &[("a".into(), vec![]), ("b".into(), keys(&[]))],
-            Lsn(7),
-        )
-        .unwrap();
-        assert_eq!(
-            plan,
-            ResumePlan {
-                resume: Lsn(7),
-                chain_start: Lsn(7),
-                orphans: vec![]
-            }
-        );
+        let plan = plan_resume("1-s", &[("a".into(), vec![]), ("b".into(), keys(&[]))], Lsn(7)).unwrap();
+        assert_eq!(plan, ResumePlan { resume: Lsn(7), chain_start: Lsn(7), orphans: vec![] });
     }
 
     #[test]
     fn common_end_wins_and_extra_segments_are_orphans() {
         let a = keys(&[(5, 10), (10, 20), (20, 30)]);
         let b = keys(&[(5, 10), (10, 20)]);
-        let plan =
-            plan_resume("1-s", &[("a".into(), a.clone()), ("b".into(), b)], Lsn(10)).unwrap();
+        let plan = plan_resume("1-s", &[("a".into(), a.clone()), ("b".into(), b)], Lsn(10)).unwrap();
         assert_eq!(plan.resume, Lsn(20));
         assert_eq!(plan.chain_start, Lsn(5));
         assert_eq!(plan.orphans, vec![(0, a[2].clone())]);
         // Other streams are ignored.
         let other = vec![segment_key("2-s", Lsn(0), Lsn(99))];
-        assert_eq!(
-            plan_resume("1-s", &[("a".into(), other)], Lsn(3))
-                .unwrap()
-                .resume,
-            Lsn(3)
-        );
+        assert_eq!(plan_resume("1-s", &[("a".into(), other)], Lsn(3)).unwrap().resume, Lsn(3));
     }
 
     #[test]
     fn gaps_are_errors_naming_the_range() {
-        let e =
-            plan_resume("1-s", &[("a".into(), keys(&[(5, 10), (12, 20)]))], Lsn(5)).unwrap_err();
+        let e = plan_resume("1-s", &[("a".into(), keys(&[(5, 10), (12, 20)]))], Lsn(5)).unwrap_err();
         assert!(e.message().contains("[0/A, 0/C)"), "{}", e.message());
         let e = plan_resume("1-s", &[("a".into(), keys(&[(5, 10)]))], Lsn(15)).unwrap_err();
         assert!(e.message().contains("[0/A, 0/F)"), "{}", e.message());

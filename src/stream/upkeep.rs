@@ -176,10 +176,7 @@ impl Upkeep {
                 if std::mem::take(&mut self.sampling_failed) {
                     tracing::info!(sequences = values.len(), "sampling sequence values again");
                 }
-                values
-                    .into_iter()
-                    .map(|s| SequenceSample { schema: s.schema, name: s.name, last_value: s.last_value, is_called: s.is_called })
-                    .collect()
+                values.into_iter().map(|s| SequenceSample { schema: s.schema, name: s.name, last_value: s.last_value, is_called: s.is_called }).collect()
             }
             Err(e) if self.sampling_failed => {
                 tracing::debug!(error = %e.user_line(), "cannot sample sequence values");

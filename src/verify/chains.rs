@@ -60,10 +60,7 @@ pub async fn check_chains_with_keys(repos: &[Arc<dyn Storage>], m: &BackupManife
             let ranges: Vec<(Lsn, Lsn)> = segs.iter().map(|s| (s.0, s.1)).collect();
             let holes = gaps(&ranges);
             if !holes.is_empty() {
-                let problems = holes
-                    .iter()
-                    .map(|(a, b)| format!("stream {stream}: change segments missing for {a}..{b}"))
-                    .collect();
+                let problems = holes.iter().map(|(a, b)| format!("stream {stream}: change segments missing for {a}..{b}")).collect();
                 out.push(CheckResult::from_problems(Check::Chains, Some(loc.clone()), "", problems));
                 continue;
             }
@@ -132,10 +129,7 @@ async fn check_segments(repo: &Arc<dyn Storage>, stream: &str, segs: &[(Lsn, Lsn
             };
             match checked {
                 Ok(meta) if meta.start_lsn == start && meta.end_lsn == end => check_parts(repo, stream, &key, &meta, keys).await,
-                Ok(meta) => Some(format!(
-                    "stream {stream}: segment {key} covers {}..{}, its key says {start}..{end}",
-                    meta.start_lsn, meta.end_lsn
-                )),
+                Ok(meta) => Some(format!("stream {stream}: segment {key} covers {}..{}, its key says {start}..{end}", meta.start_lsn, meta.end_lsn)),
                 Err(e) => Some(format!("stream {stream}: {}", e.user_line())),
             }
         })
@@ -146,13 +140,7 @@ async fn check_segments(repo: &Arc<dyn Storage>, stream: &str, segs: &[(Lsn, Lsn
 }
 
 /// The parts a segment continues: each present, intact, and the one it asks for.
-async fn check_parts(
-    repo: &Arc<dyn Storage>,
-    stream: &str,
-    key: &str,
-    meta: &crate::stream::segment::SegmentMeta,
-    keys: &Keyring,
-) -> Option<String> {
+async fn check_parts(repo: &Arc<dyn Storage>, stream: &str, key: &str, meta: &crate::stream::segment::SegmentMeta, keys: &Keyring) -> Option<String> {
     use crate::stream::segment::part;
     for index in 1..=meta.parts {
         let part_key = crate::repo::layout::part_key(stream, meta.last_commit_lsn, index);
@@ -160,11 +148,7 @@ async fn check_parts(
             Ok(b) => b,
             Err(e) => return Some(format!("stream {stream}: segment {key} needs transaction part {part_key}: {}", e.user_line())),
         };
-        let checked = if keys.is_configured() {
-            part::decode_with(&bytes, &part_key, keys).map(|p| p.meta)
-        } else {
-            part::decode_meta(&bytes, &part_key)
-        };
+        let checked = if keys.is_configured() { part::decode_with(&bytes, &part_key, keys).map(|p| p.meta) } else { part::decode_meta(&bytes, &part_key) };
         match checked {
             Ok(p) if p.commit_lsn == meta.last_commit_lsn && p.index == index && p.stream_id == stream => {}
             Ok(_) => return Some(format!("stream {stream}: transaction part {part_key} is not the part its key names")),

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::{Check, CheckResult, Status};
+use crate::crypto::Keyring;
 use crate::error::{ErrorKind, Result};
 use crate::repo::layout::{BackupId, COPY_SUFFIX};
 use crate::repo::manifest::{self, BackupManifest, ChunkRef};
-use crate::crypto::Keyring;
 use crate::restore::source::{BackupSelector, BackupSource};
 use crate::storage::Storage;
 
@@ -93,11 +93,7 @@ async fn read_one(storage: &dyn Storage, id: &BackupId, key: &str) -> Result<Opt
 
 /// Every chunk the manifest lists: schema objects first, then table data.
 fn all_chunks(m: &BackupManifest) -> Vec<&ChunkRef> {
-    [&m.schema.pre_data, &m.schema.post_data]
-        .into_iter()
-        .chain(m.schema.globals.iter())
-        .chain(m.tables.iter().flat_map(|t| t.chunks.iter()))
-        .collect()
+    [&m.schema.pre_data, &m.schema.post_data].into_iter().chain(m.schema.globals.iter()).chain(m.tables.iter().flat_map(|t| t.chunks.iter())).collect()
 }
 
 /// The format check of one repository: the manifest pair (already read),
@@ -125,10 +121,9 @@ pub async fn check_format(location: &str, read: &ManifestRead, source: Option<&B
                                 creates_tables = sql.contains("CREATE TABLE ");
                             }
                         }
-                        Err(_) => problems.push(format!(
-                            "{name} schema object {} in {location} does not decompress to SQL text",
-                            m.backup_id.key(&chunk.object)
-                        )),
+                        Err(_) => {
+                            problems.push(format!("{name} schema object {} in {location} does not decompress to SQL text", m.backup_id.key(&chunk.object)))
+                        }
                     },
                     Err(e) => problems.push(format!("{name} schema object: {}", e.user_line())),
                 }
@@ -137,10 +132,7 @@ pub async fn check_format(location: &str, read: &ManifestRead, source: Option<&B
     }
     // An incremental copies no table (its data is its parent chain and change range).
     if m.tables.is_empty() && creates_tables && m.kind != crate::repo::layout::BackupKind::Incremental {
-        problems.push(format!(
-            "manifest {} in {location} lists no tables, but its schema creates tables",
-            m.backup_id.manifest_key()
-        ));
+        problems.push(format!("manifest {} in {location} lists no tables, but its schema creates tables", m.backup_id.manifest_key()));
     }
     let listed: HashSet<&str> = m.objects.iter().map(|o| o.key.as_str()).collect();
     for c in all_chunks(m) {

@@ -140,7 +140,10 @@ pub async fn verify_archive(archive: &LegacyArchive, opts: &LegacyChecks) -> Bac
                 match outcome {
                     Ok(report) => {
                         problems.extend(report.problems.iter().map(|p| format!("{p} (restored into {place})")));
-                        summary = format!("restored into {place}: {} tables, {} rows, row counts equal to the archive's; dropped", report.tables_checked, report.rows);
+                        summary = format!(
+                            "restored into {place}: {} tables, {} rows, row counts equal to the archive's; dropped",
+                            report.tables_checked, report.rows
+                        );
                         details = tables.iter().map(|t| format!("table {}.{}: {} rows", t.schema, t.name, t.rows)).collect();
                     }
                     Err(e) => problems.push(format!("restore of {location} into scratch database {place} failed: {}", e.user_line())),
@@ -153,7 +156,12 @@ pub async fn verify_archive(archive: &LegacyArchive, opts: &LegacyChecks) -> Bac
                 checks.push(r);
                 scratch_database = Some(name);
             }
-            Err(e) => checks.push(CheckResult::from_problems(Check::Completeness, repo.clone(), "", vec![format!("cannot create a scratch database: {}", e.user_line())])),
+            Err(e) => checks.push(CheckResult::from_problems(
+                Check::Completeness,
+                repo.clone(),
+                "",
+                vec![format!("cannot create a scratch database: {}", e.user_line())],
+            )),
         }
     } else {
         checks.push(CheckResult::new(Check::Completeness, None, Status::Skip, "scratch restore not requested (--deep)"));

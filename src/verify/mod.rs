@@ -168,11 +168,8 @@ impl BackupVerification {
                 None => c.check.name().to_string(),
             })
             .collect();
-        Err(Error::new(
-            ErrorKind::CheckFailed,
-            format!("backup {} failed verification: {}", self.backup_id, failed.join(", ")),
-        )
-        .with_hint("the report above names each problem and object"))
+        Err(Error::new(ErrorKind::CheckFailed, format!("backup {} failed verification: {}", self.backup_id, failed.join(", ")))
+            .with_hint("the report above names each problem and object"))
     }
 }
 
@@ -184,12 +181,7 @@ mod tests {
     fn lines_and_result() {
         let ok = CheckResult::from_problems(Check::FileIntegrity, Some("s3://b/p".into()), "42 objects, 180 chunks", vec![]);
         assert_eq!(ok.line(), "PASS file-integrity s3://b/p: 42 objects, 180 chunks");
-        let bad = CheckResult::from_problems(
-            Check::FileIntegrity,
-            Some("/var/backups".into()),
-            "x",
-            (0..5).map(|i| format!("p{i}\nx")).collect(),
-        );
+        let bad = CheckResult::from_problems(Check::FileIntegrity, Some("/var/backups".into()), "x", (0..5).map(|i| format!("p{i}\nx")).collect());
         assert_eq!(bad.line(), "FAIL file-integrity /var/backups: p0 x; p1 x; p2 x; and 2 more");
         let skip = CheckResult::new(Check::Chains, None, Status::Skip, "none yet");
         assert_eq!(skip.line(), "SKIP chains: none yet");

@@ -82,11 +82,9 @@ pub async fn compare_counts(db: &DbSettings, tables: &[BackedUpCount], tolerance
         }
     }
     let summary = match &worst {
-        Some((name, diff, pct)) => format!(
-            "{} tables within {tolerance_pct}% of {}; largest difference {name} {diff:+} rows ({pct:.1}%)",
-            tables.len(),
-            db.display_target()
-        ),
+        Some((name, diff, pct)) => {
+            format!("{} tables within {tolerance_pct}% of {}; largest difference {name} {diff:+} rows ({pct:.1}%)", tables.len(), db.display_target())
+        }
         None => "the backup has no tables".to_string(),
     };
     let mut r = CheckResult::from_problems(Check::Production, None, summary, problems);

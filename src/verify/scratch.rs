@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::progress::ProgressCounters;
 use crate::repo::manifest::DatabaseInfo;
 use crate::restore::source::BackupSource;
-use crate::restore::verify::VerifyReport;
 use crate::restore::target;
+use crate::restore::verify::VerifyReport;
 
 /// The scratch server of `--scratch-db URL`: host, port, user, password and
 /// TLS from the URL (unset ones from `base`); the URL's database is ignored.

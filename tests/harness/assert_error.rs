@@ -11,11 +11,7 @@ use pgkeep::{Error, ErrorKind};
 
 /// Await `attempt`, expecting it to fail within `limit`; `what` names the
 /// attempt if it succeeds instead ("connect to host:port/db").
-pub async fn fails_within<T>(
-    limit: Duration,
-    what: impl Display,
-    attempt: impl Future<Output = Result<T, Error>>,
-) -> Error {
+pub async fn fails_within<T>(limit: Duration, what: impl Display, attempt: impl Future<Output = Result<T, Error>>) -> Error {
     let started = Instant::now();
     let result = attempt.await;
     let elapsed = started.elapsed();
@@ -23,23 +19,14 @@ pub async fn fails_within<T>(
         Ok(_) => panic!("{what} unexpectedly succeeded"),
         Err(e) => e,
     };
-    assert!(
-        elapsed < limit,
-        "{what} took {elapsed:?}: {}",
-        err.user_line()
-    );
+    assert!(elapsed < limit, "{what} took {elapsed:?}: {}", err.user_line());
     err
 }
 
 /// `err` is one line of `kind` that mentions every `must_contain` and none
 /// of `must_not_contain`, in that line or in its `Debug` form.
 #[track_caller]
-pub fn assert_one_line_error(
-    err: &Error,
-    kind: ErrorKind,
-    must_contain: &[&str],
-    must_not_contain: &[&str],
-) {
+pub fn assert_one_line_error(err: &Error, kind: ErrorKind, must_contain: &[&str], must_not_contain: &[&str]) {
     let line = err.user_line();
     eprintln!("{kind:?}: {line}");
     assert_eq!(err.kind(), kind, "wrong kind for: {line}");
@@ -49,10 +36,7 @@ pub fn assert_one_line_error(
     }
     for secret in must_not_contain {
         assert!(!line.contains(secret), "secret leaked: {line}");
-        assert!(
-            !format!("{err:?}").contains(secret),
-            "secret leaked in Debug: {err:?}"
-        );
+        assert!(!format!("{err:?}").contains(secret), "secret leaked in Debug: {err:?}");
     }
 }
 
@@ -67,9 +51,5 @@ pub fn assert_error(err: &Error, kind: ErrorKind, db: &DbSettings, needles: &[&s
 /// `err` has a hint that mentions `needle`.
 #[track_caller]
 pub fn assert_hint(err: &Error, needle: &str) {
-    assert!(
-        err.hint().unwrap_or_default().contains(needle),
-        "{:?}",
-        err.hint()
-    );
+    assert!(err.hint().unwrap_or_default().contains(needle), "{:?}", err.hint());
 }

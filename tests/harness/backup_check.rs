@@ -62,10 +62,7 @@ pub async fn read_back(storage: &dyn Storage, m: &BackupManifest) -> Vec<Vec<u8>
         let mut raw_all = Vec::new();
         let mut rows = 0;
         for c in &t.chunks {
-            let stored = storage
-                .get(&m.backup_id.key(&c.object), Some(c.offset..c.offset + c.stored_size))
-                .await
-                .unwrap();
+            let stored = storage.get(&m.backup_id.key(&c.object), Some(c.offset..c.offset + c.stored_size)).await.unwrap();
             assert_eq!(hex::encode(Sha256::digest(&stored)), c.stored_sha256);
             let raw = comp.decompress(&stored, c.raw_size as usize, "chunk").unwrap();
             assert_eq!(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&raw)), c.raw_xxh3);
@@ -82,4 +79,3 @@ pub async fn read_back(storage: &dyn Storage, m: &BackupManifest) -> Vec<Vec<u8>
     }
     out
 }
-

@@ -226,7 +226,12 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
                 .iter()
                 .map(|(id, (k, _, _))| format!("<Upload><Key>{k}</Key><UploadId>{id}</UploadId><Initiated>{}</Initiated></Upload>", now.to_rfc3339()))
                 .collect();
-            xml(StatusCode::OK, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>{bucket}</Bucket><IsTruncated>false</IsTruncated>{uploads}</ListMultipartUploadsResult>"))
+            xml(
+                StatusCode::OK,
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>{bucket}</Bucket><IsTruncated>false</IsTruncated>{uploads}</ListMultipartUploadsResult>"
+                ),
+            )
         }
         ("GET", true) => {
             let prefix = unescape(query_param(&query, "prefix").unwrap_or(""));
@@ -255,7 +260,12 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
             st.next_upload += 1;
             let id = format!("upload-{}", st.next_upload);
             st.uploads.insert(id.clone(), (key.clone(), headers.clone(), BTreeMap::new()));
-            xml(StatusCode::OK, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{key}</Key><UploadId>{id}</UploadId></InitiateMultipartUploadResult>"))
+            xml(
+                StatusCode::OK,
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{key}</Key><UploadId>{id}</UploadId></InitiateMultipartUploadResult>"
+                ),
+            )
         }
         ("PUT", false) if query_param(&query, "uploadId").is_some() => {
             let id = query_param(&query, "uploadId").unwrap_or("").to_string();
@@ -274,7 +284,12 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
                 Some((k, h, parts)) => {
                     let data: Vec<u8> = parts.values().flat_map(|p| p.iter().copied()).collect();
                     st.objects.insert(k.clone(), Object { data: Bytes::from(data), modified: now, retain_until: lock_of(&h) });
-                    xml(StatusCode::OK, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><CompleteMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{k}</Key><ETag>\"fake\"</ETag></CompleteMultipartUploadResult>"))
+                    xml(
+                        StatusCode::OK,
+                        format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><CompleteMultipartUploadResult><Bucket>{bucket}</Bucket><Key>{k}</Key><ETag>\"fake\"</ETag></CompleteMultipartUploadResult>"
+                        ),
+                    )
                 }
                 None => error(StatusCode::NOT_FOUND, "NoSuchUpload", "no such upload"),
             }

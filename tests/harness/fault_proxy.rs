@@ -127,9 +127,7 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Start a proxy in front of `upstream` on the current runtime.
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             upstream,
@@ -150,9 +148,7 @@ impl FaultProxy {
                 let shared = accept_shared.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(shared.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -168,12 +164,7 @@ impl FaultProxy {
     /// Rules are tried in the order they were injected.
     pub fn inject(&self, fault: Fault, times: usize, matcher: Matcher) -> Injected {
         let fired = Arc::new(AtomicUsize::new(0));
-        self.shared.rules.lock().unwrap().push(Rule {
-            fault,
-            matcher,
-            remaining: times,
-            fired: fired.clone(),
-        });
+        self.shared.rules.lock().unwrap().push(Rule { fault, matcher, remaining: times, fired: fired.clone() });
         Injected(fired)
     }
 
@@ -209,13 +200,7 @@ impl FaultProxy {
 
     /// Requests seen so far whose `METHOD path?query` line contains `needle`.
     pub fn count(&self, needle: &str) -> usize {
-        self.shared
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.shared.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
     }
 }
 
@@ -242,35 +227,21 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let _in_flight = InFlight::new(&shared);
     shared.seen.fetch_add(1, Ordering::SeqCst);
     let method = req.method().as_str().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let range = req
-        .headers()
-        .get("range")
-        .map(|r| format!(" range={}", r.to_str().unwrap_or("?")))
-        .unwrap_or_default();
-    shared
-        .log
-        .lock()
-        .unwrap()
-        .push(format!("{method} {}{range}", req.uri()));
+    let range = req.headers().get("range").map(|r| format!(" range={}", r.to_str().unwrap_or("?"))).unwrap_or_default();
+    shared.log.lock().unwrap().push(format!("{method} {}{range}", req.uri()));
 
     let fault = {
         let mut rules = shared.rules.lock().unwrap();
-        rules
-            .iter_mut()
-            .find(|r| r.remaining > 0 && r.matcher.matches(&method, &query))
-            .map(|r| {
-                r.remaining -= 1;
-                r.fired.fetch_add(1, Ordering::SeqCst);
-                r.fault
-            })
+        rules.iter_mut().find(|r| r.remaining > 0 && r.matcher.matches(&method, &query)).map(|r| {
+            r.remaining -= 1;
+            r.fired.fetch_add(1, Ordering::SeqCst);
+            r.fault
+        })
     };
     if fault.is_some() {
         shared.faults.fetch_add(1, Ordering::SeqCst);
@@ -285,22 +256,13 @@ async fn handle(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(error_response(503))
         }
-        Some(fault @ (Fault::Truncate(after) | Fault::StallBody(after))) => {
-            Ok(match forward(&shared, req).await {
-                Ok(resp) => resp.map(|body| {
-                    let stall = matches!(fault, Fault::StallBody(_));
-                    Truncated {
-                        inner: body,
-                        remaining: after,
-                        stall,
-                        pause: None,
-                        cut: false,
-                    }
-                    .boxed()
-                }),
-                Err(resp) => resp,
-            })
-        }
+        Some(fault @ (Fault::Truncate(after) | Fault::StallBody(after))) => Ok(match forward(&shared, req).await {
+            Ok(resp) => resp.map(|body| {
+                let stall = matches!(fault, Fault::StallBody(_));
+                Truncated { inner: body, remaining: after, stall, pause: None, cut: false }.boxed()
+            }),
+            Err(resp) => resp,
+        }),
         None => Ok(match forward(&shared, req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
             Err(resp) => resp,
@@ -310,24 +272,11 @@ async fn handle(
 
 /// Send `req` to the upstream with the same path, query, headers and body;
 /// a 502 answer when the upstream cannot be reached.
-async fn forward(
-    shared: &Shared,
-    req: Request<Incoming>,
-) -> Result<Response<Incoming>, Response<ProxyBody>> {
+async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = format!("http://{}{path}", shared.upstream)
-        .parse()
-        .expect("upstream uri");
-    match shared
-        .client
-        .request(Request::from_parts(parts, body))
-        .await
-    {
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = format!("http://{}{path}", shared.upstream).parse().expect("upstream uri");
+    match shared.client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => Ok(resp),
         Err(e) => {
             eprintln!("fault proxy cannot reach upstream {}: {e}", shared.upstream);
@@ -352,11 +301,7 @@ fn error_response(code: u16) -> Response<ProxyBody> {
     Response::builder()
         .status(status)
         .header("content-type", "application/xml")
-        .body(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
         .unwrap()
 }
 
@@ -376,22 +321,13 @@ impl Body for Truncated {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.cut {
             return Poll::Ready(None);
         }
         if self.remaining == 0 {
-            let wait = if self.stall {
-                Duration::from_secs(3600)
-            } else {
-                Duration::from_millis(200)
-            };
-            let pause = self
-                .pause
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+            let wait = if self.stall { Duration::from_secs(3600) } else { Duration::from_millis(200) };
+            let pause = self.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
             if pause.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }

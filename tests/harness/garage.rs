@@ -89,11 +89,7 @@ impl Garage {
         let bin = garage_bin();
         remove_stale_dirs();
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "{DIR_PREFIX}{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
+        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create Garage directory");
         fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).unwrap();
@@ -125,13 +121,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
 
         let log = fs::File::create(dir.join("garage.log")).expect("create garage.log");
         let mut cmd = Command::new(&bin);
-        cmd.arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "garage=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.arg("-c").arg(&config).arg("server").env("RUST_LOG", "garage=warn").stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         // SAFETY: prctl is async-signal-safe; the child dies with the thread
         // that spawned it, which lives as long as the test binary.
         unsafe {
@@ -142,8 +132,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
                 Ok(())
             });
         }
-        let child = spawn_from_parent_thread(cmd)
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = spawn_from_parent_thread(cmd).unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut garage = Garage {
             bin,
             pid: child.id(),
@@ -165,23 +154,10 @@ api_bind_addr = "127.0.0.1:{admin_port}"
             if self.try_cli(&["status"]).is_ok() {
                 break;
             }
-            if let Some(status) = self
-                .child
-                .lock()
-                .unwrap()
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "Garage exited during startup ({status}); log:\n{}",
-                    self.log_tail()
-                );
+            if let Some(status) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("Garage exited during startup ({status}); log:\n{}", self.log_tail());
             }
-            assert!(
-                Instant::now() < deadline,
-                "Garage did not answer `status` within 30 s; log:\n{}",
-                self.log_tail()
-            );
+            assert!(Instant::now() < deadline, "Garage did not answer `status` within 30 s; log:\n{}", self.log_tail());
             std::thread::sleep(Duration::from_millis(50));
         }
         let node = self.cli(&["node", "id", "-q"]);
@@ -194,13 +170,8 @@ api_bind_addr = "127.0.0.1:{admin_port}"
 
     /// Run a `garage` CLI command against this server; its stdout.
     pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.bin)
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run garage: {e}"))?;
+        let out =
+            Command::new(&self.bin).arg("-c").arg(&self.config).args(args).stdin(Stdio::null()).output().map_err(|e| format!("cannot run garage: {e}"))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -216,8 +187,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
 
     /// Like [`Garage::try_cli`], panicking with the server log on failure.
     pub fn cli(&self, args: &[&str]) -> String {
-        self.try_cli(args)
-            .unwrap_or_else(|e| panic!("{e}\nGarage log:\n{}", self.log_tail()))
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}\nGarage log:\n{}", self.log_tail()))
     }
 
     /// Create `name` and let the test key read, write and own it. Retries for
@@ -227,30 +197,17 @@ api_bind_addr = "127.0.0.1:{admin_port}"
         loop {
             match self.try_cli(&["bucket", "create", name]) {
                 Ok(_) => break,
-                Err(e) if Instant::now() < deadline && !e.contains("already") => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
+                Err(e) if Instant::now() < deadline && !e.contains("already") => std::thread::sleep(Duration::from_millis(100)),
                 Err(e) => panic!("{e}\nGarage log:\n{}", self.log_tail()),
             }
         }
-        self.cli(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            name,
-            "--key",
-            &self.access_key,
-        ]);
+        self.cli(&["bucket", "allow", "--read", "--write", "--owner", name, "--key", &self.access_key]);
     }
 
     /// Create a bucket with a unique name starting with `label`; its name.
     pub fn unique_bucket(&self, label: &str) -> String {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!("{label}-{}", SEQ.fetch_add(1, Ordering::SeqCst))
-            .to_ascii_lowercase()
-            .replace('_', "-");
+        let name = format!("{label}-{}", SEQ.fetch_add(1, Ordering::SeqCst)).to_ascii_lowercase().replace('_', "-");
         self.create_bucket(&name);
         name
     }
@@ -317,13 +274,7 @@ api_bind_addr = "127.0.0.1:{admin_port}"
     /// A raw SDK client for this server, to look behind the backend's back
     /// (user metadata, multipart uploads).
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        let creds = aws_sdk_s3::config::Credentials::new(
-            &self.access_key,
-            &self.secret_key,
-            None,
-            None,
-            "garage-harness",
-        );
+        let creds = aws_sdk_s3::config::Credentials::new(&self.access_key, &self.secret_key, None, None, "garage-harness");
         let conf = aws_sdk_s3::config::Builder::new()
             .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(REGION))
@@ -381,20 +332,13 @@ fn garage_bin() -> PathBuf {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Three distinct free loopback ports.
 fn free_ports() -> [u16; 3] {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
+    let listeners: Vec<TcpListener> = (0..3).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
     [ports[0], ports[1], ports[2]]
 }
 
@@ -418,11 +362,7 @@ fn spawn_from_parent_thread(cmd: Command) -> std::io::Result<Child> {
         Mutex::new(tx)
     });
     let (reply_tx, reply_rx) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap()
-        .send((cmd, reply_tx))
-        .expect("garage parent thread is gone");
+    spawner.lock().unwrap().send((cmd, reply_tx)).expect("garage parent thread is gone");
     reply_rx.recv().expect("garage parent thread is gone")
 }
 
@@ -435,18 +375,12 @@ fn remove_stale_dirs() {
         if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
             continue;
         }
-        let owner = fs::read_to_string(entry.path().join(OWNER_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
+        let owner = fs::read_to_string(entry.path().join(OWNER_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok());
         let stale = match owner {
             // SAFETY: kill with signal 0 only checks that the pid exists.
             Some(pid) => (unsafe { libc::kill(pid, 0) }) != 0,
             // No owner file: being created right now, unless it is old.
-            None => entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600))
-                .unwrap_or(false),
+            None => entry.metadata().and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600)).unwrap_or(false),
         };
         if stale {
             let _ = fs::remove_dir_all(entry.path());

@@ -3,14 +3,14 @@
 //! `mod harness;` and uses the parts it needs.
 #![allow(dead_code)]
 
-pub mod garage;
 pub mod assert_error;
 pub mod backup_check;
-pub mod fault_proxy;
 pub mod fake_s3;
+pub mod fault_proxy;
+pub mod garage;
 pub mod pitr_db;
 pub mod postgres;
 pub mod storage_conformance;
-pub mod supabase;
 pub mod streaming;
+pub mod supabase;
 pub mod versions;

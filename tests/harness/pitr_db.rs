@@ -28,10 +28,7 @@ pub struct State {
 
 pub async fn state(client: &tokio_postgres::Client) -> State {
     let tables: Vec<String> = client
-        .query(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-            &[],
-        )
+        .query("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
         .await
         .unwrap()
         .iter()

@@ -129,19 +129,11 @@ impl PgCluster {
             None => bindir().to_path_buf(),
         };
         // From here on, a panic drops `cluster`, which removes the directory.
-        let mut cluster = PgCluster {
-            dir: make_cluster_dir(),
-            bindir: bindir.clone(),
-            port: 0,
-            tls: options.tls,
-            ca_cert: None,
-            server_env: options.server_env.clone(),
-        };
+        let mut cluster =
+            PgCluster { dir: make_cluster_dir(), bindir: bindir.clone(), port: 0, tls: options.tls, ca_cert: None, server_env: options.server_env.clone() };
         write_owned(&cluster.dir.join(BINDIR_FILE), bindir.as_os_str().as_encoded_bytes(), 0o644);
         cluster.init();
-        cluster.ca_cert = options
-            .tls
-            .map(|_| cluster.write_tls_files(&options.cert_names));
+        cluster.ca_cert = options.tls.map(|_| cluster.write_tls_files(&options.cert_names));
         cluster.write_config(&options);
         cluster.launch();
         register_live(&cluster.dir);
@@ -207,11 +199,7 @@ impl PgCluster {
     pub async fn client(&self, dbname: &str) -> tokio_postgres::Client {
         match pgkeep::pg::connect(&self.superuser_settings(dbname)).await {
             Ok(conn) => conn.client,
-            Err(e) => panic!(
-                "harness: cannot connect to {dbname} on port {}: {}",
-                self.port,
-                e.user_line()
-            ),
+            Err(e) => panic!("harness: cannot connect to {dbname} on port {}: {}", self.port, e.user_line()),
         }
     }
 
@@ -226,33 +214,16 @@ impl PgCluster {
     /// Create a database named after `prefix`, unique in this cluster, and return its name.
     pub async fn fresh_db(&self, prefix: &str) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(1);
-        let mut stem: String = prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let mut stem: String = prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
         stem.truncate(40);
         let name = format!("{stem}_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        self.execute(
-            "postgres",
-            &format!("CREATE DATABASE {}", quote_ident(&name)),
-        )
-        .await;
+        self.execute("postgres", &format!("CREATE DATABASE {}", quote_ident(&name))).await;
         name
     }
 
     /// Create a login role with `password` and extra attributes (`"REPLICATION"`, `"SUPERUSER"`, `""`).
     pub async fn create_role(&self, name: &str, password: &str, attrs: &str) {
-        let sql = format!(
-            "CREATE ROLE {} WITH LOGIN {attrs} PASSWORD {}",
-            quote_ident(name),
-            quote_literal(password)
-        );
+        let sql = format!("CREATE ROLE {} WITH LOGIN {attrs} PASSWORD {}", quote_ident(name), quote_literal(password));
         self.execute("postgres", &sql).await;
     }
 
@@ -264,15 +235,7 @@ impl PgCluster {
             .server_command("initdb")
             .arg("-D")
             .arg(self.data_dir())
-            .args([
-                "-U",
-                SUPERUSER,
-                "-A",
-                "scram-sha-256",
-                "--no-sync",
-                "--encoding=UTF8",
-                "--locale=C",
-            ])
+            .args(["-U", SUPERUSER, "-A", "scram-sha-256", "--no-sync", "--encoding=UTF8", "--locale=C"])
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .expect("harness: cannot run initdb");
@@ -282,11 +245,7 @@ impl PgCluster {
 
     /// Generate a CA and a server certificate for `names`; returns the CA PEM path.
     fn write_tls_files(&self, names: &[String]) -> PathBuf {
-        let names = if names.is_empty() {
-            vec!["localhost".to_string(), "127.0.0.1".to_string()]
-        } else {
-            names.to_vec()
-        };
+        let names = if names.is_empty() { vec!["localhost".to_string(), "127.0.0.1".to_string()] } else { names.to_vec() };
         let ca = TestCa::generate("pgkeep harness CA");
         let (cert_pem, key_pem) = ca.server_cert(&names);
         write_owned(&self.dir.join("server.crt"), cert_pem.as_bytes(), 0o644);
@@ -313,22 +272,12 @@ impl PgCluster {
         ];
         if options.tls.is_some() {
             conf.push("ssl = on".into());
-            conf.push(format!(
-                "ssl_cert_file = '{}'",
-                self.dir.join("server.crt").display()
-            ));
-            conf.push(format!(
-                "ssl_key_file = '{}'",
-                self.dir.join("server.key").display()
-            ));
+            conf.push(format!("ssl_cert_file = '{}'", self.dir.join("server.crt").display()));
+            conf.push(format!("ssl_key_file = '{}'", self.dir.join("server.key").display()));
         }
         conf.extend(options.extra_conf.iter().cloned());
-        let mut file = fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .expect("harness: cannot open postgresql.conf");
-        writeln!(file, "\n# pgkeep test harness\n{}", conf.join("\n"))
-            .expect("harness: cannot write postgresql.conf");
+        let mut file = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("harness: cannot open postgresql.conf");
+        writeln!(file, "\n# pgkeep test harness\n{}", conf.join("\n")).expect("harness: cannot write postgresql.conf");
 
         let host = match options.tls {
             Some(TlsMode::Required) => "hostssl",
@@ -388,17 +337,11 @@ impl PgCluster {
             }
             let log_text = fs::read_to_string(&log).unwrap_or_default();
             if !log_text.contains("could not bind") && !log_text.contains("already in use") {
-                panic!(
-                    "harness: pg_ctl start failed: {}\n--- server log ---\n{log_text}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                panic!("harness: pg_ctl start failed: {}\n--- server log ---\n{log_text}", String::from_utf8_lossy(&out.stderr));
             }
             last = Some(log_text);
         }
-        panic!(
-            "harness: no free port after 5 attempts\n{}",
-            last.unwrap_or_default()
-        );
+        panic!("harness: no free port after 5 attempts\n{}", last.unwrap_or_default());
     }
 
     /// A command for a server binary, run as the `postgres` user when we are root.
@@ -428,43 +371,24 @@ impl TestCa {
     /// A new self-signed CA named `common_name`.
     pub fn generate(common_name: &str) -> TestCa {
         let key = rcgen::KeyPair::generate().expect("harness: cannot generate CA key");
-        let mut params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).expect("harness: CA params");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("harness: CA params");
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params
-            .self_signed(&key)
-            .expect("harness: cannot self-sign CA");
-        TestCa {
-            cert_pem: cert.pem(),
-            params,
-            key,
-        }
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).expect("harness: cannot self-sign CA");
+        TestCa { cert_pem: cert.pem(), params, key }
     }
 
     /// A server certificate for `names` (DNS names or IP addresses): (cert PEM, key PEM).
     pub fn server_cert(&self, names: &[String]) -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("harness: cannot generate server key");
-        let mut params =
-            rcgen::CertificateParams::new(names.to_vec()).expect("harness: bad certificate name");
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).expect("harness: bad certificate name");
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            names.first().map(String::as_str).unwrap_or("server"),
-        );
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().map(String::as_str).unwrap_or("server"));
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .expect("harness: cannot sign server certificate");
+        let cert = params.signed_by(&key, &issuer).expect("harness: cannot sign server certificate");
         (cert.pem(), key.serialize_pem())
     }
 
@@ -494,9 +418,8 @@ pub fn pg_cache_dir() -> PathBuf {
     if run_as().is_some() {
         return PathBuf::from("/var/cache/pgkeep/pg");
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    let cache =
+        std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
     cache.join("pgkeep/pg")
 }
 
@@ -539,11 +462,7 @@ pub fn bindir() -> &'static Path {
         }
         if let Some(dir) = std::env::var_os("PG_BINDIR") {
             let dir = PathBuf::from(dir);
-            assert!(
-                has_server(&dir),
-                "harness: PG_BINDIR={} has no initdb and postgres",
-                dir.display()
-            );
+            assert!(has_server(&dir), "harness: PG_BINDIR={} has no initdb and postgres", dir.display());
             return dir;
         }
         if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
@@ -565,10 +484,7 @@ pub fn bindir() -> &'static Path {
             })
             .collect();
         versions.sort();
-        versions
-            .pop()
-            .map(|(_, dir)| dir)
-            .expect("harness: no PostgreSQL server binaries (set PG_BINDIR)")
+        versions.pop().map(|(_, dir)| dir).expect("harness: no PostgreSQL server binaries (set PG_BINDIR)")
     })
 }
 
@@ -584,10 +500,7 @@ fn run_as() -> Option<(u32, u32)> {
         // SAFETY: getpwnam returns null or a pointer to a static passwd
         // record, read at once; this runs once, under the OnceLock.
         let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-        assert!(
-            !pw.is_null(),
-            "harness: running as root but there is no `postgres` OS user"
-        );
+        assert!(!pw.is_null(), "harness: running as root but there is no `postgres` OS user");
         // SAFETY: checked non-null above.
         let pw = unsafe { &*pw };
         Some((pw.pw_uid, pw.pw_gid))
@@ -597,15 +510,7 @@ fn run_as() -> Option<(u32, u32)> {
 fn server_command(bindir: &Path, dir: &Path, name: &str) -> Command {
     let mut cmd = Command::new(bindir.join(name));
     cmd.current_dir(dir);
-    for var in [
-        "PGDATA",
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGDATABASE",
-        "PGOPTIONS",
-        "PGPASSWORD",
-    ] {
+    for var in ["PGDATA", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGOPTIONS", "PGPASSWORD"] {
         cmd.env_remove(var);
     }
     if let Some((uid, gid)) = run_as() {
@@ -617,15 +522,13 @@ fn server_command(bindir: &Path, dir: &Path, name: &str) -> Command {
 /// Make `path` owned by the server user (a no-op when not root).
 fn chown_to_server_user(path: &Path) {
     if let Some((uid, gid)) = run_as() {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .unwrap_or_else(|e| panic!("harness: cannot chown {}: {e}", path.display()));
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("harness: cannot chown {}: {e}", path.display()));
     }
 }
 
 /// Write a file the server user owns, with `mode`.
 fn write_owned(path: &Path, contents: &[u8], mode: u32) {
-    fs::write(path, contents)
-        .unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", path.display()));
+    fs::write(path, contents).unwrap_or_else(|e| panic!("harness: cannot write {}: {e}", path.display()));
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("harness: chmod");
     chown_to_server_user(path);
 }
@@ -633,13 +536,8 @@ fn write_owned(path: &Path, contents: &[u8], mode: u32) {
 /// A new cluster directory in /tmp, mode 0700, owned by the server user,
 /// with our pid in it so a later run can tell when it was left behind.
 fn make_cluster_dir() -> PathBuf {
-    let dir = tempfile::Builder::new()
-        .prefix(DIR_PREFIX)
-        .tempdir_in("/tmp")
-        .expect("harness: cannot create a directory in /tmp")
-        .keep();
-    fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
-        .expect("harness: cannot write owner file");
+    let dir = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir_in("/tmp").expect("harness: cannot create a directory in /tmp").keep();
+    fs::write(dir.join(OWNER_FILE), std::process::id().to_string()).expect("harness: cannot write owner file");
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("harness: chmod");
     chown_to_server_user(&dir);
     dir
@@ -647,10 +545,7 @@ fn make_cluster_dir() -> PathBuf {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("harness: cannot find a free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("harness: cannot find a free port")
 }
 
 fn check(out: &Output, what: &str) {
@@ -667,11 +562,7 @@ fn check(out: &Output, what: &str) {
 fn stop_and_remove(bindir: &Path, dir: &Path) {
     let data = dir.join("data");
     if data.join("postmaster.pid").exists() {
-        let _ = server_command(bindir, dir, "pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .args(["-m", "immediate", "-w", "-t", "30", "stop"])
-            .output();
+        let _ = server_command(bindir, dir, "pg_ctl").arg("-D").arg(&data).args(["-m", "immediate", "-w", "-t", "30", "stop"]).output();
     }
     let _ = fs::remove_dir_all(dir);
 }
@@ -707,11 +598,7 @@ extern "C" fn stop_live_clusters() {
 
 /// The server binaries the cluster in `dir` was started with ([`BINDIR_FILE`]), else [`bindir`].
 fn cluster_bindir(dir: &Path) -> PathBuf {
-    fs::read_to_string(dir.join(BINDIR_FILE))
-        .ok()
-        .map(PathBuf::from)
-        .filter(|d| has_server(d))
-        .unwrap_or_else(|| bindir().to_path_buf())
+    fs::read_to_string(dir.join(BINDIR_FILE)).ok().map(PathBuf::from).filter(|d| has_server(d)).unwrap_or_else(|| bindir().to_path_buf())
 }
 
 /// Stop and remove clusters whose owning test process no longer exists (a
@@ -726,15 +613,11 @@ fn stop_stale_clusters() {
             continue;
         }
         let dir = entry.path();
-        let Some(pid) = fs::read_to_string(dir.join(OWNER_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        else {
+        let Some(pid) = fs::read_to_string(dir.join(OWNER_FILE)).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
             continue;
         };
         // SAFETY: signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        let alive = unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
         if !alive {
             stop_and_remove(&cluster_bindir(&dir), &dir);
         }

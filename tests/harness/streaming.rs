@@ -38,11 +38,7 @@ pub fn start(settings: &Settings, opts: StreamOptions) -> Running {
 /// Resolve its shutdown future and wait for its report (panics on an error).
 pub async fn stop(running: Running) -> StreamReport {
     let _ = running.stop.send(());
-    tokio::time::timeout(WAIT, running.task)
-        .await
-        .expect("stream stops")
-        .unwrap()
-        .unwrap_or_else(|e| panic!("stream: {}", e.user_line()))
+    tokio::time::timeout(WAIT, running.task).await.expect("stream stops").unwrap().unwrap_or_else(|e| panic!("stream: {}", e.user_line()))
 }
 
 /// SQL condition: the slot's creation finished. While `CREATE_REPLICATION_SLOT`
@@ -58,14 +54,7 @@ pub async fn wait_for_slot(client: &tokio_postgres::Client, slot: &str, active: 
     let deadline = tokio::time::Instant::now() + WAIT;
     let sql = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND {SLOT_READY} AND ($2::bool IS NULL OR active = $2)");
     loop {
-        let n: i64 = client
-            .query_one(
-                &sql,
-                &[&slot, &active],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = client.query_one(&sql, &[&slot, &active]).await.unwrap().get(0);
         if n == 1 {
             return;
         }

@@ -63,13 +63,7 @@ pub fn pgkeep(cluster: &PgCluster, db: &str, repo: &Path) -> Command {
 /// Run `cmd`; panics with its output unless it succeeds.
 pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run pgkeep {what}: {e}"));
-    assert!(
-        out.status.success(),
-        "pgkeep {what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "pgkeep {what} failed ({}):\n{}\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
 }
 

@@ -60,10 +60,8 @@ impl HttpSink {
                     match reply {
                         Reply::Status(code) => {
                             let body = if code == 200 { "ok" } else { "boom" };
-                            let resp = format!(
-                                "HTTP/1.1 {code} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                                body.len()
-                            );
+                            let resp =
+                                format!("HTTP/1.1 {code} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
                             let _ = sock.write_all(resp.as_bytes()).await;
                             let _ = sock.shutdown().await;
                         }
@@ -102,10 +100,7 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<HttpRequest> {
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-        .unwrap_or(0);
+    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
     while buf.len() < head_end + len {
         let n = sock.read(&mut chunk).await.ok()?;
         if n == 0 {
@@ -169,12 +164,7 @@ impl SmtpSink {
     }
 }
 
-async fn smtp_session(
-    sock: tokio::net::TcpStream,
-    accept_auth: bool,
-    mails: Arc<Mutex<Vec<Mail>>>,
-    commands: Arc<Mutex<Vec<String>>>,
-) -> std::io::Result<()> {
+async fn smtp_session(sock: tokio::net::TcpStream, accept_auth: bool, mails: Arc<Mutex<Vec<Mail>>>, commands: Arc<Mutex<Vec<String>>>) -> std::io::Result<()> {
     let (r, mut w) = sock.into_split();
     let mut lines = BufReader::new(r).lines();
     w.write_all(b"220 sink.local ESMTP ready\r\n").await?;
@@ -238,11 +228,7 @@ impl LogCapture {
     pub fn install() -> (LogCapture, tracing::subscriber::DefaultGuard) {
         let cap = LogCapture::default();
         let writer = cap.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish();
         (cap.clone(), tracing::subscriber::set_default(subscriber))
     }
 

@@ -99,11 +99,8 @@ impl Applier {
         for r in &current {
             let ord: i64 = r.get(0);
             let (_, patch) = list.get((ord - 1) as usize).ok_or_else(|| Error::internal("a rewritten row's ordinal is out of range"))?;
-            let row: Vec<Value> = patch
-                .iter()
-                .enumerate()
-                .map(|(i, p)| p.clone().unwrap_or_else(|| r.get::<_, Option<String>>(i + 1).map(Bytes::from)))
-                .collect();
+            let row: Vec<Value> =
+                patch.iter().enumerate().map(|(i, p)| p.clone().unwrap_or_else(|| r.get::<_, Option<String>>(i + 1).map(Bytes::from))).collect();
             sql::copy_row(&mut rows, &row);
         }
         Ok((rows, list.len() as u64))
@@ -166,10 +163,7 @@ impl Applier {
     /// Run a statement whose parameters are `text[]`s.
     pub(super) async fn run(&self, stmt: &str, params: &[Vec<Option<&str>>], t: &Target) -> Result<u64> {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.client
-            .execute(stmt, &refs)
-            .await
-            .map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))
+        self.client.execute(stmt, &refs).await.map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))
     }
 
     pub(super) async fn copy(&self, t: &Target, rows: Bytes, n: u64) -> Result<()> {

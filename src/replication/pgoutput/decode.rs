@@ -8,8 +8,8 @@ use std::fmt;
 use bytes::Bytes;
 
 use super::{
-    Begin, Column, Commit, DataType, Delete, Insert, LogicalMessage, OldTuple, Origin,
-    PgOutputMessage, PgTimestamp, Relation, ReplicaIdentity, Truncate, TupleValue, Update,
+    Begin, Column, Commit, DataType, Delete, Insert, LogicalMessage, OldTuple, Origin, PgOutputMessage, PgTimestamp, Relation, ReplicaIdentity, Truncate,
+    TupleValue, Update,
 };
 use crate::lsn::Lsn;
 
@@ -57,10 +57,7 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Empty => f.write_str("empty pgoutput message"),
             DecodeError::Truncated { message, offset } => {
-                write!(
-                    f,
-                    "pgoutput {message} message ends inside the field at byte {offset}"
-                )
+                write!(f, "pgoutput {message} message ends inside the field at byte {offset}")
             }
             DecodeError::TrailingBytes { message, count } => {
                 write!(f, "pgoutput {message} message has {count} trailing bytes")
@@ -68,11 +65,7 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownTag(tag) => {
                 write!(f, "unknown pgoutput message tag {}", show_byte(*tag))
             }
-            DecodeError::Unsupported {
-                tag,
-                message,
-                version,
-            } => write!(
+            DecodeError::Unsupported { tag, message, version } => write!(
                 f,
                 "pgoutput {message} message ({}) belongs to protocol version {version}; \
                  pgkeep asks for version 1",
@@ -89,11 +82,7 @@ impl std::error::Error for DecodeError {}
 
 /// `'x'` for printable ASCII, `0x07` otherwise.
 fn show_byte(byte: u8) -> String {
-    if byte.is_ascii_graphic() {
-        format!("'{}'", char::from(byte))
-    } else {
-        format!("0x{byte:02x}")
-    }
+    if byte.is_ascii_graphic() { format!("'{}'", char::from(byte)) } else { format!("0x{byte:02x}") }
 }
 
 /// Decode one pgoutput message (an XLogData payload), copying column values
@@ -110,13 +99,7 @@ pub fn decode_shared(payload: &Bytes) -> Result<PgOutputMessage, DecodeError> {
 
 /// The name of the message with `tag`, or why it cannot be decoded.
 fn message_name(tag: u8) -> Result<&'static str, DecodeError> {
-    let unsupported = |message, version| {
-        Err(DecodeError::Unsupported {
-            tag,
-            message,
-            version,
-        })
-    };
+    let unsupported = |message, version| Err(DecodeError::Unsupported { tag, message, version });
     Ok(match tag {
         b'B' => "Begin",
         b'C' => "Commit",
@@ -143,49 +126,23 @@ fn message_name(tag: u8) -> Result<&'static str, DecodeError> {
 
 fn decode_with(payload: &[u8], shared: Option<&Bytes>) -> Result<PgOutputMessage, DecodeError> {
     let (&tag, _) = payload.split_first().ok_or(DecodeError::Empty)?;
-    let mut r = Reader {
-        buf: payload,
-        pos: 1,
-        message: message_name(tag)?,
-        shared,
-    };
+    let mut r = Reader { buf: payload, pos: 1, message: message_name(tag)?, shared };
     let message = match tag {
-        b'B' => PgOutputMessage::Begin(Begin {
-            final_lsn: r.lsn()?,
-            commit_time: r.timestamp()?,
-            xid: r.u32()?,
-        }),
-        b'C' => PgOutputMessage::Commit(Commit {
-            flags: r.u8()?,
-            commit_lsn: r.lsn()?,
-            end_lsn: r.lsn()?,
-            commit_time: r.timestamp()?,
-        }),
-        b'O' => PgOutputMessage::Origin(Origin {
-            commit_lsn: r.lsn()?,
-            name: r.string("origin name")?,
-        }),
+        b'B' => PgOutputMessage::Begin(Begin { final_lsn: r.lsn()?, commit_time: r.timestamp()?, xid: r.u32()? }),
+        b'C' => PgOutputMessage::Commit(Commit { flags: r.u8()?, commit_lsn: r.lsn()?, end_lsn: r.lsn()?, commit_time: r.timestamp()? }),
+        b'O' => PgOutputMessage::Origin(Origin { commit_lsn: r.lsn()?, name: r.string("origin name")? }),
         b'R' => PgOutputMessage::Relation(r.relation()?),
-        b'Y' => PgOutputMessage::Type(DataType {
-            id: r.u32()?,
-            namespace: r.string("namespace")?,
-            name: r.string("type name")?,
-        }),
+        b'Y' => PgOutputMessage::Type(DataType { id: r.u32()?, namespace: r.string("namespace")?, name: r.string("type name")? }),
         b'I' => {
             let relation_id = r.u32()?;
             r.expect_new_tuple_marker()?;
-            PgOutputMessage::Insert(Insert {
-                relation_id,
-                new_tuple: r.tuple()?,
-            })
+            PgOutputMessage::Insert(Insert { relation_id, new_tuple: r.tuple()? })
         }
         b'U' => PgOutputMessage::Update(r.update()?),
         b'D' => {
             let relation_id = r.u32()?;
             let marker = r.u8()?;
-            let old = r.old_tuple(marker)?.ok_or_else(|| {
-                r.invalid(format!("expected 'K' or 'O', found {}", show_byte(marker)))
-            })?;
+            let old = r.old_tuple(marker)?.ok_or_else(|| r.invalid(format!("expected 'K' or 'O', found {}", show_byte(marker))))?;
             PgOutputMessage::Delete(Delete { relation_id, old })
         }
         b'T' => PgOutputMessage::Truncate(r.truncate()?),
@@ -207,17 +164,11 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// The payload ends inside the field starting at the current position.
     fn truncated(&self) -> DecodeError {
-        DecodeError::Truncated {
-            message: self.message,
-            offset: self.pos,
-        }
+        DecodeError::Truncated { message: self.message, offset: self.pos }
     }
 
     fn invalid(&self, problem: String) -> DecodeError {
-        DecodeError::Invalid {
-            message: self.message,
-            problem,
-        }
+        DecodeError::Invalid { message: self.message, problem }
     }
 
     fn rest(&self) -> &'a [u8] {
@@ -264,8 +215,7 @@ impl<'a> Reader<'a> {
         let rest = self.rest();
         let end = memchr::memchr(0, rest).ok_or_else(|| self.truncated())?;
         let bytes = rest.get(..end).unwrap_or_default();
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| self.invalid(format!("the {what} is not valid UTF-8")))?;
+        let text = std::str::from_utf8(bytes).map_err(|_| self.invalid(format!("the {what} is not valid UTF-8")))?;
         self.pos += end + 1;
         Ok(text.to_string())
     }
@@ -282,8 +232,7 @@ impl<'a> Reader<'a> {
     /// An Int32 length, then that many bytes.
     fn counted_bytes(&mut self, what: &str) -> Result<Bytes, DecodeError> {
         let len = self.i32()?;
-        let len = usize::try_from(len)
-            .map_err(|_| self.invalid(format!("negative {what} length {len}")))?;
+        let len = usize::try_from(len).map_err(|_| self.invalid(format!("negative {what} length {len}")))?;
         self.bytes(len)
     }
 
@@ -295,10 +244,7 @@ impl<'a> Reader<'a> {
     fn finish(&self) -> Result<(), DecodeError> {
         match self.rest().len() {
             0 => Ok(()),
-            count => Err(DecodeError::TrailingBytes {
-                message: self.message,
-                count,
-            }),
+            count => Err(DecodeError::TrailingBytes { message: self.message, count }),
         }
     }
 
@@ -307,28 +253,15 @@ impl<'a> Reader<'a> {
         let namespace = self.string("namespace")?;
         let name = self.string("relation name")?;
         let identity = self.u8()?;
-        let replica_identity = ReplicaIdentity::from_byte(identity).ok_or_else(|| {
-            self.invalid(format!("unknown replica identity {}", show_byte(identity)))
-        })?;
+        let replica_identity = ReplicaIdentity::from_byte(identity).ok_or_else(|| self.invalid(format!("unknown replica identity {}", show_byte(identity))))?;
         let raw = self.i16()?;
         let count = self.count(raw.into(), "column")?;
         // A column takes at least 10 bytes (flags, empty name, oid, modifier).
         let mut columns = Vec::with_capacity(count.min(self.rest().len() / 10));
         for _ in 0..count {
-            columns.push(Column {
-                flags: self.u8()?,
-                name: self.string("column name")?,
-                type_oid: self.u32()?,
-                type_modifier: self.i32()?,
-            });
+            columns.push(Column { flags: self.u8()?, name: self.string("column name")?, type_oid: self.u32()?, type_modifier: self.i32()? });
         }
-        Ok(Relation {
-            id,
-            namespace,
-            name,
-            replica_identity,
-            columns,
-        })
+        Ok(Relation { id, namespace, name, replica_identity, columns })
     }
 
     /// TupleData: Int16 column count, then one kind byte (and maybe a
@@ -375,18 +308,11 @@ impl<'a> Reader<'a> {
         match (&old, marker) {
             (None, b'N') => {}
             (None, other) => {
-                return Err(self.invalid(format!(
-                    "expected 'K', 'O' or 'N', found {}",
-                    show_byte(other)
-                )));
+                return Err(self.invalid(format!("expected 'K', 'O' or 'N', found {}", show_byte(other))));
             }
             (Some(_), _) => self.expect_new_tuple_marker()?,
         }
-        Ok(Update {
-            relation_id,
-            old,
-            new_tuple: self.tuple()?,
-        })
+        Ok(Update { relation_id, old, new_tuple: self.tuple()? })
     }
 
     fn truncate(&mut self) -> Result<Truncate, DecodeError> {
@@ -397,10 +323,7 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             relation_ids.push(self.u32()?);
         }
-        Ok(Truncate {
-            options,
-            relation_ids,
-        })
+        Ok(Truncate { options, relation_ids })
     }
 
     fn logical_message(&mut self) -> Result<LogicalMessage, DecodeError> {
@@ -409,11 +332,6 @@ impl<'a> Reader<'a> {
             1 => true,
             other => return Err(self.invalid(format!("unknown flags {other}"))),
         };
-        Ok(LogicalMessage {
-            transactional,
-            lsn: self.lsn()?,
-            prefix: self.string("prefix")?,
-            content: self.counted_bytes("content")?,
-        })
+        Ok(LogicalMessage { transactional, lsn: self.lsn()?, prefix: self.string("prefix")?, content: self.counted_bytes("content")? })
     }
 }

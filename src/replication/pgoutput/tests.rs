@@ -58,12 +58,7 @@ fn begin() -> Vec<u8> {
 }
 
 fn commit() -> Vec<u8> {
-    Payload::tag(b'C')
-        .u8(0)
-        .u64(LSN_A)
-        .u64(LSN_B)
-        .u64(TS as u64)
-        .0
+    Payload::tag(b'C').u8(0).u64(LSN_A).u64(LSN_B).u64(TS as u64).0
 }
 
 fn origin() -> Vec<u8> {
@@ -71,21 +66,7 @@ fn origin() -> Vec<u8> {
 }
 
 fn relation() -> Vec<u8> {
-    Payload::tag(b'R')
-        .u32(16_384)
-        .cstr("public")
-        .cstr("items")
-        .u8(b'f')
-        .i16(2)
-        .u8(1)
-        .cstr("id")
-        .u32(23)
-        .i32(-1)
-        .u8(0)
-        .cstr("note")
-        .u32(1043)
-        .i32(68)
-        .0
+    Payload::tag(b'R').u32(16_384).cstr("public").cstr("items").u8(b'f').i16(2).u8(1).cstr("id").u32(23).i32(-1).u8(0).cstr("note").u32(1043).i32(68).0
 }
 
 fn data_type() -> Vec<u8> {
@@ -93,66 +74,23 @@ fn data_type() -> Vec<u8> {
 }
 
 fn insert() -> Vec<u8> {
-    Payload::tag(b'I')
-        .u32(16_384)
-        .u8(b'N')
-        .i16(4)
-        .text("42")
-        .u8(b'n')
-        .u8(b'u')
-        .u8(b'b')
-        .i32(3)
-        .raw(&[0, 1, 2])
-        .0
+    Payload::tag(b'I').u32(16_384).u8(b'N').i16(4).text("42").u8(b'n').u8(b'u').u8(b'b').i32(3).raw(&[0, 1, 2]).0
 }
 
 fn update_plain() -> Vec<u8> {
-    Payload::tag(b'U')
-        .u32(16_384)
-        .u8(b'N')
-        .i16(3)
-        .text("1")
-        .text("changed")
-        .u8(b'u')
-        .0
+    Payload::tag(b'U').u32(16_384).u8(b'N').i16(3).text("1").text("changed").u8(b'u').0
 }
 
 fn update_key() -> Vec<u8> {
-    Payload::tag(b'U')
-        .u32(16_384)
-        .u8(b'K')
-        .i16(2)
-        .text("1")
-        .u8(b'n')
-        .u8(b'N')
-        .i16(2)
-        .text("2")
-        .text("x")
-        .0
+    Payload::tag(b'U').u32(16_384).u8(b'K').i16(2).text("1").u8(b'n').u8(b'N').i16(2).text("2").text("x").0
 }
 
 fn update_full() -> Vec<u8> {
-    Payload::tag(b'U')
-        .u32(16_385)
-        .u8(b'O')
-        .i16(2)
-        .text("10")
-        .text("before")
-        .u8(b'N')
-        .i16(2)
-        .text("10")
-        .text("after")
-        .0
+    Payload::tag(b'U').u32(16_385).u8(b'O').i16(2).text("10").text("before").u8(b'N').i16(2).text("10").text("after").0
 }
 
 fn delete_key() -> Vec<u8> {
-    Payload::tag(b'D')
-        .u32(16_384)
-        .u8(b'K')
-        .i16(2)
-        .text("2")
-        .u8(b'n')
-        .0
+    Payload::tag(b'D').u32(16_384).u8(b'K').i16(2).text("2").u8(b'n').0
 }
 
 fn delete_full() -> Vec<u8> {
@@ -164,13 +102,7 @@ fn truncate() -> Vec<u8> {
 }
 
 fn message() -> Vec<u8> {
-    Payload::tag(b'M')
-        .u8(1)
-        .u64(LSN_A)
-        .cstr("pgkeep")
-        .i32(5)
-        .raw(b"hello")
-        .0
+    Payload::tag(b'M').u8(1).u64(LSN_A).cstr("pgkeep").i32(5).raw(b"hello").0
 }
 
 /// Every valid sample above.
@@ -198,30 +130,12 @@ fn text(s: &str) -> TupleValue {
 
 #[test]
 fn begin_commit_and_origin() {
-    assert_eq!(
-        decode(&begin()).unwrap(),
-        PgOutputMessage::Begin(Begin {
-            final_lsn: Lsn(LSN_A),
-            commit_time: PgTimestamp(TS),
-            xid: 74_321,
-        })
-    );
+    assert_eq!(decode(&begin()).unwrap(), PgOutputMessage::Begin(Begin { final_lsn: Lsn(LSN_A), commit_time: PgTimestamp(TS), xid: 74_321 }));
     assert_eq!(
         decode(&commit()).unwrap(),
-        PgOutputMessage::Commit(Commit {
-            flags: 0,
-            commit_lsn: Lsn(LSN_A),
-            end_lsn: Lsn(LSN_B),
-            commit_time: PgTimestamp(TS),
-        })
+        PgOutputMessage::Commit(Commit { flags: 0, commit_lsn: Lsn(LSN_A), end_lsn: Lsn(LSN_B), commit_time: PgTimestamp(TS) })
     );
-    assert_eq!(
-        decode(&origin()).unwrap(),
-        PgOutputMessage::Origin(Origin {
-            commit_lsn: Lsn(LSN_A),
-            name: "node_b".into(),
-        })
-    );
+    assert_eq!(decode(&origin()).unwrap(), PgOutputMessage::Origin(Origin { commit_lsn: Lsn(LSN_A), name: "node_b".into() }));
 }
 
 #[test]
@@ -230,35 +144,18 @@ fn relation_and_type() {
         panic!("not a Relation");
     };
     assert_eq!(rel.id, 16_384);
-    assert_eq!(
-        (rel.namespace.as_str(), rel.name.as_str()),
-        ("public", "items")
-    );
+    assert_eq!((rel.namespace.as_str(), rel.name.as_str()), ("public", "items"));
     assert_eq!(rel.replica_identity, ReplicaIdentity::Full);
     assert_eq!(
         rel.columns,
         vec![
-            Column {
-                flags: 1,
-                name: "id".into(),
-                type_oid: 23,
-                type_modifier: -1,
-            },
-            Column {
-                flags: 0,
-                name: "note".into(),
-                type_oid: 1043,
-                type_modifier: 68,
-            },
+            Column { flags: 1, name: "id".into(), type_oid: 23, type_modifier: -1 },
+            Column { flags: 0, name: "note".into(), type_oid: 1043, type_modifier: 68 },
         ]
     );
     assert!(rel.columns[0].is_key());
     assert!(!rel.columns[1].is_key());
-    for (byte, identity) in [
-        (b'd', ReplicaIdentity::Default),
-        (b'n', ReplicaIdentity::Nothing),
-        (b'i', ReplicaIdentity::Index),
-    ] {
+    for (byte, identity) in [(b'd', ReplicaIdentity::Default), (b'n', ReplicaIdentity::Nothing), (b'i', ReplicaIdentity::Index)] {
         let mut bytes = relation();
         bytes[1 + 4 + 7 + 6] = byte;
         let PgOutputMessage::Relation(rel) = decode(&bytes).unwrap() else {
@@ -266,14 +163,7 @@ fn relation_and_type() {
         };
         assert_eq!(rel.replica_identity, identity);
     }
-    assert_eq!(
-        decode(&data_type()).unwrap(),
-        PgOutputMessage::Type(DataType {
-            id: 16_390,
-            namespace: "public".into(),
-            name: "mood".into(),
-        })
-    );
+    assert_eq!(decode(&data_type()).unwrap(), PgOutputMessage::Type(DataType { id: 16_390, namespace: "public".into(), name: "mood".into() }));
 }
 
 #[test]
@@ -282,12 +172,7 @@ fn insert_keeps_null_and_unchanged_toast_apart() {
         decode(&insert()).unwrap(),
         PgOutputMessage::Insert(Insert {
             relation_id: 16_384,
-            new_tuple: vec![
-                text("42"),
-                TupleValue::Null,
-                TupleValue::UnchangedToast,
-                TupleValue::Binary(Bytes::from_static(&[0, 1, 2])),
-            ],
+            new_tuple: vec![text("42"), TupleValue::Null, TupleValue::UnchangedToast, TupleValue::Binary(Bytes::from_static(&[0, 1, 2])),],
         })
     );
 }
@@ -296,11 +181,7 @@ fn insert_keeps_null_and_unchanged_toast_apart() {
 fn updates_with_and_without_old_values() {
     assert_eq!(
         decode(&update_plain()).unwrap(),
-        PgOutputMessage::Update(Update {
-            relation_id: 16_384,
-            old: None,
-            new_tuple: vec![text("1"), text("changed"), TupleValue::UnchangedToast],
-        })
+        PgOutputMessage::Update(Update { relation_id: 16_384, old: None, new_tuple: vec![text("1"), text("changed"), TupleValue::UnchangedToast] })
     );
     assert_eq!(
         decode(&update_key()).unwrap(),
@@ -322,21 +203,9 @@ fn updates_with_and_without_old_values() {
 
 #[test]
 fn deletes_carry_key_or_full_row() {
-    assert_eq!(
-        decode(&delete_key()).unwrap(),
-        PgOutputMessage::Delete(Delete {
-            relation_id: 16_384,
-            old: OldTuple::Key(vec![text("2"), TupleValue::Null]),
-        })
-    );
+    assert_eq!(decode(&delete_key()).unwrap(), PgOutputMessage::Delete(Delete { relation_id: 16_384, old: OldTuple::Key(vec![text("2"), TupleValue::Null]) }));
     // An empty text value is not NULL.
-    assert_eq!(
-        decode(&delete_full()).unwrap(),
-        PgOutputMessage::Delete(Delete {
-            relation_id: 16_385,
-            old: OldTuple::Full(vec![text("")]),
-        })
-    );
+    assert_eq!(decode(&delete_full()).unwrap(), PgOutputMessage::Delete(Delete { relation_id: 16_385, old: OldTuple::Full(vec![text("")]) }));
 }
 
 #[test]
@@ -358,12 +227,7 @@ fn truncate_options_and_relations() {
 fn logical_messages() {
     assert_eq!(
         decode(&message()).unwrap(),
-        PgOutputMessage::Message(LogicalMessage {
-            transactional: true,
-            lsn: Lsn(LSN_A),
-            prefix: "pgkeep".into(),
-            content: Bytes::from_static(b"hello"),
-        })
+        PgOutputMessage::Message(LogicalMessage { transactional: true, lsn: Lsn(LSN_A), prefix: "pgkeep".into(), content: Bytes::from_static(b"hello") })
     );
     let mut bytes = message();
     bytes[1] = 0;
@@ -392,14 +256,7 @@ fn trailing_bytes_are_rejected() {
     for sample in samples() {
         let mut longer = sample.clone();
         longer.push(0);
-        assert!(
-            matches!(
-                decode(&longer),
-                Err(DecodeError::TrailingBytes { count: 1, .. })
-            ),
-            "{:?}",
-            char::from(sample[0])
-        );
+        assert!(matches!(decode(&longer), Err(DecodeError::TrailingBytes { count: 1, .. })), "{:?}", char::from(sample[0]));
     }
 }
 
@@ -417,21 +274,11 @@ fn newer_protocol_messages_are_rejected_by_name() {
         (b'p', "Stream Prepare", 3),
     ] {
         let e = decode(&[tag, 0, 0, 0, 1]).unwrap_err();
-        assert_eq!(
-            e,
-            DecodeError::Unsupported {
-                tag,
-                message: name,
-                version
-            }
-        );
+        assert_eq!(e, DecodeError::Unsupported { tag, message: name, version });
         assert!(e.to_string().contains(name), "{e}");
     }
     assert_eq!(decode(b"?"), Err(DecodeError::UnknownTag(b'?')));
-    assert_eq!(
-        decode(&[0x07]).unwrap_err().to_string(),
-        "unknown pgoutput message tag 0x07"
-    );
+    assert_eq!(decode(&[0x07]).unwrap_err().to_string(), "unknown pgoutput message tag 0x07");
 }
 
 fn assert_invalid(bytes: &[u8], needle: &str) {
@@ -474,22 +321,10 @@ fn invalid_fields_are_errors() {
 #[test]
 fn huge_counts_fail_without_allocating_for_them() {
     let relations = Payload::tag(b'T').i32(i32::MAX).u8(0).u32(1).0;
-    assert!(matches!(
-        decode(&relations),
-        Err(DecodeError::Truncated { offset: 10, .. })
-    ));
+    assert!(matches!(decode(&relations), Err(DecodeError::Truncated { offset: 10, .. })));
     let columns = Payload::tag(b'I').u32(1).u8(b'N').i16(i16::MAX).u8(b'n').0;
-    assert!(matches!(
-        decode(&columns),
-        Err(DecodeError::Truncated { .. })
-    ));
-    let value = Payload::tag(b'I')
-        .u32(1)
-        .u8(b'N')
-        .i16(1)
-        .u8(b't')
-        .i32(i32::MAX)
-        .0;
+    assert!(matches!(decode(&columns), Err(DecodeError::Truncated { .. })));
+    let value = Payload::tag(b'I').u32(1).u8(b'N').i16(1).u8(b't').i32(i32::MAX).0;
     assert!(matches!(decode(&value), Err(DecodeError::Truncated { .. })));
 }
 
@@ -516,16 +351,10 @@ fn encoding_reproduces_the_server_bytes() {
         encode(&decoded, &mut out).unwrap();
         assert_eq!(&out[..], &sample[..], "{}", decoded.name());
     }
-    let nul = PgOutputMessage::Origin(Origin {
-        commit_lsn: Lsn(1),
-        name: "a\0b".into(),
-    });
+    let nul = PgOutputMessage::Origin(Origin { commit_lsn: Lsn(1), name: "a\0b".into() });
     let e = encode(&nul, &mut BytesMut::new()).unwrap_err();
     assert!(e.to_string().contains("NUL"), "{e}");
-    let wide = PgOutputMessage::Insert(Insert {
-        relation_id: 1,
-        new_tuple: vec![TupleValue::Null; 40_000],
-    });
+    let wide = PgOutputMessage::Insert(Insert { relation_id: 1, new_tuple: vec![TupleValue::Null; 40_000] });
     let e = encode(&wide, &mut BytesMut::new()).unwrap_err();
     assert!(e.to_string().contains("40000 columns"), "{e}");
 }
@@ -569,18 +398,9 @@ fn mutated_samples_never_panic() {
 
 #[test]
 fn timestamps_count_from_2000() {
-    assert_eq!(
-        PgTimestamp(0).to_utc().unwrap().to_rfc3339(),
-        "2000-01-01T00:00:00+00:00"
-    );
-    assert_eq!(
-        PgTimestamp(TS).to_utc().unwrap().to_rfc3339(),
-        "2024-03-01T12:00:00+00:00"
-    );
-    assert_eq!(
-        PgTimestamp(-1).to_utc().unwrap().to_rfc3339(),
-        "1999-12-31T23:59:59.999999+00:00"
-    );
+    assert_eq!(PgTimestamp(0).to_utc().unwrap().to_rfc3339(), "2000-01-01T00:00:00+00:00");
+    assert_eq!(PgTimestamp(TS).to_utc().unwrap().to_rfc3339(), "2024-03-01T12:00:00+00:00");
+    assert_eq!(PgTimestamp(-1).to_utc().unwrap().to_rfc3339(), "1999-12-31T23:59:59.999999+00:00");
     // ±infinity.
     assert_eq!(PgTimestamp(i64::MAX).to_utc(), None);
     assert_eq!(PgTimestamp(i64::MIN).to_utc(), None);
@@ -591,12 +411,7 @@ fn timestamps_count_from_2000() {
 
 #[test]
 fn errors_read_as_one_line() {
-    let errors = [
-        DecodeError::Empty,
-        decode(&begin()[..5]).unwrap_err(),
-        decode(&[b'C'; 40]).unwrap_err(),
-        decode(b"S").unwrap_err(),
-    ];
+    let errors = [DecodeError::Empty, decode(&begin()[..5]).unwrap_err(), decode(&[b'C'; 40]).unwrap_err(), decode(b"S").unwrap_err()];
     let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert_eq!(
         lines,

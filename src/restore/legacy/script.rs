@@ -82,8 +82,8 @@ impl RowCounter {
             Some(t) => t.rows += 1,
             None if line.starts_with(b"COPY ") => {
                 let text = String::from_utf8_lossy(line);
-                let (schema, name) = parse_copy_header(&text)
-                    .ok_or_else(|| format!("cannot read the table name of `{}`", text.chars().take(200).collect::<String>()))?;
+                let (schema, name) =
+                    parse_copy_header(&text).ok_or_else(|| format!("cannot read the table name of `{}`", text.chars().take(200).collect::<String>()))?;
                 self.current = Some(TableRows { schema, name, rows: 0 });
             }
             None => {}
@@ -217,10 +217,7 @@ mod tests {
     #[test]
     fn copy_headers_are_unquoted() {
         assert_eq!(parse_copy_header("COPY public.a (id, v) FROM stdin;"), Some(("public".into(), "a".into())));
-        assert_eq!(
-            parse_copy_header(r#"COPY "Sp ace"."x ""y"" (z)" (id) FROM stdin;"#),
-            Some(("Sp ace".into(), r#"x "y" (z)"#.into()))
-        );
+        assert_eq!(parse_copy_header(r#"COPY "Sp ace"."x ""y"" (z)" (id) FROM stdin;"#), Some(("Sp ace".into(), r#"x "y" (z)"#.into())));
         assert_eq!(parse_copy_header("COPY public.nocols  FROM stdin;"), Some(("public".into(), "nocols".into())));
         for bad in ["COPY public.a (id) TO stdout;", "COPY a (id) FROM stdin;", r#"COPY "open.a FROM stdin;"#, "COPY .a FROM stdin;", "COPY "] {
             assert_eq!(parse_copy_header(bad), None, "{bad}");

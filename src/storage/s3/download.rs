@@ -26,11 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::storage::ObjectReader;
 
 /// Open `key` (relative) for reading, optionally only `range`.
-pub(super) async fn open(
-    store: Arc<S3Inner>,
-    key: &str,
-    range: Option<Range<u64>>,
-) -> Result<ObjectReader> {
+pub(super) async fn open(store: Arc<S3Inner>, key: &str, range: Option<Range<u64>>) -> Result<ObjectReader> {
     if let Some(r) = &range
         && r.start >= r.end
     {
@@ -61,8 +57,7 @@ pub(super) async fn open(
         let item = d.next_chunk().await?;
         Some((item, d))
     });
-    let stream: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> =
-        Box::pin(stream);
+    let stream: std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = Box::pin(stream);
     Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
 }
 
@@ -95,18 +90,9 @@ impl Download {
     /// GET from the current offset. `ranged` asks for a `Range` header even
     /// at offset 0 (the caller asked for a range).
     async fn get(&self, ranged: bool) -> std::result::Result<GetObjectOutput, GetError> {
-        let mut req = self
-            .store
-            .client
-            .get_object()
-            .bucket(&self.store.bucket)
-            .key(&self.object_key);
+        let mut req = self.store.client.get_object().bucket(&self.store.bucket).key(&self.object_key);
         if ranged || self.offset > 0 {
-            let range = if self.end == u64::MAX {
-                format!("bytes={}-", self.offset)
-            } else {
-                format!("bytes={}-{}", self.offset, self.end - 1)
-            };
+            let range = if self.end == u64::MAX { format!("bytes={}-", self.offset) } else { format!("bytes={}-{}", self.offset, self.end - 1) };
             req = req.range(range);
         }
         if let Some(etag) = &self.etag {
@@ -127,12 +113,7 @@ impl Download {
         match (&self.etag, &out.e_tag) {
             (None, _) => self.etag = out.e_tag.clone(),
             (Some(first), Some(now)) if first != now => {
-                return Err(errors::build(
-                    Class::Changed,
-                    &self.store.place,
-                    "read",
-                    Target::Object(&self.key),
-                ));
+                return Err(errors::build(Class::Changed, &self.store.place, "read", Target::Object(&self.key)));
             }
             _ => {}
         }
@@ -266,8 +247,7 @@ pub(super) fn parse_content_range(header: &str) -> Option<Range<u64>> {
 
 /// Backoff before resume attempt `n` (1-based): 100 ms doubling, at most 5 s.
 pub(super) fn resume_delay(n: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << n.saturating_sub(1).min(6)))
-        .min(Duration::from_secs(5))
+    Duration::from_millis(100u64.saturating_mul(1 << n.saturating_sub(1).min(6))).min(Duration::from_secs(5))
 }
 
 #[cfg(test)]
@@ -276,10 +256,7 @@ mod tests {
 
     #[test]
     fn content_range_is_parsed_strictly() {
-        assert_eq!(
-            parse_content_range("bytes 1000-3999/4000"),
-            Some(1000..4000)
-        );
+        assert_eq!(parse_content_range("bytes 1000-3999/4000"), Some(1000..4000));
         assert_eq!(parse_content_range("bytes 0-0/*"), Some(0..1));
         assert_eq!(parse_content_range("bytes */4000"), None);
         assert_eq!(parse_content_range("bytes 9-3/10"), None);

@@ -89,11 +89,7 @@ pub(super) fn classify(code: Option<&str>, status: Option<u16>, target_is_bucket
         ) => return Class::Transient,
         Some("PreconditionFailed") => return Class::Changed,
         Some("InvalidRange") => return Class::BadRange,
-        Some(
-            "PermanentRedirect"
-            | "AuthorizationHeaderMalformed"
-            | "IllegalLocationConstraintException",
-        ) => {
+        Some("PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException") => {
             return Class::WrongRegion;
         }
         _ => {}
@@ -129,22 +125,13 @@ where
             Some(transient) => Class::NoCredentials { transient },
             None => Class::Other,
         },
-        _ => classify(
-            err.code(),
-            err.raw_response().map(|r| r.status().as_u16()),
-            matches!(target, Target::Bucket),
-        ),
+        _ => classify(err.code(), err.raw_response().map(|r| r.status().as_u16()), matches!(target, Target::Bucket)),
     }
 }
 
 /// Turn an SDK error from operation `op` (a verb such as "read" or "upload
 /// part 3 of") into a pgkeep error.
-pub(super) fn sdk_error<E>(
-    err: SdkError<E, HttpResponse>,
-    place: &Place,
-    op: &str,
-    target: Target<'_>,
-) -> Error
+pub(super) fn sdk_error<E>(err: SdkError<E, HttpResponse>, place: &Place, op: &str, target: Target<'_>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -193,10 +180,7 @@ fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<bool> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(c) = e.downcast_ref::<CredentialsError>() {
-            return Some(matches!(
-                c,
-                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_)
-            ));
+            return Some(matches!(c, CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_)));
         }
         cur = e.source();
     }
@@ -205,79 +189,36 @@ fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<bool> {
 
 /// The pgkeep error for a classified failure.
 pub(super) fn build(class: Class, place: &Place, op: &str, target: Target<'_>) -> Error {
-    let Place {
-        bucket,
-        location,
-        endpoint_host,
-    } = place;
+    let Place { bucket, location, endpoint_host } = place;
     let what = match target {
         Target::Bucket => format!("bucket `{bucket}`"),
         Target::Object(key) => format!("object {key} in {location}"),
     };
     match class {
-        Class::NoBucket => Error::new(
-            ErrorKind::NotFound,
-            format!("S3 bucket `{bucket}` does not exist (endpoint {endpoint_host})"),
-        )
-        .with_hint("create the bucket, or fix S3_BUCKET / --repo"),
+        Class::NoBucket => Error::new(ErrorKind::NotFound, format!("S3 bucket `{bucket}` does not exist (endpoint {endpoint_host})"))
+            .with_hint("create the bucket, or fix S3_BUCKET / --repo"),
         Class::NoKey => match target {
-            Target::Object(key) => Error::new(
-                ErrorKind::NotFound,
-                format!("object {key} not found in {location}"),
-            ),
-            Target::Bucket => Error::new(
-                ErrorKind::NotFound,
-                format!("{location} not found (endpoint {endpoint_host})"),
-            ),
+            Target::Object(key) => Error::new(ErrorKind::NotFound, format!("object {key} not found in {location}")),
+            Target::Bucket => Error::new(ErrorKind::NotFound, format!("{location} not found (endpoint {endpoint_host})")),
         },
-        Class::Denied => Error::new(
-            ErrorKind::AccessDenied,
-            format!("access denied to {op} {what} (endpoint {endpoint_host})"),
-        )
-        .with_hint(format!(
+        Class::Denied => Error::new(ErrorKind::AccessDenied, format!("access denied to {op} {what} (endpoint {endpoint_host})")).with_hint(format!(
             "check the S3 credentials (s3.access_key_id and s3.secret_access_key, or the AWS \
              credential chain) and that they may read and write bucket `{bucket}`"
         )),
-        Class::NoCredentials { transient } => Error::new(
-            if transient {
-                ErrorKind::StorageTransient
-            } else {
-                ErrorKind::Config
-            },
-            format!("cannot load S3 credentials to {op} {what}"),
-        )
-        .with_hint(
-            "set s3.access_key_id and s3.secret_access_key, or AWS_ACCESS_KEY_ID and \
+        Class::NoCredentials { transient } => {
+            Error::new(if transient { ErrorKind::StorageTransient } else { ErrorKind::Config }, format!("cannot load S3 credentials to {op} {what}")).with_hint(
+                "set s3.access_key_id and s3.secret_access_key, or AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY, or an AWS profile or instance role",
-        ),
-        Class::Unreachable => Error::new(
-            ErrorKind::StorageTransient,
-            format!("cannot reach S3 endpoint {endpoint_host} to {op} {what}"),
-        )
-        .with_hint("check S3_ENDPOINT / s3.endpoint and the network"),
-        Class::TimedOut => Error::new(
-            ErrorKind::StorageTransient,
-            format!("S3 request to {op} {what} timed out (endpoint {endpoint_host})"),
-        ),
-        Class::Transient => Error::new(
-            ErrorKind::StorageTransient,
-            format!("S3 failed to {op} {what} with a temporary error"),
-        ),
-        Class::Changed => Error::new(
-            ErrorKind::Storage,
-            format!("{what} changed while it was being read"),
-        ),
-        Class::BadRange => Error::new(
-            ErrorKind::Storage,
-            format!("S3 rejected the byte range asked to {op} {what}"),
-        ),
-        Class::WrongRegion => Error::new(
-            ErrorKind::Config,
-            format!(
-                "S3 bucket `{bucket}` is not in the configured region (endpoint {endpoint_host})"
-            ),
-        )
-        .with_hint("set S3_REGION / s3.region to the bucket's region"),
+            )
+        }
+        Class::Unreachable => Error::new(ErrorKind::StorageTransient, format!("cannot reach S3 endpoint {endpoint_host} to {op} {what}"))
+            .with_hint("check S3_ENDPOINT / s3.endpoint and the network"),
+        Class::TimedOut => Error::new(ErrorKind::StorageTransient, format!("S3 request to {op} {what} timed out (endpoint {endpoint_host})")),
+        Class::Transient => Error::new(ErrorKind::StorageTransient, format!("S3 failed to {op} {what} with a temporary error")),
+        Class::Changed => Error::new(ErrorKind::Storage, format!("{what} changed while it was being read")),
+        Class::BadRange => Error::new(ErrorKind::Storage, format!("S3 rejected the byte range asked to {op} {what}")),
+        Class::WrongRegion => Error::new(ErrorKind::Config, format!("S3 bucket `{bucket}` is not in the configured region (endpoint {endpoint_host})"))
+            .with_hint("set S3_REGION / s3.region to the bucket's region"),
         Class::Other => Error::new(ErrorKind::Storage, format!("S3 failed to {op} {what}")),
     }
 }
@@ -288,15 +229,8 @@ pub(super) fn stalled(place: &Place, op: &str, target: Target<'_>, idle: std::ti
         Target::Bucket => format!("bucket `{}`", place.bucket),
         Target::Object(key) => format!("object {key} in {}", place.location),
     };
-    Error::new(
-        ErrorKind::StorageTransient,
-        format!(
-            "S3 stalled: {op} {what} made no progress for {}s (endpoint {})",
-            idle.as_secs(),
-            place.endpoint_host
-        ),
-    )
-    .with_hint("the store stopped answering; if it is only slow, raise s3.timeout (PGKEEP_S3_TIMEOUT)")
+    Error::new(ErrorKind::StorageTransient, format!("S3 stalled: {op} {what} made no progress for {}s (endpoint {})", idle.as_secs(), place.endpoint_host))
+        .with_hint("the store stopped answering; if it is only slow, raise s3.timeout (PGKEEP_S3_TIMEOUT)")
 }
 
 /// `host[:port]` of an endpoint URL, for messages; `None` if it is not a URL.
@@ -314,44 +248,19 @@ mod tests {
     use super::*;
 
     fn place() -> Place {
-        Place {
-            bucket: "bk".into(),
-            location: "s3://bk/pre".into(),
-            endpoint_host: "s3.example.net:3900".into(),
-        }
+        Place { bucket: "bk".into(), location: "s3://bk/pre".into(), endpoint_host: "s3.example.net:3900".into() }
     }
 
     #[test]
     fn codes_win_over_status() {
-        assert_eq!(
-            classify(Some("NoSuchBucket"), Some(404), false),
-            Class::NoBucket
-        );
+        assert_eq!(classify(Some("NoSuchBucket"), Some(404), false), Class::NoBucket);
         assert_eq!(classify(Some("NoSuchKey"), Some(404), false), Class::NoKey);
-        assert_eq!(
-            classify(Some("SignatureDoesNotMatch"), Some(403), false),
-            Class::Denied
-        );
-        assert_eq!(
-            classify(Some("InvalidAccessKeyId"), Some(403), true),
-            Class::Denied
-        );
-        assert_eq!(
-            classify(Some("SlowDown"), Some(503), false),
-            Class::Transient
-        );
-        assert_eq!(
-            classify(Some("PreconditionFailed"), Some(412), false),
-            Class::Changed
-        );
-        assert_eq!(
-            classify(Some("InvalidRange"), Some(416), false),
-            Class::BadRange
-        );
-        assert_eq!(
-            classify(Some("InvalidArgument"), Some(400), false),
-            Class::Other
-        );
+        assert_eq!(classify(Some("SignatureDoesNotMatch"), Some(403), false), Class::Denied);
+        assert_eq!(classify(Some("InvalidAccessKeyId"), Some(403), true), Class::Denied);
+        assert_eq!(classify(Some("SlowDown"), Some(503), false), Class::Transient);
+        assert_eq!(classify(Some("PreconditionFailed"), Some(412), false), Class::Changed);
+        assert_eq!(classify(Some("InvalidRange"), Some(416), false), Class::BadRange);
+        assert_eq!(classify(Some("InvalidArgument"), Some(400), false), Class::Other);
     }
 
     #[test]
@@ -364,10 +273,7 @@ mod tests {
         assert_eq!(classify(None, Some(503), true), Class::Transient);
         assert_eq!(classify(None, Some(429), false), Class::Transient);
         assert_eq!(classify(None, Some(301), true), Class::WrongRegion);
-        assert_eq!(
-            classify(Some("PermanentRedirect"), Some(301), false),
-            Class::WrongRegion
-        );
+        assert_eq!(classify(Some("PermanentRedirect"), Some(301), false), Class::WrongRegion);
         assert_eq!(classify(None, Some(400), false), Class::Other);
         assert_eq!(classify(None, None, false), Class::Other);
     }
@@ -383,55 +289,31 @@ mod tests {
 
         let e = build(Class::Denied, &place(), "write", Target::Object("a/b"));
         assert_eq!(e.kind(), ErrorKind::AccessDenied);
-        assert_eq!(
-            e.message(),
-            "access denied to write object a/b in s3://bk/pre (endpoint s3.example.net:3900)"
-        );
+        assert_eq!(e.message(), "access denied to write object a/b in s3://bk/pre (endpoint s3.example.net:3900)");
         assert!(e.hint().unwrap().contains("credentials"));
 
         let e = build(Class::Unreachable, &place(), "use", Target::Bucket);
         assert_eq!(e.kind(), ErrorKind::StorageTransient);
-        assert!(
-            e.message()
-                .starts_with("cannot reach S3 endpoint s3.example.net:3900")
-        );
+        assert!(e.message().starts_with("cannot reach S3 endpoint s3.example.net:3900"));
 
         for class in [Class::TimedOut, Class::Transient] {
             assert!(build(class, &place(), "read", Target::Bucket).is_retryable());
         }
         assert!(!build(Class::Other, &place(), "read", Target::Bucket).is_retryable());
-        assert_eq!(
-            build(
-                Class::NoCredentials { transient: false },
-                &place(),
-                "read",
-                Target::Bucket
-            )
-            .kind(),
-            ErrorKind::Config
-        );
+        assert_eq!(build(Class::NoCredentials { transient: false }, &place(), "read", Target::Bucket).kind(), ErrorKind::Config);
     }
 
     #[test]
     fn a_stall_names_object_and_endpoint() {
         let e = stalled(&place(), "upload part 3 of", Target::Object("a/b"), std::time::Duration::from_secs(60));
         assert_eq!(e.kind(), ErrorKind::StorageTransient);
-        assert_eq!(
-            e.message(),
-            "S3 stalled: upload part 3 of object a/b in s3://bk/pre made no progress for 60s (endpoint s3.example.net:3900)"
-        );
+        assert_eq!(e.message(), "S3 stalled: upload part 3 of object a/b in s3://bk/pre made no progress for 60s (endpoint s3.example.net:3900)");
     }
 
     #[test]
     fn endpoint_host_drops_scheme_and_userinfo() {
-        assert_eq!(
-            endpoint_host("http://127.0.0.1:3900").as_deref(),
-            Some("127.0.0.1:3900")
-        );
-        assert_eq!(
-            endpoint_host("https://user:pw@minio.example.com/").as_deref(),
-            Some("minio.example.com")
-        );
+        assert_eq!(endpoint_host("http://127.0.0.1:3900").as_deref(), Some("127.0.0.1:3900"));
+        assert_eq!(endpoint_host("https://user:pw@minio.example.com/").as_deref(), Some("minio.example.com"));
         assert_eq!(endpoint_host("not a url"), None);
     }
 }

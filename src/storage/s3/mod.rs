@@ -37,21 +37,16 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{
-    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    StalledStreamProtectionConfig,
-};
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime as AwsDateTime};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use self::errors::{Place, Target};
-use super::{
-    ObjectMeta, ObjectReader, ObjectWriter, PutIfAbsent, PutOptions, Storage, StorageKind, validate_key,
-};
-use crate::secret::Secret;
+use super::{ObjectMeta, ObjectReader, ObjectWriter, PutIfAbsent, PutOptions, Storage, StorageKind, validate_key};
 use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
 pub use protection::{LockMode, ObjectLock, S3Security, Sse};
 
 /// Smallest part size S3 accepts for all but the last part of a multipart upload.
@@ -126,10 +121,7 @@ struct S3Inner {
 
 impl std::fmt::Debug for S3Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Storage")
-            .field("location", &self.inner.location())
-            .field("endpoint", &self.inner.place.endpoint_host)
-            .finish()
+        f.debug_struct("S3Storage").field("location", &self.inner.location()).field("endpoint", &self.inner.place.endpoint_host).finish()
     }
 }
 
@@ -139,33 +131,15 @@ impl S3Storage {
         check_settings(&settings)?;
         let endpoint_host = match &settings.endpoint {
             Some(ep) => errors::endpoint_host(ep).ok_or_else(|| {
-                Error::config("the S3 endpoint is not a valid URL").with_hint(
-                    "set S3_ENDPOINT / s3.endpoint to a URL such as https://s3.example.com",
-                )
+                Error::config("the S3 endpoint is not a valid URL").with_hint("set S3_ENDPOINT / s3.endpoint to a URL such as https://s3.example.com")
             })?,
-            None => format!(
-                "s3.{}.amazonaws.com",
-                settings.region.as_deref().unwrap_or(DEFAULT_REGION)
-            ),
+            None => format!("s3.{}.amazonaws.com", settings.region.as_deref().unwrap_or(DEFAULT_REGION)),
         };
-        let region = Region::new(
-            settings
-                .region
-                .clone()
-                .unwrap_or_else(|| DEFAULT_REGION.to_string()),
-        );
+        let region = Region::new(settings.region.clone().unwrap_or_else(|| DEFAULT_REGION.to_string()));
         let retries = RetryConfig::standard().with_max_attempts(settings.max_attempts.max(1));
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .retry_config(retries.clone());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region).retry_config(retries.clone());
         if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                secret.expose(),
-                None,
-                None,
-                "pgkeep-config",
-            ));
+            loader = loader.credentials_provider(Credentials::new(id, secret.expose(), None, None, "pgkeep-config"));
         }
         let sdk_config = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk_config)
@@ -191,21 +165,13 @@ impl S3Storage {
             .build();
         let conf = conf.timeout_config(request_timeouts(&settings));
         let prefix = settings.prefix.trim_matches('/').to_string();
-        let location = if prefix.is_empty() {
-            format!("s3://{}", settings.bucket)
-        } else {
-            format!("s3://{}/{prefix}", settings.bucket)
-        };
+        let location = if prefix.is_empty() { format!("s3://{}", settings.bucket) } else { format!("s3://{}/{prefix}", settings.bucket) };
         Ok(S3Storage {
             inner: Arc::new(S3Inner {
                 client: Client::from_conf(conf.build()),
                 bulk: Client::from_conf(bulk),
                 bucket: settings.bucket.clone(),
-                place: Place {
-                    bucket: settings.bucket.clone(),
-                    location,
-                    endpoint_host,
-                },
+                place: Place { bucket: settings.bucket.clone(), location, endpoint_host },
                 prefix,
                 settings,
             }),
@@ -241,22 +207,15 @@ fn check_settings(s: &S3Settings) -> Result<()> {
         protection::check_endpoint(ep, s.security.allow_http)?;
     }
     if s.bucket.is_empty() || s.bucket.contains('/') {
-        return Err(Error::config(format!(
-            "invalid S3 bucket name `{}`",
-            s.bucket
-        )));
+        return Err(Error::config(format!("invalid S3 bucket name `{}`", s.bucket)));
     }
     if s.access_key_id.is_some() != s.secret_access_key.is_some() {
         return Err(
-            Error::config("only one of s3.access_key_id and s3.secret_access_key is set")
-                .with_hint("set both, or neither to use the AWS credential chain"),
+            Error::config("only one of s3.access_key_id and s3.secret_access_key is set").with_hint("set both, or neither to use the AWS credential chain")
         );
     }
     if s.part_size < MIN_PART_SIZE {
-        return Err(Error::config(format!(
-            "S3 part size {} is below the 5 MiB minimum S3 accepts",
-            s.part_size
-        )));
+        return Err(Error::config(format!("S3 part size {} is below the 5 MiB minimum S3 accepts", s.part_size)));
     }
     if s.upload_concurrency == 0 {
         return Err(Error::config("S3 upload concurrency must be at least 1"));
@@ -267,20 +226,12 @@ fn check_settings(s: &S3Settings) -> Result<()> {
 impl S3Inner {
     /// The bucket key of a repository key.
     fn object_key(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}/{key}", self.prefix)
-        }
+        if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) }
     }
 
     /// The repository key of a bucket key, if it lies under the prefix.
     fn relative<'a>(&self, object_key: &'a str) -> Option<&'a str> {
-        if self.prefix.is_empty() {
-            Some(object_key)
-        } else {
-            object_key.strip_prefix(&self.prefix)?.strip_prefix('/')
-        }
+        if self.prefix.is_empty() { Some(object_key) } else { object_key.strip_prefix(&self.prefix)?.strip_prefix('/') }
     }
 
     fn location(&self) -> String {
@@ -296,23 +247,13 @@ impl S3Inner {
 
     /// Check that the bucket exists and the credentials may use it.
     async fn head_bucket(&self) -> Result<()> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.error(e, "use", Target::Bucket))
+        self.client.head_bucket().bucket(&self.bucket).send().await.map(|_| ()).map_err(|e| self.error(e, "use", Target::Bucket))
     }
 }
 
 /// "list `p` in" for a prefix, plain "list" for the whole repository.
 fn list_op(verb: &str, prefix: &str) -> String {
-    if prefix.is_empty() {
-        verb.to_string()
-    } else {
-        format!("{verb} under `{prefix}` in")
-    }
+    if prefix.is_empty() { verb.to_string() } else { format!("{verb} under `{prefix}` in") }
 }
 
 fn to_utc(t: &AwsDateTime) -> Option<DateTime<Utc>> {
@@ -331,11 +272,7 @@ impl Storage for S3Storage {
 
     async fn writer(&self, key: &str, opts: PutOptions) -> Result<Box<dyn ObjectWriter>> {
         validate_key(key)?;
-        Ok(Box::new(upload::S3Writer::new(
-            self.inner.clone(),
-            key,
-            opts.metadata,
-        )))
+        Ok(Box::new(upload::S3Writer::new(self.inner.clone(), key, opts.metadata)))
     }
 
     async fn reader(&self, key: &str, range: Option<Range<u64>>) -> Result<ObjectReader> {
@@ -346,14 +283,7 @@ impl Storage for S3Storage {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         validate_key(key)?;
         let s = &self.inner;
-        match s
-            .client
-            .head_object()
-            .bucket(&s.bucket)
-            .key(s.object_key(key))
-            .send()
-            .await
-        {
+        match s.client.head_object().bucket(&s.bucket).key(s.object_key(key)).send().await {
             Ok(out) => Ok(Some(ObjectMeta {
                 key: key.to_string(),
                 size: out.content_length.unwrap_or(0).max(0) as u64,
@@ -366,11 +296,7 @@ impl Storage for S3Storage {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let s = &self.inner;
-        let full_prefix = if s.prefix.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{}/{prefix}", s.prefix)
-        };
+        let full_prefix = if s.prefix.is_empty() { prefix.to_string() } else { format!("{}/{prefix}", s.prefix) };
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -387,24 +313,14 @@ impl Storage for S3Storage {
                 let Some(key) = obj.key.as_deref().and_then(|k| s.relative(k)) else {
                     continue;
                 };
-                out.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: obj.size.unwrap_or(0).max(0) as u64,
-                    modified: obj.last_modified.as_ref().and_then(to_utc),
-                });
+                out.push(ObjectMeta { key: key.to_string(), size: obj.size.unwrap_or(0).max(0) as u64, modified: obj.last_modified.as_ref().and_then(to_utc) });
             }
-            match (
-                page.is_truncated.unwrap_or(false),
-                page.next_continuation_token,
-            ) {
+            match (page.is_truncated.unwrap_or(false), page.next_continuation_token) {
                 (true, Some(next)) => token = Some(next),
                 (true, None) => {
                     return Err(Error::new(
                         ErrorKind::Storage,
-                        format!(
-                            "S3 listing of `{prefix}` in {} is truncated without a continuation token",
-                            s.location()
-                        ),
+                        format!("S3 listing of `{prefix}` in {} is truncated without a continuation token", s.location()),
                     ));
                 }
                 (false, _) => break,
@@ -417,14 +333,7 @@ impl Storage for S3Storage {
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
         let s = &self.inner;
-        match s
-            .client
-            .delete_object()
-            .bucket(&s.bucket)
-            .key(s.object_key(key))
-            .send()
-            .await
-        {
+        match s.client.delete_object().bucket(&s.bucket).key(s.object_key(key)).send().await {
             Ok(_) => Ok(()),
             Err(e) if errors::class_of(&e, Target::Object(key)) == errors::Class::NoKey => Ok(()),
             Err(e) => Err(s.error(e, "delete", Target::Object(key))),
@@ -433,13 +342,8 @@ impl Storage for S3Storage {
 
     async fn clean_incomplete(&self, prefix: &str, older_than: Duration) -> Result<usize> {
         let s = &self.inner;
-        let full_prefix = if s.prefix.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{}/{prefix}", s.prefix)
-        };
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let full_prefix = if s.prefix.is_empty() { prefix.to_string() } else { format!("{}/{prefix}", s.prefix) };
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let mut stale = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
@@ -452,20 +356,9 @@ impl Storage for S3Storage {
                 .set_upload_id_marker(id_marker.take())
                 .send()
                 .await
-                .map_err(|e| {
-                    s.error(
-                        e,
-                        &list_op("list incomplete uploads", prefix),
-                        Target::Bucket,
-                    )
-                })?;
+                .map_err(|e| s.error(e, &list_op("list incomplete uploads", prefix), Target::Bucket))?;
             for up in page.uploads.unwrap_or_default() {
-                let old = up
-                    .initiated
-                    .as_ref()
-                    .and_then(to_utc)
-                    .map(|t| t < cutoff)
-                    .unwrap_or(true);
+                let old = up.initiated.as_ref().and_then(to_utc).map(|t| t < cutoff).unwrap_or(true);
                 if let (true, Some(key), Some(id)) = (old, up.key, up.upload_id) {
                     stale.push((key, id));
                 }
@@ -481,14 +374,7 @@ impl Storage for S3Storage {
         }
         let mut removed = 0;
         for (key, id) in stale {
-            let res = s
-                .client
-                .abort_multipart_upload()
-                .bucket(&s.bucket)
-                .key(&key)
-                .upload_id(&id)
-                .send()
-                .await;
+            let res = s.client.abort_multipart_upload().bucket(&s.bucket).key(&key).upload_id(&id).send().await;
             match res {
                 Ok(_) => removed += 1,
                 Err(e) if e.code() == Some("NoSuchUpload") => {}
@@ -540,27 +426,12 @@ impl Storage for S3Storage {
     async fn check_writable(&self) -> Result<()> {
         let s = &self.inner;
         s.head_bucket().await?;
-        let probe = format!(
-            ".pgkeep-probe.{}.{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        );
-        let put = s
-            .client
-            .put_object()
-            .bucket(&s.bucket)
-            .key(s.object_key(&probe))
-            .body(ByteStream::from(Bytes::from_static(b"pgkeep")))
-            .send()
-            .await;
+        let probe = format!(".pgkeep-probe.{}.{:016x}", std::process::id(), rand::random::<u64>());
+        let put = s.client.put_object().bucket(&s.bucket).key(s.object_key(&probe)).body(ByteStream::from(Bytes::from_static(b"pgkeep"))).send().await;
         if let Err(e) = put {
-            return Err(s
-                .error(e, "write", Target::Object(&probe))
-                .context(format!("S3 repository {} is not writable", s.location())));
+            return Err(s.error(e, "write", Target::Object(&probe)).context(format!("S3 repository {} is not writable", s.location())));
         }
-        self.delete(&probe)
-            .await
-            .map_err(|e| e.context(format!("S3 repository {} is not writable", s.location())))
+        self.delete(&probe).await.map_err(|e| e.context(format!("S3 repository {} is not writable", s.location())))
     }
 }
 
@@ -595,17 +466,9 @@ mod tests {
         assert_eq!(s.inner.relative("pre/fix/a/b"), Some("a/b"));
         assert_eq!(s.inner.relative("pre/fixture/a"), None);
         let debug = format!("{s:?}");
-        assert!(
-            !debug.contains("hunter2") && !debug.contains("pw@"),
-            "{debug}"
-        );
+        assert!(!debug.contains("hunter2") && !debug.contains("pw@"), "{debug}");
 
-        let s = S3Storage::connect(S3Settings {
-            prefix: String::new(),
-            ..settings()
-        })
-        .await
-        .unwrap();
+        let s = S3Storage::connect(S3Settings { prefix: String::new(), ..settings() }).await.unwrap();
         assert_eq!(s.location(), "s3://bk");
         assert_eq!(s.inner.object_key("a/b"), "a/b");
         assert_eq!(s.inner.relative("a/b"), Some("a/b"));
@@ -614,30 +477,12 @@ mod tests {
     #[tokio::test]
     async fn bad_settings_are_config_errors() {
         let cases = [
-            S3Settings {
-                part_size: 1 << 20,
-                ..settings()
-            },
-            S3Settings {
-                upload_concurrency: 0,
-                ..settings()
-            },
-            S3Settings {
-                secret_access_key: None,
-                ..settings()
-            },
-            S3Settings {
-                endpoint: Some("no url".into()),
-                ..settings()
-            },
-            S3Settings {
-                bucket: "a/b".into(),
-                ..settings()
-            },
-            S3Settings {
-                endpoint: Some("http://s3.internal.example:9000".into()),
-                ..settings()
-            },
+            S3Settings { part_size: 1 << 20, ..settings() },
+            S3Settings { upload_concurrency: 0, ..settings() },
+            S3Settings { secret_access_key: None, ..settings() },
+            S3Settings { endpoint: Some("no url".into()), ..settings() },
+            S3Settings { bucket: "a/b".into(), ..settings() },
+            S3Settings { endpoint: Some("http://s3.internal.example:9000".into()), ..settings() },
         ];
         for case in cases {
             let e = S3Storage::connect(case).await.unwrap_err();

@@ -59,10 +59,7 @@ pub(super) struct PartSplitter {
 impl PartSplitter {
     pub(super) fn new(part_size: usize) -> Self {
         assert!(part_size > 0, "part size must be positive");
-        PartSplitter {
-            part_size,
-            buf: BytesMut::new(),
-        }
+        PartSplitter { part_size, buf: BytesMut::new() }
     }
 
     /// The next complete part made of buffered bytes and the front of `data`,
@@ -77,11 +74,7 @@ impl PartSplitter {
             self.buf.reserve(self.part_size);
         }
         self.buf.extend_from_slice(&data.split_to(take));
-        if self.buf.len() == self.part_size {
-            Some(self.buf.split().freeze())
-        } else {
-            None
-        }
+        if self.buf.len() == self.part_size { Some(self.buf.split().freeze()) } else { None }
     }
 
     /// Bytes buffered towards the next part.
@@ -180,24 +173,15 @@ impl S3Writer {
             .instrument(self.span.clone())
             .await
             .map_err(|e| self.err(e, "start a multipart upload of"))?;
-        let upload_id = out.upload_id.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Storage,
-                format!(
-                    "S3 returned no upload id for object {} in {}",
-                    self.key,
-                    self.store.location()
-                ),
-            )
-        })?;
+        let upload_id = out
+            .upload_id
+            .ok_or_else(|| Error::new(ErrorKind::Storage, format!("S3 returned no upload id for object {} in {}", self.key, self.store.location())))?;
         tracing::debug!(parent: &self.span, "multipart upload started");
         self.multipart = Some(Multipart {
             upload_id,
             next_part: 1,
             in_flight: JoinSet::new(),
-            slots: Arc::new(Semaphore::new(
-                self.store.settings.upload_concurrency.max(1),
-            )),
+            slots: Arc::new(Semaphore::new(self.store.settings.upload_concurrency.max(1))),
             done: Vec::new(),
         });
         Ok(())
@@ -220,12 +204,7 @@ impl S3Writer {
             )
             .with_hint("raise s3.part_size"));
         }
-        let permit = mp
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("upload slots closed"))?;
+        let permit = mp.slots.clone().acquire_owned().await.map_err(|_| Error::internal("upload slots closed"))?;
         // A slot frees when a part finishes; surface failures of earlier parts now.
         while let Some(joined) = mp.in_flight.try_join_next() {
             mp.done.push(joined_part(joined)?);
@@ -262,11 +241,7 @@ impl S3Writer {
                     .map_err(|idle| errors::stalled(&store.place, &op, Target::Object(&key), idle))?
                     .map_err(|e| store.error(e, &op, Target::Object(&key)))?;
                 tracing::trace!(part = number, bytes = len, "part uploaded");
-                Ok(CompletedPart::builder()
-                    .part_number(number)
-                    .set_checksum_crc32(out.checksum_crc32)
-                    .set_e_tag(out.e_tag)
-                    .build())
+                Ok(CompletedPart::builder().part_number(number).set_checksum_crc32(out.checksum_crc32).set_e_tag(out.e_tag).build())
             }
             .instrument(self.span.clone()),
         );
@@ -335,11 +310,7 @@ impl S3Writer {
             .bucket(&self.store.bucket)
             .key(&self.object_key)
             .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .customize()
             .interceptor(ProgressInterceptor(progress.clone()))
             .send()
@@ -362,11 +333,7 @@ impl S3Writer {
     }
 
     fn meta(&self) -> ObjectMeta {
-        ObjectMeta {
-            key: self.key.clone(),
-            size: self.written,
-            modified: Some(Utc::now()),
-        }
+        ObjectMeta { key: self.key.clone(), size: self.written, modified: Some(Utc::now()) }
     }
 
     /// Abort the multipart upload, if any, and return `err`. The abort waits
@@ -384,28 +351,14 @@ impl S3Writer {
 }
 
 /// The completed part of a joined upload task.
-fn joined_part(
-    joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>,
-) -> Result<CompletedPart> {
+fn joined_part(joined: std::result::Result<Result<CompletedPart>, tokio::task::JoinError>) -> Result<CompletedPart> {
     joined.map_err(|e| Error::internal(format!("part upload task failed: {e}")))?
 }
 
 /// Stop the part uploads of `mp` and abort it on the store.
-async fn abort_multipart(
-    store: &S3Inner,
-    key: &str,
-    object_key: &str,
-    mut mp: Multipart,
-) -> Result<()> {
+async fn abort_multipart(store: &S3Inner, key: &str, object_key: &str, mut mp: Multipart) -> Result<()> {
     mp.in_flight.shutdown().await;
-    let res = store
-        .client
-        .abort_multipart_upload()
-        .bucket(&store.bucket)
-        .key(object_key)
-        .upload_id(&mp.upload_id)
-        .send()
-        .await;
+    let res = store.client.abort_multipart_upload().bucket(&store.bucket).key(object_key).upload_id(&mp.upload_id).send().await;
     match res {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
@@ -425,10 +378,7 @@ async fn abort_multipart(
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, data: Bytes) -> Result<()> {
         if self.closed {
-            return Err(Error::internal(format!(
-                "write to object {} after it was closed",
-                self.key
-            )));
+            return Err(Error::internal(format!("write to object {} after it was closed", self.key)));
         }
         self.written += data.len() as u64;
         match self.push(data).await {
@@ -439,10 +389,7 @@ impl ObjectWriter for S3Writer {
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
         if self.closed {
-            return Err(Error::internal(format!(
-                "finish of object {} after it was closed",
-                self.key
-            )));
+            return Err(Error::internal(format!("finish of object {} after it was closed", self.key)));
         }
         let res = self.complete().await;
         match res {
@@ -533,11 +480,7 @@ mod tests {
         let data = Bytes::from_static(b"abcdefghij");
         let mut rest = data.clone();
         let p = s.next_part(&mut rest).unwrap();
-        assert_eq!(
-            p.as_ptr(),
-            data.as_ptr(),
-            "first part shares the caller's buffer"
-        );
+        assert_eq!(p.as_ptr(), data.as_ptr(), "first part shares the caller's buffer");
         assert_eq!(s.buffered(), 0);
     }
 

@@ -3,9 +3,7 @@
 //! messages and schema changes without captured DDL.
 
 use super::*;
-use crate::replication::pgoutput::{
-    Begin, Column, Commit, Insert, LogicalMessage, Relation, ReplicaIdentity, TupleValue,
-};
+use crate::replication::pgoutput::{Begin, Column, Commit, Insert, LogicalMessage, Relation, ReplicaIdentity, TupleValue};
 
 /// Encode one message as the server would send it.
 fn encoded(m: PgOutputMessage) -> Bytes {
@@ -26,41 +24,20 @@ fn relation(id: Oid, cols: usize) -> Bytes {
         namespace: "public".into(),
         name: format!("t{id}"),
         replica_identity: ReplicaIdentity::Default,
-        columns: (0..cols)
-            .map(|i| Column {
-                flags: 1,
-                name: format!("c{i}"),
-                type_oid: 23,
-                type_modifier: -1,
-            })
-            .collect(),
+        columns: (0..cols).map(|i| Column { flags: 1, name: format!("c{i}"), type_oid: 23, type_modifier: -1 }).collect(),
     }))
 }
 
 fn begin(a: &mut Archiver, xid: u32, end: u64) {
-    a.accept(encoded(PgOutputMessage::Begin(Begin {
-        final_lsn: Lsn(end - 8),
-        commit_time: PgTimestamp(5),
-        xid,
-    })))
-    .unwrap();
+    a.accept(encoded(PgOutputMessage::Begin(Begin { final_lsn: Lsn(end - 8), commit_time: PgTimestamp(5), xid }))).unwrap();
 }
 
 fn commit(a: &mut Archiver, end: u64) {
-    a.accept(encoded(PgOutputMessage::Commit(Commit {
-        flags: 0,
-        commit_lsn: Lsn(end - 8),
-        end_lsn: Lsn(end),
-        commit_time: PgTimestamp(5),
-    })))
-    .unwrap();
+    a.accept(encoded(PgOutputMessage::Commit(Commit { flags: 0, commit_lsn: Lsn(end - 8), end_lsn: Lsn(end), commit_time: PgTimestamp(5) }))).unwrap();
 }
 
 fn insert(rel: Oid) -> Bytes {
-    encoded(PgOutputMessage::Insert(Insert {
-        relation_id: rel,
-        new_tuple: vec![TupleValue::Text(Bytes::from_static(b"1"))],
-    }))
+    encoded(PgOutputMessage::Insert(Insert { relation_id: rel, new_tuple: vec![TupleValue::Text(Bytes::from_static(b"1"))] }))
 }
 
 fn message(transactional: bool, prefix: &str) -> Bytes {
@@ -130,33 +107,20 @@ fn already_archived_transactions_are_skipped() {
     txn(&mut a, 3, 7, None, 0x380);
     let seg = stored(a.seal().unwrap());
     assert_eq!(seg.transactions.len(), 1);
-    assert_eq!(
-        (seg.meta.start_lsn, seg.meta.end_lsn),
-        (Lsn(0x300), Lsn(0x380))
-    );
+    assert_eq!((seg.meta.start_lsn, seg.meta.end_lsn), (Lsn(0x300), Lsn(0x380)));
     // The skipped transaction's Relation still fed the cache.
     assert_eq!(seg.schema, vec![relation(7, 1)]);
 }
 
 #[test]
 fn due_by_size_and_age() {
-    let limits = SegmentLimits {
-        max_age: Duration::from_secs(60),
-        max_bytes: 10_000,
-        transaction_memory: 1 << 20,
-    };
+    let limits = SegmentLimits { max_age: Duration::from_secs(60), max_bytes: 10_000, transaction_memory: 1 << 20 };
     let mut a = Archiver::new("9-s".into(), Lsn(0));
     assert!(!a.is_due(limits, Instant::now()));
     txn(&mut a, 1, 7, Some(relation(7, 1)), 0x200);
     assert!(!a.is_due(limits, Instant::now()));
     assert!(a.is_due(limits, Instant::now() + Duration::from_secs(61)));
-    assert!(a.is_due(
-        SegmentLimits {
-            max_bytes: 10,
-            ..limits
-        },
-        Instant::now()
-    ));
+    assert!(a.is_due(SegmentLimits { max_bytes: 10, ..limits }, Instant::now()));
 }
 
 #[test]

@@ -123,9 +123,7 @@ pub fn unpack(packed: &[u8], max_raw: u64) -> Result<Vec<u8>> {
 /// The header (each stream's raw and stored length) and the streams, each
 /// compressed when `compress` and zstd makes it smaller.
 fn container(streams: &[Vec<u8>; STREAMS], compress: bool) -> Vec<u8> {
-    let mut compressor = compress
-        .then(|| zstd::bulk::Compressor::new(ZSTD_LEVEL).ok())
-        .flatten();
+    let mut compressor = compress.then(|| zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()).flatten();
     let stored: Vec<Cow<'_, [u8]>> = streams
         .iter()
         .map(|s| match compressor.as_mut().and_then(|c| c.compress(s).ok()) {

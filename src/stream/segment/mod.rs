@@ -56,8 +56,8 @@ use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::repo::layout::Lsn;
 
 pub mod columnar;
-pub mod rekey; // key rotation: a sealed segment under a new envelope
 pub mod part;
+pub mod rekey; // key rotation: a sealed segment under a new envelope
 
 /// The first 8 bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"PGKSEG1\n";
@@ -169,9 +169,7 @@ pub fn put_record(out: &mut BytesMut, messages: &[Bytes]) -> Result<()> {
 }
 
 fn too_large(what: &str) -> Error {
-    Error::internal(format!(
-        "cannot encode a change segment: a {what} exceeds 4 GiB"
-    ))
+    Error::internal(format!("cannot encode a change segment: a {what} exceeds 4 GiB"))
 }
 
 /// The metadata line of an encrypted segment.
@@ -277,24 +275,16 @@ pub fn decode_meta(data: &[u8], what: &str) -> Result<SegmentMeta> {
 pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegment> {
     let bad = |why: &str| Error::corrupt(format!("change segment {what} is damaged: {why}"));
     // 1. Trailer.
-    let body_len = data
-        .len()
-        .checked_sub(TRAILER_LEN)
-        .ok_or_else(|| bad("too short"))?;
+    let body_len = data.len().checked_sub(TRAILER_LEN).ok_or_else(|| bad("too short"))?;
     let (body, trailer) = data.split_at(body_len);
     if Sha256::digest(body).as_slice() != trailer {
         return Err(bad("SHA-256 trailer does not match"));
     }
     // 2. Magic and metadata line.
-    let rest = body
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or_else(|| bad("not a pgkeep segment (magic)"))?;
+    let rest = body.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("not a pgkeep segment (magic)"))?;
     let nl = memchr::memchr(b'\n', rest).ok_or_else(|| bad("no metadata line"))?;
-    let meta: SegmentMeta =
-        serde_json::from_slice(&rest[..nl]).map_err(|e| bad(&format!("metadata: {e}")))?;
-    let envelope = serde_json::from_slice::<EncryptionField>(&rest[..nl])
-        .map_err(|e| bad(&format!("metadata: {e}")))?
-        .encryption;
+    let meta: SegmentMeta = serde_json::from_slice(&rest[..nl]).map_err(|e| bad(&format!("metadata: {e}")))?;
+    let envelope = serde_json::from_slice::<EncryptionField>(&rest[..nl]).map_err(|e| bad(&format!("metadata: {e}")))?.encryption;
     match (meta.version, &envelope) {
         (FORMAT_VERSION, None) | (SEALED_FORMAT_VERSION, Some(_)) if meta.parts == 0 => {}
         (CONTINUED_FORMAT_VERSION, _) if meta.parts > 0 => {}
@@ -309,10 +299,7 @@ pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegm
     }
     // 3. Stored payload.
     let rest = &rest[nl + 1..];
-    let len_bytes: [u8; 8] = rest
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| bad("truncated"))?;
+    let len_bytes: [u8; 8] = rest.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("truncated"))?;
     let stored_len = u64::from_be_bytes(len_bytes);
     let stored = &rest[8..];
     if stored.len() as u64 != stored_len {
@@ -330,17 +317,11 @@ pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegm
     let raw = match meta.compression.as_str() {
         "zstd" => {
             let mut out = Vec::new();
-            let decoder =
-                zstd::stream::read::Decoder::new(stored).map_err(|e| bad(&format!("zstd: {e}")))?;
-            decoder
-                .take(meta.raw_size + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| bad(&format!("zstd: {e}")))?;
+            let decoder = zstd::stream::read::Decoder::new(stored).map_err(|e| bad(&format!("zstd: {e}")))?;
+            decoder.take(meta.raw_size + 1).read_to_end(&mut out).map_err(|e| bad(&format!("zstd: {e}")))?;
             out
         }
-        columnar::COMPRESSION => {
-            columnar::unpack(stored, meta.raw_size).map_err(|e| bad(e.message()))?
-        }
+        columnar::COMPRESSION => columnar::unpack(stored, meta.raw_size).map_err(|e| bad(e.message()))?,
         "none" => stored.to_vec(),
         other => return Err(bad(&format!("unknown compression `{other}`"))),
     };
@@ -348,9 +329,7 @@ pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegm
         return Err(bad("payload size does not match the metadata"));
     }
     // 4. Records.
-    let mut records = split(&raw, 0)
-        .ok_or_else(|| bad("record framing"))?
-        .into_iter();
+    let mut records = split(&raw, 0).ok_or_else(|| bad("record framing"))?.into_iter();
     let schema_record = records.next().ok_or_else(|| bad("no schema record"))?;
     let schema = split_messages(&raw, schema_record).ok_or_else(|| bad("schema record framing"))?;
     let mut transactions = Vec::new();
@@ -362,11 +341,7 @@ pub fn decode_with(data: &[u8], what: &str, keys: &Keyring) -> Result<ChangeSegm
         return Err(bad("transaction count does not match the metadata"));
     }
     check_transactions(&meta, &transactions).map_err(|why| bad(&why))?;
-    Ok(ChangeSegment {
-        meta,
-        schema,
-        transactions,
-    })
+    Ok(ChangeSegment { meta, schema, transactions })
 }
 
 /// Split `buf[from..]` into `u32 len` framed ranges, or `None` if they do
@@ -390,20 +365,12 @@ fn split(buf: &[u8], from: usize) -> Option<Vec<std::ops::Range<usize>>> {
 /// The messages inside one record.
 fn split_messages(raw: &[u8], record: std::ops::Range<usize>) -> Option<Vec<Bytes>> {
     let body = raw.get(record)?;
-    Some(
-        split(body, 0)?
-            .into_iter()
-            .map(|r| Bytes::copy_from_slice(&body[r]))
-            .collect(),
-    )
+    Some(split(body, 0)?.into_iter().map(|r| Bytes::copy_from_slice(&body[r])).collect())
 }
 
 /// Begin … Commit per transaction; commit end LSNs strictly increasing in
 /// `(start, end]`, the last equal to `end`.
-fn check_transactions(
-    meta: &SegmentMeta,
-    txns: &[SegmentTransaction],
-) -> std::result::Result<(), String> {
+fn check_transactions(meta: &SegmentMeta, txns: &[SegmentTransaction]) -> std::result::Result<(), String> {
     if txns.is_empty() {
         // A heartbeat segment: no transaction committed in its range that the
         // publication covers; it only moves the archive (and the slot) forward.
@@ -417,16 +384,11 @@ fn check_transactions(
     for (i, txn) in txns.iter().enumerate() {
         let first = txn.messages.first().map(|m| pgoutput::decode(m));
         let last = txn.messages.last().map(|m| pgoutput::decode(m));
-        let (Some(Ok(PgOutputMessage::Begin(_))), Some(Ok(PgOutputMessage::Commit(commit)))) =
-            (first, last)
-        else {
+        let (Some(Ok(PgOutputMessage::Begin(_))), Some(Ok(PgOutputMessage::Commit(commit)))) = (first, last) else {
             return Err(format!("transaction {i} does not run from Begin to Commit"));
         };
         if commit.end_lsn <= previous || commit.end_lsn > meta.end_lsn {
-            return Err(format!(
-                "transaction {i} ends at {} outside the segment's range",
-                commit.end_lsn
-            ));
+            return Err(format!("transaction {i} ends at {} outside the segment's range", commit.end_lsn));
         }
         previous = commit.end_lsn;
     }
@@ -450,21 +412,9 @@ mod tests {
     fn txn(xid: u32, commit: u64, end: u64) -> SegmentTransaction {
         SegmentTransaction {
             messages: vec![
-                msg(PgOutputMessage::Begin(Begin {
-                    final_lsn: Lsn(commit),
-                    commit_time: PgTimestamp(1),
-                    xid,
-                })),
-                msg(PgOutputMessage::Insert(Insert {
-                    relation_id: 16384,
-                    new_tuple: vec![TupleValue::Text(Bytes::from_static(b"42"))],
-                })),
-                msg(PgOutputMessage::Commit(Commit {
-                    flags: 0,
-                    commit_lsn: Lsn(commit),
-                    end_lsn: Lsn(end),
-                    commit_time: PgTimestamp(1),
-                })),
+                msg(PgOutputMessage::Begin(Begin { final_lsn: Lsn(commit), commit_time: PgTimestamp(1), xid })),
+                msg(PgOutputMessage::Insert(Insert { relation_id: 16384, new_tuple: vec![TupleValue::Text(Bytes::from_static(b"42"))] })),
+                msg(PgOutputMessage::Commit(Commit { flags: 0, commit_lsn: Lsn(commit), end_lsn: Lsn(end), commit_time: PgTimestamp(1) })),
             ],
         }
     }
@@ -616,8 +566,7 @@ mod tests {
         if std::env::var("PGKEEP_WRITE_FUZZ_SEEDS").as_deref() != Ok("1") {
             return;
         }
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/segment_decode");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/segment_decode");
         std::fs::create_dir_all(&dir).unwrap();
         let mut one = sample();
         one.schema.clear();
@@ -626,11 +575,7 @@ mod tests {
         one.meta.transactions = 1;
         let mut continued = sample();
         continued.meta.parts = 2;
-        for (name, seg) in [
-            ("col1-two-transactions.seg", sample()),
-            ("col1-one-transaction-no-schema.seg", one),
-            ("v3-continued-two-parts.seg", continued),
-        ] {
+        for (name, seg) in [("col1-two-transactions.seg", sample()), ("col1-one-transaction-no-schema.seg", one), ("v3-continued-two-parts.seg", continued)] {
             let bytes = encode(&seg).unwrap();
             decode(&bytes, name).unwrap();
             std::fs::write(dir.join(name), bytes).unwrap();

@@ -207,11 +207,8 @@ mod tests {
     pub(crate) fn sample() -> TransactionPart {
         let insert = |v: &'static [u8]| {
             let mut out = BytesMut::new();
-            pgoutput::encode(
-                &PgOutputMessage::Insert(Insert { relation_id: 16384, new_tuple: vec![TupleValue::Text(Bytes::from_static(v))] }),
-                &mut out,
-            )
-            .unwrap();
+            pgoutput::encode(&PgOutputMessage::Insert(Insert { relation_id: 16384, new_tuple: vec![TupleValue::Text(Bytes::from_static(v))] }), &mut out)
+                .unwrap();
             out.freeze()
         };
         TransactionPart {

@@ -50,7 +50,8 @@ pub fn rewrap_sealed(data: &[u8], what: &str, cipher: &DataCipher, new: &KeyEnve
         return Err(Error::internal(format!("change segment {what} is not encrypted")));
     }
     let payload = cipher.open(stored, &segment_aad(header), &format!("change segment {what}"))?;
-    let json = serde_json::to_vec(&SealedMetaOut { meta: &meta, encryption: new }).map_err(|e| Error::internal(format!("cannot encode segment metadata: {e}")))?;
+    let json =
+        serde_json::to_vec(&SealedMetaOut { meta: &meta, encryption: new }).map_err(|e| Error::internal(format!("cannot encode segment metadata: {e}")))?;
     let mut out = Vec::with_capacity(data.len() + 256);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&json);

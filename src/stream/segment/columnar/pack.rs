@@ -49,10 +49,7 @@ impl Packer<'_> {
         let raw = self.raw;
         let mut at = 0;
         while at < raw.len() {
-            let body = be_u32(raw, at)
-                .and_then(|len| (at + 4).checked_add(len as usize))
-                .filter(|end| *end <= raw.len())
-                .map(|end| at + 4..end);
+            let body = be_u32(raw, at).and_then(|len| (at + 4).checked_add(len as usize)).filter(|end| *end <= raw.len()).map(|end| at + 4..end);
             let Some(body) = body else {
                 put_varint(&mut self.out[STRUCTURE], REC_TAIL);
                 self.verbatim(at..raw.len());

@@ -8,8 +8,8 @@ use super::pack::{frame, streams};
 use super::unpack::Cursor;
 use super::*;
 use crate::replication::pgoutput::{
-    self, Begin, Column, Commit, DataType, Delete, Insert, LogicalMessage, OldTuple, Origin,
-    PgOutputMessage, PgTimestamp, Relation, ReplicaIdentity, Truncate, TupleValue, Update,
+    self, Begin, Column, Commit, DataType, Delete, Insert, LogicalMessage, OldTuple, Origin, PgOutputMessage, PgTimestamp, Relation, ReplicaIdentity, Truncate,
+    TupleValue, Update,
 };
 use crate::repo::layout::Lsn;
 use crate::stream::segment::put_record;
@@ -62,12 +62,7 @@ impl Prng {
 /// A schema record and transactions using every message pgoutput sends,
 /// with a large value of `big` bytes.
 fn every_message(big: usize) -> Vec<u8> {
-    let column = |name: &str, key| Column {
-        flags: u8::from(key),
-        name: name.into(),
-        type_oid: 23,
-        type_modifier: -1,
-    };
+    let column = |name: &str, key| Column { flags: u8::from(key), name: name.into(), type_oid: 23, type_modifier: -1 };
     let schema = vec![
         msg(PgOutputMessage::Type(DataType { id: 90001, namespace: "public".into(), name: "mood".into() })),
         msg(PgOutputMessage::Relation(Relation {
@@ -78,16 +73,9 @@ fn every_message(big: usize) -> Vec<u8> {
             columns: vec![column("id", true), column("doc", false), column("note", false)],
         })),
     ];
-    let begin = |xid: u32, lsn: u64, time: i64| {
-        msg(PgOutputMessage::Begin(Begin { final_lsn: Lsn(lsn), commit_time: PgTimestamp(time), xid }))
-    };
+    let begin = |xid: u32, lsn: u64, time: i64| msg(PgOutputMessage::Begin(Begin { final_lsn: Lsn(lsn), commit_time: PgTimestamp(time), xid }));
     let commit = |lsn: u64, end: u64, time: i64| {
-        msg(PgOutputMessage::Commit(Commit {
-            flags: 0,
-            commit_lsn: Lsn(lsn),
-            end_lsn: Lsn(end),
-            commit_time: PgTimestamp(time),
-        }))
+        msg(PgOutputMessage::Commit(Commit { flags: 0, commit_lsn: Lsn(lsn), end_lsn: Lsn(end), commit_time: PgTimestamp(time) }))
     };
     let big = TupleValue::Text(Bytes::from(vec![b'x'; big]));
     let row = |id: &str| vec![text(id), big.clone(), TupleValue::Null];
@@ -97,27 +85,15 @@ fn every_message(big: usize) -> Vec<u8> {
         msg(PgOutputMessage::Insert(Insert { relation_id: 16384, new_tuple: row("1") })),
         msg(PgOutputMessage::Insert(Insert {
             relation_id: 16384,
-            new_tuple: vec![
-                TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 2])),
-                TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 2])),
-                text(""),
-            ],
+            new_tuple: vec![TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 2])), TupleValue::Binary(Bytes::from_static(&[0, 0, 0, 2])), text("")],
         })),
-        msg(PgOutputMessage::Update(Update {
-            relation_id: 16384,
-            old: None,
-            new_tuple: vec![text("1"), TupleValue::UnchangedToast, text("n")],
-        })),
+        msg(PgOutputMessage::Update(Update { relation_id: 16384, old: None, new_tuple: vec![text("1"), TupleValue::UnchangedToast, text("n")] })),
         msg(PgOutputMessage::Update(Update {
             relation_id: 16384,
             old: Some(OldTuple::Key(vec![text("1"), TupleValue::Null, TupleValue::Null])),
             new_tuple: vec![text("2"), TupleValue::UnchangedToast, text("moved")],
         })),
-        msg(PgOutputMessage::Update(Update {
-            relation_id: 16384,
-            old: Some(OldTuple::Full(row("2"))),
-            new_tuple: row("3"),
-        })),
+        msg(PgOutputMessage::Update(Update { relation_id: 16384, old: Some(OldTuple::Full(row("2"))), new_tuple: row("3") })),
         msg(PgOutputMessage::Delete(Delete { relation_id: 16384, old: OldTuple::Key(vec![text("3")]) })),
         msg(PgOutputMessage::Delete(Delete { relation_id: 16384, old: OldTuple::Full(row("3")) })),
         msg(PgOutputMessage::Message(LogicalMessage {
@@ -286,12 +262,7 @@ fn pgbench_like(transactions: u32) -> Vec<u8> {
                     TupleValue::Null,
                 ],
             })),
-            msg(PgOutputMessage::Commit(Commit {
-                flags: 0,
-                commit_lsn: Lsn(lsn),
-                end_lsn: Lsn(lsn + 48),
-                commit_time: PgTimestamp(time),
-            })),
+            msg(PgOutputMessage::Commit(Commit { flags: 0, commit_lsn: Lsn(lsn), end_lsn: Lsn(lsn + 48), commit_time: PgTimestamp(time) })),
         ]);
     }
     raw_payload(&records)
@@ -303,13 +274,7 @@ fn beats_plain_zstd_on_pgbench_like_changes() {
     let packed = pack(&raw);
     let zstd = zstd::bulk::compress(&raw, ZSTD_LEVEL).unwrap();
     assert_eq!(unpack(&packed, raw.len() as u64).unwrap(), raw);
-    assert!(
-        packed.len() * 2 < zstd.len(),
-        "packed {} bytes, zstd {} bytes, raw {}",
-        packed.len(),
-        zstd.len(),
-        raw.len()
-    );
+    assert!(packed.len() * 2 < zstd.len(), "packed {} bytes, zstd {} bytes, raw {}", packed.len(), zstd.len(), raw.len());
 }
 
 /// Sizes and times on a real payload: `/tmp/raw.bin` (or `PGKEEP_RAW_PAYLOAD`),
@@ -347,11 +312,7 @@ fn measure_real_payload() {
     // transactions up to the next one) compressed on its own.
     let mut records = Vec::new();
     assert!(frame(&raw, 0..raw.len(), &mut records));
-    let mut starts: Vec<usize> = records
-        .iter()
-        .filter(|r| raw.get(r.start + 4) != Some(&b'B'))
-        .map(|r| r.start - 4)
-        .collect();
+    let mut starts: Vec<usize> = records.iter().filter(|r| raw.get(r.start + 4) != Some(&b'B')).map(|r| r.start - 4).collect();
     starts.push(raw.len());
     let (mut zstd_sum, mut packed_sum) = (0, 0);
     for w in starts.windows(2) {

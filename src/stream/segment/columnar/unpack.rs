@@ -76,14 +76,9 @@ fn open(packed: &[u8], max_raw: u64) -> Result<Vec<Cow<'_, [u8]>>> {
 /// One zstd frame that must decompress to exactly `len` bytes.
 fn inflate(frame: &[u8], len: u64, stream: usize) -> Result<Vec<u8>> {
     let bad = |e: &dyn std::fmt::Display| damaged(format!("stream {stream}: zstd: {e}"));
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)
-        .map_err(|e| bad(&e))?
-        .single_frame();
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame).map_err(|e| bad(&e))?.single_frame();
     let mut out = Vec::new();
-    (&mut decoder)
-        .take(len.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| bad(&e))?;
+    (&mut decoder).take(len.saturating_add(1)).read_to_end(&mut out).map_err(|e| bad(&e))?;
     if out.len() as u64 != len {
         return Err(damaged(format!("stream {stream} does not have its declared size")));
     }
@@ -238,8 +233,7 @@ impl Unpacker<'_> {
     }
 
     fn close_len(&mut self, at: usize) -> Result<()> {
-        let len = u32::try_from(self.out.len() - at - 4)
-            .map_err(|_| damaged("a record or message exceeds 4 GiB"))?;
+        let len = u32::try_from(self.out.len() - at - 4).map_err(|_| damaged("a record or message exceeds 4 GiB"))?;
         self.out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         Ok(())
     }
@@ -276,8 +270,7 @@ impl Unpacker<'_> {
             MSG_BEGIN => {
                 let lsn = self.last.lsn.wrapping_add(unzigzag(self.lsn.varint()?) as u64);
                 let time = self.last.time.wrapping_add(unzigzag(self.time.varint()?));
-                let xid = u32::try_from(self.xid.varint()?)
-                    .map_err(|_| damaged("an xid delta overflows"))?;
+                let xid = u32::try_from(self.xid.varint()?).map_err(|_| damaged("an xid delta overflows"))?;
                 let xid = self.last.xid.wrapping_add(unzigzag32(xid) as u32);
                 self.last = LastBegin { lsn, time, xid };
                 self.put(b"B")?;
@@ -299,12 +292,8 @@ impl Unpacker<'_> {
                 self.put(&time.to_be_bytes())?;
             }
             token => {
-                let shape = ROWS
-                    .iter()
-                    .find(|s| s.token == token)
-                    .ok_or_else(|| damaged(format!("unknown message token {token}")))?;
-                let relation = u32::try_from(self.structure.varint()?)
-                    .map_err(|_| damaged("a relation id overflows"))?;
+                let shape = ROWS.iter().find(|s| s.token == token).ok_or_else(|| damaged(format!("unknown message token {token}")))?;
+                let relation = u32::try_from(self.structure.varint()?).map_err(|_| damaged("a relation id overflows"))?;
                 self.put(&[shape.tag])?;
                 self.put(&relation.to_be_bytes())?;
                 self.put(&[shape.marker])?;
@@ -319,8 +308,7 @@ impl Unpacker<'_> {
     }
 
     fn tuple(&mut self, relation: u32) -> Result<()> {
-        let count = i16::try_from(self.structure.varint()?)
-            .map_err(|_| damaged("a column count overflows"))?;
+        let count = i16::try_from(self.structure.varint()?).map_err(|_| damaged("a column count overflows"))?;
         self.put(&count.to_be_bytes())?;
         for column in 0..count as usize {
             match self.structure.byte()? {
@@ -370,10 +358,7 @@ impl Unpacker<'_> {
         let group = &mut self.groups[g];
         let (prefix, suffix) = (group.lengths.varint()?, group.lengths.varint()?);
         let prev = group.prev.clone();
-        let prefix = usize::try_from(prefix)
-            .ok()
-            .filter(|p| *p <= prev.len())
-            .ok_or_else(|| damaged("a prefix longer than the previous value"))?;
+        let prefix = usize::try_from(prefix).ok().filter(|p| *p <= prev.len()).ok_or_else(|| damaged("a prefix longer than the previous value"))?;
         let suffix = group.values.take(suffix)?;
         self.value_header(kind, prefix.saturating_add(suffix.len()))?;
         let start = self.out.len();
