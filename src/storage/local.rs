@@ -316,9 +316,20 @@ fn walk(root: &Path, prefix: &str, temps: bool) -> std::io::Result<Vec<ObjectMet
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
+        // An object or folder deleted while this walks (a concurrent
+        // delete tidies empty folders too) is simply not listed.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         for entry in entries {
-            let entry = entry?;
-            let ft = entry.file_type()?;
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let ft = match entry.file_type() {
+                Ok(ft) => ft,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
             let path = entry.path();
             let rel = match path.strip_prefix(root) {
                 Ok(r) => r.to_string_lossy().replace('\\', "/"),
@@ -337,7 +348,11 @@ fn walk(root: &Path, prefix: &str, temps: bool) -> std::io::Result<Vec<ObjectMet
             if is_temp != temps {
                 continue;
             }
-            let md = entry.metadata()?;
+            let md = match entry.metadata() {
+                Ok(md) => md,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
             out.push(ObjectMeta { key: rel, size: md.len(), modified: md.modified().ok().map(to_utc) });
         }
     }
