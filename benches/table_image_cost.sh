@@ -84,7 +84,7 @@ full_bytes=$(python3 -c "import json,sys; m=json.load(open('$full/manifest.json'
 
 migrate() {   # table
     local before t0 t1 image
-    before=$(ls -d "$REPO"/backups/table_image_* 2>/dev/null | wc -l)
+    before=$( (ls -d "$REPO"/backups/table_image_* 2>/dev/null || true) | wc -l)
     t0=$(date +%s.%N)
     psql -q -d $DB -c "ALTER TABLE $1 ADD COLUMN at_$1 timestamptz DEFAULT clock_timestamp()"
     until [ "$(ls "$REPO"/backups/table_image_*/manifest.json 2>/dev/null | wc -l)" -gt "$before" ]; do sleep 0.1; done
@@ -93,7 +93,7 @@ migrate() {   # table
     python3 - "$image/manifest.json" "$1" "$t0" "$t1" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))["body"]
-print(f"{sys.argv[2]}: image {m['backup_id']}: {m['stats']['rows']} rows, {m['stats']['stored_bytes'] / 2**20:.1f} MiB stored; "
+print(f"{sys.argv[2]}: image {m['backup_id']}: {m['stats']['rows']} rows, {m['stats']['stored_bytes'] / 2**20:.2f} MiB stored; "
       f"COMMIT -> image manifest {float(sys.argv[4]) - float(sys.argv[3]):.1f} s")
 PY
 }
