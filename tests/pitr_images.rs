@@ -97,13 +97,20 @@ async fn settle(db: &Db, sql: &str) {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_setup_each_inexact_migration_is_exact_from_its_table_image() {
-    let db = Db::new("images", SCHEMA).await;
+/// A database of [`SCHEMA`] with `pgkeep setup`, a stream taking table
+/// images, and a base backup after its slot is ready.
+async fn with_setup(prefix: &str) -> (Db, streaming::Running, String) {
+    let db = Db::new(prefix, SCHEMA).await;
     pgkeep::stream::setup::install(&db.settings, &db.name).await.unwrap_or_else(|e| panic!("setup: {}", e.user_line()));
     let running = db.stream_with_images();
     streaming::wait_for_slot(&db.client, &db.name, Some(true)).await;
     let base = db.backup().await;
+    (db, running, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_setup_each_inexact_migration_is_exact_from_its_table_image() {
+    let (db, running, base) = with_setup("images").await;
 
     let mut points = Vec::new();
     for (n, m) in MIGRATIONS.iter().enumerate() {
@@ -252,4 +259,32 @@ async fn a_stream_killed_while_taking_an_image_takes_it_again_when_restarted() {
     let r = db.restore_exact("after", RecoveryTarget::Time(after), &state).await;
     assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
     assert!(!r.point_in_time.as_ref().unwrap().table_images.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_before_its_image_gets_a_full_backup_instead() {
+    let (db, running, base) = with_setup("images_renamed").await;
+    // The rewrite marks t_clock; by the time its image is taken the name is gone.
+    db.run("ALTER TABLE t_clock ADD COLUMN at timestamptz DEFAULT clock_timestamp(); ALTER TABLE t_clock RENAME TO t_renamed").await;
+    db.run("UPDATE t_renamed SET v = 0 WHERE id = 1").await;
+    let (inside, _) = mark(&db.client).await;
+    db.run("UPDATE t_plain SET v = v WHERE id = 1").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+    while db.manifests("full").len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no full backup replaced the image");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(db.manifests("table-image").is_empty(), "no image of a table that is gone: {:?}", db.manifests("table-image"));
+    db.run("UPDATE t_renamed SET v = 1 WHERE id = 2").await;
+    let (after, state) = mark(&db.client).await;
+    settle(&db, "UPDATE t_plain SET v = v WHERE id = 2").await;
+    streaming::stop(running).await;
+
+    // Inside the window: refused (the renamed table's rows are not the source's).
+    let (_, refused) = db.restore("inside", RecoveryTarget::Time(inside), false).await;
+    let line = refused.expect_err("refused").user_line();
+    assert!(line.contains("public.t_clock") && line.contains("not exact"), "{line}");
+    // After the full backup: exact, from it.
+    let r = db.restore_exact("after", RecoveryTarget::Time(after), &state).await;
+    assert_ne!(r.point_in_time.as_ref().unwrap().base_backup, base);
 }

@@ -423,6 +423,16 @@ async fn snapshot_and_locks(settings: &Settings, opts: &BackupOptions, facts: &S
         if let Some(image) = &opts.image {
             let leaves = catalog::leaf_tables_of(snapshot.client(), &image.schema, &image.name).await?;
             tables.retain(|t| leaves.contains(&t.oid));
+            // Gone by that name: dropped, or renamed (then an image of nothing
+            // would let replay keep the renamed table's inexact rows). The
+            // caller takes a full backup instead.
+            if tables.is_empty() {
+                let _ = snapshot.release().await;
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("table {}.{} has no rows to image: it no longer exists by that name (dropped or renamed)", image.schema, image.name),
+                ));
+            }
         }
         check_privileges(&tables, facts)?;
         snapshot.lock_tables(&tables, opts.lock_timeout).await?;

@@ -653,7 +653,7 @@ fn image_done(shared: &Shared, result: crate::error::Result<backup::BackupReport
         }
         Err(e) => {
             shared.failed.fetch_add(1, Ordering::SeqCst);
-            tracing::warn!(error = %e.user_line(), table = %table, "table image failed; taking a full backup instead");
+            tracing::warn!(error = %e.user_line(), table = %table, "no table image; taking a full backup instead");
             let first = image.covers.first().cloned();
             pending.get_or_insert(BackupReason::Inexact {
                 table,
