@@ -126,6 +126,13 @@ async fn with_setup_each_inexact_migration_is_exact_from_its_table_image() {
     for image in db.manifests("table-image") {
         assert!(image["stats"]["rows"].as_u64().unwrap() <= 3000, "an image holds its table only: {}", image["stats"]);
     }
+    // `list` shows images and the table of each.
+    let listed = pgkeep::commands::list::run(&db.settings).await.unwrap();
+    assert!(
+        listed.iter().any(|b| b.kind == "table image" && b.image_of.as_deref().is_some_and(|t| t.starts_with("public.t_clock at LSN"))),
+        "{:?}",
+        listed.iter().map(|b| (&b.kind, &b.image_of)).collect::<Vec<_>>()
+    );
     // An image is never restored alone.
     let id: pgkeep::repo::layout::BackupId = serde_json::from_value(db.manifests("table-image")[0]["backup_id"].clone()).unwrap();
     let opts = pgkeep::commands::restore::RestoreOptions {

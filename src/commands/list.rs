@@ -23,8 +23,11 @@ use crate::restore::source::open_repositories;
 pub struct ListedBackup {
     /// Backup id.
     pub backup_id: String,
-    /// full / incremental / pre-restore.
+    /// full / incremental / pre-restore / table image.
     pub kind: String,
+    /// Table images: the table (`schema.name`) and the LSN it is consistent at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_of: Option<String>,
     /// Parent backup, for incrementals.
     pub parent: Option<String>,
     /// Database name.
@@ -79,6 +82,7 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         stored_bytes: m.stats.stored_bytes,
         compression_ratio: if m.stats.stored_bytes > 0 { m.stats.raw_bytes as f64 / m.stats.stored_bytes as f64 } else { 0.0 },
         warnings: m.warnings.clone(),
+        image_of: m.image.as_ref().map(|i| format!("{} at LSN {}", i.table(), m.snapshot.consistent_lsn)),
         ..ListedBackup::default()
     }
 }
@@ -282,6 +286,9 @@ pub fn render(items: &[ListedBackup]) -> String {
             if b.repositories.is_empty() { "-".to_string() } else { b.repositories.join(", ") }
         ));
         let mut extra = Vec::new();
+        if let Some(i) = &b.image_of {
+            extra.push(format!("table {i}"));
+        }
         if let Some(g) = b.growth_bytes {
             let sign = if g < 0 { "-" } else { "+" };
             extra.push(format!("database {sign}{} since the previous backup", human_bytes(g.unsigned_abs())));
