@@ -163,6 +163,24 @@ async fn with_setup_each_inexact_migration_is_exact_from_its_table_image() {
     assert!(accepted.point_in_time.as_ref().unwrap().inexact_accepted.iter().any(|l| l.contains(table)));
     // Latest: exact.
     db.restore_exact("latest", RecoveryTarget::Latest, &final_state).await;
+
+    // `verify` of the base reads back the images a restore of it would use;
+    // a damaged one fails, named.
+    let verify = || streaming::pgkeep_cli(db.cluster, &db.name, &db.repo()).args(["verify", &base]).output().unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("table image(s) after it read back"), "{text}");
+    let image = db.manifests("table-image").into_iter().find(|m| m["stats"]["rows"].as_u64() > Some(0)).unwrap();
+    let id = image["backup_id"].as_str().unwrap().to_string();
+    let pack = image["objects"].as_array().unwrap().iter().map(|o| o["key"].as_str().unwrap()).find(|k| k.starts_with("data/")).unwrap().to_string();
+    let path = db.repo().join("backups").join(&id).join(&pack);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains(&id), "a damaged image fails verify, named: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -204,7 +204,9 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
 
     // 6. Chains: incrementals, and change segments contiguous in every repository.
     checks.push(chains(&repos, &m).await);
-    let segment_checks = crate::verify::chains::check_chains_with_keys(&repos, &m, &keys).await;
+    let mut segment_checks = crate::verify::chains::check_chains_with_keys(&repos, &m, &keys).await;
+    // The table images a point-in-time restore from it would put in place, read back.
+    segment_checks.extend(crate::verify::images::check_images(&repos, &m, &keys, settings.jobs).await);
     if !segment_checks.is_empty() {
         checks.retain(|c| !(c.check == Check::Chains && c.status == Status::Skip));
         checks.extend(segment_checks);

@@ -7,6 +7,7 @@
 //! is always dropped) and [`production`] (`--compare-production` row counts).
 
 pub mod chains;
+pub mod images; // table images a point-in-time restore would use
 pub mod integrity;
 pub mod legacy; // legacy `*.dump.gz` archives
 pub mod production;
