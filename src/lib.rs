@@ -9,6 +9,7 @@
 //! [`pipeline`] cuts, compresses and checksums chunks off the async runtime,
 //! and [`storage`] writes them to every repository at once; [`repo`] owns the
 //! on-disk format.
+#![warn(unreachable_pub)]
 
 pub mod backup;
 pub mod commands;

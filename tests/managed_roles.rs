@@ -127,6 +127,7 @@ const WORKLOAD: &[&str] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(clippy::too_many_lines, reason = "one end-to-end scenario, step by step")]
 async fn the_supabase_customer_role_runs_the_whole_workflow() {
     let cluster = PgCluster::start();
     supabase::create_roles(&cluster).await;

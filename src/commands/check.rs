@@ -156,6 +156,7 @@ async fn replica_identity(client: &tokio_postgres::Client, report: &mut CheckRep
 }
 
 /// Run every check. Errors only when the check itself cannot run at all.
+#[expect(clippy::too_many_lines, reason = "every check of `check` in one place; to be split into steps (issue 13)")]
 pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport { findings: Vec::new(), metrics: Vec::new() };
     let database = &settings.db.dbname;

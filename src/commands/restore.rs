@@ -112,6 +112,7 @@ pub(crate) async fn audit<T: Serialize>(settings: &Settings, operation: &str, re
     }
 }
 
+#[expect(clippy::too_many_lines, reason = "orchestrator to be split into commented steps (issue 13)")]
 async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreReport> {
     let server = &settings.db;
     let target_name = opts.target_db.clone().unwrap_or_else(|| server.dbname.clone());

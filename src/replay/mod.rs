@@ -384,6 +384,7 @@ fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
 
 /// Replay `plan` into the restored database `work` (steps 1–4). `only`
 /// restricts the replay to these tables (`(schema, name)`).
+#[expect(clippy::too_many_lines, reason = "the replay loop; to be split into steps (issue 13)")]
 pub async fn run(
     repos: &[Arc<dyn Storage>],
     plan: &ReplayPlan,

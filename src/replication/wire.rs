@@ -265,7 +265,7 @@ pub(crate) mod test_messages {
     use bytes::{BufMut, BytesMut};
 
     /// A message with `tag` and `body`, length word filled in.
-    pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
         out.put_u8(tag);
         out.put_i32(body.len() as i32 + 4);
@@ -279,7 +279,7 @@ pub(crate) mod test_messages {
     }
 
     /// RowDescription with text columns named `names`.
-    pub fn row_description(names: &[&str]) -> Vec<u8> {
+    pub(crate) fn row_description(names: &[&str]) -> Vec<u8> {
         let mut body = BytesMut::new();
         body.put_i16(names.len() as i16);
         for name in names {
@@ -295,7 +295,7 @@ pub(crate) mod test_messages {
     }
 
     /// DataRow with text values, `None` = NULL.
-    pub fn data_row(values: &[Option<&str>]) -> Vec<u8> {
+    pub(crate) fn data_row(values: &[Option<&str>]) -> Vec<u8> {
         let mut body = BytesMut::new();
         body.put_i16(values.len() as i16);
         for value in values {
@@ -311,19 +311,19 @@ pub(crate) mod test_messages {
     }
 
     /// CommandComplete with `tag`.
-    pub fn command_complete(tag: &str) -> Vec<u8> {
+    pub(crate) fn command_complete(tag: &str) -> Vec<u8> {
         let mut body = BytesMut::new();
         cstr(&mut body, tag);
         frame(b'C', &body)
     }
 
     /// ReadyForQuery, idle.
-    pub fn ready_for_query() -> Vec<u8> {
+    pub(crate) fn ready_for_query() -> Vec<u8> {
         frame(b'Z', b"I")
     }
 
     /// ErrorResponse (or NoticeResponse with tag `N`) with the usual fields.
-    pub fn error_response(tag: u8, severity: &str, code: &str, message: &str, hint: Option<&str>) -> Vec<u8> {
+    pub(crate) fn error_response(tag: u8, severity: &str, code: &str, message: &str, hint: Option<&str>) -> Vec<u8> {
         let mut body = BytesMut::new();
         for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
             body.put_u8(field);
@@ -338,7 +338,7 @@ pub(crate) mod test_messages {
     }
 
     /// ParameterStatus `name` = `value`.
-    pub fn parameter_status(name: &str, value: &str) -> Vec<u8> {
+    pub(crate) fn parameter_status(name: &str, value: &str) -> Vec<u8> {
         let mut body = BytesMut::new();
         cstr(&mut body, name);
         cstr(&mut body, value);

@@ -46,6 +46,7 @@ pub struct LegacyChecks {
 }
 
 /// Run every check on `archive`. Never `Err`: each failure is a failed check naming the archive.
+#[expect(clippy::too_many_lines, reason = "the seed's checks in order; to be split (issue 13)")]
 pub async fn verify_archive(archive: &LegacyArchive, opts: &LegacyChecks) -> BackupVerification {
     let location = archive.location();
     let repo = Some(archive.repository.location());
