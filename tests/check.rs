@@ -49,6 +49,7 @@ async fn check_alerts_on_missing_or_old_backups_and_forgotten_slots() {
     assert!(out.contains("OK    full-backup-age") && out.contains("OK    repository"), "{out}");
     let metrics = std::fs::read_to_string(&prom).unwrap();
     assert!(metrics.contains("pgkeep_last_full_backup_timestamp_seconds{"), "{metrics}");
+    assert!(metrics.contains("pgkeep_check_ok{check=\"full-backup-age\"} 1"), "one status per check: {metrics}");
 
     // A forgotten pgkeep slot: inactive, retaining WAL.
     cluster.execute(&db, "SELECT pg_create_logical_replication_slot('pgkeep_forgotten', 'pgoutput');").await;

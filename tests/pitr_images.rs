@@ -12,7 +12,7 @@
 //! that joined the publications late, and a definition change no archived
 //! row change shows, found in the catalog). Every comparison covers every
 //! table's rows and the schema. A stream killed while taking an image takes
-//! it again when restarted.
+//! it again when restarted (and its `--metrics-addr` endpoint shows it).
 
 mod harness;
 
@@ -241,9 +241,11 @@ async fn a_stream_killed_while_taking_an_image_takes_it_again_when_restarted() {
     streaming::stop(first).await;
 
     // The CLI's stream, aborting (as kill -9) just before an image's manifest.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{port}");
     let cli = |failpoint: &str| {
         streaming::pgkeep_cli(db.cluster, &db.name, &db.repo())
-            .args(["-q", "stream", "--segment-seconds", "1", "--slot", &db.name, "--publication", &db.name])
+            .args(["-q", "stream", "--segment-seconds", "1", "--slot", &db.name, "--publication", &db.name, "--metrics-addr", &metrics_addr])
             .env("PGKEEP_FAILPOINT", failpoint)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -279,6 +281,29 @@ async fn a_stream_killed_while_taking_an_image_takes_it_again_when_restarted() {
     let (after, state) = mark(&db.client).await;
     db.run("UPDATE t_plain SET v = v WHERE id = 2").await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    // The metrics endpoint: the image, the durable position, the segments stored.
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&metrics_addr).unwrap();
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    };
+    let text = get("/metrics");
+    let value =
+        |series: &str| -> f64 { text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or_else(|| panic!("{series} in\n{text}")) };
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(value("pgkeep_stream_table_images_total") >= 1.0 && value("pgkeep_stream_durable_lsn") > 0.0, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("pgkeep_stream_segments_stored_total{repository=") && !l.ends_with(" 0")), "{text}");
+    assert!(value("pgkeep_last_full_backup_age_seconds") >= 0.0, "the base is known: {text}");
+    assert!(get("/").starts_with("HTTP/1.1 404"));
+    // A second stream on a taken address fails at start, naming it.
+    let out =
+        streaming::pgkeep_cli(db.cluster, &db.name, &db.repo()).args(["stream", "--slot", "other_slot", "--metrics-addr", &metrics_addr]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&metrics_addr), "{err}");
     unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
     assert!(tokio::task::spawn_blocking(move || again.wait().unwrap()).await.unwrap().success());
     let r = db.restore_exact("after", RecoveryTarget::Time(after), &state).await;

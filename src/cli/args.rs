@@ -230,6 +230,9 @@ pub(crate) struct StreamArgs {
     /// Also take a full backup this long after the newest one (e.g. 24h; default: off).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) full_backup_every: Option<std::time::Duration>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while streaming (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) metrics_addr: Option<std::net::SocketAddr>,
     /// Never take a full backup by itself (by default one is taken when no backup covers the
     /// archive at start, and after a schema change without captured DDL).
     #[arg(long)]

@@ -234,6 +234,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 false => pgkeep::stream::autobackup::AutoBackupOptions::enabled(),
             };
             opts.auto_backup.every = a.full_backup_every;
+            opts.metrics_addr = a.metrics_addr;
             // Retention after each automatic full backup, as after `pgkeep backup`.
             opts.auto_backup.after_backup = Some(pgkeep::stream::autobackup::AfterBackup::new(|s: config::Settings| async move {
                 expire_after_backup(&s).await;

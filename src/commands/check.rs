@@ -72,9 +72,17 @@ impl CheckReport {
         self.findings.iter().map(|f| format!("{} {}: {}\n", if f.ok { "OK   " } else { "ALERT" }, f.check, f.message)).collect()
     }
 
-    /// Prometheus textfile-collector format.
+    /// Prometheus textfile-collector format, with `pgkeep_check_ok{check}`:
+    /// 1 when every finding of that check is OK.
     pub fn prometheus(&self) -> String {
         let mut out = String::new();
+        let mut checks: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
+        for f in &self.findings {
+            *checks.entry(f.check.as_str()).or_insert(true) &= f.ok;
+        }
+        for (check, ok) in checks {
+            out.push_str(&format!("pgkeep_check_ok{{check=\"{}\"}} {}\n", label(check), u8::from(ok)));
+        }
         for (name, labels, value) in &self.metrics {
             if labels.is_empty() {
                 out.push_str(&format!("{name} {value}\n"));

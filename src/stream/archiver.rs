@@ -517,6 +517,8 @@ pub struct SessionContext<'a> {
     pub autobackup: &'a AutoBackup,
     /// Encryption of this run's segments, when configured.
     pub sealer: Option<&'a crate::crypto::Sealer>,
+    /// What `--metrics-addr` serves.
+    pub metrics: &'a super::metrics::StreamMetrics,
 }
 
 /// Stream from `archiver.durable_end()` until shutdown, the server ends the
@@ -552,10 +554,19 @@ pub async fn run_session<F: Future<Output = ()>>(
             }
             _ = sleep, if deadline.is_some() => store_segment(&mut stream, archiver, cx, upkeep, totals).await?,
             _ = status.tick() => send_durable(&mut stream, archiver, false).await?,
-            _ = check.tick() => check_publications(cx, upkeep, archiver).await,
+            _ = check.tick() => {
+                check_publications(cx, upkeep, archiver).await;
+                if let Some(bytes) = upkeep.slot_retained(cx.slot).await {
+                    cx.metrics.slot_retained(bytes);
+                }
+            }
             event = stream.next_event() => match event? {
-                StreamEvent::XLogData { data, .. } => take_data(&mut stream, archiver, cx, upkeep, totals, data).await?,
+                StreamEvent::XLogData { data, wal_end, .. } => {
+                    cx.metrics.server_at(wal_end);
+                    take_data(&mut stream, archiver, cx, upkeep, totals, data).await?
+                }
                 StreamEvent::Keepalive { wal_end, reply_requested, server_time } => {
+                    cx.metrics.server_at(wal_end);
                     if let Some(mut segment) = archiver.heartbeat(wal_end, Instant::now()) {
                         // Where the server's WAL ended, and when by its clock.
                         segment.meta.server_time = server_time.to_utc();
@@ -718,6 +729,9 @@ async fn put_everywhere(cx: &SessionContext<'_>, key: &str, bytes: &Bytes, what:
         async move { repo.put(key, bytes, PutOptions::default()).await.map_err(|e| e.context(format!("cannot store {what} {key} in {}", repo.location()))) }
     });
     futures::future::try_join_all(puts).await?;
+    for repo in cx.repos {
+        cx.metrics.stored(&repo.location(), bytes.len() as u64);
+    }
     Ok(())
 }
 
@@ -754,6 +768,7 @@ async fn store_sealed(
     crate::failpoint::hit("stream.after_segment_put");
     stream.send_status(meta.end_lsn, meta.end_lsn, meta.end_lsn, false).await?;
     archiver.confirm(meta.end_lsn);
+    cx.metrics.durable(meta.end_lsn);
     let lag_ms = meta.last_commit_time.map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0)).unwrap_or(0);
     tracing::info!(
         start_lsn = %meta.start_lsn,

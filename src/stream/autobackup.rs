@@ -124,6 +124,8 @@ pub struct AutoBackupOptions {
     pub after_backup: Option<AfterBackup>,
     /// Where pending table images are recorded (none: only in memory).
     pub journal: Option<ImageJournal>,
+    /// What `--metrics-addr` serves (backups and images taken or failed).
+    pub metrics: Option<Arc<super::metrics::StreamMetrics>>,
 }
 
 /// A step run after each successful automatic full backup, given the
@@ -161,7 +163,7 @@ impl AutoBackupOptions {
     /// What `pgkeep stream` does unless told otherwise: a backup when
     /// nothing covers the archive and after uncaptured schema changes.
     pub fn enabled() -> AutoBackupOptions {
-        AutoBackupOptions { when_uncovered: true, on_schema_change: true, every: None, after_backup: None, journal: None }
+        AutoBackupOptions { when_uncovered: true, on_schema_change: true, every: None, after_backup: None, journal: None, metrics: None }
     }
 
     fn any(&self) -> bool {
@@ -391,6 +393,9 @@ impl AutoBackup {
         if let (Some(tx), Some(at)) = (&self.tx, newest) {
             let _ = tx.send(Command::NewestFull(at));
         }
+        if let (Some(m), Some(at)) = (&self.opts.metrics, newest) {
+            m.full_backup(at.timestamp(), false);
+        }
     }
 
     /// Stop the worker, abandoning a backup in progress; what was done.
@@ -486,6 +491,7 @@ enum Job {
 /// backup asked for first, then table images in the order asked.
 async fn worker(settings: Settings, opts: AutoBackupOptions, mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
     let (every, after_backup) = (opts.every, opts.after_backup.clone());
+    let metrics = opts.metrics.clone();
     let notifier = Notifier::from_settings(&settings);
     let mut next_due = every.map(|e| tokio::time::Instant::now() + e);
     let mut pending: Option<BackupReason> = None;
@@ -559,6 +565,13 @@ async fn worker(settings: Settings, opts: AutoBackupOptions, mut rx: mpsc::Unbou
         // Cleared with no await before its outcome is recorded (see `stop`).
         if let Ok(mut since) = shared.running_since.lock() {
             *since = None;
+        }
+        if let Some(m) = &metrics {
+            match (&job, &result) {
+                (Job::Full(_), Ok(r)) => m.full_backup(r.manifest.finished_at.timestamp(), true),
+                (Job::Image(_), Ok(_)) => m.image_taken(),
+                (_, Err(_)) => m.backup_failed(),
+            }
         }
         match job {
             Job::Full(reason) => {

@@ -32,6 +32,7 @@ pub mod autobackup;
 pub mod catalog_watch;
 pub mod ddl;
 pub mod inexact;
+pub mod metrics;
 pub mod publication;
 pub mod schema_watch;
 pub mod segment;
@@ -80,6 +81,8 @@ pub struct StreamOptions {
     /// Full backups the stream takes by itself (all off here; the CLI turns
     /// them on).
     pub auto_backup: AutoBackupOptions,
+    /// Serve Prometheus metrics here (`--metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl StreamOptions {
@@ -94,6 +97,7 @@ impl StreamOptions {
             transaction_memory: 16 << 20,
             publication_check: Duration::from_secs(5),
             auto_backup: AutoBackupOptions::default(),
+            metrics_addr: None,
         }
     }
 }
@@ -138,10 +142,19 @@ pub async fn run(settings: &Settings, opts: &StreamOptions, shutdown: impl Futur
     let span = tracing::info_span!("stream", stream_id = %stream_id, slot = %opts.slot, lsn = tracing::field::Empty);
     // Table images asked for are recorded in the repositories until taken.
     let journal = opts.auto_backup.on_schema_change.then(|| autobackup::ImageJournal::new(&repos, &base));
-    let autobackup = AutoBackup::start(settings, AutoBackupOptions { journal, ..opts.auto_backup.clone() });
-    let stream = Stream { settings, opts, repos, stream_id, system_identifier: identity.systemid.to_string(), span: span.clone() };
+    // Metrics, when asked for: a taken address fails here, before anything runs.
+    let metrics = metrics::StreamMetrics::new();
+    let server = match opts.metrics_addr {
+        Some(addr) => Some(metrics::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+    let autobackup = AutoBackup::start(settings, AutoBackupOptions { journal, metrics: Some(metrics.clone()), ..opts.auto_backup.clone() });
+    let stream = Stream { settings, opts, repos, stream_id, system_identifier: identity.systemid.to_string(), span: span.clone(), metrics };
     let result = stream.archive(repl, &autobackup, &mut shutdown).instrument(span.clone()).await;
     let auto_backups = autobackup.stop().instrument(span).await;
+    if let Some(server) = server {
+        server.abort();
+    }
     result.map(|report| StreamReport { auto_backups, ..report })
 }
 
@@ -251,6 +264,7 @@ struct Stream<'a> {
     stream_id: String,
     system_identifier: String,
     span: tracing::Span,
+    metrics: Arc<metrics::StreamMetrics>,
 }
 
 impl Stream<'_> {
@@ -314,6 +328,7 @@ impl Stream<'_> {
                 publication_check: opts.publication_check,
                 autobackup,
                 sealer: sealer.as_ref(),
+                metrics: &self.metrics,
             };
             // 4. Resume point, 5. archive.
             let attempt = async {
@@ -367,6 +382,7 @@ impl Stream<'_> {
                 Err(e) => return Err(e),
             }
             reconnects += 1;
+            self.metrics.reconnected();
             tokio::select! {
                 _ = shutdown.as_mut() => break,
                 _ = tokio::time::sleep(backoff) => {}

@@ -151,6 +151,15 @@ impl Upkeep {
         self.catalog.confirm(Instant::now(), settle, captured)
     }
 
+    /// WAL the slot `slot` holds back on the server (bytes); `None` when it
+    /// cannot be read (no warning: metrics only).
+    pub async fn slot_retained(&mut self, slot: &str) -> Option<u64> {
+        let client = self.client().await.ok()?;
+        let row =
+            client.query_opt("SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.ok()??;
+        row.try_get::<_, Option<i64>>(0).ok().flatten().map(|b| b.max(0) as u64)
+    }
+
     /// Every sequence's `last_value` and `is_called` now. A failure is
     /// logged and yields no samples: it never stops archiving. A sequence
     /// that cannot be read is left out alone (warned once per streak).
