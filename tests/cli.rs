@@ -157,3 +157,18 @@ fn backup_through_seed_env_vars_into_an_unwritable_dir_and_then_a_good_one() {
     assert!(good.path().join("logs").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("backup_")));
     assert!(!stderr(&o).contains(&pw));
 }
+
+#[test]
+fn help_groups_the_global_options() {
+    for verb in ["backup", "restore", "stream"] {
+        let out = pgkeep(&[verb, "--help"], &[]);
+        assert!(out.status.success(), "{verb} --help");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let at = |heading: &str| text.lines().position(|l| l == heading).unwrap_or_else(|| panic!("{heading} in {verb} --help:\n{text}"));
+        let order = ["Options:", "Connection:", "Repositories:", "S3:", "Encryption:", "Output:"].map(at);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{verb} --help headings out of order: {order:?}\n{text}");
+        // Each global option under its heading.
+        let section = |heading: &str| text.lines().skip(at(heading) + 1).take_while(|l| !l.is_empty()).collect::<Vec<_>>().join("\n");
+        assert!(section("Connection:").contains("--db") && section("S3:").contains("--s3-sse") && section("Encryption:").contains("--identity-file"), "{text}");
+    }
+}

@@ -19,51 +19,51 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
     /// Database to connect to: postgres:// URL or key=value string (default: DB_*, DATABASE_URL, PG* env).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(help_heading = "Connection", long, global = true, value_name = "URL")]
     pub(crate) db: Option<String>,
-    /// Repository: a directory, file:///path or s3://bucket/prefix. Repeatable; replaces BACKUP_DIR/S3_BUCKET.
-    #[arg(long = "repo", global = true, value_name = "PATH_OR_URL")]
-    pub(crate) repos: Vec<String>,
     /// Parallel connections and workers (default: number of cores).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(help_heading = "Connection", long, global = true, value_name = "N")]
     pub(crate) jobs: Option<usize>,
+    /// Repository: a directory, file:///path or s3://bucket/prefix. Repeatable; replaces BACKUP_DIR/S3_BUCKET.
+    #[arg(help_heading = "Repositories", long = "repo", global = true, value_name = "PATH_OR_URL")]
+    pub(crate) repos: Vec<String>,
     /// Config file (default: PGKEEP_CONFIG, else ./pgkeep.toml if present).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(help_heading = "Repositories", long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum)]
-    pub(crate) log_format: Option<LogFormatArg>,
-    /// Less output (errors and warnings only).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    pub(crate) quiet: bool,
-    /// More output (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub(crate) verbose: u8,
-    /// Encrypt new backups and change segments to this age recipient (age1…; repeatable;
-    /// replaces PGKEEP_ENCRYPT_RECIPIENTS). Restore needs the matching identity file.
-    #[arg(long = "encrypt-recipient", global = true, value_name = "AGE1…")]
-    pub(crate) encrypt_recipients: Vec<String>,
-    /// age identity file (AGE-SECRET-KEY-1… lines) to decrypt encrypted backups (PGKEEP_IDENTITY_FILE).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub(crate) identity_file: Option<PathBuf>,
-    /// File holding the encryption passphrase (PGKEEP_PASSPHRASE_FILE; or PGKEEP_PASSPHRASE). Never pass it on the command line.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub(crate) passphrase_file: Option<PathBuf>,
     /// S3 server-side encryption of every object written: AES256 or aws:kms (S3_SSE).
-    #[arg(long, global = true, value_name = "MODE")]
+    #[arg(help_heading = "S3", long, global = true, value_name = "MODE")]
     pub(crate) s3_sse: Option<String>,
     /// KMS key id for --s3-sse aws:kms (S3_SSE_KMS_KEY_ID).
-    #[arg(long, global = true, value_name = "KEY_ID")]
+    #[arg(help_heading = "S3", long, global = true, value_name = "KEY_ID")]
     pub(crate) s3_sse_kms_key_id: Option<String>,
     /// S3 object lock mode for backup objects written: GOVERNANCE or COMPLIANCE (S3_OBJECT_LOCK_MODE).
-    #[arg(long, global = true, value_name = "MODE", requires = "s3_object_lock_days")]
+    #[arg(help_heading = "S3", long, global = true, value_name = "MODE", requires = "s3_object_lock_days")]
     pub(crate) s3_object_lock_mode: Option<String>,
     /// Retain locked backup objects for this many days after writing (S3_OBJECT_LOCK_DAYS).
-    #[arg(long, global = true, value_name = "DAYS", requires = "s3_object_lock_mode")]
+    #[arg(help_heading = "S3", long, global = true, value_name = "DAYS", requires = "s3_object_lock_mode")]
     pub(crate) s3_object_lock_days: Option<u32>,
     /// Allow a plain-HTTP S3 endpoint that is not on this machine (S3_ALLOW_HTTP).
-    #[arg(long, global = true)]
+    #[arg(help_heading = "S3", long, global = true)]
     pub(crate) allow_http: bool,
+    /// Encrypt new backups and change segments to this age recipient (age1…; repeatable;
+    /// replaces PGKEEP_ENCRYPT_RECIPIENTS). Restore needs the matching identity file.
+    #[arg(help_heading = "Encryption", long = "encrypt-recipient", global = true, value_name = "AGE1…")]
+    pub(crate) encrypt_recipients: Vec<String>,
+    /// age identity file (AGE-SECRET-KEY-1… lines) to decrypt encrypted backups (PGKEEP_IDENTITY_FILE).
+    #[arg(help_heading = "Encryption", long, global = true, value_name = "FILE")]
+    pub(crate) identity_file: Option<PathBuf>,
+    /// File holding the encryption passphrase (PGKEEP_PASSPHRASE_FILE; or PGKEEP_PASSPHRASE). Never pass it on the command line.
+    #[arg(help_heading = "Encryption", long, global = true, value_name = "FILE")]
+    pub(crate) passphrase_file: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(help_heading = "Output", long, global = true, value_enum)]
+    pub(crate) log_format: Option<LogFormatArg>,
+    /// Less output (errors and warnings only).
+    #[arg(help_heading = "Output", short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+    /// More output (-v debug, -vv trace).
+    #[arg(help_heading = "Output", short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
