@@ -52,20 +52,7 @@ async fn wait_caught_up(client: &tokio_postgres::Client, slot: &str) {
 
 /// Every user table's rows, as `table: md5 of the sorted rows`.
 async fn contents(client: &tokio_postgres::Client) -> Vec<String> {
-    let tables: Vec<String> = client
-        .query("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut out = Vec::new();
-    for t in tables {
-        let sql = format!("SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {t} t");
-        let h: String = client.query_one(&sql, &[]).await.unwrap().get(0);
-        out.push(format!("{t}: {h}"));
-    }
-    out
+    harness::pitr_db::state(client).await.rows.into_iter().map(|(t, h)| format!("{t}: {h}")).collect()
 }
 
 /// `publication: table` for every table of every publication.

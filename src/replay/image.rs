@@ -42,6 +42,18 @@ pub trait ImageHook: Send + Sync {
     fn put_in_place<'a>(&'a self, client: &'a Client, image: &'a BackupManifest) -> Pin<Box<dyn Future<Output = Result<String>> + Send + 'a>>;
 }
 
+/// Whether `image` is a table image a replay from `base` can use: the
+/// same database and cluster, taken with a slot snapshot, consistent after
+/// the base.
+pub fn continues(image: &BackupManifest, base: &BackupManifest) -> bool {
+    image.kind == crate::repo::layout::BackupKind::TableImage
+        && image.image.is_some()
+        && image.database == base.database
+        && image.server.system_identifier == base.server.system_identifier
+        && image.snapshot.method == crate::repo::manifest::SnapshotMethod::ReplicationSlot
+        && image.snapshot.consistent_lsn > base.snapshot.consistent_lsn
+}
+
 /// A table waiting for its image.
 #[derive(Debug, Clone, PartialEq)]
 struct Waiting {
@@ -49,8 +61,6 @@ struct Waiting {
     image: usize,
     /// The change that made it wait (table, reason, where).
     mark: InexactMark,
-    /// Its row changes are left out (false when inexact tables are accepted).
-    skipped: bool,
 }
 
 /// The tables of one replay that wait for an image.
@@ -59,34 +69,34 @@ pub struct ImageWindows {
     images: Vec<BackupManifest>,
     waiting: Vec<Waiting>,
     /// Images whose unseen covers were taken into account (once each).
-    late_seen: Vec<usize>,
+    unseen_taken: Vec<usize>,
 }
 
 impl ImageWindows {
     /// The images of a plan, oldest first (consistent point after the base).
     pub fn new(mut images: Vec<BackupManifest>) -> ImageWindows {
         images.sort_by_key(|m| m.snapshot.consistent_lsn);
-        ImageWindows { images, waiting: Vec::new(), late_seen: Vec::new() }
+        ImageWindows { images, waiting: Vec::new(), unseen_taken: Vec::new() }
     }
 
-    /// Tables that joined the publications late, from before the base
-    /// (`from`): the base does not hold them exactly (their changes until
-    /// they joined are not archived). Returns the tables to skip.
+    /// Unseen covers from before the base (`from`): a table that joined
+    /// the publications late, or changed with nothing in the archive
+    /// showing it, is not exact in the base. Returns the tables to skip.
     pub fn at_start(&mut self, from: Lsn, skip: bool) -> Vec<(String, String)> {
-        self.late_where(|lsn, _| lsn <= from, from, skip)
+        self.unseen_where(|lsn, _| lsn <= from, from, skip)
     }
 
     /// Replay is about to apply a transaction committed at `position`:
-    /// tables that joined late and can have existed since before it wait
-    /// for their image from here. Returns the tables to skip.
+    /// tables with an unseen change since before it wait for their image
+    /// from here. Returns the tables to skip.
     pub fn reach(&mut self, position: Lsn, skip: bool) -> Vec<(String, String)> {
-        self.late_where(|lsn, _| lsn <= position, Lsn(0), skip)
+        self.unseen_where(|lsn, _| lsn <= position, Lsn(0), skip)
     }
 
     /// At the end of a replay to `target`: as [`ImageWindows::reach`], for
-    /// the target itself (a late table whose clock is unknown waits).
+    /// the target itself (an unseen change whose clock is unknown waits).
     pub fn reach_at_end(&mut self, target: RecoveryTarget, archive_end: Lsn) {
-        self.late_where(
+        self.unseen_where(
             |lsn, time| match target {
                 RecoveryTarget::Latest => lsn <= archive_end,
                 RecoveryTarget::Lsn(l) => lsn <= l,
@@ -97,17 +107,17 @@ impl ImageWindows {
         );
     }
 
-    /// Late covers of images after `after` for which `hit(lsn, time)`:
+    /// Unseen covers of images after `after` for which `hit(lsn, time)`:
     /// their tables wait (once).
-    fn late_where(&mut self, hit: impl Fn(Lsn, Option<chrono::DateTime<chrono::Utc>>) -> bool, after: Lsn, skip: bool) -> Vec<(String, String)> {
+    fn unseen_where(&mut self, hit: impl Fn(Lsn, Option<chrono::DateTime<chrono::Utc>>) -> bool, after: Lsn, skip: bool) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for i in 0..self.images.len() {
             let Some(info) = self.images[i].image.clone() else { continue };
-            if self.late_seen.contains(&i) || self.images[i].snapshot.consistent_lsn <= after || self.waiting.iter().any(|w| w.mark.table == info.table()) {
+            if self.unseen_taken.contains(&i) || self.images[i].snapshot.consistent_lsn <= after || self.waiting.iter().any(|w| w.mark.table == info.table()) {
                 continue;
             }
             if let Some(c) = info.covers.iter().find(|c| c.unseen && hit(c.lsn, c.time)) {
-                self.late_seen.push(i);
+                self.unseen_taken.push(i);
                 let mark = InexactMark { table: info.table(), reason: c.reason.clone(), lsn: c.lsn, time: c.time };
                 out.extend(self.wait(i, mark, skip));
             }
@@ -131,7 +141,7 @@ impl ImageWindows {
     }
 
     fn wait(&mut self, image: usize, mark: InexactMark, skip: bool) -> Vec<(String, String)> {
-        self.waiting.push(Waiting { image, mark, skipped: skip });
+        self.waiting.push(Waiting { image, mark });
         if skip { self.tables_of(image) } else { Vec::new() }
     }
 
@@ -221,11 +231,6 @@ impl ImageWindows {
             format!("target {target} is inside a window the archive cannot reproduce, so the restore stops (production untouched): {}", lines.join("; ")),
         )
         .with_hint("choose a target at or after the table image, or before the change, or pass --accept-inexact to restore it anyway"))
-    }
-
-    /// Whether the waiting table's changes were left out (for the report).
-    pub fn skipped_any(&self) -> bool {
-        self.waiting.iter().any(|w| w.skipped)
     }
 }
 

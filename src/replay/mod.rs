@@ -244,7 +244,7 @@ pub async fn plan(
             target,
             later_bases,
             accept_inexact: false,
-            images: table_images(repos, &m, c).await,
+            images: table_images(repos, &m).await,
         };
         // 3. The chain reaches the target.
         let end = plan.archive_end();
@@ -311,23 +311,18 @@ pub async fn plan(
     Err(err)
 }
 
-/// The table images of `base`'s database and cluster consistent after
-/// `after`, oldest first, each once (from the first repository listing it).
+/// The table images a replay from `base` can use ([`image::continues`]),
+/// oldest first, each once (from the first repository listing it).
 /// A repository that cannot be listed is skipped with a warning: without
 /// its images, a window is refused, never replayed wrongly.
-async fn table_images(repos: &[Arc<dyn Storage>], base: &BackupManifest, after: Lsn) -> Vec<BackupManifest> {
+async fn table_images(repos: &[Arc<dyn Storage>], base: &BackupManifest) -> Vec<BackupManifest> {
     let mut out: Vec<BackupManifest> = Vec::new();
     for repo in repos {
         match crate::repo::catalog::list_backups(repo.as_ref()).await {
             Ok(entries) => {
                 for e in entries {
                     if let crate::repo::catalog::CatalogEntry::Valid(m) = e
-                        && m.kind == BackupKind::TableImage
-                        && m.image.is_some()
-                        && m.database == base.database
-                        && m.server.system_identifier == base.server.system_identifier
-                        && m.snapshot.method == SnapshotMethod::ReplicationSlot
-                        && m.snapshot.consistent_lsn > after
+                        && image::continues(&m, base)
                         && !out.iter().any(|o| o.backup_id == m.backup_id)
                     {
                         out.push(*m);

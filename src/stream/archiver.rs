@@ -556,7 +556,9 @@ pub async fn run_session<F: Future<Output = ()>>(
             _ = status.tick() => send_durable(&mut stream, archiver, false).await?,
             _ = check.tick() => {
                 check_publications(cx, upkeep, archiver).await;
-                if let Some(bytes) = upkeep.slot_retained(cx.slot).await {
+                if cx.metrics.is_served()
+                    && let Some(bytes) = upkeep.slot_retained(cx.slot).await
+                {
                     cx.metrics.slot_retained(bytes);
                 }
             }
@@ -681,7 +683,8 @@ async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep, archiv
 }
 
 /// A table's definition changed with no `pgkeep.ddl` message: warn, and ask
-/// for a new full backup, since replay cannot cross the change.
+/// for a table image, since replay cannot cross the change (the same table
+/// also carries an inexact mark; the two requests merge in one image).
 fn schema_changed_without_ddl(cx: &SessionContext<'_>, change: &UncapturedChange) {
     tracing::warn!(
         table = %change.table,
@@ -695,10 +698,11 @@ fn schema_changed_without_ddl(cx: &SessionContext<'_>, change: &UncapturedChange
 }
 
 /// A change replay cannot reproduce (a rewrite, a computed fast default,
-/// DDL inside a function, …): warn, and ask for a new full backup, from
-/// whose consistent point on the table is exact again.
+/// DDL inside a function, …): warn, and ask for a table image (a full
+/// backup for a mark naming no table), from whose consistent point on the
+/// table is exact again.
 fn not_reproducible(cx: &SessionContext<'_>, mark: InexactMark) {
-    tracing::warn!(table = %mark.table, lsn = %mark.lsn, reason = %mark.reason, "a change the archive cannot reproduce: replay refuses targets after it until a newer full backup");
+    tracing::warn!(table = %mark.table, lsn = %mark.lsn, reason = %mark.reason, "a change the archive cannot reproduce: replay refuses targets after it until the table's image");
     cx.autobackup.request(BackupReason::Inexact { table: mark.table, reason: mark.reason, lsn: mark.lsn, time: mark.time });
 }
 

@@ -24,6 +24,9 @@ use crate::repo::layout::Lsn;
 /// seconds (0: not yet).
 #[derive(Debug, Default)]
 pub struct StreamMetrics {
+    /// Whether [`serve`] answers for them (else nothing reads them, and
+    /// what only they need is not queried).
+    served: std::sync::atomic::AtomicBool,
     /// End of the last segment stored in every repository (the slot's confirmed position).
     durable_lsn: AtomicU64,
     /// When the durable end last advanced.
@@ -54,6 +57,11 @@ impl StreamMetrics {
     /// A new, shared set.
     pub fn new() -> Arc<StreamMetrics> {
         Arc::new(StreamMetrics::default())
+    }
+
+    /// Whether an endpoint serves these metrics.
+    pub fn is_served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// The durable end advanced to `lsn`.
@@ -190,6 +198,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<StreamMetrics>) -> Result<toki
     let listener =
         TcpListener::bind(addr).await.map_err(|e| Error::new(ErrorKind::Config, format!("cannot listen on {addr} for --metrics-addr")).with_source(e))?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics at http://{addr}/metrics");
+    metrics.served.store(true, Ordering::Relaxed);
     Ok(tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else { continue };

@@ -36,14 +36,7 @@ pub async fn check_images(repos: &[Arc<dyn Storage>], m: &BackupManifest, keys: 
         let mut images = Vec::new();
         for e in entries {
             match e {
-                CatalogEntry::Valid(image)
-                    if image.kind == BackupKind::TableImage
-                        && image.database == m.database
-                        && image.server.system_identifier == m.server.system_identifier
-                        && image.snapshot.consistent_lsn > m.snapshot.consistent_lsn =>
-                {
-                    images.push(*image)
-                }
+                CatalogEntry::Valid(image) if crate::replay::image::continues(&image, m) => images.push(*image),
                 CatalogEntry::Invalid(id, e) if id.kind() == BackupKind::TableImage => {
                     problems.push(format!("table image {id} in {loc} has no valid manifest: {}", e.user_line()));
                 }
