@@ -2,18 +2,32 @@
 # Restore benchmark: `pgkeep restore --target-db` against `pg_restore -j N`
 # from a `pg_dump -Fd` of the same database, on the same machine, in the same
 # run. Uses the dataset of benches/backup_vs_pg_dump.sh (built there with
-# --prepare or --keep). Prints a Markdown table with wall times, the ratio,
-# peak RSS, and pgkeep's time per phase.
+# --prepare or --keep).
 #
-# Usage: benches/restore_vs_pg_restore.sh [--jobs N]
-# Environment: BENCH_DIR (default /tmp/pgkeep-bench), PG_BINDIR, BENCH_PORT.
+# Contenders, each into a new database:
+#   - pg_restore -j N, in one run (its total), and again by section
+#     (pre-data, data -j N, post-data -j N) for its phase times;
+#   - pgkeep restore from a local repository (with its verification pass);
+#   - pgkeep restore of the same backup from S3 (a Garage on loopback),
+#     unless --no-s3;
+#   - with --before BIN, another pgkeep binary from the same local repository.
+# After each restore: pages not all-visible (ANALYZE's relallvisible), the
+# oldest relfrozenxid age, and how long a VACUUM (FREEZE) then takes: what
+# is left to do before the database is ready for production load.
+#
+# Usage: benches/restore_vs_pg_restore.sh [--jobs N] [--no-s3] [--before BIN]
+# Environment: BENCH_DIR (default /tmp/pgkeep-bench), PG_BINDIR, BENCH_PORT, GARAGE_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JOBS=$(nproc)
+S3=1
+BEFORE=
 while [ $# -gt 0 ]; do
     case "$1" in
         --jobs) JOBS=$2; shift 2 ;;
+        --no-s3) S3=0; shift ;;
+        --before) BEFORE=$(realpath "$2"); shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -33,45 +47,130 @@ echo "==> building pgkeep (release)" >&2
 cargo build --release --quiet
 PGKEEP=$PWD/target/release/pgkeep
 
-rm -rf "$OUT"; mkdir -p "$OUT"
+rm -rf "$OUT"; mkdir -p "$OUT/empty"
 [ "$(id -u)" -eq 0 ] && chown postgres "$OUT"
-psql -q -d postgres -c "DROP DATABASE IF EXISTS bench_pg_restore" -c "DROP DATABASE IF EXISTS bench_pgkeep"
+dropall() { for d in pg_restore pg_restore_sections pgkeep pgkeep_s3 pgkeep_before; do psql -q -d postgres -c "DROP DATABASE IF EXISTS bench_$d"; done; }
+dropall
+pg_env=(DB_HOST=$PGHOST DB_PORT=$PORT DB_USER=postgres DB_NAME=$DB)
+if [ "$S3" = 1 ]; then
+    # shellcheck source=benches/lib/garage.sh
+    . benches/lib/garage.sh
+    garage_start "$BENCH_DIR/garage"
+    trap garage_stop EXIT
+    export S3_PREFIX=restore-bench
+fi
 
 echo "==> inputs: pg_dump -Fd -j $JOBS and pgkeep backup of $DB" >&2
 "$BINDIR/pg_dump" -Fd -j "$JOBS" -f "$OUT/dump.Fd" "$DB"
-env DB_HOST=$PGHOST DB_PORT=$PORT DB_USER=postgres DB_NAME=$DB BACKUP_DIR="$OUT/repo" "$PGKEEP" -q backup --jobs "$JOBS" >/dev/null
+env "${pg_env[@]}" BACKUP_DIR="$OUT/repo" "$PGKEEP" -q backup --jobs "$JOBS" >/dev/null
 
+# run NAME CMD…: wall seconds to $OUT/NAME.time, peak RSS KiB to $OUT/NAME.rss.
 run() {
     local name=$1; shift
     echo "==> $name" >&2
     local start end
+    sync; echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    psql -q -d postgres -c CHECKPOINT
+    local g0; g0=$(garage_cpu)
     start=$(date +%s.%N)
-    /usr/bin/time -f '%M' -o "$OUT/$name.rss" "$@"
+    /usr/bin/time -f '%M %U %S' -o "$OUT/$name.res" "$@"
     end=$(date +%s.%N)
     echo "$end - $start" | bc >"$OUT/$name.time"
+    cut -d' ' -f1 "$OUT/$name.res" >"$OUT/$name.rss"
+    awk '{printf "%.1f", $2 + $3}' "$OUT/$name.res" >"$OUT/$name.cpu"
+    echo "$(garage_cpu) - $g0" | bc >"$OUT/$name.garage"
+}
+# CPU seconds Garage has used so far (0 without it).
+garage_cpu() {
+    if [ -n "${GARAGE_PID:-}" ]; then awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$GARAGE_PID/stat"; else echo 0; fi
+}
+# readiness NAME: pages not all-visible, oldest relfrozenxid age, VACUUM (FREEZE) seconds.
+readiness() {
+    local db=bench_$1
+    psql -q -d "$db" -c ANALYZE
+    psql -Atq -d "$db" -c "SELECT coalesce(sum(relpages - relallvisible), 0) FROM pg_class WHERE relkind = 'r' AND relnamespace <> 'pg_catalog'::regnamespace" >"$OUT/$1.notvisible"
+    psql -Atq -d "$db" -c "SELECT max(age(relfrozenxid)) FROM pg_class WHERE relkind = 'r' AND relnamespace <> 'pg_catalog'::regnamespace" >"$OUT/$1.age"
+    local start end
+    start=$(date +%s.%N)
+    psql -q -d "$db" -c "VACUUM (FREEZE)"
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc >"$OUT/$1.vacuum"
+}
+sect() {
+    local s=$1 start end; shift
+    start=$(date +%s.%N); "$@"; end=$(date +%s.%N)
+    echo "$end - $start" | bc >"$OUT/pg_restore_sections.$s"
+}
+pg_restore_sections() {
+    sect pre "$BINDIR/pg_restore" --section=pre-data -d bench_pg_restore_sections "$OUT/dump.Fd"
+    sect data "$BINDIR/pg_restore" --section=data -j "$JOBS" -d bench_pg_restore_sections "$OUT/dump.Fd"
+    sect post "$BINDIR/pg_restore" --section=post-data -j "$JOBS" -d bench_pg_restore_sections "$OUT/dump.Fd"
 }
 
-psql -q -d postgres -c "CREATE DATABASE bench_pg_restore"
+psql -q -d postgres -c "CREATE DATABASE bench_pg_restore" -c "CREATE DATABASE bench_pg_restore_sections"
 run pg_restore "$BINDIR/pg_restore" -j "$JOBS" -d bench_pg_restore "$OUT/dump.Fd"
-run pgkeep env DB_HOST=$PGHOST DB_PORT=$PORT DB_USER=postgres DB_NAME=$DB BACKUP_DIR="$OUT/repo" \
+readiness pg_restore
+echo "==> pg_restore by section" >&2
+sync; echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true
+pg_restore_sections
+echo "$(cat "$OUT/pg_restore_sections.pre") + $(cat "$OUT/pg_restore_sections.data") + $(cat "$OUT/pg_restore_sections.post")" | bc >"$OUT/pg_restore_sections.time"
+echo 0 >"$OUT/pg_restore_sections.rss"; echo "-" >"$OUT/pg_restore_sections.cpu"; echo 0 >"$OUT/pg_restore_sections.garage"
+psql -q -d postgres -c "DROP DATABASE bench_pg_restore" -c "DROP DATABASE bench_pg_restore_sections"
+run pgkeep env -u S3_BUCKET "${pg_env[@]}" BACKUP_DIR="$OUT/repo" \
     "$PGKEEP" -q restore latest --target-db bench_pgkeep --yes --json --jobs "$JOBS" >"$OUT/pgkeep.json"
+readiness pgkeep
+psql -q -d postgres -c "DROP DATABASE bench_pgkeep"
+if [ "$S3" = 1 ]; then
+    run pgkeep_s3 env "${pg_env[@]}" BACKUP_DIR="$OUT/empty" \
+        "$PGKEEP" -q restore latest --target-db bench_pgkeep_s3 --yes --json --jobs "$JOBS" >"$OUT/pgkeep_s3.json"
+    psql -q -d postgres -c "DROP DATABASE bench_pgkeep_s3"
+fi
+if [ -n "$BEFORE" ]; then
+    run pgkeep_before env -u S3_BUCKET "${pg_env[@]}" BACKUP_DIR="$OUT/repo" \
+        "$BEFORE" -q restore latest --target-db bench_pgkeep_before --yes --json --jobs "$JOBS" >"$OUT/pgkeep_before.json"
+    readiness pgkeep_before
+    psql -q -d postgres -c "DROP DATABASE bench_pgkeep_before"
+fi
 
-secs() { printf '%.1f' "$1"; }
+secs() { printf '%.1f' "$(cat "$OUT/$1")"; }
 ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; }
-T_PR=$(secs "$(cat "$OUT/pg_restore.time")"); T_PK=$(secs "$(cat "$OUT/pgkeep.time")")
-phase() { python3 -c "import json,sys; print('%.1f' % json.load(open('$OUT/pgkeep.json'))['seconds']['$1'])"; }
-SIZE=$(psql -Atc "SELECT pg_database_size('$DB') / 1048576")
+json() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json'))['seconds']; v=d$2; print(v if isinstance(v, int) else '%.1f' % v)"; }
+T_PR=$(secs pg_restore.time)
+row() { # name label
+    local t; t=$(secs "$1.time")
+    local ready="-"
+    [ -f "$OUT/$1.vacuum" ] && ready="$(secs "$1.vacuum") | $(cat "$OUT/$1.notvisible") | $(cat "$OUT/$1.age")"
+    [ "$ready" = "-" ] && ready="- | - | -"
+    local rss=$(( $(cat "$OUT/$1.rss") / 1024 )); [ "$rss" = 0 ] && rss="-"
+    local g; g=$(printf '%.1f' "$(cat "$OUT/$1.garage")"); [ "$g" = "0.0" ] && g="-"
+    echo "| $2 | $t | $(ratio "$t" "$T_PR") | $rss | $(cat "$OUT/$1.cpu") | $g | $ready |"
+}
+phases() { # name
+    echo "| $1 | $(json "$1" "['schema']") | $(json "$1" "['data']") | $(json "$1" "['indexes']") | $(json "$1" "['verify']") | $(json "$1" "['busy']['load']") | $(json "$1" "['busy']['build']") | $(json "$1" "['busy']['verify']") | $(json "$1" "['busy']['frozen_tables']")/$(( $(json "$1" "['busy']['frozen_tables']") + $(json "$1" "['busy']['unfrozen_tables']") )) |"
+}
+SIZE=$(psql -Atc "SELECT pg_database_size('$DB') / 1048576" -d postgres)
 
 cat <<EOF
 
-### Restore benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(psql -Atc 'SHOW server_version' | cut -d' ' -f1), database $SIZE MiB, jobs $JOBS
+### Restore benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(psql -d postgres -Atc 'SHOW server_version' | cut -d' ' -f1), database $SIZE MiB, jobs $JOBS
 
-| contender | wall s | vs pgkeep | peak RSS MiB |
-|---|---:|---:|---:|
-| pg_restore -j $JOBS (from pg_dump -Fd) | $T_PR | $(ratio "$T_PR" "$T_PK") | $(( $(cat "$OUT/pg_restore.rss") / 1024 )) |
-| pgkeep restore --target-db | $T_PK | 1.00 | $(( $(cat "$OUT/pgkeep.rss") / 1024 )) |
+| contender | wall s | vs pg_restore | peak RSS MiB | client CPU s | Garage CPU s | VACUUM (FREEZE) after, s | pages not all-visible | max age(relfrozenxid) |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+$(row pg_restore "pg_restore -j $JOBS (from pg_dump -Fd)")
+$(row pg_restore_sections "pg_restore by section (pre-data, data -j $JOBS, post-data -j $JOBS)")
+$(row pgkeep "pgkeep restore --target-db (local repository, verified)")
+$( [ "$S3" = 1 ] && row pgkeep_s3 "pgkeep restore --target-db (S3: Garage, verified)")
+$( [ -n "$BEFORE" ] && row pgkeep_before "pgkeep restore --target-db (before: $(basename "$BEFORE"))")
 
-pgkeep phases (s): schema $(phase schema), data $(phase data), indexes $(phase indexes), verify $(phase verify).
-Target: pgkeep / pg_restore = $(ratio "$T_PK" "$T_PR") (≤ 0.6); peak RSS $(( $(cat "$OUT/pgkeep.rss") / 1024 )) MiB (≤ 200).
+pg_restore by section (s): pre-data $(secs pg_restore_sections.pre), data $(secs pg_restore_sections.data), post-data $(secs pg_restore_sections.post).
+
+pgkeep phases (s; wall clock: data until the last table is in, then what index builds and verification added; busy: worker-seconds, overlapping):
+
+| run | schema | data | indexes | verify | busy load | busy build | busy verify | tables frozen |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+$(phases pgkeep)
+$( [ "$S3" = 1 ] && phases pgkeep_s3)
+
+Targets: pgkeep / pg_restore = $(ratio "$(secs pgkeep.time)" "$T_PR") (≤ 1.0); pgkeep data / pg_restore data section = $(ratio "$(json pgkeep "['data']")" "$(secs pg_restore_sections.data)") (≤ 1.0); busy verify / busy load = $(ratio "$(json pgkeep "['busy']['verify']")" "$(json pgkeep "['busy']['load']")") (≤ 0.25)$( [ "$S3" = 1 ] && echo "; S3 / local = $(ratio "$(secs pgkeep_s3.time)" "$(secs pgkeep.time)") (≤ 1.1)"); peak RSS $(( $(cat "$OUT/pgkeep.rss") / 1024 )) MiB (≤ 200).
 EOF
-psql -q -d postgres -c "DROP DATABASE IF EXISTS bench_pg_restore" -c "DROP DATABASE IF EXISTS bench_pgkeep"
+dropall

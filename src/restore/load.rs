@@ -1,7 +1,13 @@
-//! Parallel data load: every chunk of every table is one task; `--jobs`
-//! connections take tasks and run `COPY … FROM STDIN` with the chunk's rows.
-//! Each worker reads (and checks, and decompresses off the runtime) its next
-//! chunk while the current one is being copied in.
+//! Loading table data with `COPY … FROM STDIN`, two ways:
+//! - [`load_table_whole`]: one table in one transaction that truncates it
+//!   and copies every chunk in with `FREEZE`, so its rows are written frozen
+//!   and all-visible (what [`pipeline`](super::pipeline) does for most tables);
+//! - [`load_tables`]: every chunk of every table is one task, `--jobs`
+//!   connections take tasks (for restores into a database whose tables
+//!   already have foreign keys, and for a table too big for one connection).
+//!
+//! Each reads (and checks, and decompresses off the runtime) the next chunk
+//! while the current one is being copied in.
 //!
 //! Chunks that a row larger than a chunk spans (`ChunkRef::continues`) form
 //! one task: one `COPY … FROM STDIN` into which they are sent in order, one
@@ -27,8 +33,9 @@ use crate::repo::manifest::TableEntry;
 /// Chunks to load with one COPY: one chunk, or the run of chunks that rows
 /// larger than a chunk span (`first..=last`).
 #[derive(Debug, Clone, Copy)]
-struct LoadTask {
-    table: usize,
+pub struct LoadTask {
+    /// Index into the manifest's tables.
+    pub table: usize,
     first: usize,
     last: usize,
 }
@@ -36,7 +43,7 @@ struct LoadTask {
 /// The tasks of one table: each chunk alone, except that a chunk that
 /// continues into the next is loaded with it. A table whose last chunk
 /// continues is a damaged manifest, refused naming the table.
-fn table_tasks(t: &TableEntry, table: usize) -> Result<Vec<LoadTask>> {
+pub fn table_tasks(t: &TableEntry, table: usize) -> Result<Vec<LoadTask>> {
     let mut tasks = Vec::new();
     let mut first = 0;
     for (i, c) in t.chunks.iter().enumerate() {
@@ -75,7 +82,7 @@ pub async fn load_tables(source: Arc<BackupSource>, db: &DbSettings, tables: &[u
     let mut set = tokio::task::JoinSet::new();
     for i in 0..jobs {
         let (source, queue, db, progress) = (source.clone(), queue.clone(), db.clone(), progress.clone());
-        set.spawn(worker(i + 1, source, queue, db, progress).instrument(tracing::info_span!("load_worker", worker = i + 1)));
+        set.spawn(worker(source, queue, db, progress).instrument(tracing::info_span!("load_worker", worker = i + 1)));
     }
     while let Some(joined) = set.join_next().await {
         let r = joined.map_err(|e| Error::internal(format!("load worker crashed: {e}"))).and_then(|r| r);
@@ -88,14 +95,20 @@ pub async fn load_tables(source: Arc<BackupSource>, db: &DbSettings, tables: &[u
     Ok(())
 }
 
-async fn worker(id: usize, source: Arc<BackupSource>, queue: Arc<Mutex<VecDeque<LoadTask>>>, db: DbSettings, progress: Arc<ProgressCounters>) -> Result<()> {
-    let conn = connect(&db).await?;
-    // synchronous_commit off: a crash mid-load fails the restore anyway, and
-    // the loaded data is verified before anything uses it.
+/// A session for loading: the backup's session settings, and
+/// `synchronous_commit` off (a crash mid-load fails the restore anyway, and
+/// the loaded data is verified before anything uses it).
+pub async fn load_session(db: &DbSettings) -> Result<crate::pg::Connection> {
+    let conn = connect(db).await?;
     conn.client
         .batch_execute(&format!("{SESSION_SETUP}; SET synchronous_commit = off"))
         .await
-        .map_err(|e| Error::new(ErrorKind::Database, format!("load worker {id} cannot configure its session: {e}")))?;
+        .map_err(|e| Error::new(ErrorKind::Database, format!("a load session cannot be configured: {e}")))?;
+    Ok(conn)
+}
+
+async fn worker(source: Arc<BackupSource>, queue: Arc<Mutex<VecDeque<LoadTask>>>, db: DbSettings, progress: Arc<ProgressCounters>) -> Result<()> {
+    let conn = load_session(&db).await?;
     let next = |queue: Arc<Mutex<VecDeque<LoadTask>>>, source: Arc<BackupSource>| async move {
         let task = queue.lock().await.pop_front();
         match task {
@@ -119,11 +132,30 @@ async fn worker(id: usize, source: Arc<BackupSource>, queue: Arc<Mutex<VecDeque<
 
 /// One COPY FROM STDIN with the task's chunks in order: `first` (already
 /// read), then each next chunk, read while the one before is sent.
-async fn copy_task(client: &tokio_postgres::Client, source: &Arc<BackupSource>, task: LoadTask, first: Bytes, progress: &ProgressCounters) -> Result<()> {
+pub async fn copy_task(client: &tokio_postgres::Client, source: &Arc<BackupSource>, task: LoadTask, first: Bytes, progress: &ProgressCounters) -> Result<()> {
     let table = &source.manifest.tables[task.table];
-    let what = format!("loading table {}.{}", table.schema, table.name);
-    let fail = crate::pg::query_error(format!("{what} failed"));
+    let fail = crate::pg::query_error(format!("loading table {}.{} failed", table.schema, table.name));
     let sink = client.copy_in::<_, Bytes>(copy_in_sql(table).as_str()).await.map_err(&fail)?;
+    send_chunks(sink, source, task, first, progress).await
+}
+
+/// Read a task's first chunk, then [`copy_task`].
+pub async fn load_part(client: &tokio_postgres::Client, source: &Arc<BackupSource>, task: LoadTask, progress: &ProgressCounters) -> Result<()> {
+    let first = source.read_chunk(&source.manifest.tables[task.table].chunks[task.first]).await?;
+    copy_task(client, source, task, first, progress).await
+}
+
+/// Send chunks `task.first..=task.last` into an open COPY, `first` already
+/// read, each next one read while the one before is sent; then finish it.
+async fn send_chunks(
+    sink: tokio_postgres::CopyInSink<Bytes>,
+    source: &Arc<BackupSource>,
+    task: LoadTask,
+    first: Bytes,
+    progress: &ProgressCounters,
+) -> Result<()> {
+    let table = &source.manifest.tables[task.table];
+    let fail = crate::pg::query_error(format!("loading table {}.{} failed", table.schema, table.name));
     futures::pin_mut!(sink);
     let mut rows = first;
     for i in task.first..=task.last {
@@ -142,6 +174,62 @@ async fn copy_task(client: &tokio_postgres::Client, source: &Arc<BackupSource>, 
     }
     sink.finish().await.map_err(&fail)?;
     Ok(())
+}
+
+/// Load every chunk of table `table` with one COPY on `client`. When the
+/// table can be truncated in the same transaction (it is not an extension's
+/// table, the role may, no foreign key points at it), that transaction
+/// truncates it and copies `WITH (FREEZE)`: the rows are written frozen and
+/// the pages all-visible, so reading them back, building indexes and
+/// vacuuming later write nothing. Otherwise a plain COPY. Returns whether the
+/// table was loaded frozen.
+pub async fn load_table_whole(client: &tokio_postgres::Client, source: &Arc<BackupSource>, table: usize, progress: &ProgressCounters) -> Result<bool> {
+    let t = &source.manifest.tables[table];
+    if t.chunks.is_empty() {
+        return Ok(false);
+    }
+    let task = LoadTask { table, first: 0, last: t.chunks.len() - 1 };
+    table_tasks(t, table)?; // a damaged chain of split rows is refused, named
+    let fail = crate::pg::query_error(format!("loading table {}.{} failed", t.schema, t.name));
+    // The first chunk is read while the transaction starts.
+    let first = {
+        let (source, chunk) = (source.clone(), t.chunks[0].clone());
+        tokio::spawn(async move { source.read_chunk(&chunk).await })
+    };
+    let mut frozen = t.extension.is_none() && begin_truncated(client, t).await?;
+    let sink = if frozen {
+        match client.copy_in::<_, Bytes>(format!("{} WITH (FREEZE)", copy_in_sql(t)).as_str()).await {
+            Ok(sink) => sink,
+            Err(e) => {
+                tracing::debug!(table = %qualified(&t.schema, &t.name), error = %crate::pg::error_message(&e), "COPY FREEZE refused; plain COPY");
+                client.batch_execute("ROLLBACK").await.map_err(&fail)?;
+                frozen = false;
+                client.copy_in::<_, Bytes>(copy_in_sql(t).as_str()).await.map_err(&fail)?
+            }
+        }
+    } else {
+        client.copy_in::<_, Bytes>(copy_in_sql(t).as_str()).await.map_err(&fail)?
+    };
+    let first = first.await.map_err(|e| Error::internal(format!("chunk read failed: {e}")))??;
+    send_chunks(sink, source, task, first, progress).await?;
+    if frozen {
+        client.batch_execute("COMMIT").await.map_err(&fail)?;
+    }
+    Ok(frozen)
+}
+
+/// `BEGIN; TRUNCATE ONLY t`: true when the table is now truncated in an
+/// open transaction; false (transaction rolled back) when the server
+/// refuses, e.g. a foreign key points at it or the role lacks TRUNCATE.
+async fn begin_truncated(client: &tokio_postgres::Client, t: &TableEntry) -> Result<bool> {
+    match client.batch_execute(&format!("BEGIN; TRUNCATE ONLY {}", qualified(&t.schema, &t.name))).await {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::debug!(table = %qualified(&t.schema, &t.name), error = %crate::pg::error_message(&e), "cannot truncate before loading; plain COPY");
+            client.batch_execute("ROLLBACK").await.map_err(crate::pg::query_error(format!("loading table {}.{} failed", t.schema, t.name)))?;
+            Ok(false)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod image; // table images put in place during a point-in-time replay
 pub mod legacy; // legacy `full_backup_*.dump.gz` archives of the old scripts
 pub mod load;
 pub mod phases; // load_and_verify: schema, data, post-data, verification
+pub mod pipeline; // load, build and verify overlapped per table (COPY FREEZE)
 pub mod plan; // base and change chain: `latest`, point in time, incremental ancestors
 pub mod platform;
 pub mod privileges;

@@ -1,5 +1,6 @@
-//! The shared restore phases into an empty database: roles, pre-data,
-//! parallel load, post-data, sequences, then verification
+//! The shared restore phases into an empty database: roles, pre-data, then
+//! load, index builds and verification overlapped per table
+//! ([`pipeline`]), the serial post-data and sequences
 //! ([`load_and_verify`]). Shared by `commands::restore`, `verify --deep`
 //! and drills.
 
@@ -14,7 +15,7 @@ use crate::restore::privileges::{self, OwnerPolicy, OwnershipReport, RoleAccess}
 use crate::restore::report::PhaseTimes;
 use crate::restore::source::BackupSource;
 use crate::restore::verify::{self, VerifyReport};
-use crate::restore::{load, schema};
+use crate::restore::{load, pipeline, schema};
 
 /// Roles, pre-data, parallel load of `selected` tables, post-data,
 /// sequences, then verification, into the empty database `work`. Returns
@@ -92,40 +93,62 @@ pub(crate) async fn load_and_verify_as(
     let mut ownership = schema::run_pre_data_as(work, &pre_data, &policy, into_platform).await?;
     times.schema = t.elapsed().as_secs_f64();
 
-    let t = Instant::now();
-    progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    match into_platform {
-        // The platform's tables have their foreign keys already: referenced tables first.
-        Some(_) => {
-            for wave in platform::load_waves(work, m, selected).await? {
-                load::load_tables(source.clone(), work, &wave, jobs, progress.clone()).await?;
-            }
-        }
-        None => load::load_tables(source.clone(), work, selected, jobs, progress.clone()).await?,
-    }
-    times.data = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let partial = selected.len() < m.tables.len();
     let (post_data, post_ownership) = schema::post_data_as(&text(&m.schema.post_data).await?, &policy);
     ownership.merge(post_ownership);
     ownership.restoring_role = policy.access.current.clone();
+    progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let partial = selected.len() < m.tables.len();
+    let (report, fk_skipped) = match into_platform {
+        // The platform's tables exist with their foreign keys: referenced
+        // tables first, chunk by chunk, then post-data, then verification.
+        Some(platform) => {
+            let t = Instant::now();
+            for wave in platform::load_waves(work, m, selected).await? {
+                load::load_tables(source.clone(), work, &wave, jobs, progress.clone()).await?;
+            }
+            times.data = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            warn_ownership(&ownership, &policy);
+            let skipped = schema::run_post_data_into(work, &post_data, jobs, partial, Some(platform)).await?;
+            // Post-data objects of the platform's schemas that were already there.
+            let (kept, other): (Vec<String>, Vec<String>) =
+                skipped.into_iter().partition(|b| !b.starts_with("FK CONSTRAINT") && !b.starts_with("EVENT TRIGGER") && !b.starts_with("PUBLICATION"));
+            ownership.kept_by_platform.extend(kept);
+            schema::set_sequences(work, &m.sequences).await?;
+            times.indexes = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let report = verify::verify_tables(m, work, selected, critical_tables, jobs).await?;
+            times.verify = t.elapsed().as_secs_f64();
+            (report, other)
+        }
+        // An empty database: each table loaded frozen, its indexes built and
+        // its rows read back as soon as it is in; then the serial post-data
+        // (foreign keys, triggers…), sequences and the final checks.
+        None => {
+            let post = schema::split_post_data(work, &post_data).await?;
+            let (mut report, stages) = pipeline::run(source, work, selected, &post.parallel, &post.preamble, jobs, progress).await?;
+            warn_ownership(&ownership, &policy);
+            let t = Instant::now();
+            let skipped = schema::run_serial_blocks(work, &post, partial, None).await?;
+            schema::set_sequences(work, &m.sequences).await?;
+            let serial = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            verify::final_checks(m, work, selected, critical_tables, &mut report).await?;
+            // Wall-clock stages: data until the last table is in; indexes
+            // and verify for what each added after that.
+            times.data = stages.loaded;
+            times.indexes = (stages.built - stages.loaded).max(0.0) + serial;
+            times.verify = (stages.verified - stages.built.max(stages.loaded)).max(0.0) + t.elapsed().as_secs_f64();
+            times.busy = Some(stages.busy);
+            (report, skipped)
+        }
+    };
+    Ok((roles_created, fk_skipped, report, ownership))
+}
+
+/// One warning listing what differs in ownership, if anything.
+fn warn_ownership(ownership: &OwnershipReport, policy: &OwnerPolicy) {
     if !ownership.is_empty() {
         tracing::warn!(role = %policy.access.current, "{}", ownership.describe());
     }
-    let mut fk_skipped = schema::run_post_data_into(work, &post_data, jobs, partial, into_platform).await?;
-    if into_platform.is_some() {
-        // Post-data objects of the platform's schemas that were already there.
-        let (kept, other): (Vec<String>, Vec<String>) =
-            fk_skipped.into_iter().partition(|b| !b.starts_with("FK CONSTRAINT") && !b.starts_with("EVENT TRIGGER") && !b.starts_with("PUBLICATION"));
-        ownership.kept_by_platform.extend(kept);
-        fk_skipped = other;
-    }
-    schema::set_sequences(work, &m.sequences).await?;
-    times.indexes = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let report = verify::verify_tables(m, work, selected, critical_tables, jobs).await?;
-    times.verify = t.elapsed().as_secs_f64();
-    Ok((roles_created, fk_skipped, report, ownership))
 }

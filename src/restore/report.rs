@@ -15,12 +15,18 @@ pub struct PhaseTimes {
     pub pre_backup: f64,
     /// Roles and pre-data schema.
     pub schema: f64,
-    /// Parallel COPY of the data.
+    /// Loading the data: until the last table's data is in. Index builds
+    /// and verification of tables already in overlap with it (see `busy`).
     pub data: f64,
-    /// Post-data (indexes, constraints, triggers…) and sequences.
+    /// Post-data (indexes, constraints, triggers…) and sequences: what they
+    /// took after the data was in.
     pub indexes: f64,
-    /// Verification.
+    /// Verification: what it took after the data and indexes were in.
     pub verify: f64,
+    /// Worker-seconds per kind of work, which overlap in wall time (restores
+    /// into an empty database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busy: Option<crate::restore::pipeline::BusySeconds>,
     /// Replay of archived changes (point in time).
     pub replay: f64,
     /// Swap.

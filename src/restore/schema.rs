@@ -136,31 +136,63 @@ pub async fn run_post_data(db: &DbSettings, sql: &str, jobs: usize, partial: boo
     run_post_data_into(db, sql, jobs, partial, None).await
 }
 
+/// A post-data script split for running: the preamble every session runs
+/// first, the blocks that may build concurrently (indexes and
+/// non-foreign-key constraints) and the rest, in script order.
+#[derive(Debug, Clone, Default)]
+pub struct PostData {
+    /// Settings before the first object (search path, encoding…).
+    pub preamble: Arc<String>,
+    /// Index and constraint blocks ([`Block::parallel_safe`]).
+    pub parallel: Vec<Block>,
+    /// Every other block, run in order on one session after the parallel ones.
+    pub serial: Vec<Block>,
+}
+
+/// Split the post-data script `sql` for `db`'s server (settings it lacks removed).
+pub async fn split_post_data(db: &DbSettings, sql: &str) -> Result<PostData> {
+    let conn = connect(db).await?;
+    let (preamble, blocks) = split_blocks(&session_settings::for_server(&conn.client, &strip_psql_guards(sql)).await?);
+    let (parallel, serial) = blocks.into_iter().partition(Block::parallel_safe);
+    Ok(PostData { preamble: Arc::new(preamble), parallel, serial })
+}
+
+/// A session for index and constraint builds: more sort memory, the
+/// post-data preamble.
+pub async fn build_session(db: &DbSettings, jobs: usize, preamble: &str) -> Result<crate::pg::Connection> {
+    let conn = connect(db).await?;
+    conn.client.batch_execute(&build_settings(jobs)).await.map_err(sql_error("index build settings"))?;
+    conn.client.batch_execute(preamble).await.map_err(sql_error("the post-data preamble"))?;
+    Ok(conn)
+}
+
+/// Run one parallel-safe block. With `platform`, a block touching its
+/// schemas whose object is already there is left to the platform: returns
+/// `Ok(Some(name))` for the skipped list.
+pub async fn run_parallel_block(client: &tokio_postgres::Client, block: &Block, platform: Option<&PlatformTarget>) -> Result<Option<String>> {
+    match client.batch_execute(&block.sql).await {
+        Ok(()) => Ok(None),
+        Err(e) if platform.is_some_and(|p| p.touches(block)) && platform::kept_by_platform(&e) => Ok(Some(block_name(block))),
+        Err(e) => Err(sql_error(&format!("building {}", block_name(block)))(e)),
+    }
+}
+
 /// [`run_post_data`]; with `platform`, blocks touching its schemas whose
 /// object is already there are left to the platform (returned as skipped).
 pub async fn run_post_data_into(db: &DbSettings, sql: &str, jobs: usize, partial: bool, platform: Option<&PlatformTarget>) -> Result<Vec<String>> {
-    let conn = connect(db).await?;
-    let (preamble, blocks) = split_blocks(&session_settings::for_server(&conn.client, &strip_psql_guards(sql)).await?);
-    let platform = platform.cloned().map(Arc::new);
+    let post = split_post_data(db, sql).await?;
+    let platform_arc = platform.cloned().map(Arc::new);
     let kept = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (parallel, serial): (Vec<Block>, Vec<Block>) = blocks.into_iter().partition(Block::parallel_safe);
-    let queue = Arc::new(Mutex::new(parallel.into_iter().collect::<VecDeque<_>>()));
-    let preamble = Arc::new(preamble);
+    let queue = Arc::new(Mutex::new(post.parallel.iter().cloned().collect::<VecDeque<_>>()));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..jobs.max(1) {
-        let (queue, preamble, db, platform, kept) = (queue.clone(), preamble.clone(), db.clone(), platform.clone(), kept.clone());
+        let (queue, preamble, db, platform, kept) = (queue.clone(), post.preamble.clone(), db.clone(), platform_arc.clone(), kept.clone());
         set.spawn(async move {
-            let conn = connect(&db).await?;
-            conn.client.batch_execute(&build_settings(jobs)).await.map_err(sql_error("index build settings"))?;
-            conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
+            let conn = build_session(&db, jobs, &preamble).await?;
             loop {
                 let Some(block) = queue.lock().await.pop_front() else { break };
-                let what = format!("building {}", block_name(&block));
-                match conn.client.batch_execute(&block.sql).await {
-                    Err(e) if platform.as_ref().is_some_and(|p| p.touches(&block)) && platform::kept_by_platform(&e) => {
-                        kept.lock().await.push(block_name(&block));
-                    }
-                    other => other.map_err(sql_error(&what))?,
+                if let Some(name) = run_parallel_block(&conn.client, &block, platform.as_deref()).await? {
+                    kept.lock().await.push(name);
                 }
             }
             Ok::<_, Error>(())
@@ -173,24 +205,35 @@ pub async fn run_post_data_into(db: &DbSettings, sql: &str, jobs: usize, partial
             return Err(e);
         }
     }
-    conn.client.batch_execute(&preamble).await.map_err(sql_error("the post-data preamble"))?;
     let mut skipped = std::mem::take(&mut *kept.lock().await);
-    for block in serial {
-        let what = format!("creating {}", block_name(&block));
+    skipped.extend(run_serial_blocks(db, &post, partial, platform).await?);
+    Ok(skipped)
+}
+
+/// Run the serial blocks of `post` in order on one session (after every
+/// parallel block). Returns the blocks skipped: foreign keys to tables a
+/// table-level restore (`partial`) leaves empty, objects the platform
+/// already has, and event triggers and publications the role may not create.
+pub async fn run_serial_blocks(db: &DbSettings, post: &PostData, partial: bool, platform: Option<&PlatformTarget>) -> Result<Vec<String>> {
+    let conn = connect(db).await?;
+    conn.client.batch_execute(&post.preamble).await.map_err(sql_error("the post-data preamble"))?;
+    let mut skipped: Vec<String> = Vec::new();
+    for block in &post.serial {
+        let what = format!("creating {}", block_name(block));
         match conn.client.batch_execute(&block.sql).await {
             Ok(()) => {}
-            Err(e) if platform.as_ref().is_some_and(|p| p.touches(&block)) && platform::kept_by_platform(&e) => {
-                skipped.push(block_name(&block));
+            Err(e) if platform.is_some_and(|p| p.touches(block)) && platform::kept_by_platform(&e) => {
+                skipped.push(block_name(block));
             }
             Err(e) if partial && block.kind == "FK CONSTRAINT" && e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
-                tracing::warn!(constraint = %block_name(&block), "foreign key skipped: it refers to a table this table-level restore leaves empty");
-                skipped.push(block_name(&block));
+                tracing::warn!(constraint = %block_name(block), "foreign key skipped: it refers to a table this table-level restore leaves empty");
+                skipped.push(block_name(block));
             }
             // Event triggers (such as `pgkeep setup`'s DDL capture) need a superuser; a
             // restore by another role goes on without them, and says so.
             Err(e) if block.kind == "EVENT TRIGGER" && e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
-                tracing::warn!(trigger = %block_name(&block), "event trigger not restored: creating it needs a superuser (run `pgkeep setup` again as one)");
-                skipped.push(block_name(&block));
+                tracing::warn!(trigger = %block_name(block), "event trigger not restored: creating it needs a superuser (run `pgkeep setup` again as one)");
+                skipped.push(block_name(block));
             }
             // A publication FOR ALL TABLES (or of a table the role does not own) needs a
             // superuser or the owner: the restore goes on without it, and says so.
@@ -200,8 +243,8 @@ pub async fn run_post_data_into(db: &DbSettings, sql: &str, jobs: usize, partial
                         || (e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT)
                             && skipped.iter().any(|s: &String| s.starts_with("PUBLICATION ")))) =>
             {
-                tracing::warn!(publication = %block_name(&block), error = %crate::pg::error_message(&e), "publication not restored: the restoring role may not create it");
-                skipped.push(block_name(&block));
+                tracing::warn!(publication = %block_name(block), error = %crate::pg::error_message(&e), "publication not restored: the restoring role may not create it");
+                skipped.push(block_name(block));
             }
             Err(e) => return Err(sql_error(&what)(e)),
         }
@@ -284,6 +327,81 @@ impl Block {
     /// index attachments (need both indexes) and the rest run serially after.
     pub fn parallel_safe(&self) -> bool {
         self.kind == "INDEX" || self.kind == "CONSTRAINT"
+    }
+}
+
+/// The table an index or constraint block builds on, as (schema, name):
+/// `CREATE [UNIQUE] INDEX name ON [ONLY] schema.table …` or `ALTER TABLE
+/// [ONLY] schema.table …`, as pg_dump writes them (identifiers quoted where
+/// needed). `None` for anything else; such blocks wait for every table.
+pub fn block_table(block: &Block) -> Option<(String, String)> {
+    let statement: String = block.sql.lines().filter(|l| !l.starts_with("--")).collect::<Vec<_>>().join(" ");
+    let mut words = Words { rest: statement.trim_start() };
+    let is = |w: &Option<(String, bool)>, kw: &str| matches!(w, Some((s, false)) if s.eq_ignore_ascii_case(kw));
+    let mut w = words.next();
+    if is(&w, "CREATE") {
+        w = words.next();
+        if is(&w, "UNIQUE") {
+            w = words.next();
+        }
+        if !is(&w, "INDEX") {
+            return None;
+        }
+        // The index name (never schema-qualified in pg_dump's output), then ON.
+        words.next()?;
+        if !is(&words.next(), "ON") {
+            return None;
+        }
+    } else if is(&w, "ALTER") {
+        if !is(&words.next(), "TABLE") {
+            return None;
+        }
+    } else {
+        return None;
+    }
+    let mut first = words.next()?;
+    if is(&Some(first.clone()), "ONLY") {
+        first = words.next()?;
+    }
+    if !words.rest.starts_with('.') {
+        return None;
+    }
+    words.rest = &words.rest[1..];
+    let (name, _) = words.next()?;
+    Some((first.0, name))
+}
+
+/// Identifiers and words of SQL text, one at a time: `(text, quoted)`.
+struct Words<'a> {
+    rest: &'a str,
+}
+
+impl Words<'_> {
+    fn next(&mut self) -> Option<(String, bool)> {
+        let s = self.rest.trim_start();
+        if let Some(q) = s.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = q.char_indices();
+            while let Some((i, c)) = chars.next() {
+                if c != '"' {
+                    out.push(c);
+                } else if q[i + 1..].starts_with('"') {
+                    out.push('"');
+                    chars.next();
+                } else {
+                    self.rest = &q[i + 1..];
+                    return Some((out, true));
+                }
+            }
+            None
+        } else {
+            let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(s.len());
+            if end == 0 {
+                return None;
+            }
+            self.rest = &s[end..];
+            Some((s[..end].to_string(), false))
+        }
     }
 }
 
@@ -387,6 +505,20 @@ mod tests {
         // Nothing is lost.
         let joined: String = pre.clone() + &blocks.iter().map(|b| b.sql.clone()).collect::<String>();
         assert_eq!(joined.trim_end(), sql.trim_end());
+    }
+
+    #[test]
+    fn blocks_name_their_table() {
+        let block = |kind: &str, sql: &str| Block { kind: kind.into(), sql: format!("--\n-- Name: x; Type: {kind}; Schema: s; Owner: o\n--\n\n{sql}\n") };
+        let t = |s: &str, n: &str| Some((s.to_string(), n.to_string()));
+        assert_eq!(block_table(&block("INDEX", "CREATE INDEX t_v_idx ON public.t USING btree (v);")), t("public", "t"));
+        assert_eq!(block_table(&block("INDEX", "CREATE UNIQUE INDEX \"On\" ON ONLY \"My \"\"S\".\"T.x\" USING btree (v);")), t("My \"S", "T.x"));
+        assert_eq!(block_table(&block("CONSTRAINT", "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);")), t("public", "t"));
+        assert_eq!(block_table(&block("CONSTRAINT", "ALTER TABLE s1.\"Tab\"\n    ADD CONSTRAINT c CHECK (v > 0) NOT VALID;")), t("s1", "Tab"));
+        assert_eq!(block_table(&block("INDEX", "CREATE INDEX i ON t USING btree (v);")), None);
+        assert_eq!(block_table(&block("INDEX", "ALTER INDEX public.p_idx ATTACH PARTITION public.c_idx;")), None);
+        assert_eq!(block_table(&block("INDEX", "CREATE INDEX \"unterminated ON public.t")), None);
+        assert_eq!(block_table(&block("TRIGGER", "CREATE TRIGGER tr AFTER INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION f();")), None);
     }
 
     #[test]

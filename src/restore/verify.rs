@@ -43,8 +43,14 @@ impl VerifyReport {
 /// (memory is one socket read, whatever the row sizes).
 async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result<TableFingerprint> {
     let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let filter = t.extension.as_ref().map(|e| e.filter.as_str()).unwrap_or("");
-    let sql = format!("COPY (SELECT {} FROM ONLY {} {filter}) TO STDOUT", cols.join(", "), qualified(&t.schema, &t.name));
+    let table = qualified(&t.schema, &t.name);
+    // COPY of a table reads only that table (no children), and skips the
+    // executor's projection that a query would add.
+    let sql = match (&t.extension, cols.is_empty()) {
+        (Some(e), _) => format!("COPY (SELECT {} FROM ONLY {table} {}) TO STDOUT", cols.join(", "), e.filter),
+        (None, true) => format!("COPY {table} TO STDOUT"),
+        (None, false) => format!("COPY {table} ({}) TO STDOUT", cols.join(", ")),
+    };
     let what = format!("read back table {}.{}", t.schema, t.name);
     let mut reader = conn.copy_out(&sql, &what).await?;
     let mut fp = RowFingerprinter::default();
@@ -52,6 +58,38 @@ async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result
         fp.push(&piece);
     }
     fp.finish().ok_or_else(|| Error::new(ErrorKind::Database, format!("reading back table {}.{} ended in the middle of a row", t.schema, t.name)))
+}
+
+/// A session for reading tables back, with the backup's session settings.
+pub async fn verify_session(db: &DbSettings) -> Result<ReplicationConnection> {
+    let mut conn = ReplicationConnection::connect_regular(db).await?;
+    conn.simple_query(SESSION_SETUP).await.map_err(|e| e.context("cannot configure the verify session"))?;
+    Ok(conn)
+}
+
+/// Read table `t` back and compare it with the manifest: its row count,
+/// and a problem line when the rows or the fingerprint differ.
+pub async fn check_table(conn: &mut ReplicationConnection, t: &TableEntry) -> Result<(u64, Option<String>)> {
+    let fp = fingerprint(conn, t).await?;
+    let problem = if fp.rows != t.rows {
+        Some(format!("table {}.{}: {} rows restored, backup has {}", t.schema, t.name, fp.rows, t.rows))
+    } else if fp.to_hex() != t.fingerprint {
+        Some(format!("table {}.{}: content fingerprint differs from the backup's", t.schema, t.name))
+    } else {
+        None
+    };
+    Ok((fp.rows, problem))
+}
+
+impl VerifyReport {
+    /// Count one table's outcome (from [`check_table`]).
+    pub fn add(&mut self, rows: u64, problem: Option<String>) {
+        self.rows += rows;
+        match problem {
+            Some(p) => self.problems.push(p),
+            None => self.tables_checked += 1,
+        }
+    }
 }
 
 /// Verify `tables` (indexes into the manifest) in `db` with `jobs` connections.
@@ -63,21 +101,11 @@ pub async fn verify_tables(manifest: &BackupManifest, db: &DbSettings, tables: &
     for _ in 0..jobs.max(1).min(tables.len().max(1)) {
         let (manifest, queue, report, db) = (manifest.clone(), queue.clone(), report.clone(), db.clone());
         set.spawn(async move {
-            let mut conn = ReplicationConnection::connect_regular(&db).await?;
-            conn.simple_query(SESSION_SETUP).await.map_err(|e| e.context("cannot configure the verify session"))?;
+            let mut conn = verify_session(&db).await?;
             loop {
                 let Some(i) = queue.lock().await.pop_front() else { break };
-                let t = &manifest.tables[i];
-                let fp = fingerprint(&mut conn, t).await?;
-                let mut r = report.lock().await;
-                r.rows += fp.rows;
-                if fp.rows != t.rows {
-                    r.problems.push(format!("table {}.{}: {} rows restored, backup has {}", t.schema, t.name, fp.rows, t.rows));
-                } else if fp.to_hex() != t.fingerprint {
-                    r.problems.push(format!("table {}.{}: content fingerprint differs from the backup's", t.schema, t.name));
-                } else {
-                    r.tables_checked += 1;
-                }
+                let (rows, problem) = check_table(&mut conn, &manifest.tables[i]).await?;
+                report.lock().await.add(rows, problem);
             }
             Ok::<_, Error>(())
         });
@@ -86,7 +114,13 @@ pub async fn verify_tables(manifest: &BackupManifest, db: &DbSettings, tables: &
         j.map_err(|e| Error::internal(format!("verify worker crashed: {e}")))??;
     }
     let mut report = Arc::try_unwrap(report).map(|m| m.into_inner()).unwrap_or_default();
+    final_checks(&manifest, db, tables, critical, &mut report).await?;
+    Ok(report)
+}
 
+/// The checks after every table was read back: NOT NULL columns of the
+/// backup still NOT NULL, and critical tables present and not empty.
+pub async fn final_checks(manifest: &BackupManifest, db: &DbSettings, tables: &[usize], critical: &[String], report: &mut VerifyReport) -> Result<()> {
     // NOT NULL columns of the backup are NOT NULL in the restore.
     let conn = connect(db).await?;
     let rows = conn
@@ -118,5 +152,5 @@ pub async fn verify_tables(manifest: &BackupManifest, db: &DbSettings, tables: &
             Some(_) => {}
         }
     }
-    Ok(report)
+    Ok(())
 }
