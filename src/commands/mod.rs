@@ -11,4 +11,6 @@ pub mod key; // `key rotate`
 pub mod list;
 pub mod restore;
 pub mod restore_legacy; // restore of legacy `full_backup_*.dump.gz` archives
+pub mod setup; // DDL capture for `stream`
+pub mod stream;
 pub mod verify;
