@@ -4,8 +4,6 @@ pub mod backup;
 pub mod check;
 pub mod drill;
 pub mod expire;
-pub mod expire_changes;
-pub mod expire_records; // log files and audit records
 pub mod incremental;
 pub mod key; // `key rotate`
 pub mod list;
