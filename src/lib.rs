@@ -16,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod expire;
 pub mod failpoint;
 pub mod interrupt;
 pub mod logging;

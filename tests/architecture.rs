@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("repo", 2),
     // Capabilities: they never import commands.
     ("backup", 3),
+    ("expire", 3),
     ("notify", 3),
     ("replay", 3),
     ("restore", 3),

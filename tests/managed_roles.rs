@@ -127,174 +127,235 @@ const WORKLOAD: &[&str] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[expect(clippy::too_many_lines, reason = "one end-to-end scenario, step by step")]
 async fn the_supabase_customer_role_runs_the_whole_workflow() {
-    let cluster = PgCluster::start();
-    supabase::create_roles(&cluster).await;
-    let db = cluster.fresh_db("sb").await;
-    supabase::populate(&cluster, &db).await;
-    // The stream's publication: pgkeep would create one as the owner of every table; the
-    // platform's tables are not the customer's, so the platform (superuser) makes it.
-    let tables = supabase::TABLES.join(", ");
-    cluster.execute(&db, &format!("CREATE PUBLICATION pgkeep_sb FOR TABLE {tables}")).await;
-    let repo = tempfile::tempdir().unwrap();
-    let as_customer = |d: &str| pgkeep(&cluster, d, repo.path(), CUSTOMER, CUSTOMER_PASSWORD);
-
-    // The customer may not set session_replication_role: replay must do without it.
-    let c = cluster.client(&db).await;
-    c.batch_execute(&format!("SET ROLE {CUSTOMER}")).await.unwrap();
-    let e = c.batch_execute("SET session_replication_role = replica").await.unwrap_err();
-    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
-    drop(c);
-
+    let w = Workflow::start().await;
     // 1. Stream and back up as the customer, then change things.
-    let streaming = stream(&cluster, &db, repo.path(), CUSTOMER, CUSTOMER_PASSWORD, "pgkeep_sb", "pgkeep_sb").await;
-    let mut backup = as_customer(&db);
-    backup.arg("backup");
-    ok(backup, "backup as the customer");
-    let at_backup = hashes(&cluster, &db, supabase::TABLES).await;
-    let client = cluster.client(&db).await;
-    let mut marks = Vec::new();
-    for sql in WORKLOAD {
-        client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        marks.push((now(&cluster, &db).await, hashes(&cluster, &db, supabase::TABLES).await));
-    }
-    // A later transaction, in a later second: the archive (its segments' times are in whole
-    // seconds) then reaches past the last mark for certain.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    client.batch_execute("INSERT INTO auth.refresh_tokens (token) VALUES ('after the marks')").await.unwrap();
-    drop(client);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop(streaming);
-    let source_schema = schema(&cluster, &db);
-    let source_triggers = triggers_and_keys(&cluster, &db).await;
-
-    // 2. Point in time into a new database, after the 4th transaction and at the end.
-    for (i, name) in [(3usize, "sb_pitr_mid"), (WORKLOAD.len() - 1, "sb_pitr_end")] {
-        let mut restore = as_customer(&db);
-        restore.args(["restore", "latest", "--target-db", name, "--target-time", &marks[i].0, "--yes"]);
-        let out = ok(restore, "point-in-time restore as the customer");
-        assert!(out.contains(&format!("replayed {} transaction(s)", i + 1)), "{out}");
-        // One warning lists what the customer could not give back to its owner.
-        assert!(out.contains("owned by customer instead of their owner") && out.contains("SCHEMA auth"), "{out}");
-        assert!(out.contains("DEFAULT PRIVILEGES FOR TABLES of supabase_admin"), "{out}");
-        assert_eq!(hashes(&cluster, name, supabase::TABLES).await, marks[i].1, "tables of {name}");
-        // Triggers enabled and foreign keys back as on the source.
-        assert_eq!(triggers_and_keys(&cluster, name).await, source_triggers, "triggers and keys of {name}");
-    }
-    // The schema equals the source's apart from owners: what the customer owns instead
-    // absorbs grants to itself, and supabase_admin's default privileges are the one loss.
-    let expected: Vec<String> = source_schema
-        .iter()
-        .filter(|l| !(l.contains("FOR ROLE supabase_admin") || (l.starts_with("GRANT ") && l.ends_with(" TO customer;"))))
-        .cloned()
-        .collect();
-    let restored = schema(&cluster, "sb_pitr_end");
-    assert_eq!(restored, expected, "schema of the point-in-time restore");
-    // Owners the customer can become are exact; the others are the customer.
-    let owners = cluster.client("sb_pitr_end").await;
-    let owner = async |sql: &str| -> String { owners.query_one(sql, &[]).await.unwrap().get(0) };
-    assert_eq!(owner("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'auth.users'::regclass").await, "supabase_auth_admin");
-    assert_eq!(owner("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'storage.objects'::regclass").await, "supabase_storage_admin");
-    assert_eq!(owner("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'realtime.schema_migrations'::regclass").await, CUSTOMER);
-    assert_eq!(owner("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'auth'").await, CUSTOMER);
-    // The restored database works like the source: the trigger fills profiles again.
-    owners
-        .batch_execute("INSERT INTO auth.users (id, email, raw_user_meta_data) VALUES ('00000000-0000-0000-0000-0000000000bb', 'after@example.com', '{\"username\": \"after\"}')")
-        .await
-        .unwrap();
-    let n: i64 = owners.query_one("SELECT count(*) FROM public.profiles WHERE username = 'after'", &[]).await.unwrap().get(0);
-    assert_eq!(n, 1, "on_auth_user_created fires after the restore");
-    drop(owners);
-
-    // 3. Disaster recovery into a new project: the platform's schemas and tables exist, empty, owned
-    //    by the platform; the point-in-time restore keeps them and restores their rows in place.
-    let project = cluster.fresh_db("new_project").await;
-    supabase::new_project(&cluster, &project).await;
-    let mut restore = as_customer(&db);
-    restore.args(["restore", "latest", "--target-db", &project, "--target-time", &marks[3].0, "--yes"]);
-    let out = ok(restore, "point-in-time restore into a new project");
-    assert!(out.contains("kept as the platform made them"), "{out}");
-    assert!(out.contains("TABLE DATA realtime.schema_migrations") || out.contains("the platform's tables keep their own rows"), "{out}");
-    let customer_data: Vec<&str> = supabase::TABLES.iter().copied().filter(|t| *t != "realtime.schema_migrations").collect();
-    let want: Vec<String> = marks[3].1.iter().filter(|h| !h.starts_with("realtime.")).cloned().collect();
-    assert_eq!(hashes(&cluster, &project, &customer_data).await, want, "tables of the new project");
-    let p = cluster.client(&project).await;
-    let one = async |sql: &str| -> String { p.query_one(sql, &[]).await.unwrap().get(0) };
-    assert_eq!(one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'auth'").await, "supabase_admin", "the platform's schema stays its own");
-    assert_eq!(one("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'realtime.schema_migrations'::regclass").await, "supabase_admin");
-    assert_eq!(
-        one("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal").await,
-        "on_auth_user_created"
-    );
-    assert_eq!(
-        one("SELECT string_agg(pubname, ',' ORDER BY pubname) FROM pg_publication_tables WHERE tablename = 'messages'").await,
-        "pgkeep_sb,supabase_realtime"
-    );
-    drop(p);
-    // Not a new project any more: refused, naming a table, nothing touched.
-    let mut again = as_customer(&db);
-    again.args(["restore", "latest", "--target-db", &project, "--yes"]);
-    let e = failed(again, "restore into a project that has the customer's tables");
-    assert!(e.contains("is not a new project") || e.contains("is not empty"), "{e}");
-
-    // A platform table the replay would write (the customer may) with a trigger the customer may not
-    // disable: refused before anything is restored, naming the table and the privilege.
-    let locked = cluster.fresh_db("locked_project").await;
-    supabase::new_project(&cluster, &locked).await;
-    cluster
-        .execute(
-            &locked,
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON realtime.schema_migrations TO customer;
-             CREATE FUNCTION realtime.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN new; END $$;
-             CREATE TRIGGER stamp BEFORE INSERT ON realtime.schema_migrations FOR EACH ROW EXECUTE FUNCTION realtime.stamp();
-             ALTER FUNCTION realtime.stamp() OWNER TO supabase_admin;",
-        )
-        .await;
-    let mut restore = as_customer(&db);
-    restore.args(["restore", "latest", "--target-db", &locked, "--target-time", &marks[3].0, "--yes"]);
-    let e = failed(restore, "point-in-time restore needing to disable a trigger of the platform's");
-    assert!(e.contains("ownership of table realtime.schema_migrations") && e.contains("session_replication_role"), "{e}");
-    let untouched: Option<String> = cluster.client(&locked).await.query_one("SELECT to_regclass('public.profiles')::text", &[]).await.unwrap().get(0);
-    assert_eq!(untouched, None, "nothing was restored into {locked}");
-
-    // A table-level point-in-time restore: only todos, as after the 4th transaction.
-    let mut restore = as_customer(&db);
-    restore.args(["restore", "latest", "--target-db", "sb_todos", "--table", "public.todos", "--target-time", &marks[3].0, "--yes"]);
-    ok(restore, "table-level point-in-time restore as the customer");
-    let todos_then = marks[3].1.iter().find(|h| h.starts_with("public.todos ")).unwrap().clone();
-    assert_eq!(hashes(&cluster, "sb_todos", &["public.todos"]).await, vec![todos_then]);
-
+    let source = w.back_up_and_change().await;
+    // 2. Point in time into new databases; the schema every restore must have.
+    let expected = w.point_in_time_into_new_databases(&source).await;
+    // 3. Disaster recovery into a new project, and what is refused there.
+    w.restore_into_new_projects(&source).await;
     // 4. --no-owner: everything belongs to the restoring role.
-    let mut restore = as_customer(&db);
-    restore.args(["restore", "latest", "--target-db", "sb_no_owner", "--no-owner", "--yes"]);
-    ok(restore, "restore --no-owner");
-    let c = cluster.client("sb_no_owner").await;
-    let others: i64 = c
-        .query_one("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'auth', 'storage', 'realtime') AND c.relowner <> 'customer'::regrole", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(others, 0, "--no-owner leaves every relation to the restoring role");
-    drop(c);
-
+    w.without_owners().await;
     // 5. Over the database itself: pre-restore backup, temporary database, swap; then rollback.
-    let before = hashes(&cluster, &db, supabase::TABLES).await;
-    cluster.execute(&db, "DELETE FROM public.todos; DELETE FROM storage.objects").await; // the accident
-    let mut restore = as_customer(&db);
-    // `--target backup`: the backup itself (`latest` alone would replay the archive after it too).
-    restore.args(["restore", "latest", "--target", "backup", "--yes"]);
-    let out = ok(restore, "restore with swap as the customer");
-    assert!(out.contains("pre-restore backup pre_restore_backup_") && out.contains(&format!("previous database kept as {db}_old")), "{out}");
-    assert_eq!(hashes(&cluster, &db, supabase::TABLES).await, at_backup, "{db} after the swap is the backup");
-    assert_eq!(schema(&cluster, &db), expected, "schema after the swap");
-    let mut rollback = as_customer(&db);
-    rollback.args(["rollback", "--yes"]);
-    ok(rollback, "rollback as the customer");
-    let after_rollback = hashes(&cluster, &db, supabase::TABLES).await;
-    assert_ne!(after_rollback, before, "the rollback brings back the database as it was before the restore (after the accident)");
-    let todos: i64 = cluster.client(&db).await.query_one("SELECT count(*) FROM public.todos", &[]).await.unwrap().get(0);
-    assert_eq!(todos, 0, "the rolled-back database is the one with the accident");
+    w.over_the_database(&source, &expected).await;
+}
+
+/// The customer's workflow: a Supabase-shaped database and a repository.
+struct Workflow {
+    cluster: PgCluster,
+    db: String,
+    repo: tempfile::TempDir,
+}
+
+/// The source as step 1 left it.
+struct Source {
+    /// Table hashes at the backup.
+    at_backup: Vec<String>,
+    /// After each transaction of [`WORKLOAD`]: the time, and the table hashes.
+    marks: Vec<(String, Vec<String>)>,
+    /// Its schema at the end.
+    schema: Vec<String>,
+    /// Its triggers and foreign keys at the end.
+    triggers: Vec<String>,
+}
+
+impl Workflow {
+    /// The cluster with the platform's roles and a populated database.
+    async fn start() -> Workflow {
+        let cluster = PgCluster::start();
+        supabase::create_roles(&cluster).await;
+        let db = cluster.fresh_db("sb").await;
+        supabase::populate(&cluster, &db).await;
+        // The stream's publication: pgkeep would create one as the owner of every table; the
+        // platform's tables are not the customer's, so the platform (superuser) makes it.
+        let tables = supabase::TABLES.join(", ");
+        cluster.execute(&db, &format!("CREATE PUBLICATION pgkeep_sb FOR TABLE {tables}")).await;
+        let repo = tempfile::tempdir().unwrap();
+
+        // The customer may not set session_replication_role: replay must do without it.
+        let c = cluster.client(&db).await;
+        c.batch_execute(&format!("SET ROLE {CUSTOMER}")).await.unwrap();
+        let e = c.batch_execute("SET session_replication_role = replica").await.unwrap_err();
+        assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
+        drop(c);
+        Workflow { cluster, db, repo }
+    }
+
+    /// The binary as the customer, configured for database `d`.
+    fn as_customer(&self, d: &str) -> Command {
+        pgkeep(&self.cluster, d, self.repo.path(), CUSTOMER, CUSTOMER_PASSWORD)
+    }
+
+    /// Step 1: stream and back up as the customer, then run [`WORKLOAD`].
+    async fn back_up_and_change(&self) -> Source {
+        let (cluster, db) = (&self.cluster, self.db.as_str());
+        let streaming = stream(cluster, db, self.repo.path(), CUSTOMER, CUSTOMER_PASSWORD, "pgkeep_sb", "pgkeep_sb").await;
+        let mut backup = self.as_customer(db);
+        backup.arg("backup");
+        ok(backup, "backup as the customer");
+        let at_backup = hashes(cluster, db, supabase::TABLES).await;
+        let client = cluster.client(db).await;
+        let mut marks = Vec::new();
+        for sql in WORKLOAD {
+            client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            marks.push((now(cluster, db).await, hashes(cluster, db, supabase::TABLES).await));
+        }
+        // A later transaction, in a later second: the archive (its segments' times are in whole
+        // seconds) then reaches past the last mark for certain.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        client.batch_execute("INSERT INTO auth.refresh_tokens (token) VALUES ('after the marks')").await.unwrap();
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop(streaming);
+        Source { at_backup, marks, schema: schema(cluster, db), triggers: triggers_and_keys(cluster, db).await }
+    }
+
+    /// Step 2: point in time into a new database, after the 4th transaction
+    /// and at the end. Returns the schema a restore must have: the source's
+    /// apart from owners.
+    async fn point_in_time_into_new_databases(&self, source: &Source) -> Vec<String> {
+        let (cluster, db, marks) = (&self.cluster, self.db.as_str(), &source.marks);
+        for (i, name) in [(3usize, "sb_pitr_mid"), (WORKLOAD.len() - 1, "sb_pitr_end")] {
+            let mut restore = self.as_customer(db);
+            restore.args(["restore", "latest", "--target-db", name, "--target-time", &marks[i].0, "--yes"]);
+            let out = ok(restore, "point-in-time restore as the customer");
+            assert!(out.contains(&format!("replayed {} transaction(s)", i + 1)), "{out}");
+            // One warning lists what the customer could not give back to its owner.
+            assert!(out.contains("owned by customer instead of their owner") && out.contains("SCHEMA auth"), "{out}");
+            assert!(out.contains("DEFAULT PRIVILEGES FOR TABLES of supabase_admin"), "{out}");
+            assert_eq!(hashes(cluster, name, supabase::TABLES).await, marks[i].1, "tables of {name}");
+            // Triggers enabled and foreign keys back as on the source.
+            assert_eq!(triggers_and_keys(cluster, name).await, source.triggers, "triggers and keys of {name}");
+        }
+        // The schema equals the source's apart from owners: what the customer owns instead
+        // absorbs grants to itself, and supabase_admin's default privileges are the one loss.
+        let expected: Vec<String> = source
+            .schema
+            .iter()
+            .filter(|l| !(l.contains("FOR ROLE supabase_admin") || (l.starts_with("GRANT ") && l.ends_with(" TO customer;"))))
+            .cloned()
+            .collect();
+        let restored = schema(cluster, "sb_pitr_end");
+        assert_eq!(restored, expected, "schema of the point-in-time restore");
+        // Owners the customer can become are exact; the others are the customer.
+        let owners = cluster.client("sb_pitr_end").await;
+        let owner = async |sql: &str| -> String { owners.query_one(sql, &[]).await.unwrap().get(0) };
+        assert_eq!(owner("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'auth.users'::regclass").await, "supabase_auth_admin");
+        assert_eq!(owner("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'storage.objects'::regclass").await, "supabase_storage_admin");
+        assert_eq!(owner("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'realtime.schema_migrations'::regclass").await, CUSTOMER);
+        assert_eq!(owner("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'auth'").await, CUSTOMER);
+        // The restored database works like the source: the trigger fills profiles again.
+        owners
+            .batch_execute("INSERT INTO auth.users (id, email, raw_user_meta_data) VALUES ('00000000-0000-0000-0000-0000000000bb', 'after@example.com', '{\"username\": \"after\"}')")
+            .await
+            .unwrap();
+        let n: i64 = owners.query_one("SELECT count(*) FROM public.profiles WHERE username = 'after'", &[]).await.unwrap().get(0);
+        assert_eq!(n, 1, "on_auth_user_created fires after the restore");
+        expected
+    }
+
+    /// Step 3: disaster recovery into a new project: the platform's schemas and tables exist,
+    /// empty, owned by the platform; the point-in-time restore keeps them and restores their
+    /// rows in place. Then what is refused: a project that is not new, a trigger the customer
+    /// may not disable; and a table-level restore.
+    async fn restore_into_new_projects(&self, source: &Source) {
+        let (cluster, db, marks) = (&self.cluster, self.db.as_str(), &source.marks);
+        let project = cluster.fresh_db("new_project").await;
+        supabase::new_project(cluster, &project).await;
+        let mut restore = self.as_customer(db);
+        restore.args(["restore", "latest", "--target-db", &project, "--target-time", &marks[3].0, "--yes"]);
+        let out = ok(restore, "point-in-time restore into a new project");
+        assert!(out.contains("kept as the platform made them"), "{out}");
+        assert!(out.contains("TABLE DATA realtime.schema_migrations") || out.contains("the platform's tables keep their own rows"), "{out}");
+        let customer_data: Vec<&str> = supabase::TABLES.iter().copied().filter(|t| *t != "realtime.schema_migrations").collect();
+        let want: Vec<String> = marks[3].1.iter().filter(|h| !h.starts_with("realtime.")).cloned().collect();
+        assert_eq!(hashes(cluster, &project, &customer_data).await, want, "tables of the new project");
+        let p = cluster.client(&project).await;
+        let one = async |sql: &str| -> String { p.query_one(sql, &[]).await.unwrap().get(0) };
+        assert_eq!(
+            one("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'auth'").await,
+            "supabase_admin",
+            "the platform's schema stays its own"
+        );
+        assert_eq!(one("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'realtime.schema_migrations'::regclass").await, "supabase_admin");
+        assert_eq!(
+            one("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass AND NOT tgisinternal").await,
+            "on_auth_user_created"
+        );
+        assert_eq!(
+            one("SELECT string_agg(pubname, ',' ORDER BY pubname) FROM pg_publication_tables WHERE tablename = 'messages'").await,
+            "pgkeep_sb,supabase_realtime"
+        );
+        drop(p);
+        // Not a new project any more: refused, naming a table, nothing touched.
+        let mut again = self.as_customer(db);
+        again.args(["restore", "latest", "--target-db", &project, "--yes"]);
+        let e = failed(again, "restore into a project that has the customer's tables");
+        assert!(e.contains("is not a new project") || e.contains("is not empty"), "{e}");
+
+        // A platform table the replay would write (the customer may) with a trigger the customer may not
+        // disable: refused before anything is restored, naming the table and the privilege.
+        let locked = cluster.fresh_db("locked_project").await;
+        supabase::new_project(cluster, &locked).await;
+        cluster
+            .execute(
+                &locked,
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON realtime.schema_migrations TO customer;
+                 CREATE FUNCTION realtime.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN new; END $$;
+                 CREATE TRIGGER stamp BEFORE INSERT ON realtime.schema_migrations FOR EACH ROW EXECUTE FUNCTION realtime.stamp();
+                 ALTER FUNCTION realtime.stamp() OWNER TO supabase_admin;",
+            )
+            .await;
+        let mut restore = self.as_customer(db);
+        restore.args(["restore", "latest", "--target-db", &locked, "--target-time", &marks[3].0, "--yes"]);
+        let e = failed(restore, "point-in-time restore needing to disable a trigger of the platform's");
+        assert!(e.contains("ownership of table realtime.schema_migrations") && e.contains("session_replication_role"), "{e}");
+        let untouched: Option<String> = cluster.client(&locked).await.query_one("SELECT to_regclass('public.profiles')::text", &[]).await.unwrap().get(0);
+        assert_eq!(untouched, None, "nothing was restored into {locked}");
+
+        // A table-level point-in-time restore: only todos, as after the 4th transaction.
+        let mut restore = self.as_customer(db);
+        restore.args(["restore", "latest", "--target-db", "sb_todos", "--table", "public.todos", "--target-time", &marks[3].0, "--yes"]);
+        ok(restore, "table-level point-in-time restore as the customer");
+        let todos_then = marks[3].1.iter().find(|h| h.starts_with("public.todos ")).unwrap().clone();
+        assert_eq!(hashes(cluster, "sb_todos", &["public.todos"]).await, vec![todos_then]);
+    }
+
+    /// Step 4: --no-owner: everything belongs to the restoring role.
+    async fn without_owners(&self) {
+        let mut restore = self.as_customer(&self.db);
+        restore.args(["restore", "latest", "--target-db", "sb_no_owner", "--no-owner", "--yes"]);
+        ok(restore, "restore --no-owner");
+        let c = self.cluster.client("sb_no_owner").await;
+        let others: i64 = c
+            .query_one("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'auth', 'storage', 'realtime') AND c.relowner <> 'customer'::regrole", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(others, 0, "--no-owner leaves every relation to the restoring role");
+    }
+
+    /// Step 5: over the database itself: pre-restore backup, temporary database, swap; then rollback.
+    async fn over_the_database(&self, source: &Source, expected: &[String]) {
+        let (cluster, db) = (&self.cluster, self.db.as_str());
+        let before = hashes(cluster, db, supabase::TABLES).await;
+        cluster.execute(db, "DELETE FROM public.todos; DELETE FROM storage.objects").await; // the accident
+        let mut restore = self.as_customer(db);
+        // `--target backup`: the backup itself (`latest` alone would replay the archive after it too).
+        restore.args(["restore", "latest", "--target", "backup", "--yes"]);
+        let out = ok(restore, "restore with swap as the customer");
+        assert!(out.contains("pre-restore backup pre_restore_backup_") && out.contains(&format!("previous database kept as {db}_old")), "{out}");
+        assert_eq!(hashes(cluster, db, supabase::TABLES).await, source.at_backup, "{db} after the swap is the backup");
+        assert_eq!(schema(cluster, db), expected, "schema after the swap");
+        let mut rollback = self.as_customer(db);
+        rollback.args(["rollback", "--yes"]);
+        ok(rollback, "rollback as the customer");
+        let after_rollback = hashes(cluster, db, supabase::TABLES).await;
+        assert_ne!(after_rollback, before, "the rollback brings back the database as it was before the restore (after the accident)");
+        let todos: i64 = cluster.client(db).await.query_one("SELECT count(*) FROM public.todos", &[]).await.unwrap().get(0);
+        assert_eq!(todos, 0, "the rolled-back database is the one with the accident");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

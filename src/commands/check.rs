@@ -164,15 +164,40 @@ async fn replica_identity(client: &tokio_postgres::Client, report: &mut CheckRep
 }
 
 /// Run every check. Errors only when the check itself cannot run at all.
-#[expect(clippy::too_many_lines, reason = "every check of `check` in one place; to be split into steps (issue 13)")]
 pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport { findings: Vec::new(), metrics: Vec::new() };
     let database = &settings.db.dbname;
 
-    // 1. Repositories: reachable and writable; the newest full backup's age.
+    // 1. Repositories: reachable and writable; the newest full backup's age; the last drill.
     let repos = open_repositories(settings).await?;
+    let newest_full = repositories(&repos, database, &mut report).await;
+    if let Some(repo) = repos.first() {
+        last_drill(repo.as_ref(), &mut report).await;
+    }
+    full_backup_age(newest_full, database, opts.max_full_age, &mut report);
+
+    // 2. The server: leftover restore databases, replication slots, replica identities.
+    match connect(&settings.db).await {
+        Err(e) => report.push("database", false, e.user_line()),
+        Ok(conn) => {
+            leftover_temp_databases(settings, &mut report).await;
+            slots(&conn.client, opts.max_slot_lag, &mut report).await;
+            replica_identity(&conn.client, &mut report).await;
+        }
+    }
+
+    // 3. Prometheus textfile metrics, when asked for.
+    if let Some(path) = &opts.prometheus_file {
+        write_prometheus(path, &mut report);
+    }
+    Ok(report)
+}
+
+/// Every repository reachable and writable, and its manifests readable;
+/// returns when the newest full backup of `database` in any of them finished.
+async fn repositories(repos: &[std::sync::Arc<dyn crate::storage::Storage>], database: &str, report: &mut CheckReport) -> Option<chrono::DateTime<Utc>> {
     let mut newest_full: Option<chrono::DateTime<Utc>> = None;
-    for repo in &repos {
+    for repo in repos {
         let loc = repo.location();
         match repo.check_writable().await {
             Ok(()) => report.push("repository", true, format!("{loc} is reachable and writable")),
@@ -208,118 +233,117 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
             Err(e) => report.push("repository", false, e.user_line()),
         }
     }
-    // The last drill (test restore), if one was recorded.
-    if let Some(repo) = repos.first() {
-        match crate::commands::drill::last_record(repo.as_ref()).await {
-            Ok(Some(d)) => report.push(
-                "drill",
-                d.passed,
-                format!(
-                    "last drill {} of {}: {} (RTO {:.1}s){}",
-                    d.at.format("%Y-%m-%d %H:%M UTC"),
-                    d.backup_id,
-                    if d.passed { "passed" } else { "FAILED" },
-                    d.rto_seconds,
-                    d.problems.first().map(|p| format!("; {p}")).unwrap_or_default()
-                ),
+    newest_full
+}
+
+/// The last drill (test restore), if one was recorded.
+async fn last_drill(repo: &dyn crate::storage::Storage, report: &mut CheckReport) {
+    match crate::commands::drill::last_record(repo).await {
+        Ok(Some(d)) => report.push(
+            "drill",
+            d.passed,
+            format!(
+                "last drill {} of {}: {} (RTO {:.1}s){}",
+                d.at.format("%Y-%m-%d %H:%M UTC"),
+                d.backup_id,
+                if d.passed { "passed" } else { "FAILED" },
+                d.rto_seconds,
+                d.problems.first().map(|p| format!("; {p}")).unwrap_or_default()
             ),
-            Ok(None) => report.push("drill", true, "no drill recorded yet (pgkeep drill)".into()),
-            Err(e) => report.push("drill", false, e.user_line()),
-        }
+        ),
+        Ok(None) => report.push("drill", true, "no drill recorded yet (pgkeep drill)".into()),
+        Err(e) => report.push("drill", false, e.user_line()),
     }
+}
+
+/// The newest full backup is younger than `max_full_age`.
+fn full_backup_age(newest_full: Option<chrono::DateTime<Utc>>, database: &str, max_full_age: Duration, report: &mut CheckReport) {
     match newest_full {
         Some(t) => {
             let age = (Utc::now() - t).to_std().unwrap_or_default();
-            let ok = age <= opts.max_full_age;
+            let ok = age <= max_full_age;
             report.push(
                 "full-backup-age",
                 ok,
                 format!(
                     "newest full backup of {database} finished {} ago (limit {})",
                     humantime::format_duration(Duration::from_secs(age.as_secs())),
-                    humantime::format_duration(opts.max_full_age)
+                    humantime::format_duration(max_full_age)
                 ),
             );
         }
         None => report.push("full-backup-age", false, format!("no full backup of {database} in any repository")),
     }
+}
 
-    // 2. Replication slots on the server: retained WAL and inactive pgkeep slots.
-    match connect(&settings.db).await {
-        Err(e) => report.push("database", false, e.user_line()),
-        Ok(conn) => {
-            leftover_temp_databases(settings, &mut report).await;
-            let rows = conn
-                .client
-                .query(
-                    "SELECT slot_name::text, slot_type, active, coalesce(wal_status, ''), \
-                     CASE WHEN restart_lsn IS NULL OR pg_is_in_recovery() THEN NULL \
-                          ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END, temporary, \
-                     (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, to_jsonb(s) ->> 'invalidation_reason' \
-                     FROM pg_replication_slots s ORDER BY 1",
-                    &[],
-                )
-                .await;
-            match rows {
-                Err(e) => report.push("slots", false, format!("cannot read pg_replication_slots: {e}")),
-                Ok(rows) => {
-                    let mut any = false;
-                    for r in rows {
-                        let (name, kind, active, status): (String, String, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
-                        let retained: Option<i64> = r.get(4);
-                        let temporary: bool = r.get(5);
-                        // 17+: failover slots (kept by a managed failover), synced copies on a standby, and why a slot was invalidated.
-                        let (failover, synced, reason): (Option<bool>, Option<bool>, Option<String>) = (r.get(6), r.get(7), r.get(8));
-                        if temporary {
-                            continue;
-                        }
-                        any = true;
-                        let retained = retained.unwrap_or(0).max(0) as u64;
-                        report.metrics.push(("pgkeep_slot_retained_wal_bytes".into(), format!("slot=\"{}\"", label(&name)), retained as f64));
-                        let ours = name.starts_with("pgkeep");
-                        let lost = status == "lost" || reason.is_some();
-                        let too_big = retained > opts.max_slot_lag;
-                        let idle_ours = ours && !active;
-                        let ok = !lost && !too_big && !idle_ours;
-                        let mut msg = format!(
-                            "{kind} slot {name} retains {} of WAL ({}, wal_status {status})",
-                            human_bytes(retained),
-                            if active { "active" } else { "inactive" }
-                        );
-                        if let Some(failover) = failover {
-                            let yes_no = |b: bool| if b { "yes" } else { "no" };
-                            msg.push_str(&format!("; failover {}, synchronized {}", yes_no(failover), yes_no(synced.unwrap_or(false))));
-                            report.metrics.push(("pgkeep_slot_failover".into(), format!("slot=\"{}\"", label(&name)), if failover { 1.0 } else { 0.0 }));
-                        }
-                        if let Some(reason) = &reason {
-                            msg.push_str(&format!("; invalidated ({reason}): a new full backup is needed and the slot should be dropped"));
-                        } else if lost {
-                            msg.push_str("; its WAL was removed: a new full backup is needed and the slot should be dropped");
-                        } else if too_big {
-                            msg.push_str(&format!(
-                                "; above the {} limit: consume or drop it before the disk fills (see max_slot_wal_keep_size)",
-                                human_bytes(opts.max_slot_lag)
-                            ));
-                        } else if idle_ours {
-                            msg.push_str("; nothing is consuming this pgkeep slot: start `pgkeep stream` or drop the slot");
-                        }
-                        report.push("slot", ok, msg);
-                    }
-                    if !any {
-                        report.push("slot", true, "no permanent replication slots".into());
-                    }
-                }
-            }
-            replica_identity(&conn.client, &mut report).await;
+/// Replication slots on the server: retained WAL, lost or invalidated
+/// slots, and inactive pgkeep slots. One finding per permanent slot.
+async fn slots(client: &tokio_postgres::Client, max_slot_lag: u64, report: &mut CheckReport) {
+    let rows = client
+        .query(
+            "SELECT slot_name::text, slot_type, active, coalesce(wal_status, ''), \
+             CASE WHEN restart_lsn IS NULL OR pg_is_in_recovery() THEN NULL \
+                  ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 END, temporary, \
+             (to_jsonb(s) ->> 'failover')::bool, (to_jsonb(s) ->> 'synced')::bool, to_jsonb(s) ->> 'invalidation_reason' \
+             FROM pg_replication_slots s ORDER BY 1",
+            &[],
+        )
+        .await;
+    let rows = match rows {
+        Err(e) => return report.push("slots", false, format!("cannot read pg_replication_slots: {e}")),
+        Ok(rows) => rows,
+    };
+    let mut any = false;
+    for r in rows {
+        let temporary: bool = r.get(5);
+        if temporary {
+            continue;
         }
+        any = true;
+        slot(&r, max_slot_lag, report);
     }
+    if !any {
+        report.push("slot", true, "no permanent replication slots".into());
+    }
+}
 
-    if let Some(path) = &opts.prometheus_file {
-        let tmp = path.with_extension("prom.tmp");
-        let text = report.prometheus();
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
-            report.push("metrics", false, format!("cannot write {}: {e}", path.display()));
-        }
+/// The finding and metrics of one permanent slot (a row of [`slots`]' query).
+fn slot(r: &tokio_postgres::Row, max_slot_lag: u64, report: &mut CheckReport) {
+    let (name, kind, active, status): (String, String, bool, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    let retained: Option<i64> = r.get(4);
+    // 17+: failover slots (kept by a managed failover), synced copies on a standby, and why a slot was invalidated.
+    let (failover, synced, reason): (Option<bool>, Option<bool>, Option<String>) = (r.get(6), r.get(7), r.get(8));
+    let retained = retained.unwrap_or(0).max(0) as u64;
+    report.metrics.push(("pgkeep_slot_retained_wal_bytes".into(), format!("slot=\"{}\"", label(&name)), retained as f64));
+    let ours = name.starts_with("pgkeep");
+    let lost = status == "lost" || reason.is_some();
+    let too_big = retained > max_slot_lag;
+    let idle_ours = ours && !active;
+    let ok = !lost && !too_big && !idle_ours;
+    let mut msg = format!("{kind} slot {name} retains {} of WAL ({}, wal_status {status})", human_bytes(retained), if active { "active" } else { "inactive" });
+    if let Some(failover) = failover {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        msg.push_str(&format!("; failover {}, synchronized {}", yes_no(failover), yes_no(synced.unwrap_or(false))));
+        report.metrics.push(("pgkeep_slot_failover".into(), format!("slot=\"{}\"", label(&name)), if failover { 1.0 } else { 0.0 }));
     }
-    Ok(report)
+    if let Some(reason) = &reason {
+        msg.push_str(&format!("; invalidated ({reason}): a new full backup is needed and the slot should be dropped"));
+    } else if lost {
+        msg.push_str("; its WAL was removed: a new full backup is needed and the slot should be dropped");
+    } else if too_big {
+        msg.push_str(&format!("; above the {} limit: consume or drop it before the disk fills (see max_slot_wal_keep_size)", human_bytes(max_slot_lag)));
+    } else if idle_ours {
+        msg.push_str("; nothing is consuming this pgkeep slot: start `pgkeep stream` or drop the slot");
+    }
+    report.push("slot", ok, msg);
+}
+
+/// The Prometheus textfile, written whole (temporary file, then rename);
+/// failing to write it is an ALERT.
+fn write_prometheus(path: &std::path::Path, report: &mut CheckReport) {
+    let tmp = path.with_extension("prom.tmp");
+    let text = report.prometheus();
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        report.push("metrics", false, format!("cannot write {}: {e}", path.display()));
+    }
 }

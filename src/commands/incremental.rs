@@ -28,9 +28,10 @@ use chrono::Utc;
 use futures::future::try_join_all;
 
 use super::backup::{self, BackupOptions, BackupReport};
+use crate::backup::schema::SchemaDump;
 use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pg::catalog;
+use crate::pg::catalog::{self, ServerFacts};
 use crate::pg::connect;
 use crate::replay::chain;
 use crate::replication::pgoutput::{self, PgOutputMessage};
@@ -48,7 +49,6 @@ pub const RESTORE_POINT_PREFIX: &str = "pgkeep.restore_point";
 const ARCHIVE_WAIT: Duration = Duration::from_secs(600);
 
 /// Take an incremental backup (or a full one when an incremental cannot stand; the report says which).
-#[expect(clippy::too_many_lines, reason = "orchestrator to be split into commented steps (issue 13)")]
 pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     let started_at = Utc::now();
@@ -83,7 +83,6 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     let Some(parent) = newest_backup(&repos, db, &system_identifier).await? else {
         return full_instead(format!("database {db} has no backup to build on")).await;
     };
-    let parent_end = parent.changes.as_ref().map(|c| c.end_lsn).unwrap_or(parent.snapshot.consistent_lsn);
     if parent.snapshot.method != SnapshotMethod::ReplicationSlot {
         return full_instead(format!("backup {} has no replication-slot snapshot for changes to continue from", parent.backup_id)).await;
     }
@@ -94,38 +93,126 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
     }
     let stream_id = format!("{system_identifier}-{slot}");
 
+    // 4-7. Under the shared lock: restore point, range, schema, manifest.
     let locks = lock::acquire_all(&repos, "backup", LockMode::Shared, &LockOptions::default()).await?;
-    let outcome = async {
+    let increment = Increment {
+        settings,
+        opts,
+        facts: &facts,
+        repos: &repos,
+        keys: &keys,
+        client: &conn.client,
+        slot: &slot,
+        slot_active: active,
+        system_identifier: &system_identifier,
+        stream_id: &stream_id,
+        parent_end: parent.changes.as_ref().map(|c| c.end_lsn).unwrap_or(parent.snapshot.consistent_lsn),
+        parent: &parent,
+        started,
+        started_at,
+    };
+    let outcome = increment.record().await;
+    lock::release_all(locks).await;
+    match outcome {
+        Ok(Recorded::Manifest(manifest)) => {
+            let report = BackupReport { manifest: *manifest, repositories: repos.iter().map(|r| r.location()).collect() };
+            tracing::info!("{}", report.summary_line());
+            Ok(report)
+        }
+        Ok(Recorded::Gap) => full_instead(format!("the change archive of stream {stream_id} has a gap after backup {}", parent.backup_id)).await,
+        Ok(Recorded::UncapturedSchemaChange) => {
+            full_instead(format!("the schema changed since backup {} and no DDL was captured (`pgkeep setup`)", parent.backup_id)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How steps 4 to 7 ended.
+enum Recorded {
+    /// The incremental backup, its manifest written in every repository.
+    Manifest(Box<BackupManifest>),
+    /// The archive has no unbroken chain from the parent to the restore point.
+    Gap,
+    /// The schema differs from the parent's and no DDL was captured in the range.
+    UncapturedSchemaChange,
+}
+
+/// What steps 4 to 7 share: the slot, the parent and where the run started.
+struct Increment<'a> {
+    settings: &'a Settings,
+    opts: &'a BackupOptions,
+    facts: &'a ServerFacts,
+    repos: &'a [Arc<dyn Storage>],
+    keys: &'a Arc<crate::crypto::Keyring>,
+    client: &'a tokio_postgres::Client,
+    slot: &'a str,
+    /// `pgkeep stream` is consuming the slot.
+    slot_active: bool,
+    system_identifier: &'a str,
+    /// `<system_identifier>-<slot>`.
+    stream_id: &'a str,
+    parent: &'a BackupManifest,
+    /// Where the parent's data ends: the end of its changes, else its consistent point.
+    parent_end: Lsn,
+    started: Instant,
+    started_at: chrono::DateTime<Utc>,
+}
+
+impl Increment<'_> {
+    /// Steps 4 to 7, in order.
+    async fn record(&self) -> Result<Recorded> {
         // 4. The restore point, archived by the running stream or by us.
-        let mark: String = conn
-            .client
+        let mark = self.restore_point().await?;
+        // 5. The range.
+        let Some(range) = self.range(mark).await? else {
+            return Ok(Recorded::Gap);
+        };
+        // 6. The schema now, against the parent's.
+        let server_major = self.facts.version_num / 10000;
+        let dump = crate::backup::schema::capture(&self.settings.db, "", server_major, self.facts.is_superuser, None).await?;
+        if !self.same_schema(&dump).await && !range.ddl {
+            return Ok(Recorded::UncapturedSchemaChange);
+        }
+        // 7. Manifest last.
+        self.write_manifest(mark, range, dump).await.map(|m| Recorded::Manifest(Box::new(m)))
+    }
+
+    /// Step 4: a `pgkeep.restore_point` message marks "now" in the WAL; the
+    /// running stream archives up to it, or we drain the slot ourselves.
+    async fn restore_point(&self) -> Result<Lsn> {
+        let (client, slot, db) = (self.client, self.slot, &self.settings.db.dbname);
+        let mark: String = client
             .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&RESTORE_POINT_PREFIX, &format!("incremental of {db}")])
             .await
             .map_err(crate::pg::query_error("writing the restore point"))?
             .get(0);
         let mark: Lsn = mark.parse()?;
-        if active {
-            wait_for_archive(&conn.client, &slot, mark).await?;
+        if self.slot_active {
+            wait_for_archive(client, slot, mark).await?;
         } else {
-            let stream_opts = StreamOptions { segment_seconds: 1, ..StreamOptions::new(slot.clone(), slot.clone()) };
-            let client = &conn.client;
-            let slot_name = slot.clone();
-            stream::run(settings, &stream_opts, async move {
+            let stream_opts = StreamOptions { segment_seconds: 1, ..StreamOptions::new(slot.to_string(), slot.to_string()) };
+            let slot_name = slot.to_string();
+            stream::run(self.settings, &stream_opts, async move {
                 let _ = wait_for_archive(client, &slot_name, mark).await;
             })
             .await?;
-            wait_for_archive(&conn.client, &slot, mark).await?;
+            wait_for_archive(client, slot, mark).await?;
         }
+        Ok(mark)
+    }
 
-        // 5. The range.
-        let streams = chain::list_streams(&repos, &system_identifier).await?;
+    /// Step 5: the unbroken chain of segments from the parent's end to
+    /// `mark`, every segment read and checked; `None` when there is none.
+    async fn range(&self, mark: Lsn) -> Result<Option<ChangeRange>> {
+        let (repos, parent_end) = (self.repos, self.parent_end);
+        let streams = chain::list_streams(repos, self.system_identifier).await?;
         // The slot's newest epoch (`<id>.N` after the slot was created again).
         let archive = streams
             .iter()
-            .filter_map(|s| stream::epoch_of(&s.stream_id, &stream_id).map(|e| (e, s)))
+            .filter_map(|s| stream::epoch_of(&s.stream_id, self.stream_id).map(|e| (e, s)))
             .max_by_key(|(e, _)| *e)
             .map(|(_, s)| s)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no change segments of stream {stream_id} in any repository")))?;
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no change segments of stream {} in any repository", self.stream_id)))?;
         let segs = archive.chain_from(parent_end);
         let Some(last) = segs.iter().position(|s| s.end >= mark) else {
             return Ok(None);
@@ -142,7 +229,7 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             ddl: false,
         };
         for s in segs {
-            let seg = chain::fetch_segment(&repos, s, &keys).await?;
+            let seg = chain::fetch_segment(repos, s, self.keys).await?;
             for t in &seg.transactions {
                 let Some(Ok(PgOutputMessage::Begin(b))) = t.messages.first().map(|m| pgoutput::decode(m)) else { continue };
                 if b.final_lsn < parent_end || b.final_lsn > mark {
@@ -154,32 +241,39 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
                 range.ddl |= t.messages.iter().any(|m| matches!(pgoutput::decode(m), Ok(PgOutputMessage::Message(x)) if x.prefix == DDL_PREFIX));
             }
         }
+        Ok(Some(range))
+    }
 
-        // 6. The schema now, against the parent's.
-        let server_major = facts.version_num / 10000;
-        let dump = crate::backup::schema::capture(&settings.db, "", server_major, facts.is_superuser, None).await?;
-        let parent_source =
-            crate::restore::source::BackupSource::find_with_keys(&repos, &crate::restore::source::BackupSelector::Id(parent.backup_id.clone()), db, &keys)
-                .await;
+    /// Step 6: `dump`'s schema is the parent's (a parent that cannot be read counts as different).
+    async fn same_schema(&self, dump: &SchemaDump) -> bool {
+        let parent = self.parent;
+        let parent_source = crate::restore::source::BackupSource::find_with_keys(
+            self.repos,
+            &crate::restore::source::BackupSelector::Id(parent.backup_id.clone()),
+            &self.settings.db.dbname,
+            self.keys,
+        )
+        .await;
         let parent_pre = match parent_source {
             Ok(src) => src.read_chunk(&parent.schema.pre_data).await.ok(),
             Err(_) => None,
         };
-        let same_schema = parent_pre.is_some_and(|p| {
+        parent_pre.is_some_and(|p| {
             crate::restore::schema::strip_psql_guards(&String::from_utf8_lossy(&p))
                 == crate::restore::schema::strip_psql_guards(&String::from_utf8_lossy(&dump.pre_data))
-        });
-        if !same_schema && !range.ddl {
-            return Err(Error::new(ErrorKind::CheckFailed, "uncaptured schema change".to_string()));
-        }
+        })
+    }
 
-        // 7. Manifest last.
-        let backup_id = crate::repo::claim::claim_id(&repos, BackupKind::Incremental, started_at, db).await?;
+    /// Step 7: the schema pack, then the manifest, in every repository (all
+    /// or nothing: a repository that fails fails the incremental backup).
+    async fn write_manifest(&self, mark: Lsn, range: ChangeRange, dump: SchemaDump) -> Result<BackupManifest> {
+        let (repos, parent, opts, db) = (self.repos, self.parent, self.opts, &self.settings.db.dbname);
+        let backup_id = crate::repo::claim::claim_id(repos, BackupKind::Incremental, self.started_at, db).await?;
         // All or nothing here: a repository that fails the schema pack fails the incremental backup.
-        let targets = crate::pipeline::targets::BackupTargets::new(repos.clone());
+        let targets = crate::pipeline::targets::BackupTargets::new(repos.to_vec());
         let (schema, objects) = backup::store_schema(&targets, &backup_id, opts, dump).await?;
         targets.require_all()?;
-        let sequences = catalog::sequence_values(&conn.client).await?;
+        let sequences = catalog::sequence_values(self.client).await?;
         let manifest = BackupManifest {
             backup_id: backup_id.clone(),
             kind: BackupKind::Incremental,
@@ -187,12 +281,12 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             database: db.clone(),
             database_info: parent.database_info.clone(),
             server: parent.server.clone(),
-            started_at,
+            started_at: self.started_at,
             finished_at: Utc::now(),
             snapshot: SnapshotInfo {
                 method: SnapshotMethod::ReplicationSlot,
                 consistent_lsn: mark,
-                slot_name: Some(slot.clone()),
+                slot_name: Some(self.slot.to_string()),
                 slot_kept: true,
                 server_time: None,
             },
@@ -204,11 +298,11 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             sequences,
             large_objects: LargeObjects { count: 0, covered: true },
             stats: BackupStats {
-                database_size: facts.database_size,
+                database_size: self.facts.database_size,
                 raw_bytes: 0,
                 stored_bytes: objects.iter().map(|o| o.size).sum::<u64>() + range.segments.iter().map(|s| s.size).sum::<u64>(),
                 rows: 0,
-                duration_ms: started.elapsed().as_millis() as u64,
+                duration_ms: self.started.elapsed().as_millis() as u64,
             },
             objects,
             warnings: Vec::new(),
@@ -220,26 +314,12 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
             crate::crypto::manifest_mac::seal(sealer, &mut manifest)?;
         }
         if let Err(e) = try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await {
-            for r in &repos {
+            for r in repos {
                 backup::remove_prefix(r.as_ref(), &backup_id.prefix()).await;
             }
             return Err(e.context(format!("incremental backup {backup_id} failed")));
         }
-        Ok(Some(manifest))
-    }
-    .await;
-    lock::release_all(locks).await;
-    match outcome {
-        Ok(Some(manifest)) => {
-            let report = BackupReport { manifest, repositories: repos.iter().map(|r| r.location()).collect() };
-            tracing::info!("{}", report.summary_line());
-            Ok(report)
-        }
-        Ok(None) => full_instead(format!("the change archive of stream {stream_id} has a gap after backup {}", parent.backup_id)).await,
-        Err(e) if e.kind() == ErrorKind::CheckFailed && e.user_line().contains("uncaptured schema change") => {
-            full_instead(format!("the schema changed since backup {} and no DDL was captured (`pgkeep setup`)", parent.backup_id)).await
-        }
-        Err(e) => Err(e),
+        Ok(manifest)
     }
 }
 

@@ -4,11 +4,11 @@ pub mod backup;
 pub mod check;
 pub mod drill;
 pub mod expire;
-pub mod expire_changes;
-pub mod expire_records; // log files and audit records
 pub mod incremental;
 pub mod key; // `key rotate`
 pub mod list;
 pub mod restore;
 pub mod restore_legacy; // restore of legacy `full_backup_*.dump.gz` archives
+pub mod setup; // DDL capture for `stream`
+pub mod stream;
 pub mod verify;

@@ -21,14 +21,16 @@ use crate::config::Settings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::connect;
 use crate::progress::ProgressCounters;
-use crate::replay::{self, RecoveryTarget, ReplayPlan};
+use crate::replay::{self, RecoveryTarget, ReplayPlan, ReplayReport};
 use crate::repo::layout::BackupKind;
 use crate::restore::approve;
 use crate::restore::plan::{incremental_root, latest_data_plan, latest_of_this_cluster, plan_point_in_time};
 use crate::restore::platform::{self, PlatformSchemas, PlatformTarget};
-use crate::restore::privileges;
+use crate::restore::privileges::{self, OwnershipReport};
 use crate::restore::source::{self as src, BackupSelector, BackupSource};
 use crate::restore::target;
+use crate::restore::verify::VerifyReport;
+use crate::storage::Storage;
 
 pub(crate) use crate::restore::phases::load_and_verify_as;
 pub use crate::restore::report::{PhaseTimes, RestoreReport};
@@ -112,14 +114,129 @@ pub(crate) async fn audit<T: Serialize>(settings: &Settings, operation: &str, re
     }
 }
 
-#[expect(clippy::too_many_lines, reason = "orchestrator to be split into commented steps (issue 13)")]
 async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<RestoreReport> {
     let server = &settings.db;
     let target_name = opts.target_db.clone().unwrap_or_else(|| server.dbname.clone());
     // A table-level restore is never swapped in: it would replace every other table with an empty one.
     let swapping = opts.target_db.is_none() && !opts.temp_only && opts.tables.is_empty();
 
-    // 1. Find the backup (read-only), then ask for approval.
+    // 1. Find the backup (read-only) and check where it goes, then ask for approval.
+    let found = match find_backup(settings, opts).await? {
+        Located::Backup(found) => found,
+        Located::Legacy(report) => return Ok(*report),
+    };
+    let source = &found.source;
+    let id = source.manifest.backup_id.clone();
+    let dest = destination(server, opts, &target_name, &found).await?;
+    let plan = approval_text(server, &found, &dest, &target_name, swapping).await;
+    crate::interrupt::guard(approve::gate("RESTORE", plan, opts.yes)).await?;
+    offer_leftover_cleanup(server, opts.yes).await;
+    let mut times = PhaseTimes::default();
+
+    // 2. Pre-restore backup of the database about to be replaced.
+    let mut pre_backup = None;
+    if swapping && !opts.no_pre_backup && target::database_exists(server, &target_name).await? {
+        let t = Instant::now();
+        pre_backup = Some(pre_restore_backup(settings).await?);
+        times.pre_backup = t.elapsed().as_secs_f64();
+    }
+
+    // 3. Fetch and check: every object the manifest lists exists with its size.
+    crate::interrupt::guard(check_objects(source)).await?;
+
+    // 4. The temporary (or new target) database.
+    let info = source.manifest.database_info.as_ref();
+    let work_db = match &opts.target_db {
+        Some(name) if dest.into_platform.is_some() => name.clone(),
+        Some(name) => {
+            target::create_database(server, name, info).await?;
+            name.clone()
+        }
+        None => target::create_temp_database(server, info).await?,
+    };
+
+    // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
+    let (roles_created, fk_skipped, verification, ownership) = load_step(settings, opts, &found, &dest, &work_db, &mut times).await?;
+    // 6b. Point in time: replay the archived changes up to the target.
+    let point_in_time = replay_step(server, opts, &found, &dest, &work_db, &mut times).await?;
+    // The database's own owner and settings, now that pgkeep's sessions are done with it.
+    // Not into a database the platform set up: its owner, settings and grants are the platform's.
+    if dest.into_platform.is_none()
+        && let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await
+    {
+        return Err(abandon(server, opts, &work_db, e).await);
+    }
+    // Interrupted during the last steps: stop before the swap.
+    if let Some(signo) = crate::interrupt::received() {
+        return Err(abandon(server, opts, &work_db, crate::interrupt::error(signo)).await);
+    }
+    let progress = opts.progress.view();
+    let mut report = RestoreReport {
+        backup_id: id.to_string(),
+        repository: source.storage.location(),
+        restored_into: work_db.clone(),
+        pre_restore_backup: pre_backup,
+        swap: None,
+        rows: verification.rows,
+        bytes: progress.bytes,
+        roles_created,
+        tables_restored: dest.selected.len(),
+        foreign_keys_skipped: fk_skipped,
+        ownership,
+        verification,
+        point_in_time,
+        not_replayed: found.not_replayed,
+        seconds: times,
+    };
+    if !swapping {
+        return Ok(report);
+    }
+
+    // 7-8. Swap approval, then swap: target -> target_old, temp -> target.
+    if let Err(e) = swap_in(server, opts, &target_name, &work_db, &mut report).await {
+        if report.swap.is_none() && e.kind() == ErrorKind::Aborted && crate::interrupt::received().is_some() {
+            return Err(abandon(server, opts, &work_db, e).await);
+        }
+        return Err(e);
+    }
+
+    // 9. Post-restore check: the target answers and holds the tables.
+    post_restore_check(server, &target_name, &id.to_string(), source.manifest.tables.len()).await?;
+    Ok(report)
+}
+
+/// Step 1's answer: a pgkeep backup to restore, or the report of the
+/// legacy archive the id named (restored with the same steps).
+enum Located {
+    Backup(Box<Found>),
+    Legacy(Box<RestoreReport>),
+}
+
+/// The backup to restore and the changes to replay after it.
+struct Found {
+    repos: Vec<Arc<dyn Storage>>,
+    keys: Arc<crate::crypto::Keyring>,
+    source: Arc<BackupSource>,
+    /// The changes to replay after the backup, if any.
+    replay_plan: Option<ReplayPlan>,
+    /// Why `latest` is restored without the changes archived after it.
+    not_replayed: Option<String>,
+    /// An explicit target (or an incremental's restore point) was asked for.
+    point_in_time: Option<RecoveryTarget>,
+}
+
+/// Where the backup goes: the tables to restore, and the platform's
+/// database when restoring in place into an existing `--target-db`.
+struct Destination {
+    selected: Vec<usize>,
+    into_platform: Option<PlatformTarget>,
+}
+
+/// Step 1 (read-only): the backup the selector names and, for a point in
+/// time or `latest`, the replay plan; an id no repository has a pgkeep
+/// backup of is looked up among the legacy archives.
+async fn find_backup(settings: &Settings, opts: &RestoreOptions) -> Result<Located> {
+    let server = &settings.db;
     let repos = src::open_repositories(settings).await?;
     let mut replay_plan: Option<ReplayPlan> = None;
     let keys = Arc::new(crate::crypto::Keyring::from_settings(&settings.encryption));
@@ -154,7 +271,6 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             Err(why) => not_replayed = Some(why),
         }
     }
-    let replaying_by_default = point_in_time.is_none();
     let found = match point_in_time {
         // Point in time: the base is the newest full backup the archive continues up to the target.
         Some(target) => match plan_point_in_time(&repos, &selector, &server.dbname, target, &keys).await {
@@ -178,32 +294,45 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
             if e.kind() == ErrorKind::NotFound
                 && let BackupSelector::Id(id) = &opts.selector =>
         {
-            return restore_legacy::run_if_archive(settings, opts, &repos, id, e).await;
+            return restore_legacy::run_if_archive(settings, opts, &repos, id, e).await.map(|r| Located::Legacy(Box::new(r)));
         }
         Err(e) => return Err(e),
     };
-    let id = source.manifest.backup_id.clone();
+    Ok(Located::Backup(Box::new(Found { repos, keys, source, replay_plan, not_replayed, point_in_time })))
+}
+
+/// Step 1, where it goes: the tables asked for, a server that can load the
+/// backup's schema, and an existing `--target-db` inspected as a database
+/// the platform set up (a new project), restored into in place.
+async fn destination(server: &crate::config::DbSettings, opts: &RestoreOptions, target_name: &str, found: &Found) -> Result<Destination> {
+    let source = &found.source;
     let mut selected = select_tables(&source.manifest, &opts.tables)?;
-    // An existing --target-db: a database the platform set up (a new project), restored into in place.
     // A server of an older major than the backup's cannot load its schema: refused before anything.
     crate::restore::compat::check_target(server, &source.manifest.server).await?;
     let mut into_platform: Option<PlatformTarget> = None;
-    if opts.target_db.is_some() && target::database_exists(server, &target_name).await? {
-        let p = platform::inspect(&server.with_dbname(&target_name), &source.manifest, opts.platform_schemas).await?;
+    if opts.target_db.is_some() && target::database_exists(server, target_name).await? {
+        let p = platform::inspect(&server.with_dbname(target_name), &source.manifest, opts.platform_schemas).await?;
         selected.retain(|i| !p.tables_kept.contains(i));
         // A replay there may have to suspend the platform's triggers and keys: checked before anything.
-        if point_in_time.is_some() {
-            let conn = connect(&server.with_dbname(&target_name)).await?;
+        if found.point_in_time.is_some() {
+            let conn = connect(&server.with_dbname(target_name)).await?;
             let written = selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect();
-            replay::suspend::Suspended::preflight(&conn.client, &target_name, Some(written)).await?;
+            replay::suspend::Suspended::preflight(&conn.client, target_name, Some(written)).await?;
         }
         into_platform = Some(p);
     }
-    let what = match &replay_plan {
+    Ok(Destination { selected, into_platform })
+}
+
+/// Step 1, what the RESTORE gate asks: the backup, the changes replayed,
+/// where it goes, and extensions only the provider may create.
+async fn approval_text(server: &crate::config::DbSettings, found: &Found, dest: &Destination, target_name: &str, swapping: bool) -> String {
+    let id = &found.source.manifest.backup_id;
+    let what = match &found.replay_plan {
         Some(p) => format!("backup {id} with changes replayed to {}", p.target),
         None => format!("backup {id}"),
     };
-    let mut plan = if let Some(p) = &into_platform {
+    let mut plan = if let Some(p) = &dest.into_platform {
         format!(
             "restore {what} in place into the existing database {target_name} on {}:{}, keeping the platform's schemas ({})",
             server.host,
@@ -218,7 +347,7 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     // Extensions only the provider may create, said before anything starts.
     // (Best effort: the probe in the new database decides; a server without the configured
     // or the maintenance database only loses the early warning.)
-    let provider_only = provider_only_extensions(server, &source).await.unwrap_or_else(|e| {
+    let provider_only = provider_only_extensions(server, &found.source).await.unwrap_or_else(|e| {
         tracing::debug!(error = %e.user_line(), "cannot check the backup's extensions before the restore");
         Vec::new()
     });
@@ -227,44 +356,32 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
         tracing::warn!(extensions = %list, "the backup uses extensions this role may not be able to create; the restore checks them first in the new database");
         plan.push_str(&format!(" (WARNING: extensions that may need the provider: {list})"));
     }
-    crate::interrupt::guard(approve::gate("RESTORE", plan, opts.yes)).await?;
-    offer_leftover_cleanup(server, opts.yes).await;
-    let mut times = PhaseTimes::default();
+    plan
+}
 
-    // 2. Pre-restore backup of the database about to be replaced.
-    let mut pre_backup = None;
-    if swapping && !opts.no_pre_backup && target::database_exists(server, &target_name).await? {
-        let t = Instant::now();
-        pre_backup = Some(pre_restore_backup(settings).await?);
-        times.pre_backup = t.elapsed().as_secs_f64();
-    }
-
-    // 3. Fetch and check: every object the manifest lists exists with its size.
-    crate::interrupt::guard(check_objects(&source)).await?;
-
-    // 4. The temporary (or new target) database.
-    let info = source.manifest.database_info.as_ref();
-    let work_db = match &opts.target_db {
-        Some(name) if into_platform.is_some() => name.clone(),
-        Some(name) => {
-            target::create_database(server, name, info).await?;
-            name.clone()
-        }
-        None => target::create_temp_database(server, info).await?,
-    };
-    let work = server.with_dbname(&work_db);
-
-    // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
+/// Steps 5-6: load `work_db` and verify it against the backup. A failure
+/// (or a failed verification, or SIGTERM/SIGINT) drops the work database
+/// (unless `--keep-temp`), or, in a platform's database, says what was written.
+async fn load_step(
+    settings: &Settings,
+    opts: &RestoreOptions,
+    found: &Found,
+    dest: &Destination,
+    work_db: &str,
+    times: &mut PhaseTimes,
+) -> Result<(usize, Vec<String>, VerifyReport, OwnershipReport)> {
+    let (server, source) = (&settings.db, &found.source);
+    let id = &source.manifest.backup_id;
     let loaded = crate::interrupt::guard(load_and_verify_as(
-        &source,
-        &work,
-        &selected,
+        source,
+        &server.with_dbname(work_db),
+        &dest.selected,
         settings.jobs,
         &opts.critical_tables,
         &opts.progress,
-        &mut times,
+        times,
         opts.no_owner,
-        into_platform.as_ref(),
+        dest.into_platform.as_ref(),
     ))
     .await;
     let (roles_created, fk_skipped, verification, mut ownership) = match loaded {
@@ -276,79 +393,49 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
                     Error::new(ErrorKind::CheckFailed, format!("restored data does not match backup {id}: {}", report.problems.join("; ")))
                 }
             };
-            if let Some(p) = &into_platform {
+            if let Some(p) = &dest.into_platform {
                 return Err(platform::partial_failure(p, err));
             }
-            return Err(abandon(server, opts, &work_db, err).await);
+            return Err(abandon(server, opts, work_db, err).await);
         }
     };
-    if let Some(p) = &into_platform {
+    if let Some(p) = &dest.into_platform {
         let m = &source.manifest;
         ownership.kept_by_platform.extend(p.tables_kept.iter().map(|&i| format!("TABLE DATA {}.{}", m.tables[i].schema, m.tables[i].name)));
     }
-    // 6b. Point in time: replay the archived changes up to the target.
-    let mut point_in_time = None;
-    if let Some(plan) = &replay_plan {
-        let t = Instant::now();
-        let only = (!opts.tables.is_empty() || into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
-            .then(|| selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
-        match crate::interrupt::guard(replay::run(&repos, plan, &work, only, &keys, &crate::restore::image::TableImages::new(&repos, &keys))).await {
-            Ok(r) => point_in_time = Some(r),
-            Err(e) if into_platform.is_some() => {
-                return Err(platform::partial_failure(into_platform.as_ref().expect("checked"), e.context(format!("replaying changes after backup {id}"))));
-            }
-            Err(e) => {
-                // By default (`latest` without a target), say how to get the backup alone.
-                let alone = if replaying_by_default { " (`--target backup` restores the backup alone)" } else { "" };
-                return Err(abandon(server, opts, &work_db, e.context(format!("replaying changes after backup {id}{alone}"))).await);
-            }
+    Ok((roles_created, fk_skipped, verification, ownership))
+}
+
+/// Step 6b: replay the archived changes up to the target, when there is a
+/// replay plan. A failure drops the work database like any step before the swap.
+async fn replay_step(
+    server: &crate::config::DbSettings,
+    opts: &RestoreOptions,
+    found: &Found,
+    dest: &Destination,
+    work_db: &str,
+    times: &mut PhaseTimes,
+) -> Result<Option<ReplayReport>> {
+    let Some(plan) = &found.replay_plan else { return Ok(None) };
+    let (source, repos, keys) = (&found.source, &found.repos, &found.keys);
+    let id = &source.manifest.backup_id;
+    let t = Instant::now();
+    let only = (!opts.tables.is_empty() || dest.into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
+        .then(|| dest.selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
+    let work = server.with_dbname(work_db);
+    let report = match crate::interrupt::guard(replay::run(repos, plan, &work, only, keys, &crate::restore::image::TableImages::new(repos, keys))).await {
+        Ok(r) => r,
+        Err(e) if dest.into_platform.is_some() => {
+            return Err(platform::partial_failure(dest.into_platform.as_ref().expect("checked"), e.context(format!("replaying changes after backup {id}"))));
         }
-        times.replay = t.elapsed().as_secs_f64();
-    }
-    // The database's own owner and settings, now that pgkeep's sessions are done with it.
-    // Not into a database the platform set up: its owner, settings and grants are the platform's.
-    if into_platform.is_none()
-        && let Err(e) = target::apply_database_properties(server, &work_db, source.manifest.database_info.as_ref()).await
-    {
-        return Err(abandon(server, opts, &work_db, e).await);
-    }
-    // Interrupted during the last steps: stop before the swap.
-    if let Some(signo) = crate::interrupt::received() {
-        return Err(abandon(server, opts, &work_db, crate::interrupt::error(signo)).await);
-    }
-    let progress = opts.progress.view();
-    let mut report = RestoreReport {
-        backup_id: id.to_string(),
-        repository: source.storage.location(),
-        restored_into: work_db.clone(),
-        pre_restore_backup: pre_backup,
-        swap: None,
-        rows: verification.rows,
-        bytes: progress.bytes,
-        roles_created,
-        tables_restored: selected.len(),
-        foreign_keys_skipped: fk_skipped,
-        ownership,
-        verification,
-        point_in_time,
-        not_replayed,
-        seconds: times,
+        Err(e) => {
+            // By default (`latest` without a target), say how to get the backup alone.
+            let alone = if found.point_in_time.is_none() { " (`--target backup` restores the backup alone)" } else { "" };
+            return Err(abandon(server, opts, work_db, e.context(format!("replaying changes after backup {id}{alone}"))).await);
+        }
     };
-    if !swapping {
-        return Ok(report);
-    }
-
-    // 7-8. Swap approval, then swap: target -> target_old, temp -> target.
-    if let Err(e) = swap_in(server, opts, &target_name, &work_db, &mut report).await {
-        if report.swap.is_none() && e.kind() == ErrorKind::Aborted && crate::interrupt::received().is_some() {
-            return Err(abandon(server, opts, &work_db, e).await);
-        }
-        return Err(e);
-    }
-
-    // 9. Post-restore check: the target answers and holds the tables.
-    post_restore_check(server, &target_name, &id.to_string(), source.manifest.tables.len()).await?;
-    Ok(report)
+    times.replay = t.elapsed().as_secs_f64();
+    Ok(Some(report))
 }
 
 /// Take the pre-restore backup of the configured database; returns its id.

@@ -157,33 +157,99 @@ pub struct FlagValues {
 }
 
 /// Load the configuration from flags, `env` and the config file.
-#[expect(clippy::too_many_lines, reason = "every setting's layers in one place; to be split per section (issue 13)")]
 pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
-    // 1. The config file: --config, else PGKEEP_CONFIG, else ./pgkeep.toml if present.
+    // 1. The config file, and the flags by config key.
+    let file = config_file(flags, env)?;
+    let layers = Layers { flags: flag_map(flags), env, file };
+
+    let mut provenance: Vec<(String, String, Source)> = Vec::new();
+    let mut record = |k: &'static str, v: String, s: Source| provenance.push((k.to_string(), v, s));
+
+    // 2. Database.
+    if let Some((flag, v)) = layers.flags.get("db.url") {
+        record("db.url", redact_url(v), Source::Flag(flag.clone()));
+    } else if let Some(v) = env.var("DATABASE_URL") {
+        record("db.url", redact_url(&v), Source::Env("DATABASE_URL".into()));
+    }
+    let db = db::resolve(&layers, &mut record)?;
+
+    // 3. Repositories, each S3 one with the same protections; encryption.
+    let repos = repositories(&layers, flags, &mut record)?;
+    let encryption = encryption::resolve(&layers, &mut record)?;
+
+    // 4. Everything else.
+    let jobs = jobs(&layers, &mut record)?;
+    let retention_days = days(&layers, "retention_days", "RETENTION_DAYS", 30, &mut record)?;
+    let local_retention_days = days(&layers, "local_retention_days", "LOCAL_RETENTION_DAYS", 7, &mut record)?;
+    let log_retention_days = days(&layers, "log_retention_days", "LOG_RETENTION_DAYS", 90, &mut record)?;
+    let audit_retention_days = days(&layers, "audit_retention_days", "AUDIT_RETENTION_DAYS", 365, &mut record)?;
+    let slack_webhook_url = layers.get("notify.slack_webhook_url", &["SLACK_WEBHOOK_URL"]).map(|r| {
+        record("notify.slack_webhook_url", secret::REDACTED.into(), r.source);
+        Secret::new(r.value)
+    });
+    let notification_email = match layers.get("notify.email", &["NOTIFICATION_EMAIL"]) {
+        Some(r) => {
+            let v = parse_as(&r, "notify.email", "an email address", |s| (s.contains('@') && !s.contains(char::is_whitespace)).then(|| s.to_string()))?;
+            record("notify.email", v.clone(), r.source);
+            Some(v)
+        }
+        None => None,
+    };
+    let notify = notify::resolve(&layers, &mut record)?;
+    let log_format = log_format(&layers, &mut record)?;
+    let critical_tables = critical_tables(&layers, &mut record);
+    let expire_after_backup = expire_after_backup(&layers, &mut record)?;
+    let config_file = layers.file.path().map(Path::to_path_buf);
+
+    Ok(Settings {
+        db,
+        repos,
+        jobs,
+        retention_days,
+        local_retention_days,
+        log_retention_days,
+        audit_retention_days,
+        slack_webhook_url,
+        notification_email,
+        notify,
+        log_format,
+        critical_tables,
+        expire_after_backup,
+        encryption,
+        config_file,
+        provenance,
+    })
+}
+
+/// The config file: --config, else PGKEEP_CONFIG, else ./pgkeep.toml if present.
+fn config_file(flags: &FlagValues, env: &dyn Env) -> Result<FileLayer> {
     let known: BTreeSet<&'static str> = FILE_KEYS.iter().copied().collect();
     let explicit = flags.config.clone().map(|p| (p, "--config")).or_else(|| env.var("PGKEEP_CONFIG").map(|p| (PathBuf::from(p), "PGKEEP_CONFIG")));
-    let file = match explicit {
+    match explicit {
         Some((path, origin)) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Error::config(format!("cannot read config file {} (from {origin})", path.display())).with_source(e))?;
-            FileLayer::parse(&path, &text, &known)?
+            FileLayer::parse(&path, &text, &known)
         }
         None => {
             let path = Path::new("pgkeep.toml");
             // Only "not found" means "no config file": a file that exists but cannot
             // be read (permissions, a directory, not UTF-8) is an error naming it.
             match std::fs::read_to_string(path) {
-                Ok(text) => FileLayer::parse(path, &text, &known)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileLayer::default(),
+                Ok(text) => FileLayer::parse(path, &text, &known),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileLayer::default()),
                 Err(e) => {
                     let why = if e.kind() == std::io::ErrorKind::InvalidData { "it is not UTF-8 text".to_string() } else { e.to_string() };
-                    return Err(Error::config(format!("cannot read config file {} (found in the current directory): {why}", path.display()))
-                        .with_hint("fix or remove the file, or pass another with --config"));
+                    Err(Error::config(format!("cannot read config file {} (found in the current directory): {why}", path.display()))
+                        .with_hint("fix or remove the file, or pass another with --config"))
                 }
             }
         }
-    };
+    }
+}
 
+/// The values given as flags, by config key: (flag, value).
+fn flag_map(flags: &FlagValues) -> BTreeMap<&'static str, (String, String)> {
     let mut flag_map = BTreeMap::new();
     if let Some(db) = &flags.db {
         flag_map.insert("db.url", ("--db".to_string(), db.clone()));
@@ -216,23 +282,17 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             flag_map.insert(key, (flag.to_string(), v));
         }
     }
-    let layers = Layers { flags: flag_map, env, file };
+    flag_map
+}
 
-    let mut provenance: Vec<(String, String, Source)> = Vec::new();
-    let mut record = |k: &'static str, v: String, s: Source| provenance.push((k.to_string(), v, s));
-
-    // 2. Database.
-    if let Some((flag, v)) = layers.flags.get("db.url") {
-        record("db.url", redact_url(v), Source::Flag(flag.clone()));
-    } else if let Some(v) = env.var("DATABASE_URL") {
-        record("db.url", redact_url(&v), Source::Env("DATABASE_URL".into()));
-    }
-    let db = db::resolve(&layers, &mut record)?;
-
-    // 3. Repositories, each S3 one with the same protections.
-    let s3_security = s3_security::resolve(&layers, &mut record)?;
-    let s3_base = s3_settings(&layers, &mut record)?;
-    let repos = if !flags.repos.is_empty() {
+/// The repositories: `--repo`, else the file's `repos` when the environment
+/// names none, else `backup_dir` (or its default) plus the `[s3]` bucket.
+/// Every S3 one gets the same protections, its endpoint checked.
+fn repositories(layers: &Layers<'_>, flags: &FlagValues, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<Vec<RepoSpec>> {
+    let env = layers.env;
+    let s3_security = s3_security::resolve(layers, record)?;
+    let s3_base = s3_settings(layers, record)?;
+    let mut repos = if !flags.repos.is_empty() {
         let mut out = Vec::new();
         for r in &flags.repos {
             out.push(parse_repo(r, "--repo", &s3_base)?);
@@ -264,7 +324,6 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
         }
         out
     };
-    let mut repos = repos;
     for spec in &mut repos {
         if let RepoSpec::S3(s) = spec {
             s.security = s3_security.clone();
@@ -273,10 +332,12 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             }
         }
     }
-    let encryption = encryption::resolve(&layers, &mut record)?;
+    Ok(repos)
+}
 
-    // 4. Everything else.
-    let jobs = match layers.get("jobs", &["PGKEEP_JOBS"]) {
+/// `jobs`: a positive number, by default the number of cores.
+fn jobs(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<usize> {
+    Ok(match layers.get("jobs", &["PGKEEP_JOBS"]) {
         Some(r) => {
             let j = parse_as(&r, "jobs", "a positive number", |s| s.parse::<usize>().ok().filter(|j| *j > 0))?;
             record("jobs", j.to_string(), r.source);
@@ -287,25 +348,12 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             record("jobs", j.to_string(), Source::Derived("default: number of cores".into()));
             j
         }
-    };
-    let retention_days = days(&layers, "retention_days", "RETENTION_DAYS", 30, &mut record)?;
-    let local_retention_days = days(&layers, "local_retention_days", "LOCAL_RETENTION_DAYS", 7, &mut record)?;
-    let log_retention_days = days(&layers, "log_retention_days", "LOG_RETENTION_DAYS", 90, &mut record)?;
-    let audit_retention_days = days(&layers, "audit_retention_days", "AUDIT_RETENTION_DAYS", 365, &mut record)?;
-    let slack_webhook_url = layers.get("notify.slack_webhook_url", &["SLACK_WEBHOOK_URL"]).map(|r| {
-        record("notify.slack_webhook_url", secret::REDACTED.into(), r.source);
-        Secret::new(r.value)
-    });
-    let notification_email = match layers.get("notify.email", &["NOTIFICATION_EMAIL"]) {
-        Some(r) => {
-            let v = parse_as(&r, "notify.email", "an email address", |s| (s.contains('@') && !s.contains(char::is_whitespace)).then(|| s.to_string()))?;
-            record("notify.email", v.clone(), r.source);
-            Some(v)
-        }
-        None => None,
-    };
-    let notify = notify::resolve(&layers, &mut record)?;
-    let log_format = match layers.get("log_format", &["PGKEEP_LOG_FORMAT"]) {
+    })
+}
+
+/// `log_format`: text (the default) or json.
+fn log_format(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<LogFormat> {
+    Ok(match layers.get("log_format", &["PGKEEP_LOG_FORMAT"]) {
         Some(r) => {
             let f = parse_as(&r, "log_format", "text or json", |s| match s {
                 "text" => Some(LogFormat::Text),
@@ -319,8 +367,12 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             record("log_format", "text".into(), Source::Default);
             LogFormat::Text
         }
-    };
-    let critical_tables = match layers.get("critical_tables", &["PGKEEP_CRITICAL_TABLES"]) {
+    })
+}
+
+/// `critical_tables`: a comma-separated value, or the file's list.
+fn critical_tables(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source)) -> Vec<String> {
+    match layers.get("critical_tables", &["PGKEEP_CRITICAL_TABLES"]) {
         Some(r) => {
             let list: Vec<String> = r.value.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
             record("critical_tables", list.join(", "), r.source);
@@ -333,8 +385,12 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             }
             None => Vec::new(),
         },
-    };
-    let expire_after_backup = match layers.get("expire_after_backup", &["EXPIRE_AFTER_BACKUP"]) {
+    }
+}
+
+/// `expire_after_backup`: on by default.
+fn expire_after_backup(layers: &Layers<'_>, record: &mut dyn FnMut(&'static str, String, Source)) -> Result<bool> {
+    Ok(match layers.get("expire_after_backup", &["EXPIRE_AFTER_BACKUP"]) {
         Some(r) => {
             let v = parse_as(&r, "expire_after_backup", "true or false", parse_bool)?;
             record("expire_after_backup", v.to_string(), r.source);
@@ -344,26 +400,6 @@ pub fn load(flags: &FlagValues, env: &dyn Env) -> Result<Settings> {
             record("expire_after_backup", "true".into(), Source::Default);
             true
         }
-    };
-    let config_file = layers.file.path().map(Path::to_path_buf);
-
-    Ok(Settings {
-        db,
-        repos,
-        jobs,
-        retention_days,
-        local_retention_days,
-        log_retention_days,
-        audit_retention_days,
-        slack_webhook_url,
-        notification_email,
-        notify,
-        log_format,
-        critical_tables,
-        expire_after_backup,
-        encryption,
-        config_file,
-        provenance,
     })
 }
 

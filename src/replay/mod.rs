@@ -57,7 +57,7 @@ use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::repo::layout::{BackupKind, Lsn};
 use crate::repo::manifest::{BackupManifest, SnapshotMethod};
 use crate::storage::Storage;
-use crate::stream::segment::{ChangeSegment, SequenceSample};
+use crate::stream::segment::{ChangeSegment, SegmentTransaction, SequenceSample};
 use chain::{SegmentRef, StreamArchive};
 pub use target::RecoveryTarget;
 
@@ -377,9 +377,8 @@ fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
     })
 }
 
-/// Replay `plan` into the restored database `work` (steps 1–4). `only`
+/// Replay `plan` into the restored database `work` (steps 1–6). `only`
 /// restricts the replay to these tables (`(schema, name)`).
-#[expect(clippy::too_many_lines, reason = "the replay loop; to be split into steps (issue 13)")]
 pub async fn run(
     repos: &[Arc<dyn Storage>],
     plan: &ReplayPlan,
@@ -397,138 +396,14 @@ pub async fn run(
     let skip = windows.at_start(from, !plan.accept_inexact);
     applier.skip(&skip);
     // 1. Segments read ahead of the writer.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ChangeSegment>>(2);
-    let reader = {
-        let repos = repos.to_vec();
-        let segs = plan.segments.clone();
-        let keys = keys.clone();
-        tokio::spawn(async move {
-            for s in &segs {
-                let r = chain::fetch_segment(&repos, s, &keys).await;
-                let failed = r.is_err();
-                if tx.send(r).await.is_err() || failed {
-                    return;
-                }
-            }
-        })
-    };
-    let mut report = ReplayReport {
-        target: plan.target,
-        base_backup: plan.base.backup_id.to_string(),
-        stream_id: plan.stream_id.clone(),
-        from_lsn: from,
-        archive_end: plan.archive_end(),
-        segments: 0,
-        transactions: 0,
-        stopped_at: None,
-        next_after_target: None,
-        applied: apply::ApplyStats::default(),
-        inexact_accepted: Vec::new(),
-        table_images: Vec::new(),
-        sequences_advanced: 0,
-        publication_placements: Vec::new(),
-        seconds: 0.0,
-        changes_per_second: 0.0,
-    };
-    let mut samples: Vec<SequenceSample> = Vec::new();
-    let result = async {
-        'segments: while let Some(seg) = rx.recv().await {
-            let seg = seg?;
-            report.segments += 1;
-            // Sampled after the segment's last commit: ahead of every value its transactions used.
-            if !seg.meta.sequences.is_empty() {
-                samples = seg.meta.sequences.clone();
-            }
-            let span = tracing::debug_span!("replay_segment", start = %seg.meta.start_lsn, end = %seg.meta.end_lsn, transactions = seg.meta.transactions);
-            let _g = span.enter();
-            for m in &seg.schema {
-                applier.message(decode(m)?).await?;
-            }
-            let seg_ref = &plan.segments[report.segments - 1];
-            let last = seg.transactions.len().saturating_sub(1);
-            for (i, txn) in seg.transactions.iter().enumerate() {
-                let Some(PgOutputMessage::Begin(b)) = txn.messages.first().map(decode).transpose()? else {
-                    return Err(Error::corrupt(format!("a transaction of stream {} does not start with Begin", plan.stream_id)));
-                };
-                let point = StopPoint { xid: b.xid, commit_lsn: b.final_lsn, end_lsn: b.final_lsn, commit_time: b.commit_time.to_utc() };
-                // Parts holding its messages after Begin (only the last transaction has any).
-                let parts = if i == last { seg.meta.parts } else { 0 };
-                // 2. In the base already: only layouts matter (those changed inside parts
-                //    are described again by the next segment's schema record).
-                if b.final_lsn < from {
-                    for m in &txn.messages {
-                        if let msg @ PgOutputMessage::Relation(_) = decode(m)? {
-                            applier.message(msg).await?;
-                        }
-                    }
-                    continue;
-                }
-                if plan.target.is_past(b.final_lsn, point.commit_time) {
-                    report.next_after_target = Some(point);
-                    break 'segments;
-                }
-                // Tables that joined the publications late and existed by now wait
-                // for their image; table images consistent before this commit go in place.
-                let skip = windows.reach(b.final_lsn, !plan.accept_inexact);
-                applier.skip(&skip);
-                let due = windows.due(b.final_lsn);
-                put_images(&windows, due, &mut applier, images, &mut report).await?;
-                // A change the archive cannot reproduce: the table waits for its
-                // image, or (no image after it) refuse, or warn when accepted.
-                for mark in seg.meta.inexact.iter().filter(|m| m.lsn == b.final_lsn) {
-                    if let Some(skip) = windows.crossing(mark, !plan.accept_inexact) {
-                        applier.skip(&skip);
-                    } else if let Some(line) = inexact::crossing(plan, mark, only.as_deref())? {
-                        report.inexact_accepted.push(line);
-                    }
-                }
-                // 3. Apply.
-                applier.begin(b.final_lsn);
-                let mut end = b.final_lsn;
-                for index in 1..=parts {
-                    let part = chain::fetch_part(repos, seg_ref, &plan.stream_id, b.final_lsn, index, keys).await?;
-                    for m in &part.messages {
-                        applier.note_bytes(m.len());
-                        applier.message(decode(m)?).await?;
-                        applier.flush_if_full().await?;
-                    }
-                }
-                for m in &txn.messages[1..] {
-                    applier.note_bytes(m.len());
-                    let msg = decode(m)?;
-                    if let PgOutputMessage::Commit(c) = &msg {
-                        end = c.end_lsn;
-                    }
-                    applier.message(msg).await?;
-                    applier.flush_if_full().await?;
-                }
-                applier.commit().await?;
-                report.transactions += 1;
-                report.stopped_at = Some(StopPoint { end_lsn: end, ..point });
-            }
-        }
-        // Every segment of the plan, unless the target stopped the replay first:
-        // a reader that ended early must never pass for the end of the archive.
-        if report.next_after_target.is_none() && report.segments < plan.segments.len() {
-            return Err(Error::internal(format!(
-                "the segment reader stopped after {} of {} segments of stream {}",
-                report.segments,
-                plan.segments.len(),
-                plan.stream_id
-            )));
-        }
-        // Images every transaction before which was applied; a table whose
-        // image the target does not reach is refused (or, accepted, a warning).
-        windows.reach_at_end(plan.target, plan.archive_end());
-        let due = windows.due_at_end(plan.target, plan.archive_end());
-        put_images(&windows, due, &mut applier, images, &mut report).await?;
-        report.inexact_accepted.extend(windows.unreached(&plan.target.to_string(), plan.accept_inexact)?);
-        applier.flush().await?;
-        Ok::<(), Error>(())
-    }
-    .await;
+    let (reader, mut rx) = read_ahead(repos, plan, keys);
+    // 2-3. Each segment's transactions: skipped, applied, or the target reached.
+    let mut replay =
+        Replay { repos, plan, keys, only: only.as_deref(), images, from, windows, applier, report: ReplayReport::empty(plan, from), samples: Vec::new() };
+    let result = replay.segments(&mut rx).await;
     reader.abort();
     result?;
+    let Replay { mut applier, mut report, samples, .. } = replay;
     // 4. Sequences, and the triggers quieted for the replay.
     report.sequences_advanced = sequences::advance(applier.client(), &samples).await?;
     // 5. Triggers and foreign keys suspended for a role that may not be a replica: back.
@@ -554,6 +429,187 @@ pub async fn run(
         "replay finished"
     );
     Ok(report)
+}
+
+/// Step 1: a task that fetches the plan's segments in order (two ahead of
+/// the writer) and stops after the first that fails.
+fn read_ahead(
+    repos: &[Arc<dyn Storage>],
+    plan: &ReplayPlan,
+    keys: &Arc<Keyring>,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::mpsc::Receiver<Result<ChangeSegment>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<ChangeSegment>>(2);
+    let repos = repos.to_vec();
+    let segs = plan.segments.clone();
+    let keys = keys.clone();
+    let reader = tokio::spawn(async move {
+        for s in &segs {
+            let r = chain::fetch_segment(&repos, s, &keys).await;
+            let failed = r.is_err();
+            if tx.send(r).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (reader, rx)
+}
+
+impl ReplayReport {
+    /// A report of `plan` from `from` before anything is replayed.
+    fn empty(plan: &ReplayPlan, from: Lsn) -> ReplayReport {
+        ReplayReport {
+            target: plan.target,
+            base_backup: plan.base.backup_id.to_string(),
+            stream_id: plan.stream_id.clone(),
+            from_lsn: from,
+            archive_end: plan.archive_end(),
+            segments: 0,
+            transactions: 0,
+            stopped_at: None,
+            next_after_target: None,
+            applied: apply::ApplyStats::default(),
+            inexact_accepted: Vec::new(),
+            table_images: Vec::new(),
+            sequences_advanced: 0,
+            publication_placements: Vec::new(),
+            seconds: 0.0,
+            changes_per_second: 0.0,
+        }
+    }
+}
+
+/// What steps 2 and 3 of [`run`] share.
+struct Replay<'a> {
+    repos: &'a [Arc<dyn Storage>],
+    plan: &'a ReplayPlan,
+    keys: &'a Arc<Keyring>,
+    only: Option<&'a [(String, String)]>,
+    images: &'a dyn image::ImageHook,
+    /// The base's consistent point: commits before it are in the base.
+    from: Lsn,
+    windows: image::ImageWindows,
+    applier: apply::Applier,
+    report: ReplayReport,
+    /// The newest sequence samples seen.
+    samples: Vec<SequenceSample>,
+}
+
+impl Replay<'_> {
+    /// Every segment from the reader, up to the target; then the table images due at the end.
+    async fn segments(&mut self, rx: &mut tokio::sync::mpsc::Receiver<Result<ChangeSegment>>) -> Result<()> {
+        let plan = self.plan;
+        'segments: while let Some(seg) = rx.recv().await {
+            let seg = seg?;
+            self.report.segments += 1;
+            // Sampled after the segment's last commit: ahead of every value its transactions used.
+            if !seg.meta.sequences.is_empty() {
+                self.samples = seg.meta.sequences.clone();
+            }
+            let span = tracing::debug_span!("replay_segment", start = %seg.meta.start_lsn, end = %seg.meta.end_lsn, transactions = seg.meta.transactions);
+            let _g = span.enter();
+            for m in &seg.schema {
+                self.applier.message(decode(m)?).await?;
+            }
+            let seg_ref = &plan.segments[self.report.segments - 1];
+            let last = seg.transactions.len().saturating_sub(1);
+            for (i, txn) in seg.transactions.iter().enumerate() {
+                // Parts holding its messages after Begin (only the last transaction has any).
+                let parts = if i == last { seg.meta.parts } else { 0 };
+                if !self.transaction(&seg, txn, seg_ref, parts).await? {
+                    break 'segments;
+                }
+            }
+        }
+        // Every segment of the plan, unless the target stopped the replay first:
+        // a reader that ended early must never pass for the end of the archive.
+        if self.report.next_after_target.is_none() && self.report.segments < plan.segments.len() {
+            return Err(Error::internal(format!(
+                "the segment reader stopped after {} of {} segments of stream {}",
+                self.report.segments,
+                plan.segments.len(),
+                plan.stream_id
+            )));
+        }
+        // Images every transaction before which was applied; a table whose
+        // image the target does not reach is refused (or, accepted, a warning).
+        self.windows.reach_at_end(plan.target, plan.archive_end());
+        let due = self.windows.due_at_end(plan.target, plan.archive_end());
+        put_images(&self.windows, due, &mut self.applier, self.images, &mut self.report).await?;
+        self.report.inexact_accepted.extend(self.windows.unreached(&plan.target.to_string(), plan.accept_inexact)?);
+        self.applier.flush().await?;
+        Ok(())
+    }
+
+    /// One transaction of `seg`: skipped (in the base), applied, or the
+    /// first past the target (recorded; returns `false`: the replay stops).
+    async fn transaction(&mut self, seg: &ChangeSegment, txn: &SegmentTransaction, seg_ref: &SegmentRef, parts: u32) -> Result<bool> {
+        let plan = self.plan;
+        let Some(PgOutputMessage::Begin(b)) = txn.messages.first().map(decode).transpose()? else {
+            return Err(Error::corrupt(format!("a transaction of stream {} does not start with Begin", plan.stream_id)));
+        };
+        let point = StopPoint { xid: b.xid, commit_lsn: b.final_lsn, end_lsn: b.final_lsn, commit_time: b.commit_time.to_utc() };
+        // 2. In the base already: only layouts matter (those changed inside parts
+        //    are described again by the next segment's schema record).
+        if b.final_lsn < self.from {
+            for m in &txn.messages {
+                if let msg @ PgOutputMessage::Relation(_) = decode(m)? {
+                    self.applier.message(msg).await?;
+                }
+            }
+            return Ok(true);
+        }
+        if plan.target.is_past(b.final_lsn, point.commit_time) {
+            self.report.next_after_target = Some(point);
+            return Ok(false);
+        }
+        // Tables that joined the publications late and existed by now wait
+        // for their image; table images consistent before this commit go in place.
+        let skip = self.windows.reach(b.final_lsn, !plan.accept_inexact);
+        self.applier.skip(&skip);
+        let due = self.windows.due(b.final_lsn);
+        put_images(&self.windows, due, &mut self.applier, self.images, &mut self.report).await?;
+        // A change the archive cannot reproduce: the table waits for its
+        // image, or (no image after it) refuse, or warn when accepted.
+        for mark in seg.meta.inexact.iter().filter(|m| m.lsn == b.final_lsn) {
+            if let Some(skip) = self.windows.crossing(mark, !plan.accept_inexact) {
+                self.applier.skip(&skip);
+            } else if let Some(line) = inexact::crossing(plan, mark, self.only)? {
+                self.report.inexact_accepted.push(line);
+            }
+        }
+        // 3. Apply.
+        let end = self.apply(txn, seg_ref, b.final_lsn, parts).await?;
+        self.report.transactions += 1;
+        self.report.stopped_at = Some(StopPoint { end_lsn: end, ..point });
+        Ok(true)
+    }
+
+    /// Step 3 for one transaction committed at `commit`: its parts (read
+    /// one at a time), then its messages after Begin; returns its end LSN.
+    async fn apply(&mut self, txn: &SegmentTransaction, seg_ref: &SegmentRef, commit: Lsn, parts: u32) -> Result<Lsn> {
+        let applier = &mut self.applier;
+        applier.begin(commit);
+        let mut end = commit;
+        for index in 1..=parts {
+            let part = chain::fetch_part(self.repos, seg_ref, &self.plan.stream_id, commit, index, self.keys).await?;
+            for m in &part.messages {
+                applier.note_bytes(m.len());
+                applier.message(decode(m)?).await?;
+                applier.flush_if_full().await?;
+            }
+        }
+        for m in &txn.messages[1..] {
+            applier.note_bytes(m.len());
+            let msg = decode(m)?;
+            if let PgOutputMessage::Commit(c) = &msg {
+                end = c.end_lsn;
+            }
+            applier.message(msg).await?;
+            applier.flush_if_full().await?;
+        }
+        applier.commit().await?;
+        Ok(end)
+    }
 }
 
 /// Put the table images `due` in place, on the writer's session.

@@ -46,7 +46,6 @@ pub struct LegacyChecks {
 }
 
 /// Run every check on `archive`. Never `Err`: each failure is a failed check naming the archive.
-#[expect(clippy::too_many_lines, reason = "the seed's checks in order; to be split (issue 13)")]
 pub async fn verify_archive(archive: &LegacyArchive, opts: &LegacyChecks) -> BackupVerification {
     let location = archive.location();
     let repo = Some(archive.repository.location());
@@ -123,47 +122,9 @@ pub async fn verify_archive(archive: &LegacyArchive, opts: &LegacyChecks) -> Bac
 
     // 5. --deep: pg_restore into a scratch database, row counts equal, dropped.
     if opts.deep {
-        let server = &opts.scratch_server;
-        let base = format!("pgkeep_verify_{}", Utc::now().format("%Y%m%d_%H%M%S"));
-        match target::create_unique_database(server, &base, None).await {
-            Ok(name) => {
-                let place = format!("{name} on {}:{}", server.host, server.port);
-                let work = server.with_dbname(&name);
-                let outcome = async {
-                    legacy::load(&pg_restore, &file, &work, opts.jobs).await?;
-                    legacy::verify(&work, &toc, &tables, &[], opts.jobs).await
-                }
-                .await;
-                let dropped = target::drop_database(server, &name).await;
-                let mut problems = Vec::new();
-                let mut summary = String::new();
-                let mut details = Vec::new();
-                match outcome {
-                    Ok(report) => {
-                        problems.extend(report.problems.iter().map(|p| format!("{p} (restored into {place})")));
-                        summary = format!(
-                            "restored into {place}: {} tables, {} rows, row counts equal to the archive's; dropped",
-                            report.tables_checked, report.rows
-                        );
-                        details = tables.iter().map(|t| format!("table {}.{}: {} rows", t.schema, t.name, t.rows)).collect();
-                    }
-                    Err(e) => problems.push(format!("restore of {location} into scratch database {place} failed: {}", e.user_line())),
-                }
-                if let Err(e) = dropped {
-                    problems.push(format!("scratch database {place} could not be dropped: {}", e.user_line()));
-                }
-                let mut r = CheckResult::from_problems(Check::Completeness, repo.clone(), summary, problems);
-                r.details = details;
-                checks.push(r);
-                scratch_database = Some(name);
-            }
-            Err(e) => checks.push(CheckResult::from_problems(
-                Check::Completeness,
-                repo.clone(),
-                "",
-                vec![format!("cannot create a scratch database: {}", e.user_line())],
-            )),
-        }
+        let (check, scratch) = completeness(&location, repo.clone(), opts, &pg_restore, &file, &toc, &tables).await;
+        checks.push(check);
+        scratch_database = scratch;
     } else {
         checks.push(CheckResult::new(Check::Completeness, None, Status::Skip, "scratch restore not requested (--deep)"));
     }
@@ -183,6 +144,54 @@ pub async fn verify_archive(archive: &LegacyArchive, opts: &LegacyChecks) -> Bac
     checks.push(age(archive, opts.max_age));
     checks.push(CheckResult::new(Check::Chains, None, Status::Skip, "a legacy archive has no incremental chain"));
     done(archive, scratch_database, checks)
+}
+
+/// Step 5 (`--deep`): `pg_restore` into a new scratch database, every
+/// table's row count equal to the archive's, the database dropped. Returns
+/// the check and the scratch database's name, when one was created.
+async fn completeness(
+    location: &str,
+    repo: Option<String>,
+    opts: &LegacyChecks,
+    pg_restore: &std::path::Path,
+    file: &legacy::UnpackedArchive,
+    toc: &legacy::ArchiveToc,
+    tables: &[TableRows],
+) -> (CheckResult, Option<String>) {
+    let server = &opts.scratch_server;
+    let base = format!("pgkeep_verify_{}", Utc::now().format("%Y%m%d_%H%M%S"));
+    let name = match target::create_unique_database(server, &base, None).await {
+        Ok(name) => name,
+        Err(e) => {
+            let why = vec![format!("cannot create a scratch database: {}", e.user_line())];
+            return (CheckResult::from_problems(Check::Completeness, repo, "", why), None);
+        }
+    };
+    let place = format!("{name} on {}:{}", server.host, server.port);
+    let work = server.with_dbname(&name);
+    let outcome = async {
+        legacy::load(pg_restore, file, &work, opts.jobs).await?;
+        legacy::verify(&work, toc, tables, &[], opts.jobs).await
+    }
+    .await;
+    let dropped = target::drop_database(server, &name).await;
+    let mut problems = Vec::new();
+    let mut summary = String::new();
+    let mut details = Vec::new();
+    match outcome {
+        Ok(report) => {
+            problems.extend(report.problems.iter().map(|p| format!("{p} (restored into {place})")));
+            summary = format!("restored into {place}: {} tables, {} rows, row counts equal to the archive's; dropped", report.tables_checked, report.rows);
+            details = tables.iter().map(|t| format!("table {}.{}: {} rows", t.schema, t.name, t.rows)).collect();
+        }
+        Err(e) => problems.push(format!("restore of {location} into scratch database {place} failed: {}", e.user_line())),
+    }
+    if let Err(e) = dropped {
+        problems.push(format!("scratch database {place} could not be dropped: {}", e.user_line()));
+    }
+    let mut r = CheckResult::from_problems(Check::Completeness, repo, summary, problems);
+    r.details = details;
+    (r, Some(name))
 }
 
 fn done(archive: &LegacyArchive, scratch_database: Option<String>, checks: Vec<CheckResult>) -> BackupVerification {

@@ -182,14 +182,12 @@ fn lock_of(headers: &BTreeMap<String, String>) -> Option<DateTime<Utc>> {
     headers.get("x-amz-object-lock-retain-until-date").and_then(|d| DateTime::parse_from_rfc3339(d).ok()).map(|d| d.with_timezone(&Utc))
 }
 
-#[expect(clippy::too_many_lines, reason = "one match over the S3 requests the fake answers")]
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let headers: BTreeMap<String, String> =
         req.headers().iter().map(|(k, v)| (k.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").to_string())).collect();
-    let range = headers.get("range").cloned();
     let is_part = method == "PUT" && query_param(&query, "partNumber").is_some();
     let stall_after = if is_part { state.lock().unwrap().stall_parts_after } else { None };
     if let Some(limit) = stall_after {
@@ -218,45 +216,27 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
     let key = unescape(parts.next().unwrap_or(""));
     let mut st = state.lock().unwrap();
     st.log.push(Recorded { method: method.clone(), key: key.clone(), query: query.clone(), headers: headers.clone() });
+    Ok(answer(&mut st, FakeRequest { method, bucket, key, query, headers, body }))
+}
+
+/// One request as the fake answers it: the bucket and key from the path, the body de-chunked.
+struct FakeRequest {
+    method: String,
+    bucket: String,
+    key: String,
+    query: String,
+    headers: BTreeMap<String, String>,
+    body: Bytes,
+}
+
+/// The fake's answer to one S3 request.
+fn answer(st: &mut State, req: FakeRequest) -> Response<Full<Bytes>> {
+    let FakeRequest { method, bucket, key, query, headers, body } = req;
     let now = Utc::now();
-    let resp = match (method.as_str(), key.is_empty()) {
+    match (method.as_str(), key.is_empty()) {
         ("HEAD", true) => empty(StatusCode::OK),
-        ("GET", true) if query_param(&query, "uploads").is_some() => {
-            let uploads: String = st
-                .uploads
-                .iter()
-                .map(|(id, (k, _, _))| format!("<Upload><Key>{k}</Key><UploadId>{id}</UploadId><Initiated>{}</Initiated></Upload>", now.to_rfc3339()))
-                .collect();
-            xml(
-                StatusCode::OK,
-                format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>{bucket}</Bucket><IsTruncated>false</IsTruncated>{uploads}</ListMultipartUploadsResult>"
-                ),
-            )
-        }
-        ("GET", true) => {
-            let prefix = unescape(query_param(&query, "prefix").unwrap_or(""));
-            let items: Vec<String> = st
-                .objects
-                .iter()
-                .filter(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, o)| {
-                    format!(
-                        "<Contents><Key>{k}</Key><LastModified>{}</LastModified><ETag>\"fake\"</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
-                        o.modified.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-                        o.data.len()
-                    )
-                })
-                .collect();
-            xml(
-                StatusCode::OK,
-                format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>{bucket}</Name><Prefix>{prefix}</Prefix><KeyCount>{}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{}</ListBucketResult>",
-                    items.len(),
-                    items.concat()
-                ),
-            )
-        }
+        ("GET", true) if query_param(&query, "uploads").is_some() => list_uploads(st, &bucket, now),
+        ("GET", true) => list_objects(st, &bucket, &query),
         ("POST", false) if query_param(&query, "uploads").is_some() => {
             st.next_upload += 1;
             let id = format!("upload-{}", st.next_upload);
@@ -316,29 +296,73 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
                 empty(StatusCode::NO_CONTENT)
             }
         },
-        ("GET" | "HEAD", false) => match st.objects.get(&key) {
-            None => error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist."),
-            Some(o) => {
-                let len = o.data.len();
-                let (status, slice) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) {
-                    Some((a, b)) => {
-                        let a: usize = a.parse().unwrap_or(0);
-                        let b: usize = b.parse().map(|b: usize| b + 1).unwrap_or(len).min(len);
-                        (StatusCode::PARTIAL_CONTENT, o.data.slice(a.min(b)..b))
-                    }
-                    None => (StatusCode::OK, o.data.clone()),
-                };
-                let body = if method == "HEAD" { Bytes::new() } else { slice.clone() };
-                Response::builder()
-                    .status(status)
-                    .header("content-length", slice.len())
-                    .header("etag", "\"fake\"")
-                    .header("last-modified", o.modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-                    .body(Full::new(body))
-                    .unwrap()
-            }
-        },
+        ("GET" | "HEAD", false) => get_object(st, &method, &key, headers.get("range").map(String::as_str)),
         _ => error(StatusCode::NOT_IMPLEMENTED, "NotImplemented", "not in the fake"),
-    };
-    Ok(resp)
+    }
+}
+
+/// `GET /bucket?uploads`: the multipart uploads in progress.
+fn list_uploads(st: &State, bucket: &str, now: DateTime<Utc>) -> Response<Full<Bytes>> {
+    let uploads: String = st
+        .uploads
+        .iter()
+        .map(|(id, (k, _, _))| format!("<Upload><Key>{k}</Key><UploadId>{id}</UploadId><Initiated>{}</Initiated></Upload>", now.to_rfc3339()))
+        .collect();
+    xml(
+        StatusCode::OK,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>{bucket}</Bucket><IsTruncated>false</IsTruncated>{uploads}</ListMultipartUploadsResult>"
+        ),
+    )
+}
+
+/// `GET /bucket?prefix=…`: the objects under the prefix, in one page.
+fn list_objects(st: &State, bucket: &str, query: &str) -> Response<Full<Bytes>> {
+    let prefix = unescape(query_param(query, "prefix").unwrap_or(""));
+    let items: Vec<String> = st
+        .objects
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, o)| {
+            format!(
+                "<Contents><Key>{k}</Key><LastModified>{}</LastModified><ETag>\"fake\"</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",
+                o.modified.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                o.data.len()
+            )
+        })
+        .collect();
+    xml(
+        StatusCode::OK,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>{bucket}</Name><Prefix>{prefix}</Prefix><KeyCount>{}</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>{}</ListBucketResult>",
+            items.len(),
+            items.concat()
+        ),
+    )
+}
+
+/// `GET` or `HEAD` of an object, with a `Range` header's bytes when given.
+fn get_object(st: &State, method: &str, key: &str, range: Option<&str>) -> Response<Full<Bytes>> {
+    match st.objects.get(key) {
+        None => error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist."),
+        Some(o) => {
+            let len = o.data.len();
+            let (status, slice) = match range.and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) {
+                Some((a, b)) => {
+                    let a: usize = a.parse().unwrap_or(0);
+                    let b: usize = b.parse().map(|b: usize| b + 1).unwrap_or(len).min(len);
+                    (StatusCode::PARTIAL_CONTENT, o.data.slice(a.min(b)..b))
+                }
+                None => (StatusCode::OK, o.data.clone()),
+            };
+            let body = if method == "HEAD" { Bytes::new() } else { slice.clone() };
+            Response::builder()
+                .status(status)
+                .header("content-length", slice.len())
+                .header("etag", "\"fake\"")
+                .header("last-modified", o.modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+                .body(Full::new(body))
+                .unwrap()
+        }
+    }
 }
