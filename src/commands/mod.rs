@@ -1,4 +1,4 @@
-//! One function per CLI verb. The CLI and the `stream` daemon both call these.
+//! One orchestrator per CLI verb (only `cli` calls these): each reads as commented steps over the capabilities below it.
 
 pub mod backup;
 pub mod check;
