@@ -97,6 +97,8 @@ pub(crate) async fn load_and_verify_as(
     ownership.merge(post_ownership);
     ownership.restoring_role = policy.access.current.clone();
     progress.tables_total.store(selected.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let raw_total: u64 = selected.iter().flat_map(|&t| m.tables[t].chunks.iter()).map(|c| c.raw_size).sum();
+    progress.bytes_total.store(raw_total, std::sync::atomic::Ordering::Relaxed);
     let partial = selected.len() < m.tables.len();
     let (report, fk_skipped) = match into_platform {
         // The platform's tables exist with their foreign keys: referenced
