@@ -9,9 +9,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     install_panic_hook();
-    tune_allocator();
     let args = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    if args.is_daemon() {
+        tune_allocator_for_daemon();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(runtime_threads(args.is_backup())).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pgkeep: error: cannot start the async runtime: {e}");
@@ -33,12 +35,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Threads of the async runtime: one per core, except for `backup`, whose
+/// heavy work is on rayon (compression, checksums) and on the server; its
+/// runtime only moves bytes, and a second idle worker mostly wakes to steal
+/// nothing (on 2 cores: 13% less CPU with one). A restore fingerprints its
+/// read-back on the runtime and keeps one per core. `PGKEEP_RUNTIME_THREADS`
+/// overrides.
+fn runtime_threads(backup: bool) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let default = if backup { cores.div_ceil(2) } else { cores };
+    std::env::var("PGKEEP_RUNTIME_THREADS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0).unwrap_or(default)
+}
+
 /// glibc's malloc raises its mmap threshold each time a large block is
 /// freed, after which the multi-megabyte buffers of every chunk and segment
 /// come from the heap and fragment it: a long-running `stream` would keep
 /// growing. A fixed threshold keeps blocks of 1 MiB and more in their own
-/// mappings, returned to the system when freed.
-fn tune_allocator() {
+/// mappings, returned to the system when freed. Only for the daemon: in a
+/// backup or restore, a fresh mapping per chunk buffer costs a page fault
+/// and a zeroed page for every 4 KiB that passes through (14% of a
+/// backup's CPU), while the heap reuses the same few buffers.
+fn tune_allocator_for_daemon() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
     unsafe {

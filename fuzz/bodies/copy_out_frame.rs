@@ -2,13 +2,14 @@
 //! stream, fed in pieces of any size, it never panics, hands out payload
 //! only from CopyData messages, and the payload it hands out starts with
 //! exactly the payload of the CopyData messages a whole-message parse
-//! finds before the first incomplete or invalid message.
+//! finds before the first incomplete or invalid message. The bulk path
+//! (`drain_into`, asked for a few bytes at a time) hands out the same.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/copy_out_frame.rs` and the seed-corpus
 //! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
 
 use bytes::BytesMut;
-use pgkeep::replication::copy_out::{CopyOutFramer, CopyOutItem};
+use pgkeep::replication::copy_out::{CopyOutFramer, CopyOutItem, Drained};
 use pgkeep::replication::wire::{BackendMessage, parse_backend_message};
 use postgres_protocol::message::backend::Message;
 
@@ -33,6 +34,22 @@ pub fn run(data: &[u8]) {
         }
     }
     assert!(framed.len() <= input.len());
+
+    // The bulk path, asking for `piece` bytes at a time.
+    let mut framer = CopyOutFramer::default();
+    let (mut buf, mut out) = (BytesMut::new(), BytesMut::new());
+    'bulk: for p in input.chunks(piece) {
+        buf.extend_from_slice(p);
+        loop {
+            let want = out.len() + piece;
+            match framer.drain_into(&mut buf, &mut out, want) {
+                Ok(Drained::Full | Drained::Message(_)) => {}
+                Ok(Drained::NeedMore) => break,
+                Err(_) => break 'bulk,
+            }
+        }
+    }
+    assert_eq!(&out[..], &framed[..], "the bulk path hands out what the piecewise one does");
 
     // The reference: whole messages.
     let mut whole = BytesMut::from(input);

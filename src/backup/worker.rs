@@ -109,13 +109,20 @@ async fn copy_task(conn: &mut ReplicationConnection, shared: &WorkerShared, tabl
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut out = TaskResult { task, chunks: Vec::new(), fingerprint: TableFingerprint::default(), raw_bytes: 0 };
 
-    while let Some(piece) = reader.next_piece().await.map_err(fail)? {
-        if let Some(cut) = chunker.push(&piece) {
+    // The reader frames CopyData straight into the chunker's buffer, a
+    // chunk's worth at a time.
+    loop {
+        let want = chunker.chunk_size();
+        let more = reader.read_into(chunker.buffer(), want).await.map_err(fail)?;
+        if let Some(cut) = chunker.cut() {
             in_flight.push_back(spawn(cut, &mut span, shared));
             while in_flight.len() >= IN_FLIGHT {
                 let chunk = in_flight.pop_front().expect("non-empty");
                 store(sink, &mut out, chunk.join().await?, shared).await?;
             }
+        }
+        if !more {
+            break;
         }
     }
     match chunker.finish() {

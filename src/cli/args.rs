@@ -16,6 +16,18 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
+impl Cli {
+    /// Whether this runs as the long-lived `stream` daemon.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Stream(_))
+    }
+
+    /// Whether this is `backup`, whose async runtime only moves bytes.
+    pub fn is_backup(&self) -> bool {
+        matches!(self.command, Command::Backup(_))
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct GlobalArgs {
     /// Database to connect to: postgres:// URL or key=value string (default: DB_*, DATABASE_URL, PG* env).

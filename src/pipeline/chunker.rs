@@ -43,6 +43,22 @@ impl Chunker {
     /// Add a piece of the stream; returns a chunk when one is ready.
     pub fn push(&mut self, data: &[u8]) -> Option<CutChunk> {
         self.buf.extend_from_slice(data);
+        self.cut()
+    }
+
+    /// The buffer to append stream bytes to directly (a reader filling it
+    /// up to [`Chunker::chunk_size`]), followed by [`Chunker::cut`].
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The chunk size asked for.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk_size
+    }
+
+    /// A chunk, when the buffer holds at least a chunk's worth.
+    pub fn cut(&mut self) -> Option<CutChunk> {
         if self.buf.len() < self.chunk_size {
             return None;
         }

@@ -39,6 +39,9 @@ impl VerifyReport {
     }
 }
 
+/// Bytes of COPY text fingerprinted at a time by the read-back.
+const READ_BATCH: usize = 1 << 20;
+
 /// Fingerprint one table as restored, reading `COPY … TO STDOUT` in pieces
 /// (memory is one socket read, whatever the row sizes).
 async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result<TableFingerprint> {
@@ -54,8 +57,15 @@ async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result
     let what = format!("read back table {}.{}", t.schema, t.name);
     let mut reader = conn.copy_out(&sql, &what).await?;
     let mut fp = RowFingerprinter::default();
-    while let Some(piece) = reader.next_piece().await? {
-        fp.push(&piece);
+    // Read in batches of many rows: one call per batch, not per row.
+    let mut batch = bytes::BytesMut::with_capacity(READ_BATCH + (64 << 10));
+    loop {
+        let more = reader.read_into(&mut batch, READ_BATCH).await?;
+        fp.push(&batch);
+        batch.clear();
+        if !more {
+            break;
+        }
     }
     fp.finish().ok_or_else(|| Error::new(ErrorKind::Database, format!("reading back table {}.{} ended in the middle of a row", t.schema, t.name)))
 }
