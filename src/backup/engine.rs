@@ -480,8 +480,9 @@ async fn copy_all_tables(
     }
     let progress = opts.progress.clone();
     progress.tables_total.store(tables.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.store(tables.iter().map(|t| t.bytes).sum(), Ordering::Relaxed);
-    tracing::info!(tables = tables.len(), tasks = tasks.len(), jobs, "copying tables");
+    let estimated_bytes: u64 = tables.iter().map(|t| t.bytes).sum();
+    progress.bytes_total.store(estimated_bytes, Ordering::Relaxed);
+    tracing::info!(tables = tables.len(), estimated_bytes, tasks = tasks.len(), jobs, "copying tables");
     let shared = Arc::new(WorkerShared {
         db: settings.db.clone(),
         snapshot: snapshot.to_string(),

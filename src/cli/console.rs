@@ -63,7 +63,7 @@ pub fn progress(verb: &'static str, counters: Arc<ProgressCounters>, quiet: bool
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
     bar.set_style(
-        ProgressStyle::with_template("{prefix} {bar:30} {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}  {msg}")
+        ProgressStyle::with_template("{prefix} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(verb);
@@ -85,7 +85,7 @@ pub fn progress(verb: &'static str, counters: Arc<ProgressCounters>, quiet: bool
             if shown {
                 b.set_length(v.bytes_total.max(v.bytes));
                 b.set_position(v.bytes);
-                b.set_message(format!("{}/{} tables, {} rows", v.tables_done, v.tables_total, v.rows));
+                b.set_message(format!("{}/{} tables", v.tables_done, v.tables_total));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

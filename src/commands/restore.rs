@@ -156,6 +156,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     };
 
     // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
+    let raw_bytes: u64 = dest.selected.iter().map(|&i| source.manifest.tables[i].raw_bytes).sum();
+    tracing::info!(tables = dest.selected.len(), raw_bytes, jobs = settings.jobs, "loading {id} into {work_db}");
     let (roles_created, fk_skipped, verification, ownership) = load_step(settings, opts, &found, &dest, &work_db, &mut times).await?;
     // 6b. Point in time: replay the archived changes up to the target.
     let point_in_time = replay_step(server, opts, &found, &dest, &work_db, &mut times).await?;
