@@ -144,6 +144,10 @@ impl Visit for HumanFields {
         }
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.push(field, format!("{value:.2}"));
+    }
+
     fn record_str(&mut self, field: &Field, value: &str) {
         self.push(field, value.to_string());
     }
@@ -208,12 +212,12 @@ mod tests {
             let span = tracing::info_span!("backup", backup_id = "full_backup_x", lsn = "0/16B3748");
             let _g = span.enter();
             tracing::info!(snapshot = "00000003-1", lsn = "0/16B3748", "exported snapshot");
-            tracing::info!(tables = 6, raw_bytes = 3_u64 << 20, "copying tables");
+            tracing::info!(tables = 6, raw_bytes = 3_u64 << 20, seconds = 1.141_700_597, "copying tables");
         });
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out}");
         assert!(lines[0].ends_with(" exported snapshot"), "{out}");
-        assert!(lines[1].ends_with(" copying tables (tables=6, raw_bytes=3.0 MiB)"), "{out}");
+        assert!(lines[1].ends_with(" copying tables (tables=6, raw_bytes=3.0 MiB, seconds=1.14)"), "{out}");
         assert!(!out.contains("full_backup_x") && !out.contains("0/16B3748") && !out.contains("INFO"), "{out}");
     }
 

@@ -275,3 +275,49 @@ fn an_incremental_backup_says_what_it_holds_and_list_shows_no_ratio_for_it() {
     // The slot goes with the test.
     run(&["stream", "--remove"]);
 }
+
+#[test]
+fn a_replay_on_a_terminal_shows_its_segments_and_row_changes() {
+    let cluster = PgCluster::shared();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(async {
+        let db = cluster.fresh_db("console_replay").await;
+        cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 20000) i;").await;
+        db
+    });
+    let repo = tempfile::tempdir().unwrap();
+    let direct = env(cluster, &db, cluster.port(), repo.path());
+    // The archive: a stream with small segments, a backup it continues, then 40000 row changes in 16 transactions.
+    let mut stream = command(env!("CARGO_BIN_EXE_pgkeep"), &direct)
+        .args(["-q", "stream", "--segment-seconds", "1", "--segment-bytes", "256KiB"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let slot = format!("pgkeep_{db}");
+    rt.block_on(async { harness::streaming::wait_for_slot(&cluster.client(&db).await, &slot, Some(true)).await });
+    let o = piped(&direct, &["backup"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rt.block_on(async {
+        for i in 0..8 {
+            cluster.execute(&db, &format!("UPDATE t SET v = md5(v) WHERE id % 8 = {i}")).await;
+            cluster.execute(&db, &format!("UPDATE t SET v = v || 'x' WHERE id % 8 = {i}")).await;
+        }
+    });
+    unsafe { libc::kill(stream.id() as i32, libc::SIGTERM) };
+    assert!(stream.wait().unwrap().success());
+
+    // Restored to the end of the archive through the throttle: the replay has its bar.
+    let port = throttling_proxy(&rt, cluster.port());
+    let env = env(cluster, &db, port, repo.path());
+    let target = format!("{db}_replayed");
+    let (ok, screen) = on_terminal(&env, &["--jobs", "1", "restore", "latest", "--target-db", &target, "--yes"]);
+    assert!(ok, "{screen}");
+    let drawn = drawn_lines(&screen);
+    let replay = bar_lines(&drawn, "replay");
+    assert!(replay.iter().any(|l| l.ends_with(" row changes")), "no replay bar with row changes:\n{screen}");
+    assert!(!final_screen(&screen).iter().any(|l| l.starts_with("replay ") || l.starts_with("restore ")), "a bar left on screen:\n{screen}");
+
+    let o = piped(&direct, &["stream", "--remove"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -135,7 +135,7 @@ pub async fn check_incremental(
     let work = server.with_dbname(&name);
     let outcome = async {
         let base = restore_and_verify(&source, &work, jobs, progress).await?;
-        let replay = crate::replay::run(repos, &plan, &work, None, keys, &crate::restore::image::TableImages::new(repos, keys)).await?;
+        let replay = crate::replay::run(repos, &plan, &work, None, keys, &crate::restore::image::TableImages::new(repos, keys), progress).await?;
         Ok::<_, crate::error::Error>((base, replay))
     }
     .await;
