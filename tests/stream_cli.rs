@@ -151,3 +151,61 @@ async fn idle_stream_still_advances_the_slot_with_heartbeat_segments() {
     }
     assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
 }
+
+/// `--metrics-addr`: a session the server cuts (its walsender terminated)
+/// is retried, and `pgkeep_stream_errors_total{kind}` says where the
+/// failure came from; every kind is exposed, the others at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_errors_behind_each_reconnect_by_kind() {
+    let cluster = PgCluster::shared();
+    let db = cluster.fresh_db("streamerrors").await;
+    cluster.execute(&db, "CREATE TABLE t (id int PRIMARY KEY);").await;
+    let repo = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = pgkeep(cluster, &db, repo.path())
+        .args(["-q", "stream", "--segment-seconds", "1", "--metrics-addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = cluster.client(&db).await;
+    let slot = format!("pgkeep_{db}");
+    harness::streaming::wait_for_slot(&client, &slot, Some(true)).await;
+    let metrics = || {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or_else(|| panic!("{series} in\n{text}"))
+    };
+    let kinds = ["connection", "server", "server_ended", "repository", "other"];
+    let before = metrics();
+    for k in kinds {
+        assert_eq!(value(&before, &format!("pgkeep_stream_errors_total{{kind=\"{k}\"}}")), 0.0, "{before}");
+    }
+
+    // The server cuts the session: the stream reconnects, and counts why.
+    client.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", &[&slot]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = metrics();
+        if value(&text, "pgkeep_stream_reconnects_total") >= 1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no reconnect counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let errors: f64 = kinds.iter().map(|k| value(&text, &format!("pgkeep_stream_errors_total{{kind=\"{k}\"}}"))).sum();
+    assert_eq!(errors, value(&text, "pgkeep_stream_reconnects_total"), "every retried session has its kind:\n{text}");
+    assert_eq!(value(&text, "pgkeep_stream_errors_total{kind=\"repository\"}"), 0.0, "{text}");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let out = pgkeep(cluster, &db, repo.path()).args(["stream", "--remove"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

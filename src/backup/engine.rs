@@ -88,25 +88,9 @@ pub struct BackupReport {
 }
 
 impl BackupReport {
-    /// One human line: id, duration, sizes, ratio, throughput.
+    /// One human line saying what the backup holds (see [`crate::backup::summary`]).
     pub fn summary_line(&self) -> String {
-        let s = &self.manifest.stats;
-        let lo = &self.manifest.large_objects;
-        let lo_note = if lo.covered { String::new() } else { format!("; WARNING: {} large object(s) not covered", lo.count) };
-        let secs = (s.duration_ms as f64 / 1000.0).max(0.001);
-        let ratio = if s.stored_bytes > 0 { s.raw_bytes as f64 / s.stored_bytes as f64 } else { 0.0 };
-        format!(
-            "backup {} done in {:.1}s: {} tables, {} rows, {} raw, {} stored (ratio {:.2}), {}/s, to {}{lo_note}",
-            self.manifest.backup_id,
-            secs,
-            self.manifest.tables.len(),
-            s.rows,
-            human_bytes(s.raw_bytes),
-            human_bytes(s.stored_bytes),
-            ratio,
-            human_bytes((s.raw_bytes as f64 / secs) as u64),
-            self.repositories.join(", ")
-        )
+        crate::backup::summary::line(&self.manifest, &self.repositories)
     }
 
     /// Machine-readable report.
@@ -496,8 +480,9 @@ async fn copy_all_tables(
     }
     let progress = opts.progress.clone();
     progress.tables_total.store(tables.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.store(tables.iter().map(|t| t.bytes).sum(), Ordering::Relaxed);
-    tracing::info!(tables = tables.len(), tasks = tasks.len(), jobs, "copying tables");
+    let estimated_bytes: u64 = tables.iter().map(|t| t.bytes).sum();
+    progress.bytes_total.store(estimated_bytes, Ordering::Relaxed);
+    tracing::info!(tables = tables.len(), estimated_bytes, tasks = tasks.len(), jobs, "copying tables");
     let shared = Arc::new(WorkerShared {
         db: settings.db.clone(),
         snapshot: snapshot.to_string(),

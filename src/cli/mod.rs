@@ -9,6 +9,7 @@ use pgkeep::notify::{Event, Notifier, Operation};
 use std::time::Instant;
 
 mod args;
+mod console;
 
 pub use args::Cli;
 use args::*;
@@ -20,7 +21,8 @@ pub async fn run(cli: Cli) -> Result<u8> {
     // 2. Logging, to a per-run log file too for the verbs that keep one.
     let verbosity = if cli.global.quiet { -1 } else { cli.global.verbose as i8 };
     let log_file = log_file(&cli.command, &settings);
-    let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref());
+    // On a terminal, human lines that keep clear of the progress bar (cli/console.rs).
+    let _log_guard = pgkeep::logging::init(settings.log_format, verbosity, log_file.as_deref(), console::ConsoleWriter, console::is_terminal());
     // 3. backup and restore stop cleanly on SIGTERM/SIGINT (pgkeep::interrupt); `stream` has its own shutdown.
     if matches!(cli.command, Command::Backup(_) | Command::Restore(_)) {
         pgkeep::interrupt::install();
@@ -34,11 +36,11 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Command::Expire(a) => expire(&settings, &a).await,
         Command::Key(KeyArgs { action: KeyAction::Rotate(a) }) => key_rotate(&settings, a).await,
         Command::List(a) => list(&settings, &a).await,
-        Command::Restore(a) => restore(&settings, a).await,
+        Command::Restore(a) => restore(&settings, a, cli.global.quiet).await,
         Command::Rollback(a) => rollback(&settings, &a).await,
         Command::Setup(a) => setup(&settings, a).await,
         Command::Stream(a) => stream(&settings, a).await,
-        Command::Verify(a) => verify(&settings, a).await,
+        Command::Verify(a) => verify(&settings, a, cli.global.quiet).await,
     }
 }
 
@@ -99,15 +101,14 @@ async fn backup(settings: &config::Settings, a: BackupArgs, quiet: bool) -> Resu
         CompressArg::None => pgkeep::pipeline::Compression::None,
     };
     let opts = commands::backup::BackupOptions { compression, chunk_size: chunk_size as usize, ..commands::backup::BackupOptions::default() };
-    let bar = (!quiet).then(|| progress_bar(opts.progress.clone())).flatten();
+    let bar = console::progress("backup", opts.progress.clone(), quiet);
     let started = Instant::now();
     let result = match a.incremental {
         true => commands::incremental::run(settings, &opts).await,
         false => commands::backup::run(settings, &opts).await,
     };
-    if let Some((bar, ticker)) = bar {
-        ticker.abort();
-        bar.finish_and_clear();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     let report = notified(settings, Operation::Backup, started, result, Event::backup_succeeded).await?;
     expire_after_backup(settings).await;
@@ -235,7 +236,7 @@ async fn list(settings: &config::Settings, a: &ListArgs) -> Result<u8> {
 }
 
 /// `pgkeep restore` (of a pgkeep backup or a legacy archive): one notification.
-async fn restore(settings: &config::Settings, a: RestoreArgs) -> Result<u8> {
+async fn restore(settings: &config::Settings, a: RestoreArgs, quiet: bool) -> Result<u8> {
     // `….dump.gz` names a legacy archive; the selector is then unused.
     let legacy = commands::restore_legacy::is_archive_name(&a.backup);
     let opts = commands::restore::RestoreOptions {
@@ -261,11 +262,15 @@ async fn restore(settings: &config::Settings, a: RestoreArgs) -> Result<u8> {
         to_backup: a.target.is_some(),
         progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
     };
+    let bar = console::progress("restore", opts.progress.clone(), quiet);
     let started = Instant::now();
     let result = match legacy {
         true => commands::restore_legacy::run_legacy(settings, &opts, &a.backup).await,
         false => commands::restore::run(settings, &opts).await,
     };
+    if let Some(bar) = bar {
+        bar.finish();
+    }
     let report = notified(settings, Operation::Restore, started, result, |r| Event::restore_succeeded(r, started.elapsed())).await?;
     if a.json {
         print_json(&report);
@@ -335,7 +340,7 @@ async fn stream(settings: &config::Settings, a: StreamArgs) -> Result<u8> {
 
 /// `pgkeep verify` (of a pgkeep backup or a legacy archive): exactly one
 /// notification; a report whose checks failed is a failure (exit 3).
-async fn verify(settings: &config::Settings, a: VerifyArgs) -> Result<u8> {
+async fn verify(settings: &config::Settings, a: VerifyArgs, quiet: bool) -> Result<u8> {
     if !(a.tolerance.is_finite() && a.tolerance >= 0.0) {
         return Err(pgkeep::Error::config(format!("invalid --tolerance `{}`: expected a percentage >= 0", a.tolerance)));
     }
@@ -352,12 +357,18 @@ async fn verify(settings: &config::Settings, a: VerifyArgs) -> Result<u8> {
         tolerance_pct: a.tolerance,
         max_age: a.max_age,
         critical_tables: settings.critical_tables.iter().cloned().chain(a.critical_tables).collect(),
+        progress: std::sync::Arc::new(pgkeep::progress::ProgressCounters::default()),
     };
+    // --deep restores into a scratch database: a bar for that restore.
+    let bar = console::progress("verify", opts.progress.clone(), quiet || !opts.deep);
     let started = Instant::now();
     let result = match legacy {
         true => commands::verify::run_legacy(settings, &opts, &a.backup).await,
         false => commands::verify::run(settings, &opts).await,
     };
+    if let Some(bar) = bar {
+        bar.finish();
+    }
     // Exactly one notification: a report whose checks failed is a failure.
     let report = match result {
         Ok(report) => report,
@@ -445,34 +456,4 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         tracing::info!("shutdown requested: closing the open segment");
     }
-}
-
-/// A progress bar on stderr when it is a terminal: tables done of total, bytes and rows.
-fn progress_bar(counters: std::sync::Arc<pgkeep::progress::ProgressCounters>) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tables  {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let b = bar.clone();
-    let ticker = tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        loop {
-            let v = counters.view();
-            b.set_length(v.tables_total);
-            b.set_position(v.tables_done);
-            let secs = started.elapsed().as_secs_f64().max(0.1);
-            b.set_message(format!(
-                "{} raw, {} rows, {}/s",
-                commands::backup::human_bytes(v.bytes),
-                v.rows,
-                commands::backup::human_bytes((v.bytes as f64 / secs) as u64)
-            ));
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    });
-    Some((bar, ticker))
 }

@@ -225,6 +225,8 @@ impl Increment<'_> {
             last_commit_lsn: parent_end,
             last_commit_time: None,
             transactions: 0,
+            row_changes: 0,
+            first_commit_time: None,
             segments: segs.iter().map(|s| ObjectEntry { key: s.key.clone(), size: s.size }).collect(),
             ddl: false,
         };
@@ -238,7 +240,16 @@ impl Increment<'_> {
                 range.transactions += 1;
                 range.last_commit_lsn = b.final_lsn;
                 range.last_commit_time = b.commit_time.to_utc();
-                range.ddl |= t.messages.iter().any(|m| matches!(pgoutput::decode(m), Ok(PgOutputMessage::Message(x)) if x.prefix == DDL_PREFIX));
+                range.first_commit_time = range.first_commit_time.or(range.last_commit_time);
+                for m in t.messages.iter().map(|m| pgoutput::decode(m)) {
+                    match m {
+                        Ok(PgOutputMessage::Insert(_) | PgOutputMessage::Update(_) | PgOutputMessage::Delete(_) | PgOutputMessage::Truncate(_)) => {
+                            range.row_changes += 1
+                        }
+                        Ok(PgOutputMessage::Message(x)) if x.prefix == DDL_PREFIX => range.ddl = true,
+                        _ => {}
+                    }
+                }
             }
         }
         Ok(Some(range))

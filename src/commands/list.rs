@@ -44,8 +44,13 @@ pub struct ListedBackup {
     pub raw_bytes: u64,
     /// Stored bytes.
     pub stored_bytes: u64,
-    /// Raw / stored.
-    pub compression_ratio: f64,
+    /// Raw / stored, for kinds that copy table data (not incrementals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression_ratio: Option<f64>,
+    /// Incrementals and table images: what they hold (transactions, row
+    /// changes, LSN and time range; the table and the changes it covers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<String>,
     /// Repositories holding a valid copy.
     pub repositories: Vec<String>,
     /// Problems found while reading it (damaged copies).
@@ -80,7 +85,8 @@ fn listed(m: &BackupManifest) -> ListedBackup {
         database_size: m.stats.database_size,
         raw_bytes: m.stats.raw_bytes,
         stored_bytes: m.stats.stored_bytes,
-        compression_ratio: if m.stats.stored_bytes > 0 { m.stats.raw_bytes as f64 / m.stats.stored_bytes as f64 } else { 0.0 },
+        compression_ratio: crate::backup::summary::ratio(m),
+        holds: crate::backup::summary::held(m),
         warnings: m.warnings.clone(),
         image_of: m.image.as_ref().map(|i| format!("{} at LSN {}", i.table(), m.snapshot.consistent_lsn)),
         ..ListedBackup::default()
@@ -275,19 +281,24 @@ pub fn render(items: &[ListedBackup]) -> String {
             continue;
         }
         out.push_str(&format!(
-            "{:<36} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:>6.2}  {}\n",
+            "{:<36} {:<11} {:<20} {:>8.1} {:>10} {:>10} {:>6}  {}\n",
             b.backup_id,
             b.kind,
             started,
             b.duration_secs,
             human_bytes(b.database_size),
             human_bytes(b.stored_bytes),
-            b.compression_ratio,
+            b.compression_ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".to_string()),
             if b.repositories.is_empty() { "-".to_string() } else { b.repositories.join(", ") }
         ));
         let mut extra = Vec::new();
-        if let Some(i) = &b.image_of {
-            extra.push(format!("table {i}"));
+        match (&b.holds, &b.image_of) {
+            (Some(h), _) => extra.push(h.clone()),
+            (None, Some(i)) => extra.push(format!("table {i}")),
+            (None, None) => {}
+        }
+        if let Some(p) = b.parent.as_ref().filter(|_| b.kind == "incremental") {
+            extra.push(format!("parent {p}"));
         }
         if let Some(g) = b.growth_bytes {
             let sign = if g < 0 { "-" } else { "+" };

@@ -156,6 +156,8 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     };
 
     // 5-6. Load and verify; on failure (or SIGTERM/SIGINT) drop the work database, production untouched.
+    let raw_bytes: u64 = dest.selected.iter().map(|&i| source.manifest.tables[i].raw_bytes).sum();
+    tracing::info!(tables = dest.selected.len(), raw_bytes, jobs = settings.jobs, "loading {id} into {work_db}");
     let (roles_created, fk_skipped, verification, ownership) = load_step(settings, opts, &found, &dest, &work_db, &mut times).await?;
     // 6b. Point in time: replay the archived changes up to the target.
     let point_in_time = replay_step(server, opts, &found, &dest, &work_db, &mut times).await?;
@@ -423,17 +425,22 @@ async fn replay_step(
     let only = (!opts.tables.is_empty() || dest.into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
         .then(|| dest.selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
     let work = server.with_dbname(work_db);
-    let report = match crate::interrupt::guard(replay::run(repos, plan, &work, only, keys, &crate::restore::image::TableImages::new(repos, keys))).await {
-        Ok(r) => r,
-        Err(e) if dest.into_platform.is_some() => {
-            return Err(platform::partial_failure(dest.into_platform.as_ref().expect("checked"), e.context(format!("replaying changes after backup {id}"))));
-        }
-        Err(e) => {
-            // By default (`latest` without a target), say how to get the backup alone.
-            let alone = if found.point_in_time.is_none() { " (`--target backup` restores the backup alone)" } else { "" };
-            return Err(abandon(server, opts, work_db, e.context(format!("replaying changes after backup {id}{alone}"))).await);
-        }
-    };
+    let report =
+        match crate::interrupt::guard(replay::run(repos, plan, &work, only, keys, &crate::restore::image::TableImages::new(repos, keys), &opts.progress)).await
+        {
+            Ok(r) => r,
+            Err(e) if dest.into_platform.is_some() => {
+                return Err(platform::partial_failure(
+                    dest.into_platform.as_ref().expect("checked"),
+                    e.context(format!("replaying changes after backup {id}")),
+                ));
+            }
+            Err(e) => {
+                // By default (`latest` without a target), say how to get the backup alone.
+                let alone = if found.point_in_time.is_none() { " (`--target backup` restores the backup alone)" } else { "" };
+                return Err(abandon(server, opts, work_db, e.context(format!("replaying changes after backup {id}{alone}"))).await);
+            }
+        };
     times.replay = t.elapsed().as_secs_f64();
     Ok(Some(report))
 }

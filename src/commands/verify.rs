@@ -38,6 +38,8 @@ pub struct VerifyOptions {
     pub max_age: Duration,
     /// Tables that must be present and not empty (`schema.table` or `table`).
     pub critical_tables: Vec<String>,
+    /// Live counters of the `--deep` scratch restore, for a progress display.
+    pub progress: std::sync::Arc<crate::progress::ProgressCounters>,
 }
 
 impl Default for VerifyOptions {
@@ -50,6 +52,7 @@ impl Default for VerifyOptions {
             tolerance_pct: 10.0,
             max_age: Duration::from_secs(48 * 3600),
             critical_tables: Vec::new(),
+            progress: Default::default(),
         }
     }
 }
@@ -175,8 +178,8 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
                 let server = opts.scratch_server.clone().unwrap_or_else(|| settings.db.clone());
                 let (r, name) = match m.kind {
                     // An incremental restores as its full ancestor replayed to its restore point.
-                    BackupKind::Incremental => scratch::check_incremental(&repos, &m, &keys, &server, settings.jobs).await,
-                    _ => scratch::check_completeness(source.clone(), &server, settings.jobs).await,
+                    BackupKind::Incremental => scratch::check_incremental(&repos, &m, &keys, &server, settings.jobs, &opts.progress).await,
+                    _ => scratch::check_completeness(source.clone(), &server, settings.jobs, &opts.progress).await,
                 };
                 scratch_database = name;
                 checks.push(r);

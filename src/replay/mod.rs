@@ -53,6 +53,7 @@ use serde::Serialize;
 use crate::config::DbSettings;
 use crate::crypto::Keyring;
 use crate::error::{Error, ErrorKind, Result};
+use crate::progress::ProgressCounters;
 use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::repo::layout::{BackupKind, Lsn};
 use crate::repo::manifest::{BackupManifest, SnapshotMethod};
@@ -386,8 +387,11 @@ pub async fn run(
     only: Option<Vec<(String, String)>>,
     keys: &Arc<Keyring>,
     images: &dyn image::ImageHook,
+    progress: &ProgressCounters,
 ) -> Result<ReplayReport> {
     let started = Instant::now();
+    let segment_bytes = plan.segments.iter().map(|s| s.size).sum();
+    progress.replay_bytes_total.store(segment_bytes, std::sync::atomic::Ordering::Relaxed);
     let from = plan.from();
     let mut applier = apply::Applier::connect(work, only.clone()).await?;
     applier.quiet_triggers().await?;
@@ -398,10 +402,23 @@ pub async fn run(
     // 1. Segments read ahead of the writer.
     let (reader, mut rx) = read_ahead(repos, plan, keys);
     // 2-3. Each segment's transactions: skipped, applied, or the target reached.
-    let mut replay =
-        Replay { repos, plan, keys, only: only.as_deref(), images, from, windows, applier, report: ReplayReport::empty(plan, from), samples: Vec::new() };
+    let mut replay = Replay {
+        repos,
+        plan,
+        keys,
+        only: only.as_deref(),
+        images,
+        from,
+        windows,
+        applier,
+        report: ReplayReport::empty(plan, from),
+        samples: Vec::new(),
+        progress,
+    };
     let result = replay.segments(&mut rx).await;
     reader.abort();
+    // Done with the segments (also when the target came first): a progress display stops here.
+    progress.replay_bytes.store(segment_bytes, std::sync::atomic::Ordering::Relaxed);
     result?;
     let Replay { mut applier, mut report, samples, .. } = replay;
     // 4. Sequences, and the triggers quieted for the replay.
@@ -492,6 +509,8 @@ struct Replay<'a> {
     report: ReplayReport,
     /// The newest sequence samples seen.
     samples: Vec<SequenceSample>,
+    /// Segment bytes and row changes applied, for a progress display.
+    progress: &'a ProgressCounters,
 }
 
 impl Replay<'_> {
@@ -519,6 +538,8 @@ impl Replay<'_> {
                     break 'segments;
                 }
             }
+            self.progress.replay_bytes.fetch_add(seg_ref.size, std::sync::atomic::Ordering::Relaxed);
+            self.progress.changes.store(self.applier.stats().changes, std::sync::atomic::Ordering::Relaxed);
         }
         // Every segment of the plan, unless the target stopped the replay first:
         // a reader that ended early must never pass for the end of the archive.

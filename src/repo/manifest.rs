@@ -150,6 +150,13 @@ pub struct ChangeRange {
     pub last_commit_time: Option<DateTime<Utc>>,
     /// Transactions in the range.
     pub transactions: u64,
+    /// Row changes (inserts, updates, deletes, truncates) of those
+    /// transactions; absent (0) in manifests written before it was counted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub row_changes: u64,
+    /// Commit time of the first transaction in the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_commit_time: Option<DateTime<Utc>>,
     /// Segments of the range, with their sizes.
     pub segments: Vec<ObjectEntry>,
     /// Whether a captured DDL statement is in the range.
@@ -496,6 +503,11 @@ pub fn version_of(m: &BackupManifest) -> u32 {
 /// Whether a row larger than a chunk spans chunks somewhere in the backup.
 fn has_split_rows(m: &BackupManifest) -> bool {
     m.tables.iter().any(|t| t.chunks.iter().any(|c| c.continues))
+}
+
+/// Serde: leave a zero count out (manifests written before it existed stay byte-identical).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! Prometheus text endpoint (`GET /metrics`; anything else is 404).
 //!
 //! [`StreamMetrics`] is shared by the stream (positions, segments per
-//! repository, reconnects), the publication check (the slot's retained
+//! repository, reconnects and the errors behind them), the publication check (the slot's retained
 //! WAL) and the automatic backups (table images, the newest full backup);
 //! [`StreamMetrics::render`] is pure. [`serve`] answers one request per
 //! connection on its own task; it never blocks the stream. README
@@ -39,6 +39,8 @@ pub struct StreamMetrics {
     stored: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Sessions that failed or ended and were retried.
     reconnects: AtomicU64,
+    /// Why they failed, per [`ERROR_CLASSES`] (same order).
+    errors: [AtomicU64; ERROR_CLASSES.len()],
     /// WAL the slot holds back on the server (bytes), at the last check.
     slot_retained: AtomicU64,
     /// Table images and full backups taken by the stream, and those that failed.
@@ -47,6 +49,22 @@ pub struct StreamMetrics {
     backup_failures: AtomicU64,
     /// When the newest full backup of the database finished.
     last_full_backup: AtomicI64,
+}
+
+/// The `kind` label of `pgkeep_stream_errors_total`: where a session's
+/// failure came from.
+pub const ERROR_CLASSES: [&str; 5] = ["connection", "server", "server_ended", "repository", "other"];
+
+/// The class of an error the stream retried: the database connection
+/// (refused, TLS, credentials), the server (an SQL or protocol error), a
+/// repository (a put or list that failed), or anything else.
+pub fn error_class(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Connect | ErrorKind::Auth | ErrorKind::Tls => "connection",
+        ErrorKind::Database => "server",
+        ErrorKind::NotFound | ErrorKind::AccessDenied | ErrorKind::StorageTransient | ErrorKind::Storage | ErrorKind::Locked => "repository",
+        _ => "other",
+    }
 }
 
 fn now() -> i64 {
@@ -98,6 +116,13 @@ impl StreamMetrics {
     /// A session failed or ended and is retried.
     pub fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session ended with an error of class `class` ([`ERROR_CLASSES`];
+    /// `server_ended` when the server closed the stream).
+    pub fn session_error(&self, class: &str) {
+        let i = ERROR_CLASSES.iter().position(|c| *c == class).unwrap_or(ERROR_CLASSES.len() - 1);
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The slot holds back `bytes` of WAL on the server.
@@ -162,6 +187,12 @@ impl StreamMetrics {
         metric("pgkeep_stream_segments_stored_total", "counter", "Segments and transaction parts stored, per repository.", per_repo(0));
         metric("pgkeep_stream_bytes_stored_total", "counter", "Bytes of segments and parts stored, per repository.", per_repo(1));
         metric("pgkeep_stream_reconnects_total", "counter", "Sessions that failed or ended and were retried.", g(self.reconnects.load(Ordering::Relaxed)));
+        metric(
+            "pgkeep_stream_errors_total",
+            "counter",
+            "Sessions that failed and were retried, by where the failure came from (connection, server, server_ended, repository, other).",
+            ERROR_CLASSES.iter().zip(&self.errors).map(|(c, n)| (format!("{{kind=\"{c}\"}}"), n.load(Ordering::Relaxed) as f64)).collect(),
+        );
         metric(
             "pgkeep_stream_slot_retained_bytes",
             "gauge",
@@ -248,6 +279,9 @@ mod tests {
         m.stored("/repo \"a\"", 24);
         m.full_backup(40, false);
         m.image_taken();
+        m.session_error(error_class(ErrorKind::StorageTransient));
+        m.session_error(error_class(ErrorKind::StorageTransient));
+        m.session_error("server_ended");
         let text = m.render(now() + 7);
         for line in [
             "pgkeep_stream_durable_lsn 200",
@@ -256,6 +290,9 @@ mod tests {
             "pgkeep_stream_bytes_stored_total{repository=\"/repo \\\"a\\\"\"} 1024",
             "pgkeep_stream_table_images_total 1",
             "pgkeep_stream_full_backups_total 0",
+            "pgkeep_stream_errors_total{kind=\"repository\"} 2",
+            "pgkeep_stream_errors_total{kind=\"server_ended\"} 1",
+            "pgkeep_stream_errors_total{kind=\"connection\"} 0",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
@@ -264,5 +301,18 @@ mod tests {
         assert!(m.render(now()).contains("pgkeep_stream_lag_seconds 0"));
         // Every sample line is `name{labels} value` after HELP and TYPE.
         assert!(text.lines().filter(|l| !l.starts_with('#')).all(|l| l.rsplit_once(' ').is_some_and(|(_, v)| v.parse::<f64>().is_ok())));
+    }
+
+    #[test]
+    fn errors_are_classed_by_where_they_came_from() {
+        assert_eq!(error_class(ErrorKind::Connect), "connection");
+        assert_eq!(error_class(ErrorKind::Tls), "connection");
+        assert_eq!(error_class(ErrorKind::Database), "server");
+        assert_eq!(error_class(ErrorKind::StorageTransient), "repository");
+        assert_eq!(error_class(ErrorKind::AccessDenied), "repository");
+        assert_eq!(error_class(ErrorKind::Corrupt), "other");
+        let m = StreamMetrics::new();
+        m.session_error("no such class");
+        assert!(m.render(0).contains("pgkeep_stream_errors_total{kind=\"other\"} 1"));
     }
 }

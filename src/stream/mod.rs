@@ -363,6 +363,7 @@ impl Stream<'_> {
                 }
                 Ok((SessionEnd::ServerEnded, progressed)) => {
                     tracing::warn!("the server ended the replication stream; reconnecting");
+                    self.metrics.session_error("server_ended");
                     if progressed {
                         backoff = Duration::from_secs(1);
                     }
@@ -378,6 +379,7 @@ impl Stream<'_> {
                     // released once the server notices; a live second streamer
                     // keeps us waiting here, warned every attempt.
                     tracing::warn!(error = %e.user_line(), backoff_s = backoff.as_secs(), "stream interrupted; reconnecting");
+                    self.metrics.session_error(metrics::error_class(e.kind()));
                 }
                 Err(e) => return Err(e),
             }

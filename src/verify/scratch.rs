@@ -49,18 +49,23 @@ async fn create_scratch_database(server: &DbSettings, info: Option<&DatabaseInfo
 
 /// Create → globals and pre-data → load → post-data → sequences →
 /// [`verify_tables`], into `work`. The caller drops `work`.
-pub(crate) async fn restore_and_verify(source: &Arc<BackupSource>, work: &DbSettings, jobs: usize) -> Result<VerifyReport> {
+/// `progress` counts the load (its bytes against the manifest's raw bytes).
+pub(crate) async fn restore_and_verify(source: &Arc<BackupSource>, work: &DbSettings, jobs: usize, progress: &Arc<ProgressCounters>) -> Result<VerifyReport> {
     let all: Vec<usize> = (0..source.manifest.tables.len()).collect();
-    let progress = Arc::new(ProgressCounters::default());
     let mut times = crate::restore::report::PhaseTimes::default();
-    let (_, _, report) = crate::restore::phases::load_and_verify(source, work, &all, jobs, &[], &progress, &mut times).await?;
+    let (_, _, report) = crate::restore::phases::load_and_verify(source, work, &all, jobs, &[], progress, &mut times).await?;
     Ok(report)
 }
 
 /// The completeness check: restore into a scratch database on `server`,
 /// verify, drop. Returns the result and the scratch database's name (none
-/// when it could not be created).
-pub async fn check_completeness(source: Arc<BackupSource>, server: &DbSettings, jobs: usize) -> (CheckResult, Option<String>) {
+/// when it could not be created). `progress` counts the restore.
+pub async fn check_completeness(
+    source: Arc<BackupSource>,
+    server: &DbSettings,
+    jobs: usize,
+    progress: &Arc<ProgressCounters>,
+) -> (CheckResult, Option<String>) {
     let repo = Some(source.storage.location());
     let name = match create_scratch_database(server, source.manifest.database_info.as_ref()).await {
         Ok(n) => n,
@@ -70,7 +75,7 @@ pub async fn check_completeness(source: Arc<BackupSource>, server: &DbSettings, 
         }
     };
     let place = format!("{name} on {}:{}", server.host, server.port);
-    let outcome = restore_and_verify(&source, &server.with_dbname(&name), jobs).await;
+    let outcome = restore_and_verify(&source, &server.with_dbname(&name), jobs, progress).await;
     // Always dropped, also when the restore failed.
     let dropped = target::drop_database(server, &name).await;
     let mut problems = Vec::new();
@@ -105,6 +110,7 @@ pub async fn check_incremental(
     keys: &Arc<crate::crypto::Keyring>,
     server: &DbSettings,
     jobs: usize,
+    progress: &Arc<ProgressCounters>,
 ) -> (CheckResult, Option<String>) {
     let fail = |why: String| (CheckResult::from_problems(Check::Completeness, None, "", vec![why]), None);
     let (root, end) = match crate::restore::plan::incremental_root(repos, &m.backup_id).await {
@@ -128,8 +134,8 @@ pub async fn check_incremental(
     let place = format!("{name} on {}:{}", server.host, server.port);
     let work = server.with_dbname(&name);
     let outcome = async {
-        let base = restore_and_verify(&source, &work, jobs).await?;
-        let replay = crate::replay::run(repos, &plan, &work, None, keys, &crate::restore::image::TableImages::new(repos, keys)).await?;
+        let base = restore_and_verify(&source, &work, jobs, progress).await?;
+        let replay = crate::replay::run(repos, &plan, &work, None, keys, &crate::restore::image::TableImages::new(repos, keys), progress).await?;
         Ok::<_, crate::error::Error>((base, replay))
     }
     .await;
