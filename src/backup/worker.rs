@@ -30,6 +30,8 @@ use crate::repo::manifest::{ChunkRef, ObjectEntry};
 
 /// Chunks being compressed per worker while the next one is read.
 const IN_FLIGHT: usize = 2;
+/// Raw bytes read between progress updates.
+const PROGRESS_STEP: usize = 1 << 20;
 
 /// Shared state of all workers.
 pub struct WorkerShared {
@@ -109,11 +111,13 @@ async fn copy_task(conn: &mut ReplicationConnection, shared: &WorkerShared, tabl
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut out = TaskResult { task, chunks: Vec::new(), fingerprint: TableFingerprint::default(), raw_bytes: 0 };
 
-    // The reader frames CopyData straight into the chunker's buffer, a
-    // chunk's worth at a time.
+    // The reader frames CopyData straight into the chunker's buffer, up to a
+    // chunk's worth, counted for progress every MiB.
     loop {
-        let want = chunker.chunk_size();
+        let before = chunker.buffer().len();
+        let want = chunker.chunk_size().min(before + PROGRESS_STEP);
         let more = reader.read_into(chunker.buffer(), want).await.map_err(fail)?;
+        shared.progress.bytes.fetch_add((chunker.buffer().len() - before) as u64, Ordering::Relaxed);
         if let Some(cut) = chunker.cut() {
             in_flight.push_back(spawn(cut, &mut span, shared));
             while in_flight.len() >= IN_FLIGHT {
@@ -171,7 +175,6 @@ async fn store(sink: &mut PackSink, out: &mut TaskResult, chunk: ProcessedChunk,
     out.fingerprint.merge(chunk.fingerprint);
     out.raw_bytes += chunk.raw_size;
     shared.progress.rows.fetch_add(chunk.fingerprint.rows, Ordering::Relaxed);
-    shared.progress.bytes.fetch_add(chunk.raw_size, Ordering::Relaxed);
     out.chunks.push(at);
     Ok(())
 }

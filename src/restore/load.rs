@@ -157,22 +157,30 @@ async fn send_chunks(
     let table = &source.manifest.tables[task.table];
     let fail = crate::pg::query_error(format!("loading table {}.{} failed", table.schema, table.name));
     futures::pin_mut!(sink);
+    // A chunk counts as loaded once the connection has taken it on (the
+    // next one was accepted), the last one once the COPY has finished: the
+    // sink accepts a chunk long before the server has it.
+    let count = |i: usize| {
+        progress.bytes.fetch_add(table.chunks[i].raw_size, Ordering::Relaxed);
+        progress.rows.fetch_add(table.chunks[i].rows, Ordering::Relaxed);
+    };
     let mut rows = first;
     for i in task.first..=task.last {
         let following = (i < task.last).then(|| {
             let (source, chunk) = (source.clone(), table.chunks[i + 1].clone());
             tokio::spawn(async move { source.read_chunk(&chunk).await })
         });
-        let n = rows.len() as u64;
         sink.send(rows).await.map_err(&fail)?;
-        progress.bytes.fetch_add(n, Ordering::Relaxed);
-        progress.rows.fetch_add(table.chunks[i].rows, Ordering::Relaxed);
+        if i > task.first {
+            count(i - 1);
+        }
         match following {
             Some(read) => rows = read.await.map_err(|e| Error::internal(format!("chunk read failed: {e}")))??,
             None => break,
         }
     }
     sink.finish().await.map_err(&fail)?;
+    count(task.last);
     Ok(())
 }
 
