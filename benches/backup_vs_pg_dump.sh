@@ -4,12 +4,13 @@
 # data, on the same machine, in the same run. Prints a Markdown table with
 # wall times, ratios, output sizes and peak RSS.
 #
-# Usage: benches/backup_vs_pg_dump.sh [--scale N] [--docs-rows N] [--jobs N] [--keep]
+# Usage: benches/backup_vs_pg_dump.sh [--scale N] [--docs-rows N] [--jobs N] [--keep] [--before BIN]
 #   --scale      pgbench scale (default 120, about 1.8 GB with indexes)
 #   --docs-rows  rows of the text/jsonb/bytea table (default 2500000, about 1.3 GB; hex text, 2-3x compressible)
 #   --jobs       parallel jobs for pgkeep, pg_dump -Fd and raw COPY (default: nproc)
 #   --keep       keep the cluster and dataset in $BENCH_DIR for another run
 #   --prepare    only build the dataset (and keep the cluster running)
+#   --before     another pgkeep binary to time alongside (a "before" row)
 # Environment: BENCH_DIR (default /tmp/pgkeep-bench), PG_BINDIR.
 # The dataset is built once and reused while $BENCH_DIR/data exists.
 set -euo pipefail
@@ -20,6 +21,7 @@ DOCS_ROWS=2500000
 JOBS=$(nproc)
 KEEP=0
 PREPARE=0
+BEFORE=
 while [ $# -gt 0 ]; do
     case "$1" in
         --scale) SCALE=$2; shift 2 ;;
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
         --jobs) JOBS=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --prepare) PREPARE=1; KEEP=1; shift ;;
+        --before) BEFORE=$(realpath "$2"); shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -119,9 +122,11 @@ run() {
     echo "==> $name" >&2
     local start end
     start=$(date +%s.%N)
-    /usr/bin/time -f '%M' -o "$OUT/$name.rss" "$@"
+    /usr/bin/time -f '%M %U %S' -o "$OUT/$name.res" "$@"
     end=$(date +%s.%N)
     echo "$end - $start" | bc >"$OUT/$name.time"
+    cut -d' ' -f1 "$OUT/$name.res" >"$OUT/$name.rss"
+    awk '{printf "%.1f", $2 + $3}' "$OUT/$name.res" >"$OUT/$name.cpu"
 }
 
 # Raw parallel COPY to /dev/null: each big table split into JOBS ctid ranges,
@@ -161,6 +166,9 @@ run raw_copy bash -c raw_copy
 run pg_dump_Fc "$BINDIR/pg_dump" -Fc -f "$OUT/dump.Fc" "$DB"
 run pg_dump_Fd "$BINDIR/pg_dump" -Fd -j "$JOBS" -f "$OUT/dump.Fd" "$DB"
 run pgkeep env DB_HOST=$PGHOST DB_PORT=$PORT DB_USER=postgres DB_NAME=$DB BACKUP_DIR="$OUT/pgkeep" "$PGKEEP" -q backup --jobs "$JOBS" >"$OUT/pgkeep.summary"
+if [ -n "$BEFORE" ]; then
+    run pgkeep_before env DB_HOST=$PGHOST DB_PORT=$PORT DB_USER=postgres DB_NAME=$DB BACKUP_DIR="$OUT/pgkeep_before" "$BEFORE" -q backup --jobs "$JOBS" >/dev/null
+fi
 
 size_of() { du -sb "$1" | cut -f1; }
 ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; }
@@ -168,17 +176,27 @@ secs() { printf '%.1f' "$1"; }
 T_RAW=$(secs "$(cat "$OUT/raw_copy.time")"); T_FC=$(secs "$(cat "$OUT/pg_dump_Fc.time")"); T_FD=$(secs "$(cat "$OUT/pg_dump_Fd.time")"); T_PK=$(secs "$(cat "$OUT/pgkeep.time")")
 S_FC=$(size_of "$OUT/dump.Fc"); S_FD=$(size_of "$OUT/dump.Fd"); S_PK=$(size_of "$OUT/pgkeep/backups")
 mib() { echo $(( $1 / 1024 / 1024 )); }
+RAW_BYTES=$(python3 -c "
+import json, glob
+p = glob.glob('$OUT/pgkeep/backups/*/manifest.json')[0]
+m = json.load(open(p))['body']
+m = json.loads(m) if isinstance(m, str) else m
+print(sum(c['raw_size'] for t in m['tables'] for c in t['chunks']))")
+per_gib() { python3 -c "print('%.2f' % ($(cat "$OUT/$1.cpu") / ($RAW_BYTES / 2**30)))"; }
 
 cat <<EOF
 
 ### Backup benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(psql -Atc 'SHOW server_version' | cut -d' ' -f1), scale $SCALE + $DOCS_ROWS docs rows, database $(mib "$DB_SIZE") MiB, jobs $JOBS
 
-| contender | wall s | vs pgkeep | output MiB | peak RSS MiB |
-|---|---:|---:|---:|---:|
-| raw parallel COPY > /dev/null | $T_RAW | $(ratio "$T_RAW" "$T_PK") | - | $(( $(cat "$OUT/raw_copy.rss") / 1024 )) |
-| pg_dump -Fc | $T_FC | $(ratio "$T_FC" "$T_PK") | $(mib "$S_FC") | $(( $(cat "$OUT/pg_dump_Fc.rss") / 1024 )) |
-| pg_dump -Fd -j $JOBS | $T_FD | $(ratio "$T_FD" "$T_PK") | $(mib "$S_FD") | $(( $(cat "$OUT/pg_dump_Fd.rss") / 1024 )) |
-| pgkeep backup (zstd 1) | $T_PK | 1.00 | $(mib "$S_PK") | $(( $(cat "$OUT/pgkeep.rss") / 1024 )) |
+| contender | wall s | vs pgkeep | output MiB | peak RSS MiB | client CPU s | client CPU s/GiB |
+|---|---:|---:|---:|---:|---:|---:|
+| raw parallel COPY > /dev/null | $T_RAW | $(ratio "$T_RAW" "$T_PK") | - | $(( $(cat "$OUT/raw_copy.rss") / 1024 )) | $(cat "$OUT/raw_copy.cpu") | $(per_gib raw_copy) |
+| pg_dump -Fc | $T_FC | $(ratio "$T_FC" "$T_PK") | $(mib "$S_FC") | $(( $(cat "$OUT/pg_dump_Fc.rss") / 1024 )) | $(cat "$OUT/pg_dump_Fc.cpu") | $(per_gib pg_dump_Fc) |
+| pg_dump -Fd -j $JOBS | $T_FD | $(ratio "$T_FD" "$T_PK") | $(mib "$S_FD") | $(( $(cat "$OUT/pg_dump_Fd.rss") / 1024 )) | $(cat "$OUT/pg_dump_Fd.cpu") | $(per_gib pg_dump_Fd) |
+| pgkeep backup (zstd 1) | $T_PK | 1.00 | $(mib "$S_PK") | $(( $(cat "$OUT/pgkeep.rss") / 1024 )) | $(cat "$OUT/pgkeep.cpu") | $(per_gib pgkeep) |
+$( [ -n "$BEFORE" ] && echo "| pgkeep backup (before: $(basename "$BEFORE")) | $(secs "$(cat "$OUT/pgkeep_before.time")") | $(ratio "$(cat "$OUT/pgkeep_before.time")" "$T_PK") | $(mib "$(size_of "$OUT/pgkeep_before/backups")") | $(( $(cat "$OUT/pgkeep_before.rss") / 1024 )) | $(cat "$OUT/pgkeep_before.cpu") | $(per_gib pgkeep_before) |")
+
+Client CPU is user + system time of the contender's processes (psql for the raw COPY), per GiB of COPY text ($(python3 -c "print('%.2f' % ($RAW_BYTES / 2**30))") GiB).
 
 Targets: pgkeep / pg_dump -Fd -j$JOBS = $(ratio "$T_PK" "$T_FD") (≤ 0.5); pgkeep / raw COPY = $(ratio "$T_PK" "$T_RAW") (≤ 1.3); pgkeep output / pg_dump -Fc = $(ratio "$S_PK" "$S_FC") (≤ 1.0); pgkeep peak RSS $(( $(cat "$OUT/pgkeep.rss") / 1024 )) MiB (≤ 200).
 EOF

@@ -13,7 +13,13 @@
 #   - with --before BIN, another pgkeep binary from the same local repository.
 # After each restore: pages not all-visible (ANALYZE's relallvisible), the
 # oldest relfrozenxid age, and how long a VACUUM (FREEZE) then takes: what
-# is left to do before the database is ready for production load.
+# is left to do before the database is ready for production load. Autovacuum
+# is off during the run (restored after), so that work is measured instead
+# of being done by autovacuum at a time that depends on the contender.
+# The dataset's cluster (benches/backup_vs_pg_dump.sh --prepare) runs
+# without fsync; for realistic numbers, enable data checksums
+# (pg_checksums --enable, cluster stopped) and set fsync, full_page_writes
+# and synchronous_commit on in its postgresql.conf, as BENCHMARKS.md did.
 #
 # Usage: benches/restore_vs_pg_restore.sh [--jobs N] [--no-s3] [--before BIN]
 # Environment: BENCH_DIR (default /tmp/pgkeep-bench), PG_BINDIR, BENCH_PORT, GARAGE_BIN.
@@ -47,6 +53,8 @@ echo "==> building pgkeep (release)" >&2
 cargo build --release --quiet
 PGKEEP=$PWD/target/release/pgkeep
 
+psql -q -d postgres -c "ALTER SYSTEM SET autovacuum = off" -c "SELECT pg_reload_conf()" >/dev/null
+trap 'psql -q -d postgres -c "ALTER SYSTEM RESET autovacuum" -c "SELECT pg_reload_conf()" >/dev/null' EXIT
 rm -rf "$OUT"; mkdir -p "$OUT/empty"
 [ "$(id -u)" -eq 0 ] && chown postgres "$OUT"
 dropall() { for d in pg_restore pg_restore_sections pgkeep pgkeep_s3 pgkeep_before; do psql -q -d postgres -c "DROP DATABASE IF EXISTS bench_$d"; done; }
@@ -56,7 +64,7 @@ if [ "$S3" = 1 ]; then
     # shellcheck source=benches/lib/garage.sh
     . benches/lib/garage.sh
     garage_start "$BENCH_DIR/garage"
-    trap garage_stop EXIT
+    trap 'garage_stop; psql -q -d postgres -c "ALTER SYSTEM RESET autovacuum" -c "SELECT pg_reload_conf()" >/dev/null' EXIT
     export S3_PREFIX=restore-bench
 fi
 
@@ -152,7 +160,7 @@ SIZE=$(psql -Atc "SELECT pg_database_size('$DB') / 1048576" -d postgres)
 
 cat <<EOF
 
-### Restore benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(psql -d postgres -Atc 'SHOW server_version' | cut -d' ' -f1), database $SIZE MiB, jobs $JOBS
+### Restore benchmark — $(date -u +%Y-%m-%d), $(nproc) cores, PostgreSQL $(psql -d postgres -Atc 'SHOW server_version' | cut -d' ' -f1), database $SIZE MiB, jobs $JOBS, data checksums $(psql -d postgres -Atc 'SHOW data_checksums'), fsync $(psql -d postgres -Atc 'SHOW fsync'), full_page_writes $(psql -d postgres -Atc 'SHOW full_page_writes'), autovacuum off
 
 | contender | wall s | vs pg_restore | peak RSS MiB | client CPU s | Garage CPU s | VACUUM (FREEZE) after, s | pages not all-visible | max age(relfrozenxid) |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|

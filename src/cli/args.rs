@@ -17,11 +17,6 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Whether this runs as the long-lived `stream` daemon.
-    pub fn is_daemon(&self) -> bool {
-        matches!(self.command, Command::Stream(_))
-    }
-
     /// Whether this is `backup`, whose async runtime only moves bytes.
     pub fn is_backup(&self) -> bool {
         matches!(self.command, Command::Backup(_))
