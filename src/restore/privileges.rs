@@ -220,7 +220,7 @@ impl OwnershipReport {
             .collect();
         let mut s = String::new();
         if !parts.is_empty() {
-            s = format!("owners the restoring role {} cannot give objects to: {}", self.restoring_role, parts.join("; "));
+            s = format!("owners not restored (restoring role {}): {}", self.restoring_role, parts.join("; "));
         }
         if !self.default_privileges_skipped.is_empty() {
             parts = vec![format!("default privileges not restored (not a member of the role): {}", self.default_privileges_skipped.join(", "))];
@@ -497,6 +497,7 @@ mod tests {
         assert_eq!(report.reassigned["supabase_auth_admin"]["app_dev"], vec!["TABLE auth.users".to_string()]);
         assert_eq!(report.reassigned["supabase_admin"]["customer"], vec!["SCHEMA auth".to_string()]);
         let d = report.describe();
+        assert!(d.starts_with("owners not restored (restoring role customer): "), "{d}");
         assert!(d.contains("1 object(s) of supabase_auth_admin owned by app_dev (TABLE auth.users)"), "{d}");
         assert!(d.contains("1 object(s) of supabase_admin owned by customer (SCHEMA auth)"), "{d}");
         // --no-owner: no owner statement, everything the restoring role's.
