@@ -222,7 +222,7 @@ impl Workflow {
             let out = ok(restore, "point-in-time restore as the customer");
             assert!(out.contains(&format!("replayed {} transaction(s)", i + 1)), "{out}");
             // One warning lists what the customer could not give back to its owner.
-            assert!(out.contains("owned by customer instead of their owner") && out.contains("SCHEMA auth"), "{out}");
+            assert!(out.contains("object(s) of supabase_admin owned by customer (") && out.contains("SCHEMA auth"), "{out}");
             assert!(out.contains("DEFAULT PRIVILEGES FOR TABLES of supabase_admin"), "{out}");
             assert_eq!(hashes(cluster, name, supabase::TABLES).await, marks[i].1, "tables of {name}");
             // Triggers enabled and foreign keys back as on the source.

@@ -8,7 +8,12 @@
 //!   logical messages included; the stream's slot is a failover slot on 17+
 //!   and `check` says so;
 //! - a restore by a role with only LOGIN CREATEDB (not a superuser) that
-//!   owns the database's objects.
+//!   owns the database's objects;
+//! - owners as a non-superuser can reach them: on 16+ a role that can SET
+//!   ROLE an owner without inheriting its privileges, and one that inherits
+//!   them without SET; on 14 and 15 a NOINHERIT member. Objects go to the
+//!   owner, else to the nearest role inheriting its privileges that the
+//!   restoring role can give them to, else to the restoring role.
 
 mod harness;
 
@@ -146,4 +151,103 @@ async fn restore_by_a_role_with_createdb_but_not_superuser() {
     assert_eq!(owners, vec![role.clone()], "objects owned by the restoring role");
     let super_: bool = restored.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role]).await.unwrap().get(0);
     assert!(!super_);
+}
+
+/// What `role` owns in `db`: `schema app`, `app.items`, `app.notes` in that order.
+async fn app_owners(cluster: &PgCluster, db: &str) -> Vec<String> {
+    let c = cluster.client(db).await;
+    let sql = "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'app' \
+               UNION ALL SELECT relowner::regrole::text FROM pg_class WHERE oid = 'app.items'::regclass \
+               UNION ALL SELECT relowner::regrole::text FROM pg_class WHERE oid = 'app.notes'::regclass";
+    c.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_follow_what_the_restoring_role_can_become_and_inherit() {
+    let cluster = PgCluster::shared();
+    let pg16 = cluster.major() >= 16;
+    let db = cluster.fresh_db("mx_roles").await;
+    let (owner, dev, other) = (format!("{db}_owner"), format!("{db}_dev"), format!("{db}_other"));
+    // dev inherits owner's privileges; on 16+ it may not SET ROLE owner (so neither may its members).
+    let dev_grant = if pg16 { "WITH INHERIT TRUE, SET FALSE" } else { "" };
+    cluster
+        .execute(
+            "postgres",
+            &format!("CREATE ROLE {owner} NOLOGIN; CREATE ROLE {dev} NOLOGIN; CREATE ROLE {other} NOLOGIN; GRANT {owner} TO {dev} {dev_grant};"),
+        )
+        .await;
+    cluster
+        .execute(
+            &db,
+            &format!(
+                "CREATE SCHEMA app AUTHORIZATION {owner};
+                 GRANT USAGE, CREATE ON SCHEMA app TO {other};
+                 SET ROLE {owner};
+                 CREATE TABLE app.items (id int PRIMARY KEY, name text NOT NULL);
+                 CREATE INDEX items_name ON app.items (name);
+                 INSERT INTO app.items SELECT g, 'item ' || g FROM generate_series(1, 200) g;
+                 RESET ROLE;
+                 SET ROLE {other};
+                 CREATE TABLE app.notes (id int PRIMARY KEY, body text);
+                 INSERT INTO app.notes SELECT g, 'note ' || g FROM generate_series(1, 50) g;
+                 ALTER DEFAULT PRIVILEGES FOR ROLE {other} IN SCHEMA app GRANT SELECT ON TABLES TO {dev};
+                 RESET ROLE;"
+            ),
+        )
+        .await;
+    let repo = tempfile::tempdir().unwrap();
+    run_ok(pgkeep(cluster, &db, repo.path()).arg("backup"), "backup");
+    let source = table_hashes(&cluster.client(&db).await).await;
+    let restore_as = |role: &str, target: &str| {
+        let out = run_ok(
+            pgkeep(cluster, &db, repo.path()).env("DB_USER", role).env("DB_PASSWORD", "restorer-pw").args([
+                "restore",
+                "latest",
+                "--target-db",
+                target,
+                "--yes",
+            ]),
+            &format!("restore as {role}"),
+        );
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let default_acls = async |target: &str| -> i64 {
+        let c = cluster.client(target).await;
+        c.query_one(&format!("SELECT count(*) FROM pg_default_acl WHERE defaclrole = '{other}'::regrole"), &[]).await.unwrap().get(0)
+    };
+
+    // A role that can become `other` without its privileges: on 16+ SET without INHERIT, before a
+    // NOINHERIT member. Giving it the table would leave the restore unable to load it: the table stays
+    // the restoring role's. `owner`'s objects go to dev on 16+ (it inherits owner's privileges and the
+    // role can become it); before, a NOINHERIT role holds no one's privileges: its own.
+    let set_only = format!("{db}_set");
+    let (attrs, other_grant) = if pg16 { ("", "WITH INHERIT FALSE, SET TRUE") } else { ("NOINHERIT", "") };
+    cluster.create_role(&set_only, "restorer-pw", &format!("CREATEDB {attrs}")).await;
+    cluster.execute("postgres", &format!("GRANT {other} TO {set_only} {other_grant}; GRANT {dev} TO {set_only};")).await;
+    let target = format!("{db}_as_set");
+    let out = restore_as(&set_only, &target);
+    assert_eq!(table_hashes(&cluster.client(&target).await).await, source, "tables restored as {set_only}");
+    let to_owner = if pg16 { dev.clone() } else { set_only.clone() };
+    assert_eq!(app_owners(cluster, &target).await, vec![to_owner.clone(), to_owner.clone(), set_only.clone()], "owners after a restore as {set_only}");
+    // One warning names each original owner and the role its objects went to.
+    assert!(out.contains(&format!("2 object(s) of {owner} owned by {to_owner} (SCHEMA app, TABLE app.items)")), "{out}");
+    assert!(out.contains(&format!("1 object(s) of {other} owned by {set_only} (TABLE app.notes)")), "{out}");
+    // ALTER DEFAULT PRIVILEGES FOR ROLE needs the role's privileges on 16+, membership before.
+    assert_eq!(default_acls(&target).await, if pg16 { 0 } else { 1 });
+    assert_eq!(out.contains("default privileges not restored"), pg16, "{out}");
+
+    if pg16 {
+        // Inheriting `other`'s privileges without SET: it cannot give the table to `other`, but sets
+        // its default privileges.
+        let inherit_only = format!("{db}_inh");
+        cluster.create_role(&inherit_only, "restorer-pw", "CREATEDB").await;
+        cluster.execute("postgres", &format!("GRANT {other} TO {inherit_only} WITH INHERIT TRUE, SET FALSE; GRANT {dev} TO {inherit_only};")).await;
+        let target = format!("{db}_as_inh");
+        let out = restore_as(&inherit_only, &target);
+        assert_eq!(table_hashes(&cluster.client(&target).await).await, source, "tables restored as {inherit_only}");
+        assert_eq!(app_owners(cluster, &target).await, vec![dev.clone(), dev.clone(), inherit_only.clone()]);
+        assert!(out.contains(&format!("1 object(s) of {other} owned by {inherit_only} (TABLE app.notes)")), "{out}");
+        assert_eq!(default_acls(&target).await, 1, "default privileges of {other} restored");
+        assert!(!out.contains("default privileges not restored"), "{out}");
+    }
 }

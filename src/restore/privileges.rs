@@ -2,14 +2,23 @@
 //! a superuser (managed services: Supabase, RDS, Cloud SQL, Neon).
 //!
 //! - **Owners.** pg_dump ends an object's block with `ALTER … OWNER TO
-//!   role;`. An owner the restoring role can become (`pg_has_role(…, 'SET')`
-//!   on PostgreSQL 16+, `'MEMBER'` before) stays exact. Any other owner is
-//!   replaced by the restoring role itself: the statement is left out, so the
-//!   object keeps the role that created it. `--no-owner` leaves every owner
-//!   statement out, as `pg_restore --no-owner` does. What changed is listed
-//!   in one warning ([`OwnershipReport`]).
+//!   role;`. The restoring role keeps an owner exactly when it can both
+//!   become it (`pg_has_role(…, 'SET')` on PostgreSQL 16+, `'MEMBER'`
+//!   before: what `ALTER … OWNER TO` checks) and holds its privileges
+//!   (`'USAGE'`: loading the rows, building indexes and replaying into an
+//!   object need them once it is given away). Any other owner is replaced by
+//!   the *nearest* role that qualifies ([`nearest_owner`]): the closest role,
+//!   in the membership graph, that already inherits the owner's privileges,
+//!   so no one gains rights over the object they did not have; failing
+//!   that, the restoring role itself (the statement is left out and the
+//!   object keeps the role that created it). On 15 and older membership is
+//!   transitive, so such a role only exists on 16+, where a grant may carry
+//!   INHERIT without SET. `--no-owner` leaves every owner statement out, as
+//!   `pg_restore --no-owner` does. What changed, and to whom, is listed in
+//!   one warning ([`OwnershipReport`]).
 //! - **Default privileges** (`ALTER DEFAULT PRIVILEGES FOR ROLE r`) need
-//!   membership in `r`; those of other roles are left out and listed.
+//!   `r`'s privileges on 16+ (`'USAGE'`: SET alone is refused), membership
+//!   before; those of other roles are left out and listed.
 //! - **Extensions** that are neither trusted nor creatable without a
 //!   superuser are found before the restore starts ([`provider_only_extensions`]).
 //!
@@ -31,10 +40,13 @@ pub struct RoleAccess {
     pub current: String,
     /// Whether it is a superuser (then every role is within reach).
     pub superuser: bool,
-    /// Roles it may give objects to (`ALTER … OWNER TO`).
+    /// Roles it may give objects to (`ALTER … OWNER TO`) and still act
+    /// through afterwards (it holds their privileges).
     can_give_to: BTreeSet<String>,
-    /// Roles it is a member of (`ALTER DEFAULT PRIVILEGES FOR ROLE`).
+    /// Roles it may act for (`ALTER DEFAULT PRIVILEGES FOR ROLE`).
     member_of: BTreeSet<String>,
+    /// Role -> its direct members that inherit its privileges.
+    heirs: BTreeMap<String, Vec<String>>,
 }
 
 impl RoleAccess {
@@ -50,13 +62,22 @@ impl RoleAccess {
             .map_err(query_error("cannot look up the restoring role"))?;
         let (current, superuser, pg16): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
         // PostgreSQL 16 split membership into INHERIT and SET options: giving
-        // an object away needs SET on the new owner; before 16, membership.
-        let give = if pg16 { "SET" } else { "MEMBER" };
+        // an object away needs SET on the new owner (membership before);
+        // ALTER DEFAULT PRIVILEGES FOR ROLE needs its privileges (USAGE) on
+        // 16+, membership before. Keeping an owner also needs its privileges,
+        // for everything the restore does to the object afterwards.
+        let (give, act) = if pg16 { ("SET", "USAGE") } else { ("MEMBER", "MEMBER") };
         let rows = client
-            .query(&format!("SELECT rolname::text, pg_has_role(current_user, oid, '{give}'), pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles"), &[])
+            .query(
+                &format!(
+                    "SELECT rolname::text, pg_has_role(current_user, oid, '{give}') AND pg_has_role(current_user, oid, 'USAGE'), \
+                     pg_has_role(current_user, oid, '{act}') FROM pg_roles"
+                ),
+                &[],
+            )
             .await
             .map_err(query_error("cannot list the roles the restoring role belongs to"))?;
-        let mut access = RoleAccess { current, superuser, can_give_to: BTreeSet::new(), member_of: BTreeSet::new() };
+        let mut access = RoleAccess { current, superuser, can_give_to: BTreeSet::new(), member_of: BTreeSet::new(), heirs: BTreeMap::new() };
         for r in rows {
             let name: String = r.get(0);
             if r.get::<_, bool>(1) {
@@ -66,19 +87,41 @@ impl RoleAccess {
                 access.member_of.insert(name);
             }
         }
+        // Who inherits whose privileges: the grant's INHERIT option on 16+,
+        // the member's INHERIT attribute before.
+        let inherits = if pg16 { "a.inherit_option" } else { "m.rolinherit" };
+        let edges = client
+            .query(
+                &format!(
+                    "SELECT r.rolname::text, m.rolname::text FROM pg_auth_members a \
+                     JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member WHERE {inherits}"
+                ),
+                &[],
+            )
+            .await
+            .map_err(query_error("cannot list role memberships"))?;
+        for e in edges {
+            access.heirs.entry(e.get(0)).or_default().push(e.get(1));
+        }
         Ok(access)
     }
 
     /// A role with every privilege (for tests and superusers).
     pub fn superuser(name: &str) -> RoleAccess {
-        RoleAccess { current: name.to_string(), superuser: true, can_give_to: BTreeSet::new(), member_of: BTreeSet::new() }
+        RoleAccess { current: name.to_string(), superuser: true, can_give_to: BTreeSet::new(), member_of: BTreeSet::new(), heirs: BTreeMap::new() }
     }
 
     /// A role that can give objects to and act for exactly `roles` (and itself).
     pub fn member_of(name: &str, roles: &[&str]) -> RoleAccess {
         let mut set: BTreeSet<String> = roles.iter().map(|r| r.to_string()).collect();
         set.insert(name.to_string());
-        RoleAccess { current: name.to_string(), superuser: false, can_give_to: set.clone(), member_of: set }
+        RoleAccess { current: name.to_string(), superuser: false, can_give_to: set.clone(), member_of: set, heirs: BTreeMap::new() }
+    }
+
+    /// `member` inherits the privileges of `role` (for tests).
+    pub fn with_heir(mut self, role: &str, member: &str) -> RoleAccess {
+        self.heirs.entry(role.to_string()).or_default().push(member.to_string());
+        self
     }
 
     /// Whether `ALTER … OWNER TO role` is allowed.
@@ -107,19 +150,48 @@ impl OwnerPolicy {
         self.access.superuser && !self.no_owner
     }
 
-    /// Whether an owner statement giving an object to `role` is run.
-    pub fn keeps_owner(&self, role: &str) -> bool {
-        !self.no_owner && self.access.can_give_to(role)
+    /// The role that owns, after the restore, an object `owner` owned in
+    /// the backup: `owner` itself when the restoring role can give it
+    /// objects, else [`nearest_owner`], else the restoring role (always
+    /// with `--no-owner`).
+    pub fn owner_for(&self, owner: &str) -> String {
+        if self.no_owner {
+            return self.access.current.clone();
+        }
+        nearest_owner(owner, &self.access.heirs, |r| self.access.can_give_to(r)).unwrap_or_else(|| self.access.current.clone())
     }
+}
+
+/// The role nearest to `owner` that the restoring role may give objects to
+/// (`can_give_to`), among `owner` and the roles that inherit its privileges
+/// (`heirs`: role -> direct members that inherit from it), by the number of
+/// memberships between them; ties go to the first name. `None` when no
+/// such role exists.
+///
+/// Only heirs qualify, never roles the owner is a member of: an heir's
+/// members already hold every right the owner had over its objects (table
+/// owners also bypass row-level security), so giving it the object grants
+/// no one anything new, whereas a group the owner belongs to may have
+/// members (an API role, say) that never had them.
+pub fn nearest_owner(owner: &str, heirs: &BTreeMap<String, Vec<String>>, can_give_to: impl Fn(&str) -> bool) -> Option<String> {
+    let mut seen: BTreeSet<&str> = BTreeSet::from([owner]);
+    let mut level: Vec<&str> = vec![owner];
+    while !level.is_empty() {
+        if let Some(found) = level.iter().filter(|r| can_give_to(r)).min() {
+            return Some(found.to_string());
+        }
+        level = level.iter().flat_map(|r| heirs.get(*r).into_iter().flatten()).map(String::as_str).filter(|m| seen.insert(m)).collect();
+    }
+    None
 }
 
 /// What the ownership rules changed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OwnershipReport {
-    /// The role that owns what it could not give away.
+    /// The restoring role.
     pub restoring_role: String,
-    /// Original owner -> objects now owned by the restoring role.
-    pub reassigned: BTreeMap<String, Vec<String>>,
+    /// Original owner -> the role that owns them now -> objects.
+    pub reassigned: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     /// `ALTER DEFAULT PRIVILEGES` entries of roles the restoring role is not a member of.
     pub default_privileges_skipped: Vec<String>,
     /// Objects of the platform's schemas left as the platform made them
@@ -136,16 +208,19 @@ impl OwnershipReport {
 
     /// Objects whose owner changed.
     pub fn objects_reassigned(&self) -> usize {
-        self.reassigned.values().map(Vec::len).sum()
+        self.reassigned.values().flat_map(BTreeMap::values).map(Vec::len).sum()
     }
 
     /// One line for the warning and the summary.
     pub fn describe(&self) -> String {
-        let mut parts: Vec<String> =
-            self.reassigned.iter().map(|(role, objects)| format!("{} object(s) of {role} ({})", objects.len(), objects.join(", "))).collect();
+        let mut parts: Vec<String> = self
+            .reassigned
+            .iter()
+            .flat_map(|(from, to)| to.iter().map(move |(to, objects)| format!("{} object(s) of {from} owned by {to} ({})", objects.len(), objects.join(", "))))
+            .collect();
         let mut s = String::new();
         if !parts.is_empty() {
-            s = format!("owned by {} instead of their owner: {}", self.restoring_role, parts.join("; "));
+            s = format!("owners not restored (restoring role {}): {}", self.restoring_role, parts.join("; "));
         }
         if !self.default_privileges_skipped.is_empty() {
             parts = vec![format!("default privileges not restored (not a member of the role): {}", self.default_privileges_skipped.join(", "))];
@@ -163,15 +238,17 @@ impl OwnershipReport {
         s
     }
 
-    /// Record an object given to the restoring role instead of `owner`.
-    pub fn reassign(&mut self, owner: &str, object: &str) {
-        self.reassigned.entry(owner.to_string()).or_default().push(object.to_string());
+    /// Record an object given to `to` instead of `owner`.
+    pub fn reassign(&mut self, owner: &str, to: &str, object: &str) {
+        self.reassigned.entry(owner.to_string()).or_default().entry(to.to_string()).or_default().push(object.to_string());
     }
 
     /// Add another report's entries.
     pub fn merge(&mut self, other: OwnershipReport) {
-        for (role, objects) in other.reassigned {
-            self.reassigned.entry(role).or_default().extend(objects);
+        for (from, to) in other.reassigned {
+            for (to, objects) in to {
+                self.reassigned.entry(from.clone()).or_default().entry(to).or_default().extend(objects);
+            }
         }
         self.default_privileges_skipped.extend(other.default_privileges_skipped);
         self.kept_by_platform.extend(other.kept_by_platform);
@@ -205,19 +282,27 @@ fn unquote_ident(s: &str) -> Option<String> {
     }
 }
 
-/// A pg_dump block without the owner statements `keep` rejects; the others
-/// stay where they are. An owner statement is only recognised at a
+/// A pg_dump block with each owner statement given the owner `owner`
+/// returns for it: left as it is for the same role, rewritten for another,
+/// left out for `None`. An owner statement is only recognised at a
 /// statement boundary (after a blank line), as pg_dump writes it, never
 /// inside a function body.
-pub fn filter_owner_lines(block: &str, mut keep: impl FnMut(&OwnerStatement) -> bool) -> String {
+pub fn rewrite_owner_lines(block: &str, mut owner: impl FnMut(&OwnerStatement) -> Option<String>) -> String {
     let mut out = String::with_capacity(block.len());
     let mut previous_blank = false;
     for line in block.lines() {
-        let drop = owner_statement(line).filter(|_| previous_blank).is_some_and(|o| !keep(&o));
-        if !drop {
-            out.push_str(line);
-            out.push('\n');
+        match owner_statement(line).filter(|_| previous_blank) {
+            Some(o) => match owner(&o) {
+                Some(role) if role == o.role => out.push_str(line),
+                Some(role) => out.push_str(&format!("ALTER {} OWNER TO {};", o.object, crate::pg::catalog::quote_ident(&role))),
+                None => {
+                    previous_blank = false;
+                    continue;
+                }
+            },
+            None => out.push_str(line),
         }
+        out.push('\n');
         previous_blank = line.trim().is_empty();
     }
     out
@@ -230,8 +315,10 @@ pub fn header_owner(block: &str) -> Option<String> {
 }
 
 /// Rewrite a script (post-data, or pre-data when nothing needs deferring)
-/// for `policy`: owner statements it does not keep are left out, and so are
-/// `DEFAULT ACL` blocks of roles the restoring role cannot act for.
+/// for `policy`: each owner statement gives the object to
+/// [`OwnerPolicy::owner_for`] (left out where that is the restoring role),
+/// and `DEFAULT ACL` blocks of roles the restoring role cannot act for are
+/// left out.
 pub fn rewrite_script(preamble: &str, blocks: &[super::schema::Block], policy: &OwnerPolicy) -> (String, OwnershipReport) {
     let mut report = OwnershipReport { restoring_role: policy.access.current.clone(), ..Default::default() };
     let mut out = preamble.to_string();
@@ -244,12 +331,13 @@ pub fn rewrite_script(preamble: &str, blocks: &[super::schema::Block], policy: &
             report.default_privileges_skipped.push(format!("{name} of {owner}"));
             continue;
         }
-        out.push_str(&filter_owner_lines(&b.sql, |o| {
-            let keep = policy.keeps_owner(&o.role);
-            if !keep && o.role != policy.access.current {
-                report.reassign(&o.role, &o.object);
+        out.push_str(&rewrite_owner_lines(&b.sql, |o| {
+            let to = policy.owner_for(&o.role);
+            if to != o.role {
+                report.reassign(&o.role, &to, &o.object);
             }
-            keep
+            // The restoring role owns what it creates: no statement needed, unless pg_dump wrote it so.
+            (!policy.no_owner && (to == o.role || to != policy.access.current)).then_some(to)
         }));
     }
     (out, report)
@@ -352,10 +440,10 @@ mod tests {
         // Inside a function body: untouched.
         assert!(sql.contains("ALTER TABLE t OWNER TO nobody;"));
         assert!(!sql.contains("FOR ROLE supabase_admin") && sql.contains("FOR ROLE app"));
-        assert_eq!(report.reassigned["supabase_admin"], vec!["SCHEMA auth".to_string()]);
+        assert_eq!(report.reassigned["supabase_admin"]["customer"], vec!["SCHEMA auth".to_string()]);
         assert_eq!(report.default_privileges_skipped, vec!["DEFAULT PRIVILEGES FOR TABLES of supabase_admin".to_string()]);
         let d = report.describe();
-        assert!(d.contains("owned by customer") && d.contains("SCHEMA auth") && d.contains("default privileges"), "{d}");
+        assert!(d.contains("1 object(s) of supabase_admin owned by customer (SCHEMA auth)") && d.contains("default privileges"), "{d}");
 
         // --no-owner: no owner statement at all, default privileges as allowed.
         let no_owner = OwnerPolicy { no_owner: true, ..policy };
@@ -368,6 +456,55 @@ mod tests {
         let (sql, report) = rewrite_script(&pre, &blocks, &su);
         assert!(report.is_empty());
         assert_eq!(sql.trim_end(), PRE.trim_end());
+    }
+
+    #[test]
+    fn an_owner_out_of_reach_goes_to_the_nearest_heir_the_role_can_give_to() {
+        // owner <- lead <- dev <- intern (each inherits from the one before); ops also inherits from owner.
+        let heirs: BTreeMap<String, Vec<String>> = [("owner", vec!["lead", "ops"]), ("lead", vec!["dev"]), ("dev", vec!["intern"]), ("group", vec!["owner"])]
+            .into_iter()
+            .map(|(r, m)| (r.to_string(), m.into_iter().map(str::to_string).collect()))
+            .collect();
+        let nearest = |reach: &[&str]| nearest_owner("owner", &heirs, |r| reach.contains(&r));
+        // The owner itself, when within reach: exact.
+        assert_eq!(nearest(&["owner", "lead"]), Some("owner".into()));
+        // The closest heir wins over farther ones; ties go to the first name.
+        assert_eq!(nearest(&["dev", "intern"]), Some("dev".into()));
+        assert_eq!(nearest(&["intern", "ops"]), Some("ops".into()));
+        assert_eq!(nearest(&["ops", "lead"]), Some("lead".into()));
+        // A group the owner belongs to is never chosen (its members never had the owner's rights).
+        assert_eq!(nearest(&["group"]), None);
+        // Unknown owners (not on this server) and cycles end.
+        assert_eq!(nearest_owner("ghost", &heirs, |_| true), Some("ghost".into()));
+        assert_eq!(nearest_owner("ghost", &heirs, |_| false), None);
+        let cycle: BTreeMap<String, Vec<String>> = [("a".to_string(), vec!["b".to_string()]), ("b".to_string(), vec!["a".to_string()])].into();
+        assert_eq!(nearest_owner("a", &cycle, |_| false), None);
+    }
+
+    #[test]
+    fn objects_of_an_owner_out_of_reach_are_given_to_the_nearest_role_and_listed() {
+        let (pre, blocks) = split_blocks(PRE);
+        // The role can give objects to app_dev (an heir of supabase_auth_admin) and app, not to the platform's roles.
+        let access = RoleAccess::member_of("customer", &["app_dev", "app"]).with_heir("supabase_auth_admin", "app_dev");
+        let policy = OwnerPolicy { access, no_owner: false };
+        assert_eq!(policy.owner_for("supabase_auth_admin"), "app_dev");
+        assert_eq!(policy.owner_for("supabase_admin"), "customer");
+        assert_eq!(policy.owner_for("app"), "app");
+        let (sql, report) = rewrite_script(&pre, &blocks, &policy);
+        assert!(sql.contains("\nALTER TABLE auth.users OWNER TO \"app_dev\";\n"), "{sql}");
+        assert!(!sql.contains("OWNER TO supabase_"), "{sql}");
+        assert!(sql.contains("ALTER FUNCTION public.f() OWNER TO app;"));
+        assert_eq!(report.reassigned["supabase_auth_admin"]["app_dev"], vec!["TABLE auth.users".to_string()]);
+        assert_eq!(report.reassigned["supabase_admin"]["customer"], vec!["SCHEMA auth".to_string()]);
+        let d = report.describe();
+        assert!(d.starts_with("owners not restored (restoring role customer): "), "{d}");
+        assert!(d.contains("1 object(s) of supabase_auth_admin owned by app_dev (TABLE auth.users)"), "{d}");
+        assert!(d.contains("1 object(s) of supabase_admin owned by customer (SCHEMA auth)"), "{d}");
+        // --no-owner: no owner statement, everything the restoring role's.
+        let no_owner = OwnerPolicy { no_owner: true, ..policy };
+        assert_eq!(no_owner.owner_for("supabase_auth_admin"), "customer");
+        let (sql, _) = rewrite_script(&pre, &blocks, &no_owner);
+        assert!(!sql.contains("OWNER TO supabase") && !sql.contains("OWNER TO \"app_dev\"") && !sql.contains("OWNER TO app;"), "{sql}");
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub async fn run_pre_data(db: &DbSettings, sql: &str) -> Result<()> {
 }
 
 /// Run the pre-data script as the restoring role, which may not be a
-/// superuser (see [`privileges`](super::privileges)): owner statements the
-/// policy does not keep are left out; kept ones run in place, or, when the
+/// superuser (see [`privileges`](super::privileges)): each owner statement
+/// gives the object to the role the policy chooses (left out where that is
+/// the restoring role), in place, or, when the
 /// new owner lacks a privilege the script grants later (CREATE on its
 /// schema, say), after the script's grants. With `platform` (restoring
 /// into a database the platform set up), blocks touching its schemas whose

@@ -236,13 +236,15 @@ async fn close_database(client: &tokio_postgres::Client, name: &str) -> Result<u
         .await
         .map_err(db_error(format!("cannot close database {name} to new connections")))?;
     // Only sessions this role may end: all for a superuser; otherwise those of
-    // non-superuser roles it is a member of (or any, with pg_signal_backend).
+    // non-superuser roles whose privileges it holds (or any, with
+    // pg_signal_backend): pg_terminate_backend checks privileges (USAGE),
+    // not membership, which on 16+ may be SET without INHERIT.
     let row = client
         .query_one(
             "SELECT count(pg_terminate_backend(a.pid))::int8 FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid \
              WHERE a.datname = $1 AND a.pid <> pg_backend_pid() \
                AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
-                    OR (NOT coalesce(r.rolsuper, true) AND (pg_has_role(a.usesysid, 'MEMBER') OR pg_has_role('pg_signal_backend', 'MEMBER'))))",
+                    OR (NOT coalesce(r.rolsuper, true) AND (pg_has_role(a.usesysid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))))",
             &[&name],
         )
         .await
