@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# pgkeep quickstart: a backup of a sample database, with no database at hand.
+# pgkeep quickstart: a backup of a sample database, with no database at hand,
+# then point-in-time table undo after an accidental DELETE.
 #
 # It installs the PostgreSQL server packages if no initdb is found (the same
 # check as scripts/test.sh), creates a throwaway cluster in a temporary
 # directory on a free loopback port (wal_level=logical), loads a small sample
 # database `quickstart`, builds pgkeep, takes one backup into a temporary
-# repository (BACKUP_DIR), and shows what the repository holds. The cluster
-# is stopped and removed on exit, also when a step fails or on Ctrl-C.
+# repository (BACKUP_DIR), and shows what the repository holds. Then the
+# seed's recovery scenario 1, accidental data deletion: `pgkeep stream`
+# archives changes, a DELETE removes the cancelled orders, and a
+# point-in-time restore of that one table to the second before brings them
+# back, shown side by side. The cluster is stopped and removed on exit,
+# also when a step fails or on Ctrl-C.
 #
 # As root, PostgreSQL runs as the `postgres` OS user (it refuses to run as
 # root); as a normal user, it runs as that user.
@@ -95,10 +100,15 @@ CLUSTER=$WORK/cluster
 PGDATA=$CLUSTER/data
 REPO=$WORK/repository
 STARTED=0
+STREAM_PID=
 
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    if [ -n "$STREAM_PID" ]; then
+        kill -TERM "$STREAM_PID" 2>/dev/null || true
+        wait "$STREAM_PID" 2>/dev/null || true
+    fi
     if [ "$STARTED" = 1 ]; then
         log "stopping the quickstart cluster"
         as_pg "$BINDIR/pg_ctl" stop -D "$PGDATA" -m immediate -s >/dev/null 2>&1 || true
@@ -300,5 +310,59 @@ for t in $(psql_q -d quickstart -Atc "SELECT format('%I.%I', schemaname, relname
     b=$(psql_q -d quickstart_restored -Atc "SELECT count(*) FROM $t")
     printf '  %-32s %8s %8s\n' "$t" "$a" "$b"
 done
+
+# ---------------------------------------------------------------------------
+# 8. Point-in-time table undo (the seed's recovery scenario 1). `pgkeep
+#    setup` installs DDL capture; `pgkeep stream` follows a logical slot and
+#    archives every committed change; a full backup taken while it runs is
+#    the base. Then some writes, the time just before the mistake, and the
+#    mistake: every cancelled order deleted.
+log "pgkeep setup (DDL capture) and pgkeep stream (in the background, log in $WORK/stream.log)"
+pgkeep setup >&2
+pgkeep stream --segment-seconds 1 --no-auto-full-backup >"$WORK/stream.log" 2>&1 &
+STREAM_PID=$!
+for _ in $(seq 1 150); do
+    [ "$(psql_q -d quickstart -Atc "SELECT count(*) FROM pg_replication_slots WHERE active AND database = 'quickstart'")" -ge 1 ] && break
+    kill -0 "$STREAM_PID" 2>/dev/null || { cat "$WORK/stream.log" >&2; die "pgkeep stream exited"; }
+    sleep 0.2
+done
+log "pgkeep backup (the base of point-in-time restores: taken while stream runs)"
+pgkeep backup >&2
+psql_q -d quickstart -c "UPDATE orders SET status = 'paid' WHERE id % 1000 = 0 AND status = 'new'" \
+    -c "INSERT INTO orders (customer_id, amount, status, ordered_at) SELECT 1 + g, 9.99, 'cancelled', now() FROM generate_series(1, 5) g"
+sleep 1
+BEFORE=$(psql_q -d quickstart -Atc "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+sleep 1
+CANCELLED=$(psql_q -d quickstart -Atc "SELECT count(*) FROM orders WHERE status = 'cancelled'")
+log "the mistake, after $BEFORE: DELETE FROM orders WHERE status = 'cancelled' ($CANCELLED rows)"
+psql_q -d quickstart -c "DELETE FROM orders WHERE status = 'cancelled'"
+# Wait until the stream has archived everything written so far, then stop it.
+for _ in $(seq 1 150); do
+    [ "$(psql_q -d quickstart -Atc "SELECT bool_and(confirmed_flush_lsn >= pg_current_wal_insert_lsn()) FROM pg_replication_slots WHERE database = 'quickstart'")" = t ] && break
+    sleep 0.2
+done
+kill -TERM "$STREAM_PID"; wait "$STREAM_PID" || true; STREAM_PID=
+
+log "pgkeep restore latest --target-time '$BEFORE' --table public.orders --target-db orders_undo --yes"
+pgkeep restore latest --target-time "$BEFORE" --table public.orders --target-db orders_undo --yes
+
+echo
+echo "Cancelled orders, in quickstart (after the DELETE) and in orders_undo (restored to $BEFORE):"
+printf '  %-12s %10s %10s\n' "" quickstart orders_undo
+printf '  %-12s %10s %10s\n' "cancelled" \
+    "$(psql_q -d quickstart -Atc "SELECT count(*) FROM orders WHERE status = 'cancelled'")" \
+    "$(psql_q -d orders_undo -Atc "SELECT count(*) FROM orders WHERE status = 'cancelled'")"
+printf '  %-12s %10s %10s\n' "all orders" \
+    "$(psql_q -d quickstart -Atc "SELECT count(*) FROM orders")" \
+    "$(psql_q -d orders_undo -Atc "SELECT count(*) FROM orders")"
+
+# Copy the deleted rows home (the generated column is computed again).
+COLS="id, customer_id, amount, status, note, ordered_at"
+psql_q -d orders_undo -c "\\copy (SELECT $COLS FROM orders WHERE status = 'cancelled') TO pstdout" \
+    | psql_q -d quickstart -c "\\copy orders ($COLS) FROM pstdin"
+echo
+echo "After copying them home from orders_undo:"
+printf '  %-12s %10s\n' "cancelled" "$(psql_q -d quickstart -Atc "SELECT count(*) FROM orders WHERE status = 'cancelled'")"
+printf '  %-12s %10s\n' "all orders" "$(psql_q -d quickstart -Atc "SELECT count(*) FROM orders")"
 echo
 echo "Quickstart done; the cluster is being stopped and removed."

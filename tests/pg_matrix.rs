@@ -80,8 +80,11 @@ async fn stream_and_point_in_time_restore_to_latest() {
         client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     let end: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
-    // Wait until the stream has confirmed everything, then stop it.
-    let deadline = tokio::time::Instant::now() + streaming::WAIT;
+    // Wait until the stream has confirmed everything, then stop it. WAL
+    // that other tests write into the shared cluster after this database's
+    // last commit is confirmed only by the stream's idle heartbeat (after
+    // `HEARTBEAT_INTERVAL`), so the wait allows for one.
+    let deadline = tokio::time::Instant::now() + streaming::WAIT + pgkeep::stream::archiver::HEARTBEAT_INTERVAL;
     loop {
         let done: bool = client
             .query_one("SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = $2", &[&end, &slot])
