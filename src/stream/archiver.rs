@@ -154,6 +154,8 @@ pub struct Archiver {
     inexact: Vec<InexactMark>,
     /// Tables (`schema.name`) captured DDL commands named, and when they came.
     captured: HashMap<String, Instant>,
+    /// The last keepalive's WAL end (decoding has passed it).
+    sent: Lsn,
 }
 
 impl Archiver {
@@ -166,6 +168,7 @@ impl Archiver {
             types: HashMap::new(),
             current: None,
             open: OpenSegment::default(),
+            sent: durable_end,
             last_confirm: Instant::now(),
             watch: SchemaWatch::default(),
             uncaptured: Vec::new(),
@@ -212,6 +215,17 @@ impl Archiver {
     /// Schema changes without captured DDL noticed since the last call.
     pub fn take_uncaptured(&mut self) -> Vec<UncapturedChange> {
         std::mem::take(&mut self.uncaptured)
+    }
+
+    /// A keepalive's WAL end: decoding has passed it.
+    pub fn note_sent(&mut self, wal_end: Lsn) {
+        self.sent = self.sent.max(wal_end);
+    }
+
+    /// Where decoding has passed: every transaction committed before it
+    /// has been received (the last transaction taken, or a keepalive's WAL end).
+    pub fn decoded_to(&self) -> Lsn {
+        self.sent.max(self.last_end())
     }
 
     /// The end of the last transaction taken, durable or not.
@@ -569,6 +583,7 @@ pub async fn run_session<F: Future<Output = ()>>(
                 }
                 StreamEvent::Keepalive { wal_end, reply_requested, server_time } => {
                     cx.metrics.server_at(wal_end);
+                    archiver.note_sent(wal_end);
                     if let Some(mut segment) = archiver.heartbeat(wal_end, Instant::now()) {
                         // Where the server's WAL ended, and when by its clock.
                         segment.meta.server_time = server_time.to_utc();
@@ -675,7 +690,7 @@ async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep, archiv
         }
         Err(e) => tracing::warn!(error = %e.user_line(), "cannot check the publications; retrying at the next check"),
     }
-    for s in upkeep.watch_catalog(cx.publication_check, |t, after| archiver.captured_since(t, after)).await {
+    for s in upkeep.watch_catalog(cx.publication_check, archiver.decoded_to(), |t, after| archiver.captured_since(t, after)).await {
         let table = crate::pg::catalog::qualified(&s.table.0, &s.table.1);
         tracing::warn!(table = %table, since = %s.since.0, "the table's definition changed without captured DDL (found in the catalog)");
         cx.autobackup.request(BackupReason::UnseenChange { table, since: s.since.0, time: s.since.1 });

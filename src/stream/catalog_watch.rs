@@ -59,6 +59,9 @@ pub struct Suspect {
     ancestors: Vec<String>,
     /// When it was found.
     found: Instant,
+    /// The server's WAL insert position right after the check that found
+    /// it: a captured DDL command that explains it was committed before.
+    seen_at: Lsn,
     /// The server's WAL position (and clock) before the check before: it happened after.
     pub since: (Lsn, Option<DateTime<Utc>>),
 }
@@ -82,26 +85,29 @@ impl CatalogWatch {
     /// before the previous check. A table whose fingerprint changed
     /// becomes a suspect (a new or dropped table is the publications'
     /// business, not this).
-    pub fn observe(&mut self, now: HashMap<u32, Shape>, at: Instant, since: (Lsn, Option<DateTime<Utc>>)) {
+    pub fn observe(&mut self, now: HashMap<u32, Shape>, at: Instant, seen_at: Lsn, since: (Lsn, Option<DateTime<Utc>>)) {
         if let Some(before) = &self.shapes {
             for (oid, (schema, name, print, ancestors)) in &now {
                 let changed = before.get(oid).is_some_and(|(_, _, old, _)| old != print);
                 let table = (schema.clone(), name.clone());
                 if changed && !self.suspects.iter().any(|s| s.table == table) {
-                    self.suspects.push(Suspect { table, ancestors: ancestors.clone(), found: at, since });
+                    self.suspects.push(Suspect { table, ancestors: ancestors.clone(), found: at, seen_at, since });
                 }
             }
         }
         self.shapes = Some(now);
     }
 
-    /// Suspects found at least `settle` before `at`: those a captured DDL
-    /// command explains (`captured(schema.name, after)`: one named the
-    /// table after that instant, here `settle` before it was found) are
-    /// dropped; the others are returned, confirmed.
-    pub fn confirm(&mut self, at: Instant, settle: Duration, captured: impl Fn(&str, Instant) -> bool) -> Vec<Suspect> {
+    /// Suspects found at least `settle` before `at` whose check the stream
+    /// has decoded past (`decoded`: every transaction committed before it
+    /// was received, so a captured command explaining the change has been
+    /// seen whatever the stream's lag): those a captured DDL command
+    /// explains (`captured(schema.name, after)`: one named the table after
+    /// that instant, here `settle` before it was found) are dropped; the
+    /// others are returned, confirmed.
+    pub fn confirm(&mut self, at: Instant, settle: Duration, decoded: Lsn, captured: impl Fn(&str, Instant) -> bool) -> Vec<Suspect> {
         let (ready, waiting): (Vec<Suspect>, Vec<Suspect>) =
-            std::mem::take(&mut self.suspects).into_iter().partition(|s| at.saturating_duration_since(s.found) >= settle);
+            std::mem::take(&mut self.suspects).into_iter().partition(|s| at.saturating_duration_since(s.found) >= settle && decoded >= s.seen_at);
         self.suspects = waiting;
         ready
             .into_iter()
@@ -128,14 +134,34 @@ mod tests {
         let s = Duration::from_secs(5);
         let since = (Lsn(0x10), None);
         let mut w = CatalogWatch::default();
-        w.observe(shapes(&[(1, "a", "x"), (2, "b", "y"), (4, "part", "p")]), t0, since);
-        assert!(w.confirm(t0, s, |_, _| false).is_empty(), "the first check only learns");
-        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + s, (Lsn(0x20), None));
-        assert!(w.confirm(t0 + s, s, |_, _| false).is_empty(), "not settled yet");
-        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + 2 * s, (Lsn(0x30), None));
-        let confirmed = w.confirm(t0 + 2 * s, s, |t, _| t == "public.b" || t == "public.parent");
+        let decoded = Lsn(0x1000);
+        w.observe(shapes(&[(1, "a", "x"), (2, "b", "y"), (4, "part", "p")]), t0, Lsn(0x15), since);
+        assert!(w.confirm(t0, s, decoded, |_, _| false).is_empty(), "the first check only learns");
+        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + s, Lsn(0x25), (Lsn(0x20), None));
+        assert!(w.confirm(t0 + s, s, decoded, |_, _| false).is_empty(), "not settled yet");
+        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + 2 * s, Lsn(0x35), (Lsn(0x30), None));
+        let confirmed = w.confirm(t0 + 2 * s, s, decoded, |t, _| t == "public.b" || t == "public.parent");
         assert_eq!(confirmed.iter().map(Suspect::name).collect::<Vec<_>>(), ["public.a"], "b and part's parent were captured; c is new");
         assert_eq!(confirmed[0].since, (Lsn(0x20), None));
-        assert!(w.confirm(t0 + 3 * s, s, |_, _| false).is_empty(), "once");
+        assert!(w.confirm(t0 + 3 * s, s, decoded, |_, _| false).is_empty(), "once");
+    }
+
+    /// A stream that lags behind the catalog check has not yet received the
+    /// DDL command that explains a change: the suspect waits until the
+    /// stream has decoded past the check, however long ago it was found.
+    #[test]
+    fn a_suspect_waits_for_the_stream_to_decode_past_its_check() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(5);
+        let mut w = CatalogWatch::default();
+        w.observe(shapes(&[(1, "a", "x")]), t0, Lsn(0x10), (Lsn(0x10), None));
+        w.observe(shapes(&[(1, "a", "x2")]), t0 + s, Lsn(0x200), (Lsn(0x10), None));
+        assert!(w.confirm(t0 + 10 * s, s, Lsn(0x1ff), |_, _| false).is_empty(), "the stream has not decoded past the check");
+        // The stream catches up and meets the captured command: explained.
+        assert!(w.confirm(t0 + 11 * s, s, Lsn(0x200), |t, _| t == "public.a").is_empty());
+        // Not captured: confirmed once decoded past.
+        w.observe(shapes(&[(1, "a", "x3")]), t0 + 12 * s, Lsn(0x300), (Lsn(0x200), None));
+        assert!(w.confirm(t0 + 20 * s, s, Lsn(0x2ff), |_, _| false).is_empty());
+        assert_eq!(w.confirm(t0 + 20 * s, s, Lsn(0x300), |_, _| false).len(), 1);
     }
 }

@@ -128,14 +128,23 @@ impl Upkeep {
     /// changes found a check ago (`settle`) that no captured DDL command
     /// explains (`captured(schema.name, after)`). Call right after
     /// [`Upkeep::reconcile`]. A failure is a warning and finds nothing.
-    pub async fn watch_catalog(&mut self, settle: Duration, captured: impl Fn(&str, Instant) -> bool) -> Vec<super::catalog_watch::Suspect> {
+    pub async fn watch_catalog(&mut self, settle: Duration, decoded: Lsn, captured: impl Fn(&str, Instant) -> bool) -> Vec<super::catalog_watch::Suspect> {
         let since = self.late_since();
         let rows = match self.client().await {
-            Ok(client) => client.query(super::catalog_watch::SHAPES_SQL, &[]).await.map_err(crate::pg::query_error("cannot read the table definitions")),
+            Ok(client) => {
+                let shapes = client.query(super::catalog_watch::SHAPES_SQL, &[]).await.map_err(crate::pg::query_error("cannot read the table definitions"));
+                // Where the server's WAL was right after: whatever the shapes show was committed before.
+                let seen_at = client
+                    .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+                    .await
+                    .map_err(crate::pg::query_error("cannot read the server's WAL position"))
+                    .and_then(|r| r.get::<_, String>(0).parse::<Lsn>());
+                shapes.and_then(|rows| Ok((rows, seen_at?)))
+            }
             Err(e) => Err(e),
         };
         match rows {
-            Ok(rows) => {
+            Ok((rows, seen_at)) => {
                 let now = rows
                     .iter()
                     .map(|r| {
@@ -144,11 +153,11 @@ impl Upkeep {
                         (r.get::<_, u32>(0), (r.get(1), r.get(2), r.get(3), ancestors))
                     })
                     .collect();
-                self.catalog.observe(now, Instant::now(), since);
+                self.catalog.observe(now, Instant::now(), seen_at, since);
             }
             Err(e) => tracing::warn!(error = %e.user_line(), "cannot compare the table definitions; retrying at the next check"),
         }
-        self.catalog.confirm(Instant::now(), settle, captured)
+        self.catalog.confirm(Instant::now(), settle, decoded, captured)
     }
 
     /// WAL the slot `slot` holds back on the server (bytes); `None` when it
