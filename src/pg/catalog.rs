@@ -24,6 +24,31 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// One identifier at the start of `s`, as pg_dump writes it: `"quoted
+/// ""like"" this"` or bare (letters, digits, `_`, `$`). Returns it unquoted
+/// and the text after it; `None` for anything else (an unterminated or
+/// empty quoted identifier, or no identifier at all).
+pub fn parse_ident(s: &str) -> Option<(String, &str)> {
+    if let Some(body) = s.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c != '"' {
+                out.push(c);
+            } else if body[i + 1..].starts_with('"') {
+                out.push('"');
+                chars.next();
+            } else {
+                return (!out.is_empty()).then_some((out, &body[i + 1..]));
+            }
+        }
+        None
+    } else {
+        let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(s.len());
+        (end > 0).then(|| (s[..end].to_string(), &s[end..]))
+    }
+}
+
 /// `(schema, name)` of a table named `"schema"."name"` (quoted, as
 /// [`qualified`] writes it) or `schema.name` (unquoted: split at the first
 /// dot); `None` for anything else.

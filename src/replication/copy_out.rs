@@ -87,15 +87,12 @@ impl CopyOutFramer {
                     None => Drained::NeedMore,
                 });
             }
-            if rest.len() < 5 {
-                break Ok(Drained::NeedMore);
-            }
-            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            if len < 4 || len + 1 > MAX_MESSAGE_LEN {
-                break Err(io::Error::new(io::ErrorKind::InvalidData, format!("CopyData has invalid length {len}")));
+            match copy_data_payload(rest) {
+                Ok(Some(payload)) => self.payload_left = payload,
+                Ok(None) => break Ok(Drained::NeedMore),
+                Err(e) => break Err(e),
             }
             pos += 5;
-            self.payload_left = len - 4;
         };
         buf.advance(pos);
         result
@@ -122,18 +119,26 @@ impl CopyOutFramer {
             if buf.first() != Some(&COPY_DATA_TAG) {
                 return Ok(parse_backend_message(buf)?.map(CopyOutItem::Message));
             }
-            if buf.len() < 5 {
-                return Ok(None);
-            }
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len < 4 || len + 1 > MAX_MESSAGE_LEN {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("CopyData has invalid length {len}")));
-            }
+            let Some(payload) = copy_data_payload(buf)? else { return Ok(None) };
             buf.advance(5);
             // An empty CopyData carries nothing: go on to the next message.
-            self.payload_left = len - 4;
+            self.payload_left = payload;
         }
     }
+}
+
+/// The payload length of the CopyData message whose header starts `buf`
+/// (its tag checked by the caller): `None` until the 5 header bytes are
+/// there, an error for a length no message may have.
+fn copy_data_payload(buf: &[u8]) -> io::Result<Option<usize>> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 || len + 1 > MAX_MESSAGE_LEN {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("CopyData has invalid length {len}")));
+    }
+    Ok(Some(len - 4))
 }
 
 /// Bytes asked of the socket per read while copying.
@@ -205,10 +210,9 @@ impl CopyOutReader<'_> {
                 }
                 Err(e) => return Err(io_error(e, self.conn.settings(), Phase::Command(&self.what))),
             };
+            let Some(msg) = self.absorb(msg) else { continue };
             match msg {
-                BackendMessage::Protocol(Message::CopyDone | Message::CommandComplete(_) | Message::NotificationResponse(_)) => {}
-                BackendMessage::Protocol(Message::NoticeResponse(body)) => log_notice(&body),
-                BackendMessage::Protocol(Message::ParameterStatus(body)) => self.conn.store_parameter(&body),
+                BackendMessage::Protocol(Message::CopyDone | Message::CommandComplete(_)) => {}
                 BackendMessage::Protocol(Message::ReadyForQuery(_)) => {
                     self.done = true;
                     self.conn.set_busy(false);
@@ -269,12 +273,27 @@ impl CopyOutReader<'_> {
                 Err(e) => return Err(io_error(e, self.conn.settings(), Phase::Command(&self.what))),
             };
             match item {
-                CopyOutItem::Message(BackendMessage::Protocol(Message::NoticeResponse(body))) => log_notice(&body),
-                CopyOutItem::Message(BackendMessage::Protocol(Message::ParameterStatus(body))) => self.conn.store_parameter(&body),
-                CopyOutItem::Message(BackendMessage::Protocol(Message::NotificationResponse(_))) => {}
-                item => return Ok(item),
+                CopyOutItem::Message(msg) => {
+                    if let Some(msg) = self.absorb(msg) {
+                        return Ok(CopyOutItem::Message(msg));
+                    }
+                }
+                data => return Ok(data),
             }
         }
+    }
+
+    /// Messages the server may send at any time: notices are logged,
+    /// parameter changes stored, notifications dropped (`None`); any other
+    /// message is handed back.
+    fn absorb(&mut self, msg: BackendMessage) -> Option<BackendMessage> {
+        match msg {
+            BackendMessage::Protocol(Message::NoticeResponse(body)) => log_notice(&body),
+            BackendMessage::Protocol(Message::ParameterStatus(body)) => self.conn.store_parameter(&body),
+            BackendMessage::Protocol(Message::NotificationResponse(_)) => {}
+            other => return Some(other),
+        }
+        None
     }
 }
 

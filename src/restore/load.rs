@@ -58,6 +58,11 @@ pub fn table_tasks(t: &TableEntry, table: usize) -> Result<Vec<LoadTask>> {
     Ok(tasks)
 }
 
+/// The error of a failed load of table `t`, from the server's.
+fn load_failed(t: &TableEntry) -> impl Fn(tokio_postgres::Error) -> Error {
+    crate::pg::query_error(format!("loading table {}.{} failed", t.schema, t.name))
+}
+
 /// The COPY FROM statement for a table of the manifest.
 pub fn copy_in_sql(t: &TableEntry) -> String {
     let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -134,8 +139,7 @@ async fn worker(source: Arc<BackupSource>, queue: Arc<Mutex<VecDeque<LoadTask>>>
 /// read), then each next chunk, read while the one before is sent.
 pub async fn copy_task(client: &tokio_postgres::Client, source: &Arc<BackupSource>, task: LoadTask, first: Bytes, progress: &ProgressCounters) -> Result<()> {
     let table = &source.manifest.tables[task.table];
-    let fail = crate::pg::query_error(format!("loading table {}.{} failed", table.schema, table.name));
-    let sink = client.copy_in::<_, Bytes>(copy_in_sql(table).as_str()).await.map_err(&fail)?;
+    let sink = client.copy_in::<_, Bytes>(copy_in_sql(table).as_str()).await.map_err(load_failed(table))?;
     send_chunks(sink, source, task, first, progress).await
 }
 
@@ -155,7 +159,7 @@ async fn send_chunks(
     progress: &ProgressCounters,
 ) -> Result<()> {
     let table = &source.manifest.tables[task.table];
-    let fail = crate::pg::query_error(format!("loading table {}.{} failed", table.schema, table.name));
+    let fail = load_failed(table);
     futures::pin_mut!(sink);
     // A chunk counts as loaded once the connection has taken it on (the
     // next one was accepted), the last one once the COPY has finished: the
@@ -198,25 +202,27 @@ pub async fn load_table_whole(client: &tokio_postgres::Client, source: &Arc<Back
     }
     let task = LoadTask { table, first: 0, last: t.chunks.len() - 1 };
     table_tasks(t, table)?; // a damaged chain of split rows is refused, named
-    let fail = crate::pg::query_error(format!("loading table {}.{} failed", t.schema, t.name));
+    let fail = load_failed(t);
     // The first chunk is read while the transaction starts.
     let first = {
         let (source, chunk) = (source.clone(), t.chunks[0].clone());
         tokio::spawn(async move { source.read_chunk(&chunk).await })
     };
     let mut frozen = t.extension.is_none() && begin_truncated(client, t).await?;
-    let sink = if frozen {
+    let mut sink = None;
+    if frozen {
         match client.copy_in::<_, Bytes>(format!("{} WITH (FREEZE)", copy_in_sql(t)).as_str()).await {
-            Ok(sink) => sink,
+            Ok(s) => sink = Some(s),
             Err(e) => {
                 tracing::debug!(table = %qualified(&t.schema, &t.name), error = %crate::pg::error_message(&e), "COPY FREEZE refused; plain COPY");
                 client.batch_execute("ROLLBACK").await.map_err(&fail)?;
                 frozen = false;
-                client.copy_in::<_, Bytes>(copy_in_sql(t).as_str()).await.map_err(&fail)?
             }
         }
-    } else {
-        client.copy_in::<_, Bytes>(copy_in_sql(t).as_str()).await.map_err(&fail)?
+    }
+    let sink = match sink {
+        Some(s) => s,
+        None => client.copy_in::<_, Bytes>(copy_in_sql(t).as_str()).await.map_err(&fail)?,
     };
     let first = first.await.map_err(|e| Error::internal(format!("chunk read failed: {e}")))??;
     send_chunks(sink, source, task, first, progress).await?;
@@ -234,7 +240,7 @@ async fn begin_truncated(client: &tokio_postgres::Client, t: &TableEntry) -> Res
         Ok(()) => Ok(true),
         Err(e) => {
             tracing::debug!(table = %qualified(&t.schema, &t.name), error = %crate::pg::error_message(&e), "cannot truncate before loading; plain COPY");
-            client.batch_execute("ROLLBACK").await.map_err(crate::pg::query_error(format!("loading table {}.{} failed", t.schema, t.name)))?;
+            client.batch_execute("ROLLBACK").await.map_err(load_failed(t))?;
             Ok(false)
         }
     }

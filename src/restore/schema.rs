@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pg::catalog::{qualified, quote_literal};
+use crate::pg::catalog::{parse_ident, qualified, quote_literal};
 use crate::pg::connect;
 use crate::repo::manifest::SequenceEntry;
 use crate::restore::platform::{self, PlatformTarget};
@@ -337,72 +337,36 @@ impl Block {
 /// needed). `None` for anything else; such blocks wait for every table.
 pub fn block_table(block: &Block) -> Option<(String, String)> {
     let statement: String = block.sql.lines().filter(|l| !l.starts_with("--")).collect::<Vec<_>>().join(" ");
-    let mut words = Words { rest: statement.trim_start() };
-    let is = |w: &Option<(String, bool)>, kw: &str| matches!(w, Some((s, false)) if s.eq_ignore_ascii_case(kw));
-    let mut w = words.next();
-    if is(&w, "CREATE") {
-        w = words.next();
-        if is(&w, "UNIQUE") {
-            w = words.next();
-        }
-        if !is(&w, "INDEX") {
-            return None;
-        }
+    let mut rest = statement.as_str();
+    if keyword(&mut rest, "CREATE") {
+        keyword(&mut rest, "UNIQUE");
         // The index name (never schema-qualified in pg_dump's output), then ON.
-        words.next()?;
-        if !is(&words.next(), "ON") {
+        if !keyword(&mut rest, "INDEX") {
             return None;
         }
-    } else if is(&w, "ALTER") {
-        if !is(&words.next(), "TABLE") {
+        rest = parse_ident(rest.trim_start())?.1;
+        if !keyword(&mut rest, "ON") {
             return None;
         }
-    } else {
+    } else if !(keyword(&mut rest, "ALTER") && keyword(&mut rest, "TABLE")) {
         return None;
     }
-    let mut first = words.next()?;
-    if is(&Some(first.clone()), "ONLY") {
-        first = words.next()?;
-    }
-    if !words.rest.starts_with('.') {
-        return None;
-    }
-    words.rest = &words.rest[1..];
-    let (name, _) = words.next()?;
-    Some((first.0, name))
+    keyword(&mut rest, "ONLY");
+    let (schema, after) = parse_ident(rest.trim_start())?;
+    let (name, _) = parse_ident(after.strip_prefix('.')?)?;
+    Some((schema, name))
 }
 
-/// Identifiers and words of SQL text, one at a time: `(text, quoted)`.
-struct Words<'a> {
-    rest: &'a str,
-}
-
-impl Words<'_> {
-    fn next(&mut self) -> Option<(String, bool)> {
-        let s = self.rest.trim_start();
-        if let Some(q) = s.strip_prefix('"') {
-            let mut out = String::new();
-            let mut chars = q.char_indices();
-            while let Some((i, c)) = chars.next() {
-                if c != '"' {
-                    out.push(c);
-                } else if q[i + 1..].starts_with('"') {
-                    out.push('"');
-                    chars.next();
-                } else {
-                    self.rest = &q[i + 1..];
-                    return Some((out, true));
-                }
-            }
-            None
-        } else {
-            let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(s.len());
-            if end == 0 {
-                return None;
-            }
-            self.rest = &s[end..];
-            Some((s[..end].to_string(), false))
+/// Take the bare (unquoted, any case) keyword `word` off the front of
+/// `rest`, spaces before it skipped; whether it was there.
+fn keyword(rest: &mut &str, word: &str) -> bool {
+    let s = rest.trim_start();
+    match parse_ident(s) {
+        Some((w, after)) if !s.starts_with('"') && w.eq_ignore_ascii_case(word) => {
+            *rest = after;
+            true
         }
+        _ => false,
     }
 }
 

@@ -3,8 +3,8 @@
 //! `COPY … TO STDOUT` under the same session settings as the backup; NOT
 //! NULL columns still NOT NULL (so they hold no NULLs); critical tables
 //! present and not empty. Used by restore, and by `verify --deep` later.
-//! The read-back streams: rows of any size cost one socket read of memory
-//! (`replication::copy_out`, `pipeline::process::RowFingerprinter`).
+//! The read-back streams in 1 MiB batches: rows of any size cost one batch
+//! of memory (`replication::copy_out`, `pipeline::process::RowFingerprinter`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,13 +37,23 @@ impl VerifyReport {
     pub fn passed(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// Count one table's outcome (from [`check_table`]).
+    pub fn add(&mut self, rows: u64, problem: Option<String>) {
+        self.rows += rows;
+        match problem {
+            Some(p) => self.problems.push(p),
+            None => self.tables_checked += 1,
+        }
+    }
 }
 
 /// Bytes of COPY text fingerprinted at a time by the read-back.
 const READ_BATCH: usize = 1 << 20;
 
-/// Fingerprint one table as restored, reading `COPY … TO STDOUT` in pieces
-/// (memory is one socket read, whatever the row sizes).
+/// Fingerprint one table as restored, reading `COPY … TO STDOUT` in
+/// batches of [`READ_BATCH`] bytes cut anywhere (memory is one batch and
+/// one socket read, whatever the row sizes).
 async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result<TableFingerprint> {
     let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let table = qualified(&t.schema, &t.name);
@@ -58,7 +68,7 @@ async fn fingerprint(conn: &mut ReplicationConnection, t: &TableEntry) -> Result
     let mut reader = conn.copy_out(&sql, &what).await?;
     let mut fp = RowFingerprinter::default();
     // Read in batches of many rows: one call per batch, not per row.
-    let mut batch = bytes::BytesMut::with_capacity(READ_BATCH + (64 << 10));
+    let mut batch = bytes::BytesMut::with_capacity(READ_BATCH);
     loop {
         let more = reader.read_into(&mut batch, READ_BATCH).await?;
         fp.push(&batch);
@@ -89,17 +99,6 @@ pub async fn check_table(conn: &mut ReplicationConnection, t: &TableEntry) -> Re
         None
     };
     Ok((fp.rows, problem))
-}
-
-impl VerifyReport {
-    /// Count one table's outcome (from [`check_table`]).
-    pub fn add(&mut self, rows: u64, problem: Option<String>) {
-        self.rows += rows;
-        match problem {
-            Some(p) => self.problems.push(p),
-            None => self.tables_checked += 1,
-        }
-    }
 }
 
 /// Verify `tables` (indexes into the manifest) in `db` with `jobs` connections.

@@ -106,32 +106,9 @@ pub fn parse_copy_header(line: &str) -> Option<(String, String)> {
     if !rest.trim_end().ends_with(" FROM stdin;") {
         return None;
     }
-    let (schema, rest) = parse_ident(rest)?;
-    let (name, rest) = parse_ident(rest.strip_prefix('.')?)?;
+    let (schema, rest) = crate::pg::catalog::parse_ident(rest)?;
+    let (name, rest) = crate::pg::catalog::parse_ident(rest.strip_prefix('.')?)?;
     rest.starts_with(' ').then_some((schema, name))
-}
-
-/// One identifier as pg_dump writes it: `"quoted ""like"" this"` or bare
-/// lower-case. Returns it unquoted and the text after it.
-fn parse_ident(s: &str) -> Option<(String, &str)> {
-    if let Some(body) = s.strip_prefix('"') {
-        let mut out = String::new();
-        let mut chars = body.char_indices();
-        while let Some((i, c)) = chars.next() {
-            if c != '"' {
-                out.push(c);
-            } else if body[i + 1..].starts_with('"') {
-                out.push('"');
-                chars.next();
-            } else {
-                return (!out.is_empty()).then_some((out, &body[i + 1..]));
-            }
-        }
-        None
-    } else {
-        let end = s.find(['.', ' ', '(']).unwrap_or(s.len());
-        (end > 0).then(|| (s[..end].to_string(), &s[end..]))
-    }
 }
 
 /// Lines describing `TABLE DATA` entries of the table of contents that have
