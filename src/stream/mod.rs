@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod publication;
 pub mod schema_watch;
 pub mod segment;
+pub mod session; // run_session: one replication session driving the archiver
 pub mod setup;
 pub mod slot;
 pub mod upkeep;
@@ -53,9 +54,10 @@ use crate::replication::{ReplicationConnection, validate_slot_name};
 use crate::repo::layout::Lsn;
 use crate::repo::layout::{CHANGES_PREFIX, parse_segment_key};
 use crate::storage::Storage;
-use archiver::{Archiver, SegmentLimits, SessionContext, SessionEnd, SessionTotals};
+use archiver::{Archiver, SegmentLimits};
 use autobackup::{AutoBackup, AutoBackupOptions, AutoBackupTotals, BackupReason};
 use publication::{MAINTENANCE_SETTING, PublicationNames, ReconcileMode, Reconciled};
+use session::{SessionContext, SessionEnd, SessionTotals};
 use upkeep::Upkeep;
 
 /// Longest wait between reconnect attempts.
@@ -347,7 +349,7 @@ impl Stream<'_> {
                     None => ReplicationConnection::connect(&settings.db).await?,
                 };
                 let mut archiver = Archiver::new(self.stream_id.clone(), plan.resume);
-                let result = archiver::run_session(&mut conn, &mut archiver, &cx, &mut upkeep, &mut totals, shutdown).await;
+                let result = session::run_session(&mut conn, &mut archiver, &cx, &mut upkeep, &mut totals, shutdown).await;
                 durable_end = archiver.durable_end();
                 let progressed = durable_end > plan.resume;
                 if result.is_ok() {
