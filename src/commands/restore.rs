@@ -128,6 +128,10 @@ async fn run_steps(settings: &Settings, opts: &RestoreOptions) -> Result<Restore
     let source = &found.source;
     let id = source.manifest.backup_id.clone();
     let dest = destination(server, opts, &target_name, &found).await?;
+    // A table the archive cannot bring to the target: refused before anything.
+    if let Some(plan) = &found.replay_plan {
+        replay::preflight(plan, replay_only(opts, &dest, source).as_deref())?;
+    }
     let plan = approval_text(server, &found, &dest, &target_name, swapping).await;
     crate::interrupt::guard(approve::gate("RESTORE", plan, opts.yes)).await?;
     offer_leftover_cleanup(server, opts.yes).await;
@@ -269,7 +273,10 @@ async fn find_backup(settings: &Settings, opts: &RestoreOptions) -> Result<Locat
     let mut not_replayed = None;
     if point_in_time.is_none() && !opts.to_backup && matches!(selector, BackupSelector::Latest) {
         match latest_data_plan(&repos, &server.dbname, &keys).await? {
-            Ok(plan) => replay_plan = Some(plan),
+            Ok(mut plan) => {
+                plan.accept_inexact = opts.accept_inexact;
+                replay_plan = Some(plan);
+            }
             Err(why) => not_replayed = Some(why),
         }
     }
@@ -408,6 +415,13 @@ async fn load_step(
     Ok((roles_created, fk_skipped, verification, ownership))
 }
 
+/// The tables a replay is restricted to: those selected, when not every
+/// table is restored (`--table`, or a platform's tables kept as they are).
+fn replay_only(opts: &RestoreOptions, dest: &Destination, source: &BackupSource) -> Option<Vec<(String, String)>> {
+    (!opts.tables.is_empty() || dest.into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
+        .then(|| dest.selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect())
+}
+
 /// Step 6b: replay the archived changes up to the target, when there is a
 /// replay plan. A failure drops the work database like any step before the swap.
 async fn replay_step(
@@ -422,8 +436,7 @@ async fn replay_step(
     let (source, repos, keys) = (&found.source, &found.repos, &found.keys);
     let id = &source.manifest.backup_id;
     let t = Instant::now();
-    let only = (!opts.tables.is_empty() || dest.into_platform.as_ref().is_some_and(|p| !p.tables_kept.is_empty()))
-        .then(|| dest.selected.iter().map(|&i| (source.manifest.tables[i].schema.clone(), source.manifest.tables[i].name.clone())).collect());
+    let only = replay_only(opts, dest, source);
     let work = server.with_dbname(work_db);
     let report =
         match crate::interrupt::guard(replay::run(repos, plan, &work, only, keys, &crate::restore::image::TableImages::new(repos, keys), &opts.progress)).await

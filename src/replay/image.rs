@@ -140,6 +140,21 @@ impl ImageWindows {
         Some(self.wait(i, mark.clone(), skip))
     }
 
+    /// As [`ImageWindows::crossing`], for a table that was not archived
+    /// until `archived_again`: only an image consistent at or after that
+    /// point brings it back.
+    pub fn crossing_unarchived(&mut self, mark: &InexactMark, archived_again: Lsn, skip: bool) -> Option<Vec<(String, String)>> {
+        if let Some(w) = self.waiting.iter().find(|w| w.mark.table == mark.table) {
+            return (self.images[w.image].snapshot.consistent_lsn >= archived_again).then(Vec::new);
+        }
+        let i = self.images.iter().position(|m| {
+            m.snapshot.consistent_lsn >= archived_again
+                && m.snapshot.consistent_lsn > mark.lsn
+                && m.image.as_ref().is_some_and(|info| info.table() == mark.table)
+        })?;
+        Some(self.wait(i, mark.clone(), skip))
+    }
+
     fn wait(&mut self, image: usize, mark: InexactMark, skip: bool) -> Vec<(String, String)> {
         self.waiting.push(Waiting { image, mark });
         if skip { self.tables_of(image) } else { Vec::new() }

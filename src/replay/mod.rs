@@ -82,6 +82,9 @@ pub struct ReplayPlan {
     /// Table images of the base's database and cluster consistent after
     /// the base ([`image`]), oldest first.
     pub images: Vec<BackupManifest>,
+    /// Tables the stream could not archive, and when
+    /// ([`crate::stream::unarchived`]).
+    pub unarchived: Vec<crate::stream::unarchived::UnarchivedWindow>,
 }
 
 impl ReplayPlan {
@@ -246,6 +249,7 @@ pub async fn plan(
             later_bases,
             accept_inexact: false,
             images: table_images(repos, &m).await,
+            unarchived: crate::stream::unarchived::UnarchivedLog::of_stream(repos, &stream.stream_id).load().await?.all,
         };
         // 3. The chain reaches the target.
         let end = plan.archive_end();
@@ -378,6 +382,13 @@ fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
     })
 }
 
+/// What a replay of `plan` restricted to `only` would refuse and can be
+/// known before the base is restored: a table the stream could not archive
+/// ([`inexact::unarchived`]). Run it before touching anything.
+pub fn preflight(plan: &ReplayPlan, only: Option<&[(String, String)]>) -> Result<()> {
+    inexact::unarchived(plan, &mut image::ImageWindows::new(plan.images.clone()), only).map(|_| ())
+}
+
 /// Replay `plan` into the restored database `work` (steps 1–6). `only`
 /// restricts the replay to these tables (`(schema, name)`).
 pub async fn run(
@@ -399,6 +410,9 @@ pub async fn run(
     let mut windows = image::ImageWindows::new(plan.images.clone());
     let skip = windows.at_start(from, !plan.accept_inexact);
     applier.skip(&skip);
+    // Tables the stream could not archive: refused, waiting for an image, or accepted.
+    let (skip, unarchived_accepted) = inexact::unarchived(plan, &mut windows, only.as_deref())?;
+    applier.skip(&skip);
     // 1. Segments read ahead of the writer.
     let (reader, mut rx) = read_ahead(repos, plan, keys);
     // 2-3. Each segment's transactions: skipped, applied, or the target reached.
@@ -415,6 +429,7 @@ pub async fn run(
         samples: Vec::new(),
         progress,
     };
+    replay.report.inexact_accepted = unarchived_accepted;
     let result = replay.segments(&mut rx).await;
     reader.abort();
     // Done with the segments (also when the target came first): a progress display stops here.

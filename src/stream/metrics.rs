@@ -43,6 +43,8 @@ pub struct StreamMetrics {
     errors: [AtomicU64; ERROR_CLASSES.len()],
     /// WAL the slot holds back on the server (bytes), at the last check.
     slot_retained: AtomicU64,
+    /// Tables the stream cannot archive (not in its publications), at the last check.
+    unarchived: AtomicU64,
     /// Table images and full backups taken by the stream, and those that failed.
     images: AtomicU64,
     full_backups: AtomicU64,
@@ -130,6 +132,11 @@ impl StreamMetrics {
         self.slot_retained.store(bytes, Ordering::Relaxed);
     }
 
+    /// How many tables the stream cannot archive now.
+    pub fn set_unarchived(&self, tables: usize) {
+        self.unarchived.store(tables as u64, Ordering::Relaxed);
+    }
+
     /// A table image was taken.
     pub fn image_taken(&self) {
         self.images.fetch_add(1, Ordering::Relaxed);
@@ -198,6 +205,12 @@ impl StreamMetrics {
             "gauge",
             "WAL the slot holds back on the server (current WAL position minus the slot's restart_lsn) at the last check.",
             g(self.slot_retained.load(Ordering::Relaxed)),
+        );
+        metric(
+            "pgkeep_stream_unarchived_tables",
+            "gauge",
+            "Tables the stream cannot put into its publications, so none of their changes are archived (a point-in-time restore past that point refuses them).",
+            g(self.unarchived.load(Ordering::Relaxed)),
         );
         metric("pgkeep_stream_table_images_total", "counter", "Table images the stream took.", g(self.images.load(Ordering::Relaxed)));
         metric("pgkeep_stream_full_backups_total", "counter", "Full backups the stream took by itself.", g(self.full_backups.load(Ordering::Relaxed)));

@@ -39,6 +39,7 @@ pub mod segment;
 pub mod session; // run_session: one replication session driving the archiver
 pub mod setup;
 pub mod slot;
+pub mod unarchived;
 pub mod upkeep;
 
 use std::future::Future;
@@ -281,6 +282,7 @@ impl Stream<'_> {
         let names = PublicationNames::new(&opts.publication);
         // 3. Publications, then slot.
         let mut upkeep = Upkeep::new(settings.db.clone());
+        upkeep.track_unarchived(unarchived::UnarchivedLog::of_stream(&self.repos, &self.stream_id));
         let first = upkeep.reconcile(&names, ReconcileMode { create: true, announce: true }).await?;
         let slot_existed = slot::ensure_slot(upkeep.client().await?, &mut repl, &opts.slot, &settings.db.dbname).await?;
         let mut repl = Some(repl);
@@ -422,12 +424,12 @@ impl Stream<'_> {
     }
 }
 
-/// Tables added to a publication that already existed missed earlier changes.
-/// `upkeep` made that reconcile: it knows since when they can have existed.
+/// Tables added to a publication that already existed missed earlier changes
+/// (so did tables that were not archived, [`unarchived`]). `upkeep` made that
+/// reconcile: it knows since when.
 fn request_late(autobackup: &AutoBackup, done: &Reconciled, upkeep: &Upkeep) {
-    let (since, time) = upkeep.late_since();
-    for table in done.late_additions() {
-        autobackup.request(BackupReason::LateTable { table: table.to_string(), since, time });
+    for (table, (since, time)) in upkeep.late_tables(done) {
+        autobackup.request(BackupReason::LateTable { table, since, time });
     }
 }
 

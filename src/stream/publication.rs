@@ -196,6 +196,9 @@ pub struct Reconciled {
     pub placed: Vec<(String, Target, Reason)>,
     /// Tables whose placement failed.
     pub failed: Vec<String>,
+    /// Tables in neither publication afterwards, with why (one line):
+    /// nothing of theirs is archived ([`super::unarchived`]).
+    pub unarchived: Vec<(String, String)>,
     /// Every table of the insert-only publication afterwards.
     pub insert_only_tables: Vec<String>,
 }
@@ -239,19 +242,47 @@ pub async fn reconcile(client: &Client, names: &PublicationNames, mode: Reconcil
             return Err(Error::new(ErrorKind::Database, format!("publication {} does not exist", names.main)));
         }
         let tables = take_new(&mut placements, Target::Main);
-        create(client, &names.main, &tables, "").await?;
-        tracing::info!(publication = %names.main, tables = tables.len(), "created publication");
+        match create(client, &names.main, &tables, "").await {
+            Ok(()) => tracing::info!(publication = %names.main, tables = tables.len(), "created publication"),
+            // Some table is not the role's: an empty publication, then each table on its own
+            // below (those that fail are not archived, and are recorded so).
+            Err(e) if !tables.is_empty() && e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE) => {
+                create(client, &names.main, &[], "").await?;
+                tracing::info!(publication = %names.main, "created publication; not every table could go in at once, so each is added on its own");
+                placements.extend(tables.into_iter().map(|table| Placement { table, add: Some(Target::Main), drop: None, reason: Reason::New }));
+            }
+            Err(e) => return Err(e),
+        }
         out.created_main = true;
     }
     if existing.insert_only.is_none() && mode.create {
-        let tables = take_new(&mut placements, Target::InsertOnly);
-        match create(client, &names.insert_only, &tables, " WITH (publish = 'insert, truncate')").await {
+        let mut tables = take_new(&mut placements, Target::InsertOnly);
+        const WITH: &str = " WITH (publish = 'insert, truncate')";
+        let mut created = create(client, &names.insert_only, &tables, WITH).await;
+        if let Err(e) = &created
+            && !tables.is_empty()
+            && e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE)
+        {
+            // As for the main one: empty, then each table on its own.
+            created = create(client, &names.insert_only, &[], WITH).await;
+            if created.is_ok() {
+                placements.extend(tables.drain(..).map(|table| Placement { table, add: Some(Target::InsertOnly), drop: None, reason: Reason::New }));
+            }
+        }
+        match created {
             Ok(()) => {
                 tracing::info!(publication = %names.insert_only, tables = tables.len(), "created insert-only publication (publish = 'insert, truncate')");
                 out.created_insert_only = true;
                 out.insert_only_exists = true;
             }
             Err(e) => {
+                // Those tables are recorded as not archived below.
+                placements.extend(tables.iter().map(|table| Placement {
+                    table: table.clone(),
+                    add: Some(Target::InsertOnly),
+                    drop: None,
+                    reason: Reason::New,
+                }));
                 // Not fatal: the tables with an identity are archived all the same.
                 let list = tables.iter().map(|t| format!("ONLY {t}")).collect::<Vec<_>>().join(", ");
                 let for_tables = if list.is_empty() { String::new() } else { format!(" FOR TABLE {list}") };
@@ -269,13 +300,19 @@ pub async fn reconcile(client: &Client, names: &PublicationNames, mode: Reconcil
         client.batch_execute(&sql).await.map_err(query_error(format!("cannot restrict publication {} to inserts and truncates", names.insert_only)))?;
         tracing::warn!(publication = %names.insert_only, "publication published updates or deletes; restricted to inserts and truncates");
     }
+    let mut no_insert_only = Vec::new();
     if !out.insert_only_exists {
-        // Nothing can go there; a table that lost its identity still leaves
-        // the main publication, so its UPDATE and DELETE keep working.
+        // Nothing can go there, so those tables are not archived; a table
+        // that lost its identity still leaves the main publication, so its
+        // UPDATE and DELETE keep working.
         placements.retain_mut(|p| {
             if p.add != Some(Target::InsertOnly) {
                 return true;
             }
+            no_insert_only.push((
+                p.table.clone(),
+                format!("it has no replica identity and publication {} does not exist (pgkeep could not create it)", names.insert_only),
+            ));
             p.add = None;
             p.drop.is_some()
         });
@@ -305,6 +342,9 @@ pub async fn reconcile(client: &Client, names: &PublicationNames, mode: Reconcil
                     );
                 }
                 out.failed.push(p.table.clone());
+                if p.reason == Reason::New {
+                    out.unarchived.push((p.table.clone(), format!("cannot put it into publication {}: {}", names.name(p.target()), e.user_line())));
+                }
             }
         }
     }
@@ -312,6 +352,8 @@ pub async fn reconcile(client: &Client, names: &PublicationNames, mode: Reconcil
         log_placement(names, p);
         out.placed.push((p.table.clone(), p.target(), p.reason));
     }
+    // (A table that lost its identity and could not leave the main publication stays archived there.)
+    out.unarchived.extend(no_insert_only.into_iter().filter(|(t, _)| !out.failed.contains(t)));
 
     if out.insert_only_exists {
         out.insert_only_tables = listed(client, &names.insert_only).await?;
@@ -498,6 +540,9 @@ pub async fn drop_all(client: &Client, names: &PublicationNames) -> Result<Vec<S
     }
     Ok(dropped)
 }
+
+/// SQLSTATE insufficient_privilege: not the owner of a table.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// SQLSTATE undefined_object: pgoutput's "publication … does not exist".
 pub const UNDEFINED_OBJECT: &str = "42704";

@@ -228,10 +228,10 @@ async fn catch_up(
 async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep, archiver: &Archiver) {
     match upkeep.reconcile(cx.names, ReconcileMode { create: false, announce: false }).await {
         Ok(done) => {
-            for table in done.late_additions() {
-                let (since, time) = upkeep.late_since();
-                cx.autobackup.request(BackupReason::LateTable { table: table.to_string(), since, time });
+            for (table, (since, time)) in upkeep.late_tables(&done) {
+                cx.autobackup.request(BackupReason::LateTable { table, since, time });
             }
+            cx.metrics.set_unarchived(upkeep.unarchived_tables().len());
         }
         Err(e) => tracing::warn!(error = %e.user_line(), "cannot check the publications; retrying at the next check"),
     }

@@ -19,6 +19,7 @@ use tokio_postgres::Client;
 
 use super::publication::{self, MAINTENANCE_SETTING, PublicationNames, ReconcileMode, Reconciled};
 use super::segment::SequenceSample;
+use super::unarchived::{Point, UnarchivedLog, UnarchivedWindow, Windows};
 use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::Connection;
@@ -47,6 +48,20 @@ pub struct Upkeep {
     checks: [Option<(Lsn, Option<DateTime<Utc>>)>; 2],
     /// Table definitions as the last check saw them ([`super::catalog_watch`]).
     catalog: super::catalog_watch::CatalogWatch,
+    /// Tables not archived, and since when ([`super::unarchived`]).
+    unarchived: Option<Unarchived>,
+}
+
+/// The unarchived windows of the stream, and their record in the repositories.
+struct Unarchived {
+    log: UnarchivedLog,
+    windows: Windows,
+    /// The repositories' record was read (windows of earlier runs merged in).
+    loaded: bool,
+    /// Windows changed since they were last written to every repository.
+    dirty: bool,
+    /// Windows the last reconcile closed.
+    closed: Vec<UnarchivedWindow>,
 }
 
 impl Upkeep {
@@ -61,7 +76,14 @@ impl Upkeep {
             failing_tables: HashSet::new(),
             checks: [None, None],
             catalog: Default::default(),
+            unarchived: None,
         }
+    }
+
+    /// Keep the windows of tables the stream cannot archive in `log` (and
+    /// read those of earlier runs from it at the first reconcile).
+    pub fn track_unarchived(&mut self, log: UnarchivedLog) {
+        self.unarchived = Some(Unarchived { log, windows: Windows::default(), loaded: false, dirty: false, closed: Vec::new() });
     }
 
     /// The client, connecting first if needed (and allowed yet).
@@ -114,7 +136,85 @@ impl Upkeep {
             Ok(done) => done.failed.iter().cloned().collect(),
             Err(_) => quiet,
         };
+        if let Ok(done) = &done {
+            self.track(done).await;
+        }
         done
+    }
+
+    /// After a reconcile: open and close unarchived windows, and record
+    /// them in every repository when they changed (a failed write is tried
+    /// again at the next check).
+    async fn track(&mut self, done: &Reconciled) {
+        let since = self.late_since();
+        let Some(u) = self.unarchived.as_ref() else { return };
+        // Closed at a position after this reconcile's placements committed.
+        let now = if u.windows.open().next().is_some() || !done.unarchived.is_empty() { self.point().await } else { None };
+        let Some(u) = self.unarchived.as_mut() else { return };
+        if !u.loaded {
+            match u.log.load().await {
+                Ok(earlier) => {
+                    u.windows.merge(earlier.all);
+                    u.loaded = true;
+                }
+                Err(e) => tracing::warn!(error = %e.user_line(), "cannot read the record of tables that are not archived; retrying at the next check"),
+            }
+        }
+        let failing: Vec<(String, String, String)> =
+            done.unarchived.iter().filter_map(|(t, why)| crate::pg::catalog::split_table_name(t).map(|(s, n)| (s, n, why.clone()))).collect();
+        let before = u.windows.clone();
+        u.closed = u.windows.observe(&failing, since, now);
+        for w in u.windows.all.iter().filter(|w| w.is_open() && !before.all.contains(w)) {
+            tracing::error!(
+                table = %w.table(),
+                since = %w.since,
+                reason = %w.reason,
+                "table is not archived: a point-in-time restore past this point refuses it by name until it is in the stream's publication \
+                 (make the streaming role a member of the table's owner, or add it to the publication as its owner)"
+            );
+        }
+        for w in &u.closed {
+            tracing::info!(table = %w.table(), since = %w.since, until = ?w.until, "table is archived again; a table image brings it back for replay");
+        }
+        u.dirty |= u.windows != before;
+        if u.dirty && u.loaded {
+            u.dirty = !u.log.save(&u.windows).await;
+        }
+    }
+
+    /// The server's WAL position and clock now; `None` when unreadable.
+    async fn point(&mut self) -> Option<Point> {
+        let client = self.client().await.ok()?;
+        let row = client.query_one("SELECT pg_current_wal_lsn()::text, now()", &[]).await.ok()?;
+        Some((row.get::<_, String>(0).parse::<Lsn>().ok()?, row.try_get::<_, DateTime<Utc>>(1).ok()))
+    }
+
+    /// Tables whose earlier changes are not in the archive after the last
+    /// reconcile, each with since when: the tables it added to a
+    /// publication (since the check before the previous one, or since
+    /// their unarchived window opened) and the tables whose unarchived
+    /// window it closed otherwise (their owner published them, or they
+    /// are gone). Each needs a table image.
+    pub fn late_tables(&self, done: &Reconciled) -> Vec<(String, Point)> {
+        let closed: &[UnarchivedWindow] = self.unarchived.as_ref().map(|u| u.closed.as_slice()).unwrap_or_default();
+        let window_of = |table: &str| {
+            let (s, n) = crate::pg::catalog::split_table_name(table)?;
+            closed.iter().find(|w| w.schema == s && w.name == n)
+        };
+        let mut out: Vec<(String, Point)> =
+            done.late_additions().map(|t| (t.to_string(), window_of(t).map(|w| (w.since, w.since_time)).unwrap_or_else(|| self.late_since()))).collect();
+        for w in closed {
+            let table = crate::pg::catalog::qualified(&w.schema, &w.name);
+            if !out.iter().any(|(t, _)| *t == table) {
+                out.push((table, (w.since, w.since_time)));
+            }
+        }
+        out
+    }
+
+    /// The tables not archived now, `schema.name`.
+    pub fn unarchived_tables(&self) -> Vec<String> {
+        self.unarchived.as_ref().map(|u| u.windows.open().map(UnarchivedWindow::table).collect()).unwrap_or_default()
     }
 
     /// Since when the tables the last reconcile added late can have
