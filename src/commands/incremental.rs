@@ -123,6 +123,9 @@ pub async fn run(settings: &Settings, opts: &BackupOptions) -> Result<BackupRepo
         Ok(Recorded::UncapturedSchemaChange) => {
             full_instead(format!("the schema changed since backup {} and no DDL was captured (`pgkeep setup`)", parent.backup_id)).await
         }
+        Ok(Recorded::Unarchived(tables)) => {
+            full_instead(format!("the change archive since backup {} lacks the changes of {}", parent.backup_id, tables.join("; "))).await
+        }
         Err(e) => Err(e),
     }
 }
@@ -135,6 +138,8 @@ enum Recorded {
     Gap,
     /// The schema differs from the parent's and no DDL was captured in the range.
     UncapturedSchemaChange,
+    /// Tables the stream could not archive in the range (each with why).
+    Unarchived(Vec<String>),
 }
 
 /// What steps 4 to 7 share: the slot, the parent and where the run started.
@@ -167,6 +172,17 @@ impl Increment<'_> {
         let Some(range) = self.range(mark).await? else {
             return Ok(Recorded::Gap);
         };
+        // A table the stream could not archive in the range: a restore of it would be refused.
+        let windows = crate::stream::unarchived::UnarchivedLog::of_stream(self.repos, self.stream_id).load().await?;
+        let missing: Vec<String> = windows
+            .all
+            .iter()
+            .filter(|w| w.since < mark && w.until.is_none_or(|u| u > self.parent_end))
+            .map(|w| format!("table {} ({})", w.table(), w.reason))
+            .collect();
+        if !missing.is_empty() {
+            return Ok(Recorded::Unarchived(missing));
+        }
         // 6. The schema now, against the parent's.
         let server_major = self.facts.version_num / 10000;
         let dump = crate::backup::schema::capture(&self.settings.db, "", server_major, self.facts.is_superuser, None).await?;

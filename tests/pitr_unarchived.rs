@@ -1,0 +1,161 @@
+//! A table the streaming role cannot put into its publication (owned by a
+//! role it is not a member of, as the platform's tables are on a managed
+//! service) has none of its changes archived. A point-in-time restore past
+//! that point must refuse it by name, before touching anything, never leave
+//! it silently at its base-backup state; `--table` of the other tables and
+//! `--accept-inexact` still work. Once the table can be published, the
+//! stream adds it, takes an image of it, and targets after the image are
+//! exact again from a base inside the window; targets inside the window
+//! stay refused. An incremental backup while the table is not archived is
+//! a full backup instead.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::pitr_db::{Db, mark, state};
+use harness::streaming;
+use pgkeep::commands::restore::{self, RestoreOptions};
+use pgkeep::replay::RecoveryTarget;
+use pgkeep::restore::source::BackupSelector;
+use pgkeep::secret::Secret;
+use pgkeep::stream::StreamOptions;
+
+/// The windows the stream recorded, as JSON (empty when none yet).
+fn windows(db: &Db) -> Vec<serde_json::Value> {
+    let dir = db.repo().join("stream-state");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".unarchived.json"))
+        .filter_map(|e| serde_json::from_slice::<Vec<serde_json::Value>>(&std::fs::read(e.path()).ok()?).ok())
+        .flatten()
+        .collect()
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn database_exists(db: &Db, name: &str) -> bool {
+    db.client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await.unwrap().is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_stream_cannot_publish_is_refused_by_name_until_an_image_brings_it_back() {
+    let n = std::process::id();
+    let (streamer, other) = (format!("streamer_{n}"), format!("platform_owner_{n}"));
+    let db = Db::new("unarchived", "").await;
+    db.cluster.create_role(&streamer, "stream-pass", "REPLICATION").await;
+    db.cluster.execute("postgres", &format!("CREATE ROLE {other} NOLOGIN")).await;
+    db.cluster
+        .execute(
+            &db.name,
+            &format!(
+                "GRANT CREATE ON DATABASE {d} TO {streamer};
+                 CREATE TABLE mine (id int PRIMARY KEY, v int);
+                 CREATE TABLE theirs (id int PRIMARY KEY, v int);
+                 INSERT INTO mine SELECT g, g FROM generate_series(1, 100) g;
+                 INSERT INTO theirs SELECT g, g FROM generate_series(1, 100) g;
+                 ALTER TABLE mine OWNER TO {streamer};
+                 ALTER TABLE theirs OWNER TO {other};
+                 GRANT SELECT ON theirs TO {streamer};",
+                d = db.name
+            ),
+        )
+        .await;
+    // The stream runs as the role that owns `mine` only.
+    let mut as_streamer = db.settings.clone();
+    as_streamer.db.user = streamer.clone();
+    as_streamer.db.password = Some(Secret::new("stream-pass"));
+    let auto_backup = pgkeep::stream::autobackup::AutoBackupOptions { on_schema_change: true, ..Default::default() };
+    // The default slot and publication, as `backup --incremental` uses them.
+    let slot = pgkeep::stream::default_name(&db.name);
+    let running = streaming::start(
+        &as_streamer,
+        StreamOptions { segment_seconds: 1, publication_check: Duration::from_secs(1), auto_backup, ..StreamOptions::new(&slot, &slot) },
+    );
+    streaming::wait_for_slot(&db.client, &slot, Some(true)).await;
+    let base = db.backup().await;
+    let at_base = state(&db.client).await;
+    // The publication has `mine`, not `theirs`; the stream records `theirs` as not archived.
+    let published: Vec<String> =
+        db.client.query("SELECT tablename::text FROM pg_publication_tables WHERE pubname = $1", &[&slot]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(published, vec!["mine".to_string()]);
+    wait_for("the unarchived record", || windows(&db).iter().any(|w| w["name"] == "theirs" && w["until"].is_null())).await;
+    let w = windows(&db);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0]["reason"].as_str().unwrap().contains("must be owner"), "{w:?}");
+
+    db.run("UPDATE mine SET v = -1 WHERE id = 1; UPDATE theirs SET v = -1 WHERE id = 1").await;
+    db.run("DELETE FROM theirs WHERE id = 2; INSERT INTO mine VALUES (101, 101)").await;
+    let (inside, inside_state) = mark(&db.client).await;
+    db.run("UPDATE mine SET v = v WHERE id = 3").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // 1. Refused by name, before anything: no database is created.
+    for (suffix, target) in [("refused_time", Some(RecoveryTarget::Time(inside))), ("refused_latest", None)] {
+        let name = format!("{}_{suffix}", db.name);
+        let opts = RestoreOptions { target_db: Some(name.clone()), yes: true, point_in_time: target, ..RestoreOptions::new(BackupSelector::Latest) };
+        let e = restore::run(&db.settings, &opts).await.expect_err("a target past an unarchived table must be refused");
+        let line = e.user_line();
+        assert!(line.contains("public.theirs") && line.contains("not archived") && line.contains("must be owner"), "{suffix}: {line}");
+        assert!(!line.contains("public.mine"), "{line}");
+        assert!(!database_exists(&db, &name).await, "{suffix}: the refusal came after a database was created");
+    }
+
+    // An incremental backup now could not be restored: a full backup instead.
+    let incr = pgkeep::commands::incremental::run(&db.settings, &pgkeep::commands::backup::BackupOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("backup --incremental: {}", e.user_line()));
+    assert_eq!(incr.manifest.kind, pgkeep::repo::layout::BackupKind::Full, "an incremental lacking public.theirs must not be written");
+    let second_base = incr.manifest.backup_id.to_string();
+
+    // 2. The other tables alone are exact.
+    let name = format!("{}_only_mine", db.name);
+    let opts = RestoreOptions {
+        target_db: Some(name.clone()),
+        yes: true,
+        point_in_time: Some(RecoveryTarget::Time(inside)),
+        tables: vec!["public.mine".into()],
+        ..RestoreOptions::new(BackupSelector::Latest)
+    };
+    let r = restore::run(&db.settings, &opts).await.unwrap_or_else(|e| panic!("--table public.mine: {}", e.user_line()));
+    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
+    let got = state(&db.cluster.client(&name).await).await;
+    assert_eq!(got.rows["public.mine"], inside_state.rows["public.mine"]);
+
+    // 3. Accepted: restored, `theirs` as the base has it, with the warning.
+    let (name, r) = db.restore("accepted", RecoveryTarget::Time(inside), true).await;
+    let r = r.unwrap_or_else(|e| panic!("--accept-inexact: {}", e.user_line()));
+    let pit = r.point_in_time.as_ref().unwrap();
+    assert!(pit.inexact_accepted.iter().any(|l| l.contains("public.theirs") && l.contains("not archived")), "{:?}", pit.inexact_accepted);
+    let got = state(&db.cluster.client(&name).await).await;
+    assert_eq!(got.rows["public.mine"], inside_state.rows["public.mine"]);
+    assert_eq!(got.rows["public.theirs"], at_base.rows["public.theirs"]);
+    assert_ne!(got.rows["public.theirs"], inside_state.rows["public.theirs"], "the test must change the unarchived table");
+
+    // 4. The streaming role may publish it now: added at the next check, the window
+    // closes, and an image of the table brings it back.
+    let before = db.lsn().await;
+    db.cluster.execute("postgres", &format!("GRANT {other} TO {streamer}")).await;
+    db.wait_image("public.theirs", before).await;
+    wait_for("the window to close", || windows(&db).iter().all(|w| !w["until"].is_null())).await;
+    db.run("UPDATE theirs SET v = -3 WHERE id = 3; UPDATE mine SET v = -3 WHERE id = 3").await;
+    let (after, after_state) = mark(&db.client).await;
+    db.run("UPDATE mine SET v = v WHERE id = 4").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = streaming::stop(running).await;
+
+    let r = db.restore_exact("after_image", RecoveryTarget::Time(after), &after_state).await;
+    // From the newest base before the target (inside the window too), through the image.
+    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, second_base);
+    assert!(r.point_in_time.as_ref().unwrap().table_images.iter().any(|l| l.contains("theirs")), "{:?}", r.point_in_time.as_ref().unwrap().table_images);
+    let (_, r) = db.restore("inside_again", RecoveryTarget::Time(inside), false).await;
+    let line = r.expect_err("the window stays refused").user_line();
+    assert!(line.contains("public.theirs") && line.contains("not archived"), "{line}");
+}
