@@ -206,6 +206,16 @@ pub enum BackupReason {
         /// The server's clock then.
         time: Option<DateTime<Utc>>,
     },
+    /// A table without a replica identity changed by UPDATE or DELETE,
+    /// which the archive does not hold (src/stream/write_watch.rs).
+    UntrackedWrites {
+        /// The table.
+        table: String,
+        /// Its changes may be missing from here on.
+        since: Lsn,
+        /// The server's clock then.
+        time: Option<DateTime<Utc>>,
+    },
     /// `--full-backup-every` passed.
     Scheduled,
     /// A change the archive cannot reproduce (src/stream/inexact.rs).
@@ -232,6 +242,9 @@ impl std::fmt::Display for BackupReason {
             }
             BackupReason::LateTable { table, .. } => write!(f, "table {table} joined a publication late"),
             BackupReason::UnseenChange { table, since, .. } => write!(f, "table {table} changed without captured DDL after {since}"),
+            BackupReason::UntrackedWrites { table, since, .. } => {
+                write!(f, "table {table} has no replica identity and was updated or deleted from after {since}")
+            }
             BackupReason::Scheduled => f.write_str("--full-backup-every"),
             BackupReason::Inexact { table, reason, lsn, .. } => write!(f, "table {table} cannot be replayed exactly past {lsn}: {reason}"),
         }
@@ -245,12 +258,12 @@ impl BackupReason {
             BackupReason::NotCovered { chain_start } => lsn >= *chain_start,
             BackupReason::SchemaChange { lsn: at, .. } => lsn >= *at,
             BackupReason::Inexact { lsn: at, .. } => lsn > *at,
-            BackupReason::LateTable { .. } | BackupReason::UnseenChange { .. } | BackupReason::Scheduled => false,
+            BackupReason::LateTable { .. } | BackupReason::UnseenChange { .. } | BackupReason::UntrackedWrites { .. } | BackupReason::Scheduled => false,
         }
     }
 
     /// The table image that takes care of this, when one table is concerned.
-    fn image(&self) -> Option<ImageInfo> {
+    pub fn image(&self) -> Option<ImageInfo> {
         let (table, cover) = match self {
             BackupReason::SchemaChange { table, lsn } => (
                 table,
@@ -269,6 +282,15 @@ impl BackupReason {
                 table,
                 ImageCover {
                     reason: "its definition changed without captured DDL, and no archived change shows it".into(),
+                    lsn: *since,
+                    time: *time,
+                    unseen: true,
+                },
+            ),
+            BackupReason::UntrackedWrites { table, since, time } => (
+                table,
+                ImageCover {
+                    reason: "it has no replica identity, and UPDATE or DELETE changed it (those are not archived)".into(),
                     lsn: *since,
                     time: *time,
                     unseen: true,
@@ -351,9 +373,11 @@ impl AutoBackup {
     pub fn request(&self, reason: BackupReason) {
         let wanted = match reason {
             BackupReason::NotCovered { .. } => self.opts.when_uncovered,
-            BackupReason::SchemaChange { .. } | BackupReason::LateTable { .. } | BackupReason::UnseenChange { .. } | BackupReason::Inexact { .. } => {
-                self.opts.on_schema_change
-            }
+            BackupReason::SchemaChange { .. }
+            | BackupReason::LateTable { .. }
+            | BackupReason::UnseenChange { .. }
+            | BackupReason::UntrackedWrites { .. }
+            | BackupReason::Inexact { .. } => self.opts.on_schema_change,
             BackupReason::Scheduled => self.opts.every.is_some(),
         };
         match &self.tx {

@@ -41,6 +41,7 @@ pub mod setup;
 pub mod slot;
 pub mod unarchived;
 pub mod upkeep;
+pub mod write_watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -290,7 +291,7 @@ impl Stream<'_> {
         // until its position passes the publication's creation.
         let mut resubscribe_at = if first.created_insert_only && slot_existed { Some(self.insert_only_from(&mut upkeep, &names).await?) } else { None };
         if !first.created_main {
-            request_late(autobackup, &first, &upkeep);
+            request_late(autobackup, &first, &mut upkeep).await;
         }
         let mut insert_only_exists = first.insert_only_exists;
         let tables_without_identity = first.insert_only_tables.clone();
@@ -312,7 +313,7 @@ impl Stream<'_> {
                 // 3 again. Not fatal: the periodic check tries again.
                 match upkeep.reconcile(&names, ReconcileMode { create: true, announce: false }).await {
                     Ok(again) => {
-                        request_late(autobackup, &again, &upkeep);
+                        request_late(autobackup, &again, &mut upkeep).await;
                         insert_only_exists = again.insert_only_exists;
                         if again.created_insert_only {
                             // Failing that, pgoutput's refusal is handled below.
@@ -427,10 +428,24 @@ impl Stream<'_> {
 /// Tables added to a publication that already existed missed earlier changes
 /// (so did tables that were not archived, [`unarchived`]). `upkeep` made that
 /// reconcile: it knows since when.
-fn request_late(autobackup: &AutoBackup, done: &Reconciled, upkeep: &Upkeep) {
+async fn request_late(autobackup: &AutoBackup, done: &Reconciled, upkeep: &mut Upkeep) {
     for (table, (since, time)) in upkeep.late_tables(done) {
-        autobackup.request(BackupReason::LateTable { table, since, time });
+        request_unseen(autobackup, upkeep, BackupReason::LateTable { table, since, time }).await;
     }
+}
+
+/// Ask for the table image of a change the archive does not show (a late
+/// table, a definition change found in the catalog, an UPDATE or DELETE of a
+/// table without a replica identity), recorded first in every repository
+/// ([`Upkeep::record_unseen`]): replay refuses past it until the image
+/// exists, also when automatic backups are off or the image fails.
+pub(crate) async fn request_unseen(autobackup: &AutoBackup, upkeep: &mut Upkeep, reason: BackupReason) {
+    if let Some(info) = reason.image()
+        && let Some(cover) = info.covers.iter().find(|c| c.unseen)
+    {
+        upkeep.record_unseen(&crate::pg::catalog::qualified(&info.schema, &info.name), &cover.reason, (cover.lsn, cover.time)).await;
+    }
+    autobackup.request(reason);
 }
 
 /// The default slot and publication name for a database: `pgkeep_<db>`,

@@ -229,16 +229,27 @@ async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep, archiv
     match upkeep.reconcile(cx.names, ReconcileMode { create: false, announce: false }).await {
         Ok(done) => {
             for (table, (since, time)) in upkeep.late_tables(&done) {
-                cx.autobackup.request(BackupReason::LateTable { table, since, time });
+                super::request_unseen(cx.autobackup, upkeep, BackupReason::LateTable { table, since, time }).await;
             }
             cx.metrics.set_unarchived(upkeep.unarchived_tables().len());
+            if done.insert_only_exists {
+                for (table, (since, time)) in upkeep.watch_writes(&cx.names.insert_only).await {
+                    tracing::warn!(
+                        table = %table,
+                        since = %since,
+                        "table has no replica identity and UPDATE or DELETE changed it: those changes are not archived, so a table image of it is taken \
+                         (point-in-time targets before the image are refused for this table); fix: add a primary key or REPLICA IDENTITY FULL"
+                    );
+                    super::request_unseen(cx.autobackup, upkeep, BackupReason::UntrackedWrites { table, since, time }).await;
+                }
+            }
         }
         Err(e) => tracing::warn!(error = %e.user_line(), "cannot check the publications; retrying at the next check"),
     }
     for s in upkeep.watch_catalog(cx.publication_check, archiver.decoded_to(), |t, after| archiver.captured_since(t, after)).await {
         let table = crate::pg::catalog::qualified(&s.table.0, &s.table.1);
         tracing::warn!(table = %table, since = %s.since.0, "the table's definition changed without captured DDL (found in the catalog)");
-        cx.autobackup.request(BackupReason::UnseenChange { table, since: s.since.0, time: s.since.1 });
+        super::request_unseen(cx.autobackup, upkeep, BackupReason::UnseenChange { table, since: s.since.0, time: s.since.1 }).await;
     }
 }
 

@@ -109,6 +109,26 @@ impl Windows {
         closed
     }
 
+    /// A change the archive does not show, found at `until`, made after
+    /// `since` (a table that joined the publications late, a definition
+    /// change found only in the catalog, an UPDATE or DELETE of a table
+    /// without a replica identity): a closed window, so that only a table
+    /// image taken after `until` (or a base after it) gets replay past it.
+    pub fn record(&mut self, schema: &str, name: &str, reason: &str, since: Point, until: Point) {
+        let w = UnarchivedWindow {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+            since: since.0,
+            since_time: since.1,
+            until: Some(until.0.max(since.0)),
+            until_time: until.1,
+        };
+        if !self.all.iter().any(|o| o.schema == w.schema && o.name == w.name && o.since == w.since) {
+            self.all.push(w);
+        }
+    }
+
     /// The open windows.
     pub fn open(&self) -> impl Iterator<Item = &UnarchivedWindow> {
         self.all.iter().filter(|w| w.is_open())
@@ -223,6 +243,16 @@ mod tests {
         // Position unknown: nothing closes.
         assert!(w.observe(&[], (Lsn(0x60), None), None).is_empty());
         assert_eq!(w.open().count(), 2);
+    }
+
+    #[test]
+    fn a_change_the_archive_does_not_show_is_a_closed_window_once() {
+        let mut w = Windows::default();
+        w.record("public", "t", "joined late", (Lsn(5), None), (Lsn(9), None));
+        w.record("public", "t", "joined late", (Lsn(5), None), (Lsn(12), None));
+        assert_eq!(w.all.len(), 1);
+        assert_eq!((w.all[0].since, w.all[0].until), (Lsn(5), Some(Lsn(9))));
+        assert_eq!(w.open().count(), 0);
     }
 
     #[test]

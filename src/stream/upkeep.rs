@@ -50,6 +50,8 @@ pub struct Upkeep {
     catalog: super::catalog_watch::CatalogWatch,
     /// Tables not archived, and since when ([`super::unarchived`]).
     unarchived: Option<Unarchived>,
+    /// UPDATE and DELETE counts, for tables without a replica identity ([`super::write_watch`]).
+    writes: super::write_watch::WriteWatch,
 }
 
 /// The unarchived windows of the stream, and their record in the repositories.
@@ -77,6 +79,7 @@ impl Upkeep {
             checks: [None, None],
             catalog: Default::default(),
             unarchived: None,
+            writes: Default::default(),
         }
     }
 
@@ -178,6 +181,54 @@ impl Upkeep {
         }
         u.dirty |= u.windows != before;
         if u.dirty && u.loaded {
+            u.dirty = !u.log.save(&u.windows).await;
+        }
+    }
+
+    /// Tables of the insert-only publication `insert_only` that an UPDATE
+    /// or DELETE changed since the last check (the archive does not hold
+    /// those), each `"schema"."name"` with since when. A failure is a
+    /// warning and finds nothing.
+    pub async fn watch_writes(&mut self, insert_only: &str) -> Vec<(String, Point)> {
+        let read = async {
+            let client = self.client().await?;
+            let rows =
+                client.query(super::write_watch::COUNTERS_SQL, &[&insert_only]).await.map_err(crate::pg::query_error("cannot read the table statistics"))?;
+            let point = client
+                .query_one("SELECT pg_current_wal_lsn()::text, now()", &[])
+                .await
+                .map_err(crate::pg::query_error("cannot read the server's WAL position"))?;
+            let point: Point = (point.get::<_, String>(0).parse::<Lsn>()?, point.try_get::<_, DateTime<Utc>>(1).ok());
+            let counters: Vec<super::write_watch::Counter> = rows
+                .iter()
+                .map(|r| super::write_watch::Counter { relid: r.get(0), schema: r.get(1), name: r.get(2), writes: r.get(3), insert_only: r.get(4) })
+                .collect();
+            Ok::<_, Error>((counters, point))
+        };
+        match read.await {
+            Ok((counters, point)) => {
+                self.writes.observe(Instant::now(), point, &counters).into_iter().map(|(s, n, since)| (crate::pg::catalog::qualified(&s, &n), since)).collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.user_line(), "cannot read the table statistics; retrying at the next check");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Record in every repository that `table` (`"schema"."name"`) changed
+    /// after `since` in a way the archive does not show, found now
+    /// ([`Windows::record`]): replay refuses targets past it until a table
+    /// image taken after now brings the table back. Call before asking for
+    /// that image. Without a position now, `since` is used.
+    pub async fn record_unseen(&mut self, table: &str, reason: &str, since: Point) {
+        let now = self.point().await;
+        let Some((schema, name)) = crate::pg::catalog::split_table_name(table) else { return };
+        let Some(u) = self.unarchived.as_mut() else { return };
+        let until = now.unwrap_or((Lsn(u64::MAX), None));
+        u.windows.record(&schema, &name, reason, since, until);
+        u.dirty = true;
+        if u.loaded {
             u.dirty = !u.log.save(&u.windows).await;
         }
     }
