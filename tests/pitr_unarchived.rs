@@ -193,7 +193,9 @@ async fn updates_to_a_table_without_replica_identity_are_refused_until_its_image
     let _ = streaming::stop(running).await;
 
     let r = db.restore_exact("after", RecoveryTarget::Time(after), &after_state).await;
-    assert_eq!(r.point_in_time.as_ref().unwrap().base_backup, base);
+    let pit = r.point_in_time.as_ref().unwrap();
+    assert_eq!(pit.base_backup, base);
+    assert_eq!(pit.table_images.len(), 1, "the image is put in place once: {:?}", pit.table_images);
     db.restore_exact("latest", RecoveryTarget::Latest, &after_state).await;
     let (_, r) = db.restore("inside", RecoveryTarget::Time(inside), false).await;
     let line = r.expect_err("a target between the update and the image must be refused").user_line();

@@ -156,6 +156,10 @@ impl ImageWindows {
     }
 
     fn wait(&mut self, image: usize, mark: InexactMark, skip: bool) -> Vec<(String, String)> {
+        // Put in place once: its unseen covers must not make the table wait for it again.
+        if !self.unseen_taken.contains(&image) {
+            self.unseen_taken.push(image);
+        }
         self.waiting.push(Waiting { image, mark });
         if skip { self.tables_of(image) } else { Vec::new() }
     }
@@ -313,6 +317,19 @@ mod tests {
         let e = w.unreached("2026-12-04 10:00:00", false).unwrap_err().user_line();
         assert!(e.contains("public.t") && e.contains("0/20") && e.contains("0/50") && e.contains("table rewrite"), "{e}");
         assert_eq!(w.unreached("x", true).unwrap().len(), 1, "accepted: a warning line");
+    }
+
+    #[test]
+    fn an_image_waited_for_by_a_mark_is_never_put_in_place_twice() {
+        // An image asked for twice (merged): a mark and an unseen cover before it.
+        let mut m = image("public.t", 0x50, 0x20);
+        m.image.as_mut().unwrap().covers.push(ImageCover { reason: "untracked".into(), lsn: Lsn(0x30), time: None, unseen: true });
+        let mut w = ImageWindows::new(vec![m]);
+        assert!(w.crossing(&mark("public.t", 0x20), true).is_some());
+        assert_eq!(w.due(Lsn(0x50)).len(), 1);
+        // Past the unseen cover, after the image was put in place: nothing waits again.
+        assert!(w.reach(Lsn(0x60), true).is_empty());
+        assert!(w.due(Lsn(0x70)).is_empty() && w.is_empty());
     }
 
     fn late(table: &str, at: u64, since: u64) -> BackupManifest {
