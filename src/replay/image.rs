@@ -140,19 +140,15 @@ impl ImageWindows {
         Some(self.wait(i, mark.clone(), skip))
     }
 
-    /// As [`ImageWindows::crossing`], for a table that was not archived
-    /// until `archived_again`: only an image consistent at or after that
-    /// point brings it back.
-    pub fn crossing_unarchived(&mut self, mark: &InexactMark, archived_again: Lsn, skip: bool) -> Option<Vec<(String, String)>> {
-        if let Some(w) = self.waiting.iter().find(|w| w.mark.table == mark.table) {
-            return (self.images[w.image].snapshot.consistent_lsn >= archived_again).then(Vec::new);
-        }
-        let i = self.images.iter().position(|m| {
-            m.snapshot.consistent_lsn >= archived_again
-                && m.snapshot.consistent_lsn > mark.lsn
-                && m.image.as_ref().is_some_and(|info| info.table() == mark.table)
-        })?;
-        Some(self.wait(i, mark.clone(), skip))
+    /// Whether an image of `table` consistent at or after `archived_again`
+    /// (and after `since`) exists: it brings back a table whose changes
+    /// from `since` are not in the archive (its unseen cover makes the
+    /// table wait for it, [`ImageWindows::reach`]).
+    pub fn has_image_after(&self, table: &str, since: Lsn, archived_again: Lsn) -> bool {
+        self.images.iter().any(|m| {
+            let c = m.snapshot.consistent_lsn;
+            c >= archived_again && c > since && m.image.as_ref().is_some_and(|info| info.table() == table)
+        })
     }
 
     fn wait(&mut self, image: usize, mark: InexactMark, skip: bool) -> Vec<(String, String)> {

@@ -386,7 +386,7 @@ fn last_commit_before(seg: &ChangeSegment, c: Lsn) -> Option<StopPoint> {
 /// known before the base is restored: a table the stream could not archive
 /// ([`inexact::unarchived`]). Run it before touching anything.
 pub fn preflight(plan: &ReplayPlan, only: Option<&[(String, String)]>) -> Result<()> {
-    inexact::unarchived(plan, &mut image::ImageWindows::new(plan.images.clone()), only).map(|_| ())
+    inexact::unarchived(plan, &image::ImageWindows::new(plan.images.clone()), only).map(|_| ())
 }
 
 /// Replay `plan` into the restored database `work` (steps 1–6). `only`
@@ -410,9 +410,8 @@ pub async fn run(
     let mut windows = image::ImageWindows::new(plan.images.clone());
     let skip = windows.at_start(from, !plan.accept_inexact);
     applier.skip(&skip);
-    // Tables the stream could not archive: refused, waiting for an image, or accepted.
-    let (skip, unarchived_accepted) = inexact::unarchived(plan, &mut windows, only.as_deref())?;
-    applier.skip(&skip);
+    // Tables the stream could not archive: refused, brought back by an image, or accepted.
+    let unarchived_accepted = inexact::unarchived(plan, &windows, only.as_deref())?;
     // 1. Segments read ahead of the writer.
     let (reader, mut rx) = read_ahead(repos, plan, keys);
     // 2-3. Each segment's transactions: skipped, applied, or the target reached.

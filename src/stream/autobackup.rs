@@ -604,12 +604,14 @@ async fn worker(settings: Settings, opts: AutoBackupOptions, mut rx: mpsc::Unbou
             }
             Job::Image(image) => {
                 let table = (image.schema.clone(), image.name.clone());
+                let taken = image.covers.clone();
                 let at = image_done(&shared, result, image, &mut pending);
-                // Off the queue once done (a change asked for meanwhile, after the
-                // image's snapshot, stays), or once a full backup replaces it.
+                // Off the queue once done, or once a full backup replaces it. A change asked
+                // for meanwhile stays: a mark after the image's snapshot, and any unseen change
+                // (it is only known to be after its `since`, maybe after the snapshot too).
                 if let Some(i) = images.iter().position(|i| (i.schema.clone(), i.name.clone()) == table) {
                     match at {
-                        Some(c) => images[i].covers.retain(|cv| cv.lsn >= c && !cv.unseen),
+                        Some(c) => images[i].covers.retain(|cv| if cv.unseen { !taken.contains(cv) } else { cv.lsn >= c }),
                         None => images[i].covers.clear(),
                     }
                     if images[i].covers.is_empty() {
