@@ -48,6 +48,8 @@ pub struct Upkeep {
     checks: [Option<(Lsn, Option<DateTime<Utc>>)>; 2],
     /// Table definitions as the last check saw them ([`super::catalog_watch`]).
     catalog: super::catalog_watch::CatalogWatch,
+    /// Their catalog signatures, so that only changed tables are read again.
+    shape_cache: super::catalog_watch::ShapeCache,
     /// Tables not archived, and since when ([`super::unarchived`]).
     unarchived: Option<Unarchived>,
     /// UPDATE and DELETE counts, for tables without a replica identity ([`super::write_watch`]).
@@ -78,6 +80,7 @@ impl Upkeep {
             failing_tables: HashSet::new(),
             checks: [None, None],
             catalog: Default::default(),
+            shape_cache: Default::default(),
             unarchived: None,
             writes: Default::default(),
         }
@@ -281,34 +284,45 @@ impl Upkeep {
     /// [`Upkeep::reconcile`]. A failure is a warning and finds nothing.
     pub async fn watch_catalog(&mut self, settle: Duration, decoded: Lsn, captured: impl Fn(&str, Instant) -> bool) -> Vec<super::catalog_watch::Suspect> {
         let since = self.late_since();
-        let rows = match self.client().await {
-            Ok(client) => {
-                let shapes = client.query(super::catalog_watch::SHAPES_SQL, &[]).await.map_err(crate::pg::query_error("cannot read the table definitions"));
-                // Where the server's WAL was right after: whatever the shapes show was committed before.
-                let seen_at = client
-                    .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-                    .await
-                    .map_err(crate::pg::query_error("cannot read the server's WAL position"))
-                    .and_then(|r| r.get::<_, String>(0).parse::<Lsn>());
-                shapes.and_then(|rows| Ok((rows, seen_at?)))
-            }
-            Err(e) => Err(e),
-        };
-        match rows {
-            Ok((rows, seen_at)) => {
-                let now = rows
-                    .iter()
-                    .map(|r| {
-                        let ancestors: String = r.get(4);
-                        let ancestors = ancestors.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect();
-                        (r.get::<_, u32>(0), (r.get(1), r.get(2), r.get(3), ancestors))
-                    })
-                    .collect();
-                self.catalog.observe(now, Instant::now(), seen_at, since);
-            }
+        match self.read_shapes().await {
+            Ok((now, seen_at)) => self.catalog.observe(now, Instant::now(), seen_at, since),
             Err(e) => tracing::warn!(error = %e.user_line(), "cannot compare the table definitions; retrying at the next check"),
         }
         self.catalog.confirm(Instant::now(), settle, decoded, captured)
+    }
+
+    /// Every table's shape now, and the server's WAL insert position right
+    /// after (whatever the shapes show was committed before it). Only the
+    /// tables whose catalog rows changed are fingerprinted again.
+    async fn read_shapes(&mut self) -> Result<(std::collections::HashMap<u32, super::catalog_watch::Shape>, Lsn)> {
+        let fail = || crate::pg::query_error("cannot read the table definitions");
+        let signatures: Vec<(u32, i64, i64)> = self
+            .client()
+            .await?
+            .query(super::catalog_watch::SIGNATURES_SQL, &[])
+            .await
+            .map_err(fail())?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let stale = self.shape_cache.stale(&signatures);
+        let client = self.client().await?;
+        let rows = if stale.is_empty() { Vec::new() } else { client.query(&super::catalog_watch::shapes_of_sql(), &[&stale]).await.map_err(fail())? };
+        let seen_at: Lsn = client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(crate::pg::query_error("cannot read the server's WAL position"))?
+            .get::<_, String>(0)
+            .parse()?;
+        let fresh = rows
+            .iter()
+            .map(|r| {
+                let ancestors: String = r.get(4);
+                let ancestors = ancestors.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect();
+                (r.get::<_, u32>(0), (r.get(1), r.get(2), r.get(3), ancestors))
+            })
+            .collect();
+        Ok((self.shape_cache.update(&signatures, fresh), seen_at))
     }
 
     /// WAL the slot `slot` holds back on the server (bytes); `None` when it
