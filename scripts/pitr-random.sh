@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Longer runs of the randomized point-in-time workload (tests/pitr_random.rs):
+# Longer runs of the randomized point-in-time workload (tests/it/pitr_random.rs):
 # every seed in FIRST..LAST with STEPS steps each. A failure prints the seed
 # and the workload's SQL; rerun one with
 #   PGKEEP_PITR_SEED=<seed> PGKEEP_PITR_STEPS=<steps> cargo test --locked --test pitr_random -- --nocapture
