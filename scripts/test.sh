@@ -79,7 +79,7 @@ cargo clippy --locked --all-targets -- -D warnings
 # Rust. Runs first so a decoder finding shows at once; `cargo test` below
 # runs it again with everything else.
 log "fuzz smoke (tests/it/fuzz_smoke.rs)"
-cargo test --locked --test fuzz_smoke
+cargo test --locked --test it fuzz_smoke::
 
 log "cargo test"
 cargo test --locked "$@"
@@ -93,6 +93,6 @@ for major in $MATRIX_MAJORS; do
     [ "$major" = "$default_major" ] && continue
     log "cross-version subset on PostgreSQL $major (tests/it/pg_matrix.rs)"
     started=$SECONDS
-    PGKEEP_TEST_PG_MAJOR=$major cargo test --locked --test pg_matrix
+    PGKEEP_TEST_PG_MAJOR=$major cargo test --locked --test it pg_matrix::
     log "PostgreSQL $major: $((SECONDS - started)) s"
 done
