@@ -1,8 +1,8 @@
 //! Bounded memory for huge values, through the binary on a real cluster: a
 //! table with a 150 MB bytea (300 MB of COPY hex text) and a 50 MB text
 //! value with escapes goes through `backup`, `verify --deep` and `restore --target-db`;
-//! each process's peak RSS (from `wait4`) stays under 200 MiB, the huge rows
-//! span chunks of the chunk size, and the restored values are exactly the
+//! each process's own peak RSS (from `wait4`, in [`rss_probe`]) stays under
+//! 200 MiB, the huge rows span chunks of the chunk size, and the restored values are exactly the
 //! original ones (length and md5 of every value, server-side). Sized for
 //! CI; `benches/huge_value_rss.sh` measures the largest values (BENCHMARKS.md).
 
@@ -28,18 +28,21 @@ struct Run {
 }
 
 /// Run `pgkeep args…` against `db` with `repo` as BACKUP_DIR and measure
-/// the child's own peak RSS with `wait4` (not the test process's).
+/// the child's own peak RSS, through [`rss_probe`] (not the test process's).
 fn pgkeep(cluster: &PgCluster, db: &str, repo: &Path, args: &[&str]) -> Run {
     let s = cluster.superuser_settings(db);
     let out = tempfile::tempdir().unwrap();
     let stderr_path = out.path().join("stderr");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
+    let report_path = out.path().join("rusage");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
     for (k, _) in std::env::vars() {
         if k.starts_with("PG") || k.starts_with("DB_") || k.starts_with("S3_") || k == "DATABASE_URL" {
             cmd.env_remove(k);
         }
     }
-    cmd.args(args)
+    cmd.args(["--exact", "huge_values::rss_probe", "--ignored"])
+        .env(PROBE_ARGS, args.join("\n"))
+        .env(PROBE_REPORT, &report_path)
         .env("DB_HOST", &s.host)
         .env("DB_PORT", s.port.to_string())
         .env("DB_USER", &s.user)
@@ -50,6 +53,35 @@ fn pgkeep(cluster: &PgCluster, db: &str, repo: &Path, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let probe = cmd.status().unwrap();
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let report = std::fs::read_to_string(&report_path).unwrap_or_default();
+    assert!(probe.success() && !report.is_empty(), "the RSS probe failed ({probe}): {stderr}");
+    let (code, peak) = report.split_once(' ').unwrap();
+    Run { code: code.parse().unwrap(), stderr, peak_rss_kib: peak.parse().unwrap() }
+}
+
+/// Arguments of `pgkeep` for [`rss_probe`], one a line.
+const PROBE_ARGS: &str = "PGKEEP_RSS_PROBE_ARGS";
+/// File [`rss_probe`] writes `<exit code> <ru_maxrss KiB>` into.
+const PROBE_REPORT: &str = "PGKEEP_RSS_PROBE_REPORT";
+
+/// The child half of [`pgkeep`]: this test binary re-run as a small, freshly
+/// exec'd process that spawns `pgkeep` (its environment passed on), reaps it
+/// with `wait4` and reports its exit code and `ru_maxrss`. A child's
+/// `ru_maxrss` includes the resident size of the process it was spawned
+/// from (Linux keeps the old address space's high-water mark across
+/// `exec`), so spawned straight from the test process, which runs every
+/// other test too, `pgkeep` would be charged with their memory. Does nothing
+/// without [`PROBE_ARGS`].
+#[test]
+#[ignore = "run as a child process by pgkeep()"]
+fn rss_probe() {
+    let (Ok(args), Ok(report)) = (std::env::var(PROBE_ARGS), std::env::var(PROBE_REPORT)) else {
+        return;
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgkeep"));
+    cmd.args(args.lines()).env_remove(PROBE_ARGS).env_remove(PROBE_REPORT).stdin(Stdio::null()).stdout(Stdio::null());
     // Reaped below with wait4 (for its rusage), not Child::wait.
     #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().unwrap();
@@ -60,7 +92,7 @@ fn pgkeep(cluster: &PgCluster, db: &str, repo: &Path, args: &[&str]) -> Run {
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(waited, pid, "wait4 failed: {}", std::io::Error::last_os_error());
     let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    Run { code, stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(), peak_rss_kib: usage.ru_maxrss }
+    std::fs::write(report, format!("{code} {}", usage.ru_maxrss)).unwrap();
 }
 
 fn assert_bounded(what: &str, run: &Run) {
