@@ -58,6 +58,7 @@ mod storage_s3;
 mod stream;
 mod stream_cli;
 mod stream_setup;
+mod suite;
 mod verify;
 mod verify_chains;
 mod verify_legacy;
