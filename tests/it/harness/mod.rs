@@ -9,6 +9,7 @@ pub mod fault_proxy;
 pub mod garage;
 pub mod pitr_db;
 pub mod postgres;
+mod shared_clusters;
 pub mod storage_conformance;
 pub mod streaming;
 pub mod supabase;

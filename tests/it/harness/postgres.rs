@@ -7,8 +7,9 @@
 //! cluster stops it (`pg_ctl stop -m immediate`) and removes its directory.
 //!
 //! [`PgCluster::shared`] is one cluster per test file, started on first use
-//! and stopped by an `atexit` handler; clusters left behind by a killed test
-//! run are stopped the next time the harness starts one.
+//! and stopped once the run has moved past the file, or by an `atexit`
+//! handler; clusters left behind by a killed test run are stopped the next
+//! time the harness starts one.
 //!
 //! PostgreSQL refuses to run as root, so when the tests run as root every
 //! server command runs as the `postgres` OS user, which owns the directory.
@@ -20,7 +21,6 @@
 //! the default. `PG_BINDIR` then only says which client programs (pg_dump)
 //! pgkeep itself uses.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
@@ -114,13 +114,10 @@ impl PgCluster {
     /// file was its own test binary: some files assert on what is cluster-wide
     /// (the databases, roles and slots on the server), which tests of other
     /// files, running at the same time in this one binary, would change.
+    /// Stopped once the run has moved past the file ([`super::shared_clusters`]).
     #[track_caller]
     pub fn shared() -> &'static PgCluster {
-        static SHARED: Mutex<BTreeMap<&'static str, &'static OnceLock<PgCluster>>> = Mutex::new(BTreeMap::new());
-        let file = std::panic::Location::caller().file();
-        // Only the map is locked: files start their clusters in parallel.
-        let cell = *SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(file).or_insert_with(|| Box::leak(Box::default()));
-        cell.get_or_init(PgCluster::start)
+        super::shared_clusters::for_file(std::panic::Location::caller().file())
     }
 
     /// A new cluster of PostgreSQL `major` (default options otherwise).
@@ -360,10 +357,17 @@ impl PgCluster {
     }
 }
 
-impl Drop for PgCluster {
-    fn drop(&mut self) {
+impl PgCluster {
+    /// Stop a shared cluster, which is never dropped, and remove its directory.
+    pub(super) fn stop_shared(&self) {
         stop_and_remove(&self.bindir, &self.dir);
         unregister_live(&self.dir);
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop_shared();
     }
 }
 
