@@ -40,10 +40,12 @@ impl Clusters {
     fn stop_idle(&mut self) {
         let latest = &self.latest_module;
         for file in self.by_file.values_mut() {
-            if file.users == 0 && !file.module.is_empty() && file.module < *latest {
-                if let Some(cluster) = file.running.take() {
-                    cluster.stop_shared();
-                }
+            if file.users == 0
+                && !file.module.is_empty()
+                && file.module < *latest
+                && let Some(cluster) = file.running.take()
+            {
+                cluster.stop_shared();
             }
         }
     }
