@@ -2,14 +2,19 @@
 //! and links once: `cargo test --test it`, or one file's tests with
 //! `cargo test --test it <file>::` (e.g. `pg_matrix::`).
 //!
-//! Each module is one file of tests against real PostgreSQL clusters and a
+//! Each module is one file of tests, most against real PostgreSQL clusters and a
 //! real Garage server that [`harness`] starts. Tests of every module run in
 //! parallel threads of this one process, so nothing here may change
 //! process-wide state (environment, signal handlers, working directory):
-//! environment goes to the children the tests spawn, per `Command`.
+//! environment goes to the children the tests spawn, per `Command`. A test
+//! that re-runs this binary as a child names the child's test by its full
+//! path (`stream::child_streamer`, `huge_values::rss_probe`); a child's
+//! `ru_maxrss` counts this process's memory, so it is measured one process
+//! further down (`huge_values`).
 //! [`harness::postgres::PgCluster::shared`] is one cluster per file, as when
-//! every file was its own binary; [`harness::garage::Garage::shared`] is one
-//! server for all, each test using its own bucket.
+//! every file was its own binary, stopped once the run has moved past the
+//! file; [`harness::garage::Garage::shared`] is one server for all, each test
+//! using its own bucket.
 
 mod harness;
 
