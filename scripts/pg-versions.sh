@@ -9,7 +9,7 @@
 # Installs into $PGKEEP_PG_CACHE/<major>/ (bin/, lib/, share/). The default
 # cache is ~/.cache/pgkeep/pg, or /var/cache/pgkeep/pg when run as root:
 # the tests start servers as the `postgres` OS user, who cannot enter /root.
-# The test harness (tests/harness/postgres.rs) uses the same default.
+# The test harness (tests/it/harness/postgres.rs) uses the same default.
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -8,7 +8,7 @@
 # Then rustfmt and clippy (-D warnings), a fuzz smoke run of the seed
 # corpora, then the whole suite on the
 # default server (Debian's 15), then the cross-version subset
-# (tests/pg_matrix.rs) on every other major of PGKEEP_MATRIX_MAJORS
+# (tests/it/pg_matrix.rs) on every other major of PGKEEP_MATRIX_MAJORS
 # (default 14 15 16 17 18; set it empty to skip the matrix).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -56,7 +56,7 @@ if ! command -v pip3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pip
 fi
 MATRIX_MAJORS=${PGKEEP_MATRIX_MAJORS-14 15 16 17 18}
-# tests/pg_versions.rs needs 15, 17 and 18 whatever the matrix.
+# tests/it/pg_versions.rs needs 15, 17 and 18 whatever the matrix.
 # shellcheck disable=SC2086
 scripts/pg-versions.sh $(printf '%s\n' 15 17 18 $MATRIX_MAJORS | sort -un)
 log "PostgreSQL: $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1) ; Garage: $GARAGE_BIN"
@@ -78,8 +78,8 @@ cargo clippy --locked --all-targets -- -D warnings
 # of it through the same bodies cargo-fuzz runs (fuzz/bodies/), on stable
 # Rust. Runs first so a decoder finding shows at once; `cargo test` below
 # runs it again with everything else.
-log "fuzz smoke (tests/fuzz_smoke.rs)"
-cargo test --locked --test fuzz_smoke
+log "fuzz smoke (tests/it/fuzz_smoke.rs)"
+cargo test --locked --test it fuzz_smoke::
 
 log "cargo test"
 cargo test --locked "$@"
@@ -91,8 +91,8 @@ default_major=$( (if [ -n "${PG_BINDIR:-}" ]; then "$PG_BINDIR/postgres" --versi
     | awk '{print $3}' | cut -d. -f1)
 for major in $MATRIX_MAJORS; do
     [ "$major" = "$default_major" ] && continue
-    log "cross-version subset on PostgreSQL $major (tests/pg_matrix.rs)"
+    log "cross-version subset on PostgreSQL $major (tests/it/pg_matrix.rs)"
     started=$SECONDS
-    PGKEEP_TEST_PG_MAJOR=$major cargo test --locked --test pg_matrix
+    PGKEEP_TEST_PG_MAJOR=$major cargo test --locked --test it pg_matrix::
     log "PostgreSQL $major: $((SECONDS - started)) s"
 done

@@ -2,7 +2,7 @@
 //! and errors never echo the input (it may hold a password).
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/conninfo_parse.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 /// One fuzz input: must not panic, and must hold the properties above.
 pub fn run(data: &[u8]) {

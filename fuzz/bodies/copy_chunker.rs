@@ -5,7 +5,7 @@
 //! fingerprint of the whole input.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/copy_chunker.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 use pgkeep::pipeline::TableFingerprint;
 use pgkeep::pipeline::chunker::Chunker;

@@ -6,7 +6,7 @@
 //! (`drain_into`, asked for a few bytes at a time) hands out the same.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/copy_out_frame.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 use bytes::BytesMut;
 use pgkeep::replication::copy_out::{CopyOutFramer, CopyOutItem, Drained};

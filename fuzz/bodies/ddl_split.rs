@@ -3,7 +3,7 @@
 //! and the per-transaction scripts only hold statements replay runs.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/ddl_split.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 /// One fuzz input: must not panic, and must hold the properties above.
 pub fn run(data: &[u8]) {

@@ -2,7 +2,7 @@
 //! an error, never a panic; a decoded manifest must re-encode and decode equal.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/manifest_decode.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 /// One fuzz input: must not panic, and must hold the properties above.
 pub fn run(data: &[u8]) {

@@ -2,7 +2,7 @@
 //! error, never a panic; a decoded part must re-encode and decode equal.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/part_decode.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 use pgkeep::crypto::Keyring;
 use pgkeep::stream::segment::part;

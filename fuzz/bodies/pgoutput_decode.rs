@@ -4,7 +4,7 @@
 //! (the decoder accepts nothing it would not write itself).
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/pgoutput_decode.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 use pgkeep::replication::pgoutput;
 

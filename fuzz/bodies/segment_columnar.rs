@@ -4,7 +4,7 @@
 //! size, never a panic; and what unpacks must pack back to itself.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/segment_columnar.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 use pgkeep::stream::segment::columnar::{pack, unpack};
 

@@ -2,7 +2,7 @@
 //! an error, never a panic; a decoded segment must re-encode and decode equal.
 //!
 //! Shared by the cargo-fuzz target `fuzz_targets/segment_decode.rs` and the seed-corpus
-//! smoke test `tests/fuzz_smoke.rs` (no nightly toolchain needed).
+//! smoke test `tests/it/fuzz_smoke.rs` (no nightly toolchain needed).
 
 use pgkeep::stream::segment;
 

@@ -28,7 +28,7 @@
 //! (streaming, two-phase, origin filtering; on 18, generated column values
 //! for a publication with `publish_generated_columns`, which pgkeep's
 //! publications leave off), and `messages 'true'` exists from 14 on.
-//! `tests/pg_matrix.rs` decodes a real workload on 14 to 18.
+//! `tests/it/pg_matrix.rs` decodes a real workload on 14 to 18.
 //!
 //! [`encode`] writes a message back into a `BytesMut`, byte for byte as the
 //! server would; the fuzz target checks `encode(decode(x)) == x`.

@@ -425,7 +425,7 @@ fn errors_read_as_one_line() {
 }
 
 /// The fuzz seeds (real server payloads captured by
-/// tests/replication_stream.rs, plus hand-built ones) decode and round-trip.
+/// tests/it/replication_stream.rs, plus hand-built ones) decode and round-trip.
 #[test]
 fn fuzz_seeds_decode_and_encode_back() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/pgoutput_decode");
