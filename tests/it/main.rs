@@ -48,6 +48,7 @@ mod pitr_images;
 mod pitr_inexact;
 mod pitr_latest;
 mod pitr_random;
+mod pitr_unarchived;
 mod quickstart;
 mod reliability;
 mod replay_unique;

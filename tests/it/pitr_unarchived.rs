@@ -9,7 +9,7 @@
 //! stay refused. An incremental backup while the table is not archived is
 //! a full backup instead.
 
-mod harness;
+use crate::harness;
 
 use std::time::Duration;
 
