@@ -242,36 +242,14 @@ pub async fn reconcile(client: &Client, names: &PublicationNames, mode: Reconcil
             return Err(Error::new(ErrorKind::Database, format!("publication {} does not exist", names.main)));
         }
         let tables = take_new(&mut placements, Target::Main);
-        match create(client, &names.main, &tables, "").await {
-            Ok(()) => tracing::info!(publication = %names.main, tables = tables.len(), "created publication"),
-            // Some table is not the role's: an empty publication, then each table on its own
-            // below (those that fail are not archived, and are recorded so).
-            Err(e) if !tables.is_empty() && e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE) => {
-                create(client, &names.main, &[], "").await?;
-                tracing::info!(publication = %names.main, "created publication; not every table could go in at once, so each is added on its own");
-                placements.extend(tables.into_iter().map(|table| Placement { table, add: Some(Target::Main), drop: None, reason: Reason::New }));
-            }
-            Err(e) => return Err(e),
-        }
+        placements.extend(create_with(client, &names.main, tables, "", Target::Main).await?);
         out.created_main = true;
     }
     if existing.insert_only.is_none() && mode.create {
-        let mut tables = take_new(&mut placements, Target::InsertOnly);
-        const WITH: &str = " WITH (publish = 'insert, truncate')";
-        let mut created = create(client, &names.insert_only, &tables, WITH).await;
-        if let Err(e) = &created
-            && !tables.is_empty()
-            && e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE)
-        {
-            // As for the main one: empty, then each table on its own.
-            created = create(client, &names.insert_only, &[], WITH).await;
-            if created.is_ok() {
-                placements.extend(tables.drain(..).map(|table| Placement { table, add: Some(Target::InsertOnly), drop: None, reason: Reason::New }));
-            }
-        }
-        match created {
-            Ok(()) => {
-                tracing::info!(publication = %names.insert_only, tables = tables.len(), "created insert-only publication (publish = 'insert, truncate')");
+        let tables = take_new(&mut placements, Target::InsertOnly);
+        match create_with(client, &names.insert_only, tables.clone(), " WITH (publish = 'insert, truncate')", Target::InsertOnly).await {
+            Ok(each) => {
+                placements.extend(each);
                 out.created_insert_only = true;
                 out.insert_only_exists = true;
             }
@@ -371,6 +349,25 @@ pub async fn reconcile(client: &Client, names: &PublicationNames, mode: Reconcil
         }
     }
     Ok(out)
+}
+
+/// Create publication `name` with `tables` in one statement. When some
+/// table is not the role's (42501), it is created empty and the tables come
+/// back as placements into `target`, each added on its own (those that fail
+/// are not archived, and are recorded so).
+async fn create_with(client: &Client, name: &str, tables: Vec<String>, with: &str, target: Target) -> Result<Vec<Placement>> {
+    match create(client, name, &tables, with).await {
+        Ok(()) => {
+            tracing::info!(publication = %name, tables = tables.len(), "created publication{with}");
+            Ok(Vec::new())
+        }
+        Err(e) if !tables.is_empty() && e.sqlstate() == Some(INSUFFICIENT_PRIVILEGE) => {
+            create(client, name, &[], with).await?;
+            tracing::info!(publication = %name, "created publication{with}; not every table could go in at once, so each is added on its own");
+            Ok(tables.into_iter().map(|table| Placement { table, add: Some(target), drop: None, reason: Reason::New }).collect())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Remove and return the tables of new placements into `target`.

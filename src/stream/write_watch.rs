@@ -57,6 +57,9 @@ pub struct Counter {
     pub insert_only: bool,
 }
 
+/// A change held back by the cooldown: schema, table, since when.
+type Held = (String, String, Point);
+
 /// What the watch remembers between checks.
 #[derive(Debug, Default)]
 pub struct WriteWatch {
@@ -66,14 +69,14 @@ pub struct WriteWatch {
     checks: VecDeque<(Instant, Point)>,
     /// Per table: when its last image was asked for, and a change seen
     /// since that waits for the cooldown (since when).
-    cooling: HashMap<i64, (Instant, Option<(String, String, Point)>)>,
+    cooling: HashMap<i64, (Instant, Option<Held>)>,
 }
 
 impl WriteWatch {
     /// A reading at `now`, the server at `point` right after it. Returns
     /// the tables (`schema`, `name`) to take an image of, each with since
     /// when its changes may be missing.
-    pub fn observe(&mut self, now: Instant, point: Point, counters: &[Counter]) -> Vec<(String, String, Point)> {
+    pub fn observe(&mut self, now: Instant, point: Point, counters: &[Counter]) -> Vec<Held> {
         let first = self.checks.is_empty();
         let since = self.since();
         let mut out = Vec::new();
