@@ -289,7 +289,7 @@ impl Captured {
             image: opts.image.clone(),
         };
         if let Some(sealer) = &opts.sealer {
-            crate::crypto::manifest_mac::seal(sealer, &mut manifest)?;
+            crate::repo::manifest_mac::seal(sealer, &mut manifest)?;
         }
         Ok(manifest)
     }
@@ -453,14 +453,7 @@ fn check_privileges(tables: &[TableInfo], facts: &ServerFacts) -> Result<()> {
 }
 
 pub(crate) async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storage>>> {
-    if settings.repos.is_empty() {
-        return Err(Error::config("no repository configured").with_hint("set BACKUP_DIR, S3_BUCKET or --repo"));
-    }
-    let mut repos = Vec::new();
-    for spec in &settings.repos {
-        repos.push(meta::open(spec, meta::Access::Write).await?);
-    }
-    Ok(repos)
+    meta::open_all(&settings.repos, meta::Access::Write).await
 }
 
 async fn copy_all_tables(
@@ -575,7 +568,7 @@ pub(crate) async fn store_schema(
 /// replay: without a usable replica identity only their inserts and
 /// truncates are archived. Best effort: a failed query yields none.
 async fn identity_warnings(client: &tokio_postgres::Client) -> Vec<String> {
-    use crate::stream::publication::{ARCHIVABLE_TABLE_SQL, USABLE_IDENTITY_SQL};
+    use crate::pg::catalog::{ARCHIVABLE_TABLE_SQL, USABLE_IDENTITY_SQL};
     let sql = format!(
         "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE {ARCHIVABLE_TABLE_SQL} AND NOT {USABLE_IDENTITY_SQL} ORDER BY 1, 2"

@@ -271,7 +271,7 @@ async fn restore(settings: &config::Settings, a: RestoreArgs, quiet: bool) -> Re
     if let Some(bar) = bar {
         bar.finish();
     }
-    let report = notified(settings, Operation::Restore, started, result, |r| Event::restore_succeeded(r, started.elapsed())).await?;
+    let report = notified(settings, Operation::Restore, started, result, |r| restore_succeeded(r, started.elapsed())).await?;
     if a.json {
         print_json(&report);
     } else {
@@ -456,4 +456,15 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         tracing::info!("shutdown requested: closing the open segment");
     }
+}
+
+/// The notification of a finished restore: backup id, target database,
+/// bytes loaded, duration and summary.
+fn restore_succeeded(report: &pgkeep::restore::report::RestoreReport, took: std::time::Duration) -> Event {
+    Event::new(Operation::Restore, pgkeep::notify::Outcome::Success)
+        .with_database(&report.restored_into)
+        .with_backup_id(&report.backup_id)
+        .with_size(report.bytes)
+        .with_duration(took)
+        .with_summary(report.summary())
 }

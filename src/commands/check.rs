@@ -141,7 +141,7 @@ async fn replica_identity(client: &tokio_postgres::Client, report: &mut CheckRep
          JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
          WHERE (p.pubupdate OR p.pubdelete) AND c.relkind = 'r' AND NOT {}
          GROUP BY 1 ORDER BY 1",
-        crate::stream::publication::USABLE_IDENTITY_SQL
+        crate::pg::catalog::USABLE_IDENTITY_SQL
     );
     match client.query(&sql, &[]).await {
         Err(e) => report.push("replica-identity", false, format!("cannot check the replica identities of published tables: {}", crate::pg::error_message(&e))),

@@ -56,30 +56,10 @@ pub struct DrillRecord {
     pub run_by: RunInfo,
 }
 
-/// Split an assertion file into statements (on `;` outside quotes).
+/// Split an assertion file into statements (on `;` outside quotes,
+/// identifiers, dollar quotes and comments).
 pub fn split_statements(sql: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let (mut single, mut double) = (false, false);
-    for c in sql.chars() {
-        match c {
-            '\'' if !double => single = !single,
-            '"' if !single => double = !double,
-            ';' if !single && !double => {
-                if !cur.trim().is_empty() {
-                    out.push(cur.trim().to_string());
-                }
-                cur.clear();
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-    }
-    if !cur.trim().is_empty() {
-        out.push(cur.trim().to_string());
-    }
-    out
+    crate::pg::split::split_statements(sql).into_iter().map(str::to_string).collect()
 }
 
 /// Run a drill and record it in every repository.

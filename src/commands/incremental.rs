@@ -338,7 +338,7 @@ impl Increment<'_> {
         };
         let mut manifest = manifest;
         if let Some(sealer) = &opts.sealer {
-            crate::crypto::manifest_mac::seal(sealer, &mut manifest)?;
+            crate::repo::manifest_mac::seal(sealer, &mut manifest)?;
         }
         if let Err(e) = try_join_all(repos.iter().map(|r| repo_catalog::write_manifest(r.as_ref(), &manifest))).await {
             for r in repos {

@@ -201,7 +201,7 @@ async fn run_checks(settings: &Settings, opts: &VerifyOptions) -> Result<BackupV
     // 5. Metadata: the backup is younger than --max-age; who can open it.
     checks.push(age(&m, opts.max_age));
     if let Some(info) = &m.encryption {
-        let who = crate::crypto::manifest_mac::envelope(info).describe();
+        let who = crate::repo::manifest_mac::envelope(info).describe();
         checks.push(CheckResult::new(Check::Metadata, None, Status::Pass, format!("encrypted; opens with {who} (recorded in its envelope)")));
     }
 

@@ -9,8 +9,11 @@
 //! - [`sealer`]: the writer's side — a fresh data key and its [`KeyEnvelope`].
 //! - [`keyring`]: the reader's side — identity file or passphrase, opening
 //!   envelopes (cached), with one-line errors naming the backup and key source.
-//! - [`manifest_mac`]: the HMAC that makes an encrypted manifest tamper-evident.
 //! - [`rewrap`]: key rotation, the same data key wrapped for other recipients.
+//!
+//! What reads or writes a manifest (its MAC, its resealing after a key
+//! rotation) lives with the manifest in `repo` (`repo::manifest_mac`,
+//! `repo::rekey`): crypto knows nothing of the repository format.
 //! - [`settings`]: [`settings::EncryptionSettings`], resolved by `config`.
 //!
 //! Why not age for every chunk: age derives a fresh file key per file, so a
@@ -22,8 +25,7 @@
 pub mod chunk;
 pub mod data_key;
 pub mod keyring;
-pub mod manifest_mac;
-pub mod rewrap; // key rotation: re-wrap a data key, re-sign its manifest
+pub mod rewrap; // key rotation: re-wrap a data key
 pub mod sealer;
 pub mod settings; // EncryptionSettings
 

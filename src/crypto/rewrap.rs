@@ -7,16 +7,13 @@
 //!   once takes two phases, old ∪ added first, then the final set, so every
 //!   object is readable by the old key or by the new one at every instant.
 //! - [`rewrap`]: the new envelope of a data key.
-//! - [`reseal_manifest`]: a manifest with the new envelope and its MAC recomputed.
 
 use base64::Engine;
 
-use super::chunk::DataCipher;
 use super::data_key::{self, DataKey, Wrapping};
 use super::sealer::parse_recipients;
 use super::{EncryptionMode, KeyEnvelope, SCHEME};
 use crate::error::{Error, Result};
-use crate::repo::manifest::BackupManifest;
 
 /// The requested change of recipients.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,20 +66,6 @@ pub fn rewrap(key: &DataKey, recipients: &[String]) -> Result<KeyEnvelope> {
         recipients: recipients.to_vec(),
         wrapped_key: base64::engine::general_purpose::STANDARD.encode(wrapped),
     })
-}
-
-/// `m` with `envelope` recorded and its MAC recomputed with the (unchanged) data key.
-pub fn reseal_manifest(m: &BackupManifest, envelope: &KeyEnvelope, key: &DataKey) -> Result<BackupManifest> {
-    let mut out = m.clone();
-    let Some(info) = out.encryption.as_mut() else {
-        return Err(Error::internal(format!("backup {} is not encrypted", m.backup_id)));
-    };
-    info.scheme = envelope.scheme.clone();
-    info.mode = envelope.mode;
-    info.recipients = envelope.recipients.clone();
-    info.wrapped_key = envelope.wrapped_key.clone();
-    super::manifest_mac::resign(&DataCipher::new(key), &mut out)?;
-    Ok(out)
 }
 
 #[cfg(test)]

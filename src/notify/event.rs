@@ -2,7 +2,7 @@
 //!
 //! An event names the operation and its outcome, the database, the backup id,
 //! the size and duration, a summary line and, for failures, the error with its
-//! hint. It is built from a [`BackupReport`], a [`RestoreReport`] or an
+//! hint. It is built from a [`BackupReport`] or an
 //! [`Error`], serializes to the JSON the generic webhook receives, and renders
 //! the subject and the plain-text lines that Slack and email show.
 
@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::backup::{BackupReport, human_bytes};
 use crate::error::Error;
-use crate::restore::report::RestoreReport;
 
 /// The pgkeep operation an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -135,16 +134,6 @@ impl Event {
             .with_size(m.stats.stored_bytes)
             .with_duration(Duration::from_millis(m.stats.duration_ms))
             .with_summary(report.summary_line())
-    }
-
-    /// A finished restore: backup id, target database, bytes loaded, duration and summary.
-    pub fn restore_succeeded(report: &RestoreReport, took: Duration) -> Self {
-        Event::new(Operation::Restore, Outcome::Success)
-            .with_database(&report.restored_into)
-            .with_backup_id(&report.backup_id)
-            .with_size(report.bytes)
-            .with_duration(took)
-            .with_summary(report.summary())
     }
 
     /// Set the database.

@@ -24,6 +24,19 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// SQL: whether table `c` has a usable replica identity.
+pub const USABLE_IDENTITY_SQL: &str = "(c.relreplident = 'f' \
+     OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+     OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))";
+
+/// SQL: whether `c` in namespace `n` is a table pgkeep archives: an ordinary
+/// (or partition leaf) permanent table outside the system schemas, not
+/// owned by an extension.
+pub const ARCHIVABLE_TABLE_SQL: &str = "c.relkind = 'r' AND c.relpersistence = 'p' \
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgkeep') AND n.nspname NOT LIKE 'pg\\_%' \
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                     AND e.objid = c.oid AND e.deptype = 'e')";
+
 /// One identifier at the start of `s`, as pg_dump writes it: `"quoted
 /// ""like"" this"` or bare (letters, digits, `_`, `$`). Returns it unquoted
 /// and the text after it; `None` for anything else (an unterminated or

@@ -1,10 +1,12 @@
 //! PostgreSQL access: connections with TLS ([`connect`]), catalog queries
-//! ([`catalog`]), client programs ([`tools`]), and the one mapping of a
+//! ([`catalog`]), client programs ([`tools`]), SQL text split into
+//! statements ([`split`]), and the one mapping of a
 //! failed query to pgkeep's error ([`query_error`]).
 
 pub mod catalog;
 pub mod connect;
 pub(crate) mod errors;
+pub mod split; // SQL text into statements
 pub mod tls;
 pub mod tools;
 

@@ -8,7 +8,7 @@
 //!
 //! Version 1 is an unencrypted backup; version 2 is the same body with
 //! `encryption` set, whose `manifest_mac` a reader with the key checks
-//! (`crypto::manifest_mac`). Old readers refuse version 2 instead of
+//! (`repo::manifest_mac`). Old readers refuse version 2 instead of
 //! misreading encrypted chunks. Version 3 is a manifest, encrypted or not,
 //! in which a row larger than a chunk spans chunks (a chunk with
 //! `continues`); backups without such a row keep versions 1 and 2, and

@@ -72,6 +72,23 @@ pub async fn open(spec: &crate::config::RepoSpec, access: Access) -> Result<std:
     Ok(storage)
 }
 
+/// Open every configured repository with [`open`]: for reading, local ones
+/// first (the cheaper copy is read first); for writing, in configured order.
+pub async fn open_all(specs: &[crate::config::RepoSpec], access: Access) -> Result<Vec<std::sync::Arc<dyn Storage>>> {
+    let mut specs: Vec<&crate::config::RepoSpec> = specs.iter().collect();
+    if access == Access::Read {
+        specs.sort_by_key(|s| matches!(s, crate::config::RepoSpec::S3(_)));
+    }
+    if specs.is_empty() {
+        return Err(crate::error::Error::config("no repository configured").with_hint("set BACKUP_DIR, S3_BUCKET or --repo"));
+    }
+    let mut out = Vec::new();
+    for spec in specs {
+        out.push(open(spec, access).await?);
+    }
+    Ok(out)
+}
+
 /// Read the repository metadata, falling back to its copy; `None` for an empty repository.
 pub async fn load(storage: &dyn Storage) -> Result<Option<RepoMeta>> {
     let copy_key = format!("{REPO_META_KEY}{COPY_SUFFIX}");

@@ -10,5 +10,6 @@ pub mod claim;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod manifest_mac; // the MAC of encrypted manifests
 pub mod meta;
 pub mod rekey; // key rotation of backup manifests

@@ -64,7 +64,7 @@ pub fn round_target(phases: &[Vec<String>], round: Round, subject: &str) -> Resu
 pub async fn rewrap_backup(storage: &dyn Storage, m: &BackupManifest, keys: &Keyring, change: &RecipientChange, round: Round, dry_run: bool) -> Result<Rewrap> {
     let Some(info) = &m.encryption else { return Ok(Rewrap::NotEncrypted) };
     let subject = format!("backup {}", m.backup_id);
-    let envelope = crate::crypto::manifest_mac::envelope(info);
+    let envelope = crate::repo::manifest_mac::envelope(info);
     let phases = rewrap::plan_phases(&envelope, change, &subject)?;
     if dry_run {
         return Ok(phases.last().map_or(Rewrap::Unchanged, |t| Rewrap::Written(t.clone())));
@@ -72,7 +72,7 @@ pub async fn rewrap_backup(storage: &dyn Storage, m: &BackupManifest, keys: &Key
     let Some(target) = round_target(&phases, round, &subject)? else { return Ok(Rewrap::Unchanged) };
     let key = keys.data_key(&envelope, &subject)?;
     let new_envelope = rewrap::rewrap(&key, &target)?;
-    let rotated = rewrap::reseal_manifest(m, &new_envelope, &key)?;
+    let rotated = reseal_manifest(m, &new_envelope, &key)?;
     let bytes = Bytes::from(manifest::encode(&rotated)?);
     let main = m.backup_id.manifest_key();
     let opts = PutOptions { metadata: vec![("pgkeep-kind".into(), m.kind.to_string())] };
@@ -81,4 +81,18 @@ pub async fn rewrap_backup(storage: &dyn Storage, m: &BackupManifest, keys: &Key
     storage.put(&format!("{main}{COPY_SUFFIX}"), bytes, opts).await?;
     tracing::info!(backup_id = %m.backup_id, round = round.name(), recipients = target.len(), "backup data key re-wrapped");
     Ok(Rewrap::Written(target))
+}
+
+/// `m` with `envelope` recorded and its MAC recomputed with the (unchanged) data key.
+pub fn reseal_manifest(m: &BackupManifest, envelope: &crate::crypto::KeyEnvelope, key: &crate::crypto::data_key::DataKey) -> Result<BackupManifest> {
+    let mut out = m.clone();
+    let Some(info) = out.encryption.as_mut() else {
+        return Err(Error::internal(format!("backup {} is not encrypted", m.backup_id)));
+    };
+    info.scheme = envelope.scheme.clone();
+    info.mode = envelope.mode;
+    info.recipients = envelope.recipients.clone();
+    info.wrapped_key = envelope.wrapped_key.clone();
+    super::manifest_mac::resign(&crate::crypto::DataCipher::new(key), &mut out)?;
+    Ok(out)
 }

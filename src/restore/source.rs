@@ -14,15 +14,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::{RepoSpec, Settings};
+use crate::config::Settings;
 use crate::crypto::chunk::AAD_BACKUP_CHUNK;
-use crate::crypto::{DataCipher, Keyring, manifest_mac};
+use crate::crypto::{DataCipher, Keyring};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Compression;
 use crate::pipeline::process::raw_checksum;
 use crate::repo::catalog::{self, CatalogEntry};
 use crate::repo::layout::{BackupId, BackupKind};
 use crate::repo::manifest::{BackupManifest, ChunkRef};
+use crate::repo::manifest_mac;
 use crate::storage::{Storage, StorageKind};
 use sha2::{Digest, Sha256};
 
@@ -36,18 +37,9 @@ pub struct BackupSource {
     cipher: Option<Arc<DataCipher>>,
 }
 
-/// Open the configured repositories, local ones first.
+/// Open the configured repositories for reading, local ones first.
 pub async fn open_repositories(settings: &Settings) -> Result<Vec<Arc<dyn Storage>>> {
-    let mut specs: Vec<&RepoSpec> = settings.repos.iter().collect();
-    specs.sort_by_key(|s| matches!(s, RepoSpec::S3(_)));
-    let mut out = Vec::new();
-    for spec in specs {
-        out.push(crate::repo::meta::open(spec, crate::repo::meta::Access::Read).await?);
-    }
-    if out.is_empty() {
-        return Err(Error::config("no repository configured").with_hint("set BACKUP_DIR, S3_BUCKET or --repo"));
-    }
-    Ok(out)
+    crate::repo::meta::open_all(&settings.repos, crate::repo::meta::Access::Read).await
 }
 
 /// Backups of one database name from several clusters (system identifiers)

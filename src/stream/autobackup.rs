@@ -460,7 +460,7 @@ impl AutoBackup {
 /// host, started at or after `since` and valid in a repository, that are
 /// not in `taken`: the one abandoned at stop, if it had written its manifest.
 async fn finished_since(settings: &Settings, since: DateTime<Utc>, taken: &[String]) -> Vec<(String, BackupKind)> {
-    let repos = match crate::restore::source::open_repositories(settings).await {
+    let repos = match crate::repo::meta::open_all(&settings.repos, crate::repo::meta::Access::Read).await {
         Ok(repos) => repos,
         Err(e) => {
             tracing::warn!(error = %e.user_line(), "cannot check whether the abandoned automatic full backup finished");

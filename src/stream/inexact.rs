@@ -267,7 +267,7 @@ pub fn statements_of_tag(sql: &str, tag: &str) -> usize {
     let Some((first, rest)) = tag_words.split_first() else {
         return 0;
     };
-    crate::replay::ddl::split_statements(sql)
+    crate::pg::split::split_statements(sql)
         .into_iter()
         .filter(|stmt| {
             let words = leading_words(stmt, 12);

@@ -137,7 +137,7 @@ pub async fn run(settings: &Settings, opts: &StreamOptions, shutdown: impl Futur
     }
     let mut shutdown = std::pin::pin!(shutdown);
     // 1. Repositories.
-    let repos = crate::restore::source::open_repositories(settings).await?;
+    let repos = crate::repo::meta::open_all(&settings.repos, crate::repo::meta::Access::Read).await?;
     // 2. Stream id.
     let mut repl = ReplicationConnection::connect(&settings.db).await?;
     let identity = repl.identify_system().await?;

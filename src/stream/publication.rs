@@ -35,18 +35,7 @@ pub const INSERT_ONLY_SUFFIX: &str = "_insert_only";
 /// schema the replay needs).
 pub const MAINTENANCE_SETTING: &str = "pgkeep.maintenance";
 
-/// SQL: whether table `c` has a usable replica identity.
-pub(crate) const USABLE_IDENTITY_SQL: &str = "(c.relreplident = 'f' \
-     OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
-     OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))";
-
-/// SQL: whether `c` in namespace `n` is a table pgkeep archives: an ordinary
-/// (or partition leaf) permanent table outside the system schemas, not
-/// owned by an extension.
-pub(crate) const ARCHIVABLE_TABLE_SQL: &str = "c.relkind = 'r' AND c.relpersistence = 'p' \
-     AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgkeep') AND n.nspname NOT LIKE 'pg\\_%' \
-     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                     AND e.objid = c.oid AND e.deptype = 'e')";
+pub(crate) use crate::pg::catalog::{ARCHIVABLE_TABLE_SQL, USABLE_IDENTITY_SQL};
 
 /// The insert-only publication's name for `publication`: the suffix
 /// appended, the base cut (at a character boundary) so the whole stays

@@ -142,7 +142,7 @@ fn write_encrypted_manifest_seed() {
     let id = age::x25519::Identity::generate();
     let settings = pgkeep::config::EncryptionSettings { recipients: vec![id.to_public().to_string()], ..Default::default() };
     let sealer = pgkeep::crypto::Sealer::from_settings(&settings).unwrap().unwrap();
-    pgkeep::crypto::manifest_mac::seal(&sealer, &mut m).unwrap();
+    pgkeep::repo::manifest_mac::seal(&sealer, &mut m).unwrap();
     let bytes = pgkeep::repo::manifest::encode(&m).unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/manifest_decode/encrypted-v2.json");
     std::fs::write(path, bytes).unwrap();

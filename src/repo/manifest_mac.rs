@@ -12,10 +12,10 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::chunk::{CHUNK_FORMAT, DataCipher};
-use super::{KeyEnvelope, Sealer};
+use super::manifest::{BackupManifest, EncryptionInfo};
+use crate::crypto::chunk::{CHUNK_FORMAT, DataCipher};
+use crate::crypto::{KeyEnvelope, Sealer};
 use crate::error::{Error, Result};
-use crate::repo::manifest::{BackupManifest, EncryptionInfo};
 
 /// Prefix of the MAC's text form.
 pub const MAC_PREFIX: &str = "hmac-sha256:";
