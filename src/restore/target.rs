@@ -229,12 +229,44 @@ pub struct SwapOutcome {
     pub older_kept_as: Option<String>,
 }
 
+/// `ALTER DATABASE name …`: as the restoring role, or, when it does not
+/// hold the owner's privileges (42501) but may become the owner (`SET ROLE`:
+/// a member without INHERIT, or on 16+ a grant `WITH INHERIT FALSE, SET
+/// TRUE`), as the owner. Renaming also needs the owner to have CREATEDB.
+async fn alter_database(client: &tokio_postgres::Client, name: &str, rest: &str, what: String) -> Result<()> {
+    let sql = format!("ALTER DATABASE {} {rest}", quote_ident(name));
+    let e = match client.batch_execute(&sql).await {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    if e.code() != Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        return Err(db_error(what)(e));
+    }
+    let owner: Option<String> = client
+        .query_opt(
+            "SELECT r.rolname::text FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba \
+             WHERE d.datname = $1 AND r.rolname <> current_user \
+               AND CASE WHEN current_setting('server_version_num')::int >= 160000 THEN pg_has_role(d.datdba, 'SET') \
+                        ELSE pg_has_role(d.datdba, 'MEMBER') END",
+            &[&name],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0));
+    let Some(owner) = owner else { return Err(db_error(what)(e)) };
+    client
+        .batch_execute(&format!("SET ROLE {}", quote_ident(&owner)))
+        .await
+        .map_err(db_error(format!("cannot become role {owner}, the owner of database {name}")))?;
+    let done = client.batch_execute(&sql).await.map_err(db_error(format!("{what} (as its owner {owner})")));
+    let reset = client.batch_execute("RESET ROLE").await.map_err(db_error("cannot reset the role"));
+    done.and(reset)
+}
+
 /// Close `name` to new connections and terminate its sessions; returns how many.
 async fn close_database(client: &tokio_postgres::Client, name: &str) -> Result<u64> {
-    client
-        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", quote_ident(name)))
-        .await
-        .map_err(db_error(format!("cannot close database {name} to new connections")))?;
+    alter_database(client, name, "ALLOW_CONNECTIONS false", format!("cannot close database {name} to new connections")).await?;
     // Only sessions this role may end: all for a superuser; otherwise those of
     // non-superuser roles whose privileges it holds (or any, with
     // pg_signal_backend): pg_terminate_backend checks privileges (USAGE),
@@ -278,17 +310,11 @@ async fn close_database(client: &tokio_postgres::Client, name: &str) -> Result<u
 }
 
 async fn rename(client: &tokio_postgres::Client, from: &str, to: &str) -> Result<()> {
-    client
-        .batch_execute(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(from), quote_ident(to)))
-        .await
-        .map_err(db_error(format!("cannot rename database {from} to {to}")))
+    alter_database(client, from, &format!("RENAME TO {}", quote_ident(to)), format!("cannot rename database {from} to {to}")).await
 }
 
 async fn allow(client: &tokio_postgres::Client, name: &str) -> Result<()> {
-    client
-        .batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(name)))
-        .await
-        .map_err(db_error(format!("cannot reopen database {name}")))
+    alter_database(client, name, "ALLOW_CONNECTIONS true", format!("cannot reopen database {name}")).await
 }
 
 /// Replace `target` by `temp`: `target` becomes `<target>_old` (an existing

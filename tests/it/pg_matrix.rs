@@ -254,3 +254,58 @@ async fn owners_follow_what_the_restoring_role_can_become_and_inherit() {
         assert!(!out.contains("default privileges not restored"), "{out}");
     }
 }
+
+/// A swap as a role that may become the database's owner without holding its
+/// privileges (16+: a grant `WITH INHERIT FALSE, SET TRUE`): closing,
+/// renaming and reopening the databases run as the owner, so the restore
+/// swaps in and the old database is kept. (Before 16 only a NOINHERIT role
+/// can do that, and such a role does not even hold the privileges of
+/// `pg_database_owner` in the temporary database it creates: the matrix runs
+/// this on 16, 17 and 18.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_runs_as_the_owner_the_restoring_role_can_become() {
+    let cluster = PgCluster::shared();
+    if cluster.major() < 16 {
+        return;
+    }
+    let db = cluster.fresh_db("mx_swap").await;
+    let (owner, swapper) = (format!("{db}_dbo"), format!("{db}_swapper"));
+    cluster.execute("postgres", &format!("CREATE ROLE {owner} NOLOGIN CREATEDB; ALTER DATABASE {db} OWNER TO {owner}")).await;
+    cluster.create_role(&swapper, "swapper-pw", "CREATEDB").await;
+    cluster.execute("postgres", &format!("GRANT {owner} TO {swapper} WITH INHERIT FALSE, SET TRUE")).await;
+    cluster
+        .execute(
+            &db,
+            &format!(
+                "GRANT CREATE ON SCHEMA public TO {owner};
+                 SET ROLE {owner};
+                 CREATE TABLE accounts (id int PRIMARY KEY, balance numeric NOT NULL);
+                 INSERT INTO accounts SELECT g, g * 10 FROM generate_series(1, 300) g;
+                 GRANT SELECT ON accounts TO {swapper};
+                 RESET ROLE;"
+            ),
+        )
+        .await;
+    let repo = tempfile::tempdir().unwrap();
+    run_ok(pgkeep(cluster, &db, repo.path()).arg("backup"), "backup");
+    let source = table_hashes(&cluster.client(&db).await).await;
+    cluster.execute(&db, "DELETE FROM accounts WHERE id > 100").await;
+
+    // The role cannot rename the owner's database with its own privileges.
+    let c = cluster.client("postgres").await;
+    c.batch_execute(&format!("SET ROLE {swapper}")).await.unwrap();
+    let e = c.batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(&db))).await.unwrap_err();
+    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{e}");
+    drop(c);
+
+    run_ok(
+        pgkeep(cluster, &db, repo.path()).env("DB_USER", &swapper).env("DB_PASSWORD", "swapper-pw").args(["restore", "latest", "--yes"]),
+        &format!("restore with swap as {swapper}"),
+    );
+    assert_eq!(table_hashes(&cluster.client(&db).await).await, source, "the restored database is swapped in");
+    let admin = cluster.client("postgres").await;
+    let kept: i64 = cluster.client(&format!("{db}_old")).await.query_one("SELECT count(*) FROM accounts", &[]).await.unwrap().get(0);
+    assert_eq!(kept, 100, "the replaced database is kept as {db}_old");
+    let owner_now: String = admin.query_one("SELECT datdba::regrole::text FROM pg_database WHERE datname = $1", &[&db]).await.unwrap().get(0);
+    assert_eq!(owner_now, owner, "the database keeps its owner");
+}
