@@ -114,6 +114,8 @@ pub struct Suspect {
     seen_at: Lsn,
     /// The server's WAL position (and clock) before the check before: it happened after.
     pub since: (Lsn, Option<DateTime<Utc>>),
+    /// The table's oid and its fingerprint before the change.
+    before: (u32, String),
 }
 
 impl Suspect {
@@ -138,14 +140,36 @@ impl CatalogWatch {
     pub fn observe(&mut self, now: HashMap<u32, Shape>, at: Instant, seen_at: Lsn, since: (Lsn, Option<DateTime<Utc>>)) {
         if let Some(before) = &self.shapes {
             for (oid, (schema, name, print, ancestors)) in &now {
-                let changed = before.get(oid).is_some_and(|(_, _, old, _)| old != print);
+                let Some((_, _, old, _)) = before.get(oid).filter(|(_, _, old, _)| old != print) else { continue };
                 let table = (schema.clone(), name.clone());
-                if changed && !self.suspects.iter().any(|s| s.table == table) {
-                    self.suspects.push(Suspect { table, ancestors: ancestors.clone(), found: at, seen_at, since });
+                if !self.suspects.iter().any(|s| s.table == table) {
+                    self.suspects.push(Suspect { table, ancestors: ancestors.clone(), found: at, seen_at, since, before: (*oid, old.clone()) });
                 }
             }
         }
         self.shapes = Some(now);
+    }
+
+    /// The shapes to keep for the next run ([`super::watch_state`]): the
+    /// last check's, with each suspect not yet confirmed at its fingerprint
+    /// from before the change (so the next run finds it again). `None`
+    /// before the first check.
+    pub fn baseline(&self) -> Option<HashMap<u32, Shape>> {
+        let mut shapes = self.shapes.clone()?;
+        for s in &self.suspects {
+            if let Some(shape) = shapes.get_mut(&s.before.0) {
+                shape.2 = s.before.1.clone();
+            }
+        }
+        Some(shapes)
+    }
+
+    /// Start from the shapes an earlier run kept: the first check compares
+    /// with them instead of only learning.
+    pub fn seed(&mut self, shapes: HashMap<u32, Shape>) {
+        if self.shapes.is_none() {
+            self.shapes = Some(shapes);
+        }
     }
 
     /// Suspects found at least `settle` before `at` whose check the stream
@@ -194,6 +218,26 @@ mod tests {
         assert_eq!(confirmed.iter().map(Suspect::name).collect::<Vec<_>>(), ["public.a"], "b and part's parent were captured; c is new");
         assert_eq!(confirmed[0].since, (Lsn(0x20), None));
         assert!(w.confirm(t0 + 3 * s, s, decoded, |_, _| false).is_empty(), "once");
+    }
+
+    #[test]
+    fn the_next_run_starts_from_the_baseline_and_finds_unconfirmed_changes_again() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(5);
+        let mut w = CatalogWatch::default();
+        assert!(w.baseline().is_none());
+        w.observe(shapes(&[(1, "a", "x"), (2, "b", "y")]), t0, Lsn(0x10), (Lsn(0x10), None));
+        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y")]), t0 + s, Lsn(0x20), (Lsn(0x10), None));
+        // Stopped before `a` was confirmed: the baseline keeps its old fingerprint.
+        let kept = w.baseline().unwrap();
+        assert_eq!(kept[&1].2, "x");
+        // A new run, seeded: its first check finds `a` (and a change to `b` made meanwhile).
+        let mut next = CatalogWatch::default();
+        next.seed(kept);
+        next.observe(shapes(&[(1, "a", "x2"), (2, "b", "y3")]), t0, Lsn(0x30), (Lsn(0x20), None));
+        let found = next.confirm(t0 + s, s, Lsn(0x30), |_, _| false);
+        assert_eq!(found.iter().map(Suspect::name).collect::<Vec<_>>().len(), 2);
+        assert!(found.iter().all(|f| f.since == (Lsn(0x20), None)));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod setup;
 pub mod slot;
 pub mod unarchived;
 pub mod upkeep;
+pub mod watch_state;
 pub mod write_watch;
 
 use std::future::Future;
@@ -284,6 +285,7 @@ impl Stream<'_> {
         // 3. Publications, then slot.
         let mut upkeep = Upkeep::new(settings.db.clone());
         upkeep.track_unarchived(unarchived::UnarchivedLog::of_stream(&self.repos, &self.stream_id));
+        upkeep.keep_watch_state(watch_state::WatchLog::new(&self.repos, unarchived::base_of(&self.stream_id))).await;
         let first = upkeep.reconcile(&names, ReconcileMode { create: true, announce: true }).await?;
         let slot_existed = slot::ensure_slot(upkeep.client().await?, &mut repl, &opts.slot, &settings.db.dbname).await?;
         let mut repl = Some(repl);

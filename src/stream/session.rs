@@ -109,12 +109,14 @@ pub async fn run_session<F: Future<Output = ()>>(
             _ = shutdown.as_mut() => {
                 catch_up(&mut stream, archiver, cx, upkeep, totals).await?;
                 store_segment(&mut stream, archiver, cx, upkeep, totals).await?;
+                upkeep.keep_watch(true).await;
                 break SessionEnd::Shutdown;
             }
             _ = sleep, if deadline.is_some() => store_segment(&mut stream, archiver, cx, upkeep, totals).await?,
             _ = status.tick() => send_durable(&mut stream, archiver, false).await?,
             _ = check.tick() => {
                 check_publications(cx, upkeep, archiver).await;
+                upkeep.keep_watch(false).await;
                 if cx.metrics.is_served()
                     && let Some(bytes) = upkeep.slot_retained(cx.slot).await
                 {

@@ -54,6 +54,8 @@ pub struct Upkeep {
     unarchived: Option<Unarchived>,
     /// UPDATE and DELETE counts, for tables without a replica identity ([`super::write_watch`]).
     writes: super::write_watch::WriteWatch,
+    /// Where the watches' state is kept for the next run, and what was kept last.
+    watch_log: Option<(super::watch_state::WatchLog, Option<super::watch_state::WatchState>)>,
 }
 
 /// The unarchived windows of the stream, and their record in the repositories.
@@ -83,6 +85,37 @@ impl Upkeep {
             shape_cache: Default::default(),
             unarchived: None,
             writes: Default::default(),
+            watch_log: None,
+        }
+    }
+
+    /// Start the watches from what an earlier run's checks saw (kept in
+    /// `log`, [`super::watch_state`]), and keep theirs there. Call before
+    /// the first reconcile.
+    pub async fn keep_watch_state(&mut self, log: super::watch_state::WatchLog) {
+        let kept = log.load().await;
+        if let Some(k) = &kept {
+            tracing::info!(since = %k.at, tables = k.shapes.len(), "comparing the tables with what the last checks of an earlier run saw");
+            self.catalog.seed(k.shapes());
+            self.writes.seed(k.writes.clone(), (k.writes_since, k.writes_since_time));
+            if self.checks[0].is_none() {
+                self.checks[0] = Some((k.at, k.at_time));
+            }
+        }
+        self.watch_log = Some((log, kept));
+    }
+
+    /// Keep what the last checks saw, when it changed (`force`: always, with
+    /// the newest position; when the stream stops).
+    pub async fn keep_watch(&mut self, force: bool) {
+        let (Some(at), Some(shapes)) = (self.checks[0], self.catalog.baseline()) else { return };
+        let state = super::watch_state::WatchState::new(at, self.writes.since(), &shapes, self.writes.baseline());
+        let Some((log, kept)) = self.watch_log.as_mut() else { return };
+        if !force && kept.as_ref().is_some_and(|k| k.same_as(&state)) {
+            return;
+        }
+        if log.save(&state).await {
+            *kept = Some(state);
         }
     }
 

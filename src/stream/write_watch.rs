@@ -70,6 +70,13 @@ pub struct WriteWatch {
     /// Per table: when its last image was asked for, and a change seen
     /// since that waits for the cooldown (since when).
     cooling: HashMap<i64, (Instant, Option<Held>)>,
+    /// Per table with a change held back: its count before that change.
+    held_from: HashMap<i64, i64>,
+    /// The tables of the insert-only publication at the last reading.
+    insert_only: std::collections::HashSet<i64>,
+    /// An earlier run's cover start ([`WriteWatch::seed`]), used until this
+    /// run's checks reach back [`STATS_LAG`].
+    floor: Option<Point>,
 }
 
 impl WriteWatch {
@@ -77,7 +84,7 @@ impl WriteWatch {
     /// the tables (`schema`, `name`) to take an image of, each with since
     /// when its changes may be missing.
     pub fn observe(&mut self, now: Instant, point: Point, counters: &[Counter]) -> Vec<Held> {
-        let first = self.checks.is_empty();
+        let first = self.checks.is_empty() && self.floor.is_none();
         let since = self.since();
         let mut out = Vec::new();
         for c in counters {
@@ -95,6 +102,7 @@ impl WriteWatch {
                 Some((asked, pending)) if now.duration_since(*asked) < COOLDOWN => {
                     if pending.is_none() {
                         *pending = Some((c.schema.clone(), c.name.clone(), since));
+                        self.held_from.insert(c.relid, before.unwrap_or(0));
                     }
                 }
                 _ => {
@@ -104,15 +112,17 @@ impl WriteWatch {
             }
         }
         // Changes that waited for the cooldown.
-        for (asked, pending) in self.cooling.values_mut() {
+        for (relid, (asked, pending)) in self.cooling.iter_mut() {
             if now.duration_since(*asked) >= COOLDOWN
                 && let Some(p) = pending.take()
             {
                 *asked = now;
+                self.held_from.remove(relid);
                 out.push(p);
             }
         }
         self.last.retain(|relid, _| counters.iter().any(|c| c.relid == *relid));
+        self.insert_only = counters.iter().filter(|c| c.insert_only).map(|c| c.relid).collect();
         self.checks.push_back((now, point));
         while self.checks.len() > 2 && self.checks.front().is_some_and(|(at, _)| now.duration_since(*at) > STATS_LAG * 3) {
             self.checks.pop_front();
@@ -121,16 +131,35 @@ impl WriteWatch {
     }
 
     /// Since when a change found now may be missing: the newest check at
-    /// least [`STATS_LAG`] before the previous one, else the oldest known.
-    fn since(&self) -> Point {
-        let Some((prev, _)) = self.checks.back() else { return (crate::repo::layout::Lsn(0), None) };
-        self.checks
+    /// least [`STATS_LAG`] before the previous one, else an earlier run's
+    /// floor, else the oldest known.
+    pub fn since(&self) -> Point {
+        let Some((prev, _)) = self.checks.back() else { return self.floor.unwrap_or((crate::repo::layout::Lsn(0), None)) };
+        match self.checks.iter().rev().find(|(at, _)| prev.checked_duration_since(*at).is_some_and(|d| d >= STATS_LAG)) {
+            Some((_, p)) => *p,
+            None => self.floor.or(self.checks.front().map(|(_, p)| *p)).expect("not empty"),
+        }
+    }
+
+    /// The counts to keep for the next run ([`super::watch_state`]): of the
+    /// tables of the insert-only publication at the last reading, a table
+    /// whose change waits for the cooldown at its count before that change
+    /// (so the next run finds it again). Empty before the first reading.
+    pub fn baseline(&self) -> HashMap<i64, i64> {
+        self.last
             .iter()
-            .rev()
-            .find(|(at, _)| prev.checked_duration_since(*at).is_some_and(|d| d >= STATS_LAG))
-            .or(self.checks.front())
-            .map(|(_, p)| *p)
-            .expect("not empty")
+            .filter(|(relid, _)| self.insert_only.contains(relid))
+            .map(|(relid, n)| (*relid, self.held_from.get(relid).copied().unwrap_or(*n)))
+            .collect()
+    }
+
+    /// Start from an earlier run's counts, `since` being its cover start:
+    /// the first reading compares with them instead of only learning.
+    pub fn seed(&mut self, counts: HashMap<i64, i64>, since: Point) {
+        if self.checks.is_empty() {
+            self.last = counts;
+            self.floor = Some(since);
+        }
     }
 }
 
@@ -162,6 +191,23 @@ mod tests {
         let later = w.observe(s(405), (Lsn(300), None), &[c(1, 9, true)]);
         assert_eq!(later.len(), 1);
         assert!(later[0].2.0 >= Lsn(107) && later[0].2.0 < Lsn(201), "{later:?}");
+    }
+
+    #[test]
+    fn a_seeded_run_finds_what_changed_while_no_stream_ran() {
+        let t0 = Instant::now();
+        let mut w = WriteWatch::default();
+        w.seed([(1, 5), (2, 7)].into(), (Lsn(0x40), None));
+        // Table 1 was updated while no stream ran; table 3 is new since (no baseline, but counted).
+        let got = w.observe(t0, (Lsn(0x90), None), &[c(1, 6, true), c(2, 7, true), c(3, 1, true)]);
+        assert_eq!(got.iter().map(|g| (g.1.as_str(), g.2.0)).collect::<Vec<_>>().len(), 2);
+        assert!(got.iter().all(|g| g.2 == (Lsn(0x40), None)), "{got:?}");
+        // A change held by the cooldown is kept at its count before it.
+        assert!(w.observe(t0 + Duration::from_secs(5), (Lsn(0x95), None), &[c(1, 9, true), c(2, 7, true), c(3, 1, true)]).is_empty());
+        let kept = w.baseline();
+        assert_eq!((kept[&1], kept[&2]), (6, 7));
+        w.observe(t0 + Duration::from_secs(10), (Lsn(0x99), None), &[c(1, 9, true), c(2, 7, false), c(3, 1, true)]);
+        assert!(!w.baseline().contains_key(&2), "only the insert-only tables");
     }
 
     #[test]
