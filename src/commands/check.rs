@@ -6,8 +6,9 @@
 //! pgkeep slot, and any slot whose WAL was already removed or that the server
 //! invalidated (17+: `invalidation_reason`; failover and synchronized state
 //! are reported too), because a forgotten slot fills the server's disk; and
-//! leftover `restore_temp_*` databases of interrupted restores; and any
-//! published table whose UPDATE/DELETE fails for want of a replica identity.
+//! leftover `restore_temp_*` databases of interrupted restores; any
+//! published table whose UPDATE/DELETE fails for want of a replica identity;
+//! and any table a `stream` cannot put into its publications (not archived).
 //! Optionally writes Prometheus textfile-collector metrics.
 
 use std::time::Duration;
@@ -175,6 +176,9 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
         last_drill(repo.as_ref(), &mut report).await;
     }
     full_backup_age(newest_full, database, opts.max_full_age, &mut report);
+    if let Some(repo) = repos.first() {
+        unarchived(repo.as_ref(), &mut report).await;
+    }
 
     // 2. The server: leftover restore databases, replication slots, replica identities.
     match connect(&settings.db).await {
@@ -191,6 +195,29 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
         write_prometheus(path, &mut report);
     }
     Ok(report)
+}
+
+/// Tables a `pgkeep stream` of this repository cannot archive (not in its
+/// publications, [`crate::stream::unarchived`]): one ALERT per table; one
+/// OK when streams recorded none. Nothing when no stream ever ran.
+async fn unarchived(repo: &dyn crate::storage::Storage, report: &mut CheckReport) {
+    let Ok(objects) = repo.list(crate::repo::layout::STREAM_STATE_PREFIX).await else { return };
+    let mut streams = 0;
+    for o in objects.iter().filter(|o| o.key.ends_with(".unarchived.json")) {
+        let base = o.key.trim_start_matches(crate::repo::layout::STREAM_STATE_PREFIX).trim_end_matches(".unarchived.json");
+        streams += 1;
+        match crate::stream::unarchived::UnarchivedLog::new(&[], base).load_from(repo).await {
+            Ok(windows) => {
+                for w in windows.open() {
+                    report.push("unarchived", false, format!("table {} is not archived by stream {base} since LSN {}: {}", w.table(), w.since, w.reason));
+                }
+            }
+            Err(e) => report.push("unarchived", false, e.user_line()),
+        }
+    }
+    if streams > 0 && !report.findings.iter().any(|f| f.check == "unarchived") {
+        report.push("unarchived", true, "every table is in a stream's publications".into());
+    }
 }
 
 /// Every repository reachable and writable, and its manifests readable;

@@ -90,6 +90,10 @@ async fn a_table_the_stream_cannot_publish_is_refused_by_name_until_an_image_bri
     let w = windows(&db);
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0]["reason"].as_str().unwrap().contains("must be owner"), "{w:?}");
+    // `pgkeep check` alerts on it.
+    let check = pgkeep::commands::check::run(&db.settings, &Default::default()).await.unwrap();
+    let alert = check.findings.iter().find(|f| f.check == "unarchived").expect("an unarchived finding");
+    assert!(!alert.ok && alert.message.contains("public.theirs") && alert.message.contains("must be owner"), "{}", check.render());
 
     db.run("UPDATE mine SET v = -1 WHERE id = 1; UPDATE theirs SET v = -1 WHERE id = 1").await;
     db.run("DELETE FROM theirs WHERE id = 2; INSERT INTO mine VALUES (101, 101)").await;
@@ -145,6 +149,8 @@ async fn a_table_the_stream_cannot_publish_is_refused_by_name_until_an_image_bri
     db.cluster.execute("postgres", &format!("GRANT {other} TO {streamer}")).await;
     db.wait_image("public.theirs", before).await;
     wait_for("the window to close", || windows(&db).iter().all(|w| !w["until"].is_null())).await;
+    let check = pgkeep::commands::check::run(&db.settings, &Default::default()).await.unwrap();
+    assert!(check.findings.iter().filter(|f| f.check == "unarchived").all(|f| f.ok), "{}", check.render());
     db.run("UPDATE theirs SET v = -3 WHERE id = 3; UPDATE mine SET v = -3 WHERE id = 3").await;
     let (after, after_state) = mark(&db.client).await;
     db.run("UPDATE mine SET v = v WHERE id = 4").await;
