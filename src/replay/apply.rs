@@ -18,6 +18,7 @@
 //! touch exactly the rows the archive says existed; anything else means
 //! the replay diverged from its base, and it stops with an error.
 
+mod lanes;
 mod write;
 
 use std::collections::HashMap;
@@ -101,6 +102,9 @@ pub struct ApplyStats {
 /// The writer.
 pub struct Applier {
     client: Client,
+    /// A second session on the same database for writing batches in
+    /// parallel ([`lanes`]); `None` when it could not be prepared alike.
+    lane: Option<Client>,
     db: String,
     relations: HashMap<Oid, RelationState>,
     pending: HashMap<Oid, Pending>,
@@ -141,8 +145,10 @@ impl Applier {
             Ok(row) => row.map(|r| r.get::<_, String>(0)),
             Err(_) => None,
         };
+        let lane = lanes::second_session(db, suspended.is_none()).await;
         Ok(Applier {
             client,
+            lane,
             ddl_key,
             last_ddl: None,
             suspended,
@@ -427,7 +433,8 @@ impl Applier {
         Ok(Target { table: qualified(&r.namespace, &r.name), display, cols, key, rebuild })
     }
 
-    /// Write every pending batch in one transaction.
+    /// Write every pending batch: in one transaction, or, with a second
+    /// session, in one transaction per session at once ([`lanes`]).
     pub async fn flush(&mut self) -> Result<()> {
         if self.pending_changes == 0 {
             self.pending_bytes = 0;
@@ -436,19 +443,9 @@ impl Applier {
         let pending = std::mem::take(&mut self.pending);
         self.pending_changes = 0;
         self.pending_bytes = 0;
-        // Deferrable constraints are checked at the commit, on the final state.
-        // Rows are found by key through the index: a batch's keys are often a
-        // tenth of a table, where the planner would scan all of it (twice as
-        // slow cached, and a whole scan per batch where it is not).
-        self.exec("BEGIN; SET CONSTRAINTS ALL DEFERRED; SET LOCAL enable_seqscan = off").await?;
-        for (rel, p) in pending {
-            let target = self.relations[&rel].target.clone().expect("resolved before changes");
-            match p {
-                Pending::Keyed(b) => self.write_keyed(&target, &b).await?,
-                Pending::Unkeyed(b) => self.write_unkeyed(&target, &b).await?,
-            }
-        }
-        self.exec("COMMIT").await?;
+        let jobs: Vec<(Target, Pending)> =
+            pending.into_iter().map(|(rel, p)| (self.relations[&rel].target.clone().expect("resolved before changes"), p)).collect();
+        self.write_lanes(&jobs).await?;
         self.stats.batches += 1;
         Ok(())
     }
@@ -468,8 +465,8 @@ impl Applier {
         if t.rebuild {
             // Delete, then copy back in with the new key and values.
             self.exec("BEGIN").await?;
-            let (rows, n) = self.rebuild_rows(&t, &key_cols, &[(&old_key, &values)]).await?;
-            self.copy(&t, rows.freeze(), n).await?;
+            let (rows, n) = self.rebuild_rows(&self.client, &t, &key_cols, &[(&old_key, &values)]).await?;
+            self.copy(&self.client, &t, rows.freeze(), n).await?;
             self.exec("COMMIT").await?;
             self.stats.changes += 1;
             return Ok(());
@@ -483,7 +480,7 @@ impl Applier {
         for &i in &set {
             params.push(vec![values[i].as_ref().expect("set").as_deref().map(text).transpose()?]);
         }
-        let n = self.run(&sql::update_by_keys(&t.table, &key_cols, &set_cols), &params, &t).await?;
+        let n = self.run(&self.client, &sql::update_by_keys(&t.table, &key_cols, &set_cols), &params, &t).await?;
         self.expect(&t, "UPDATE", n, 1)?;
         self.stats.changes += 1;
         Ok(())

@@ -6,14 +6,16 @@
 use super::*;
 
 impl Applier {
-    /// One table's keyed batch: DELETE, UPDATE, COPY, each checked.
-    pub(super) async fn write_keyed(&self, t: &Target, b: &KeyedBatch) -> Result<()> {
+    /// One table's keyed batch on `client`: DELETE, UPDATE, COPY, each
+    /// checked. `part` `(n, i)`: only the keys of the `i`-th of `n` parts
+    /// ([`super::lanes::part_of`]).
+    pub(super) async fn write_keyed(&self, client: &Client, t: &Target, b: &KeyedBatch, part: Option<(u64, u64)>) -> Result<()> {
         let key_cols: Vec<&TargetColumn> = b.key_cols().iter().map(|&i| &t.cols[i]).collect();
         let mut gone: Vec<&Key> = Vec::new();
         let mut patches: HashMap<Vec<bool>, Vec<(&Key, &Vec<PatchValue>)>> = HashMap::new();
         let mut rows = BytesMut::new();
         let mut new_rows = 0u64;
-        for (key, e) in b.entries() {
+        for (key, e) in b.entries().iter().filter(|(k, _)| part.is_none_or(|(n, i)| super::lanes::part_of(k, n) == i)) {
             match &e.state {
                 RowState::Delete | RowState::Upsert(_) if e.existed => gone.push(key),
                 _ => {}
@@ -38,14 +40,14 @@ impl Applier {
                     params[i].push(Some(text(v)?));
                 }
             }
-            let n = self.run(&sql::delete_by_keys(&t.table, &key_cols), &params, t).await?;
+            let n = self.run(client, &sql::delete_by_keys(&t.table, &key_cols), &params, t).await?;
             self.expect(t, "DELETE", n, gone.len() as u64)?;
         }
         // 2. Patches, one statement per set of changed columns; or, where
         //    in-place UPDATEs could collide, whole rows rewritten.
         if t.rebuild {
             let list: Vec<(&Key, &Vec<PatchValue>)> = patches.values().flatten().copied().collect();
-            let (rebuilt, n) = self.rebuild_rows(t, &key_cols, &list).await?;
+            let (rebuilt, n) = self.rebuild_rows(client, t, &key_cols, &list).await?;
             rows.extend_from_slice(&rebuilt);
             new_rows += n;
             patches.clear();
@@ -66,19 +68,25 @@ impl Applier {
                     params[key_cols.len() + j].push(v.as_deref().map(text).transpose()?);
                 }
             }
-            let n = self.run(&sql::update_by_keys(&t.table, &key_cols, &set_cols), &params, t).await?;
+            let n = self.run(client, &sql::update_by_keys(&t.table, &key_cols, &set_cols), &params, t).await?;
             self.expect(t, "UPDATE", n, list.len() as u64)?;
         }
         // 3. New rows.
         if new_rows > 0 {
-            self.copy(t, rows.freeze(), new_rows).await?;
+            self.copy(client, t, rows.freeze(), new_rows).await?;
         }
         Ok(())
     }
 
     /// Delete the rows at `list`'s keys and return them as COPY rows with
     /// each patch applied (unchanged values as the database has them).
-    pub(super) async fn rebuild_rows(&self, t: &Target, key_cols: &[&TargetColumn], list: &[(&Key, &Vec<PatchValue>)]) -> Result<(BytesMut, u64)> {
+    pub(super) async fn rebuild_rows(
+        &self,
+        client: &Client,
+        t: &Target,
+        key_cols: &[&TargetColumn],
+        list: &[(&Key, &Vec<PatchValue>)],
+    ) -> Result<(BytesMut, u64)> {
         let mut rows = BytesMut::new();
         if list.is_empty() {
             return Ok((rows, 0));
@@ -90,8 +98,7 @@ impl Applier {
             }
         }
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let current = self
-            .client
+        let current = client
             .query(sql::delete_returning(&t.table, key_cols, &t.cols).as_str(), &refs)
             .await
             .map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))?;
@@ -106,8 +113,8 @@ impl Applier {
         Ok((rows, list.len() as u64))
     }
 
-    /// One table's unkeyed changes, in order: runs of inserts as one COPY.
-    pub(super) async fn write_unkeyed(&self, t: &Target, b: &UnkeyedBatch) -> Result<()> {
+    /// One table's unkeyed changes on `client`, in order: runs of inserts as one COPY.
+    pub(super) async fn write_unkeyed(&self, client: &Client, t: &Target, b: &UnkeyedBatch) -> Result<()> {
         let mut rows = BytesMut::new();
         let mut n_rows = 0u64;
         for c in &b.changes {
@@ -117,15 +124,14 @@ impl Applier {
                 continue;
             }
             if n_rows > 0 {
-                self.copy(t, std::mem::take(&mut rows).freeze(), n_rows).await?;
+                self.copy(client, t, std::mem::take(&mut rows).freeze(), n_rows).await?;
                 n_rows = 0;
             }
             // Rewritten whole where UPDATE may not set a column (GENERATED ALWAYS identity).
             if let (true, UnkeyedChange::Update { old, new }) = (t.rebuild, c) {
                 let params: Vec<Option<&str>> = texts(old)?;
                 let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                let n = self
-                    .client
+                let n = client
                     .execute(sql::delete_one_equal(&t.table, &t.cols).as_str(), &refs)
                     .await
                     .map_err(crate::pg::query_error(format!("replaying a change of table {} (LSN {})", t.display, self.at)))?;
@@ -147,28 +153,27 @@ impl Applier {
                 UnkeyedChange::Insert(_) => unreachable!("handled above"),
             };
             let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            let n = self
-                .client
+            let n = client
                 .execute(stmt.as_str(), &params)
                 .await
                 .map_err(crate::pg::query_error(format!("replaying a change of table {} (LSN {})", t.display, self.at)))?;
             self.expect(t, if matches!(c, UnkeyedChange::Delete(_)) { "DELETE" } else { "UPDATE" }, n, 1)?;
         }
         if n_rows > 0 {
-            self.copy(t, rows.freeze(), n_rows).await?;
+            self.copy(client, t, rows.freeze(), n_rows).await?;
         }
         Ok(())
     }
 
     /// Run a statement whose parameters are `text[]`s.
-    pub(super) async fn run(&self, stmt: &str, params: &[Vec<Option<&str>>], t: &Target) -> Result<u64> {
+    pub(super) async fn run(&self, client: &Client, stmt: &str, params: &[Vec<Option<&str>>], t: &Target) -> Result<u64> {
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.client.execute(stmt, &refs).await.map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))
+        client.execute(stmt, &refs).await.map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))
     }
 
-    pub(super) async fn copy(&self, t: &Target, rows: Bytes, n: u64) -> Result<()> {
+    pub(super) async fn copy(&self, client: &Client, t: &Target, rows: Bytes, n: u64) -> Result<()> {
         let fail = crate::pg::query_error(format!("replaying inserts into table {} (up to LSN {})", t.display, self.at));
-        let sink = self.client.copy_in(sql::copy_in(&t.table, &t.cols).as_str()).await.map_err(&fail)?;
+        let sink = client.copy_in(sql::copy_in(&t.table, &t.cols).as_str()).await.map_err(&fail)?;
         futures::pin_mut!(sink);
         sink.send(rows).await.map_err(&fail)?;
         let done = sink.finish().await.map_err(&fail)?;
