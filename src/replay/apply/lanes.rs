@@ -118,3 +118,48 @@ fn plan(jobs: &[(Target, Pending)], lanes: usize) -> Vec<Vec<Job<'_>>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::pgoutput::TupleValue;
+
+    fn target(name: &str, rebuild: bool) -> Target {
+        let cols = vec![TargetColumn { name: "id".into(), type_sql: "integer".into() }];
+        Target { table: name.into(), display: name.into(), cols, key: Some(vec![0]), rebuild }
+    }
+
+    fn keyed(rows: u32) -> Pending {
+        let mut b = KeyedBatch::new(vec![0], 1);
+        for i in 0..rows {
+            b.insert(&[TupleValue::Text(Bytes::from(i.to_string()))]).unwrap();
+        }
+        Pending::Keyed(b)
+    }
+
+    #[test]
+    fn big_keyed_tables_split_by_key_and_the_rest_balance() {
+        let jobs = vec![
+            (target("big", false), keyed(10_000)),
+            (target("unique_too", true), keyed(6_000)),
+            (target("small_a", false), keyed(100)),
+            (target("small_b", false), keyed(90)),
+        ];
+        let lanes = plan(&jobs, 2);
+        let names = |l: &[Job<'_>]| l.iter().map(|j| (j.target.table.clone(), j.part)).collect::<Vec<_>>();
+        // The big one in both, in halves; the one with another unique index whole.
+        for (i, lane) in lanes.iter().enumerate() {
+            assert!(names(lane).contains(&("big".to_string(), Some((2, i as u64)))), "{:?}", names(lane));
+        }
+        let whole: Vec<_> = lanes.iter().flat_map(|l| names(l)).filter(|(t, _)| t == "unique_too").collect();
+        assert_eq!(whole, vec![("unique_too".to_string(), None)]);
+        // Every key of the big table is written exactly once.
+        let Pending::Keyed(b) = &jobs[0].1 else { unreachable!() };
+        let per_part: Vec<usize> = (0..2).map(|i| b.entries().keys().filter(|k| part_of(k, 2) == i).count()).collect();
+        assert_eq!(per_part.iter().sum::<usize>(), 10_000);
+        assert!(per_part.iter().all(|&n| n > 4_000), "{per_part:?}");
+        // One session: everything whole, in one lane.
+        let one = plan(&jobs, 1);
+        assert!(one[0].iter().all(|j| j.part.is_none()) && one[0].len() == 4);
+    }
+}
