@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 /// Abort the process if `PGKEEP_FAILPOINT` equals `name`.
-pub fn hit(name: &str) {
+pub(crate) fn hit(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| std::env::var("PGKEEP_FAILPOINT").ok().filter(|v| !v.is_empty()));
     if armed.as_deref() == Some(name) {

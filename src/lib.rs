@@ -5,22 +5,22 @@
 //! maps [`error::Error`] kinds to exit codes.
 //!
 //! Data path (see `ARCHITECTURE.md`): [`pg`] streams tables with
-//! `COPY ... TO STDOUT` under one exported snapshot ([`backup`]), the
+//! `COPY ... TO STDOUT` under one exported snapshot (`backup`), the
 //! [`pipeline`] cuts, compresses and checksums chunks off the async runtime,
 //! and [`storage`] writes them to every repository at once; [`repo`] owns the
 //! on-disk format.
 #![warn(unreachable_pub)]
 
-pub mod backup;
+pub(crate) mod backup;
 pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod error;
-pub mod expire;
-pub mod failpoint;
+pub(crate) mod expire;
+pub(crate) mod failpoint;
 pub mod interrupt;
 pub mod logging;
-pub mod lsn;
+pub(crate) mod lsn;
 pub mod notify;
 pub mod pg;
 pub mod pipeline;

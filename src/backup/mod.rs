@@ -3,11 +3,11 @@
 //! into block ranges), the parallel COPY [`worker`]s, and [`schema`] capture;
 //! [`summary`] says in words what a finished backup holds.
 
-pub mod engine;
-pub mod plan;
-pub mod schema;
-pub mod snapshot;
-pub mod summary;
-pub mod worker;
+pub(crate) mod engine;
+pub(crate) mod plan;
+pub(crate) mod schema;
+pub(crate) mod snapshot;
+pub(crate) mod summary;
+pub(crate) mod worker;
 
-pub use engine::{BackupOptions, BackupReport, human_bytes, run};
+pub(crate) use engine::{BackupOptions, BackupReport, human_bytes, run};

@@ -7,11 +7,11 @@ use crate::pg::catalog::TableInfo;
 
 /// PostgreSQL block size assumed for range planning (ranges stay correct
 /// with any block size: they are only a partition of the ctid space).
-pub const BLOCK_SIZE: u64 = 8192;
+pub(crate) const BLOCK_SIZE: u64 = 8192;
 
 /// One COPY stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyTask {
+pub(crate) struct CopyTask {
     /// Index into the table list.
     pub table: usize,
     /// Range number within the table (0-based).
@@ -24,7 +24,7 @@ pub struct CopyTask {
 
 /// Plan tasks. Ranges are used only on PostgreSQL 14+ (TID range scans);
 /// earlier versions would scan the whole table once per range.
-pub fn plan(tables: &[TableInfo], server_version_num: u32, range_bytes: u64) -> Vec<CopyTask> {
+pub(crate) fn plan(tables: &[TableInfo], server_version_num: u32, range_bytes: u64) -> Vec<CopyTask> {
     let mut tasks = Vec::new();
     for (i, t) in tables.iter().enumerate() {
         let ranges = if t.extension.is_none() && server_version_num >= 140000 && range_bytes > 0 && t.bytes > range_bytes * 3 / 2 {
@@ -49,7 +49,7 @@ pub fn plan(tables: &[TableInfo], server_version_num: u32, range_bytes: u64) -> 
 }
 
 /// The COPY statement of a task.
-pub fn copy_sql(t: &TableInfo, task: &CopyTask) -> String {
+pub(crate) fn copy_sql(t: &TableInfo, task: &CopyTask) -> String {
     if let Some((_, filter)) = &t.extension {
         // An extension configuration table: only the rows its filter selects
         // (the extension recreates the others itself).

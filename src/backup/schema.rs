@@ -10,7 +10,7 @@ use crate::pg::tools;
 
 /// The captured schema, as SQL text.
 #[derive(Debug, Clone)]
-pub struct SchemaDump {
+pub(crate) struct SchemaDump {
     /// Types, tables, functions, … (run before loading data).
     pub pre_data: Vec<u8>,
     /// Indexes, constraints, triggers, policies, … (run after loading data).
@@ -25,7 +25,7 @@ pub struct SchemaDump {
 /// tables (`(schema, name)`) and what pg_dump dumps with them (their owned
 /// sequences, defaults, indexes, constraints, triggers, comments,
 /// privileges), and no roles — a table image.
-pub async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_passwords: bool, only: Option<&[(String, String)]>) -> Result<SchemaDump> {
+pub(crate) async fn capture(db: &DbSettings, snapshot: &str, server_major: u32, role_passwords: bool, only: Option<&[(String, String)]>) -> Result<SchemaDump> {
     if only.is_some_and(|t| t.is_empty()) {
         return Ok(SchemaDump { pre_data: Vec::new(), post_data: Vec::new(), globals: None });
     }

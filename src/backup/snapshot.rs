@@ -31,7 +31,7 @@ use crate::repo::layout::Lsn;
 use crate::repo::manifest::SnapshotMethod;
 
 /// An exported snapshot and the connections that keep it alive.
-pub struct SnapshotHolder {
+pub(crate) struct SnapshotHolder {
     conn: Connection,
     db: DbSettings,
     /// The idle replication connection that exported the snapshot (slot method).
@@ -48,7 +48,7 @@ pub struct SnapshotHolder {
 
 impl SnapshotHolder {
     /// Open a connection and export a snapshot from a read-only repeatable-read transaction.
-    pub async fn export(db: &DbSettings) -> Result<SnapshotHolder> {
+    pub(crate) async fn export(db: &DbSettings) -> Result<SnapshotHolder> {
         let conn = connect(db).await?;
         let client = &conn.client;
         client.batch_execute(SESSION_SETUP).await.map_err(|e| pg_err(e, "cannot configure the snapshot session"))?;
@@ -67,7 +67,7 @@ impl SnapshotHolder {
     /// Create a temporary logical slot with an exported snapshot, waiting at
     /// most `timeout` for running transactions (slot creation waits for them);
     /// then import the snapshot on a regular connection.
-    pub async fn from_slot(db: &DbSettings, timeout: Duration) -> Result<SnapshotHolder> {
+    pub(crate) async fn from_slot(db: &DbSettings, timeout: Duration) -> Result<SnapshotHolder> {
         let mut repl = ReplicationConnection::connect(db).await?;
         let slot = format!("pgkeep_tmp_{}_{:08x}", std::process::id(), rand::random::<u32>());
         let cancel = repl.cancel_token();
@@ -104,12 +104,12 @@ impl SnapshotHolder {
     }
 
     /// The client inside the snapshot transaction (for catalog reads under the snapshot).
-    pub fn client(&self) -> &tokio_postgres::Client {
+    pub(crate) fn client(&self) -> &tokio_postgres::Client {
         &self.conn.client
     }
 
     /// Take ACCESS SHARE locks on `tables`, waiting at most `timeout` for each batch.
-    pub async fn lock_tables(&self, tables: &[TableInfo], timeout: Duration) -> Result<()> {
+    pub(crate) async fn lock_tables(&self, tables: &[TableInfo], timeout: Duration) -> Result<()> {
         let client = &self.conn.client;
         client.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", timeout.as_millis())).await.map_err(|e| pg_err(e, "cannot set lock_timeout"))?;
         for batch in tables.chunks(500) {
@@ -140,7 +140,7 @@ impl SnapshotHolder {
     /// `pg_class.relfilenode` differs from the current one, and the rows
     /// in the new file are invisible to the snapshot, so a copy would be
     /// empty or stale. Call after [`lock_tables`](Self::lock_tables).
-    pub async fn rewritten_since_snapshot(&self, tables: &[TableInfo]) -> Result<Vec<String>> {
+    pub(crate) async fn rewritten_since_snapshot(&self, tables: &[TableInfo]) -> Result<Vec<String>> {
         let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
         let rows = self
             .conn
@@ -195,7 +195,7 @@ impl SnapshotHolder {
     /// table locks) and the replication connection (which drops the
     /// temporary slot). Returns once both sockets are closed, so the caller
     /// can say the database is free.
-    pub async fn release(self) -> Result<()> {
+    pub(crate) async fn release(self) -> Result<()> {
         let _ = self.conn.client.batch_execute("COMMIT").await;
         let crate::pg::Connection { client, driver } = self.conn;
         // The driver sends Terminate and ends once its client is gone.

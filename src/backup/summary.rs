@@ -12,7 +12,7 @@ use crate::repo::layout::BackupKind;
 use crate::repo::manifest::{BackupManifest, ChangeRange, ImageInfo};
 
 /// One human line: kind, id, duration, and what the backup holds.
-pub fn line(m: &BackupManifest, repositories: &[String]) -> String {
+pub(crate) fn line(m: &BackupManifest, repositories: &[String]) -> String {
     let s = &m.stats;
     let secs = (s.duration_ms as f64 / 1000.0).max(0.001);
     let to = repositories.join(", ");
@@ -46,7 +46,7 @@ pub fn line(m: &BackupManifest, repositories: &[String]) -> String {
 
 /// For `list`: what an incremental or a table image holds (a full backup's
 /// tables and sizes are in the listing's columns already).
-pub fn held(m: &BackupManifest) -> Option<String> {
+pub(crate) fn held(m: &BackupManifest) -> Option<String> {
     match (m.kind, &m.changes, &m.image) {
         (BackupKind::Incremental, Some(c), _) => Some(changes_held(c)),
         (BackupKind::TableImage, _, Some(i)) => Some(format!("table {}, {}", i.table(), image_held(m, i))),
@@ -56,7 +56,7 @@ pub fn held(m: &BackupManifest) -> Option<String> {
 
 /// Raw / stored bytes, for kinds that copy table data (`None` for an
 /// incremental, which stores change segments, not table data).
-pub fn ratio(m: &BackupManifest) -> Option<f64> {
+pub(crate) fn ratio(m: &BackupManifest) -> Option<f64> {
     (m.kind != BackupKind::Incremental && m.stats.raw_bytes > 0 && m.stats.stored_bytes > 0).then(|| m.stats.raw_bytes as f64 / m.stats.stored_bytes as f64)
 }
 

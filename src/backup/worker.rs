@@ -34,7 +34,7 @@ const IN_FLIGHT: usize = 2;
 const PROGRESS_STEP: usize = 1 << 20;
 
 /// Shared state of all workers.
-pub struct WorkerShared {
+pub(crate) struct WorkerShared {
     /// Connection settings.
     pub db: DbSettings,
     /// Snapshot to import.
@@ -57,7 +57,7 @@ pub struct WorkerShared {
 
 /// What one task produced.
 #[derive(Debug)]
-pub struct TaskResult {
+pub(crate) struct TaskResult {
     /// The task.
     pub task: CopyTask,
     /// Its chunks, in order.
@@ -69,7 +69,7 @@ pub struct TaskResult {
 }
 
 /// Run one worker until the queue is empty. Returns the task results and the packs written.
-pub async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Result<(Vec<TaskResult>, Vec<ObjectEntry>)> {
+pub(crate) async fn run(id: usize, shared: Arc<WorkerShared>, mut sink: PackSink) -> Result<(Vec<TaskResult>, Vec<ObjectEntry>)> {
     let span = tracing::info_span!("copy_worker", worker = id);
     let result = async {
         let mut conn = ReplicationConnection::connect_regular(&shared.db).await?;

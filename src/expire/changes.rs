@@ -28,7 +28,7 @@ use crate::storage::ObjectMeta;
 
 /// A stored segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SegmentObject {
+pub(crate) struct SegmentObject {
     /// Its key.
     pub key: String,
     /// `<system_identifier>-<slot>`.
@@ -43,7 +43,7 @@ pub struct SegmentObject {
 
 impl SegmentObject {
     /// From a listing entry, when it is a segment key.
-    pub fn from_meta(o: &ObjectMeta) -> Option<SegmentObject> {
+    pub(crate) fn from_meta(o: &ObjectMeta) -> Option<SegmentObject> {
         let (stream_id, start, end) = parse_segment_key(&o.key)?;
         Some(SegmentObject { key: o.key.clone(), stream_id, start, end, modified: o.modified })
     }
@@ -54,7 +54,7 @@ impl SegmentObject {
 }
 
 /// Per cluster, the oldest point a kept backup replays from.
-pub fn oldest_needed(entries: &[CatalogEntry]) -> BTreeMap<String, Lsn> {
+pub(crate) fn oldest_needed(entries: &[CatalogEntry]) -> BTreeMap<String, Lsn> {
     let mut out: BTreeMap<String, Lsn> = BTreeMap::new();
     for e in entries {
         let CatalogEntry::Valid(m) = e else { continue };
@@ -69,7 +69,7 @@ pub fn oldest_needed(entries: &[CatalogEntry]) -> BTreeMap<String, Lsn> {
 }
 
 /// The segments to remove (see the module documentation).
-pub fn plan<'a>(segments: &'a [SegmentObject], needed: &BTreeMap<String, Lsn>) -> Vec<&'a SegmentObject> {
+pub(crate) fn plan<'a>(segments: &'a [SegmentObject], needed: &BTreeMap<String, Lsn>) -> Vec<&'a SegmentObject> {
     let mut newest: BTreeMap<&str, Lsn> = BTreeMap::new();
     for s in segments {
         let e = newest.entry(s.stream_id.as_str()).or_insert(s.end);
@@ -86,7 +86,7 @@ pub fn plan<'a>(segments: &'a [SegmentObject], needed: &BTreeMap<String, Lsn>) -
 
 /// The transaction parts to remove: those of transactions committed before
 /// the oldest point a kept backup of their cluster replays from.
-pub fn stale_parts<'a>(objects: &'a [ObjectMeta], needed: &BTreeMap<String, Lsn>) -> Vec<&'a ObjectMeta> {
+pub(crate) fn stale_parts<'a>(objects: &'a [ObjectMeta], needed: &BTreeMap<String, Lsn>) -> Vec<&'a ObjectMeta> {
     objects
         .iter()
         .filter(|o| {

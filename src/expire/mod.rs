@@ -37,8 +37,8 @@
 //!    ([`records`]); 0 days keeps them forever;
 //!    none under object lock.
 
-pub mod changes;
-pub mod records; // log files and audit records
+pub(crate) mod changes;
+pub(crate) mod records; // log files and audit records
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

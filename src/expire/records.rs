@@ -14,10 +14,10 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use crate::storage::ObjectMeta;
 
 /// Prefix of per-run log files (written by the CLI into the first local repository).
-pub const LOGS_PREFIX: &str = "logs/";
+pub(crate) const LOGS_PREFIX: &str = "logs/";
 
 /// When a log file or audit record was written: from its name, else its modification time.
-pub fn written_at(o: &ObjectMeta) -> Option<DateTime<Utc>> {
+pub(crate) fn written_at(o: &ObjectMeta) -> Option<DateTime<Utc>> {
     let name = o.key.rsplit('/').next().unwrap_or(&o.key);
     name_timestamp(name).or(o.modified)
 }
@@ -37,7 +37,7 @@ fn name_timestamp(name: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The keys among `objects` older than `days` at `now`. `days == 0` keeps everything.
-pub fn plan(objects: &[ObjectMeta], now: DateTime<Utc>, days: u32) -> Vec<String> {
+pub(crate) fn plan(objects: &[ObjectMeta], now: DateTime<Utc>, days: u32) -> Vec<String> {
     if days == 0 {
         return Vec::new();
     }
