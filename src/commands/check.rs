@@ -177,7 +177,7 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
     }
     full_backup_age(newest_full, database, opts.max_full_age, &mut report);
     if let Some(repo) = repos.first() {
-        unarchived(repo.as_ref(), &mut report).await;
+        unarchived(repo, &mut report).await;
     }
 
     // 2. The server: leftover restore databases, replication slots, replica identities.
@@ -200,13 +200,13 @@ pub async fn run(settings: &Settings, opts: &CheckOptions) -> Result<CheckReport
 /// Tables a `pgkeep stream` of this repository cannot archive (not in its
 /// publications, [`crate::stream::unarchived`]): one ALERT per table; one
 /// OK when streams recorded none. Nothing when no stream ever ran.
-async fn unarchived(repo: &dyn crate::storage::Storage, report: &mut CheckReport) {
+async fn unarchived(repo: &std::sync::Arc<dyn crate::storage::Storage>, report: &mut CheckReport) {
     let Ok(objects) = repo.list(crate::repo::layout::STREAM_STATE_PREFIX).await else { return };
     let mut streams = 0;
     for o in objects.iter().filter(|o| o.key.ends_with(".unarchived.json")) {
         let base = o.key.trim_start_matches(crate::repo::layout::STREAM_STATE_PREFIX).trim_end_matches(".unarchived.json");
         streams += 1;
-        match crate::stream::unarchived::UnarchivedLog::new(&[], base).load_from(repo).await {
+        match crate::stream::unarchived::UnarchivedLog::new(std::slice::from_ref(repo), base).load().await {
             Ok(windows) => {
                 for w in windows.open() {
                     report.push("unarchived", false, format!("table {} is not archived by stream {base} since LSN {}: {}", w.table(), w.since, w.reason));

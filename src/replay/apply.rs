@@ -451,7 +451,7 @@ impl Applier {
     }
 
     async fn exec(&self, sql: &str) -> Result<()> {
-        self.client.batch_execute(sql).await.map_err(crate::pg::query_error(format!("replay into {}", self.db)))
+        self.on(&self.client, sql).await
     }
 
     /// A key-changing UPDATE whose unchanged values only the database has.

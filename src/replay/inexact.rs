@@ -31,10 +31,7 @@ pub fn crossing(plan: &ReplayPlan, mark: &InexactMark, only: Option<&[(String, S
         return Ok(None);
     }
     let table = if mark.table == "*" { "(every table)".to_string() } else { mark.table.clone() };
-    let from = match mark.time {
-        Some(t) => format!("LSN {} ({})", mark.lsn, t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
-        None => format!("LSN {}", mark.lsn),
-    };
+    let from = position(mark.lsn, mark.time);
     let until = match plan.later_bases.iter().find(|b| b.0 > mark.lsn) {
         Some((lsn, id, started)) => format!("LSN {lsn} (full backup {id}, started {})", started.format("%Y-%m-%d %H:%M:%S UTC")),
         None => "the next full backup (none yet; `pgkeep stream` takes one by itself)".to_string(),
@@ -68,11 +65,7 @@ pub fn unarchived(plan: &ReplayPlan, images: &ImageWindows, only: Option<&[(Stri
         if w.until.is_some_and(|until| images.has_image_after(&w.table(), w.since, until)) {
             continue;
         }
-        let at = |l: crate::repo::layout::Lsn, t: Option<chrono::DateTime<chrono::Utc>>| match (l.0, t) {
-            (0, _) => "the start of the stream".to_string(),
-            (_, Some(t)) => format!("LSN {l} ({})", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
-            (_, None) => format!("LSN {l}"),
-        };
+        let at = |l: crate::repo::layout::Lsn, t| if l.0 == 0 { "the start of the stream".to_string() } else { position(l, t) };
         let until = match w.until {
             Some(u) => format!("{} (then a table image, none taken yet)", at(u, w.until_time)),
             None => "now (it is still not archived)".to_string(),
@@ -93,6 +86,14 @@ pub fn unarchived(plan: &ReplayPlan, images: &ImageWindows, only: Option<&[(Stri
         ));
     }
     Ok(accepted)
+}
+
+/// `LSN x/y (time)`, or without the time when it is not known.
+fn position(lsn: crate::repo::layout::Lsn, time: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    match time {
+        Some(t) => format!("LSN {lsn} ({})", t.format("%Y-%m-%d %H:%M:%S%.6f UTC")),
+        None => format!("LSN {lsn}"),
+    }
 }
 
 /// Whether a replay of `plan` crosses window `w`: the window is still open

@@ -71,31 +71,6 @@ pub fn shapes_of_sql() -> String {
     format!("{SHAPES_SQL} AND c.oid = ANY($1::oid[])")
 }
 
-/// The shapes of the last check and their signatures ([`SIGNATURES_SQL`]):
-/// which tables to fingerprint again (pure).
-#[derive(Debug, Default)]
-pub struct ShapeCache {
-    signatures: HashMap<u32, (i64, i64)>,
-    shapes: HashMap<u32, Shape>,
-}
-
-impl ShapeCache {
-    /// The tables whose signature differs from the cached one (or that are new).
-    pub fn stale(&self, signatures: &[(u32, i64, i64)]) -> Vec<u32> {
-        signatures.iter().filter(|(oid, n, sum)| self.signatures.get(oid) != Some(&(*n, *sum))).map(|(oid, _, _)| *oid).collect()
-    }
-
-    /// Take `signatures` and the `fresh` shapes of the stale tables; returns
-    /// every table's shape (tables gone from `signatures` are dropped).
-    pub fn update(&mut self, signatures: &[(u32, i64, i64)], fresh: HashMap<u32, Shape>) -> HashMap<u32, Shape> {
-        self.shapes.retain(|oid, _| signatures.iter().any(|(o, _, _)| o == oid));
-        self.signatures =
-            signatures.iter().filter(|(oid, _, _)| self.shapes.contains_key(oid) || fresh.contains_key(oid)).map(|(o, n, s)| (*o, (*n, *s))).collect();
-        self.shapes.extend(fresh);
-        self.shapes.clone()
-    }
-}
-
 /// A table's definition as the catalog shows it: `(schema, name,
 /// fingerprint, ancestors)`, the ancestors as `schema.name`.
 pub type Shape = (String, String, String, Vec<String>);
@@ -125,29 +100,53 @@ impl Suspect {
     }
 }
 
-/// The last shapes and the suspects not yet confirmed.
+/// The last shapes, their signatures ([`SIGNATURES_SQL`]), and the
+/// suspects not yet confirmed.
 #[derive(Debug, Default)]
 pub struct CatalogWatch {
     shapes: Option<HashMap<u32, Shape>>,
+    /// The signature of each table in `shapes` as last read.
+    signatures: HashMap<u32, (i64, i64)>,
     suspects: Vec<Suspect>,
+    /// Bumped whenever [`CatalogWatch::baseline`] may have changed.
+    generation: u64,
 }
 
 impl CatalogWatch {
-    /// The shapes of a check at `at`; `since` is where the server was
-    /// before the previous check. A table whose fingerprint changed
-    /// becomes a suspect (a new or dropped table is the publications'
-    /// business, not this).
-    pub fn observe(&mut self, now: HashMap<u32, Shape>, at: Instant, seen_at: Lsn, since: (Lsn, Option<DateTime<Utc>>)) {
-        if let Some(before) = &self.shapes {
-            for (oid, (schema, name, print, ancestors)) in &now {
-                let Some((_, _, old, _)) = before.get(oid).filter(|(_, _, old, _)| old != print) else { continue };
-                let table = (schema.clone(), name.clone());
-                if !self.suspects.iter().any(|s| s.table == table) {
-                    self.suspects.push(Suspect { table, ancestors: ancestors.clone(), found: at, seen_at, since, before: (*oid, old.clone()) });
-                }
+    /// The tables whose signature differs from the last one read (or that
+    /// are new): only those need fingerprinting again.
+    pub fn stale(&self, signatures: &[(u32, i64, i64)]) -> Vec<u32> {
+        signatures.iter().filter(|(oid, n, sum)| self.signatures.get(oid) != Some(&(*n, *sum))).map(|(oid, _, _)| *oid).collect()
+    }
+
+    /// A check at `at` read `signatures` for every table and the `fresh`
+    /// shapes of the [`stale`](CatalogWatch::stale) ones; `since` is where
+    /// the server was before the previous check. A table whose fingerprint
+    /// changed becomes a suspect (a new or dropped table is the
+    /// publications' business, not this). A stale table the shapes did not
+    /// return (dropped meanwhile) is read again at the next check.
+    pub fn observe(&mut self, signatures: &[(u32, i64, i64)], fresh: HashMap<u32, Shape>, at: Instant, seen_at: Lsn, since: (Lsn, Option<DateTime<Utc>>)) {
+        let first = self.shapes.is_none();
+        let shapes = self.shapes.get_or_insert_with(HashMap::new);
+        let before = shapes.len();
+        shapes.retain(|oid, _| signatures.iter().any(|(o, _, _)| o == oid));
+        let mut changed = shapes.len() != before;
+        for (oid, shape) in fresh {
+            let old = shapes.insert(oid, shape.clone());
+            changed |= old.as_ref() != Some(&shape);
+            let Some((_, _, old_print, _)) = old.filter(|(_, _, p, _)| !first && *p != shape.2) else { continue };
+            let table = (shape.0.clone(), shape.1.clone());
+            if !self.suspects.iter().any(|s| s.table == table) {
+                self.suspects.push(Suspect { table, ancestors: shape.3, found: at, seen_at, since, before: (oid, old_print) });
             }
         }
-        self.shapes = Some(now);
+        self.signatures = signatures.iter().filter(|(oid, _, _)| shapes.contains_key(oid)).map(|(o, n, s)| (*o, (*n, *s))).collect();
+        self.generation += u64::from(changed);
+    }
+
+    /// Changes whenever [`CatalogWatch::baseline`] may have.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The shapes to keep for the next run ([`super::watch_state`]): the
@@ -183,6 +182,7 @@ impl CatalogWatch {
         let (ready, waiting): (Vec<Suspect>, Vec<Suspect>) =
             std::mem::take(&mut self.suspects).into_iter().partition(|s| at.saturating_duration_since(s.found) >= settle && decoded >= s.seen_at);
         self.suspects = waiting;
+        self.generation += u64::from(!ready.is_empty());
         ready
             .into_iter()
             .filter(|s| {
@@ -197,6 +197,12 @@ impl CatalogWatch {
 mod tests {
     use super::*;
 
+    /// A check that read every table again.
+    fn observe_all(w: &mut CatalogWatch, now: HashMap<u32, Shape>, at: Instant, seen_at: Lsn, since: (Lsn, Option<DateTime<Utc>>)) {
+        let signatures: Vec<(u32, i64, i64)> = now.keys().map(|oid| (*oid, 0, 0)).collect();
+        w.observe(&signatures, now, at, seen_at, since);
+    }
+
     fn shapes(list: &[(u32, &str, &str)]) -> HashMap<u32, Shape> {
         let parent = |name: &str| if name == "part" { vec!["public.parent".to_string()] } else { Vec::new() };
         list.iter().map(|(oid, name, print)| (*oid, ("public".to_string(), name.to_string(), print.to_string(), parent(name)))).collect()
@@ -209,11 +215,11 @@ mod tests {
         let since = (Lsn(0x10), None);
         let mut w = CatalogWatch::default();
         let decoded = Lsn(0x1000);
-        w.observe(shapes(&[(1, "a", "x"), (2, "b", "y"), (4, "part", "p")]), t0, Lsn(0x15), since);
+        observe_all(&mut w, shapes(&[(1, "a", "x"), (2, "b", "y"), (4, "part", "p")]), t0, Lsn(0x15), since);
         assert!(w.confirm(t0, s, decoded, |_, _| false).is_empty(), "the first check only learns");
-        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + s, Lsn(0x25), (Lsn(0x20), None));
+        observe_all(&mut w, shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + s, Lsn(0x25), (Lsn(0x20), None));
         assert!(w.confirm(t0 + s, s, decoded, |_, _| false).is_empty(), "not settled yet");
-        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + 2 * s, Lsn(0x35), (Lsn(0x30), None));
+        observe_all(&mut w, shapes(&[(1, "a", "x2"), (2, "b", "y2"), (3, "c", "z"), (4, "part", "p2")]), t0 + 2 * s, Lsn(0x35), (Lsn(0x30), None));
         let confirmed = w.confirm(t0 + 2 * s, s, decoded, |t, _| t == "public.b" || t == "public.parent");
         assert_eq!(confirmed.iter().map(Suspect::name).collect::<Vec<_>>(), ["public.a"], "b and part's parent were captured; c is new");
         assert_eq!(confirmed[0].since, (Lsn(0x20), None));
@@ -226,15 +232,15 @@ mod tests {
         let s = Duration::from_secs(5);
         let mut w = CatalogWatch::default();
         assert!(w.baseline().is_none());
-        w.observe(shapes(&[(1, "a", "x"), (2, "b", "y")]), t0, Lsn(0x10), (Lsn(0x10), None));
-        w.observe(shapes(&[(1, "a", "x2"), (2, "b", "y")]), t0 + s, Lsn(0x20), (Lsn(0x10), None));
+        observe_all(&mut w, shapes(&[(1, "a", "x"), (2, "b", "y")]), t0, Lsn(0x10), (Lsn(0x10), None));
+        observe_all(&mut w, shapes(&[(1, "a", "x2"), (2, "b", "y")]), t0 + s, Lsn(0x20), (Lsn(0x10), None));
         // Stopped before `a` was confirmed: the baseline keeps its old fingerprint.
         let kept = w.baseline().unwrap();
         assert_eq!(kept[&1].2, "x");
         // A new run, seeded: its first check finds `a` (and a change to `b` made meanwhile).
         let mut next = CatalogWatch::default();
         next.seed(kept);
-        next.observe(shapes(&[(1, "a", "x2"), (2, "b", "y3")]), t0, Lsn(0x30), (Lsn(0x20), None));
+        observe_all(&mut next, shapes(&[(1, "a", "x2"), (2, "b", "y3")]), t0, Lsn(0x30), (Lsn(0x20), None));
         let found = next.confirm(t0 + s, s, Lsn(0x30), |_, _| false);
         assert_eq!(found.iter().map(Suspect::name).collect::<Vec<_>>().len(), 2);
         assert!(found.iter().all(|f| f.since == (Lsn(0x20), None)));
@@ -242,22 +248,44 @@ mod tests {
 
     #[test]
     fn only_tables_whose_signature_changed_are_fingerprinted_again() {
-        let mut c = ShapeCache::default();
+        let t0 = Instant::now();
+        let since = (Lsn(0x10), None);
+        let mut c = CatalogWatch::default();
         let sigs = [(1, 3, 100), (2, 4, 200)];
         assert_eq!(c.stale(&sigs), vec![1, 2]);
-        let all = c.update(&sigs, shapes(&[(1, "a", "x"), (2, "b", "y")]));
-        assert_eq!(all.len(), 2);
+        c.observe(&sigs, shapes(&[(1, "a", "x"), (2, "b", "y")]), t0, Lsn(0x10), since);
+        assert_eq!(c.baseline().unwrap().len(), 2);
         assert!(c.stale(&sigs).is_empty(), "unchanged: nothing to read");
         // b altered, c created, a dropped.
         let sigs = [(2, 4, 260), (3, 2, 300)];
         assert_eq!(c.stale(&sigs), vec![2, 3]);
-        let all = c.update(&sigs, shapes(&[(2, "b", "y2"), (3, "c", "z")]));
+        c.observe(&sigs, shapes(&[(2, "b", "y2"), (3, "c", "z")]), t0, Lsn(0x20), since);
+        let all = c.baseline().unwrap();
         assert_eq!(all.keys().copied().collect::<std::collections::BTreeSet<_>>(), [2, 3].into());
-        assert_eq!(all[&2].2, "y2");
+        assert_eq!(c.confirm(t0 + Duration::from_secs(60), Duration::from_secs(5), Lsn(0x20), |_, _| false)[0].name(), "public.b");
+        assert_eq!(c.baseline().unwrap()[&2].2, "y2");
         // A stale table the shapes query did not return (dropped meanwhile) is read again next time.
         let sigs = [(2, 4, 260), (3, 2, 300), (4, 1, 400)];
-        c.update(&sigs, HashMap::new());
+        c.observe(&sigs, HashMap::new(), t0, Lsn(0x30), since);
         assert_eq!(c.stale(&sigs), vec![4]);
+    }
+
+    #[test]
+    fn the_generation_moves_only_when_the_baseline_may_have() {
+        let t0 = Instant::now();
+        let since = (Lsn(0x10), None);
+        let mut c = CatalogWatch::default();
+        let sigs = [(1, 1, 1)];
+        c.observe(&sigs, shapes(&[(1, "a", "x")]), t0, Lsn(0x10), since);
+        let g = c.generation();
+        c.observe(&sigs, HashMap::new(), t0, Lsn(0x10), since);
+        c.observe(&sigs, shapes(&[(1, "a", "x")]), t0, Lsn(0x10), since);
+        assert_eq!(c.generation(), g, "nothing changed");
+        c.observe(&[(1, 1, 2)], shapes(&[(1, "a", "x2")]), t0, Lsn(0x10), since);
+        assert!(c.generation() > g);
+        let g = c.generation();
+        assert_eq!(c.confirm(t0 + Duration::from_secs(60), Duration::from_secs(5), Lsn(0x10), |_, _| false).len(), 1);
+        assert!(c.generation() > g, "a confirmed suspect leaves the baseline");
     }
 
     /// A stream that lags behind the catalog check has not yet received the
@@ -268,13 +296,13 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs(5);
         let mut w = CatalogWatch::default();
-        w.observe(shapes(&[(1, "a", "x")]), t0, Lsn(0x10), (Lsn(0x10), None));
-        w.observe(shapes(&[(1, "a", "x2")]), t0 + s, Lsn(0x200), (Lsn(0x10), None));
+        observe_all(&mut w, shapes(&[(1, "a", "x")]), t0, Lsn(0x10), (Lsn(0x10), None));
+        observe_all(&mut w, shapes(&[(1, "a", "x2")]), t0 + s, Lsn(0x200), (Lsn(0x10), None));
         assert!(w.confirm(t0 + 10 * s, s, Lsn(0x1ff), |_, _| false).is_empty(), "the stream has not decoded past the check");
         // The stream catches up and meets the captured command: explained.
         assert!(w.confirm(t0 + 11 * s, s, Lsn(0x200), |t, _| t == "public.a").is_empty());
         // Not captured: confirmed once decoded past.
-        w.observe(shapes(&[(1, "a", "x3")]), t0 + 12 * s, Lsn(0x300), (Lsn(0x200), None));
+        observe_all(&mut w, shapes(&[(1, "a", "x3")]), t0 + 12 * s, Lsn(0x300), (Lsn(0x200), None));
         assert!(w.confirm(t0 + 20 * s, s, Lsn(0x2ff), |_, _| false).is_empty());
         assert_eq!(w.confirm(t0 + 20 * s, s, Lsn(0x300), |_, _| false).len(), 1);
     }

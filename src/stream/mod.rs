@@ -430,7 +430,7 @@ impl Stream<'_> {
 /// Tables added to a publication that already existed missed earlier changes
 /// (so did tables that were not archived, [`unarchived`]). `upkeep` made that
 /// reconcile: it knows since when.
-async fn request_late(autobackup: &AutoBackup, done: &Reconciled, upkeep: &mut Upkeep) {
+pub(crate) async fn request_late(autobackup: &AutoBackup, done: &Reconciled, upkeep: &mut Upkeep) {
     for (table, (since, time)) in upkeep.late_tables(done) {
         request_unseen(autobackup, upkeep, BackupReason::LateTable { table, since, time }).await;
     }
@@ -445,7 +445,7 @@ pub(crate) async fn request_unseen(autobackup: &AutoBackup, upkeep: &mut Upkeep,
     if let Some(info) = reason.image()
         && let Some(cover) = info.covers.iter().find(|c| c.unseen)
     {
-        upkeep.record_unseen(&crate::pg::catalog::qualified(&info.schema, &info.name), &cover.reason, (cover.lsn, cover.time)).await;
+        upkeep.record_unseen(&info.schema, &info.name, &cover.reason, (cover.lsn, cover.time)).await;
     }
     autobackup.request(reason);
 }

@@ -230,9 +230,7 @@ async fn catch_up(
 async fn check_publications(cx: &SessionContext<'_>, upkeep: &mut Upkeep, archiver: &Archiver) {
     match upkeep.reconcile(cx.names, ReconcileMode { create: false, announce: false }).await {
         Ok(done) => {
-            for (table, (since, time)) in upkeep.late_tables(&done) {
-                super::request_unseen(cx.autobackup, upkeep, BackupReason::LateTable { table, since, time }).await;
-            }
+            super::request_late(cx.autobackup, &done, upkeep).await;
             cx.metrics.set_unarchived(upkeep.unarchived_tables().len());
             if done.insert_only_exists {
                 for (table, (since, time)) in upkeep.watch_writes(&cx.names.insert_only).await {

@@ -174,22 +174,15 @@ impl UnarchivedLog {
     pub async fn load(&self) -> crate::error::Result<Windows> {
         let mut out = Windows::default();
         for repo in &self.repos {
-            out.merge(self.load_from(repo.as_ref()).await?.all);
-        }
-        Ok(out)
-    }
-
-    /// The windows recorded in `repo` (none when it has no log).
-    pub async fn load_from(&self, repo: &dyn Storage) -> crate::error::Result<Windows> {
-        let mut out = Windows::default();
-        match repo.get(&self.key, None).await {
-            Ok(bytes) => {
-                let windows: Vec<UnarchivedWindow> = serde_json::from_slice(&bytes)
-                    .map_err(|e| crate::error::Error::corrupt(format!("{} in repository {} is unreadable: {e}", self.key, repo.location())))?;
-                out.merge(windows);
+            match repo.get(&self.key, None).await {
+                Ok(bytes) => {
+                    let windows: Vec<UnarchivedWindow> = serde_json::from_slice(&bytes)
+                        .map_err(|e| crate::error::Error::corrupt(format!("{} in repository {} is unreadable: {e}", self.key, repo.location())))?;
+                    out.merge(windows);
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.context(format!("cannot read {} in repository {}", self.key, repo.location()))),
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.context(format!("cannot read {} in repository {}", self.key, repo.location()))),
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@
 //! statements), a short `lock_timeout` and a `statement_timeout`, so upkeep
 //! never keeps the stream from answering the server for long.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -48,15 +48,17 @@ pub struct Upkeep {
     checks: [Option<(Lsn, Option<DateTime<Utc>>)>; 2],
     /// Table definitions as the last check saw them ([`super::catalog_watch`]).
     catalog: super::catalog_watch::CatalogWatch,
-    /// Their catalog signatures, so that only changed tables are read again.
-    shape_cache: super::catalog_watch::ShapeCache,
     /// Tables not archived, and since when ([`super::unarchived`]).
     unarchived: Option<Unarchived>,
     /// UPDATE and DELETE counts, for tables without a replica identity ([`super::write_watch`]).
     writes: super::write_watch::WriteWatch,
     /// Where the watches' state is kept for the next run, and what was kept last.
-    watch_log: Option<(super::watch_state::WatchLog, Option<super::watch_state::WatchState>)>,
+    watch_log: Option<(super::watch_state::WatchLog, Option<Kept>)>,
 }
+
+/// What [`Upkeep::keep_watch`] wrote last: the catalog watch's generation
+/// and the write counts.
+type Kept = (u64, HashMap<i64, i64>);
 
 /// The unarchived windows of the stream, and their record in the repositories.
 struct Unarchived {
@@ -82,7 +84,6 @@ impl Upkeep {
             failing_tables: HashSet::new(),
             checks: [None, None],
             catalog: Default::default(),
-            shape_cache: Default::default(),
             unarchived: None,
             writes: Default::default(),
             watch_log: None,
@@ -93,29 +94,31 @@ impl Upkeep {
     /// `log`, [`super::watch_state`]), and keep theirs there. Call before
     /// the first reconcile.
     pub async fn keep_watch_state(&mut self, log: super::watch_state::WatchLog) {
-        let kept = log.load().await;
-        if let Some(k) = &kept {
+        let kept = log.load().await.map(|k| {
             tracing::info!(since = %k.at, tables = k.shapes.len(), "comparing the tables with what the last checks of an earlier run saw");
-            self.catalog.seed(k.shapes());
+            self.catalog.seed(k.shapes);
             self.writes.seed(k.writes.clone(), (k.writes_since, k.writes_since_time));
             if self.checks[0].is_none() {
                 self.checks[0] = Some((k.at, k.at_time));
             }
-        }
+            (self.catalog.generation(), k.writes)
+        });
         self.watch_log = Some((log, kept));
     }
 
     /// Keep what the last checks saw, when it changed (`force`: always, with
     /// the newest position; when the stream stops).
     pub async fn keep_watch(&mut self, force: bool) {
-        let (Some(at), Some(shapes)) = (self.checks[0], self.catalog.baseline()) else { return };
-        let state = super::watch_state::WatchState::new(at, self.writes.since(), &shapes, self.writes.baseline());
         let Some((log, kept)) = self.watch_log.as_mut() else { return };
-        if !force && kept.as_ref().is_some_and(|k| k.same_as(&state)) {
+        let (generation, writes) = (self.catalog.generation(), self.writes.baseline());
+        if !force && kept.as_ref().is_some_and(|(g, w)| *g == generation && *w == writes) {
             return;
         }
+        let (Some(at), Some(shapes)) = (self.checks[0], self.catalog.baseline()) else { return };
+        let (writes_since, writes_since_time) = self.writes.since();
+        let state = super::watch_state::WatchState { at: at.0, at_time: at.1, writes_since, writes_since_time, shapes, writes };
         if log.save(&state).await {
-            *kept = Some(state);
+            *kept = Some((generation, state.writes));
         }
     }
 
@@ -159,14 +162,10 @@ impl Upkeep {
     /// the right one.
     pub async fn reconcile(&mut self, names: &PublicationNames, mode: ReconcileMode) -> Result<Reconciled> {
         let quiet = std::mem::take(&mut self.failing_tables);
-        let client = self.client().await?;
         // Where the server was before this check: a table found now that is
         // in no publication was created after the previous check's point.
-        let point = client
-            .query_one("SELECT pg_current_wal_lsn()::text, now()", &[])
-            .await
-            .ok()
-            .and_then(|r| Some((r.get::<_, String>(0).parse::<Lsn>().ok()?, r.try_get::<_, DateTime<Utc>>(1).ok())));
+        let point = self.point().await;
+        let client = self.client().await?;
         let done = publication::reconcile(client, names, mode, &quiet).await;
         if done.is_ok() {
             self.checks = [point, self.checks[0]];
@@ -226,43 +225,39 @@ impl Upkeep {
     /// those), each `"schema"."name"` with since when. A failure is a
     /// warning and finds nothing.
     pub async fn watch_writes(&mut self, insert_only: &str) -> Vec<(String, Point)> {
-        let read = async {
-            let client = self.client().await?;
-            let rows =
-                client.query(super::write_watch::COUNTERS_SQL, &[&insert_only]).await.map_err(crate::pg::query_error("cannot read the table statistics"))?;
-            let point = client
-                .query_one("SELECT pg_current_wal_lsn()::text, now()", &[])
-                .await
-                .map_err(crate::pg::query_error("cannot read the server's WAL position"))?;
-            let point: Point = (point.get::<_, String>(0).parse::<Lsn>()?, point.try_get::<_, DateTime<Utc>>(1).ok());
-            let counters: Vec<super::write_watch::Counter> = rows
-                .iter()
-                .map(|r| super::write_watch::Counter { relid: r.get(0), schema: r.get(1), name: r.get(2), writes: r.get(3), insert_only: r.get(4) })
-                .collect();
-            Ok::<_, Error>((counters, point))
-        };
-        match read.await {
-            Ok((counters, point)) => {
-                self.writes.observe(Instant::now(), point, &counters).into_iter().map(|(s, n, since)| (crate::pg::catalog::qualified(&s, &n), since)).collect()
+        let rows = match self.client().await {
+            Ok(client) => {
+                client.query(super::write_watch::COUNTERS_SQL, &[&insert_only]).await.map_err(crate::pg::query_error("cannot read the table statistics"))
             }
+            Err(e) => Err(e),
+        };
+        // Every write the counts show was made before this.
+        let (rows, Some(point)) = (rows, self.point().await) else { return Vec::new() };
+        let rows = match rows {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e.user_line(), "cannot read the table statistics; retrying at the next check");
-                Vec::new()
+                return Vec::new();
             }
-        }
+        };
+        let counters: Vec<super::write_watch::Counter> = rows
+            .iter()
+            .map(|r| super::write_watch::Counter { relid: r.get(0), schema: r.get(1), name: r.get(2), writes: r.get(3), insert_only: r.get(4) })
+            .collect();
+        self.writes.observe(Instant::now(), point, &counters).into_iter().map(|(s, n, since)| (crate::pg::catalog::qualified(&s, &n), since)).collect()
     }
 
-    /// Record in every repository that `table` (`"schema"."name"`) changed
-    /// after `since` in a way the archive does not show, found now
+    /// Record in every repository that table `schema`.`name` changed after
+    /// `since` in a way the archive does not show, found now
     /// ([`Windows::record`]): replay refuses targets past it until a table
     /// image taken after now brings the table back. Call before asking for
-    /// that image. Without a position now, `since` is used.
-    pub async fn record_unseen(&mut self, table: &str, reason: &str, since: Point) {
+    /// that image. Without a position now, only a base after every position
+    /// does.
+    pub async fn record_unseen(&mut self, schema: &str, name: &str, reason: &str, since: Point) {
         let now = self.point().await;
-        let Some((schema, name)) = crate::pg::catalog::split_table_name(table) else { return };
         let Some(u) = self.unarchived.as_mut() else { return };
         let until = now.unwrap_or((Lsn(u64::MAX), None));
-        u.windows.record(&schema, &name, reason, since, until);
+        u.windows.record(schema, name, reason, since, until);
         u.dirty = true;
         if u.loaded {
             u.dirty = !u.log.save(&u.windows).await;
@@ -318,16 +313,17 @@ impl Upkeep {
     pub async fn watch_catalog(&mut self, settle: Duration, decoded: Lsn, captured: impl Fn(&str, Instant) -> bool) -> Vec<super::catalog_watch::Suspect> {
         let since = self.late_since();
         match self.read_shapes().await {
-            Ok((now, seen_at)) => self.catalog.observe(now, Instant::now(), seen_at, since),
+            Ok((signatures, fresh, seen_at)) => self.catalog.observe(&signatures, fresh, Instant::now(), seen_at, since),
             Err(e) => tracing::warn!(error = %e.user_line(), "cannot compare the table definitions; retrying at the next check"),
         }
         self.catalog.confirm(Instant::now(), settle, decoded, captured)
     }
 
-    /// Every table's shape now, and the server's WAL insert position right
-    /// after (whatever the shapes show was committed before it). Only the
-    /// tables whose catalog rows changed are fingerprinted again.
-    async fn read_shapes(&mut self) -> Result<(std::collections::HashMap<u32, super::catalog_watch::Shape>, Lsn)> {
+    /// Every table's signature now, the shapes of the tables whose catalog
+    /// rows changed (only those are fingerprinted again), and the server's
+    /// WAL insert position right after (whatever they show was committed
+    /// before it).
+    async fn read_shapes(&mut self) -> Result<(Vec<(u32, i64, i64)>, HashMap<u32, super::catalog_watch::Shape>, Lsn)> {
         let fail = || crate::pg::query_error("cannot read the table definitions");
         let signatures: Vec<(u32, i64, i64)> = self
             .client()
@@ -338,7 +334,7 @@ impl Upkeep {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        let stale = self.shape_cache.stale(&signatures);
+        let stale = self.catalog.stale(&signatures);
         let client = self.client().await?;
         let rows = if stale.is_empty() { Vec::new() } else { client.query(&super::catalog_watch::shapes_of_sql(), &[&stale]).await.map_err(fail())? };
         let seen_at: Lsn = client
@@ -355,7 +351,7 @@ impl Upkeep {
                 (r.get::<_, u32>(0), (r.get(1), r.get(2), r.get(3), ancestors))
             })
             .collect();
-        Ok((self.shape_cache.update(&signatures, fresh), seen_at))
+        Ok((signatures, fresh, seen_at))
     }
 
     /// WAL the slot `slot` holds back on the server (bytes); `None` when it

@@ -83,7 +83,7 @@ impl Applier {
         Ok(())
     }
 
-    async fn on(&self, client: &Client, sql: &str) -> Result<()> {
+    pub(super) async fn on(&self, client: &Client, sql: &str) -> Result<()> {
         client.batch_execute(sql).await.map_err(crate::pg::query_error(format!("replay into {}", self.db)))
     }
 }
