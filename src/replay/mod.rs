@@ -249,7 +249,8 @@ pub async fn plan(
             later_bases,
             accept_inexact: false,
             images: table_images(repos, &m).await,
-            unarchived: crate::stream::unarchived::UnarchivedLog::of_stream(repos, &stream.stream_id).load().await?.all,
+            // Read below, once the plan stands.
+            unarchived: Vec::new(),
         };
         // 3. The chain reaches the target.
         let end = plan.archive_end();
@@ -303,7 +304,9 @@ pub async fn plan(
             }
             _ => {}
         }
-        return Ok(plan);
+        // The plan stands: the tables its stream could not archive (read once, for this stream).
+        let unarchived = crate::stream::unarchived::UnarchivedLog::of_stream(repos, &stream.stream_id).load().await?.all;
+        return Ok(ReplayPlan { unarchived, ..plan });
     }
     let mut err = Error::new(
         ErrorKind::NotFound,
