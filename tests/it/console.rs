@@ -90,13 +90,16 @@ fn on_terminal(env: &[(String, String)], args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Everything ever drawn, as text: ANSI escape sequences removed, split at `\r` and `\n`.
+/// Everything ever drawn, as text: ANSI escape sequences removed, split at `\r`, `\n` and line erasures (`ESC [2K`).
 fn drawn_lines(raw: &str) -> Vec<String> {
     let mut text = String::new();
     let mut chars = raw.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '\x1b' {
-            escape(&mut chars);
+            // Erasing the line starts a new drawing of it.
+            if escape(&mut chars) == ("2".to_string(), 'K') {
+                text.push('\n');
+            }
             continue;
         }
         text.push(c);
