@@ -445,8 +445,13 @@ impl Applier {
         self.pending_bytes = 0;
         let jobs: Vec<(Target, Pending)> =
             pending.into_iter().map(|(rel, p)| (self.relations[&rel].target.clone().expect("resolved before changes"), p)).collect();
+        let started = std::time::Instant::now();
         self.write_lanes(&jobs).await?;
         self.stats.batches += 1;
+        tracing::debug!(tables = jobs.len(), seconds = started.elapsed().as_secs_f64(), "wrote a batch");
+        // Freeing a batch's values (a tenth of a second for 200,000 rows) is
+        // not the writer's work: the next batch collects meanwhile.
+        tokio::task::spawn_blocking(move || drop(jobs));
         Ok(())
     }
 

@@ -34,6 +34,11 @@ pub type PatchValue = Option<Value>;
 /// A row's key: the key columns' text forms.
 pub type Key = Vec<Bytes>;
 
+/// A batch's keys and their final states. Replay hashes every key of every
+/// change, so the map uses a fast hash (seeded per process) instead of
+/// the default SipHash, which took 6 % of a replay's CPU.
+pub type Entries = HashMap<Key, Entry, foldhash::fast::RandomState>;
+
 /// Why a change cannot be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
@@ -123,14 +128,14 @@ fn fill(patch: &[PatchValue], base: &[Value]) -> Vec<Value> {
 pub struct KeyedBatch {
     key_cols: Vec<usize>,
     width: usize,
-    entries: HashMap<Key, Entry>,
+    entries: Entries,
     changes: u64,
 }
 
 impl KeyedBatch {
     /// A batch for a relation of `width` columns whose key is `key_cols`.
     pub fn new(key_cols: Vec<usize>, width: usize) -> KeyedBatch {
-        KeyedBatch { key_cols, width, entries: HashMap::new(), changes: 0 }
+        KeyedBatch { key_cols, width, entries: Entries::default(), changes: 0 }
     }
 
     /// Row changes recorded.
@@ -144,7 +149,7 @@ impl KeyedBatch {
     }
 
     /// The entries, to write.
-    pub fn entries(&self) -> &HashMap<Key, Entry> {
+    pub fn entries(&self) -> &Entries {
         &self.entries
     }
 

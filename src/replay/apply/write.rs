@@ -4,18 +4,23 @@
 //! statement's row count checked against what the archive says existed.
 
 use super::*;
+use crate::replay::batch::Entry;
 
 impl Applier {
     /// One table's keyed batch on `client`: DELETE, UPDATE, COPY, each
-    /// checked. `part` `(n, i)`: only the keys of the `i`-th of `n` parts
-    /// ([`super::lanes::part_of`]).
-    pub(super) async fn write_keyed(&self, client: &Client, t: &Target, b: &KeyedBatch, part: Option<(u64, u64)>) -> Result<()> {
+    /// checked. `part`: only these of its keys (the batch split between
+    /// sessions, [`super::lanes`]).
+    pub(super) async fn write_keyed(&self, client: &Client, t: &Target, b: &KeyedBatch, part: Option<&[(&Key, &Entry)]>) -> Result<()> {
         let key_cols: Vec<&TargetColumn> = b.key_cols().iter().map(|&i| &t.cols[i]).collect();
         let mut gone: Vec<&Key> = Vec::new();
         let mut patches: HashMap<Vec<bool>, Vec<(&Key, &Vec<PatchValue>)>> = HashMap::new();
         let mut rows = BytesMut::new();
         let mut new_rows = 0u64;
-        for (key, e) in b.entries().iter().filter(|(k, _)| part.is_none_or(|(n, i)| super::lanes::part_of(k, n) == i)) {
+        let entries: Box<dyn Iterator<Item = (&Key, &Entry)>> = match part {
+            Some(p) => Box::new(p.iter().copied()),
+            None => Box::new(b.entries().iter()),
+        };
+        for (key, e) in entries {
             match &e.state {
                 RowState::Delete | RowState::Upsert(_) if e.existed => gone.push(key),
                 _ => {}
