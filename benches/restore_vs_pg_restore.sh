@@ -21,7 +21,12 @@
 # (pg_checksums --enable, cluster stopped) and set fsync, full_page_writes
 # and synchronous_commit on in its postgresql.conf, as BENCHMARKS.md did.
 #
-# Usage: benches/restore_vs_pg_restore.sh [--jobs N] [--no-s3] [--before BIN]
+# With --rounds N, pg_restore -j N and the local pgkeep restore then run
+# N - 1 more times, alternating which goes first, and the report gives each
+# round's ratio and the median: on a shared 2-core VM one pair of runs
+# spreads more than the difference between the contenders.
+#
+# Usage: benches/restore_vs_pg_restore.sh [--jobs N] [--no-s3] [--before BIN] [--rounds N]
 # Environment: BENCH_DIR (default /tmp/pgkeep-bench), PG_BINDIR, BENCH_PORT, GARAGE_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,11 +34,13 @@ cd "$(dirname "$0")/.."
 JOBS=$(nproc)
 S3=1
 BEFORE=
+ROUNDS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --jobs) JOBS=$2; shift 2 ;;
         --no-s3) S3=0; shift ;;
         --before) BEFORE=$(realpath "$2"); shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -140,6 +147,22 @@ if [ -n "$BEFORE" ]; then
     psql -q -d postgres -c "DROP DATABASE bench_pgkeep_before"
 fi
 
+# More rounds of the two main contenders, alternating which goes first.
+round_pg_restore() {
+    psql -q -d postgres -c "CREATE DATABASE bench_pg_restore"
+    run "pg_restore.r$1" "$BINDIR/pg_restore" -j "$JOBS" -d bench_pg_restore "$OUT/dump.Fd"
+    psql -q -d postgres -c "DROP DATABASE bench_pg_restore"
+}
+round_pgkeep() {
+    run "pgkeep.r$1" env -u S3_BUCKET "${pg_env[@]}" BACKUP_DIR="$OUT/repo" \
+        "$PGKEEP" -q restore latest --target-db bench_pgkeep --yes --json --jobs "$JOBS" >"$OUT/pgkeep.r$1.json"
+    psql -q -d postgres -c "DROP DATABASE bench_pgkeep"
+}
+cp "$OUT/pg_restore.time" "$OUT/pg_restore.r1.time"; cp "$OUT/pgkeep.time" "$OUT/pgkeep.r1.time"
+for r in $(seq 2 "$ROUNDS"); do
+    if [ $((r % 2)) = 0 ]; then round_pgkeep "$r"; round_pg_restore "$r"; else round_pg_restore "$r"; round_pgkeep "$r"; fi
+done
+
 secs() { printf '%.1f' "$(cat "$OUT/$1")"; }
 ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)"; }
 json() { python3 -c "import json,sys; d=json.load(open('$OUT/$1.json'))['seconds']; v=d$2; print(v if isinstance(v, int) else '%.1f' % v)"; }
@@ -178,6 +201,14 @@ pgkeep phases (s; wall clock: data until the last table is in, then what index b
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
 $(phases pgkeep)
 $( [ "$S3" = 1 ] && phases pgkeep_s3)
+
+Rounds (pg_restore -j $JOBS and pgkeep from the local repository; round 1 is the run above, pg_restore first; even rounds run pgkeep first):
+
+| round | pg_restore s | pgkeep s | pgkeep / pg_restore |
+|---|---:|---:|---:|
+$(for r in $(seq 1 "$ROUNDS"); do echo "| $r | $(secs "pg_restore.r$r.time") | $(secs "pgkeep.r$r.time") | $(ratio "$(cat "$OUT/pgkeep.r$r.time")" "$(cat "$OUT/pg_restore.r$r.time")") |"; done)
+
+Median pgkeep / pg_restore over $ROUNDS round(s): $(for r in $(seq 1 "$ROUNDS"); do ratio "$(cat "$OUT/pgkeep.r$r.time")" "$(cat "$OUT/pg_restore.r$r.time")"; echo; done | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : sprintf("%.2f", (a[NR/2] + a[NR/2+1]) / 2)}').
 
 Targets: pgkeep / pg_restore = $(ratio "$(secs pgkeep.time)" "$T_PR") (≤ 1.0); pgkeep data / pg_restore data section = $(ratio "$(json pgkeep "['data']")" "$(secs pg_restore_sections.data)") (≤ 1.0); busy verify / busy load = $(ratio "$(json pgkeep "['busy']['verify']")" "$(json pgkeep "['busy']['load']")") (≤ 0.25)$( [ "$S3" = 1 ] && echo "; S3 / local = $(ratio "$(secs pgkeep_s3.time)" "$(secs pgkeep.time)") (≤ 1.1)"); peak RSS $(( $(cat "$OUT/pgkeep.rss") / 1024 )) MiB (≤ 200).
 EOF

@@ -6,30 +6,31 @@
 use super::*;
 use crate::replay::batch::Entry;
 
+/// COPY text sent to the server at a time by [`Applier::copy_rows`].
+const COPY_PIECE: usize = 1 << 20;
+
 impl Applier {
     /// One table's keyed batch on `client`: DELETE, UPDATE, COPY, each
     /// checked. `part`: only these of its keys (the batch split between
     /// sessions, [`super::lanes`]).
     pub(super) async fn write_keyed(&self, client: &Client, t: &Target, b: &KeyedBatch, part: Option<&[(&Key, &Entry)]>) -> Result<()> {
+        let entries = || -> Box<dyn Iterator<Item = (&Key, &Entry)>> {
+            match part {
+                Some(p) => Box::new(p.iter().copied()),
+                None => Box::new(b.entries().iter()),
+            }
+        };
         let key_cols: Vec<&TargetColumn> = b.key_cols().iter().map(|&i| &t.cols[i]).collect();
         let mut gone: Vec<&Key> = Vec::new();
         let mut patches: HashMap<Vec<bool>, Vec<(&Key, &Vec<PatchValue>)>> = HashMap::new();
-        let mut rows = BytesMut::new();
         let mut new_rows = 0u64;
-        let entries: Box<dyn Iterator<Item = (&Key, &Entry)>> = match part {
-            Some(p) => Box::new(p.iter().copied()),
-            None => Box::new(b.entries().iter()),
-        };
-        for (key, e) in entries {
+        for (key, e) in entries() {
             match &e.state {
                 RowState::Delete | RowState::Upsert(_) if e.existed => gone.push(key),
                 _ => {}
             }
             match &e.state {
-                RowState::Upsert(row) => {
-                    sql::copy_row(&mut rows, row);
-                    new_rows += 1;
-                }
+                RowState::Upsert(_) => new_rows += 1,
                 RowState::Patch(p) => {
                     let mask: Vec<bool> = p.iter().map(Option::is_some).collect();
                     patches.entry(mask).or_default().push((key, p));
@@ -50,10 +51,11 @@ impl Applier {
         }
         // 2. Patches, one statement per set of changed columns; or, where
         //    in-place UPDATEs could collide, whole rows rewritten.
+        let mut rebuilt = BytesMut::new();
         if t.rebuild {
             let list: Vec<(&Key, &Vec<PatchValue>)> = patches.values().flatten().copied().collect();
-            let (rebuilt, n) = self.rebuild_rows(client, t, &key_cols, &list).await?;
-            rows.extend_from_slice(&rebuilt);
+            let (rows, n) = self.rebuild_rows(client, t, &key_cols, &list).await?;
+            rebuilt = rows;
             new_rows += n;
             patches.clear();
         }
@@ -76,9 +78,13 @@ impl Applier {
             let n = self.run(client, &sql::update_by_keys(&t.table, &key_cols, &set_cols), &params, t).await?;
             self.expect(t, "UPDATE", n, list.len() as u64)?;
         }
-        // 3. New rows.
+        // 3. New rows, turned into COPY text a piece at a time as they are sent.
         if new_rows > 0 {
-            self.copy(client, t, rows.freeze(), new_rows).await?;
+            let upserts = entries().filter_map(|(_, e)| match &e.state {
+                RowState::Upsert(row) => Some(row.as_slice()),
+                _ => None,
+            });
+            self.copy_rows(client, t, rebuilt, upserts, new_rows).await?;
         }
         Ok(())
     }
@@ -120,18 +126,22 @@ impl Applier {
 
     /// One table's unkeyed changes on `client`, in order: runs of inserts as one COPY.
     pub(super) async fn write_unkeyed(&self, client: &Client, t: &Target, b: &UnkeyedBatch) -> Result<()> {
-        let mut rows = BytesMut::new();
-        let mut n_rows = 0u64;
-        for c in &b.changes {
-            if let UnkeyedChange::Insert(row) = c {
-                sql::copy_row(&mut rows, row);
-                n_rows += 1;
+        let inserted = |c: &UnkeyedChange| matches!(c, UnkeyedChange::Insert(_));
+        let mut rest = b.changes.as_slice();
+        while !rest.is_empty() {
+            // A run of inserts: one COPY.
+            let run = rest.iter().take_while(|c| inserted(c)).count();
+            if run > 0 {
+                let rows = rest[..run].iter().filter_map(|c| match c {
+                    UnkeyedChange::Insert(row) => Some(row.as_slice()),
+                    _ => None,
+                });
+                self.copy_rows(client, t, BytesMut::new(), rows, run as u64).await?;
+                rest = &rest[run..];
                 continue;
             }
-            if n_rows > 0 {
-                self.copy(client, t, std::mem::take(&mut rows).freeze(), n_rows).await?;
-                n_rows = 0;
-            }
+            let c = &rest[0];
+            rest = &rest[1..];
             // Rewritten whole where UPDATE may not set a column (GENERATED ALWAYS identity).
             if let (true, UnkeyedChange::Update { old, new }) = (t.rebuild, c) {
                 let params: Vec<Option<&str>> = texts(old)?;
@@ -142,8 +152,7 @@ impl Applier {
                     .map_err(crate::pg::query_error(format!("replaying a change of table {} (LSN {})", t.display, self.at)))?;
                 self.expect(t, "DELETE", n, 1)?;
                 let row: Vec<Value> = new.iter().zip(old).map(|(n, o)| n.clone().unwrap_or_else(|| o.clone())).collect();
-                sql::copy_row(&mut rows, &row);
-                n_rows += 1;
+                self.copy_rows(client, t, BytesMut::new(), std::iter::once(row.as_slice()), 1).await?;
                 continue;
             }
             let (stmt, values): (String, Vec<Option<&str>>) = match c {
@@ -155,7 +164,7 @@ impl Applier {
                     }
                     (sql::update_one_equal(&t.table, &t.cols), v)
                 }
-                UnkeyedChange::Insert(_) => unreachable!("handled above"),
+                UnkeyedChange::Insert(_) => unreachable!("runs of inserts are copied above"),
             };
             let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
             let n = client
@@ -163,9 +172,6 @@ impl Applier {
                 .await
                 .map_err(crate::pg::query_error(format!("replaying a change of table {} (LSN {})", t.display, self.at)))?;
             self.expect(t, if matches!(c, UnkeyedChange::Delete(_)) { "DELETE" } else { "UPDATE" }, n, 1)?;
-        }
-        if n_rows > 0 {
-            self.copy(client, t, rows.freeze(), n_rows).await?;
         }
         Ok(())
     }
@@ -176,11 +182,24 @@ impl Applier {
         client.execute(stmt, &refs).await.map_err(crate::pg::query_error(format!("replaying changes of table {} (up to LSN {})", t.display, self.at)))
     }
 
-    pub(super) async fn copy(&self, client: &Client, t: &Target, rows: Bytes, n: u64) -> Result<()> {
+    /// One `COPY … FROM STDIN` of `first` (rows already in COPY text) and
+    /// then `rows`, `n` in all. The rows become COPY text [`COPY_PIECE`]
+    /// bytes at a time as they are sent, so a batch's new rows never sit
+    /// in memory twice (as values and as one COPY buffer).
+    pub(super) async fn copy_rows<'r>(&self, client: &Client, t: &Target, first: BytesMut, rows: impl Iterator<Item = &'r [Value]>, n: u64) -> Result<()> {
         let fail = crate::pg::query_error(format!("replaying inserts into table {} (up to LSN {})", t.display, self.at));
         let sink = client.copy_in(sql::copy_in(&t.table, &t.cols).as_str()).await.map_err(&fail)?;
         futures::pin_mut!(sink);
-        sink.send(rows).await.map_err(&fail)?;
+        let mut piece = first;
+        for row in rows {
+            sql::copy_row(&mut piece, row);
+            if piece.len() >= COPY_PIECE {
+                sink.send(piece.split().freeze()).await.map_err(&fail)?;
+            }
+        }
+        if !piece.is_empty() {
+            sink.send(piece.freeze()).await.map_err(&fail)?;
+        }
         let done = sink.finish().await.map_err(&fail)?;
         self.expect(t, "COPY", done, n)
     }
