@@ -41,6 +41,14 @@ use crate::stream::inexact::{MISSING_PREFIX, MissingValue, PARTITION_PREFIX, Par
 
 /// Write the batches once they hold this many row changes (at a commit)…
 const BATCH_CHANGES: u64 = 200_000;
+
+/// [`BATCH_CHANGES`], or `PGKEEP_REPLAY_BATCH_CHANGES` when set: a tuning
+/// knob, and how tests make batches end anywhere (inside transactions,
+/// with tables split between sessions) on small workloads.
+fn batch_changes() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| std::env::var("PGKEEP_REPLAY_BATCH_CHANGES").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0).unwrap_or(BATCH_CHANGES))
+}
 /// … or when the batch takes about this much memory, whichever comes first:
 /// the archived messages (values are slices of them) plus, per change,
 /// [`CHANGE_BYTES`] and [`VALUE_BYTES`] per column for the maps and
@@ -227,7 +235,7 @@ impl Applier {
     /// restored database before the replay ends, and a target never falls
     /// inside a transaction, so a partly written one is never seen.
     pub async fn flush_if_full(&mut self) -> Result<()> {
-        if self.pending_changes >= BATCH_CHANGES || self.pending_bytes >= BATCH_BYTES {
+        if self.pending_changes >= batch_changes() || self.pending_bytes >= BATCH_BYTES {
             self.flush().await?;
         }
         Ok(())

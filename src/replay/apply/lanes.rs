@@ -18,8 +18,13 @@
 use super::*;
 use crate::replay::batch::Entry;
 
-/// A keyed table is split between the sessions from this many keys.
+/// A keyed table is split between the sessions from this many keys, or
+/// from an eighth of the batch limit when that is lower.
 const SPLIT_KEYS: usize = 4096;
+
+fn split_keys() -> usize {
+    SPLIT_KEYS.min((super::batch_changes() / 8).max(2) as usize)
+}
 
 /// The server's work for one keyed entry, in units of one COPY row into a
 /// table without indexes (measured on pgbench's accounts and history: a
@@ -111,7 +116,7 @@ impl Applier {
 fn plan(jobs: &[(Target, Pending)], lanes: usize) -> Vec<Vec<Job<'_>>> {
     let mut out: Vec<Vec<Job<'_>>> = (0..lanes).map(|_| Vec::new()).collect();
     let mut load = vec![0u64; lanes];
-    let splits = |(t, p): &(Target, Pending)| matches!(p, Pending::Keyed(b) if lanes > 1 && !t.rebuild && b.entries().len() >= SPLIT_KEYS);
+    let splits = |(t, p): &(Target, Pending)| matches!(p, Pending::Keyed(b) if lanes > 1 && !t.rebuild && b.entries().len() >= split_keys());
     let mut whole: Vec<(&(Target, Pending), u64)> = jobs.iter().filter(|j| !splits(j)).map(|j| (j, cost(&j.1))).collect();
     whole.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
     for ((target, batch), c) in whole {
