@@ -123,6 +123,6 @@ cat <<EOF
 | COMMIT → slot confirmed past it | $(F "round($T2 - $T1, 1)") s ($(F "round($RAW / 1048576 / max($T2 - $T1, 0.001), 1)") MiB/s raw) | |
 | peak RSS: stream | $(( $(tail -1 "$OUT/stream.rss") / 1024 )) MiB | ≤ 200 |
 | replay | $(J "round(d['point_in_time']['changes_per_second'])") row changes/s ($(J "d['point_in_time']['applied']['changes']") changes in $(J "round(d['seconds']['replay'],1)") s) | |
-| peak RSS: restore | $(( $(tail -1 "$OUT/restore.rss") / 1024 )) MiB | bounded |
+| peak RSS: restore | $(( $(tail -1 "$OUT/restore.rss") / 1024 )) MiB | ≤ 200 |
 | restored table equals the source | $SAME | yes |
 EOF

@@ -49,12 +49,15 @@ fn batch_changes() -> u64 {
     static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *LIMIT.get_or_init(|| std::env::var("PGKEEP_REPLAY_BATCH_CHANGES").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0).unwrap_or(BATCH_CHANGES))
 }
+
 /// … or when the batch takes about this much memory, whichever comes first:
 /// the archived messages (values are slices of them) plus, per change,
 /// [`CHANGE_BYTES`] and [`VALUE_BYTES`] per column for the maps and
 /// vectors that hold them (measured: a batch of 4-column rows took about
-/// twice its messages' size).
-const BATCH_BYTES: u64 = 64 << 20;
+/// twice its messages' size). A 2 GiB transaction of such rows replays at
+/// the same rate with 48 MiB as with 64, and peaks at 155 MiB instead of
+/// 186 (`benches/stream_bigtxn.sh`).
+const BATCH_BYTES: u64 = 48 << 20;
 /// Memory a recorded change takes besides its values: its map entry, key and row vectors.
 const CHANGE_BYTES: u64 = 160;
 /// Memory a recorded change takes per column besides the value's bytes.
