@@ -21,6 +21,12 @@ impl Cli {
     pub fn is_backup(&self) -> bool {
         matches!(self.command, Command::Backup(_))
     }
+
+    /// Whether the command loads backups into a database (restore, a deep
+    /// verify, a drill): chunk after chunk of the same size.
+    pub fn is_load(&self) -> bool {
+        matches!(self.command, Command::Restore(_) | Command::Verify(_) | Command::Drill(_))
+    }
 }
 
 #[derive(Debug, Args)]
