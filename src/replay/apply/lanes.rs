@@ -60,12 +60,22 @@ pub(super) async fn second_session(db: &DbSettings, replica: bool) -> Option<Cli
     Some(client)
 }
 
-/// One piece of work: a table, or some of its keys when it is split.
+/// One piece of work: a table, or a part of it when it is split.
 struct Job<'a> {
     target: &'a Target,
     batch: &'a Pending,
-    /// The keys of this part; `None`: the whole batch.
-    part: Option<Vec<(&'a Key, &'a Entry)>>,
+    part: Part<'a>,
+}
+
+/// Which of a table's batch a [`Job`] writes.
+#[derive(Debug)]
+enum Part<'a> {
+    /// All of it.
+    Whole,
+    /// These keys of a keyed batch.
+    Keys(Vec<(&'a Key, &'a Entry)>),
+    /// These rows of a batch of inserts only, into a table without a key.
+    Rows(std::ops::Range<usize>),
 }
 
 impl Applier {
@@ -95,9 +105,11 @@ impl Applier {
 
     async fn write_all(&self, client: &Client, lane: &[Job<'_>]) -> Result<()> {
         for job in lane {
-            match job.batch {
-                Pending::Keyed(b) => self.write_keyed(client, job.target, b, job.part.as_deref()).await?,
-                Pending::Unkeyed(b) => self.write_unkeyed(client, job.target, b).await?,
+            match (job.batch, &job.part) {
+                (Pending::Keyed(b), Part::Keys(keys)) => self.write_keyed(client, job.target, b, Some(keys)).await?,
+                (Pending::Keyed(b), _) => self.write_keyed(client, job.target, b, None).await?,
+                (Pending::Unkeyed(b), Part::Rows(rows)) => self.write_unkeyed(client, job.target, &b.changes[rows.clone()]).await?,
+                (Pending::Unkeyed(b), _) => self.write_unkeyed(client, job.target, &b.changes).await?,
             }
         }
         Ok(())
@@ -110,34 +122,58 @@ impl Applier {
 
 /// The jobs of each of `lanes` sessions, balanced by the server's work
 /// ([`cost`]): the tables written whole go first, biggest first, each to
-/// the session with the least work; then each big keyed table that may be
-/// split tops every session up to an even share, its keys taken in the
-/// map's (random) order, so no key is hashed again.
+/// the session with the least work; then each big table that may be split
+/// tops every session up to an even share. A keyed table's keys are taken
+/// in the map's (random) order, so no key is hashed again; a batch of
+/// inserts only into a table without a key is cut into runs of rows (they
+/// all exist at the end of the batch, so no two of them can collide).
 fn plan(jobs: &[(Target, Pending)], lanes: usize) -> Vec<Vec<Job<'_>>> {
     let mut out: Vec<Vec<Job<'_>>> = (0..lanes).map(|_| Vec::new()).collect();
     let mut load = vec![0u64; lanes];
-    let splits = |(t, p): &(Target, Pending)| matches!(p, Pending::Keyed(b) if lanes > 1 && !t.rebuild && b.entries().len() >= split_keys());
+    let splits = |(t, p): &(Target, Pending)| {
+        lanes > 1
+            && match p {
+                Pending::Keyed(b) => !t.rebuild && b.entries().len() >= split_keys(),
+                Pending::Unkeyed(b) => b.changes.len() >= split_keys() && b.changes.iter().all(|c| matches!(c, UnkeyedChange::Insert(_))),
+            }
+    };
     let mut whole: Vec<(&(Target, Pending), u64)> = jobs.iter().filter(|j| !splits(j)).map(|j| (j, cost(&j.1))).collect();
     whole.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
     for ((target, batch), c) in whole {
         let i = (0..lanes).min_by_key(|&i| load[i]).unwrap_or(0);
-        out[i].push(Job { target, batch, part: None });
+        out[i].push(Job { target, batch, part: Part::Whole });
         load[i] += c;
     }
     for (target, batch) in jobs.iter().filter(|j| splits(j)) {
-        let Pending::Keyed(b) = batch else { continue };
         let share = (load.iter().sum::<u64>() + cost(batch)).div_ceil(lanes as u64);
-        let mut parts: Vec<Vec<(&Key, &Entry)>> = (0..lanes).map(|_| Vec::new()).collect();
-        let mut lane = 0;
-        for (k, e) in b.entries() {
-            while lane + 1 < lanes && load[lane] >= share {
-                lane += 1;
+        match batch {
+            Pending::Keyed(b) => {
+                let mut parts: Vec<Vec<(&Key, &Entry)>> = (0..lanes).map(|_| Vec::new()).collect();
+                let mut lane = 0;
+                for (k, e) in b.entries() {
+                    while lane + 1 < lanes && load[lane] >= share {
+                        lane += 1;
+                    }
+                    parts[lane].push((k, e));
+                    load[lane] += keyed_cost(e);
+                }
+                for (i, part) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                    out[i].push(Job { target, batch, part: Part::Keys(part) });
+                }
             }
-            parts[lane].push((k, e));
-            load[lane] += keyed_cost(e);
-        }
-        for (i, part) in parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-            out[i].push(Job { target, batch, part: Some(part) });
+            Pending::Unkeyed(b) => {
+                // Inserts only: each costs one.
+                let mut start = 0;
+                for (i, lane) in out.iter_mut().enumerate() {
+                    let room = if i + 1 == lanes { b.changes.len() - start } else { share.saturating_sub(load[i]) as usize };
+                    let end = (start + room).min(b.changes.len());
+                    if end > start {
+                        lane.push(Job { target, batch, part: Part::Rows(start..end) });
+                        load[i] += (end - start) as u64;
+                    }
+                    start = end;
+                }
+            }
         }
     }
     out
@@ -170,11 +206,32 @@ mod tests {
     }
 
     fn names(l: &[Job<'_>]) -> Vec<(String, Option<usize>)> {
-        l.iter().map(|j| (j.target.table.clone(), j.part.as_ref().map(Vec::len))).collect()
+        l.iter().map(|j| (j.target.table.clone(), part_len(&j.part))).collect()
+    }
+
+    fn part_len(p: &Part<'_>) -> Option<usize> {
+        match p {
+            Part::Whole => None,
+            Part::Keys(k) => Some(k.len()),
+            Part::Rows(r) => Some(r.len()),
+        }
     }
 
     fn lane_cost(l: &[Job<'_>]) -> u64 {
-        l.iter().map(|j| j.part.as_ref().map_or_else(|| cost(j.batch), |p| p.iter().map(|(_, e)| keyed_cost(e)).sum())).sum()
+        l.iter()
+            .map(|j| match &j.part {
+                Part::Whole => cost(j.batch),
+                Part::Keys(k) => k.iter().map(|(_, e)| keyed_cost(e)).sum(),
+                Part::Rows(r) => r.len() as u64,
+            })
+            .sum()
+    }
+
+    fn keys_of<'a>(lane: &'a [Job<'_>], table: &str) -> Option<&'a Vec<(&'a Key, &'a Entry)>> {
+        lane.iter().find(|j| j.target.table == table).and_then(|j| match &j.part {
+            Part::Keys(k) => Some(k),
+            _ => None,
+        })
     }
 
     #[test]
@@ -192,8 +249,7 @@ mod tests {
         // The big one in both sessions, every key exactly once.
         let mut keys: Vec<&Key> = Vec::new();
         for lane in &lanes {
-            let part = lane.iter().find(|j| j.target.table == "big").and_then(|j| j.part.as_ref());
-            let part = part.unwrap_or_else(|| panic!("the big table is split over both sessions: {:?}", names(lane)));
+            let part = keys_of(lane, "big").unwrap_or_else(|| panic!("the big table is split over both sessions: {:?}", names(lane)));
             keys.extend(part.iter().map(|(k, _)| *k));
         }
         keys.sort();
@@ -204,20 +260,42 @@ mod tests {
         assert!(costs[0].abs_diff(costs[1]) <= 6, "{costs:?}");
         // One session: everything whole, in one lane.
         let one = plan(&jobs, 1);
-        assert!(one[0].iter().all(|j| j.part.is_none()) && one[0].len() == 4);
+        assert!(one[0].iter().all(|j| matches!(j.part, Part::Whole)) && one[0].len() == 4);
     }
 
     #[test]
     fn cheap_inserts_weigh_less_than_rows_found_by_key() {
-        // pgbench: 100,000 inserts into history, 95,000 updated accounts.
+        // pgbench: 100,000 inserts into history (no key), 95,000 updated accounts.
         let jobs = vec![(target("history", false), unkeyed_inserts(100_000)), (target("accounts", false), keyed(95_000))];
         let lanes = plan(&jobs, 2);
         let costs: Vec<u64> = lanes.iter().map(|l| lane_cost(l)).collect();
         assert!(costs[0].abs_diff(costs[1]) <= 6, "{costs:?}");
-        // History stays whole, in the session that then gets fewer accounts.
-        let with_history = lanes.iter().position(|l| l.iter().any(|j| j.target.table == "history")).unwrap();
-        let accounts = |l: &[Job<'_>]| l.iter().filter_map(|j| j.part.as_ref()).map(Vec::len).sum::<usize>();
-        assert!(accounts(&lanes[with_history]) < accounts(&lanes[1 - with_history]), "{:?}", lanes.iter().map(|l| names(l)).collect::<Vec<_>>());
-        assert_eq!(accounts(&lanes[0]) + accounts(&lanes[1]), 95_000);
+        // Both tables split; history's rows cut into runs that cover each row once.
+        let mut rows: Vec<std::ops::Range<usize>> = lanes
+            .iter()
+            .flat_map(|l| l.iter())
+            .filter_map(|j| match &j.part {
+                Part::Rows(r) if j.target.table == "history" => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        rows.sort_by_key(|r| r.start);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!((rows[0].start, rows[0].end, rows[1].end), (0, rows[1].start, 100_000));
+        let accounts: usize = lanes.iter().map(|l| keys_of(l, "accounts").map_or(0, Vec::len)).sum();
+        assert_eq!(accounts, 95_000);
+    }
+
+    #[test]
+    fn a_batch_without_a_key_that_deletes_stays_whole() {
+        let mut b = UnkeyedBatch::new(1);
+        for i in 0..10_000u32 {
+            b.insert(&[TupleValue::Text(Bytes::from(i.to_string()))]).unwrap();
+        }
+        b.changes.push(UnkeyedChange::Delete(vec![Some(Bytes::from_static(b"7"))]));
+        let jobs = vec![(target("log", false), Pending::Unkeyed(b)), (target("other", false), keyed(10_000))];
+        let lanes = plan(&jobs, 2);
+        let log: Vec<_> = lanes.iter().flat_map(|l| names(l)).filter(|(t, _)| t == "log").collect();
+        assert_eq!(log, vec![("log".to_string(), None)], "its order matters: written whole, by one session");
     }
 }

@@ -124,10 +124,10 @@ impl Applier {
         Ok((rows, list.len() as u64))
     }
 
-    /// One table's unkeyed changes on `client`, in order: runs of inserts as one COPY.
-    pub(super) async fn write_unkeyed(&self, client: &Client, t: &Target, b: &UnkeyedBatch) -> Result<()> {
+    /// Changes of a table without a key on `client`, in order: runs of inserts as one COPY.
+    pub(super) async fn write_unkeyed(&self, client: &Client, t: &Target, changes: &[UnkeyedChange]) -> Result<()> {
         let inserted = |c: &UnkeyedChange| matches!(c, UnkeyedChange::Insert(_));
-        let mut rest = b.changes.as_slice();
+        let mut rest = changes;
         while !rest.is_empty() {
             // A run of inserts: one COPY.
             let run = rest.iter().take_while(|c| inserted(c)).count();
