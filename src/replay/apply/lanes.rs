@@ -13,7 +13,10 @@
 //!   other unique or exclusion index and no `GENERATED ALWAYS` identity
 //!   (`Target::rebuild` false), which is split by key: each key's DELETE,
 //!   UPDATE and COPY stay in one session, and its only unique index is the
-//!   key, so the two never wait on each other's rows.
+//!   key, so the two never wait on each other's rows; and a batch of
+//!   inserts only into a table without a key, cut into runs of rows: every
+//!   row it inserts exists at the batch's end, so no two can collide on a
+//!   unique index.
 
 use super::*;
 use crate::replay::batch::Entry;
