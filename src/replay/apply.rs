@@ -34,7 +34,7 @@ use crate::config::DbSettings;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pg::catalog::{SESSION_SETUP, qualified};
 use crate::pg::connect;
-use crate::replication::pgoutput::{Oid, PgOutputMessage, Relation, ReplicaIdentity, Truncate};
+use crate::replication::pgoutput::{Oid, OldTuple, PgOutputMessage, Relation, ReplicaIdentity, Truncate};
 use crate::repo::layout::Lsn;
 use crate::stream::ddl::{DDL_PREFIX, DdlMessage};
 use crate::stream::inexact::{MISSING_PREFIX, MissingValue, PARTITION_PREFIX, PartitionMessage};
@@ -254,7 +254,7 @@ impl Applier {
                     Pending::Keyed(b) => b.insert(&m.new_tuple),
                     Pending::Unkeyed(b) => b.insert(&m.new_tuple),
                 };
-                self.counted(m.relation_id, r)
+                self.counted(m.relation_id, m.new_tuple.len(), r)
             }
             PgOutputMessage::Delete(m) => {
                 let Some(p) = self.pending_for(m.relation_id).await? else { return Ok(()) };
@@ -262,7 +262,8 @@ impl Applier {
                     Pending::Keyed(b) => b.delete(&m.old),
                     Pending::Unkeyed(b) => b.delete(&m.old),
                 };
-                self.counted(m.relation_id, r)
+                let (OldTuple::Key(v) | OldTuple::Full(v)) = &m.old;
+                self.counted(m.relation_id, v.len(), r)
             }
             PgOutputMessage::Update(m) => {
                 let Some(p) = self.pending_for(m.relation_id).await? else { return Ok(()) };
@@ -270,14 +271,14 @@ impl Applier {
                     Pending::Keyed(b) => b.update(m.old.as_ref(), &m.new_tuple),
                     Pending::Unkeyed(b) => b.update(m.old.as_ref(), &m.new_tuple).map(|_| Outcome::Done),
                 };
-                let rel = m.relation_id;
+                let (rel, width) = (m.relation_id, m.new_tuple.len());
                 match r {
-                    Ok(Outcome::Done) => self.counted(rel, Ok(())),
+                    Ok(Outcome::Done) => self.counted(rel, width, Ok(())),
                     Ok(Outcome::Direct { old_key, values }) => {
                         self.flush().await?;
                         self.direct_update(rel, old_key, values).await
                     }
-                    Err(e) => self.counted(rel, Err(e)),
+                    Err(e) => self.counted(rel, width, Err(e)),
                 }
             }
             PgOutputMessage::Truncate(t) => self.truncate(t).await,
@@ -298,13 +299,13 @@ impl Applier {
         }
     }
 
-    fn counted(&mut self, rel: Oid, r: std::result::Result<(), BatchError>) -> Result<()> {
+    /// Count a recorded change of `width` columns (or fail naming its table).
+    fn counted(&mut self, rel: Oid, width: usize, r: std::result::Result<(), BatchError>) -> Result<()> {
         match r {
             Ok(()) => {
                 self.pending_changes += 1;
                 self.stats.changes += 1;
-                let width = self.relations.get(&rel).map_or(0, |r| r.relation.columns.len()) as u64;
-                self.pending_bytes += CHANGE_BYTES + VALUE_BYTES * width;
+                self.pending_bytes += CHANGE_BYTES + VALUE_BYTES * width as u64;
                 Ok(())
             }
             Err(e) => {

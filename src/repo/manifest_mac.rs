@@ -58,6 +58,11 @@ pub fn envelope(info: &EncryptionInfo) -> KeyEnvelope {
 }
 
 fn compute(cipher: &DataCipher, m: &BackupManifest) -> Result<String> {
+    Ok(format!("{MAC_PREFIX}{}", hex::encode(mac_of(cipher, m)?.finalize().into_bytes())))
+}
+
+/// The MAC over `m` as written, its own MAC field left empty.
+fn mac_of(cipher: &DataCipher, m: &BackupManifest) -> Result<Hmac<Sha256>> {
     let mut canonical = m.clone();
     if let Some(info) = canonical.encryption.as_mut() {
         info.manifest_mac.clear();
@@ -66,7 +71,7 @@ fn compute(cipher: &DataCipher, m: &BackupManifest) -> Result<String> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(cipher.mac_key()).map_err(|_| Error::internal("MAC key"))?;
     mac.update(DOMAIN);
     mac.update(&body);
-    Ok(format!("{MAC_PREFIX}{}", hex::encode(mac.finalize().into_bytes())))
+    Ok(mac)
 }
 
 /// Check the MAC of an encrypted manifest with its data key's cipher.
@@ -80,15 +85,7 @@ pub fn check(cipher: &DataCipher, m: &BackupManifest) -> Result<()> {
     let Some(stored) = info.manifest_mac.strip_prefix(MAC_PREFIX).and_then(|h| hex::decode(h).ok()) else {
         return Err(tampered());
     };
-    let mut canonical = m.clone();
-    if let Some(i) = canonical.encryption.as_mut() {
-        i.manifest_mac.clear();
-    }
-    let body = serde_json::to_vec(&canonical).map_err(|e| Error::internal(format!("cannot serialize manifest: {e}")))?;
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(cipher.mac_key()).map_err(|_| Error::internal("MAC key"))?;
-    mac.update(DOMAIN);
-    mac.update(&body);
-    mac.verify_slice(&stored).map_err(|_| tampered())
+    mac_of(cipher, m)?.verify_slice(&stored).map_err(|_| tampered())
 }
 
 #[cfg(test)]

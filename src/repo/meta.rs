@@ -89,6 +89,20 @@ pub async fn open_all(specs: &[crate::config::RepoSpec], access: Access) -> Resu
     Ok(out)
 }
 
+/// Write `body` at `key` in every repository, for state a caller writes
+/// again later (a stream's kept state): a failure is a warning naming the
+/// repository and `what`. Returns whether every write succeeded.
+pub async fn put_all(repos: &[std::sync::Arc<dyn Storage>], key: &str, body: Bytes, what: &str) -> bool {
+    let mut all = true;
+    for repo in repos {
+        if let Err(e) = repo.put(key, body.clone(), PutOptions::default()).await {
+            tracing::warn!(key, repository = %repo.location(), error = %e.user_line(), "cannot write {what}");
+            all = false;
+        }
+    }
+    all
+}
+
 /// Read the repository metadata, falling back to its copy; `None` for an empty repository.
 pub async fn load(storage: &dyn Storage) -> Result<Option<RepoMeta>> {
     let copy_key = format!("{REPO_META_KEY}{COPY_SUFFIX}");

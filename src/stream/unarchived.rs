@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 use crate::repo::layout::{Lsn, STREAM_STATE_PREFIX};
-use crate::storage::{PutOptions, Storage};
+use crate::storage::Storage;
 
 /// A server position and its clock (unknown: `None`).
 pub type Point = (Lsn, Option<DateTime<Utc>>);
@@ -191,15 +191,7 @@ impl UnarchivedLog {
     /// succeeded; a failure is a warning (the caller writes again later).
     pub async fn save(&self, windows: &Windows) -> bool {
         let Ok(body) = serde_json::to_vec_pretty(&windows.all) else { return false };
-        let body = bytes::Bytes::from(body);
-        let mut all = true;
-        for repo in &self.repos {
-            if let Err(e) = repo.put(&self.key, body.clone(), PutOptions::default()).await {
-                tracing::warn!(key = %self.key, repository = %repo.location(), error = %e.user_line(), "cannot record the tables that are not archived; retrying at the next check");
-                all = false;
-            }
-        }
-        all
+        crate::repo::meta::put_all(&self.repos, &self.key, body.into(), "the tables that are not archived (again at the next check)").await
     }
 }
 

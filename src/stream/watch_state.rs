@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog_watch::Shape;
 use crate::error::ErrorKind;
 use crate::repo::layout::{Lsn, STREAM_STATE_PREFIX};
-use crate::storage::{PutOptions, Storage};
+use crate::storage::Storage;
 
 /// The kept state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -83,15 +83,7 @@ impl WatchLog {
     /// (a failure is a warning: written again next time).
     pub async fn save(&self, state: &WatchState) -> bool {
         let Ok(body) = serde_json::to_vec(state) else { return false };
-        let body = bytes::Bytes::from(body);
-        let mut all = true;
-        for repo in &self.repos {
-            if let Err(e) = repo.put(&self.key, body.clone(), PutOptions::default()).await {
-                tracing::warn!(key = %self.key, repository = %repo.location(), error = %e.user_line(), "cannot keep the state of the last checks");
-                all = false;
-            }
-        }
-        all
+        crate::repo::meta::put_all(&self.repos, &self.key, body.into(), "the state of the last checks").await
     }
 }
 
